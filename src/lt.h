@@ -1,0 +1,232 @@
+/*
+ * lt.h - the luatrain C core: status codes, dtypes, storage, tensors, memory, RNG.
+ *
+ * A worked example (error handling elided only where noted):
+ *
+ *     lt_tensor x = {0}, y = {0};
+ *     int64_t sizes[2] = {4, 8};
+ *     if (lt_tensor_empty(&x, LT_DTYPE_F32, 2, sizes, LT_DEVICE_CPU, 0) != LT_OK)
+ *         fprintf(stderr, "%s\n", lt_last_error());
+ *     lt_tensor_fill(&x, 1.0);
+ *     lt_tensor_transpose(&y, &x, 0, 1);     // (8, 4) view, no copy
+ *     lt_tensor_release(&y);
+ *     lt_tensor_release(&x);                 // storage freed with its last view
+ *
+ * Rules every function here keeps:
+ *   - It never exits, aborts or longjmps. A failure returns a nonzero LT_ERR_* code and
+ *     leaves a message for lt_last_error() on the calling thread.
+ *   - Tensor headers (lt_tensor) are plain values owned by the caller: on the stack in C,
+ *     ffi.new'd in Lua. A header holds one reference on its storage. Functions that fill a
+ *     header (`dst`/`t` parameters of the constructors and view functions) first drop the
+ *     reference it held, so a header can be refilled; start headers zeroed.
+ *   - Sizes and strides are in elements; dims are 0-based here (Lua adds 1-based sugar).
+ *
+ * This header is read by tools/gen_cdef.lua and handed to ffi.cdef, so declarations use
+ * only what LuaJIT's C parser accepts: no macros inside declarations, constants as enums.
+ */
+#ifndef LT_H
+#define LT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- status and errors ------------------------------------------------------------ */
+
+enum lt_status {
+    LT_OK = 0,
+    LT_ERR_ARG = 1,         /* a bad argument: NULL, out-of-range dim, bad option */
+    LT_ERR_SHAPE = 2,       /* shapes that do not fit together */
+    LT_ERR_DTYPE = 3,       /* a dtype the function does not take */
+    LT_ERR_DEVICE = 4,      /* wrong device, or tensors on different devices */
+    LT_ERR_NOMEM = 5,       /* an allocation failed */
+    LT_ERR_IO = 6,          /* open/read/write/rename failed */
+    LT_ERR_FORMAT = 7,      /* a malformed file or document */
+    LT_ERR_RANGE = 8,       /* an index or value out of its valid range */
+    LT_ERR_UNSUPPORTED = 9, /* valid, but not built or not implemented (e.g. no CUDA) */
+    LT_ERR_INTERNAL = 10    /* a broken invariant: a bug in luatrain (message has file:line) */
+};
+
+/* The message of the last failure on this thread ("" if none). Valid until the next call
+   into the library from this thread. */
+const char *lt_last_error(void);
+int lt_last_status(void);
+void lt_clear_error(void);
+const char *lt_status_name(int status);
+const char *lt_version(void);
+
+/* Threads used by CPU kernels (OpenMP and BLAS). 0 or less means all cores. */
+void lt_set_num_threads(int n);
+int lt_get_num_threads(void);
+
+/* ---- dtypes ----------------------------------------------------------------------- */
+
+enum lt_dtype {
+    LT_DTYPE_F32 = 0,
+    LT_DTYPE_BF16 = 1,
+    LT_DTYPE_F16 = 2,
+    LT_DTYPE_I32 = 3,
+    LT_DTYPE_I64 = 4,
+    LT_DTYPE_U8 = 5,
+    LT_DTYPE_I8 = 6,
+    LT_DTYPE_NF4 = 7, /* packed 4-bit NormalFloat, two codes per byte, high nibble first */
+    LT_DTYPE_FP4 = 8, /* packed 4-bit float, same packing */
+    LT_DTYPE_COUNT = 9
+};
+
+/* One row per dtype: the traits table every size computation goes through. */
+typedef struct lt_dtype_traits {
+    const char *name;    /* "f32", "bf16", ... (the names Lua uses) */
+    const char *st_name; /* safetensors name: "F32", "BF16", ... ; NULL if none */
+    int32_t bits;        /* bits per element: 32, 16, 8 or 4 */
+    int32_t is_float;
+    int32_t is_signed;
+    int32_t is_packed; /* sub-byte, quantized: needs a quantization state to mean numbers */
+} lt_dtype_traits;
+
+const lt_dtype_traits *lt_dtype_info(int dtype); /* NULL when dtype is out of range */
+int lt_dtype_from_name(const char *name);        /* accepts "f32" or "F32"; -1 if unknown */
+int lt_dtype_nbytes(int dtype, int64_t numel, int64_t *out); /* checked for overflow */
+
+/* Scalar conversions (round to nearest even). */
+float lt_bf16_to_f32(uint16_t h);
+uint16_t lt_f32_to_bf16(float f);
+float lt_f16_to_f32(uint16_t h);
+uint16_t lt_f32_to_f16(float f);
+
+/* ---- devices and storage ---------------------------------------------------------- */
+
+enum lt_device_type { LT_DEVICE_CPU = 0, LT_DEVICE_CUDA = 1 };
+
+enum lt_storage_kind {
+    LT_STORAGE_OWNED = 0,   /* allocated by the device allocator, counted in memory stats */
+    LT_STORAGE_MAPPED = 1,  /* a window of a memory-mapped file; `owner` keeps the map alive */
+    LT_STORAGE_BORROWED = 2 /* memory owned by someone else; never freed here */
+};
+
+typedef struct lt_storage {
+    void *data;
+    int64_t nbytes;
+    int32_t refcount;
+    int16_t device_type;
+    int16_t device_index;
+    int32_t kind;
+    int32_t readonly; /* writes through a view are refused (LT_ERR_ARG) */
+    void *owner;      /* LT_STORAGE_MAPPED: the mapping (refcounted) */
+} lt_storage;
+
+int lt_storage_new(lt_storage **out, int64_t nbytes, int device_type, int device_index);
+void lt_storage_retain(lt_storage *s);
+void lt_storage_release(lt_storage *s);
+
+/* ---- tensors ---------------------------------------------------------------------- */
+
+enum { LT_MAX_DIMS = 8 };
+
+typedef struct lt_tensor {
+    lt_storage *storage; /* NULL in an empty header */
+    void *qstate;        /* quantization state of packed dtypes; NULL otherwise */
+    int64_t offset;      /* elements from the start of storage */
+    int64_t sizes[LT_MAX_DIMS];
+    int64_t strides[LT_MAX_DIMS];
+    int32_t ndim;
+    int32_t dtype_id; /* an lt_dtype (Lua reads the name as t.dtype) */
+    int32_t flags;
+    int32_t reserved;
+} lt_tensor;
+
+/* Drop the storage reference and clear the header. Safe on an empty header. */
+void lt_tensor_release(lt_tensor *t);
+
+/* New contiguous storage. `t` is refilled (see the rules above). */
+int lt_tensor_empty(lt_tensor *t, int dtype, int ndim, const int64_t *sizes, int device_type,
+                    int device_index);
+int lt_tensor_zeros(lt_tensor *t, int dtype, int ndim, const int64_t *sizes, int device_type,
+                    int device_index);
+/* A contiguous tensor holding a copy of `nbytes` bytes at `data` (must match the shape). */
+int lt_tensor_from_buffer(lt_tensor *t, int dtype, int ndim, const int64_t *sizes,
+                          const void *data, int64_t nbytes);
+
+/* Make `t` contiguous with the given dtype and sizes, keeping its storage when it is
+   large enough, unshared or not; grow it otherwise. A module's buffers go through this, so
+   repeated steps of the same shape allocate nothing. An empty header gets new storage on
+   the given device; a filled one stays on its device. Contents are unspecified after a
+   resize that changes the shape. */
+int lt_tensor_resize(lt_tensor *t, int dtype, int ndim, const int64_t *sizes, int device_type,
+                     int device_index);
+
+/* Views: `dst` shares `src`'s storage. dst may be src itself (in-place reshaping). */
+int lt_tensor_share(lt_tensor *dst, const lt_tensor *src);
+int lt_tensor_as_strided(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes,
+                         const int64_t *strides, int64_t offset);
+/* One size may be -1 (inferred). Fails with LT_ERR_SHAPE when the strides do not allow a
+   view; the message says to make a contiguous copy first. */
+int lt_tensor_reshape(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes);
+int lt_tensor_permute(lt_tensor *dst, const lt_tensor *src, const int32_t *perm);
+int lt_tensor_transpose(lt_tensor *dst, const lt_tensor *src, int dim0, int dim1);
+int lt_tensor_narrow(lt_tensor *dst, const lt_tensor *src, int dim, int64_t start,
+                     int64_t length);
+/* Python-style slice [start:stop:step] along dim, step >= 1; start/stop are clamped. */
+int lt_tensor_slice(lt_tensor *dst, const lt_tensor *src, int dim, int64_t start, int64_t stop,
+                    int64_t step);
+/* Drops `dim`, keeping element `index` of it. */
+int lt_tensor_select(lt_tensor *dst, const lt_tensor *src, int dim, int64_t index);
+/* Broadcast view to `sizes` (size-1 dims get stride 0; new leading dims allowed). */
+int lt_tensor_expand(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes);
+
+int lt_tensor_is_contiguous(const lt_tensor *t);
+int64_t lt_tensor_numel(const lt_tensor *t);
+void *lt_tensor_data(const lt_tensor *t); /* address of the first element; NULL if empty */
+int lt_tensor_device_type(const lt_tensor *t);
+
+/* dst <- src, elementwise, any strides, converting dtypes. Shapes must match, or src must
+   broadcast to dst. */
+int lt_tensor_copy(lt_tensor *dst, const lt_tensor *src);
+/* dst <- a contiguous tensor with src's values in `dtype` (-1 keeps src's dtype). When src
+   is already contiguous in that dtype, dst becomes a view of it, not a copy. */
+int lt_tensor_contiguous(lt_tensor *dst, const lt_tensor *src, int dtype);
+int lt_tensor_fill(lt_tensor *t, double value);
+/* Read / write one element by flat row-major index (for printing and small tests). */
+int lt_tensor_get(const lt_tensor *t, int64_t index, double *out);
+int lt_tensor_set(lt_tensor *t, int64_t index, double value);
+/* 1 if every element of the two tensors is equal (same shape required), else 0. */
+int lt_tensor_equal(const lt_tensor *a, const lt_tensor *b, int *out);
+
+/* ---- random numbers --------------------------------------------------------------- */
+
+/* Philox-4x32-10, counter based: (seed, offset) is the whole state, so a checkpoint saves
+   it as two integers and any element can be drawn independently of thread count. */
+typedef struct lt_rng {
+    uint64_t seed;
+    uint64_t offset; /* 128-bit blocks consumed so far */
+} lt_rng;
+
+void lt_rng_seed(lt_rng *rng, uint64_t seed);
+int lt_tensor_uniform(lt_tensor *t, double low, double high, lt_rng *rng);
+int lt_tensor_normal(lt_tensor *t, double mean, double std, lt_rng *rng);
+/* Integers uniform in [low, high). */
+int lt_tensor_randint(lt_tensor *t, int64_t low, int64_t high, lt_rng *rng);
+
+/* ---- memory accounting ------------------------------------------------------------ */
+
+typedef struct lt_memory_stats {
+    int64_t current_bytes;  /* owned storage alive now */
+    int64_t peak_bytes;     /* high-water mark of current_bytes since the last reset */
+    int64_t reserved_bytes; /* held by the allocator (equals current on the CPU) */
+    int64_t mapped_bytes;   /* file mappings alive now (not in current/peak) */
+    int64_t num_allocs;
+    int64_t num_frees;
+} lt_memory_stats;
+
+int lt_memory_get_stats(int device_type, int device_index, lt_memory_stats *out);
+int lt_memory_reset_peak(int device_type, int device_index);
+
+/* Scratch memory for kernels, counted like storage. Returns NULL (with an error set) on
+   failure. Aligned to 64 bytes. */
+void *lt_scratch_alloc(int64_t nbytes);
+void lt_scratch_free(void *p);
+
+/* CUDA runtime presence. In a build without CUDA these fail with LT_ERR_UNSUPPORTED and
+   the message "built without CUDA". */
+int lt_cuda_device_count(int32_t *out);
+
+#endif
