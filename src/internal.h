@@ -117,6 +117,36 @@ int lt_numel_checked(int ndim, const int64_t *sizes, int64_t *out);
 /* BLAS threads follow lt_set_num_threads (ops/matmul.c). */
 void lt_blas_set_threads(int n);
 
+/* C (M x N) = (accumulate ? C : 0) + A (M x K) @ B (K x N), all f32 row-major with leading
+   dims (ops/gemm_small.c). For small blocks inside kernels; single-threaded. Columns beyond
+   the last multiple of lt_gemm_vector_floats() take a slow scalar path, so callers pad N. */
+void lt_gemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                int64_t ldb, float *C, int64_t ldc, int accumulate);
+int lt_gemm_vector_floats(void);
+
+/* exp(x) for x <= 0 (softmax after subtracting the max), within 2 ulp of expf, written so
+   the compiler vectorises loops over it (libm's expf does not vectorise without
+   -ffast-math). Inputs below -87 give 0. */
+static inline float lt_exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = __builtin_rintf(x * 1.44269504088896341f);
+    float r = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f; /* |r| <= ln2/2 */
+    /* exp(r) by its Taylor polynomial to degree 7 in Horner form */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t e = (int32_t)n + 127;
+    uint32_t bits = (uint32_t)(e < 1 ? 0 : e) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
 /* OpenMP: run a loop in parallel only when it has enough work to pay for the threads. */
 #define LT_PAR_MIN_WORK 32768
 

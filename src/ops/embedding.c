@@ -1,0 +1,100 @@
+/* embedding.c - token embedding lookup and its scatter-add gradient. */
+#include "internal.h"
+#include "lt_ops.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ids must be contiguous i32/i64; returns the flat count. */
+static int check_ids(const lt_tensor *ids, const char *op, int64_t *n) {
+    LT_TRY(lt_check_cpu(ids, op, "ids"));
+    if (!lt_is_index_dtype(ids->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: ids must be i32 or i64, got %s", op,
+                       lt_dtype_info(ids->dtype_id)->name);
+    if (!lt_tensor_is_contiguous(ids)) return lt_fail(LT_ERR_ARG, "%s: ids must be contiguous", op);
+    *n = lt_tensor_numel(ids);
+    return LT_OK;
+}
+
+/* The first id outside [0, V), reported with its flat position. */
+static int check_id_range(const void *ids, int dt, int64_t n, int64_t V, const char *op) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t id = lt_load_index(ids, dt, i);
+        if (id < 0 || id >= V)
+            return lt_fail(LT_ERR_RANGE, "%s: id %lld at position %lld is outside the vocabulary [0, %lld)",
+                           op, (long long)id, (long long)i, (long long)V);
+    }
+    return LT_OK;
+}
+
+/* out (..., C) f32 = weight[ids] with weight (V, C) f32/bf16/f16 */
+int lt_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tensor *ids) {
+    const char *op = "embedding_forward";
+    int64_t n;
+    LT_TRY(check_ids(ids, op, &n));
+    LT_TRY(lt_check_ndim(weight, 2, op, "weight"));
+    LT_TRY(lt_check_cpu(weight, op, "weight"));
+    if (!lt_is_float_dtype(weight->dtype_id) || weight->strides[1] != 1)
+        return lt_fail(LT_ERR_ARG, "%s: weight must be f32/bf16/f16 with unit stride in its rows", op);
+    LT_TRY(lt_check_f32_contig(out, op, "out"));
+    int64_t V = weight->sizes[0], C = weight->sizes[1];
+    if (lt_tensor_numel(out) != n * C || out->ndim == 0 || out->sizes[out->ndim - 1] != C) {
+        char so[128], si[128];
+        return lt_fail(LT_ERR_SHAPE, "%s: out %s must be ids %s plus a last dim of %lld", op,
+                       lt_shape_str(out, so, sizeof so), lt_shape_str(ids, si, sizeof si),
+                       (long long)C);
+    }
+    const void *idp = lt_tensor_data(ids);
+    LT_TRY(check_id_range(idp, ids->dtype_id, n, V, op));
+    const char *w = lt_tensor_data(weight);
+    int esz = lt_dtype_size(weight->dtype_id);
+    int64_t ws = weight->strides[0];
+    float *o = lt_tensor_data(out);
+#pragma omp parallel for schedule(static) if (n * C >= LT_PAR_MIN_WORK)
+    for (int64_t i = 0; i < n; i++) {
+        int64_t id = lt_load_index(idp, ids->dtype_id, i);
+        lt_convert_to_f32(o + i * C, w + id * ws * esz, weight->dtype_id, C);
+    }
+    return LT_OK;
+}
+
+/* dweight (V, C) f32 += sum over positions i of dout[i] into row ids[i].
+   Threads own disjoint ranges of vocabulary rows, so no two threads add into one row and
+   the sum order per row is the position order: deterministic for any thread count. */
+int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_tensor *ids) {
+    const char *op = "embedding_backward";
+    int64_t n;
+    LT_TRY(check_ids(ids, op, &n));
+    LT_TRY(lt_check_ndim(dweight, 2, op, "dweight"));
+    LT_TRY(lt_check_f32_contig(dweight, op, "dweight"));
+    LT_TRY(lt_check_f32_contig(dout, op, "dout"));
+    int64_t V = dweight->sizes[0], C = dweight->sizes[1];
+    if (lt_tensor_numel(dout) != n * C) {
+        char sd[128], si[128];
+        return lt_fail(LT_ERR_SHAPE, "%s: dout %s must be ids %s plus a last dim of %lld", op,
+                       lt_shape_str(dout, sd, sizeof sd), lt_shape_str(ids, si, sizeof si),
+                       (long long)C);
+    }
+    const void *idp = lt_tensor_data(ids);
+    LT_TRY(check_id_range(idp, ids->dtype_id, n, V, op));
+    float *dw = lt_tensor_data(dweight);
+    const float *d = lt_tensor_data(dout);
+#pragma omp parallel if (n * C >= LT_PAR_MIN_WORK)
+    {
+        int nt = 1, tid = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        tid = omp_get_thread_num();
+#endif
+        int64_t lo = V * tid / nt, hi = V * (tid + 1) / nt;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t id = lt_load_index(idp, ids->dtype_id, i);
+            if (id < lo || id >= hi) continue;
+            float *row = dw + id * C;
+            const float *src = d + i * C;
+            for (int64_t c = 0; c < C; c++) row[c] += src[c];
+        }
+    }
+    return LT_OK;
+}
