@@ -1,0 +1,136 @@
+--[[
+nn/layers.lua - Linear, Embedding, RMSNorm.
+
+Shapes: x (..., in) -> (..., out) for Linear; ids (...) -> (..., C) for Embedding;
+x (..., C) -> (..., C) for RMSNorm. Every output and gradient lives in a buffer the module
+owns (see nn/module.lua).
+]]
+local tensor = require "luatrain.tensor"
+local F = require "luatrain.ops.nn"
+local Module = require("luatrain.nn.module").Module
+
+local M = {}
+
+-- ---- Linear ----------------------------------------------------------------------------
+
+-- y = x @ weight^T (+ bias). weight (out, in): f32 when trainable; a frozen one may be
+-- bf16/f16 (matmul converts it panel by panel).
+local Linear = Module:extend("Linear")
+M.Linear = Linear
+
+-- opts: bias (false), dtype ("f32"), trainable (true), weight (a tensor to use as is)
+function Linear:init(in_features, out_features, opts)
+    opts = opts or {}
+    self.in_features, self.out_features = in_features, out_features
+    local w = opts.weight
+    if w == nil then
+        -- PyTorch's default: uniform in +-1/sqrt(in)
+        local bound = 1 / math.sqrt(in_features)
+        w = tensor.empty({ out_features, in_features }, { dtype = opts.dtype })
+        w:uniform_(-bound, bound)
+    end
+    self:register_parameter("weight", w, { trainable = opts.trainable })
+    if opts.bias then
+        self:register_parameter("bias", tensor.zeros(out_features), { trainable = opts.trainable })
+    end
+end
+
+function Linear:extra_repr()
+    return ("%d -> %d%s, %s"):format(self.in_features, self.out_features,
+        self.bias and ", bias" or "", self.weight.dtype)
+end
+
+local function out_shape(x, last)
+    local s = x:shape()
+    s[#s] = last
+    return s
+end
+
+function Linear:forward(x)
+    local out = self:buffer("output", out_shape(x, self.out_features))
+    F.linear(x, self.weight, out)
+    if self.bias then
+        -- out (N, out) += bias (out) broadcast over rows
+        tensor.methods.add_(out, self.bias)
+    end
+    self.output = out
+    return out
+end
+
+function Linear:backward(x, dy)
+    local dx = self:buffer("grad_input", x:shape())
+    local dw = self._grads.weight or false
+    F.linear_backward(dy, x, self.weight, { dx = dx, dw = dw })
+    local db = self._grads.bias
+    if db then
+        local dy2 = self:view_of("dy2", dy, { -1, self.out_features })
+        tensor.methods.add_(db, dy2:sum(1))
+    end
+    self.grad_input = dx
+    return dx
+end
+
+-- ---- Embedding --------------------------------------------------------------------------
+
+local Embedding = Module:extend("Embedding")
+M.Embedding = Embedding
+
+function Embedding:init(num_embeddings, dim, opts)
+    opts = opts or {}
+    self.num_embeddings, self.dim = num_embeddings, dim
+    local w = opts.weight or tensor.randn({ num_embeddings, dim }, { dtype = opts.dtype })
+    self:register_parameter("weight", w, { trainable = opts.trainable })
+end
+
+function Embedding:extra_repr()
+    return ("%d x %d, %s"):format(self.num_embeddings, self.dim, self.weight.dtype)
+end
+
+function Embedding:forward(ids)
+    local s = ids:shape()
+    s[#s + 1] = self.dim
+    local out = self:buffer("output", s)
+    F.embedding(self.weight, ids, out)
+    self.output = out
+    return out
+end
+
+-- Accumulates the weight gradient; ids have no gradient (returns nil).
+function Embedding:backward(ids, dout)
+    local dw = self._grads.weight
+    if dw then F.embedding_backward(dout, ids, dw) end
+    return nil
+end
+
+-- ---- RMSNorm ----------------------------------------------------------------------------
+
+local RMSNorm = Module:extend("RMSNorm")
+M.RMSNorm = RMSNorm
+
+function RMSNorm:init(dim, eps, opts)
+    opts = opts or {}
+    self.dim, self.eps = dim, eps or 1e-6
+    self:register_parameter("weight", opts.weight or tensor.ones(dim), { trainable = opts.trainable })
+end
+
+function RMSNorm:extra_repr()
+    return ("%d, eps=%g"):format(self.dim, self.eps)
+end
+
+function RMSNorm:forward(x)
+    local out = self:buffer("output", x:shape())
+    local rows = x:numel() / self.dim
+    local rstd = self:buffer("rstd", { rows })
+    F.rmsnorm(x, self.weight, self.eps, out, rstd)
+    self.output = out
+    return out
+end
+
+function RMSNorm:backward(x, dy)
+    local dx = self:buffer("grad_input", x:shape())
+    F.rmsnorm_backward(dy, x, self.weight, self._buffers.rstd, dx, self._grads.weight or false)
+    self.grad_input = dx
+    return dx
+end
+
+return M

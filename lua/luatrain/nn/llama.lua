@@ -1,0 +1,317 @@
+--[[
+nn/llama.lua - the Llama architecture: MLP, Attention, DecoderLayer, LlamaModel and
+LlamaForCausalLM, with Hugging Face's parameter names and math.
+
+Shapes: B batch, T positions, C hidden size, H query heads, Hkv key/value heads, D head
+dim, F intermediate size, V vocabulary.
+
+Rotary tables live in one context shared by every attention layer (ctx.cos, ctx.sin:
+(max_positions, D/2)); ctx.positions, when set, holds (B, T) or (T) position ids for the
+current batch (packed sequences restart positions per sample).
+]]
+local core = require "luatrain.core"
+local tensor = require "luatrain.tensor"
+local F = require "luatrain.ops.nn"
+local modmod = require "luatrain.nn.module"
+local layers = require "luatrain.nn.layers"
+
+local C, check = core.C, core.check
+local Module, ModuleList = modmod.Module, modmod.ModuleList
+local Linear, Embedding, RMSNorm = layers.Linear, layers.Embedding, layers.RMSNorm
+
+local M = {}
+
+-- out = a + b (same shape), into an owned buffer.
+local function add_into(out, a, b)
+    check(C.lt_binary_forward(out, a, b, C.LT_BINARY_ADD))
+    return out
+end
+
+-- ---- MLP --------------------------------------------------------------------------------
+
+-- down(silu(gate(x)) * up(x)); x (B, T, C) -> (B, T, C) through (B, T, F).
+local MLP = Module:extend("LlamaMLP")
+M.MLP = MLP
+
+function MLP:init(hidden, intermediate, opts)
+    self:add_module("gate_proj", Linear(hidden, intermediate, opts))
+    self:add_module("up_proj", Linear(hidden, intermediate, opts))
+    self:add_module("down_proj", Linear(intermediate, hidden, opts))
+end
+
+function MLP:forward(x)
+    local g = self.gate_proj:forward(x)
+    local u = self.up_proj:forward(x)
+    local a = self:buffer("act", g:shape())
+    F.swiglu(g, u, a)
+    self.output = self.down_proj:forward(a)
+    return self.output
+end
+
+function MLP:backward(x, dy)
+    local a = self._buffers.act
+    local da = self.down_proj:backward(a, dy)
+    local g, u = self.gate_proj.output, self.up_proj.output
+    local dg = self:buffer("d_gate", g:shape())
+    local du = self:buffer("d_up", u:shape())
+    F.swiglu_backward(da, g, u, dg, du)
+    local dxg = self.gate_proj:backward(x, dg)
+    local dxu = self.up_proj:backward(x, du)
+    self.grad_input = add_into(self:buffer("grad_input", x:shape()), dxg, dxu)
+    return self.grad_input
+end
+
+-- ---- Attention --------------------------------------------------------------------------
+
+local Attention = Module:extend("LlamaAttention")
+M.Attention = Attention
+
+-- cfg: hidden_size, num_attention_heads, num_key_value_heads, head_dim; ctx: rotary tables
+function Attention:init(cfg, ctx, opts)
+    local Cdim, H, Hkv, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    self.H, self.Hkv, self.D, self.ctx = H, Hkv, D, ctx
+    self.scale = 1 / math.sqrt(D)
+    self.causal = true
+    self:add_module("q_proj", Linear(Cdim, H * D, opts))
+    self:add_module("k_proj", Linear(Cdim, Hkv * D, opts))
+    self:add_module("v_proj", Linear(Cdim, Hkv * D, opts))
+    self:add_module("o_proj", Linear(H * D, Cdim, opts))
+end
+
+function Attention:extra_repr()
+    return ("heads %d, kv heads %d, head dim %d"):format(self.H, self.Hkv, self.D)
+end
+
+function Attention:forward(x)
+    local B, T = x:size(1), x:size(2)
+    local H, Hkv, D, ctx = self.H, self.Hkv, self.D, self.ctx
+    -- rotate q and k in place in the projections' outputs: their backward does not read them
+    local q = self:view_of("q", self.q_proj:forward(x), { B, T, H, D })
+    local k = self:view_of("k", self.k_proj:forward(x), { B, T, Hkv, D })
+    local v = self:view_of("v", self.v_proj:forward(x), { B, T, Hkv, D })
+    F.rope(q, ctx.cos, ctx.sin, ctx.positions, q)
+    F.rope(k, ctx.cos, ctx.sin, ctx.positions, k)
+    local attn = self:buffer("attn", { B, T, H, D })
+    local lse = self:buffer("lse", { B, H, T })
+    F.attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal })
+    local flat = self:view_of("attn_flat", attn, { B, T, H * D })
+    self.output = self.o_proj:forward(flat)
+    return self.output
+end
+
+function Attention:backward(x, dy)
+    local B, T = x:size(1), x:size(2)
+    local H, Hkv, D, ctx = self.H, self.Hkv, self.D, self.ctx
+    local dflat = self.o_proj:backward(self._views.attn_flat, dy)
+    local dattn = self:view_of("d_attn", dflat, { B, T, H, D })
+    local dq = self:buffer("d_q", { B, T, H, D })
+    local dk = self:buffer("d_k", { B, T, Hkv, D })
+    local dv = self:buffer("d_v", { B, T, Hkv, D })
+    local v = self._views
+    F.attention_backward(dattn, v.q, v.k, v.v, self._buffers.attn, self._buffers.lse,
+        { dq = dq, dk = dk, dv = dv, scale = self.scale, causal = self.causal })
+    F.rope_backward(dq, ctx.cos, ctx.sin, ctx.positions, dq)
+    F.rope_backward(dk, ctx.cos, ctx.sin, ctx.positions, dk)
+    local dxq = self.q_proj:backward(x, self:view_of("d_q_flat", dq, { B, T, H * D }))
+    local dxk = self.k_proj:backward(x, self:view_of("d_k_flat", dk, { B, T, Hkv * D }))
+    local dxv = self.v_proj:backward(x, self:view_of("d_v_flat", dv, { B, T, Hkv * D }))
+    local dx = self:buffer("grad_input", x:shape())
+    add_into(dx, dxq, dxk)
+    add_into(dx, dx, dxv)
+    self.grad_input = dx
+    return dx
+end
+
+-- ---- decoder layer ------------------------------------------------------------------------
+
+-- x + attn(norm(x)), then + mlp(norm(.)): the pre-norm residual block.
+local DecoderLayer = Module:extend("LlamaDecoderLayer")
+M.DecoderLayer = DecoderLayer
+
+function DecoderLayer:init(cfg, ctx, opts)
+    self:add_module("self_attn", Attention(cfg, ctx, opts))
+    self:add_module("mlp", MLP(cfg.hidden_size, cfg.intermediate_size, opts))
+    self:add_module("input_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts))
+    self:add_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts))
+end
+
+function DecoderLayer:forward(x)
+    local h1 = self.input_layernorm:forward(x)
+    local a = self.self_attn:forward(h1)
+    local r1 = add_into(self:buffer("resid", x:shape()), x, a)
+    local h2 = self.post_attention_layernorm:forward(r1)
+    local m = self.mlp:forward(h2)
+    self.output = add_into(self:buffer("output", x:shape()), r1, m)
+    return self.output
+end
+
+function DecoderLayer:backward(x, dy)
+    local r1 = self._buffers.resid
+    local dh2 = self.mlp:backward(self.post_attention_layernorm.output, dy)
+    local dr1 = self.post_attention_layernorm:backward(r1, dh2)
+    local d_resid = add_into(self:buffer("d_resid", x:shape()), dr1, dy)
+    local dh1 = self.self_attn:backward(self.input_layernorm.output, d_resid)
+    local dx0 = self.input_layernorm:backward(x, dh1)
+    self.grad_input = add_into(self:buffer("grad_input", x:shape()), dx0, d_resid)
+    return self.grad_input
+end
+
+-- ---- the model --------------------------------------------------------------------------
+
+-- Fill in derived fields and check the ones the architecture needs.
+function M.normalize_config(cfg)
+    local c = {}
+    for k, v in pairs(cfg) do c[k] = v end
+    local function need(key)
+        local v = c[key]
+        if type(v) ~= "number" or v <= 0 or v ~= math.floor(v) then
+            error(("llama config: %s must be a positive integer, got %s"):format(key, tostring(v)), 3)
+        end
+    end
+    for _, key in ipairs({ "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads" }) do need(key) end
+    c.num_key_value_heads = c.num_key_value_heads or c.num_attention_heads
+    need("num_key_value_heads")
+    if c.num_attention_heads % c.num_key_value_heads ~= 0 then
+        error(("llama config: num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)"):format(
+            c.num_attention_heads, c.num_key_value_heads), 2)
+    end
+    if c.head_dim == nil then
+        if c.hidden_size % c.num_attention_heads ~= 0 then
+            error(("llama config: hidden_size (%d) is not a multiple of num_attention_heads (%d); give head_dim"):format(
+                c.hidden_size, c.num_attention_heads), 2)
+        end
+        c.head_dim = c.hidden_size / c.num_attention_heads
+    end
+    need("head_dim")
+    if c.head_dim % 2 ~= 0 then error(("llama config: head_dim must be even, got %d"):format(c.head_dim), 2) end
+    c.rms_norm_eps = c.rms_norm_eps or 1e-6
+    c.rope_theta = c.rope_theta or 10000
+    c.max_position_embeddings = c.max_position_embeddings or 2048
+    need("max_position_embeddings")
+    if c.tie_word_embeddings == nil then c.tie_word_embeddings = false end
+    c.initializer_range = c.initializer_range or 0.02
+    return c
+end
+
+local LlamaModel = Module:extend("LlamaModel")
+M.LlamaModel = LlamaModel
+
+function LlamaModel:init(cfg, opts)
+    self.config = cfg
+    local inv = F.rope_inv_freq(cfg.head_dim, { theta = cfg.rope_theta, scaling = cfg.rope_scaling })
+    local cos, sin = F.rope_table(inv, cfg.max_position_embeddings)
+    inv:free()
+    self.rope = { cos = cos, sin = sin, positions = nil }
+    self:add_module("embed_tokens", Embedding(cfg.vocab_size, cfg.hidden_size, opts))
+    local list = ModuleList()
+    for _ = 1, cfg.num_hidden_layers do list:append(DecoderLayer(cfg, self.rope, opts)) end
+    self:add_module("layers", list)
+    self:add_module("norm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts))
+end
+
+-- ids (B, T) i32/i64 -> final hidden states (B, T, C). opts.positions: (B, T) or (T) ids.
+function LlamaModel:forward(ids, opts)
+    self.rope.positions = opts and opts.positions or nil
+    local h = self.embed_tokens:forward(ids)
+    self._layer_inputs = self._layer_inputs or {}
+    for i, layer in ipairs(self.layers:children()) do
+        self._layer_inputs[i] = h
+        h = layer:forward(h)
+    end
+    self._last = h
+    self.output = self.norm:forward(h)
+    return self.output
+end
+
+function LlamaModel:backward(ids, dy)
+    local g = self.norm:backward(self._last, dy)
+    local kids = self.layers:children()
+    for i = #kids, 1, -1 do g = kids[i]:backward(self._layer_inputs[i], g) end
+    self.embed_tokens:backward(ids, g)
+    return nil
+end
+
+local LlamaForCausalLM = Module:extend("LlamaForCausalLM")
+M.LlamaForCausalLM = LlamaForCausalLM
+
+-- cfg: a Hugging Face Llama config table (see normalize_config). opts: dtype, trainable,
+-- init (default true: Hugging Face's normal(0, initializer_range) initialisation).
+function LlamaForCausalLM:init(cfg, opts)
+    opts = opts or {}
+    cfg = M.normalize_config(cfg)
+    self.config = cfg
+    self:add_module("model", LlamaModel(cfg, opts))
+    if cfg.tie_word_embeddings then
+        local head = Linear(cfg.hidden_size, cfg.vocab_size,
+            { weight = self.model.embed_tokens.weight, trainable = false })
+        head:tie_parameter("weight", self.model.embed_tokens, "weight")
+        self:add_module("lm_head", head)
+    else
+        self:add_module("lm_head", Linear(cfg.hidden_size, cfg.vocab_size, opts))
+    end
+    if opts.init ~= false then self:init_weights() end
+end
+
+-- normal(0, initializer_range) for every matrix, ones for norms.
+function LlamaForCausalLM:init_weights()
+    local std = self.config.initializer_range
+    for _, r in ipairs(self:named_parameters()) do
+        if r.param:dim() >= 2 then r.param:normal_(0, std) else r.param:fill_(1) end
+    end
+end
+
+function LlamaForCausalLM:extra_repr()
+    local c = self.config
+    return ("layers %d, hidden %d, heads %d/%d, vocab %d"):format(c.num_hidden_layers,
+        c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size)
+end
+
+-- ids (B, T) -> logits (B, T, V) in f32. For inference and tests: training goes through
+-- forward_backward, which never holds the full logits.
+function LlamaForCausalLM:forward(ids, opts)
+    local h = self.model:forward(ids, opts)
+    self.output = self.lm_head:forward(h)
+    return self.output
+end
+
+function LlamaForCausalLM:backward(ids, dlogits)
+    local dh = self.lm_head:backward(self.model.output, dlogits)
+    self.model:backward(ids, dh)
+    return nil
+end
+
+local function flat_targets(self, targets)
+    return self:view_of("targets", targets, { targets:numel() })
+end
+
+-- Mean cross-entropy of targets (B, T) (aligned with ids; -100 ignored), without logits.
+-- opts: positions, normalizer (divide the summed loss by this instead of the count).
+function LlamaForCausalLM:loss(ids, targets, opts)
+    opts = opts or {}
+    local h = self.model:forward(ids, opts)
+    local h2 = self:view_of("h2", h, { h:numel() / h:size(-1), h:size(-1) })
+    local loss = self:buffer("loss", {})
+    local lse = self:buffer("lse", { h2:size(1) })
+    F.linear_cross_entropy(h2, self.lm_head.weight, flat_targets(self, targets),
+        { loss = loss, lse = lse, normalizer = opts.normalizer, row_loss = opts.row_loss })
+    return loss:item()
+end
+
+-- One training pass: the loss (a number), and every trainable gradient accumulated for
+-- d(loss)/d(params) * opts.scale (grad accumulation and loss scaling fold in here).
+function LlamaForCausalLM:forward_backward(ids, targets, opts)
+    opts = opts or {}
+    local h = self.model:forward(ids, opts)
+    local N, Cdim = h:numel() / h:size(-1), h:size(-1)
+    local h2 = self:view_of("h2", h, { N, Cdim })
+    local loss = self:buffer("loss", {})
+    local dh = self:buffer("d_hidden", { N, Cdim })
+    F.linear_cross_entropy_fused(h2, self.lm_head.weight, flat_targets(self, targets),
+        opts.scale or 1, { loss = loss, dh = dh, dw = self.lm_head._grads.weight or false,
+            normalizer = opts.normalizer, row_loss = opts.row_loss })
+    self.model:backward(ids, self:view_of("d_hidden3", dh, h:shape()))
+    return loss:item()
+end
+
+return M

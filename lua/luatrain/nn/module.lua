@@ -1,0 +1,322 @@
+--[[
+nn/module.lua - the Module base class and the containers.
+
+The contract every module keeps (ARCHITECTURE.md, contract 6):
+  forward(input) -> output
+  backward(input, grad_output) -> grad_input   (parameter gradients accumulate)
+  parameters(), named_parameters(), train(), eval(), state_dict() with Hugging Face names.
+
+A module owns its output and gradient buffers and reuses them across calls
+(self:buffer(name, shape) resizes in place, reallocating only to grow), and keeps its view
+headers too (self:view_of), so after the first step a training step allocates no storage.
+
+Parameters are registered with register_parameter; a trainable one gets a gradient buffer
+of its shape (f32, zeroed), a frozen one none.
+]]
+local tensor = require "luatrain.tensor"
+local core = require "luatrain.core"
+
+local C, check = core.C, core.check
+
+local Module = {}
+Module.__index = Module
+Module.__name = "Module"
+
+-- Subclassing: local Linear = Module:extend("Linear"); function Linear:init(...) end
+function Module:extend(name)
+    local cls = setmetatable({}, { __index = self, __call = function(c, ...) return c.new(...) end })
+    cls.__index = cls
+    cls.__name = name
+    cls.__tostring = Module.__tostring
+    cls.new = function(...)
+        local obj = setmetatable({}, cls)
+        Module._setup(obj)
+        if cls.init then cls.init(obj, ...) end
+        return obj
+    end
+    return cls
+end
+
+function Module:_setup()
+    self.training = true
+    self._param_names = {}
+    self._params = {}
+    self._grads = {}
+    self._children = {}
+    self._child_names = {}
+    self._buffers = {}
+    self._views = {}
+end
+
+Module.new = function()
+    local obj = setmetatable({}, Module)
+    obj:_setup()
+    return obj
+end
+
+-- ---- parameters and children --------------------------------------------------------
+
+function Module:register_parameter(name, t, opts)
+    opts = opts or {}
+    if not tensor.is_tensor(t) then
+        error(("register_parameter(%q): not a tensor"):format(name), 2)
+    end
+    if self._params[name] == nil then
+        self._param_names[#self._param_names + 1] = name
+    end
+    self._params[name] = t
+    self[name] = t
+    local trainable = opts.trainable ~= false
+    if trainable then
+        self._grads[name] = opts.grad or tensor.zeros(t:shape())
+    else
+        self._grads[name] = nil
+    end
+    return t
+end
+
+-- Share another module's parameter (and its gradient): tied weights.
+function Module:tie_parameter(name, owner, owner_name)
+    local t = owner._params[owner_name]
+    if not t then error(("tie_parameter: %s has no parameter %q"):format(owner.__name, owner_name), 2) end
+    self:register_parameter(name, t, { trainable = owner._grads[owner_name] ~= nil,
+        grad = owner._grads[owner_name] })
+    self._tied = self._tied or {}
+    self._tied[name] = true
+end
+
+function Module:grad(name) return self._grads[name] end
+
+function Module:add_module(name, child)
+    name = tostring(name)
+    if self._children[name] == nil then
+        self._child_names[#self._child_names + 1] = name
+    end
+    self._children[name] = child
+    if not name:match("^%d+$") then self[name] = child end
+    return child
+end
+
+function Module:children()
+    local out = {}
+    for i, n in ipairs(self._child_names) do out[i] = self._children[n] end
+    return out
+end
+
+-- Every parameter below this module as records { name, param, grad, module, key },
+-- depth first in registration order. Tied parameters appear once, under their first name.
+function Module:named_parameters(prefix, out, seen)
+    out, seen = out or {}, seen or {}
+    prefix = prefix or ""
+    for _, n in ipairs(self._param_names) do
+        local p = self._params[n]
+        local key = tostring(core.C.lt_tensor_data(p))
+        if not seen[key] then
+            seen[key] = true
+            out[#out + 1] = { name = prefix .. n, param = p, grad = self._grads[n], module = self, key = n }
+        end
+    end
+    for _, n in ipairs(self._child_names) do
+        self._children[n]:named_parameters(prefix .. n .. ".", out, seen)
+    end
+    return out
+end
+
+-- Trainable parameters: records with a gradient.
+function Module:parameters()
+    local out = {}
+    for _, r in ipairs(self:named_parameters()) do
+        if r.grad then out[#out + 1] = r end
+    end
+    return out
+end
+
+function Module:num_parameters(trainable_only)
+    local n = 0
+    for _, r in ipairs(self:named_parameters()) do
+        if r.grad or not trainable_only then n = n + r.param:numel() end
+    end
+    return n
+end
+
+-- Freeze (no gradient buffer) or unfreeze every parameter below this module.
+function Module:requires_grad(flag)
+    for _, r in ipairs(self:named_parameters()) do
+        local m, k = r.module, r.key
+        if flag and not m._grads[k] then
+            m._grads[k] = tensor.zeros(r.param:shape())
+        elseif not flag and m._grads[k] then
+            m._grads[k]:free()
+            m._grads[k] = nil
+        end
+    end
+    return self
+end
+
+function Module:zero_grad()
+    for _, r in ipairs(self:parameters()) do r.grad:zero_() end
+end
+
+function Module:train(flag)
+    if flag == nil then flag = true end
+    self.training = flag
+    for _, c in ipairs(self:children()) do c:train(flag) end
+    return self
+end
+
+function Module:eval() return self:train(false) end
+
+-- ---- state dicts ---------------------------------------------------------------------
+
+-- name -> tensor for every parameter, with the names Hugging Face uses for the same model.
+function Module:state_dict()
+    local sd = {}
+    local function walk(m, prefix)
+        for _, n in ipairs(m._param_names) do
+            if not (m._tied and m._tied[n]) then sd[prefix .. n] = m._params[n] end
+        end
+        for _, n in ipairs(m._child_names) do walk(m._children[n], prefix .. n .. ".") end
+    end
+    walk(self, "")
+    return sd
+end
+
+-- Copy values in (converting dtypes). strict (default true): every parameter must be
+-- present and nothing else. Returns the lists of missing and unexpected names.
+function Module:load_state_dict(sd, strict)
+    if strict == nil then strict = true end
+    local own = self:state_dict()
+    local missing, unexpected = {}, {}
+    for name, t in pairs(own) do
+        local src = sd[name]
+        if src == nil then
+            missing[#missing + 1] = name
+        else
+            local a, b = t:shape(), src:shape()
+            local same = #a == #b
+            for i = 1, #a do same = same and a[i] == b[i] end
+            if not same then
+                error(("load_state_dict: %s has shape (%s) but the model expects (%s)"):format(
+                    name, table.concat(b, ", "), table.concat(a, ", ")), 2)
+            end
+            t:copy_(src)
+        end
+    end
+    for name in pairs(sd) do
+        if own[name] == nil then unexpected[#unexpected + 1] = name end
+    end
+    table.sort(missing)
+    table.sort(unexpected)
+    if strict and (#missing > 0 or #unexpected > 0) then
+        local msg = {}
+        if #missing > 0 then msg[#msg + 1] = "missing: " .. table.concat(missing, ", ") end
+        if #unexpected > 0 then msg[#msg + 1] = "unexpected: " .. table.concat(unexpected, ", ") end
+        error("load_state_dict: " .. table.concat(msg, "; "), 2)
+    end
+    return missing, unexpected
+end
+
+-- ---- owned buffers -------------------------------------------------------------------
+
+-- A buffer of this module resized to `shape` (contiguous; storage kept when big enough).
+function Module:buffer(name, shape, dtype)
+    local b = self._buffers[name]
+    if b == nil then
+        b = tensor.new_header()
+        self._buffers[name] = b
+    end
+    return b:resize_(shape, dtype and { dtype = dtype } or nil)
+end
+
+local view_sizes = require("ffi").new("int64_t[?]", C.LT_MAX_DIMS)
+
+-- A view of src with `shape` in a header this module keeps under `name`.
+function Module:view_of(name, src, shape)
+    local v = self._views[name]
+    if v == nil then
+        v = tensor.new_header()
+        self._views[name] = v
+    end
+    for i = 1, #shape do view_sizes[i - 1] = shape[i] end
+    check(C.lt_tensor_reshape(v, src, #shape, view_sizes))
+    return v
+end
+
+-- Release every owned buffer and view (memory comes back now, not at the next GC).
+function Module:free_buffers()
+    for _, b in pairs(self._buffers) do b:free() end
+    for _, v in pairs(self._views) do v:free() end
+    for _, c in ipairs(self:children()) do c:free_buffers() end
+end
+
+-- ---- defaults ------------------------------------------------------------------------
+
+function Module:forward(input)
+    error(self.__name .. ":forward is not implemented", 2)
+end
+
+function Module:backward(input, grad_output)
+    error(self.__name .. ":backward is not implemented", 2)
+end
+
+Module.__call = function(self, ...) return self:forward(...) end
+
+function Module:__tostring()
+    local lines = {}
+    local function walk(m, name, indent)
+        local desc = m.extra_repr and m:extra_repr() or ""
+        lines[#lines + 1] = ("%s%s%s%s"):format(indent, name and (name .. ": ") or "", m.__name,
+            desc ~= "" and ("(" .. desc .. ")") or "")
+        for _, n in ipairs(m._child_names) do walk(m._children[n], n, indent .. "  ") end
+    end
+    walk(self, nil, "")
+    return table.concat(lines, "\n")
+end
+
+-- ---- containers ----------------------------------------------------------------------
+
+-- Modules applied in order; backward runs them in reverse with each one's saved input.
+local Sequential = Module:extend("Sequential")
+
+function Sequential:init(...)
+    local mods = select("#", ...) == 1 and type((...)) == "table" and not (...).forward and ... or { ... }
+    for i, m in ipairs(mods) do self:add_module(i - 1, m) end
+end
+
+function Sequential:add(m)
+    return self:add_module(#self._child_names, m)
+end
+
+function Sequential:forward(input)
+    self._inputs = self._inputs or {}
+    local x = input
+    for i, m in ipairs(self:children()) do
+        self._inputs[i] = x
+        x = m:forward(x)
+    end
+    self.output = x
+    return x
+end
+
+function Sequential:backward(input, grad_output)
+    local kids = self:children()
+    local g = grad_output
+    for i = #kids, 1, -1 do
+        g = kids[i]:backward(self._inputs[i], g)
+    end
+    self.grad_input = g
+    return g
+end
+
+-- A list of modules named "0", "1", ... (Hugging Face's layer numbering), run by its owner.
+local ModuleList = Module:extend("ModuleList")
+
+function ModuleList:init(mods)
+    for i, m in ipairs(mods or {}) do self:add_module(i - 1, m) end
+end
+
+function ModuleList:append(m) return self:add_module(#self._child_names, m) end
+function ModuleList:get(i) return self._children[tostring(i - 1)] end
+function ModuleList:len() return #self._child_names end
+
+return { Module = Module, Sequential = Sequential, ModuleList = ModuleList }

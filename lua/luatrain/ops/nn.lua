@@ -1,0 +1,311 @@
+--[[
+ops/nn.lua - functional forms of the neural-network kernels, each a forward/backward pair.
+
+Every function takes its inputs, an optional table of options, and optional preallocated
+outputs (opts.out, opts.dx, ...): modules pass their own buffers so a training step
+allocates nothing; interactive use leaves them out and gets new tensors. Activation
+gradients are written; parameter gradients accumulate into what is passed (opts.dw, ...)
+or into a new zeroed tensor.
+]]
+local ffi = require "ffi"
+local core = require "luatrain.core"
+local tensor = require "luatrain.tensor"
+
+local C, check = core.C, core.check
+local empty, zeros = tensor.empty, tensor.zeros
+
+local M = {}
+
+local function shape_of(t) return t:shape() end
+
+-- A buffer of `shape` (f32): the given one (C checks its shape), or a new one.
+local function out_or_new(given, shape)
+    if given ~= nil then return given end
+    return empty(shape)
+end
+
+local function grad_or_zeros(given, like)
+    if given ~= nil then return given end
+    return zeros(shape_of(like))
+end
+
+-- ---- matmul ---------------------------------------------------------------------------
+
+-- c = alpha * op(a) @ op(b) + beta * c; opts: trans_a, trans_b, alpha, beta, out.
+function M.matmul(a, b, opts)
+    opts = opts or {}
+    local ta, tb = opts.trans_a and 1 or 0, opts.trans_b and 1 or 0
+    local out = opts.out
+    if out == nil then
+        local sa, sb = a:shape(), b:shape()
+        if #sa < 2 or #sb < 2 then error("matmul: operands need at least 2 dims", 2) end
+        local m = ta == 1 and sa[#sa] or sa[#sa - 1]
+        local n = tb == 1 and sb[#sb - 1] or sb[#sb]
+        local batch = #sa >= #sb and sa or sb
+        local shape = {}
+        for i = 1, #batch - 2 do shape[i] = batch[i] end
+        shape[#shape + 1] = m
+        shape[#shape + 1] = n
+        out = empty(shape)
+    end
+    check(C.lt_matmul(out, a, b, ta, tb, opts.alpha or 1, opts.beta or 0))
+    return out
+end
+
+-- Gradients of c = op(a) @ op(b): returns da, db (each written unless opts.accumulate_a/b).
+function M.matmul_backward(dc, a, b, opts)
+    opts = opts or {}
+    local da = opts.da or (opts.need_a ~= false and empty(a:shape()) or nil)
+    local db = opts.db or (opts.need_b ~= false and empty(b:shape()) or nil)
+    check(C.lt_matmul_backward(da, db, dc, a, b, opts.trans_a and 1 or 0, opts.trans_b and 1 or 0,
+        opts.accumulate_a and 1 or 0, opts.accumulate_b and 1 or 0))
+    return da, db
+end
+
+-- y (..., out) = x (..., in) @ w^T, w (out, in) in f32/bf16/f16.
+function M.linear(x, w, out)
+    if out == nil then
+        local s = x:shape()
+        s[#s] = w:size(1)
+        out = empty(s)
+    end
+    check(C.lt_matmul(out, x, w, 0, 1, 1, 0))
+    return out
+end
+
+-- dx (=) and dw (+=) of y = x @ w^T. opts: dx, dw (either may be false to skip).
+function M.linear_backward(dy, x, w, opts)
+    opts = opts or {}
+    local dx, dw = opts.dx, opts.dw
+    if dx == nil then dx = empty(x:shape()) end
+    if dw == nil then dw = zeros(w:shape()) end
+    if dx then check(C.lt_matmul(dx, dy, w, 0, 0, 1, 0)) end
+    if dw then
+        -- dw (out, in) += dy^T @ x over all leading dims flattened
+        local dy2 = dy:view(-1, dy:size(-1))
+        local x2 = x:view(-1, x:size(-1))
+        check(C.lt_matmul(dw, dy2, x2, 1, 0, 1, 1))
+    end
+    return dx or nil, dw or nil
+end
+
+-- ---- embedding ------------------------------------------------------------------------
+
+function M.embedding(weight, ids, out)
+    if out == nil then
+        local s = ids:shape()
+        s[#s + 1] = weight:size(2)
+        out = empty(s)
+    end
+    check(C.lt_embedding_forward(out, weight, ids))
+    return out
+end
+
+-- dweight (+=): scatter-add of dout rows by ids.
+function M.embedding_backward(dout, ids, dweight, vocab)
+    if dweight == nil then dweight = zeros(vocab, dout:size(-1)) end
+    check(C.lt_embedding_backward(dweight, dout, ids))
+    return dweight
+end
+
+-- ---- RMSNorm --------------------------------------------------------------------------
+
+function M.rmsnorm(x, weight, eps, out, rstd)
+    out = out_or_new(out, x:shape())
+    if rstd == nil then
+        local c = x:size(-1)
+        rstd = empty(c > 0 and x:numel() / c or 0)
+    end
+    check(C.lt_rmsnorm_forward(out, rstd or nil, x, weight, eps or 1e-6))
+    return out, rstd
+end
+
+function M.rmsnorm_backward(dout, x, weight, rstd, dx, dweight)
+    dx = out_or_new(dx, x:shape())
+    if dweight == nil then dweight = zeros(weight:shape()) end
+    check(C.lt_rmsnorm_backward(dx, dweight or nil, dout, x, weight, rstd))
+    return dx, dweight or nil
+end
+
+-- ---- rotary embeddings ----------------------------------------------------------------
+
+local scaling_types = { none = 0, linear = 1, llama3 = 2 }
+
+-- cfg: { theta =, scaling = nil | { type = "linear"|"llama3", factor =, low_freq_factor =,
+--        high_freq_factor =, original_max_position_embeddings = } }
+function M.rope_inv_freq(head_dim, cfg)
+    cfg = cfg or {}
+    local c = ffi.new("lt_rope_config")
+    c.theta = cfg.theta or 10000
+    local sc = cfg.scaling
+    if sc then
+        local ty = scaling_types[sc.type or sc.rope_type or "none"]
+        if not ty then
+            error(("rope scaling type %q is not supported (supported: linear, llama3)"):format(
+                tostring(sc.type or sc.rope_type)), 2)
+        end
+        c.scaling_type = ty
+        c.factor = sc.factor or 1
+        c.low_freq_factor = sc.low_freq_factor or 1
+        c.high_freq_factor = sc.high_freq_factor or 4
+        c.original_max_position = sc.original_max_position_embeddings or 8192
+    end
+    local inv = empty(head_dim / 2)
+    check(C.lt_rope_inv_freq(inv, head_dim, c))
+    return inv
+end
+
+-- cos, sin (positions, D/2) for positions 0..positions-1.
+function M.rope_table(inv_freq, positions, cos, sin)
+    local half = inv_freq:numel()
+    cos = out_or_new(cos, { positions, half })
+    sin = out_or_new(sin, { positions, half })
+    check(C.lt_rope_table(cos, sin, inv_freq))
+    return cos, sin
+end
+
+-- x (B, T, H, D); positions (B, T) or (T) i32/i64 or nil (0..T-1). out may be x.
+function M.rope(x, cos, sin, positions, out)
+    out = out_or_new(out, x:shape())
+    check(C.lt_rope_forward(out, x, cos, sin, positions))
+    return out
+end
+
+function M.rope_backward(dout, cos, sin, positions, dx)
+    dx = out_or_new(dx, dout:shape())
+    check(C.lt_rope_backward(dx, dout, cos, sin, positions))
+    return dx
+end
+
+-- ---- SiLU-gated unit ------------------------------------------------------------------
+
+function M.swiglu(gate, up, out)
+    out = out_or_new(out, gate:shape())
+    check(C.lt_swiglu_forward(out, gate, up))
+    return out
+end
+
+function M.swiglu_backward(dout, gate, up, dgate, dup)
+    dgate = out_or_new(dgate, gate:shape())
+    dup = out_or_new(dup, up:shape())
+    check(C.lt_swiglu_backward(dgate, dup, dout, gate, up))
+    return dgate, dup
+end
+
+-- ---- attention ------------------------------------------------------------------------
+
+-- q (B, T, H, D), k, v (B, S, Hkv, D). opts: causal (default true), scale (default
+-- 1/sqrt(D)), out, lse. Returns out, lse (B, H, T).
+function M.attention(q, k, v, opts)
+    opts = opts or {}
+    local B, T, H, D = q:size(1), q:size(2), q:size(3), q:size(4)
+    local out = out_or_new(opts.out, { B, T, H, D })
+    local lse = opts.lse
+    if lse == nil then lse = empty(B, H, T) end
+    local causal = opts.causal ~= false
+    check(C.lt_attention_forward(out, lse or nil, q, k, v, opts.scale or 1 / math.sqrt(D),
+        causal and 1 or 0))
+    return out, lse or nil
+end
+
+function M.attention_backward(dout, q, k, v, out, lse, opts)
+    opts = opts or {}
+    local dq = out_or_new(opts.dq, q:shape())
+    local dk = out_or_new(opts.dk, k:shape())
+    local dv = out_or_new(opts.dv, v:shape())
+    local causal = opts.causal ~= false
+    check(C.lt_attention_backward(dq, dk, dv, dout, q, k, v, out, lse,
+        opts.scale or 1 / math.sqrt(q:size(4)), causal and 1 or 0))
+    return dq, dk, dv
+end
+
+-- ---- cross-entropy --------------------------------------------------------------------
+
+local function ce_opts(opts)
+    opts = opts or {}
+    return opts.ignore_index or -100, opts.normalizer or 0
+end
+
+-- logits (N, V), targets (N). Returns loss (a 0-dim tensor), lse (N), row_loss (N).
+function M.cross_entropy(logits, targets, opts)
+    opts = opts or {}
+    local ignore, norm = ce_opts(opts)
+    local N = logits:size(1)
+    local loss = opts.loss or empty({})
+    local lse = opts.lse or empty(N)
+    local row_loss = opts.row_loss
+    check(C.lt_cross_entropy_forward(loss, lse, row_loss, logits, targets, ignore, norm))
+    return loss, lse, row_loss
+end
+
+function M.cross_entropy_backward(logits, targets, lse, dloss, opts)
+    opts = opts or {}
+    local ignore, norm = ce_opts(opts)
+    local dlogits = out_or_new(opts.dlogits, logits:shape())
+    check(C.lt_cross_entropy_backward(dlogits, logits, targets, lse, dloss or 1, ignore, norm))
+    return dlogits
+end
+
+-- Fused LM head: h (N, C), w (V, C). Returns loss (0-dim), lse (N).
+function M.linear_cross_entropy(h, w, targets, opts)
+    opts = opts or {}
+    local ignore, norm = ce_opts(opts)
+    local loss = opts.loss or empty({})
+    local lse = opts.lse or empty(h:size(1))
+    check(C.lt_linear_cross_entropy_forward(loss, lse, opts.row_loss, h, w, targets, ignore, norm))
+    return loss, lse
+end
+
+-- dh (=) and dw (+=); opts.dh / opts.dw = false skips one.
+function M.linear_cross_entropy_backward(h, w, targets, lse, dloss, opts)
+    opts = opts or {}
+    local ignore, norm = ce_opts(opts)
+    local dh, dw = opts.dh, opts.dw
+    if dh == nil then dh = empty(h:shape()) end
+    if dw == nil then dw = zeros(w:shape()) end
+    check(C.lt_linear_cross_entropy_backward(dh or nil, dw or nil, h, w, targets, lse,
+        dloss or 1, ignore, norm))
+    return dh or nil, dw or nil
+end
+
+-- Loss, dh (=) and dw (+=) in one pass (three GEMMs). Returns loss, dh, dw.
+function M.linear_cross_entropy_fused(h, w, targets, dloss, opts)
+    opts = opts or {}
+    local ignore, norm = ce_opts(opts)
+    local loss = opts.loss or empty({})
+    local dh, dw = opts.dh, opts.dw
+    if dh == nil then dh = empty(h:shape()) end
+    if dw == nil then dw = zeros(w:shape()) end
+    check(C.lt_linear_cross_entropy_fused(loss, opts.row_loss, dh or nil, dw or nil, h, w,
+        targets, dloss or 1, ignore, norm))
+    return loss, dh or nil, dw or nil
+end
+
+-- ---- optimizer kernels ----------------------------------------------------------------
+
+local adamw_params = ffi.new("lt_adamw_params")
+
+-- h: { lr, beta1, beta2, eps, weight_decay, grad_scale, step }
+function M.adamw_step(param, grad, exp_avg, exp_avg_sq, h)
+    adamw_params.lr = h.lr
+    adamw_params.beta1 = h.beta1 or 0.9
+    adamw_params.beta2 = h.beta2 or 0.999
+    adamw_params.eps = h.eps or 1e-8
+    adamw_params.weight_decay = h.weight_decay or 0
+    adamw_params.grad_scale = h.grad_scale or 1
+    adamw_params.step = h.step
+    check(C.lt_adamw_step(param, grad, exp_avg, exp_avg_sq, adamw_params))
+end
+
+local norm_out = ffi.new("double[1]")
+
+-- sqrt of the sum of squares of every tensor in the list, in f64.
+function M.global_norm(list)
+    local n = #list
+    local arr = ffi.new("const lt_tensor*[?]", n)
+    for i = 1, n do arr[i - 1] = list[i] end
+    check(C.lt_global_norm(arr, n, norm_out))
+    return norm_out[0]
+end
+
+return M
