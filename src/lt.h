@@ -54,6 +54,9 @@ void lt_clear_error(void);
 const char *lt_status_name(int status);
 const char *lt_version(void);
 
+/* Seconds on a monotonic clock (for timing steps; not wall-clock time of day). */
+double lt_now(void);
+
 /* Threads used by CPU kernels (OpenMP and BLAS). 0 or less means all cores. */
 void lt_set_num_threads(int n);
 int lt_get_num_threads(void);

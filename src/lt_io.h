@@ -1,15 +1,21 @@
 /*
  * lt_io.h - files: safetensors reading (mmap, validated) and writing (atomic), and the
- * atomic-write primitive every saved file goes through.
+ * atomic-write primitives every saved file goes through.
  *
  * A safetensors file is: an 8-byte little-endian header length n, n bytes of JSON
  * ({"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
  * "__metadata__": {"k": "v"}}), then the data buffer the offsets index into.
  * lt_safetensors_open checks all of it before any tensor is handed out: the header length
- * against the file size and a 100 MB cap, the JSON, each entry's fields and dtype, that
- * numel * element size equals end - begin, that the tensors tile the data buffer exactly
- * (no overlaps, no gaps, nothing past the end), and unique names. Each failure is an
- * LT_ERR_FORMAT whose message names the file and the entry.
+ * against the file size and a 100 MB cap, that the header is UTF-8 JSON holding one
+ * object, each entry's fields (exactly dtype, shape and data_offsets, each of its type;
+ * shape and offsets plain non-negative integers that fit int64), that numel * element size
+ * equals end - begin, that the tensors tile the data buffer exactly (no overlaps, no gaps,
+ * nothing past the end), unique names, and that __metadata__ is an object of strings.
+ * Each failure is an LT_ERR_FORMAT whose message names the file and, where there is one,
+ * the entry and field ("m.safetensors: tensor 'x': data_offsets [0, 12] hold 12 bytes but
+ * F32 (2, 3) needs 24"). A well-formed file luatrain cannot represent (a dtype such as F64
+ * or BOOL, more than LT_MAX_DIMS dims) is LT_ERR_UNSUPPORTED; a file that cannot be opened
+ * or mapped is LT_ERR_IO.
  */
 #ifndef LT_IO_H
 #define LT_IO_H
@@ -21,13 +27,16 @@ typedef struct lt_safetensors lt_safetensors;
 int lt_safetensors_open(lt_safetensors **out, const char *path);
 void lt_safetensors_close(lt_safetensors *f);
 
-/* Tensors in the order of their data offsets. */
+/* Tensors in the order of their data offsets; name is NULL when index is out of range. */
 int64_t lt_safetensors_count(const lt_safetensors *f);
 const char *lt_safetensors_name(const lt_safetensors *f, int64_t index);
-/* Index of `name`, or LT_ERR_RANGE "no tensor named ..." */
+/* Index of `name`, or LT_ERR_RANGE "no tensor named ..." (binary search). */
 int lt_safetensors_find(const lt_safetensors *f, const char *name, int64_t *index);
-/* A zero-copy view of tensor `index` on the file mapping; it keeps the mapping alive after
-   the file is closed. */
+/* A zero-copy, contiguous view of tensor `index` on the file mapping; `out` is refilled (see
+   lt.h) and keeps the mapping alive after the file is closed. The mapping is private: writes
+   through the view never reach the file. A tensor whose bytes are not aligned to its
+   element size in the file (a header length that is not a multiple of 8, which other
+   writers may produce) is copied into aligned memory instead. */
 int lt_safetensors_tensor(const lt_safetensors *f, int64_t index, lt_tensor *out);
 
 /* __metadata__ entries (string to string), in file order. */
@@ -42,13 +51,37 @@ typedef struct lt_safetensors_entry {
 
 /* Write `n` tensors (any strides; CPU; non-packed dtypes with a safetensors name) and `m`
    metadata pairs (kv[2i] = key, kv[2i+1] = value; "format": "pt" is added unless given).
-   The header is padded with spaces to a multiple of 8 bytes. The file appears atomically:
-   written to a temporary name in the same directory, flushed, fsynced and renamed. */
+   Names must be unique, valid UTF-8 and not "__metadata__". As the reference writer does,
+   entries are ordered by dtype (widest first: I64, F32, I32, BF16, F16, I8, U8) then by
+   name, the data follows in that order, and the header is padded with spaces to a multiple
+   of 8 bytes. Every argument is checked before anything is written. The file appears
+   atomically (lt_atomic_file_*): on failure an existing file at `path` is untouched. */
 int lt_safetensors_save(const char *path, const lt_safetensors_entry *entries, int64_t n,
                         const char *const *kv, int64_t m);
 
 /* Write `nbytes` at `data` to `path` atomically (temporary file, fsync, rename, fsync of
    the directory). On failure the previous file, if any, is untouched. */
 int lt_write_file_atomic(const char *path, const void *data, int64_t nbytes);
+
+/* The same, streamed, for files too large to build in memory:
+       lt_atomic_file *f;
+       LT_TRY(lt_atomic_file_open(&f, path));      creates a unique temporary file
+       if (lt_atomic_file_write(f, buf, n) != LT_OK) { lt_atomic_file_abort(f); ... }
+       return lt_atomic_file_commit(f);            fsync, rename over path, fsync the dir
+   The temporary file sits in path's directory (so the rename cannot cross file systems) and
+   takes the mode of an existing target. commit and abort free `f` whatever they return;
+   a failed commit, like abort, removes the temporary file and leaves `path` as it was. (The
+   one exception is a failing fsync of the directory after the rename: it is reported, and
+   the new file is then in place but may not survive a power loss.) */
+typedef struct lt_atomic_file lt_atomic_file;
+
+int lt_atomic_file_open(lt_atomic_file **out, const char *path);
+int lt_atomic_file_write(lt_atomic_file *f, const void *data, int64_t nbytes);
+int lt_atomic_file_commit(lt_atomic_file *f);
+void lt_atomic_file_abort(lt_atomic_file *f);
+
+/* mkdir -p: create `path` and any missing parents (mode 0755). An existing directory is
+   fine; an existing non-directory is an LT_ERR_IO naming it. */
+int lt_make_dirs(const char *path);
 
 #endif

@@ -21,6 +21,8 @@ void lt_clear_error(void);
 const char *lt_status_name(int status);
 const char *lt_version(void);
 
+double lt_now(void);
+
 void lt_set_num_threads(int n);
 int lt_get_num_threads(void);
 
@@ -352,4 +354,13 @@ int lt_safetensors_save(const char *path, const lt_safetensors_entry *entries, i
                         const char *const *kv, int64_t m);
 
 int lt_write_file_atomic(const char *path, const void *data, int64_t nbytes);
+
+typedef struct lt_atomic_file lt_atomic_file;
+
+int lt_atomic_file_open(lt_atomic_file **out, const char *path);
+int lt_atomic_file_write(lt_atomic_file *f, const void *data, int64_t nbytes);
+int lt_atomic_file_commit(lt_atomic_file *f);
+void lt_atomic_file_abort(lt_atomic_file *f);
+
+int lt_make_dirs(const char *path);
 ]]

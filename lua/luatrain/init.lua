@@ -6,9 +6,14 @@ luatrain - fine-tune Llama-family models from Lua.
     print(x:matmul(x:t()):sum():item())
 
 The library is assembled from one module per concern; this file only gathers them.
+Modules that need the others are loaded on first use (lt.llama, lt.safetensors, ...), so
+`require "luatrain"` stays cheap.
 ]]
 local core = require "luatrain.core"
 local tensor = require "luatrain.tensor"
+-- TEMP until ops/elementwise.lua lands: keep `require "luatrain"` working meanwhile.
+local ew = package.searchpath("luatrain.ops.elementwise", package.path) and require "luatrain.ops.elementwise" or {}
+local ops_nn = require "luatrain.ops.nn"
 
 local lt = {
     version = require("ffi").string(core.C.lt_version()),
@@ -26,6 +31,53 @@ local lt = {
     manual_seed = tensor.manual_seed,
     get_rng_state = tensor.get_rng_state,
     set_rng_state = tensor.set_rng_state,
+}
+
+-- Threads for CPU kernels (OpenMP and BLAS); n <= 0 means every core.
+function lt.set_num_threads(n) core.C.lt_set_num_threads(n) end
+function lt.get_num_threads() return core.C.lt_get_num_threads() end
+
+-- lt.ops: every functional kernel (elementwise, reductions, nn ops).
+local ops = {}
+for k, v in pairs(ew) do ops[k] = v end
+for k, v in pairs(ops_nn) do ops[k] = v end
+lt.ops = ops
+
+local lazy = {
+    nn = "luatrain.nn",
+    optim = "luatrain.optim",
+    safetensors = "luatrain.safetensors",
+    llama = "luatrain.llama",
+    memory = "luatrain.memory",
+    json = "luatrain.json",
+    config = "luatrain.config",
+    log = "luatrain.log",
+    data = "luatrain.data",
+    repl = "luatrain.repl",
+    fs = "luatrain.fs",
+}
+
+setmetatable(lt, {
+    __index = function(t, k)
+        local mod = lazy[k]
+        if mod == nil then return nil end
+        local v = require(mod)
+        rawset(t, k, v)
+        return v
+    end,
+})
+
+-- lt.cuda: availability without a CUDA build is an honest false.
+lt.cuda = {
+    is_available = function()
+        local n = require("ffi").new("int32_t[1]")
+        return core.C.lt_cuda_device_count(n) == 0 and n[0] > 0
+    end,
+    device_count = function()
+        local n = require("ffi").new("int32_t[1]")
+        if core.C.lt_cuda_device_count(n) ~= 0 then return 0 end
+        return n[0]
+    end,
 }
 
 return lt

@@ -250,6 +250,13 @@ function methods.nbytes(t)
     return tonumber(n[0])
 end
 function methods.is_empty(t) return t.storage == nil end
+
+-- Same shape and every element equal (values compared, dtypes may differ).
+local equal_buf = ffi.new("int[1]")
+function methods.equal(t, u)
+    check(C.lt_tensor_equal(t, u, equal_buf))
+    return equal_buf[0] ~= 0
+end
 function methods.same_storage(t, u) return t.storage == u.storage end
 
 -- ---- views ----------------------------------------------------------------------------
@@ -686,6 +693,22 @@ mt.__len = function(t)
 end
 
 mt.__tostring = M.format
+
+-- Arithmetic operators dispatch to the methods ops.lua installs (looked up per call, since
+-- a metatype's metatable is fixed once ffi.metatype has seen it). A number may stand on
+-- either side.
+local function binary_op(name, rname)
+    return function(a, b)
+        if type(a) == "number" then return methods[rname](b, a) end
+        return methods[name](a, b)
+    end
+end
+mt.__add = binary_op("add", "add")
+mt.__sub = binary_op("sub", "rsub")
+mt.__mul = binary_op("mul", "mul")
+mt.__div = binary_op("div", "rdiv")
+mt.__pow = binary_op("pow", "rpow")
+mt.__unm = function(a) return methods.neg(a) end
 
 mt.__gc = function(t)
     C.lt_tensor_release(t)

@@ -1,0 +1,238 @@
+--[[
+llama.lua - Llama models from and to Hugging Face folders.
+
+    local model = lt.llama.from_pretrained("path/to/folder")      -- f32 trainable weights
+    local model = lt.llama.new(config_table)                        -- random init
+    lt.llama.save_pretrained(model, "out/folder", { dtype = "bf16" })
+
+A folder holds config.json and model.safetensors, or shards listed in
+model.safetensors.index.json. Weights are read through mmap and copied (converting dtype)
+into the model's parameters one tensor at a time, so loading needs the model's size plus
+one tensor.
+]]
+local core = require "luatrain.core"
+local json = require "luatrain.json"
+local safetensors = require "luatrain.safetensors"
+local nnllama = require "luatrain.nn.llama"
+
+local C, check = core.C, core.check
+
+local M = {}
+
+-- config.json fields the architecture reads, with the JSON type each must have.
+local CONFIG_FIELDS = {
+    vocab_size = "integer", hidden_size = "integer", intermediate_size = "integer",
+    num_hidden_layers = "integer", num_attention_heads = "integer",
+    num_key_value_heads = "integer?", head_dim = "integer?", rms_norm_eps = "number?",
+    rope_theta = "number?", rope_scaling = "object?", max_position_embeddings = "integer?",
+    tie_word_embeddings = "boolean?", initializer_range = "number?",
+}
+
+local function file_exists(path)
+    local f = io.open(path, "rb")
+    if f then f:close() end
+    return f ~= nil
+end
+
+-- Parse and check a config.json; errors name the file and the field.
+function M.read_config(path)
+    local raw = json.read_file(path)
+    if type(raw) ~= "table" or json.is_array(raw) then
+        error(("%s: expected a JSON object"):format(path), 0)
+    end
+    local cfg = {}
+    for key, want in pairs(CONFIG_FIELDS) do
+        local v = raw[key]
+        local optional = want:sub(-1) == "?"
+        local kind = optional and want:sub(1, -2) or want
+        if v == nil or v == json.null then
+            if not optional then error(("%s: missing field %q"):format(path, key), 0) end
+        else
+            local ok
+            if kind == "integer" then
+                ok = type(v) == "number" and v == math.floor(v) and v > 0 and v < 2 ^ 31
+            elseif kind == "number" then
+                ok = type(v) == "number"
+            elseif kind == "boolean" then
+                ok = type(v) == "boolean"
+            else
+                ok = type(v) == "table" and not json.is_array(v)
+            end
+            if not ok then
+                error(("%s: field %q must be a %s, got %s"):format(path, key,
+                    kind == "integer" and "positive integer" or kind, json.encode(v)), 0)
+            end
+            cfg[key] = v
+        end
+    end
+    if raw.model_type and raw.model_type ~= "llama" and raw.model_type ~= "mistral" then
+        error(("%s: model_type %q is not a Llama-family model"):format(path, tostring(raw.model_type)), 0)
+    end
+    local rs = cfg.rope_scaling
+    if rs then
+        local ty = rs.rope_type or rs.type
+        if ty ~= "llama3" and ty ~= "linear" and ty ~= "default" then
+            error(("%s: rope_scaling type %q is not supported (llama3, linear)"):format(path, tostring(ty)), 0)
+        end
+        if ty == "default" then
+            cfg.rope_scaling = nil
+        else
+            cfg.rope_scaling = { type = ty, factor = rs.factor, low_freq_factor = rs.low_freq_factor,
+                high_freq_factor = rs.high_freq_factor,
+                original_max_position_embeddings = rs.original_max_position_embeddings }
+            if type(rs.factor) ~= "number" then
+                error(("%s: rope_scaling.factor must be a number"):format(path), 0)
+            end
+        end
+    end
+    cfg.raw = raw
+    local ok, res = pcall(nnllama.normalize_config, cfg)
+    if not ok then error(path .. ": " .. tostring(res):gsub("^llama config: ", ""), 0) end
+    return res
+end
+
+-- name -> shard file for a folder (single file or sharded index).
+local function weight_files(folder)
+    local single = folder .. "/model.safetensors"
+    local index = folder .. "/model.safetensors.index.json"
+    if file_exists(single) then return { files = { single }, map = nil } end
+    if file_exists(index) then
+        local idx = json.read_file(index)
+        if type(idx) ~= "table" or type(idx.weight_map) ~= "table" then
+            error(index .. ": missing the weight_map object", 0)
+        end
+        local files, seen, map = {}, {}, {}
+        for name, shard in pairs(idx.weight_map) do
+            if type(shard) ~= "string" or shard:find("/", 1, true) or shard:find("..", 1, true) then
+                error(("%s: weight_map[%q] must be a file name in the folder"):format(index, name), 0)
+            end
+            local path = folder .. "/" .. shard
+            map[name] = path
+            if not seen[path] then
+                seen[path] = true
+                files[#files + 1] = path
+            end
+        end
+        table.sort(files)
+        return { files = files, map = map, index = index }
+    end
+    error(("%s: no model.safetensors or model.safetensors.index.json"):format(folder), 0)
+end
+
+-- Tensors Hugging Face checkpoints carry that are not parameters.
+local function ignorable(name)
+    return name:match("rotary_emb%.inv_freq$") ~= nil
+end
+
+-- Copy every parameter from the folder's safetensors into `model`.
+function M.load_weights(model, folder)
+    local wf = weight_files(folder)
+    local params = model:state_dict()
+    local loaded = {}
+    local tied = model.config.tie_word_embeddings
+    for _, path in ipairs(wf.files) do
+        local f = safetensors.open(path)
+        for _, name in ipairs(f:keys()) do
+            local p = params[name]
+            if p then
+                if wf.map and wf.map[name] ~= path then
+                    f:close()
+                    error(("%s: tensor %s is in %s but the index lists %s"):format(folder, name, path,
+                        tostring(wf.map[name])), 0)
+                end
+                local src = f:get(name)
+                local a, b = p:shape(), src:shape()
+                local same = #a == #b
+                for i = 1, #a do same = same and a[i] == b[i] end
+                if not same then
+                    f:close()
+                    error(("%s: tensor %s has shape (%s) but config.json implies (%s)"):format(path, name,
+                        table.concat(b, ", "), table.concat(a, ", ")), 0)
+                end
+                p:copy_(src)
+                src:free()
+                loaded[name] = true
+            elseif not (ignorable(name) or (tied and name == "lm_head.weight")) then
+                f:close()
+                error(("%s: unexpected tensor %s (not a parameter of this Llama config)"):format(path, name), 0)
+            end
+        end
+        f:close()
+    end
+    local missing = {}
+    for name in pairs(params) do
+        if not loaded[name] then missing[#missing + 1] = name end
+    end
+    table.sort(missing)
+    if #missing > 0 then
+        error(("%s: missing tensors: %s"):format(folder, table.concat(missing, ", ")), 0)
+    end
+end
+
+-- A model from a Hugging Face folder. opts: dtype of the parameters ("f32"), trainable.
+function M.from_pretrained(folder, opts)
+    opts = opts or {}
+    folder = folder:gsub("/+$", "")
+    local cfg = M.read_config(folder .. "/config.json")
+    local model = nnllama.LlamaForCausalLM(cfg, { init = false, dtype = opts.dtype,
+        trainable = opts.trainable })
+    M.load_weights(model, folder)
+    model.source = folder
+    return model
+end
+
+function M.new(cfg, opts)
+    return nnllama.LlamaForCausalLM(cfg, opts)
+end
+
+-- The config.json Hugging Face writes for this model.
+function M.hf_config(model, dtype)
+    local c = model.config
+    local out = {}
+    if c.raw then for k, v in pairs(c.raw) do out[k] = v end end
+    for key in pairs(CONFIG_FIELDS) do
+        if c[key] ~= nil then out[key] = c[key] end
+    end
+    if c.rope_scaling then
+        out.rope_scaling = { rope_type = c.rope_scaling.type, factor = c.rope_scaling.factor,
+            low_freq_factor = c.rope_scaling.low_freq_factor,
+            high_freq_factor = c.rope_scaling.high_freq_factor,
+            original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings }
+    else
+        out.rope_scaling = json.null
+    end
+    out.architectures = json.array({ "LlamaForCausalLM" })
+    out.model_type = "llama"
+    out.hidden_act = "silu"
+    out.torch_dtype = ({ f32 = "float32", bf16 = "bfloat16", f16 = "float16" })[dtype or "f32"]
+    out.attention_bias = false
+    out.mlp_bias = false
+    out.tie_word_embeddings = c.tie_word_embeddings
+    return out
+end
+
+-- Write config.json and model.safetensors (atomically each). opts.dtype: "f32" (default),
+-- "bf16" or "f16".
+function M.save_pretrained(model, folder, opts)
+    opts = opts or {}
+    local dtype = opts.dtype or "f32"
+    folder = folder:gsub("/+$", "")
+    require("luatrain.fs").make_dirs(folder)
+    local sd = model:state_dict()
+    local out, converted = {}, {}
+    for name, t in pairs(sd) do
+        if t.dtype ~= dtype then
+            local c = t:to(dtype)
+            converted[#converted + 1] = c
+            out[name] = c
+        else
+            out[name] = t
+        end
+    end
+    safetensors.save(folder .. "/model.safetensors", out, { format = "pt" })
+    for _, c in ipairs(converted) do c:free() end
+    local text = json.encode(M.hf_config(model, dtype), { indent = 2 }) .. "\n"
+    require("luatrain.fs").write_atomic(folder .. "/config.json", text)
+end
+
+return M

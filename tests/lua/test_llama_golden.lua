@@ -1,0 +1,177 @@
+--[[
+test_llama_golden.lua - a Llama built from Hugging Face files agrees with an independent
+float64 PyTorch implementation of Hugging Face's Llama math (tools/golden/llama_reference.py;
+fixtures in tests/fixtures/).
+
+Stated tolerances (luatrain computes in f32; the reference in f64; an f32 run of the
+reference itself lands within 7e-6 of it on logits and 3e-6 relative on losses):
+  rope tables        max |diff| <= 2e-6
+  hidden, logits     max |diff| <= 2e-4 * max|ref| + 1e-5
+  loss               relative 1e-5
+  every gradient     ||diff|| / ||ref|| <= 1e-4
+  10 AdamW steps     losses and pre-clip grad norms relative 1e-4; final weights
+                     max |diff| <= 1e-4
+]]
+package.path = "tests/lua/?.lua;" .. package.path
+local T = require "harness"
+local lt = require "luatrain"
+
+local FIX = "tests/fixtures/"
+
+local function maxabs(t)
+    local m = t:abs():max():item()
+    return m
+end
+
+-- max |a - b| <= rtol * max|b| + atol
+local function close_scaled(a, b, rtol, atol, what)
+    local diff, rel = T.diff(a, b)
+    local bound = rtol * maxabs(b) + atol
+    if not (diff <= bound) then
+        error(("%s: max |diff| %.3g exceeds %.3g (relative error %.3g)"):format(what, diff, bound, rel), 2)
+    end
+end
+
+local function rel_close(a, b, tol, what)
+    local _, rel = T.diff(a, b)
+    if not (rel <= tol) then
+        error(("%s: relative error %.3g exceeds %.3g"):format(what, rel, tol), 2)
+    end
+end
+
+local function hyper(meta, key)
+    local v = tonumber(meta[key])
+    assert(v, "golden metadata lacks " .. key)
+    return v
+end
+
+for _, fixture in ipairs({ "llama_tiny_gqa", "llama_tiny_mha" }) do
+    local folder = FIX .. fixture
+    local golden, meta = lt.safetensors.load(folder .. "/golden.safetensors")
+    local ids, targets = golden.input_ids, golden.targets
+    local B, Tn = ids:size(1), ids:size(2)
+
+    T.test(fixture .. ": rope tables", function()
+        local model = lt.llama.from_pretrained(folder)
+        local cos = model.model.rope.cos:narrow(1, 1, Tn)
+        local sin = model.model.rope.sin:narrow(1, 1, Tn)
+        close_scaled(cos, golden["rope.cos"], 0, 2e-6, "cos")
+        close_scaled(sin, golden["rope.sin"], 0, 2e-6, "sin")
+    end)
+
+    T.test(fixture .. ": hidden states, logits and loss", function()
+        local model = lt.llama.from_pretrained(folder)
+        model:eval()
+        local logits = model:forward(ids)
+        close_scaled(model.model.layers:get(1).output, golden["hidden.layer0"], 2e-4, 1e-5, "hidden.layer0")
+        close_scaled(model.model.output, golden["hidden.final"], 2e-4, 1e-5, "hidden.final")
+        close_scaled(logits, golden.logits, 2e-4, 1e-5, "logits")
+        local loss = model:loss(ids, targets)
+        T.near(loss, golden.loss:item(), 1e-5, 0, "loss")
+    end)
+
+    T.test(fixture .. ": every parameter gradient (fused LM-head path)", function()
+        local model = lt.llama.from_pretrained(folder)
+        model:zero_grad()
+        local loss = model:forward_backward(ids, targets)
+        T.near(loss, golden.loss:item(), 1e-5, 0, "loss")
+        local n = 0
+        for _, r in ipairs(model:parameters()) do
+            local ref = golden["grad." .. r.name]
+            T.ok(ref ~= nil, "golden has no gradient for " .. r.name)
+            rel_close(r.grad, ref, 1e-4, "grad " .. r.name)
+            n = n + 1
+        end
+        T.ok(n > 0)
+    end)
+
+    T.test(fixture .. ": gradients through the logits path agree", function()
+        local model = lt.llama.from_pretrained(folder)
+        model:zero_grad()
+        local logits = model:forward(ids)
+        local V = logits:size(3)
+        local flat = logits:view(B * Tn, V)
+        local y = targets:view(B * Tn)
+        local loss, lse = lt.ops.cross_entropy(flat, y)
+        T.near(loss:item(), golden.loss:item(), 1e-5, 0, "loss")
+        local dlogits = lt.ops.cross_entropy_backward(flat, y, lse, 1)
+        model:backward(ids, dlogits:view(B, Tn, V))
+        for _, r in ipairs(model:parameters()) do
+            rel_close(r.grad, golden["grad." .. r.name], 1e-4, "grad " .. r.name)
+        end
+    end)
+
+    T.test(fixture .. ": 10 AdamW steps reproduce the reference losses", function()
+        local model = lt.llama.from_pretrained(folder)
+        local decay, no_decay = {}, {}
+        for _, r in ipairs(model:parameters()) do
+            if r.param:dim() >= 2 then decay[#decay + 1] = r else no_decay[#no_decay + 1] = r end
+        end
+        local opt = lt.optim.AdamW({
+            { params = decay, weight_decay = hyper(meta, "weight_decay") },
+            { params = no_decay, weight_decay = hyper(meta, "weight_decay_1d") },
+        }, { lr = hyper(meta, "lr"), betas = { hyper(meta, "beta1"), hyper(meta, "beta2") },
+            eps = hyper(meta, "eps") })
+        local max_norm = hyper(meta, "max_grad_norm")
+        local losses, norms = golden["train.losses"], golden["train.grad_norms"]
+        for step = 1, losses:numel() do
+            opt:zero_grad()
+            local loss = model:forward_backward(ids, targets)
+            local norm, coef = lt.optim.grad_norm_clip_coef(model:parameters(), max_norm)
+            T.near(loss, losses[step], 1e-4, 0, "loss at step " .. step)
+            T.near(norm, norms[step], 1e-4, 0, "grad norm at step " .. step)
+            opt:step({ grad_scale = coef })
+        end
+        for _, r in ipairs(model:parameters()) do
+            close_scaled(r.param, golden["final." .. r.name], 0, 1e-4, "final " .. r.name)
+        end
+        T.near(model:loss(ids, targets), golden["train.final_loss"]:item(), 2e-4, 0, "final loss")
+    end)
+end
+
+T.test("sharded bf16 checkpoint loads to the f32 weights rounded to bf16", function()
+    local ref = lt.llama.from_pretrained(FIX .. "llama_tiny_mha")
+    local sharded = lt.llama.from_pretrained(FIX .. "llama_tiny_mha_sharded_bf16")
+    local got = sharded:state_dict()
+    local n = 0
+    for name, t in pairs(ref:state_dict()) do
+        local rounded = t:to("bf16"):to("f32")
+        T.ok(got[name]:equal(rounded), name .. " differs from the bf16 rounding of the f32 weight")
+        n = n + 1
+    end
+    T.ok(n > 0)
+end)
+
+T.test("config and weight errors name the file and the field", function()
+    local tmp = os.tmpname()
+    os.remove(tmp)
+    local dir = tmp .. "_llama"
+    os.execute("mkdir -p " .. dir)
+    local function write(name, text)
+        local f = assert(io.open(dir .. "/" .. name, "wb"))
+        f:write(text)
+        f:close()
+    end
+    write("config.json", '{"vocab_size": 10, "hidden_size": "big"}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "config.json: field \"hidden_size\" must be a positive integer", true)
+    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "missing field \"num_attention_heads\"", true)
+    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 3}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "hidden_size (8) is not a multiple of num_attention_heads (3)", true)
+    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "config.json:1:", true)
+    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4}}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "rope_scaling type \"yarn\" is not supported", true)
+    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "no model.safetensors", true)
+    -- a weight file with a wrong shape
+    local m = lt.llama.new({ vocab_size = 10, hidden_size = 8, intermediate_size = 16,
+        num_hidden_layers = 1, num_attention_heads = 2 })
+    local sd = m:state_dict()
+    sd["model.norm.weight"] = lt.zeros(9)
+    lt.safetensors.save(dir .. "/model.safetensors", sd)
+    T.raises(function() lt.llama.from_pretrained(dir) end, "model.norm.weight has shape (9) but config.json implies (8)", true)
+    os.execute("rm -rf " .. dir)
+end)
+
+T.done()
