@@ -95,7 +95,11 @@ int lt_storage_new(lt_storage **out, int64_t nbytes, int device_type, int device
     if (nbytes < 0) return lt_fail(LT_ERR_ARG, "negative storage size %lld", (long long)nbytes);
     if (device_type == LT_DEVICE_CUDA) {
         (void)device_index;
+#ifdef LT_WITH_CUDA
+        return lt_fail(LT_ERR_UNSUPPORTED, "CUDA tensors: device storage is not implemented yet");
+#else
         return lt_fail(LT_ERR_UNSUPPORTED, "CUDA tensors: built without CUDA");
+#endif
     }
     if (device_type != LT_DEVICE_CPU)
         return lt_fail(LT_ERR_DEVICE, "unknown device type %d", device_type);
