@@ -57,9 +57,8 @@ static int rng_fill(lt_tensor *t, fill_kind kind, double a, double b, lt_rng *rn
     if (direct) {
         out = lt_tensor_data(t);
     } else {
-        int64_t one = n;
-        LT_TRY(lt_tensor_empty(&tmp, direct_dtype, 1, &one,
-                               LT_DEVICE_CPU, 0));
+        /* contiguous, with t's shape, so the copy below is elementwise */
+        LT_TRY(lt_tensor_empty(&tmp, direct_dtype, t->ndim, t->sizes, LT_DEVICE_CPU, 0));
         out = lt_tensor_data(&tmp);
     }
     uint64_t base = rng->offset, seed = rng->seed;

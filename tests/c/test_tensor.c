@@ -271,6 +271,20 @@ static void test_rng(void) {
     CHECK(out == 0);
     for (int i = 0; i < 7; i++) CHECK(seen[i]);
     CHECK_FAILS(lt_tensor_randint(&ints, 4, 4, &r1), LT_ERR_ARG, "empty");
+    /* fills that go through a staging buffer: bf16, i32 and transposed views, N-d */
+    lt_tensor h = {0}, tv = {0}, i32 = {0};
+    CHECK_OK(lt_tensor_zeros(&h, LT_DTYPE_BF16, 2, (int64_t[]){3, 5}, LT_DEVICE_CPU, 0));
+    CHECK_OK(lt_tensor_normal(&h, 0, 1, &r1));
+    CHECK(at(&h, 14) != 0.0 && at(&h, 0) != 0.0);
+    CHECK_OK(lt_tensor_transpose(&tv, &a, 0, 0)); /* a 1-D view is its own transpose */
+    CHECK_OK(lt_tensor_zeros(&i32, LT_DTYPE_I32, 3, (int64_t[]){2, 3, 4}, LT_DEVICE_CPU, 0));
+    CHECK_OK(lt_tensor_randint(&i32, 1, 3, &r1));
+    int in_range = 1;
+    for (int64_t i = 0; i < 24; i++) in_range &= at(&i32, i) == 1 || at(&i32, i) == 2;
+    CHECK(in_range);
+    lt_tensor_release(&h);
+    lt_tensor_release(&tv);
+    lt_tensor_release(&i32);
     lt_tensor_release(&a);
     lt_tensor_release(&b);
     lt_tensor_release(&ints);
