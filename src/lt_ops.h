@@ -64,7 +64,8 @@ int lt_scalar_forward(lt_tensor *out, const lt_tensor *x, double s, int op, int 
 /* dx = dout * d(x op s)/dx (=). */
 int lt_scalar_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x, double s,
                        int op, int reversed);
-/* y = alpha * x + beta * y, same shape (the accumulate-into primitive). */
+/* y = alpha * x + beta * y (the accumulate-into primitive); x has y's shape or broadcasts
+   to it. A zero alpha or beta leaves its operand unread (a NaN there does not leak). */
 int lt_axpby(lt_tensor *y, double alpha, const lt_tensor *x, double beta);
 
 /* ---- reductions ------------------------------------------------------------------- */
@@ -82,10 +83,12 @@ enum lt_reduce_op {
    f64. */
 int lt_reduce_forward(lt_tensor *out, const lt_tensor *x, int32_t ndims, const int32_t *dims,
                       int op);
-/* dx (=): SUM/MEAN broadcast dout back; MAX/MIN share dout equally among the tied maxima. */
+/* dx (=): SUM/MEAN broadcast dout back (out may be NULL); MAX/MIN share dout equally among
+   the tied maxima. dout and out are in the keepdim form. */
 int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
                        const lt_tensor *out, int op);
-/* Index of the max/min along `dim` (i64 out with that dim set to 1); first of ties. */
+/* Index of the max along `dim` (i64 out with that dim set to 1); first of ties, a NaN
+   counting as the largest. */
 int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim);
 /* Sum of squares in f64 (grad norms). */
 int lt_sum_squares(const lt_tensor *x, double *out);

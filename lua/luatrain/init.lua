@@ -11,8 +11,7 @@ Modules that need the others are loaded on first use (lt.llama, lt.safetensors, 
 ]]
 local core = require "luatrain.core"
 local tensor = require "luatrain.tensor"
--- TEMP until ops/elementwise.lua lands: keep `require "luatrain"` working meanwhile.
-local ew = package.searchpath("luatrain.ops.elementwise", package.path) and require "luatrain.ops.elementwise" or {}
+local ew = require "luatrain.ops.elementwise" -- also installs the math methods on tensors
 local ops_nn = require "luatrain.ops.nn"
 
 local lt = {
