@@ -19,13 +19,14 @@ local C, check = core.C, core.check
 
 local M = {}
 
--- config.json fields the architecture reads, with the JSON type each must have.
+-- config.json fields the architecture reads, with the JSON type each must have, in the
+-- order they are checked (so the first problem reported is always the same one).
 local CONFIG_FIELDS = {
-    vocab_size = "integer", hidden_size = "integer", intermediate_size = "integer",
-    num_hidden_layers = "integer", num_attention_heads = "integer",
-    num_key_value_heads = "integer?", head_dim = "integer?", rms_norm_eps = "number?",
-    rope_theta = "number?", rope_scaling = "object?", max_position_embeddings = "integer?",
-    tie_word_embeddings = "boolean?", initializer_range = "number?",
+    { "vocab_size", "integer" }, { "hidden_size", "integer" }, { "intermediate_size", "integer" },
+    { "num_hidden_layers", "integer" }, { "num_attention_heads", "integer" },
+    { "num_key_value_heads", "integer?" }, { "head_dim", "integer?" }, { "rms_norm_eps", "number?" },
+    { "rope_theta", "number?" }, { "rope_scaling", "object?" }, { "max_position_embeddings", "integer?" },
+    { "tie_word_embeddings", "boolean?" }, { "initializer_range", "number?" },
 }
 
 local function file_exists(path)
@@ -41,7 +42,8 @@ function M.read_config(path)
         error(("%s: expected a JSON object"):format(path), 0)
     end
     local cfg = {}
-    for key, want in pairs(CONFIG_FIELDS) do
+    for _, field in ipairs(CONFIG_FIELDS) do
+        local key, want = field[1], field[2]
         local v = raw[key]
         local optional = want:sub(-1) == "?"
         local kind = optional and want:sub(1, -2) or want
@@ -190,8 +192,8 @@ function M.hf_config(model, dtype)
     local c = model.config
     local out = {}
     if c.raw then for k, v in pairs(c.raw) do out[k] = v end end
-    for key in pairs(CONFIG_FIELDS) do
-        if c[key] ~= nil then out[key] = c[key] end
+    for _, field in ipairs(CONFIG_FIELDS) do
+        if c[field[1]] ~= nil then out[field[1]] = c[field[1]] end
     end
     if c.rope_scaling then
         out.rope_scaling = { rope_type = c.rope_scaling.type, factor = c.rope_scaling.factor,

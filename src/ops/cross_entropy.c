@@ -76,21 +76,35 @@ static double block_rows(float *logits, int64_t ld, int64_t R, int64_t V, const 
     for (int64_t i = 0; i < R; i++) {
         float *x = logits + i * ld;
         int64_t y = lt_load_index(tp, tdt, r0 + i);
-        float l = lse_in ? lse_in[r0 + i] : row_lse(x, V);
+        float xy = y != ignore_index ? x[y] : 0.0f;
+        float l;
+        if (want_grad && y != ignore_index && !lse_in) {
+            /* One exp per logit: keep exp(x - max) in place, then scale it into the
+               gradient (softmax - onehot) * grad_scale. */
+            float m = -INFINITY;
+            for (int64_t j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+            float s = 0.0f;
+            for (int64_t j = 0; j < V; j++) {
+                x[j] = lt_exp_neg(x[j] - m);
+                s += x[j];
+            }
+            l = m + logf(s);
+            float k = grad_scale / s;
+            for (int64_t j = 0; j < V; j++) x[j] *= k;
+            x[y] -= grad_scale;
+        } else {
+            l = lse_in ? lse_in[r0 + i] : row_lse(x, V);
+            if (want_grad && y == ignore_index) {
+                for (int64_t j = 0; j < V; j++) x[j] = 0.0f;
+            } else if (want_grad) {
+                for (int64_t j = 0; j < V; j++) x[j] = lt_exp_neg(x[j] - l) * grad_scale;
+                x[y] -= grad_scale;
+            }
+        }
         if (lse_out) lse_out[r0 + i] = l;
-        float li = 0.0f;
-        if (y != ignore_index) {
-            li = l - x[y];
-            total += li;
-        }
+        float li = y != ignore_index ? l - xy : 0.0f;
+        total += li;
         if (row_loss) row_loss[r0 + i] = li;
-        if (!want_grad) continue;
-        if (y == ignore_index) {
-            for (int64_t j = 0; j < V; j++) x[j] = 0.0f;
-            continue;
-        }
-        for (int64_t j = 0; j < V; j++) x[j] = lt_exp_neg(x[j] - l) * grad_scale;
-        x[y] -= grad_scale;
     }
     return total;
 }

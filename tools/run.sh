@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# tools/run.sh - set up a fresh Debian machine, build, and run luatrain.
+#
+#   tools/run.sh main [key=value ...]   the main job (recipes/train_tiny.lua)
+#   tools/run.sh test                   the test suite (ctest)
+#   tools/run.sh build                  install dependencies and build only
+#
+# Missing Debian packages are installed with apt-get (through sudo when not root). The
+# build goes to build/ (override with LT_BUILD_DIR) as a Release build; CUDA is compiled in
+# when nvcc is found. Both main and test rebuild incrementally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(build-essential cmake pkg-config luajit libluajit-5.1-dev libcjson-dev zlib1g-dev
+          libopenblas-dev libedit-dev)
+
+install_missing() {
+    local missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+build_dir="${LT_BUILD_DIR:-build}"
+
+build() {
+    install_missing
+    mkdir -p "$build_dir"
+    cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release > "$build_dir/configure.log" 2>&1 ||
+        { cat "$build_dir/configure.log"; exit 1; }
+    cmake --build "$build_dir" -j "$(nproc)"
+}
+
+cmd="${1:-main}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    build) build ;;
+    main)
+        build
+        exec "$build_dir/luatrain" recipes/train_tiny.lua "$@"
+        ;;
+    test)
+        build
+        cd "$build_dir"
+        exec ctest --output-on-failure --timeout 900 "$@"
+        ;;
+    *)
+        echo "usage: tools/run.sh main|test|build [args]" >&2
+        exit 2
+        ;;
+esac
