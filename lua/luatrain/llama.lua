@@ -213,28 +213,74 @@ function M.hf_config(model, dtype)
     return out
 end
 
--- Write config.json and model.safetensors (atomically each). opts.dtype: "f32" (default),
--- "bf16" or "f16".
+-- Write config.json and the weights, each file atomically. opts.dtype: "f32" (default),
+-- "bf16" or "f16". opts.max_shard_bytes: above this the weights go to
+-- model-0000i-of-0000n.safetensors shards listed in model.safetensors.index.json, as
+-- Hugging Face writes them (default 5e9, their 5GB). The layout not written is removed
+-- afterwards, so a later load cannot pick up a stale file.
 function M.save_pretrained(model, folder, opts)
     opts = opts or {}
     local dtype = opts.dtype or "f32"
+    local max_shard = opts.max_shard_bytes or 5e9
     folder = folder:gsub("/+$", "")
-    require("luatrain.fs").make_dirs(folder)
-    local sd = model:state_dict()
-    local out, converted = {}, {}
-    for name, t in pairs(sd) do
-        if t.dtype ~= dtype then
-            local c = t:to(dtype)
-            converted[#converted + 1] = c
-            out[name] = c
-        else
-            out[name] = t
+    local fs = require "luatrain.fs"
+    fs.make_dirs(folder)
+    -- group tensors into shards in module order, converting dtype shard by shard
+    local shards, current, current_bytes, total = {}, {}, 0, 0
+    for _, e in ipairs(model:state_list()) do
+        local t = e[2]
+        local bytes = t:numel() * (dtype == "f32" and 4 or 2)
+        if #current > 0 and current_bytes + bytes > max_shard then
+            shards[#shards + 1] = current
+            current, current_bytes = {}, 0
         end
+        current[#current + 1] = e
+        current_bytes = current_bytes + bytes
+        total = total + bytes
     end
-    safetensors.save(folder .. "/model.safetensors", out, { format = "pt" })
-    for _, c in ipairs(converted) do c:free() end
+    if #current > 0 or #shards == 0 then shards[#shards + 1] = current end
+    local function write_shard(path, entries)
+        local out, converted = {}, {}
+        for _, e in ipairs(entries) do
+            local t = e[2]
+            if t.dtype ~= dtype then
+                t = t:to(dtype)
+                converted[#converted + 1] = t
+            end
+            out[#out + 1] = { e[1], t }
+        end
+        safetensors.save(path, out, { format = "pt" })
+        for _, c in ipairs(converted) do c:free() end
+    end
+    local single = folder .. "/model.safetensors"
+    local index = folder .. "/model.safetensors.index.json"
+    if #shards == 1 then
+        write_shard(single, shards[1])
+        if fs.exists(index) then
+            -- the shards of the previous save go with its index
+            local ok, old = pcall(json.read_file, index)
+            if ok and type(old) == "table" and type(old.weight_map) == "table" then
+                for _, file in pairs(old.weight_map) do
+                    if type(file) == "string" and file:match("^model%-%d+%-of%-%d+%.safetensors$") then
+                        os.remove(folder .. "/" .. file)
+                    end
+                end
+            end
+            os.remove(index)
+        end
+    else
+        local weight_map = {}
+        for i, entries in ipairs(shards) do
+            local file = ("model-%05d-of-%05d.safetensors"):format(i, #shards)
+            write_shard(folder .. "/" .. file, entries)
+            for _, e in ipairs(entries) do weight_map[e[1]] = file end
+        end
+        local text = json.encode({ metadata = { total_size = total }, weight_map = weight_map }, { indent = 2 }) .. "\n"
+        fs.write_atomic(index, text)
+        os.remove(single)
+    end
     local text = json.encode(M.hf_config(model, dtype), { indent = 2 }) .. "\n"
-    require("luatrain.fs").write_atomic(folder .. "/config.json", text)
+    fs.write_atomic(folder .. "/config.json", text)
 end
 
 return M

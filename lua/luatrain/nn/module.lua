@@ -168,16 +168,24 @@ function Module:eval() return self:train(false) end
 
 -- ---- state dicts ---------------------------------------------------------------------
 
--- name -> tensor for every parameter, with the names Hugging Face uses for the same model.
-function Module:state_dict()
-    local sd = {}
+-- { {name, tensor}, ... } for every parameter in module order (tied copies left out),
+-- with the names Hugging Face uses for the same model.
+function Module:state_list()
+    local list = {}
     local function walk(m, prefix)
         for _, n in ipairs(m._param_names) do
-            if not (m._tied and m._tied[n]) then sd[prefix .. n] = m._params[n] end
+            if not (m._tied and m._tied[n]) then list[#list + 1] = { prefix .. n, m._params[n] } end
         end
         for _, n in ipairs(m._child_names) do walk(m._children[n], prefix .. n .. ".") end
     end
     walk(self, "")
+    return list
+end
+
+-- name -> tensor (see state_list).
+function Module:state_dict()
+    local sd = {}
+    for _, e in ipairs(self:state_list()) do sd[e[1]] = e[2] end
     return sd
 end
 

@@ -281,6 +281,60 @@ function M.linear_cross_entropy_fused(h, w, targets, dloss, opts)
     return loss, dh or nil, dw or nil
 end
 
+-- ---- t:matmul(u) ----------------------------------------------------------------------
+
+-- The matrix product with PyTorch's rules for the operand ranks: 1-D @ 1-D is a dot
+-- product (0-dim), a 1-D operand is a row (left) or column (right) vector that is dropped
+-- from the result, and N-D operands are batches of matrices whose batch dims broadcast.
+function tensor.methods.matmul(a, b)
+    if not tensor.is_tensor(b) then error("matmul: the right operand must be a tensor", 2) end
+    local na, nb = a:dim(), b:dim()
+    if na == 0 or nb == 0 then error("matmul: operands must have at least 1 dim (use * for scalars)", 2) end
+    local a2 = na == 1 and a:view(1, a:size(1)) or a
+    local b2 = nb == 1 and b:view(b:size(1), 1) or b
+    local sa, sb = a2:shape(), b2:shape()
+    local out
+    if #sa == 2 and #sb == 2 then
+        out = M.matmul(a2, b2)
+    else
+        -- broadcast the batch dims, then one batched product
+        local nd = math.max(#sa, #sb)
+        local batch = {}
+        for i = 1, nd - 2 do
+            local x = sa[#sa - nd + i] or 1
+            local y = sb[#sb - nd + i] or 1
+            if x ~= y and x ~= 1 and y ~= 1 then
+                error(("matmul: batch dims (%s) and (%s) do not broadcast"):format(
+                    table.concat(sa, ", "), table.concat(sb, ", ")), 2)
+            end
+            batch[i] = math.max(x, y)
+        end
+        local function expanded(t, s)
+            if #s == 2 and #batch > 0 then
+                -- a shared matrix: matmul broadcasts a 2-D operand itself
+                return t
+            end
+            local full = {}
+            for i = 1, #batch do full[i] = batch[i] end
+            full[#full + 1], full[#full + 2] = s[#s - 1], s[#s]
+            return t:expand(full)
+        end
+        local ea, eb = expanded(a2, sa), expanded(b2, sb)
+        local shape = {}
+        for i = 1, #batch do shape[i] = batch[i] end
+        shape[#shape + 1], shape[#shape + 2] = sa[#sa - 1], sb[#sb]
+        out = M.matmul(ea, eb, { out = empty(shape) })
+    end
+    -- drop the dims that stood for vectors
+    local s = out:shape()
+    if nb == 1 then table.remove(s) end
+    if na == 1 then table.remove(s, #s - (nb == 1 and 0 or 1)) end
+    if #s == #out:shape() then return out end
+    return out:view(s)
+end
+
+tensor.methods.mm = tensor.methods.matmul
+
 -- ---- optimizer kernels ----------------------------------------------------------------
 
 local adamw_params = ffi.new("lt_adamw_params")

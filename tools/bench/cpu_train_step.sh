@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# cpu_train_step.sh - luatrain vs PyTorch on one CPU training step, in one job.
+#
+#   tools/bench/cpu_train_step.sh [steps]      (default 5 timed steps after 2 warm-up)
+#
+# Times the stories15M-shaped training step (batch 8 x 256 tokens, AdamW, grad clipping)
+# in luatrain and in Debian's PyTorch on the same machine, and the machine's sgemm rate
+# in luatrain's process (OpenBLAS, split across the OpenMP threads). PyTorch runs twice,
+# with its default threading and with OMP_WAIT_POLICY=passive, and its better run is the
+# peer. Prints tokens/s for both, their ratio, and luatrain's achieved GFLOP/s as a
+# fraction of the sgemm ceiling. Installs python3-torch from Debian if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+steps="${1:-5}"
+tools/run.sh build > /dev/null
+if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-torch > /dev/null
+fi
+build="${LT_BUILD_DIR:-build}"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
+echo "kernel:  $(uname -r); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; $(luajit -v | cut -d' ' -f1-2)"
+echo "date:    $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+echo
+"$build/luatrain" tools/bench/train_step.lua steps="$steps" json="$out/luatrain.json"
+echo
+/usr/bin/python3 tools/bench/train_step_torch.py --steps "$steps" --json "$out/torch_default.json"
+echo
+OMP_WAIT_POLICY=passive /usr/bin/python3 tools/bench/train_step_torch.py --steps "$steps" --json "$out/torch_passive.json"
+echo
+"$build/luatrain" tools/bench/summarize.lua "$out"

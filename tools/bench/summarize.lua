@@ -1,0 +1,23 @@
+--[[
+summarize.lua - the summary table of tools/bench/cpu_train_step.sh, from the JSON the
+two benchmark scripts wrote into one folder.
+]]
+local lt = require "luatrain"
+local dir = assert(arg[1], "usage: summarize.lua FOLDER")
+local ours = lt.json.read_file(dir .. "/luatrain.json")
+local peers = {
+    { name = "default threads", r = lt.json.read_file(dir .. "/torch_default.json") },
+    { name = "OMP_WAIT_POLICY=passive", r = lt.json.read_file(dir .. "/torch_passive.json") },
+}
+table.sort(peers, function(a, b) return a.r.tokens_per_s > b.r.tokens_per_s end)
+local best = peers[1]
+print("summary (stories15M shape, batch " .. ours.batch .. " x " .. ours.seq .. ", AdamW, f32, " .. ours.threads .. " threads)")
+print(("  luatrain          %8.0f tokens/s  %8.1f ms/step  peak %s"):format(ours.tokens_per_s, ours.step_ms,
+    lt.memory.format_bytes(ours.peak_bytes)))
+for _, p in ipairs(peers) do
+    print(("  pytorch %-9s %8.0f tokens/s  %8.1f ms/step  (%s)"):format(p.r.version, p.r.tokens_per_s,
+        p.r.step_ms, p.name))
+end
+print(("  speed-up over PyTorch's best run: %.2fx"):format(ours.tokens_per_s / best.r.tokens_per_s))
+print(("  luatrain %.1f GFLOP/s of %.1f GFLOP per step = %.0f%% of the measured sgemm ceiling (%.1f GFLOP/s)"):format(
+    ours.gflops, ours.gflop_per_step, 100 * ours.sgemm_fraction, ours.sgemm_gflops))
