@@ -108,6 +108,9 @@ int lt_check_ndim(const lt_tensor *t, int ndim, const char *op, const char *name
 int lt_check_same_shape(const lt_tensor *a, const lt_tensor *b, const char *op, const char *na,
                         const char *nb);
 int lt_check_writable(const lt_tensor *t, const char *op, const char *name);
+/* An output of an elementwise kernel: on the CPU, of `dtype`, writable, and not a
+   broadcast view (a stride-0 dim would make several elements one). */
+int lt_check_output(const lt_tensor *t, int dtype, const char *op, const char *name);
 /* Formats "(2, 3, 4)" into buf. */
 const char *lt_shape_str(const lt_tensor *t, char *buf, size_t len);
 

@@ -177,7 +177,7 @@ int lt_tensor_select(lt_tensor *dst, const lt_tensor *src, int dim, int64_t inde
 int lt_tensor_expand(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes);
 
 int lt_tensor_is_contiguous(const lt_tensor *t);
-int64_t lt_tensor_numel(const lt_tensor *t);
+int64_t lt_tensor_numel(const lt_tensor *t); /* 0 for an empty (released) header */
 void *lt_tensor_data(const lt_tensor *t); /* address of the first element; NULL if empty */
 int lt_tensor_device_type(const lt_tensor *t);
 

@@ -97,6 +97,19 @@ int lt_check_writable(const lt_tensor *t, const char *op, const char *name) {
     return LT_OK;
 }
 
+int lt_check_output(const lt_tensor *t, int dtype, const char *op, const char *name) {
+    LT_TRY(lt_check_cpu(t, op, name));
+    LT_TRY(lt_check_dtype(t, dtype, op, name));
+    LT_TRY(lt_check_writable(t, op, name));
+    for (int i = 0; i < t->ndim; i++)
+        if (t->sizes[i] > 1 && t->strides[i] == 0)
+            return lt_fail(LT_ERR_ARG,
+                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
+                           "alias; it cannot be written",
+                           op, name, i);
+    return LT_OK;
+}
+
 int64_t lt_row_stride(const lt_tensor *t) {
     if (t->ndim == 0) return 1;
     if (t->strides[t->ndim - 1] != 1 && t->sizes[t->ndim - 1] > 1) return -1;
@@ -482,7 +495,7 @@ int lt_tensor_is_contiguous(const lt_tensor *t) {
 }
 
 int64_t lt_tensor_numel(const lt_tensor *t) {
-    if (!t) return 0;
+    if (!t || !t->storage) return 0;
     int64_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= t->sizes[i];
     return n;
@@ -596,6 +609,12 @@ int lt_tensor_copy(lt_tensor *dst, const lt_tensor *src) {
     LT_TRY(lt_check_cpu(dst, "copy", "dst"));
     LT_TRY(lt_check_cpu(src, "copy", "src"));
     LT_TRY(lt_check_writable(dst, "copy", "dst"));
+    for (int i = 0; i < dst->ndim; i++)
+        if (dst->sizes[i] > 1 && dst->strides[i] == 0)
+            return lt_fail(LT_ERR_ARG,
+                           "copy: the destination is a broadcast view (stride 0 in dim %d): "
+                           "several of its elements are one memory location",
+                           i);
     const lt_dtype_traits *dtr = lt_dtype_info(dst->dtype_id), *str = lt_dtype_info(src->dtype_id);
     if (dtr->is_packed || str->is_packed) {
         if (dst->dtype_id != src->dtype_id || !lt_tensor_is_contiguous(dst) ||

@@ -37,7 +37,7 @@ function M.AdamW(params, opts)
     }
     local groups = is_group_list(params) and params or { { params = params } }
     local self = setmetatable({ groups = {}, state = {}, defaults = defaults }, AdamW)
-    local seen = {}
+    local seen = {} -- parameter storage key -> name, to catch one parameter listed twice
     for gi, g in ipairs(groups) do
         local group = { params = {} }
         for k, v in pairs(defaults) do group[k] = v end
@@ -49,12 +49,21 @@ function M.AdamW(params, opts)
             end
         end
         group.initial_lr = group.lr
-        for _, r in ipairs(g.params) do
-            if not (r.param and r.grad) then
-                error(("AdamW: group %d holds an entry without param and grad (frozen parameters have no gradient)"):format(gi), 2)
+        for pi, r in ipairs(g.params) do
+            local name = r.name or ("entry " .. pi)
+            if not r.param then
+                error(("AdamW: group %d, %s has no param"):format(gi, name), 2)
             end
-            if seen[r] then error(("AdamW: parameter %s is in more than one group"):format(r.name or "?"), 2) end
-            seen[r] = true
+            if not r.grad then
+                error(("AdamW: parameter %s (group %d) has no gradient: it is frozen, so leave it out"):format(
+                    name, gi), 2)
+            end
+            local id = tostring(r.param.storage) .. ":" .. tostring(r.param.offset)
+            if seen[id] then
+                error(("AdamW: parameter %s is listed more than once (also as %s); a parameter belongs in one place in one group"):format(
+                    name, seen[id]), 2)
+            end
+            seen[id] = name
             group.params[#group.params + 1] = r
             self.state[r] = {
                 step = 0,
@@ -101,35 +110,56 @@ end
 
 function AdamW:get_lr() return self.groups[1] and self.groups[1].lr end
 
--- Tensors keyed "<param name>.exp_avg" / ".exp_avg_sq", plus steps and hyperparameters.
+-- The optimizer state, keyed by position ("<group>.<index>") as PyTorch keys it, so two
+-- parameters with the same name from different modules never collide:
+-- { tensors = { ["1.3.exp_avg"] = t, ... }, params = { ["1.3"] = { name, step, shape } },
+--   groups = { { lr, initial_lr, beta1, beta2, eps, weight_decay }, ... } }
 function AdamW:state_dict()
-    local tensors, steps, groups = {}, {}, {}
+    local tensors, params, groups = {}, {}, {}
     for gi, g in ipairs(self.groups) do
         groups[gi] = { lr = g.lr, initial_lr = g.initial_lr, beta1 = g.beta1, beta2 = g.beta2,
             eps = g.eps, weight_decay = g.weight_decay }
-        for _, r in ipairs(g.params) do
+        for pi, r in ipairs(g.params) do
             local st = self.state[r]
-            tensors[r.name .. ".exp_avg"] = st.exp_avg
-            tensors[r.name .. ".exp_avg_sq"] = st.exp_avg_sq
-            steps[r.name] = st.step
+            local key = gi .. "." .. pi
+            tensors[key .. ".exp_avg"] = st.exp_avg
+            tensors[key .. ".exp_avg_sq"] = st.exp_avg_sq
+            params[key] = { name = r.name, step = st.step, shape = r.param:shape() }
         end
     end
-    return { tensors = tensors, steps = steps, groups = groups }
+    return { tensors = tensors, params = params, groups = groups }
 end
 
+-- Restore a state_dict made by an optimizer over the same parameters in the same groups.
 function AdamW:load_state_dict(sd)
+    if type(sd) ~= "table" or type(sd.tensors) ~= "table" or type(sd.params) ~= "table" then
+        error("AdamW:load_state_dict: not an AdamW state (need tensors and params)", 2)
+    end
+    for gi, g in ipairs(self.groups) do
+        for pi, r in ipairs(g.params) do
+            local key = gi .. "." .. pi
+            local meta = sd.params[key]
+            local m, v = sd.tensors[key .. ".exp_avg"], sd.tensors[key .. ".exp_avg_sq"]
+            local name = r.name or key
+            if not (meta and m and v) then
+                error(("AdamW:load_state_dict: no state for group %d parameter %d (%s)"):format(gi, pi, name), 2)
+            end
+            local want, have = r.param:shape(), m:shape()
+            if table.concat(want, ",") ~= table.concat(have, ",") then
+                error(("AdamW:load_state_dict: parameter %s has shape (%s) but the saved state (%s)"):format(
+                    name, table.concat(want, ", "), table.concat(have, ", ")), 2)
+            end
+        end
+    end
     for gi, g in ipairs(self.groups) do
         local sg = sd.groups and sd.groups[gi]
-        if sg then for k, v in pairs(sg) do g[k] = v end end
-        for _, r in ipairs(g.params) do
+        if sg then for k, val in pairs(sg) do g[k] = val end end
+        for pi, r in ipairs(g.params) do
+            local key = gi .. "." .. pi
             local st = self.state[r]
-            local m, v = sd.tensors[r.name .. ".exp_avg"], sd.tensors[r.name .. ".exp_avg_sq"]
-            if not (m and v and sd.steps[r.name]) then
-                error(("AdamW:load_state_dict: no state for parameter %s"):format(r.name), 2)
-            end
-            st.exp_avg:copy_(m)
-            st.exp_avg_sq:copy_(v)
-            st.step = sd.steps[r.name]
+            st.exp_avg:copy_(sd.tensors[key .. ".exp_avg"])
+            st.exp_avg_sq:copy_(sd.tensors[key .. ".exp_avg_sq"])
+            st.step = sd.params[key].step
         end
     end
 end
@@ -164,14 +194,21 @@ end
 -- ---- learning-rate schedules --------------------------------------------------------------
 
 -- A function step -> lr factor (multiply the peak lr), for 1-based optimizer steps.
--- kind: "constant", "linear" or "cosine"; opts: warmup_steps (0), total_steps (needed for
--- linear and cosine), min_factor (0: decay to zero). Warm-up is linear from 1/warmup to 1,
--- so the first step already learns.
+-- kind: "constant", "linear" or "cosine"; opts: warmup_steps W (0), total_steps T (needed
+-- for linear and cosine), min_factor (0: decay to zero).
+--   steps 1..W        factor s / W: linear warm-up, so the first step already learns
+--   steps W+1..T      progress p = (s - W - 1) / (T - W) from 0 towards 1, so the first
+--                     decay step runs at the peak and the last one still learns (the same
+--                     factors as Hugging Face's schedules, which count steps from 0)
+--   after T           min_factor
 function M.schedule(kind, opts)
     opts = opts or {}
     local warmup = opts.warmup_steps or 0
     local total = opts.total_steps
     local floor = opts.min_factor or 0
+    if kind ~= "constant" and kind ~= "linear" and kind ~= "cosine" then
+        error(("unknown schedule %q (constant, linear, cosine)"):format(tostring(kind)), 2)
+    end
     if kind ~= "constant" and not (total and total > 0) then
         error(("schedule %q needs total_steps"):format(tostring(kind)), 2)
     end
@@ -180,15 +217,13 @@ function M.schedule(kind, opts)
         decay = function() return 1 end
     elseif kind == "linear" then
         decay = function(p) return 1 - p end
-    elseif kind == "cosine" then
-        decay = function(p) return 0.5 * (1 + math.cos(math.pi * p)) end
     else
-        error(("unknown schedule %q (constant, linear, cosine)"):format(tostring(kind)), 2)
+        decay = function(p) return 0.5 * (1 + math.cos(math.pi * p)) end
     end
     return function(step)
         if step <= warmup then return step / warmup end
         if kind == "constant" then return 1 end
-        local p = (step - warmup) / math.max(1, total - warmup)
+        local p = (step - warmup - 1) / math.max(1, total - warmup)
         if p > 1 then p = 1 end
         return floor + (1 - floor) * decay(p)
     end

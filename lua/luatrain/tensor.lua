@@ -36,7 +36,8 @@ end
 M.new_header = new_header
 
 -- Shape arguments: (2, 3), ({2, 3}), or a tensor's :shape(); an options table may follow.
-local function parse_shape(...)
+-- allow_infer: one entry may be -1 (view/reshape); otherwise sizes must be >= 0.
+local function parse_shape_impl(allow_infer, ...)
     local n = select("#", ...)
     local first = ...
     local shape, opts
@@ -59,12 +60,21 @@ local function parse_shape(...)
     for i = 1, #shape do
         local v = shape[i]
         if type(v) ~= "number" or v ~= math.floor(v) then
-            error(("shape entry %d is %s, not an integer"):format(i, tostring(v)), 3)
+            error(("shape entry %d is %s, not an integer"):format(i, tostring(v)), 4)
+        end
+        if v < 0 and not (allow_infer and v == -1) then
+            error(("shape entry %d is %d: a negative size"):format(i, v), 4)
         end
         sizes_buf[i - 1] = v
     end
+    if opts ~= nil and type(opts) ~= "table" then
+        error(("expected an options table after the shape, got %s"):format(type(opts)), 4)
+    end
     return shape, opts or {}
 end
+
+local function parse_shape(...) return parse_shape_impl(false, ...) end
+local function parse_view_shape(...) return parse_shape_impl(true, ...) end
 M.parse_shape = parse_shape
 
 -- 1-based (negative from the end) dim -> 0-based.
@@ -102,7 +112,14 @@ function M.zeros(...)
     return t
 end
 
+-- lt.full({2, 3}, value [, opts]): the shape is a table here, since the value follows it.
 function M.full(shape, value, opts)
+    if type(shape) ~= "table" then
+        error("lt.full(shape, value [, opts]): shape must be a table such as {2, 3}", 2)
+    end
+    if type(value) ~= "number" then
+        error(("lt.full: the fill value must be a number, got %s"):format(type(value)), 2)
+    end
     local t = M.empty(shape, opts)
     check(C.lt_tensor_fill(t, value))
     return t
@@ -149,8 +166,9 @@ function M.rand(...)
     return t
 end
 
-function M.randint(low, high, shape, opts)
-    opts = opts or {}
+-- lt.randint(low, high, shape... [, opts]): integers in [low, high), i64 unless opts.dtype.
+function M.randint(low, high, ...)
+    local shape, opts = parse_shape(...)
     local t = M.empty(shape, { dtype = opts.dtype or "i64", device = opts.device })
     check(C.lt_tensor_randint(t, low, high, rng_of(opts)))
     return t
@@ -166,7 +184,7 @@ function M.arange(a, b, step, opts)
     if step == 0 then error("arange: step must not be 0", 2) end
     local n = math.max(0, math.ceil((stop - start) / step))
     opts = opts or {}
-    local allint = start == math.floor(start) and step == math.floor(step)
+    local allint = start == math.floor(start) and stop == math.floor(stop) and step == math.floor(step)
     local t = M.empty({ n }, { dtype = opts.dtype or (allint and "i64" or "f32"), device = opts.device })
     for i = 0, n - 1 do check(C.lt_tensor_set(t, i, start + i * step)) end
     return t
@@ -191,21 +209,27 @@ function M.tensor(data, dtype)
         probe = probe[1]
     end
     local flat = {}
+    -- returns an error message, so the error is raised at the caller's line below
     local function walk(x, depth, path)
         if depth > #shape then
             if type(x) ~= "number" then
-                error(("lt.tensor: element %s is %s, not a number"):format(path, type(x)), 4)
+                return ("lt.tensor: element %s is %s, not a number"):format(path, type(x))
             end
             flat[#flat + 1] = x
-            return
+            return nil
         end
         if type(x) ~= "table" or #x ~= shape[depth] then
-            error(("lt.tensor: ragged nesting at %s (expected %d entries)"):format(
-                path == "" and "the top" or path, shape[depth]), 4)
+            return ("lt.tensor: ragged nesting at %s (expected %d entries)"):format(
+                path == "" and "the top" or path, shape[depth])
         end
-        for i = 1, #x do walk(x[i], depth + 1, path .. "[" .. i .. "]") end
+        for i = 1, #x do
+            local err = walk(x[i], depth + 1, path .. "[" .. i .. "]")
+            if err then return err end
+        end
+        return nil
     end
-    walk(data, 1, "")
+    local err = walk(data, 1, "")
+    if err then error(err, 2) end
     local dt = to_dtype(dtype, "lt.tensor")
     local t = M.empty(shape, { dtype = dt })
     local n = #flat
@@ -241,7 +265,10 @@ function methods.stride(t, d)
 end
 
 function methods.dim(t) return t.ndim end
-function methods.numel(t) return tonumber(C.lt_tensor_numel(t)) end
+function methods.numel(t)
+    if t.storage == nil then return 0 end
+    return tonumber(C.lt_tensor_numel(t))
+end
 function methods.is_contiguous(t) return C.lt_tensor_is_contiguous(t) ~= 0 end
 function methods.data_ptr(t) return C.lt_tensor_data(t) end
 function methods.nbytes(t)
@@ -269,17 +296,17 @@ end
 
 -- view(2, -1) / view({2, -1}): a view; an error if the strides do not allow one.
 function methods.view(t, ...)
-    local shape = parse_shape(...)
+    local shape = parse_view_shape(...)
     return view_into(t, C.lt_tensor_reshape, #shape, sizes_buf)
 end
 
 -- reshape: a view when possible, else a contiguous copy.
 function methods.reshape(t, ...)
-    local shape = parse_shape(...)
+    local shape = parse_view_shape(...)
     local dst = new_header()
     if C.lt_tensor_reshape(dst, t, #shape, sizes_buf) == 0 then return dst end
     local c = t:contiguous()
-    parse_shape(shape)
+    parse_view_shape(shape)
     check(C.lt_tensor_reshape(dst, c, #shape, sizes_buf))
     c:free()
     return dst
@@ -290,7 +317,15 @@ function methods.permute(t, ...)
     if #perm ~= t.ndim then
         error(("permute: %d entries for a %d-dim tensor"):format(#perm, t.ndim), 2)
     end
-    for i = 1, #perm do perm_buf[i - 1] = cdim(t, perm[i], "permute") end
+    local seen = {}
+    for i = 1, #perm do
+        local z = cdim(t, perm[i], "permute")
+        if seen[z] then
+            error(("permute: dim %d appears twice in (%s)"):format(z + 1, table.concat(perm, ", ")), 2)
+        end
+        seen[z] = true
+        perm_buf[i - 1] = z
+    end
     return view_into(t, C.lt_tensor_permute, perm_buf)
 end
 
@@ -307,7 +342,12 @@ end
 -- narrow(dim, start, length), start 1-based.
 function methods.narrow(t, d, start, length)
     local z = cdim(t, d, "narrow")
-    if start < 0 then start = tonumber(t.sizes[z]) + start + 1 end
+    local n = tonumber(t.sizes[z])
+    if start < 0 then start = n + start + 1 end
+    if start < 1 or length < 0 or start - 1 + length > n then
+        error(("narrow: elements %d..%d are outside dim %d of size %d"):format(start,
+            start + length - 1, d, n), 2)
+    end
     return view_into(t, C.lt_tensor_narrow, z, start - 1, length)
 end
 
@@ -317,6 +357,9 @@ function methods.slice(t, d, i, j, step)
     local n = tonumber(t.sizes[z])
     i = i or 1
     j = j or n
+    if i == 0 or j == 0 then
+        error("slice: indices are 1-based (negative from the end); 0 is not an index", 2)
+    end
     if i < 0 then i = n + i + 1 end
     if j < 0 then j = n + j + 1 end
     return view_into(t, C.lt_tensor_slice, z, i - 1, j, step or 1)
@@ -334,7 +377,7 @@ function methods.select(t, d, i)
 end
 
 function methods.expand(t, ...)
-    local shape = parse_shape(...)
+    local shape = parse_view_shape(...)
     return view_into(t, C.lt_tensor_expand, #shape, sizes_buf)
 end
 
@@ -378,7 +421,10 @@ function methods.to(t, what)
     local dt
     if type(what) == "table" then
         dt = what.dtype
-        if what.device ~= nil then core.parse_device(what.device) end
+        if what.device ~= nil and what.device ~= "cpu" then
+            core.parse_device(what.device)
+            error("to{device = " .. tostring(what.device) .. "}: CUDA tensors are not available in this build", 2)
+        end
     elseif what == "cpu" then
         return t
     elseif type(what) == "string" and (what == "cuda" or what:match("^cuda:")) then
@@ -453,6 +499,7 @@ end
 local get_buf = ffi.new("double[1]")
 
 function methods.item(t)
+    if t.storage == nil then error("item(): this tensor was released (t:free()); it holds no data", 2) end
     local n = tonumber(C.lt_tensor_numel(t))
     if n ~= 1 then error(("item(): tensor has %d elements, not 1"):format(n), 2) end
     check(C.lt_tensor_get(t, 0, get_buf))
@@ -648,6 +695,7 @@ mt.__index = function(t, k)
     local m = methods[k]
     if m ~= nil then return m end
     if type(k) == "number" then
+        if t.storage == nil then error("this tensor was released (t:free()); it holds no data", 2) end
         if t.ndim == 1 then
             local n = tonumber(t.sizes[0])
             local i = k < 0 and n + k + 1 or k
@@ -658,6 +706,10 @@ mt.__index = function(t, k)
             return get_buf[0]
         end
         if t.ndim == 0 then error("a 0-dim tensor cannot be indexed; use :item()", 2) end
+        local n = tonumber(t.sizes[0])
+        if k == 0 or k > n or k < -n then
+            error(("index %d out of range for dim 1 of size %d"):format(k, n), 2)
+        end
         return methods.select(t, 1, k)
     end
     local p = properties[k]
@@ -668,6 +720,13 @@ end
 mt.__newindex = function(t, k, v)
     if type(k) ~= "number" then
         error(("cannot set field %q on a tensor"):format(tostring(k)), 2)
+    end
+    if t.storage == nil then error("this tensor was released (t:free()); it holds no data", 2) end
+    if t.ndim == 0 then error("a 0-dim tensor cannot be indexed; use :fill_(v)", 2) end
+    local n0 = tonumber(t.sizes[0])
+    if k == 0 or k > n0 or k < -n0 then
+        error(("index %d out of range for %s of size %d"):format(k,
+            t.ndim == 1 and "a tensor" or "dim 1", n0), 2)
     end
     if t.ndim == 1 and type(v) == "number" then
         local n = tonumber(t.sizes[0])

@@ -166,15 +166,7 @@ static int check_in(const lt_tensor *t, const char *op, const char *name) {
 }
 
 static int check_out(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(check_in(t, op, name));
-    LT_TRY(lt_check_writable(t, op, name));
-    for (int i = 0; i < t->ndim; i++)
-        if (t->sizes[i] > 1 && t->strides[i] == 0)
-            return lt_fail(LT_ERR_ARG,
-                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
-                           "alias; it cannot be written",
-                           op, name, i);
-    return LT_OK;
+    return lt_check_output(t, LT_DTYPE_F32, op, name);
 }
 
 /* The numpy broadcast of a's and b's shapes into (nd, sizes). */

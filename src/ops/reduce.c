@@ -416,21 +416,8 @@ static int check_in(const lt_tensor *t, const char *op, const char *name) {
     return lt_check_dtype(t, LT_DTYPE_F32, op, name);
 }
 
-static int check_out_dtype(const lt_tensor *t, int dtype, const char *op, const char *name) {
-    LT_TRY(lt_check_cpu(t, op, name));
-    LT_TRY(lt_check_dtype(t, dtype, op, name));
-    LT_TRY(lt_check_writable(t, op, name));
-    for (int i = 0; i < t->ndim; i++)
-        if (t->sizes[i] > 1 && t->strides[i] == 0)
-            return lt_fail(LT_ERR_ARG,
-                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
-                           "alias; it cannot be written",
-                           op, name, i);
-    return LT_OK;
-}
-
 static int check_out(const lt_tensor *t, const char *op, const char *name) {
-    return check_out_dtype(t, LT_DTYPE_F32, op, name);
+    return lt_check_output(t, LT_DTYPE_F32, op, name);
 }
 
 /* ---- reductions --------------------------------------------------------------------- */
@@ -572,7 +559,7 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
 
 int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
     LT_TRY(check_in(x, "argmax", "x"));
-    LT_TRY(check_out_dtype(out, LT_DTYPE_I64, "argmax", "out"));
+    LT_TRY(lt_check_output(out, LT_DTYPE_I64, "argmax", "out"));
     int d = dim < 0 ? dim + x->ndim : dim;
     if (d < 0 || d >= x->ndim)
         return lt_fail(LT_ERR_ARG, "argmax: dim %d out of range for a %d-dim tensor", dim,

@@ -7,6 +7,7 @@ owns (see nn/module.lua).
 ]]
 local tensor = require "luatrain.tensor"
 local F = require "luatrain.ops.nn"
+local ops = require "luatrain.ops.elementwise"
 local Module = require("luatrain.nn.module").Module
 
 local M = {}
@@ -63,8 +64,11 @@ function Linear:backward(x, dy)
     F.linear_backward(dy, x, self.weight, { dx = dx, dw = dw })
     local db = self._grads.bias
     if db then
+        -- db (out) += dy summed over every leading dim, through an owned (1, out) buffer
         local dy2 = self:view_of("dy2", dy, { -1, self.out_features })
-        tensor.methods.add_(db, dy2:sum(1))
+        local colsum = self:buffer("bias_colsum", { 1, self.out_features })
+        ops.reduce_forward("sum", dy2, { 1 }, true, colsum)
+        tensor.methods.add_(db, self:view_of("bias_colsum_flat", colsum, { self.out_features }))
     end
     self.grad_input = dx
     return dx
@@ -118,6 +122,10 @@ function RMSNorm:extra_repr()
 end
 
 function RMSNorm:forward(x)
+    if x:dim() == 0 or x:size(-1) ~= self.dim then
+        error(("RMSNorm(%d): the input's last dim is %s, not %d"):format(self.dim,
+            x:dim() > 0 and tostring(x:size(-1)) or "missing (0-dim input)", self.dim), 2)
+    end
     local out = self:buffer("output", x:shape())
     local rows = x:numel() / self.dim
     local rstd = self:buffer("rstd", { rows })

@@ -28,6 +28,7 @@ function Module:extend(name)
     cls.__index = cls
     cls.__name = name
     cls.__tostring = Module.__tostring
+    cls.__call = function(obj, ...) return obj:forward(...) end
     cls.new = function(...)
         local obj = setmetatable({}, cls)
         Module._setup(obj)
@@ -110,7 +111,7 @@ function Module:named_parameters(prefix, out, seen)
     prefix = prefix or ""
     for _, n in ipairs(self._param_names) do
         local p = self._params[n]
-        local key = tostring(core.C.lt_tensor_data(p))
+        local key = tostring(p.storage) .. ":" .. tostring(p.offset)
         if not seen[key] then
             seen[key] = true
             out[#out + 1] = { name = prefix .. n, param = p, grad = self._grads[n], module = self, key = n }
@@ -139,14 +140,30 @@ function Module:num_parameters(trainable_only)
     return n
 end
 
--- Freeze (no gradient buffer) or unfreeze every parameter below this module.
+-- Every (module, key) slot holding a parameter below this module, tied copies included.
+function Module:_param_slots(out)
+    out = out or {}
+    for _, n in ipairs(self._param_names) do out[#out + 1] = { module = self, key = n } end
+    for _, n in ipairs(self._child_names) do self._children[n]:_param_slots(out) end
+    return out
+end
+
+-- Freeze (no gradient buffer) or unfreeze every parameter below this module. A parameter
+-- shared by several modules (tied embeddings) gets one gradient, seen by all of them.
 function Module:requires_grad(flag)
-    for _, r in ipairs(self:named_parameters()) do
-        local m, k = r.module, r.key
-        if flag and not m._grads[k] then
-            m._grads[k] = tensor.zeros(r.param:shape())
-        elseif not flag and m._grads[k] then
-            m._grads[k]:free()
+    local grad_of = {} -- parameter storage key -> the gradient its slots share
+    for _, slot in ipairs(self:_param_slots()) do
+        local m, k = slot.module, slot.key
+        local p = m._params[k]
+        local id = tostring(p.storage) .. ":" .. tostring(p.offset)
+        if flag then
+            if grad_of[id] == nil then grad_of[id] = m._grads[k] or tensor.zeros(p:shape()) end
+            m._grads[k] = grad_of[id]
+        elseif m._grads[k] then
+            if grad_of[id] == nil then
+                m._grads[k]:free()
+                grad_of[id] = true
+            end
             m._grads[k] = nil
         end
     end
@@ -199,6 +216,8 @@ function Module:load_state_dict(sd, strict)
         local src = sd[name]
         if src == nil then
             missing[#missing + 1] = name
+        elseif not tensor.is_tensor(src) then
+            error(("load_state_dict: entry %s is a %s, not a tensor"):format(name, type(src)), 2)
         else
             local a, b = t:shape(), src:shape()
             local same = #a == #b
@@ -267,7 +286,6 @@ function Module:backward(input, grad_output)
     error(self.__name .. ":backward is not implemented", 2)
 end
 
-Module.__call = function(self, ...) return self:forward(...) end
 
 function Module:__tostring()
     local lines = {}

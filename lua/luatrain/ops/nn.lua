@@ -36,9 +36,16 @@ function M.matmul(a, b, opts)
     opts = opts or {}
     local ta, tb = opts.trans_a and 1 or 0, opts.trans_b and 1 or 0
     local out = opts.out
+    local sa, sb = a:shape(), b:shape()
+    if #sa < 2 or #sb < 2 then error("matmul: operands need at least 2 dims", 2) end
+    local ka = ta == 1 and sa[#sa - 1] or sa[#sa]
+    local kb = tb == 1 and sb[#sb] or sb[#sb - 1]
+    if ka ~= kb then
+        error(("matmul: inner dims differ: a (%s)%s has %d columns, b (%s)%s has %d rows"):format(
+            table.concat(sa, ", "), ta == 1 and " transposed" or "", ka,
+            table.concat(sb, ", "), tb == 1 and " transposed" or "", kb), 2)
+    end
     if out == nil then
-        local sa, sb = a:shape(), b:shape()
-        if #sa < 2 or #sb < 2 then error("matmul: operands need at least 2 dims", 2) end
         local m = ta == 1 and sa[#sa] or sa[#sa - 1]
         local n = tb == 1 and sb[#sb - 1] or sb[#sb]
         local batch = #sa >= #sb and sa or sb
@@ -293,6 +300,10 @@ function tensor.methods.matmul(a, b)
     local a2 = na == 1 and a:view(1, a:size(1)) or a
     local b2 = nb == 1 and b:view(b:size(1), 1) or b
     local sa, sb = a2:shape(), b2:shape()
+    if sa[#sa] ~= sb[#sb - 1] then
+        error(("matmul: inner dims differ: (%s) @ (%s)"):format(table.concat(a:shape(), ", "),
+            table.concat(b:shape(), ", ")), 2)
+    end
     local out
     if #sa == 2 and #sb == 2 then
         out = M.matmul(a2, b2)
