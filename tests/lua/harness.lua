@@ -125,9 +125,48 @@ function T.run(cmd)
     return text:gsub("__exit=%d+%s*$", ""), code
 end
 
--- The luatrain binary of the build under test.
+-- The luatrain binary of the build under test: LT_BUILD_DIR's (set by ctest), else the
+-- binary running this file.
 function T.luatrain()
-    return (os.getenv("LT_BUILD_DIR") or "build") .. "/luatrain"
+    local dir = os.getenv("LT_BUILD_DIR")
+    if dir then return dir .. "/luatrain" end
+    return arg and arg[-1] or "build/luatrain"
+end
+
+function T.shell_quote(s)
+    return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+function T.slurp(path)
+    local f = assert(io.open(path, "rb"))
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+function T.write_file(path, text)
+    local f = assert(io.open(path, "wb"))
+    f:write(text)
+    f:close()
+end
+
+-- Run `program` (default: the luatrain binary) with a list of arguments and `stdin` text,
+-- history off; returns the exit status, stdout and stderr.
+function T.host(args, stdin, program)
+    local inp, errf = os.tmpname(), os.tmpname()
+    T.write_file(inp, stdin or "")
+    local parts = { T.shell_quote(program or T.luatrain()) }
+    for _, a in ipairs(args) do parts[#parts + 1] = T.shell_quote(a) end
+    local cmd = ("LUATRAIN_HISTORY= %s <%s 2>%s; echo \"__rc=$?\""):format(
+        table.concat(parts, " "), inp, errf)
+    local p = io.popen(cmd)
+    local out = p:read("*a")
+    p:close()
+    local err = T.slurp(errf)
+    os.remove(inp)
+    os.remove(errf)
+    local rc = tonumber(out:match("__rc=(%d+)%s*$"))
+    return rc, (out:gsub("__rc=%d+%s*$", "")), err
 end
 
 function T.done()

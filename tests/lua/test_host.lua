@@ -5,44 +5,9 @@ package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
 local lt = T.lt
 
-local bin = (os.getenv("LT_BUILD_DIR") or ".") .. "/luatrain"
-if not os.getenv("LT_BUILD_DIR") then bin = arg[-1] end
+local bin = T.luatrain()
 local RECIPE = "tests/fixtures/recipes/train_config.lua"
-
-local function shell_quote(s)
-    return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function slurp(path)
-    local f = io.open(path, "rb")
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
-local function write(path, text)
-    local f = io.open(path, "wb")
-    f:write(text)
-    f:close()
-end
-
--- Runs program (default: the host) with args and stdin; returns status, stdout, stderr.
-local function run(args, stdin, program)
-    local inp, errf = os.tmpname(), os.tmpname()
-    write(inp, stdin or "")
-    local parts = { shell_quote(program or bin) }
-    for _, a in ipairs(args) do parts[#parts + 1] = shell_quote(a) end
-    local cmd = ("LUATRAIN_HISTORY= %s <%s 2>%s; echo \"__rc=$?\""):format(
-        table.concat(parts, " "), inp, errf)
-    local p = io.popen(cmd)
-    local out = p:read("*a")
-    p:close()
-    local err = slurp(errf)
-    os.remove(inp)
-    os.remove(errf)
-    local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-    return rc, (out:gsub("__rc=%d+%s*$", "")), err
-end
+local shell_quote, write, run = T.shell_quote, T.write_file, T.host
 
 -- A temporary script holding text; removed by the caller.
 local function script(text)

@@ -199,39 +199,7 @@ end)
 
 -- ---- the host's REPL through a pipe -------------------------------------------------
 
-local bin = (os.getenv("LT_BUILD_DIR") or ".") .. "/luatrain"
-if not os.getenv("LT_BUILD_DIR") then bin = arg[-1] end
-
-local function shell_quote(s)
-    return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function slurp(path)
-    local f = io.open(path, "rb")
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
--- Runs the host with args and stdin; returns exit status, stdout, stderr.
-local function run(args, stdin)
-    local inp, errf = os.tmpname(), os.tmpname()
-    local f = io.open(inp, "wb")
-    f:write(stdin or "")
-    f:close()
-    local parts = { shell_quote(bin) }
-    for _, a in ipairs(args) do parts[#parts + 1] = shell_quote(a) end
-    local cmd = ("LUATRAIN_HISTORY= %s <%s 2>%s; echo \"__rc=$?\""):format(
-        table.concat(parts, " "), inp, errf)
-    local p = io.popen(cmd)
-    local out = p:read("*a")
-    p:close()
-    local err = slurp(errf)
-    os.remove(inp)
-    os.remove(errf)
-    local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-    return rc, (out:gsub("__rc=%d+%s*$", "")), err
-end
+local run = T.host
 
 T.test("pipe: expressions, tensors, multi-line functions, errors, exit", function()
     local rc, out, err = run({}, table.concat({
