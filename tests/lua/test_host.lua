@@ -5,7 +5,6 @@ package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
 local lt = T.lt
 
-local bin = T.luatrain()
 local RECIPE = "tests/fixtures/recipes/train_config.lua"
 local shell_quote, write, run = T.shell_quote, T.write_file, T.host
 
