@@ -33,6 +33,7 @@ local cfg = lt.config {
     log_every = { 10, "print a line every this many steps", type = "int" },
     out = { "runs/train_tiny", "output folder (log.jsonl, model/)" },
     save = { true, "save the trained model" },
+    checkpoint = { false, "gradient checkpointing: re-run each layer's forward in backward to hold one layer's activations" },
     -- stories15M shape; ignored when `model` is given
     vocab_size = { 32000, "vocabulary size of a new model", type = "int" },
     dim = { 288, "hidden size of a new model", type = "int" },
@@ -57,6 +58,7 @@ else
         rms_norm_eps = 1e-5, tie_word_embeddings = true,
     })
 end
+if cfg.checkpoint then model:gradient_checkpointing(true) end
 if model.config.vocab_size < 256 then
     error(("train_tiny: byte-level text needs a vocabulary of at least 256, the model has %d"):format(
         model.config.vocab_size), 0)

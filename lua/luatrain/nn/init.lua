@@ -22,5 +22,6 @@ return {
     DecoderLayer = llama.DecoderLayer,
     LlamaModel = llama.LlamaModel,
     LlamaForCausalLM = llama.LlamaForCausalLM,
+    Checkpoint = require "luatrain.nn.checkpoint",
     functional = require "luatrain.ops.nn",
 }

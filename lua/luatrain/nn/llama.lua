@@ -232,6 +232,34 @@ function LlamaModel:backward(ids, dy)
     return nil
 end
 
+-- Checkpoint every decoder layer (flag true) or stop (false). The layers share one arena
+-- of activation buffers; see nn/checkpoint.lua.
+function LlamaModel:gradient_checkpointing(flag)
+    local Checkpoint = require "luatrain.nn.checkpoint"
+    local list = self.layers
+    local arena = flag and Checkpoint.arena() or nil
+    for _, name in ipairs(list._child_names) do
+        local layer = list._children[name]
+        local inner = layer.inner or layer
+        if layer.inner then layer:free_buffers() end
+        if flag then
+            -- a fresh arena: drop whatever buffers the layer had
+            inner:free_buffers()
+            list._children[name] = Checkpoint(inner, arena)
+        elseif layer.inner then
+            -- back to private buffers for each layer
+            local function unshare(m)
+                m._buffers, m._views = {}, {}
+                for _, n in ipairs(m._child_names) do unshare(m._children[n]) end
+            end
+            unshare(inner)
+            list._children[name] = inner
+        end
+    end
+    self._layer_inputs = nil
+    return self
+end
+
 local LlamaForCausalLM = Module:extend("LlamaForCausalLM")
 M.LlamaForCausalLM = LlamaForCausalLM
 
@@ -259,6 +287,11 @@ function LlamaForCausalLM:init_weights()
     for _, r in ipairs(self:named_parameters()) do
         if r.param:dim() >= 2 then r.param:normal_(0, std) else r.param:fill_(1) end
     end
+end
+
+function LlamaForCausalLM:gradient_checkpointing(flag)
+    self.model:gradient_checkpointing(flag)
+    return self
 end
 
 function LlamaForCausalLM:extra_repr()
