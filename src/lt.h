@@ -208,6 +208,9 @@ int lt_tensor_uniform(lt_tensor *t, double low, double high, lt_rng *rng);
 int lt_tensor_normal(lt_tensor *t, double mean, double std, lt_rng *rng);
 /* Integers uniform in [low, high). */
 int lt_tensor_randint(lt_tensor *t, int64_t low, int64_t high, lt_rng *rng);
+/* A uniformly random permutation of 0..n-1 into a contiguous 1-D i32/i64 tensor of n
+   (Fisher-Yates driven by the generator; the same (seed, offset) gives the same order). */
+int lt_tensor_randperm(lt_tensor *t, lt_rng *rng);
 
 /* ---- memory accounting ------------------------------------------------------------ */
 

@@ -80,6 +80,28 @@ int lt_atomic_file_write(lt_atomic_file *f, const void *data, int64_t nbytes);
 int lt_atomic_file_commit(lt_atomic_file *f);
 void lt_atomic_file_abort(lt_atomic_file *f);
 
+/* ---- datasets -------------------------------------------------------------------- */
+
+/* Lines of a text file, plain or gzip-compressed (told apart by its first bytes), read as
+   a stream: memory holds the longest line, not the file. */
+typedef struct lt_lines lt_lines;
+int lt_lines_open(lt_lines **out, const char *path);
+/* The next line without its line ending ("\n" or "\r\n"), NUL-terminated and valid until
+   the next call; *lineno is its 1-based number; *has is 0 at the end of the file. A line
+   longer than 256 MiB, or a corrupt gzip stream, is an error naming the file and line. */
+int lt_lines_next(lt_lines *r, const char **line, int64_t *len, int64_t *lineno, int32_t *has);
+/* Bytes of the file consumed so far (compressed bytes for gzip), for progress reports. */
+int64_t lt_lines_offset(const lt_lines *r);
+int64_t lt_lines_file_size(const lt_lines *r);
+void lt_lines_close(lt_lines *r);
+
+/* A whole file as a 1-D tensor of `dtype`, zero-copy through mmap. The size must be a
+   multiple of the element size. */
+int lt_tensor_map_file(lt_tensor *out, const char *path, int dtype);
+
+/* Size in bytes and modification time (ns since the epoch) of a file, for cache checks. */
+int lt_file_info(const char *path, int64_t *size, int64_t *mtime_ns);
+
 /* mkdir -p: create `path` and any missing parents (mode 0755). An existing directory is
    fine; an existing non-directory is an LT_ERR_IO naming it. */
 int lt_make_dirs(const char *path);

@@ -180,15 +180,22 @@ int lt_swiglu_backward(lt_tensor *dgate, lt_tensor *dup, const lt_tensor *dout,
    key/value head h / (H / Hkv)).
    q, out (B, T, H, D); k, v (B, S, Hkv, D); unit stride in D, any other strides.
    causal: query t sees keys s <= t + (S - T) (bottom-right aligned, as with a KV cache).
-   lse (B, H, T) f32: log-sum-exp of each row of scaled scores, saved for backward; or NULL.
+   cu_seqlens: NULL, or packed sequences: an i32 vector (n + 1) of increasing offsets into
+   the B * T positions, from 0 to B * T, none crossing a batch row (S must equal T). Each
+   position then attends only within its own sequence (causally when causal is set), as
+   FlashAttention's varlen form does.
+   lse (B, H, T) f32: log-sum-exp of each row of scaled scores, saved for backward; or NULL
+   (a position that sees no key gets -inf and a zero output).
    Memory: O(threads * tile * S), never B * H * T * S. */
 int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, const lt_tensor *k,
-                         const lt_tensor *v, float scale, int causal);
+                         const lt_tensor *v, const lt_tensor *cu_seqlens, float scale,
+                         int causal);
 /* dq (=) like q; dk, dv (=) like k, v (summed over the query heads of each group).
    Probabilities are recomputed from lse. */
 int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_tensor *dout,
                           const lt_tensor *q, const lt_tensor *k, const lt_tensor *v,
-                          const lt_tensor *out, const lt_tensor *lse, float scale, int causal);
+                          const lt_tensor *out, const lt_tensor *lse,
+                          const lt_tensor *cu_seqlens, float scale, int causal);
 
 /* ---- cross-entropy ---------------------------------------------------------------- */
 

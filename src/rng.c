@@ -113,3 +113,38 @@ int lt_tensor_randint(lt_tensor *t, int64_t low, int64_t high, lt_rng *rng) {
                        (long long)low, (long long)high);
     return rng_fill(t, FILL_INT, (double)low, (double)high, rng, "randint");
 }
+
+int lt_tensor_randperm(lt_tensor *t, lt_rng *rng) {
+    LT_TRY(lt_check_cpu(t, "randperm", "tensor"));
+    LT_TRY(lt_check_writable(t, "randperm", "tensor"));
+    if (!rng) return lt_fail(LT_ERR_ARG, "randperm: rng is NULL");
+    if (t->ndim != 1 || !lt_tensor_is_contiguous(t) || !lt_is_index_dtype(t->dtype_id))
+        return lt_fail(LT_ERR_ARG, "randperm: needs a contiguous 1-D i32 or i64 tensor");
+    int64_t n = t->sizes[0];
+    if (t->dtype_id == LT_DTYPE_I32 && n > INT32_MAX)
+        return lt_fail(LT_ERR_RANGE, "randperm: %lld values do not fit i32", (long long)n);
+    void *p = lt_tensor_data(t);
+    int is32 = t->dtype_id == LT_DTYPE_I32;
+    for (int64_t i = 0; i < n; i++) {
+        if (is32) ((int32_t *)p)[i] = (int32_t)i;
+        else ((int64_t *)p)[i] = i;
+    }
+    /* Fisher-Yates from the top; j is drawn from 64 random bits, so the modulo bias is
+       below 2^-40 for any n a dataset has */
+    for (int64_t i = n - 1; i > 0; i--) {
+        uint64_t block = rng->offset++;
+        philox_block r = philox4x32_10(block, rng->seed);
+        uint64_t bits = (uint64_t)r.v[0] << 32 | r.v[1];
+        int64_t j = (int64_t)(bits % (uint64_t)(i + 1));
+        if (is32) {
+            int32_t *a = p, tmp = a[i];
+            a[i] = a[j];
+            a[j] = tmp;
+        } else {
+            int64_t *a = p, tmp = a[i];
+            a[i] = a[j];
+            a[j] = tmp;
+        }
+    }
+    return LT_OK;
+}

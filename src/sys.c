@@ -43,3 +43,12 @@ int lt_make_dirs(const char *path) {
     }
     return make_one(buf);
 }
+
+int lt_file_info(const char *path, int64_t *size, int64_t *mtime_ns) {
+    if (!path) return lt_fail(LT_ERR_ARG, "file_info: path is NULL");
+    struct stat st;
+    if (stat(path, &st) != 0) return lt_fail(LT_ERR_IO, "%s: %s", path, strerror(errno));
+    if (size) *size = (int64_t)st.st_size;
+    if (mtime_ns) *mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    return LT_OK;
+}

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config luajit libluajit-5.1-dev libcjson-dev zlib1g-dev
-          libopenblas-dev libedit-dev)
+          libopenblas-dev libedit-dev libpcre2-dev)
 
 install_missing() {
     local missing=()

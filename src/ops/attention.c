@@ -1,7 +1,9 @@
 /* attention.c - softmax attention with grouped-query heads, forward and backward.
  *
- * Work is split by head: the forward takes (batch, query head) pairs, the backward
- * (batch, key/value head) groups so each thread owns the dk/dv rows it accumulates. Inside,
+ * Work is split into segments: one per batch row, or one per packed sequence when
+ * cu_seqlens is given (queries and keys of a segment never meet another segment's). The
+ * forward takes (segment, query head) pairs, the backward (segment, key/value head) groups
+ * so each thread owns the dk/dv rows it accumulates. Inside,
  * queries go in blocks of BQ rows: scores for a block are one small GEMM against K^T, the
  * softmax runs in place, and the output is one GEMM against V. The forward saves only the
  * log-sum-exp of each row; the backward recomputes the probabilities from it. Memory is
@@ -20,21 +22,72 @@
 
 enum { BQ = 64 }; /* query rows per block: a multiple of every tile height */
 
+/* A run of queries [q0, q0 + nq) of batch row b attending keys [k0, k0 + nk) of the same
+   row; causally, query i of the run sees keys up to i + (nk - nq). */
+typedef struct {
+    int64_t b, q0, nq, k0, nk;
+} attn_seg;
+
 typedef struct {
     int64_t B, T, S, H, Hkv, D, group;
     float scale;
     int causal;
     const float *q, *k, *v;
     int64_t qs[3], ks[3], vs[3]; /* strides of dims B, T|S, H|Hkv (D has unit stride) */
+    attn_seg *segs;              /* nseg segments, owned (free with seg_free) */
+    int64_t nseg, max_nk;
 } attn_shape;
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-/* Number of keys query t may see. */
-static int64_t keys_for(const attn_shape *a, int64_t t) {
-    if (!a->causal) return a->S;
-    int64_t n = t + a->S - a->T + 1;
-    return n < 0 ? 0 : (n > a->S ? a->S : n);
+/* Number of keys query i (of its segment) may see. */
+static int64_t keys_for(const attn_shape *a, const attn_seg *g, int64_t i) {
+    if (!a->causal) return g->nk;
+    int64_t n = i + g->nk - g->nq + 1;
+    return n < 0 ? 0 : (n > g->nk ? g->nk : n);
+}
+
+/* The segments: one per batch row, or the packed sequences of cu_seqlens. */
+static int make_segments(attn_shape *a, const lt_tensor *cu, const char *op) {
+    a->segs = NULL;
+    a->nseg = 0;
+    a->max_nk = 0;
+    if (!cu) {
+        a->segs = lt_scratch_alloc(a->B * (int64_t)sizeof(attn_seg));
+        if (!a->segs && a->B) return LT_ERR_NOMEM;
+        for (int64_t b = 0; b < a->B; b++) a->segs[b] = (attn_seg){b, 0, a->T, 0, a->S};
+        a->nseg = a->B;
+        a->max_nk = a->S;
+        return LT_OK;
+    }
+    LT_TRY(lt_check_cpu(cu, op, "cu_seqlens"));
+    if (cu->dtype_id != LT_DTYPE_I32 || cu->ndim != 1 || !lt_tensor_is_contiguous(cu))
+        return lt_fail(LT_ERR_ARG, "%s: cu_seqlens must be a contiguous 1-D i32 tensor", op);
+    if (a->S != a->T)
+        return lt_fail(LT_ERR_SHAPE, "%s: packed sequences (cu_seqlens) need as many keys as queries, got T %lld and S %lld",
+                       op, (long long)a->T, (long long)a->S);
+    int64_t n = cu->sizes[0] - 1, total = a->B * a->T;
+    const int32_t *c = lt_tensor_data(cu);
+    if (n < 1 || c[0] != 0 || c[n] != total)
+        return lt_fail(LT_ERR_ARG, "%s: cu_seqlens must run from 0 to B * T = %lld (got %lld entries)",
+                       op, (long long)total, (long long)cu->sizes[0]);
+    for (int64_t g = 0; g < n; g++) {
+        if (c[g + 1] <= c[g])
+            return lt_fail(LT_ERR_ARG, "%s: cu_seqlens must increase: entry %lld is %d, entry %lld is %d",
+                           op, (long long)g, c[g], (long long)(g + 1), c[g + 1]);
+        if (c[g] / a->T != (c[g + 1] - 1) / a->T)
+            return lt_fail(LT_ERR_ARG, "%s: packed sequence %lld ([%d, %d)) crosses a batch row of %lld positions",
+                           op, (long long)g, c[g], c[g + 1], (long long)a->T);
+    }
+    a->segs = lt_scratch_alloc(n * (int64_t)sizeof(attn_seg));
+    if (!a->segs) return LT_ERR_NOMEM;
+    for (int64_t g = 0; g < n; g++) {
+        int64_t b = c[g] / a->T, t0 = c[g] % a->T, len = c[g + 1] - c[g];
+        a->segs[g] = (attn_seg){b, t0, len, t0, len};
+        if (len > a->max_nk) a->max_nk = len;
+    }
+    a->nseg = n;
+    return LT_OK;
 }
 
 static int check_qkv(const lt_tensor *t, const char *op, const char *name) {
@@ -47,7 +100,7 @@ static int check_qkv(const lt_tensor *t, const char *op, const char *name) {
 }
 
 static int setup(attn_shape *a, const lt_tensor *q, const lt_tensor *k, const lt_tensor *v,
-                 float scale, int causal, const char *op) {
+                 const lt_tensor *cu, float scale, int causal, const char *op) {
     LT_TRY(check_qkv(q, op, "q"));
     LT_TRY(check_qkv(k, op, "k"));
     LT_TRY(check_qkv(v, op, "v"));
@@ -79,7 +132,7 @@ static int setup(attn_shape *a, const lt_tensor *q, const lt_tensor *k, const lt
         a->ks[i] = k->strides[i];
         a->vs[i] = v->strides[i];
     }
-    return LT_OK;
+    return make_segments(a, cu, op);
 }
 
 static int check_like(const lt_tensor *t, const lt_tensor *ref, const char *op, const char *name,
@@ -123,40 +176,49 @@ static int thread_id(void) {
 }
 
 int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, const lt_tensor *k,
-                         const lt_tensor *v, float scale, int causal) {
+                         const lt_tensor *v, const lt_tensor *cu_seqlens, float scale,
+                         int causal) {
     const char *op = "attention_forward";
     attn_shape a;
-    LT_TRY(setup(&a, q, k, v, scale, causal, op));
     LT_TRY(check_like(out, q, op, "out", "q"));
-    if (lse) LT_TRY(check_lse(lse, &a, op));
-    int64_t B = a.B, T = a.T, S = a.S, H = a.H, D = a.D;
-    if (B * T * H == 0) return LT_OK;
+    LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
+    int st = lse ? check_lse(lse, &a, op) : LT_OK;
+    int64_t T = a.T, H = a.H, D = a.D, nseg = a.nseg;
+    if (st != LT_OK || a.B * T * H == 0) {
+        lt_scratch_free(a.segs);
+        return st;
+    }
     int64_t vw = lt_gemm_vector_floats();
-    int64_t Sp = round_up(S > 0 ? S : 1, vw);
+    int64_t Sp = round_up(a.max_nk > 0 ? a.max_nk : 1, vw);
     /* per thread: K^T (D x Sp) and one block of scores (BQ x Sp) */
     int64_t per_thread = D * Sp + BQ * Sp;
     int nt = num_threads();
     float *scratch = lt_scratch_alloc((int64_t)nt * per_thread * (int64_t)sizeof(float));
-    if (!scratch) return LT_ERR_NOMEM;
+    if (!scratch) {
+        lt_scratch_free(a.segs);
+        return LT_ERR_NOMEM;
+    }
     float *o = (float *)out->storage->data + out->offset;
     int64_t os[3] = {out->strides[0], out->strides[1], out->strides[2]};
     float *lp = lse ? lt_tensor_data(lse) : NULL;
 
-#pragma omp parallel for schedule(dynamic, 1) if (B * H > 1 && B * H * T * S * D >= LT_PAR_MIN_WORK)
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        int64_t b = bh / H, h = bh % H, hkv = h / a.group;
+#pragma omp parallel for schedule(dynamic, 1) if (nseg * H > 1 && nseg * H * T * a.max_nk * D >= LT_PAR_MIN_WORK)
+    for (int64_t gh = 0; gh < nseg * H; gh++) {
+        const attn_seg *g = &a.segs[gh / H];
+        int64_t b = g->b, h = gh % H, hkv = h / a.group;
         float *kt = scratch + (int64_t)thread_id() * per_thread;
         float *sc = kt + D * Sp;
-        transpose_head(kt, Sp, a.k + b * a.ks[0] + hkv * a.ks[2], a.ks[1], S, D);
-        const float *vh = a.v + b * a.vs[0] + hkv * a.vs[2];
-        for (int64_t t0 = 0; t0 < T; t0 += BQ) {
-            int64_t bq = T - t0 < BQ ? T - t0 : BQ;
-            int64_t lim = keys_for(&a, t0 + bq - 1); /* keys seen by the block's last row */
+        transpose_head(kt, Sp, a.k + b * a.ks[0] + g->k0 * a.ks[1] + hkv * a.ks[2], a.ks[1], g->nk, D);
+        const float *vh = a.v + b * a.vs[0] + g->k0 * a.vs[1] + hkv * a.vs[2];
+        for (int64_t i0 = 0; i0 < g->nq; i0 += BQ) {
+            int64_t bq = g->nq - i0 < BQ ? g->nq - i0 : BQ;
+            int64_t lim = keys_for(&a, g, i0 + bq - 1); /* keys seen by the block's last row */
+            int64_t t0 = g->q0 + i0;
             const float *qb = a.q + b * a.qs[0] + t0 * a.qs[1] + h * a.qs[2];
             float *ob = o + b * os[0] + t0 * os[1] + h * os[2];
             if (lim > 0) lt_gemm_nn(bq, round_up(lim, vw), D, qb, a.qs[1], kt, Sp, sc, Sp, 0);
             for (int64_t i = 0; i < bq; i++) {
-                int64_t n = keys_for(&a, t0 + i);
+                int64_t n = keys_for(&a, g, i0 + i);
                 float *row = sc + i * Sp;
                 if (n == 0) { /* a query with no visible key attends to nothing */
                     for (int64_t j = 0; j < lim; j++) row[j] = 0.0f;
@@ -187,6 +249,7 @@ int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, con
         }
     }
     lt_scratch_free(scratch);
+    lt_scratch_free(a.segs);
     return LT_OK;
 }
 
@@ -201,56 +264,66 @@ static void transpose_block(float *dst, int64_t ld, const float *src, int64_t ld
    dV = P^T dO;  dS = P * (dO V^T - delta);  dQ = scale dS K;  dK = scale dS^T Q. */
 int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_tensor *dout,
                           const lt_tensor *q, const lt_tensor *k, const lt_tensor *v,
-                          const lt_tensor *out, const lt_tensor *lse, float scale, int causal) {
+                          const lt_tensor *out, const lt_tensor *lse,
+                          const lt_tensor *cu_seqlens, float scale, int causal) {
     const char *op = "attention_backward";
     attn_shape a;
-    LT_TRY(setup(&a, q, k, v, scale, causal, op));
     LT_TRY(check_like(dout, q, op, "dout", "q"));
     LT_TRY(check_like(out, q, op, "out", "q"));
     LT_TRY(check_like(dq, q, op, "dq", "q"));
     LT_TRY(check_like(dk, k, op, "dk", "k"));
     LT_TRY(check_like(dv, v, op, "dv", "v"));
-    LT_TRY(check_lse(lse, &a, op));
-    int64_t B = a.B, T = a.T, S = a.S, H = a.H, Hkv = a.Hkv, D = a.D;
+    LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
+    int st = check_lse(lse, &a, op);
+    if (st != LT_OK) {
+        lt_scratch_free(a.segs);
+        return st;
+    }
+    int64_t T = a.T, H = a.H, Hkv = a.Hkv, D = a.D, nseg = a.nseg, maxk = a.max_nk;
     int64_t vw = lt_gemm_vector_floats();
-    int64_t Sp = round_up(S > 0 ? S : 1, vw);
+    int64_t Sp = round_up(maxk > 0 ? maxk : 1, vw);
     /* per thread: K^T, V^T (D x Sp); P, dP (BQ x Sp); a transposed block (Sp x BQ);
-       dK, dV accumulators (S x D) */
-    int64_t per_thread = 2 * D * Sp + 2 * BQ * Sp + Sp * BQ + 2 * S * D;
+       dK, dV accumulators (max keys x D) */
+    int64_t per_thread = 2 * D * Sp + 2 * BQ * Sp + Sp * BQ + 2 * maxk * D;
     int nt = num_threads();
     float *scratch = lt_scratch_alloc((int64_t)nt * per_thread * (int64_t)sizeof(float));
-    if (!scratch) return LT_ERR_NOMEM;
+    if (!scratch) {
+        lt_scratch_free(a.segs);
+        return LT_ERR_NOMEM;
+    }
     const float *go = (const float *)dout->storage->data + dout->offset;
     const float *fo = (const float *)out->storage->data + out->offset;
     float *gq = (float *)dq->storage->data + dq->offset;
     float *gk = (float *)dk->storage->data + dk->offset;
     float *gv = (float *)dv->storage->data + dv->offset;
     const float *lp = lt_tensor_data(lse);
+    int64_t gos = dout->strides[1], fos = out->strides[1], gqs = dq->strides[1];
 
-#pragma omp parallel for schedule(dynamic, 1) if (B * Hkv > 1 && B * H * T * S * D >= LT_PAR_MIN_WORK)
-    for (int64_t bg = 0; bg < B * Hkv; bg++) {
-        int64_t b = bg / Hkv, hkv = bg % Hkv;
+#pragma omp parallel for schedule(dynamic, 1) if (nseg * Hkv > 1 && nseg * H * T * maxk * D >= LT_PAR_MIN_WORK)
+    for (int64_t gg = 0; gg < nseg * Hkv; gg++) {
+        const attn_seg *g = &a.segs[gg / Hkv];
+        int64_t b = g->b, hkv = gg % Hkv, nk = g->nk;
         float *kt = scratch + (int64_t)thread_id() * per_thread;
         float *vt = kt + D * Sp;
         float *p = vt + D * Sp;
         float *dp = p + BQ * Sp;
         float *tr = dp + BQ * Sp;
         float *dk_acc = tr + Sp * BQ;
-        float *dv_acc = dk_acc + S * D;
-        const float *kh = a.k + b * a.ks[0] + hkv * a.ks[2];
-        const float *vh = a.v + b * a.vs[0] + hkv * a.vs[2];
-        transpose_head(kt, Sp, kh, a.ks[1], S, D);
-        transpose_head(vt, Sp, vh, a.vs[1], S, D);
-        memset(dk_acc, 0, (size_t)(2 * S * D) * sizeof(float));
+        float *dv_acc = dk_acc + maxk * D;
+        const float *kh = a.k + b * a.ks[0] + g->k0 * a.ks[1] + hkv * a.ks[2];
+        const float *vh = a.v + b * a.vs[0] + g->k0 * a.vs[1] + hkv * a.vs[2];
+        transpose_head(kt, Sp, kh, a.ks[1], nk, D);
+        transpose_head(vt, Sp, vh, a.vs[1], nk, D);
+        memset(dk_acc, 0, (size_t)(2 * maxk * D) * sizeof(float));
         for (int64_t h = hkv * a.group; h < (hkv + 1) * a.group; h++) {
-            for (int64_t t0 = 0; t0 < T; t0 += BQ) {
-                int64_t bq = T - t0 < BQ ? T - t0 : BQ;
-                int64_t lim = keys_for(&a, t0 + bq - 1);
+            for (int64_t i0 = 0; i0 < g->nq; i0 += BQ) {
+                int64_t bq = g->nq - i0 < BQ ? g->nq - i0 : BQ;
+                int64_t lim = keys_for(&a, g, i0 + bq - 1);
+                int64_t t0 = g->q0 + i0;
                 const float *qb = a.q + b * a.qs[0] + t0 * a.qs[1] + h * a.qs[2];
-                const float *gob = go + b * dout->strides[0] + t0 * dout->strides[1] + h * dout->strides[2];
-                const float *fob = fo + b * out->strides[0] + t0 * out->strides[1] + h * out->strides[2];
-                float *gqb = gq + b * dq->strides[0] + t0 * dq->strides[1] + h * dq->strides[2];
-                int64_t gos = dout->strides[1], fos = out->strides[1], gqs = dq->strides[1];
+                const float *gob = go + b * dout->strides[0] + t0 * gos + h * dout->strides[2];
+                const float *fob = fo + b * out->strides[0] + t0 * fos + h * out->strides[2];
+                float *gqb = gq + b * dq->strides[0] + t0 * gqs + h * dq->strides[2];
                 if (lim == 0) {
                     for (int64_t i = 0; i < bq; i++)
                         for (int64_t d = 0; d < D; d++) gqb[i * gqs + d] = 0.0f;
@@ -260,7 +333,7 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
                 lt_gemm_nn(bq, limp, D, qb, a.qs[1], kt, Sp, p, Sp, 0);
                 lt_gemm_nn(bq, limp, D, gob, gos, vt, Sp, dp, Sp, 0);
                 for (int64_t i = 0; i < bq; i++) {
-                    int64_t n = keys_for(&a, t0 + i);
+                    int64_t n = keys_for(&a, g, i0 + i);
                     float *prow = p + i * Sp, *dprow = dp + i * Sp;
                     float l = lp[(b * H + h) * T + t0 + i];
                     float delta = 0.0f;
@@ -286,13 +359,14 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
                 lt_gemm_nn(lim, D, bq, tr, BQ, gob, gos, dv_acc, D, 1);
             }
         }
-        float *gkh = gk + b * dk->strides[0] + hkv * dk->strides[2];
-        float *gvh = gv + b * dv->strides[0] + hkv * dv->strides[2];
-        for (int64_t s = 0; s < S; s++) {
+        float *gkh = gk + b * dk->strides[0] + g->k0 * dk->strides[1] + hkv * dk->strides[2];
+        float *gvh = gv + b * dv->strides[0] + g->k0 * dv->strides[1] + hkv * dv->strides[2];
+        for (int64_t s = 0; s < nk; s++) {
             memcpy(gkh + s * dk->strides[1], dk_acc + s * D, (size_t)D * sizeof(float));
             memcpy(gvh + s * dv->strides[1], dv_acc + s * D, (size_t)D * sizeof(float));
         }
     }
     lt_scratch_free(scratch);
+    lt_scratch_free(a.segs);
     return LT_OK;
 }

@@ -390,8 +390,19 @@ static void test_kernel_checks(void) {
     lt_tensor_zeros(&q, LT_DTYPE_F32, 4, (int64_t[]){1, 2, 3, 4}, LT_DEVICE_CPU, 0);
     lt_tensor_zeros(&k, LT_DTYPE_F32, 4, (int64_t[]){1, 2, 2, 4}, LT_DEVICE_CPU, 0);
     lt_tensor_zeros(&t, LT_DTYPE_F32, 4, (int64_t[]){1, 2, 3, 4}, LT_DEVICE_CPU, 0);
-    CHECK_FAILS(lt_attention_forward(&t, NULL, &q, &k, &k, 0.5f, 1), LT_ERR_SHAPE,
+    CHECK_FAILS(lt_attention_forward(&t, NULL, &q, &k, &k, NULL, 0.5f, 1), LT_ERR_SHAPE,
                 "H a multiple of Hkv");
+    /* packed sequences must cover B * T and stay inside a batch row */
+    lt_tensor k3 = {0}, cu = {0};
+    lt_tensor_zeros(&k3, LT_DTYPE_F32, 4, (int64_t[]){1, 2, 3, 4}, LT_DEVICE_CPU, 0);
+    lt_tensor_zeros(&cu, LT_DTYPE_I32, 1, (int64_t[]){2}, LT_DEVICE_CPU, 0);
+    lt_tensor_set(&cu, 1, 3);
+    CHECK_FAILS(lt_attention_forward(&t, NULL, &q, &k3, &k3, &cu, 0.5f, 1), LT_ERR_ARG,
+                "from 0 to B * T = 2");
+    lt_tensor_set(&cu, 1, 2);
+    CHECK_OK(lt_attention_forward(&t, NULL, &q, &k3, &k3, &cu, 0.5f, 1));
+    lt_tensor_release(&k3);
+    lt_tensor_release(&cu);
     lt_tensor cs = {0}, sn = {0}, pos = {0};
     lt_tensor_zeros(&cs, LT_DTYPE_F32, 2, (int64_t[]){4, 2}, LT_DEVICE_CPU, 0);
     lt_tensor_zeros(&sn, LT_DTYPE_F32, 2, (int64_t[]){4, 2}, LT_DEVICE_CPU, 0);

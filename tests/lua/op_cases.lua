@@ -130,16 +130,21 @@ add {
 
 -- ---- attention ---------------------------------------------------------------------------
 
-local function attention_case(name, B, T, S, H, Hkv, D, causal)
+local function attention_case(name, B, T, S, H, Hkv, D, causal, cu)
     add {
         name = name,
         inputs = function()
             return { q = lt.randn(B, T, H, D), k = lt.randn(B, S, Hkv, D), v = lt.randn(B, S, Hkv, D) }
         end,
-        forward = function(inp) return (F.attention(inp.q, inp.k, inp.v, { causal = causal })) end,
+        forward = function(inp)
+            local cs = cu and lt.tensor(cu, "i32")
+            return (F.attention(inp.q, inp.k, inp.v, { causal = causal, cu_seqlens = cs }))
+        end,
         backward = function(inp, d)
-            local out, lse = F.attention(inp.q, inp.k, inp.v, { causal = causal })
-            local dq, dk, dv = F.attention_backward(d, inp.q, inp.k, inp.v, out, lse, { causal = causal })
+            local cs = cu and lt.tensor(cu, "i32")
+            local out, lse = F.attention(inp.q, inp.k, inp.v, { causal = causal, cu_seqlens = cs })
+            local dq, dk, dv = F.attention_backward(d, inp.q, inp.k, inp.v, out, lse,
+                { causal = causal, cu_seqlens = cs })
             return { q = dq, k = dk, v = dv }
         end,
         wrt = { "q", "k", "v" },
@@ -150,6 +155,9 @@ attention_case("attention causal GQA", 2, 9, 9, 4, 2, 6, true)
 attention_case("attention non-causal MHA", 1, 5, 7, 3, 3, 4, false)
 attention_case("attention causal, queries are the last T of S", 2, 3, 8, 2, 1, 6, true)
 attention_case("attention causal, long rows (two query blocks)", 1, 70, 70, 2, 1, 4, true)
+attention_case("attention packed sequences (cu_seqlens), causal GQA", 2, 9, 9, 4, 2, 6, true,
+    { 0, 3, 4, 9, 11, 18 })
+attention_case("attention packed sequences, non-causal", 1, 12, 12, 2, 2, 4, false, { 0, 5, 12 })
 
 -- ---- losses ------------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ Shapes: B batch, T positions, C hidden size, H query heads, Hkv key/value heads,
 dim, F intermediate size, V vocabulary.
 
 Rotary tables live in one context shared by every attention layer (ctx.cos, ctx.sin:
-(max_positions, D/2)); ctx.positions, when set, holds (B, T) or (T) position ids for the
-current batch (packed sequences restart positions per sample).
+(max_positions, D/2)). For the current batch, ctx.positions (when set) holds (B, T) or (T)
+position ids, and ctx.cu_seqlens the offsets of packed sequences: samples packed into one
+row restart their positions and never attend to each other.
 ]]
 local core = require "luatrain.core"
 local tensor = require "luatrain.tensor"
@@ -93,7 +94,8 @@ function Attention:forward(x)
     F.rope(k, ctx.cos, ctx.sin, ctx.positions, k)
     local attn = self:buffer("attn", { B, T, H, D })
     local lse = self:buffer("lse", { B, H, T })
-    F.attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal })
+    F.attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal,
+        cu_seqlens = ctx.cu_seqlens })
     local flat = self:view_of("attn_flat", attn, { B, T, H * D })
     self.output = self.o_proj:forward(flat)
     return self.output
@@ -109,7 +111,8 @@ function Attention:backward(x, dy)
     local dv = self:buffer("d_v", { B, T, Hkv, D })
     local v = self._views
     F.attention_backward(dattn, v.q, v.k, v.v, self._buffers.attn, self._buffers.lse,
-        { dq = dq, dk = dk, dv = dv, scale = self.scale, causal = self.causal })
+        { dq = dq, dk = dk, dv = dv, scale = self.scale, causal = self.causal,
+            cu_seqlens = ctx.cu_seqlens })
     F.rope_backward(dq, ctx.cos, ctx.sin, ctx.positions, dq)
     F.rope_backward(dk, ctx.cos, ctx.sin, ctx.positions, dk)
     local dxq = self.q_proj:backward(x, self:view_of("d_q_flat", dq, { B, T, H * D }))
@@ -202,7 +205,7 @@ function LlamaModel:init(cfg, opts)
     local inv = F.rope_inv_freq(cfg.head_dim, { theta = cfg.rope_theta, scaling = cfg.rope_scaling })
     local cos, sin = F.rope_table(inv, cfg.max_position_embeddings)
     inv:free()
-    self.rope = { cos = cos, sin = sin, positions = nil }
+    self.rope = { cos = cos, sin = sin, positions = nil, cu_seqlens = nil }
     self:add_module("embed_tokens", Embedding(cfg.vocab_size, cfg.hidden_size, opts))
     local list = ModuleList()
     for _ = 1, cfg.num_hidden_layers do list:append(DecoderLayer(cfg, self.rope, opts)) end
@@ -210,9 +213,11 @@ function LlamaModel:init(cfg, opts)
     self:add_module("norm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts))
 end
 
--- ids (B, T) i32/i64 -> final hidden states (B, T, C). opts.positions: (B, T) or (T) ids.
+-- ids (B, T) i32/i64 -> final hidden states (B, T, C). opts.positions: (B, T) or (T) ids;
+-- opts.cu_seqlens: i32 offsets of packed sequences (see ops/nn.lua attention).
 function LlamaModel:forward(ids, opts)
     self.rope.positions = opts and opts.positions or nil
+    self.rope.cu_seqlens = opts and opts.cu_seqlens or nil
     local h = self.embed_tokens:forward(ids)
     self._layer_inputs = self._layer_inputs or {}
     for i, layer in ipairs(self.layers:children()) do

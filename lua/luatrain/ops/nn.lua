@@ -202,7 +202,8 @@ end
 -- ---- attention ------------------------------------------------------------------------
 
 -- q (B, T, H, D), k, v (B, S, Hkv, D). opts: causal (default true), scale (default
--- 1/sqrt(D)), out, lse. Returns out, lse (B, H, T).
+-- 1/sqrt(D)), cu_seqlens (i32 (n + 1) offsets of packed sequences over B * T), out, lse.
+-- Returns out, lse (B, H, T).
 function M.attention(q, k, v, opts)
     opts = opts or {}
     local B, T, H, D = q:size(1), q:size(2), q:size(3), q:size(4)
@@ -210,8 +211,8 @@ function M.attention(q, k, v, opts)
     local lse = opts.lse
     if lse == nil then lse = empty(B, H, T) end
     local causal = opts.causal ~= false
-    check(C.lt_attention_forward(out, lse or nil, q, k, v, opts.scale or 1 / math.sqrt(D),
-        causal and 1 or 0))
+    check(C.lt_attention_forward(out, lse or nil, q, k, v, opts.cu_seqlens,
+        opts.scale or 1 / math.sqrt(D), causal and 1 or 0))
     return out, lse or nil
 end
 
@@ -221,7 +222,7 @@ function M.attention_backward(dout, q, k, v, out, lse, opts)
     local dk = out_or_new(opts.dk, k:shape())
     local dv = out_or_new(opts.dv, v:shape())
     local causal = opts.causal ~= false
-    check(C.lt_attention_backward(dq, dk, dv, dout, q, k, v, out, lse,
+    check(C.lt_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, opts.cu_seqlens,
         opts.scale or 1 / math.sqrt(q:size(4)), causal and 1 or 0))
     return dq, dk, dv
 end

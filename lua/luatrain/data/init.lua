@@ -1,8 +1,16 @@
 --[[
-data.lua - token streams and batches.
+data - from files to the token batches a model trains on.
 
-Until the tokenizer pipeline lands this module offers the byte-level path: a text becomes
-its bytes as token ids (0..255), and batches are random windows of that stream.
+The tokenizer pipeline (one module per step):
+    local ds = lt.data.load("train.jsonl", tok, { template = "llama3", max_len = 1024,
+                                                  cache_dir = "cache/" })   -- data/tokens.lua
+    local loader = lt.data.loader(ds, { batch_size = 8, seq_len = 1024 })  -- data/loader.lua
+    local batch = loader:next()
+Records of the JSONL shapes are read by data/records.lua and turned into ids and train
+flags by data/templates.lua.
+
+The byte-level path, for text without a tokenizer: a text becomes its bytes as token ids
+(0..255), and batches are random windows of that stream.
 
     local stream = lt.data.byte_stream(text)            -- i32 tensor of byte ids
     local batcher = lt.data.windows(stream, B, T, seed)
@@ -15,6 +23,13 @@ local ffi = require "ffi"
 local tensor = require "luatrain.tensor"
 
 local M = {}
+
+M.records = require "luatrain.data.records"
+M.templates = require "luatrain.data.templates"
+M.tokens = require "luatrain.data.tokens"
+M.load = M.tokens.load
+M.build = M.tokens.build
+M.loader = require("luatrain.data.loader").new
 
 function M.byte_stream(text)
     if type(text) ~= "string" or #text == 0 then error("byte_stream: expected a non-empty string", 2) end

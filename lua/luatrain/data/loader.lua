@@ -1,0 +1,188 @@
+--[[
+data/loader.lua - batches from a tokenized dataset: packed or padded, shuffled per epoch,
+and resumable exactly.
+
+    local loader = loader.new(ds, { batch_size = 8, seq_len = 512, packing = true,
+                                    shuffle = true, seed = 0, epochs = 3 })
+    local batch = loader:next()      -- nil after the last epoch
+    model:forward_backward(batch.ids, batch.targets, batch)   -- positions, cu_seqlens ride along
+    local st = loader:state()        -- a plain table for the checkpoint
+    loader:set_state(st)             -- ... and the same batches follow
+
+Packing (the default) puts whole samples one after another into one row of
+batch_size * seq_len tokens, padding-free but for the tail: positions restart at 0 for
+every sample and cu_seqlens (i32) marks where each one starts, so attention never crosses
+samples. The tail after the last sample that fits is one more padding sequence.
+Unpacked, each sample gets its own row of seq_len, right-padded.
+
+Targets are aligned with positions (what the model predicts there): the next token where
+that token is trained, -100 elsewhere, and -100 at each sample's last position, so a
+sample never predicts the next one. A sample longer than seq_len is cut.
+
+The order is a permutation of the samples per epoch drawn from (seed, epoch); the state
+is { epoch, position, seed }, and every batch starts at a sample boundary, so restoring
+the state reproduces the remaining batches exactly. Batch tensors are owned by the
+loader and refilled, so iterating allocates nothing.
+]]
+local ffi = require "ffi"
+local core = require "luatrain.core"
+local tensor = require "luatrain.tensor"
+
+local C, check = core.C, core.check
+
+local M = {}
+local Loader = {}
+Loader.__index = Loader
+
+local IGNORE = -100
+
+function M.new(ds, opts)
+    opts = opts or {}
+    local B, T = opts.batch_size or 1, opts.seq_len
+    if type(T) ~= "number" or T < 2 then error("loader: seq_len must be at least 2", 2) end
+    if type(B) ~= "number" or B < 1 then error("loader: batch_size must be at least 1", 2) end
+    local packing = opts.packing ~= false
+    local self = setmetatable({
+        ds = ds, B = B, T = T, packing = packing, shuffle = opts.shuffle ~= false,
+        seed = opts.seed or 0, epochs = opts.epochs, pad_id = opts.pad_id or 0,
+        epoch = 1, pos = 0, order = tensor.empty({ ds.n }, { dtype = "i64" }),
+        rng = ffi.new("lt_rng"), order_epoch = nil,
+    }, Loader)
+    local rows, cols = packing and 1 or B, packing and B * T or T
+    self.ids = tensor.empty({ rows, cols }, { dtype = "i64" })
+    self.targets = tensor.empty({ rows, cols }, { dtype = "i64" })
+    self.positions = tensor.empty({ rows, cols }, { dtype = "i64" })
+    if packing then
+        self.cu_store = tensor.empty({ B * T + 1 }, { dtype = "i32" })
+        self.cu = tensor.new_header()
+    end
+    return self
+end
+
+-- The sample order of the current epoch (drawn once per epoch).
+function Loader:_order()
+    if self.order_epoch ~= self.epoch then
+        local p = ffi.cast("int64_t*", self.order:data_ptr())
+        if self.shuffle then
+            -- a stream per epoch: offsets 2^40 apart never overlap
+            C.lt_rng_seed(self.rng, self.seed)
+            self.rng.offset = (self.epoch - 1) * 1099511627776ULL
+            check(C.lt_tensor_randperm(self.order, self.rng))
+        else
+            for i = 0, self.ds.n - 1 do p[i] = i end
+        end
+        self.order_epoch = self.epoch
+    end
+    return ffi.cast("int64_t*", self.order:data_ptr())
+end
+
+-- Copy sample `s` (0-based) into row buffers at `at`, cut to `room`; returns its length.
+local function put(self, s, ids, tg, pos, at, room)
+    local src, tr, n = self.ds:sample(s + 1)
+    if n > room then n = room end
+    for j = 0, n - 1 do
+        ids[at + j] = src[j]
+        pos[at + j] = j
+        tg[at + j] = (j + 1 < n and tr[j + 1] ~= 0) and src[j + 1] or IGNORE
+    end
+    return n
+end
+
+local function pad(self, ids, tg, pos, from, to)
+    for j = from, to - 1 do
+        ids[j] = self.pad_id
+        tg[j] = IGNORE
+        pos[j] = j - from
+    end
+end
+
+-- The next batch, or nil when the last epoch is done. A batch is
+-- { ids, targets, positions (B, T) or (1, B*T) i64; cu_seqlens (i32) when packed;
+--   samples = how many samples it holds; tokens = positions holding sample tokens;
+--   trained = how many targets are not -100; epoch }.
+function Loader:next()
+    if self.ds.n == 0 then return nil end
+    if self.pos >= self.ds.n then
+        if self.epochs and self.epoch >= self.epochs then return nil end
+        self.epoch = self.epoch + 1
+        self.pos = 0
+    end
+    local order = self:_order()
+    local ids = ffi.cast("int64_t*", self.ids:data_ptr())
+    local tg = ffi.cast("int64_t*", self.targets:data_ptr())
+    local pos = ffi.cast("int64_t*", self.positions:data_ptr())
+    local samples, tokens = 0, 0
+    local batch = { ids = self.ids, targets = self.targets, positions = self.positions, epoch = self.epoch }
+    if self.packing then
+        local cap = self.B * self.T
+        local cu = ffi.cast("int32_t*", self.cu_store:data_ptr())
+        local nseg, filled = 0, 0
+        cu[0] = 0
+        while self.pos < self.ds.n do
+            local s = order[self.pos]
+            local len = math.min(self.ds:sample_len(s + 1), self.T)
+            if filled + len > cap then break end
+            put(self, s, ids, tg, pos, filled, self.T)
+            filled = filled + len
+            nseg = nseg + 1
+            cu[nseg] = filled
+            self.pos = self.pos + 1
+            samples = samples + 1
+        end
+        tokens = filled
+        if filled < cap then
+            pad(self, ids, tg, pos, filled, cap)
+            nseg = nseg + 1
+            cu[nseg] = cap
+        end
+        check(C.lt_tensor_narrow(self.cu, self.cu_store, 0, 0, nseg + 1))
+        batch.cu_seqlens = self.cu
+    else
+        for row = 0, self.B - 1 do
+            local at = row * self.T
+            if self.pos < self.ds.n then
+                local n = put(self, order[self.pos], ids, tg, pos, at, self.T)
+                pad(self, ids, tg, pos, at + n, at + self.T)
+                for j = at + n, at + self.T - 1 do pos[j] = j - at end
+                self.pos = self.pos + 1
+                samples = samples + 1
+                tokens = tokens + n
+            else
+                pad(self, ids, tg, pos, at, at + self.T)
+            end
+        end
+    end
+    local trained = 0
+    for j = 0, self.targets:numel() - 1 do
+        if tg[j] ~= IGNORE then trained = trained + 1 end
+    end
+    batch.samples, batch.tokens, batch.trained = samples, tokens, trained
+    return batch
+end
+
+-- Batches per epoch is only known by packing; this is an estimate for schedules.
+function Loader:estimate_batches_per_epoch()
+    if not self.packing then return math.ceil(self.ds.n / self.B) end
+    return math.max(1, math.ceil(self.ds.total / (self.B * self.T)))
+end
+
+function Loader:state()
+    return { epoch = self.epoch, position = self.pos, seed = self.seed }
+end
+
+function Loader:set_state(st)
+    if type(st) ~= "table" or type(st.epoch) ~= "number" or type(st.position) ~= "number" then
+        error("loader:set_state: expected { epoch, position, seed }", 2)
+    end
+    if st.seed ~= nil and st.seed ~= self.seed then
+        error(("loader:set_state: the state was saved with seed %s but this loader has seed %s"):format(
+            tostring(st.seed), tostring(self.seed)), 2)
+    end
+    if st.position < 0 or st.position > self.ds.n then
+        error(("loader:set_state: position %d is outside the dataset's %d samples"):format(st.position, self.ds.n), 2)
+    end
+    self.epoch, self.pos = st.epoch, st.position
+    self.order_epoch = nil
+end
+
+return M

@@ -1,0 +1,247 @@
+--[[
+data/templates.lua - chat templates and label masks: a record becomes token ids and, for
+each token, whether the model is trained to predict it.
+
+A template turns a record (data/records.lua) into pieces, in order:
+  { text = "...", train = bool }   text to tokenize (special-token text such as
+                                    "<|eot_id|>" becomes its single special token)
+  { id = n, train = bool }          a token id as is (BOS, EOS)
+Built in: "none" (plain text, prompt + completion, or an Alpaca-style instruction prompt),
+"llama2" ([INST] ... [/INST]), "llama3" (header ids and <|eot_id|>) and "chatml"
+(<|im_start|> ... <|im_end|>); or a Lua function(record, tokenizer) -> pieces.
+
+Tokenization. The text of neighbouring text pieces is joined and tokenized once, as the
+whole conversation would be. A piece boundary falls after as many tokens as the text up
+to it tokenizes to (when a merge crosses a boundary, the token goes to the later piece).
+So segment-wise tokenization artefacts (a SentencePiece tokenizer's prefix space before
+every separately encoded piece) never appear.
+
+Labels. train_on = "completion" (default) trains on the assistant's replies (and the
+end-of-turn token after each); "all" trains on every token. Special-token text inside
+the data is recognised as special tokens, as Hugging Face's apply_chat_template followed
+by tokenization does.
+]]
+local M = {}
+
+local function is_sentencepiece(tok)
+    return tok.kind == "sentencepiece" or tok.kind == 1
+end
+
+-- ---- the built-in templates --------------------------------------------------------------
+
+local function eos_piece(tok, train)
+    if not tok.eos_id then error("template: the tokenizer has no EOS token", 0) end
+    return { id = tok.eos_id, train = train }
+end
+
+local function bos_pieces(tok)
+    if tok.bos_id and tok.add_bos ~= false then return { { id = tok.bos_id, train = false } } end
+    return {}
+end
+
+-- Split a chat into an optional system prompt and (user, assistant) turns.
+local function turns(rec, name)
+    local msgs = rec.messages
+    local system, out, i = nil, {}, 1
+    if msgs[1] and msgs[1].role == "system" then
+        system = msgs[1].content
+        i = 2
+    end
+    while i <= #msgs do
+        local u, a = msgs[i], msgs[i + 1]
+        if u.role ~= "user" or not a or a.role ~= "assistant" then
+            error(("template %s: messages must alternate user and assistant after an optional system message (message %d is %s)"):format(
+                name, i, u.role), 0)
+        end
+        out[#out + 1] = { user = u.content, assistant = a.content }
+        i = i + 2
+    end
+    return system, out
+end
+
+local function as_chat(rec)
+    if rec.kind == "chat" then return rec end
+    if rec.kind == "pair" then
+        return { kind = "chat", messages = { { role = "user", content = rec.prompt },
+            { role = "assistant", content = rec.completion } } }
+    end
+    return nil
+end
+
+local function text_record(rec, tok)
+    local p = bos_pieces(tok)
+    p[#p + 1] = { text = rec.text, train = true }
+    p[#p + 1] = eos_piece(tok, true)
+    return p
+end
+
+M.templates = {}
+
+function M.templates.none(rec, tok)
+    if rec.kind == "text" then return text_record(rec, tok) end
+    if rec.kind == "chat" then
+        error("template none: chat messages need a chat template (llama2, llama3, chatml) or a Lua function", 0)
+    end
+    local p = bos_pieces(tok)
+    local prompt = rec.prompt
+    if rec.instruction then
+        prompt = "### Instruction:\n" .. rec.instruction .. "\n\n" ..
+            (rec.input ~= "" and ("### Input:\n" .. rec.input .. "\n\n") or "") .. "### Response:\n"
+    end
+    p[#p + 1] = { text = prompt, train = false }
+    p[#p + 1] = { text = rec.completion, train = true }
+    p[#p + 1] = eos_piece(tok, true)
+    return p
+end
+
+-- Meta's Llama 2 chat layout: each turn is <s>[INST] user [/INST] answer </s>, the system
+-- prompt inside the first [INST] between <<SYS>> markers.
+function M.templates.llama2(rec, tok)
+    if rec.kind == "text" then return text_record(rec, tok) end
+    local system, ts = turns(as_chat(rec), "llama2")
+    local p = {}
+    for i, t in ipairs(ts) do
+        local sys = (i == 1 and system) and ("<<SYS>>\n" .. system .. "\n<</SYS>>\n\n") or ""
+        p[#p + 1] = { text = "<s>[INST] " .. sys .. t.user:match("^%s*(.-)%s*$") .. " [/INST]", train = false }
+        p[#p + 1] = { text = " " .. t.assistant:match("^%s*(.-)%s*$") .. " </s>", train = true }
+    end
+    return p
+end
+
+function M.templates.llama3(rec, tok)
+    if rec.kind == "text" then return text_record(rec, tok) end
+    local chat = as_chat(rec)
+    local p = { { text = "<|begin_of_text|>", train = false } }
+    for _, m in ipairs(chat.messages) do
+        local train = m.role == "assistant"
+        p[#p + 1] = { text = "<|start_header_id|>" .. m.role .. "<|end_header_id|>\n\n", train = false }
+        p[#p + 1] = { text = m.content:match("^%s*(.-)%s*$") .. "<|eot_id|>", train = train }
+    end
+    return p
+end
+
+function M.templates.chatml(rec, tok)
+    if rec.kind == "text" then return text_record(rec, tok) end
+    local chat = as_chat(rec)
+    local p = {}
+    for _, m in ipairs(chat.messages) do
+        local train = m.role == "assistant"
+        p[#p + 1] = { text = "<|im_start|>" .. m.role .. "\n", train = false }
+        p[#p + 1] = { text = m.content .. "<|im_end|>", train = train }
+        p[#p + 1] = { text = "\n", train = false }
+    end
+    return p
+end
+
+-- Template markers a tokenizer must know as single tokens for the template to make sense.
+local MARKERS = {
+    llama3 = { "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>" },
+    chatml = { "<|im_start|>", "<|im_end|>" },
+    llama2 = { "<s>", "</s>" },
+}
+
+function M.resolve(template, tok)
+    if type(template) == "function" then return template end
+    local f = M.templates[template or "none"]
+    if not f then
+        error(("unknown template %q (none, llama2, llama3, chatml, or a Lua function)"):format(tostring(template)), 0)
+    end
+    for _, marker in ipairs(MARKERS[template] or {}) do
+        if not tok:token_to_id(marker) then
+            error(("template %s needs the token %s, which this tokenizer does not have"):format(template, marker), 0)
+        end
+    end
+    return f
+end
+
+-- ---- tokenization with piece boundaries ---------------------------------------------------
+
+local NO_SPECIAL = { add_special_tokens = false }
+
+local function common_prefix(a, b)
+    local n = math.min(#a, #b)
+    for i = 1, n do
+        if a[i] ~= b[i] then return i - 1 end
+    end
+    return n
+end
+
+-- pieces -> ids, train (arrays of equal length)
+function M.encode_pieces(tok, pieces)
+    local ids, train = {}, {}
+    local run = {} -- consecutive text pieces, tokenized together
+    local function flush()
+        if #run == 0 then return end
+        -- merge neighbours with the same flag: fewer boundaries to find
+        local merged = {}
+        for _, p in ipairs(run) do
+            local last = merged[#merged]
+            if last and last.train == p.train then
+                last.text = last.text .. p.text
+            else
+                merged[#merged + 1] = { text = p.text, train = p.train }
+            end
+        end
+        local texts = {}
+        for i, p in ipairs(merged) do texts[i] = p.text end
+        local full = tok:encode(table.concat(texts), NO_SPECIAL)
+        local done, acc = 0, {}
+        for i, p in ipairs(merged) do
+            acc[#acc + 1] = p.text
+            local upto = #full
+            if i < #merged then upto = common_prefix(tok:encode(table.concat(acc), NO_SPECIAL), full) end
+            for j = done + 1, upto do
+                ids[#ids + 1] = full[j]
+                train[#train + 1] = p.train
+            end
+            if upto > done then done = upto end
+        end
+        run = {}
+    end
+    for _, p in ipairs(pieces) do
+        if p.id ~= nil then
+            flush()
+            ids[#ids + 1] = p.id
+            train[#train + 1] = p.train and true or false
+        elseif type(p.text) == "string" then
+            run[#run + 1] = { text = p.text, train = p.train and true or false }
+        else
+            error("template: a piece needs text (a string) or id (a number)", 0)
+        end
+    end
+    flush()
+    return ids, train
+end
+
+-- An encoder: record -> ids, train flags, or nil and a reason when the record is dropped.
+-- opts: template, train_on ("completion" | "all"), max_len (tokens; longer ones are cut).
+function M.encoder(tok, opts)
+    opts = opts or {}
+    local template = M.resolve(opts.template, tok)
+    local train_on = opts.train_on or "completion"
+    if train_on ~= "completion" and train_on ~= "all" then
+        error(("train_on must be \"completion\" or \"all\", got %q"):format(tostring(train_on)), 0)
+    end
+    local max_len = opts.max_len
+    return function(rec)
+        local ids, train = M.encode_pieces(tok, template(rec, tok))
+        if train_on == "all" then
+            for i = 1, #train do train[i] = true end
+        end
+        if max_len and #ids > max_len then
+            for i = #ids, max_len + 1, -1 do
+                ids[i] = nil
+                train[i] = nil
+            end
+        end
+        -- the first token is never a target: something must be trained after it
+        local any = false
+        for i = 2, #train do any = any or train[i] end
+        if not any then return nil, "no trained tokens (after truncation)" end
+        return ids, train
+    end
+end
+
+M.is_sentencepiece = is_sentencepiece
+
+return M
