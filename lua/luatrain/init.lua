@@ -54,6 +54,8 @@ local lazy = {
     data = "luatrain.data",
     repl = "luatrain.repl",
     fs = "luatrain.fs",
+    tokenizer = "luatrain.tokenizer",
+    checkpoint = "luatrain.checkpoint",
 }
 
 setmetatable(lt, {

@@ -11,12 +11,13 @@ local M = {}
 local Log = {}
 Log.__index = Log
 
-function M.open(path)
+-- append: keep what the file holds (a resumed run continues its log).
+function M.open(path, append)
     local self = setmetatable({ path = path }, Log)
     if path then
         local dir = path:match("^(.*)/[^/]*$")
         if dir then require("luatrain.fs").make_dirs(dir) end
-        local f, err = io.open(path, "w")
+        local f, err = io.open(path, append and "a" or "w")
         if not f then error(("cannot open log %s: %s"):format(path, err), 0) end
         self.file = f
     end
@@ -44,6 +45,54 @@ function M.line(fields)
         parts[i] = f[1] .. " " .. string.format(f[3] or "%s", f[2])
     end
     return table.concat(parts, " | ")
+end
+
+-- ---- progress bars -----------------------------------------------------------------------
+
+local Progress = {}
+Progress.__index = Progress
+
+local function isatty()
+    local ok, host = pcall(require, "luatrain.host")
+    return ok and host.isatty and host.isatty(2) or false
+end
+
+local function clock() return require("luatrain.fs").now() end
+
+local function hms(s)
+    s = math.max(0, math.floor(s + 0.5))
+    if s >= 3600 then return ("%d:%02d:%02d"):format(s / 3600, s % 3600 / 60, s % 60) end
+    return ("%d:%02d"):format(s / 60, s % 60)
+end
+
+-- A progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise.
+-- bar:update(fraction, "extra text"); bar:finish("summary").
+function M.progress(label)
+    return setmetatable({ label = label, start = clock(), last = -1, tty = isatty(), last_draw = 0 }, Progress)
+end
+
+function Progress:update(fraction, extra)
+    fraction = math.max(0, math.min(1, fraction))
+    local now = clock()
+    local elapsed = now - self.start
+    local eta = fraction > 0 and elapsed * (1 - fraction) / fraction or 0
+    local text = ("%s [%s%s] %5.1f%% %s ETA %s"):format(self.label,
+        string.rep("#", math.floor(fraction * 30)), string.rep(".", 30 - math.floor(fraction * 30)),
+        100 * fraction, extra or "", hms(eta))
+    if self.tty then
+        if now - self.last_draw >= 0.1 or fraction >= 1 then
+            io.stderr:write("\r", text, "\27[K")
+            self.last_draw = now
+        end
+    elseif math.floor(fraction * 10) > self.last then
+        self.last = math.floor(fraction * 10)
+        io.stderr:write(text, "\n")
+    end
+end
+
+function Progress:finish(summary)
+    if self.tty then io.stderr:write("\r\27[K") end
+    if summary then io.stderr:write(("%s: %s (%s)\n"):format(self.label, summary, hms(clock() - self.start))) end
 end
 
 return M

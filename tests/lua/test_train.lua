@@ -93,6 +93,40 @@ T.test("train_tiny recipe: runs, logs JSONL, saves a model that loads back", fun
     os.execute("rm -rf " .. out)
 end)
 
+-- Losses by step from a run's log.jsonl.
+local function logged_losses(path)
+    local out = {}
+    for line in io.lines(path) do
+        local r = lt.json.decode(line)
+        out[r.step] = r.loss
+    end
+    return out
+end
+
+T.test("a resumed run continues the same trajectory bit for bit", function()
+    local small = "dim=32 n_layers=2 n_heads=2 n_kv_heads=1 ffn_dim=48 vocab_size=260 seq_len=32 " ..
+        "batch_size=2 log_every=100 save=false warmup=2"
+    local a, b = os.tmpname(), os.tmpname()
+    os.remove(a)
+    os.remove(b)
+    local text, code = T.run(("%s recipes/train_tiny.lua %s steps=8 out=%s"):format(T.luatrain(), small, a))
+    T.eq(code, 0, text)
+    text, code = T.run(("%s recipes/train_tiny.lua %s steps=8 save_every=5 out=%s"):format(T.luatrain(), small, b))
+    T.eq(code, 0, text)
+    -- throw away what came after the checkpoint, then resume from it
+    local full = logged_losses(a .. "/log.jsonl")
+    text, code = T.run(("%s recipes/train_tiny.lua %s steps=8 out=%s.2 resume=%s/checkpoint"):format(
+        T.luatrain(), small, b, b))
+    T.eq(code, 0, text)
+    T.ok(text:find("resumed from", 1, true), text)
+    local resumed = logged_losses(b .. ".2/log.jsonl")
+    for step = 6, 8 do
+        T.eq(resumed[step], full[step], "loss at step " .. step)
+    end
+    T.eq(resumed[5], nil, "the resumed run starts after the checkpoint")
+    os.execute(("rm -rf %s %s %s.2"):format(a, b, b))
+end)
+
 T.test("bad recipe settings are reported, not crashed on", function()
     local text, code = T.run(T.luatrain() .. " recipes/train_tiny.lua stepz=3")
     T.ok(code ~= 0, "an unknown setting must fail")
