@@ -61,8 +61,11 @@ function M.read_config(path)
                 ok = type(v) == "table" and not json.is_array(v)
             end
             if not ok then
-                error(("%s: field %q must be a %s, got %s"):format(path, key,
-                    kind == "integer" and "positive integer" or kind, json.encode(v)), 0)
+                local shown = type(v) == "number" and tostring(v) or
+                    (type(v) == "table" and (json.is_array(v) and "an array" or "an object")) or json.encode(v)
+                local want = ({ integer = "a positive integer", number = "a number", boolean = "true or false",
+                    object = "an object" })[kind]
+                error(("%s: field %q must be %s, got %s"):format(path, key, want, shown), 0)
             end
             cfg[key] = v
         end
