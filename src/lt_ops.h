@@ -197,6 +197,22 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
                           const lt_tensor *out, const lt_tensor *lse,
                           const lt_tensor *cu_seqlens, float scale, int causal);
 
+/* ---- dropout ---------------------------------------------------------------------- */
+
+/* out = x * mask / (1 - p) with mask (u8, x's shape) drawn Bernoulli(1 - p) from the
+   generator (counter-based: the same (seed, offset) gives the same mask). out may be x. */
+int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, float p, lt_rng *rng);
+/* dx = dout * mask / (1 - p). dx may be dout. */
+int lt_dropout_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *mask, float p);
+
+/* ---- sampling --------------------------------------------------------------------- */
+
+/* One token id from logits (V) f32: greedy when temperature <= 0; otherwise softmax of
+   logits / temperature restricted to the top_k most likely (top_k <= 0: all) and then to
+   the smallest set whose probability reaches top_p (top_p >= 1: all), drawn with rng. */
+int lt_sample_logits(const lt_tensor *logits, float temperature, int32_t top_k, float top_p,
+                     lt_rng *rng, int32_t *out);
+
 /* ---- cross-entropy ---------------------------------------------------------------- */
 
 /* Loss over rows whose target is not ignore_index, summed and divided by `normalizer`

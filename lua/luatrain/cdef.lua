@@ -295,6 +295,13 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
                           const lt_tensor *out, const lt_tensor *lse,
                           const lt_tensor *cu_seqlens, float scale, int causal);
 
+int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, float p, lt_rng *rng);
+
+int lt_dropout_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *mask, float p);
+
+int lt_sample_logits(const lt_tensor *logits, float temperature, int32_t top_k, float top_p,
+                     lt_rng *rng, int32_t *out);
+
 int lt_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *row_loss,
                              const lt_tensor *logits, const lt_tensor *targets,
                              int64_t ignore_index, double normalizer);

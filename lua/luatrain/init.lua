@@ -56,6 +56,8 @@ local lazy = {
     fs = "luatrain.fs",
     tokenizer = "luatrain.tokenizer",
     checkpoint = "luatrain.checkpoint",
+    lora = "luatrain.lora",
+    quant = "luatrain.quant",
 }
 
 setmetatable(lt, {

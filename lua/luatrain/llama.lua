@@ -206,6 +206,7 @@ function M.hf_config(model, dtype)
     else
         out.rope_scaling = json.null
     end
+    out.quantization_config = nil -- the weights written here are plain tensors
     out.architectures = json.array({ "LlamaForCausalLM" })
     out.model_type = "llama"
     out.hidden_act = "silu"

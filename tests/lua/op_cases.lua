@@ -201,6 +201,51 @@ add {
     wrt = { "h", "w" },
 }
 
+-- ---- LoRA ----------------------------------------------------------------------------------
+
+-- A LoRALinear whose base weight, A, B (and DoRA magnitude) are the case's input tensors.
+local function lora_module(inp, opts)
+    local base = lt.nn.Linear(inp.W:size(2), inp.W:size(1), { weight = inp.W, trainable = false })
+    local m = lt.nn.LoRALinear(base, opts)
+    m.lora_A.weight:set_(inp.A)
+    m.lora_B.weight:set_(inp.B)
+    if opts.dora then m.lora_magnitude_vector:set_(inp.mag) end
+    return m
+end
+
+local function lora_case(name, opts, wdtype)
+    add {
+        name = name,
+        inputs = function()
+            local t = { x = lt.randn(2, 3, 7), W = lt.randn(5, 7), A = lt.randn(4, 7), B = lt.randn(5, 4) }
+            if wdtype then t.W = t.W:to(wdtype) end
+            if opts.dora then t.mag = lt.rand(5, { low = 0.5, high = 1.5 }) end
+            return t
+        end,
+        forward = function(inp)
+            lt.manual_seed(77) -- the same dropout mask on every call
+            return lora_module(inp, opts):forward(inp.x):clone()
+        end,
+        backward = function(inp, d)
+            lt.manual_seed(77)
+            local m = lora_module(inp, opts)
+            m:forward(inp.x)
+            local dx = m:backward(inp.x, d)
+            return { x = dx, A = m.lora_A:grad("weight"), B = m.lora_B:grad("weight"),
+                mag = opts.dora and m:grad("lora_magnitude_vector") or nil }
+        end,
+        -- DoRA holds its row norm constant in backward (DoRA paper, section 4.3; PEFT does the
+        -- same), so only x and the magnitude have exact gradients of the forward function;
+        -- test_lora.lua checks A and B against that rule
+        wrt = opts.dora and { "x", "mag" } or { "x", "A", "B" },
+    }
+end
+
+lora_case("lora linear, f32 base", { r = 4, alpha = 8 })
+lora_case("lora linear, bf16 base, dropout 0.3", { r = 4, alpha = 8, dropout = 0.3 }, "bf16")
+lora_case("lora linear, rslora", { r = 4, alpha = 8, rslora = true })
+lora_case("dora linear (magnitude gradient with the norm held constant)", { r = 4, alpha = 8, dora = true })
+
 -- ---- the elementwise and reduction rows --------------------------------------------------
 
 local ok, ew = pcall(require, "op_cases_elementwise")

@@ -23,5 +23,7 @@ return {
     LlamaModel = llama.LlamaModel,
     LlamaForCausalLM = llama.LlamaForCausalLM,
     Checkpoint = require "luatrain.nn.checkpoint",
+    LoRALinear = require("luatrain.nn.lora").LoRALinear,
+    QuantLinear = require("luatrain.nn.lora").QuantLinear,
     functional = require "luatrain.ops.nn",
 }

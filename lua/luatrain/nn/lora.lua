@@ -1,0 +1,295 @@
+--[[
+nn/lora.lua - LoRA: a frozen linear layer plus a trained low-rank update,
+    y = x W^T + s * B A dropout(x),   A (r, in), B (out, r),
+with s = alpha / r, or alpha / sqrt(r) for rsLoRA. A starts Kaiming-uniform (PEFT's
+default, bound 1/sqrt(in)) or Gaussian (std 1/r), B starts at zero, so a fresh adapter
+changes nothing. The base W may be f32, bf16, f16 or a quantized weight (NF4, FP4, int8
+from lt.quant); it is never trained and never expanded whole to f32.
+
+With DoRA the weight is also split into a direction and a trained magnitude m (out):
+    y = (m / ||W + s B A||_row) * (x W^T + s x A^T B^T)
+where, as in the DoRA paper and PEFT, the row norm is treated as a constant in backward.
+The norm comes without expanding W: ||W_i + s (BA)_i||^2 = ||W_i||^2 (computed once) +
+2 s B_i . (A W^T)_:,i + s^2 B_i (A A^T) B_i^T, where A W^T is the base layer applied to the
+rows of A (a product with r rows).
+
+Names follow PEFT: a wrapped q_proj has parameters q_proj.weight (the frozen base),
+q_proj.lora_A.weight, q_proj.lora_B.weight (and q_proj.lora_magnitude_vector with DoRA).
+]]
+local core = require "luatrain.core"
+local tensor = require "luatrain.tensor"
+local F = require "luatrain.ops.nn"
+local modmod = require "luatrain.nn.module"
+local layers = require "luatrain.nn.layers"
+
+local C, check = core.C, core.check
+local Module, Linear = modmod.Module, layers.Linear
+local ew = require "luatrain.ops.elementwise"
+
+local M = {}
+
+local LoRALinear = Module:extend("LoRALinear")
+M.LoRALinear = LoRALinear
+
+local function quant()
+    return require "luatrain.quant"
+end
+
+-- base: an nn.Linear (its weight becomes the frozen base) or a QuantLinear.
+-- opts: r (8), alpha (16), dropout (0), rslora (false), init ("kaiming" | "gaussian"),
+--       dora (false)
+function LoRALinear:init(base, opts)
+    opts = opts or {}
+    local r = opts.r or 8
+    if type(r) ~= "number" or r < 1 or r ~= math.floor(r) then
+        error(("LoRA: r must be a positive integer, got %s"):format(tostring(r)), 3)
+    end
+    self.in_features, self.out_features = base.in_features, base.out_features
+    self.r, self.alpha = r, opts.alpha or 16
+    self.rslora = opts.rslora and true or false
+    self.scaling = self.rslora and self.alpha / math.sqrt(r) or self.alpha / r
+    self.dropout = opts.dropout or 0
+    if not (self.dropout >= 0 and self.dropout < 1) then
+        error(("LoRA: dropout must be in [0, 1), got %s"):format(tostring(self.dropout)), 3)
+    end
+    self.merged = false
+    if base.qweight then
+        self.qweight = base.qweight -- quantized base: no tensor parameter to register
+        self.base_dtype = base.qweight.type
+    else
+        self:register_parameter("weight", base.weight, { trainable = false })
+        self.base_dtype = base.weight.dtype
+    end
+    self:add_module("lora_A", Linear(self.in_features, r))
+    self:add_module("lora_B", Linear(r, self.out_features, { weight = tensor.zeros(self.out_features, r) }))
+    if opts.init == "gaussian" then
+        self.lora_A.weight:normal_(0, 1 / r)
+    elseif opts.init ~= nil and opts.init ~= "kaiming" then
+        error(("LoRA: init must be \"kaiming\" or \"gaussian\", got %q"):format(tostring(opts.init)), 3)
+    end
+    self.dora = opts.dora and true or false
+    if self.dora then
+        -- ||W_i||^2 once; the magnitude starts at ||W_i|| (B = 0 at the start)
+        local w = self:_base_f32()
+        local sq = self:buffer("dora_base_sq", { self.out_features, 1 })
+        ew.reduce_forward("sum", w:square_(), { 2 }, true, sq)
+        w:free()
+        self:register_parameter("lora_magnitude_vector", sq:sqrt():view(self.out_features))
+    end
+end
+
+function LoRALinear:extra_repr()
+    return ("%d -> %d, r=%d, alpha=%g%s%s, base %s%s"):format(self.in_features, self.out_features,
+        self.r, self.alpha, self.rslora and ", rslora" or "", self.dora and ", dora" or "",
+        tostring(self.base_dtype), self.merged and ", merged" or "")
+end
+
+-- ---- the base ------------------------------------------------------------------------------
+
+-- out (..., out) = x @ W^T (beta 0) or += (beta 1)
+function LoRALinear:_base_forward(x, out, beta)
+    if self.qweight then
+        quant().linear_forward(x, self.qweight, { out = out, beta = beta })
+    else
+        F.matmul(x, self.weight, { trans_b = true, out = out, beta = beta })
+    end
+end
+
+function LoRALinear:_base_backward(dy, dx)
+    if self.qweight then
+        quant().linear_backward(dy, self.qweight, { out = dx })
+    else
+        F.matmul(dy, self.weight, { out = dx })
+    end
+end
+
+-- The base weight in f32 (out, in): for merging and DoRA norms only (never on the
+-- training hot path without DoRA).
+function LoRALinear:_base_f32()
+    if self.qweight then return self.qweight:dequantize("f32") end
+    if self.weight.dtype == "f32" then return self.weight:clone() end
+    return self.weight:to("f32")
+end
+
+-- ||W + s B A|| per output row into an owned (out) buffer (see the header for the algebra).
+function LoRALinear:_dora_norms()
+    local r, out_f = self.r, self.out_features
+    local A, B, s = self.lora_A.weight, self.lora_B.weight, self.scaling
+    local aw = self:buffer("dora_aw", { r, out_f })    -- A W^T
+    self:_base_forward(A, aw, 0)
+    local aat = self:buffer("dora_aat", { r, r })       -- A A^T
+    F.matmul(A, A, { trans_b = true, out = aat })
+    local t = self:buffer("dora_t", { out_f, r })       -- (A W^T)^T twice + s B A A^T
+    F.matmul(B, aat, { out = t, alpha = s })
+    ew.binary_forward("add", t, self:view_of("aw_t", aw, { r, out_f }):t(), t)
+    ew.binary_forward("add", t, self:view_of("aw_t2", aw, { r, out_f }):t(), t)
+    ew.binary_forward("mul", t, B, t)
+    local norms = self:buffer("dora_norms", { out_f, 1 })
+    ew.reduce_forward("sum", t, { 2 }, true, norms)
+    -- norm^2 = base^2 + s * rowsum(B . (2 W A^T + s B A A^T))
+    ew.scalar_forward("mul", norms, s, false, norms)
+    ew.binary_forward("add", norms, self._buffers.dora_base_sq, norms)
+    ew.unary_forward("sqrt", norms, norms)
+    return self:view_of("dora_norms_flat", norms, { out_f })
+end
+
+-- ---- forward / backward ----------------------------------------------------------------------
+
+local function out_shape(x, n)
+    local s = x:shape()
+    s[#s] = n
+    return s
+end
+
+function LoRALinear:forward(x)
+    local out = self:buffer("output", out_shape(x, self.out_features))
+    self:_base_forward(x, out, 0)
+    if self.merged then
+        self.output = out
+        return out
+    end
+    local xin = x
+    if self.dropout > 0 and self.training then
+        xin = self:buffer("x_drop", x:shape())
+        local mask = self:buffer("drop_mask", x:shape(), "u8")
+        check(C.lt_dropout_forward(xin, mask, x, self.dropout, tensor.default_rng))
+    end
+    self._xin = xin
+    local h = self.lora_A:forward(xin) -- (..., r)
+    if self.dora then
+        -- y = base * (m / norm) + (m / norm) * s * B h, norm constant for backward
+        local coef = self:buffer("dora_coef", { self.out_features })
+        ew.binary_forward("div", self.lora_magnitude_vector, self:_dora_norms(), coef)
+        local lora = self:buffer("dora_lora", out_shape(x, self.out_features))
+        F.matmul(h, self.lora_B.weight, { trans_b = true, out = lora, alpha = self.scaling })
+        self._dora_base = self:buffer("dora_base", out:shape())
+        self._dora_base:copy_(out)
+        self._dora_lora = lora
+        ew.binary_forward("add", out, lora, out)
+        ew.binary_forward("mul", out, coef, out)
+    else
+        F.matmul(h, self.lora_B.weight, { trans_b = true, out = out, alpha = self.scaling, beta = 1 })
+    end
+    self.output = out
+    return out
+end
+
+function LoRALinear:backward(x, dy)
+    local dx = self:buffer("grad_input", x:shape())
+    if self.merged then
+        self:_base_backward(dy, dx)
+        return dx
+    end
+    local g = dy
+    if self.dora then
+        local coef = self._buffers.dora_coef
+        -- d magnitude += sum over rows of dy * (base + lora) / norm
+        local dm = self._grads.lora_magnitude_vector
+        if dm then
+            -- d m_i += sum over rows of dy_i * (base_i + lora_i) / norm_i, and
+            -- coef_i = m_i / norm_i, so 1 / norm_i = coef_i / m_i
+            local both = self:buffer("dora_both", dy:shape())
+            ew.binary_forward("add", self._dora_base, self._dora_lora, both)
+            ew.binary_forward("mul", both, dy, both)
+            local per_row = self:buffer("dora_rows", { 1, self.out_features })
+            ew.reduce_forward("sum", self:view_of("both2", both, { -1, self.out_features }), { 1 }, true, per_row)
+            local flat = self:view_of("dora_rows_flat", per_row, { self.out_features })
+            ew.binary_forward("mul", flat, coef, flat)
+            ew.binary_forward("div", flat, self.lora_magnitude_vector, flat)
+            ew.binary_forward("add", dm, flat, dm)
+        end
+        g = self:buffer("dora_g", dy:shape())
+        ew.binary_forward("mul", dy, coef, g)
+    end
+    self:_base_backward(g, dx)
+    local h = self.lora_A.output -- (..., r)
+    local r = self.r
+    local g2 = self:view_of("g2", g, { -1, self.out_features })
+    local h2 = self:view_of("h2", h, { -1, r })
+    -- dB (out, r) += s * g^T h
+    local dB = self.lora_B._grads.weight
+    if dB then check(C.lt_matmul(dB, g2, h2, 1, 0, self.scaling, 1)) end
+    -- dh (..., r) = s * g B
+    local dh = self:buffer("d_h", out_shape(x, r))
+    F.matmul(g, self.lora_B.weight, { out = dh, alpha = self.scaling })
+    local dxin = self.lora_A:backward(self._xin, dh) -- accumulates dA
+    if self.dropout > 0 and self.training then
+        check(C.lt_dropout_backward(dxin, dxin, self._buffers.drop_mask, self.dropout))
+    end
+    dx:add_(dxin)
+    self.grad_input = dx
+    return dx
+end
+
+-- ---- merging -------------------------------------------------------------------------------
+
+-- W <- W + s B A (an f32/bf16/f16 base only: a quantized base is merged on export).
+function LoRALinear:merge()
+    if self.merged then return self end
+    if self.qweight then error("LoRA merge: a quantized base cannot be merged in place; export a merged model instead", 2) end
+    if self.dora then error("LoRA merge: DoRA layers are merged on export", 2) end
+    local w = self:_base_f32()
+    F.matmul(self.lora_B.weight, self.lora_A.weight, { out = w, alpha = self.scaling, beta = 1 })
+    self.weight:copy_(w)
+    w:free()
+    self.merged = true
+    return self
+end
+
+function LoRALinear:unmerge()
+    if not self.merged then return self end
+    local w = self:_base_f32()
+    F.matmul(self.lora_B.weight, self.lora_A.weight, { out = w, alpha = -self.scaling, beta = 1 })
+    self.weight:copy_(w)
+    w:free()
+    self.merged = false
+    return self
+end
+
+-- The merged weight W + s B A (with DoRA: m * (W + s B A) / ||W + s B A||) as f32 (out, in).
+function LoRALinear:merged_weight()
+    local w = self:_base_f32()
+    if not self.merged then
+        F.matmul(self.lora_B.weight, self.lora_A.weight, { out = w, alpha = self.scaling, beta = 1 })
+    end
+    if self.dora then
+        local coef = tensor.empty(self.out_features, 1)
+        ew.binary_forward("div", self.lora_magnitude_vector, self:_dora_norms(), coef:view(self.out_features))
+        ew.binary_forward("mul", w, coef, w)
+        coef:free()
+    end
+    return w
+end
+
+-- ---- a quantized linear layer (frozen) -------------------------------------------------------
+
+local QuantLinear = Module:extend("QuantLinear")
+M.QuantLinear = QuantLinear
+
+-- qweight: a quantized (out, in) weight from lt.quant.
+function QuantLinear:init(qweight)
+    self.qweight = qweight
+    local shape = qweight.shape
+    self.out_features, self.in_features = shape[1], shape[2]
+end
+
+function QuantLinear:extra_repr()
+    return ("%d -> %d, %s, %.3f bits/param"):format(self.in_features, self.out_features, self.qweight.type,
+        self.qweight:bits_per_param())
+end
+
+function QuantLinear:forward(x)
+    local out = self:buffer("output", out_shape(x, self.out_features))
+    quant().linear_forward(x, self.qweight, { out = out })
+    self.output = out
+    return out
+end
+
+function QuantLinear:backward(x, dy)
+    local dx = self:buffer("grad_input", x:shape())
+    quant().linear_backward(dy, self.qweight, { out = dx })
+    self.grad_input = dx
+    return dx
+end
+
+return M

@@ -1,0 +1,209 @@
+--[[
+test_lora.lua - LoRA and DoRA adapters: targets, trainable set, PEFT adapter files (read
+from an independent writer, written in PEFT's layout), logits and gradients against the
+float64 PyTorch reference (tools/golden/lora_reference.py), merging, export.
+
+Tolerances: logits max |diff| <= 2e-4 * max|ref| + 1e-5, adapter gradients
+||diff|| / ||ref|| <= 1e-4 (f32 against f64, as for the base model's golden test).
+]]
+package.path = "tests/lua/?.lua;" .. package.path
+local T = require "harness"
+local lt = require "luatrain"
+
+local FIX = "tests/fixtures/"
+local CFG = { vocab_size = 50, hidden_size = 16, intermediate_size = 32, num_hidden_layers = 3,
+    num_attention_heads = 4, num_key_value_heads = 2 }
+
+local function tmpdir()
+    local d = os.tmpname()
+    os.remove(d)
+    return d
+end
+
+local function rel_close(a, b, tol, what)
+    local _, rel = T.diff(a, b)
+    if not (rel <= tol) then error(("%s: relative error %.3g exceeds %.3g"):format(what, rel, tol), 2) end
+end
+
+T.test("targets: all-linear, names, a Lua pattern, layers_to_transform", function()
+    local function count(opts)
+        local m = lt.llama.new(CFG)
+        return #lt.lora.apply(m, opts), m
+    end
+    T.eq(count({ target = "all-linear" }), 21, "7 linears in each of 3 layers; lm_head excluded")
+    T.eq(count({ target = { "q_proj", "v_proj" } }), 6)
+    T.eq(count({ target = "model%.layers%.%d+%.mlp%.%a+_proj" }), 9)
+    T.eq(count({ target = { "q_proj" }, layers_to_transform = { 0, 2 } }), 2)
+    T.raises(function() count({ target = { "nope" } }) end, "matches no linear layer", true)
+    local _, m = count({ target = { "q_proj" }, r = 3 })
+    local names = {}
+    for _, r in ipairs(m:parameters()) do names[#names + 1] = r.name end
+    table.sort(names)
+    T.eq(#names, 6, "only the adapters train")
+    T.eq(names[1], "model.layers.0.self_attn.q_proj.lora_A.weight")
+    T.eq(m.model.layers:get(1).self_attn.q_proj.lora_A.weight:shape(), { 3, 16 })
+    T.eq(m.model.layers:get(1).self_attn.q_proj.lora_B.weight:shape(), { 16, 3 })
+    T.eq(m.model.layers:get(1).self_attn.q_proj:grad("weight"), nil, "the base weight has no gradient")
+end)
+
+T.test("a fresh adapter changes nothing; merge and unmerge", function()
+    lt.manual_seed(3)
+    local m = lt.llama.new(CFG)
+    local ids = lt.randint(0, 50, 2, 9)
+    local before = m:forward(ids):clone()
+    lt.lora.apply(m, { r = 4, alpha = 16, dropout = 0.1 })
+    m:eval()
+    T.ok(m:forward(ids):equal(before), "B starts at zero")
+    for _, r in ipairs(m:parameters()) do
+        if r.name:find("lora_B") then r.param:normal_(0, 0.2) end
+    end
+    local with_adapter = m:forward(ids):clone()
+    T.ok(not with_adapter:equal(before))
+    lt.lora.merge(m)
+    local merged = m:forward(ids)
+    local d = T.diff(merged, with_adapter)
+    T.ok(d < 1e-5, ("merged forward differs by %g"):format(d))
+    lt.lora.unmerge(m)
+    d = T.diff(m:forward(ids), with_adapter)
+    T.ok(d < 1e-5, ("unmerged forward differs by %g"):format(d))
+end)
+
+for _, case in ipairs({ { "lora_tiny", "LoRA r=4 on every linear" }, { "lora_tiny_dora", "DoRA r=2 on q, v" } }) do
+    local folder = FIX .. case[1]
+    T.test(case[2] .. ": a PEFT-layout adapter loads; logits and gradients match the reference", function()
+        local golden = lt.safetensors.load(folder .. "/lora_golden.safetensors")
+        local base = lt.safetensors.load(FIX .. "llama_tiny_gqa/golden.safetensors")
+        local m = lt.llama.from_pretrained(FIX .. "llama_tiny_gqa")
+        lt.lora.load(m, folder)
+        local logits = m:forward(base.input_ids)
+        local diff = T.diff(logits, golden.logits)
+        local bound = 2e-4 * golden.logits:abs():max():item() + 1e-5
+        T.ok(diff <= bound, ("logits max |diff| %.3g > %.3g"):format(diff, bound))
+        m:zero_grad()
+        local loss = m:forward_backward(base.input_ids, base.targets)
+        T.near(loss, golden.loss:item(), 1e-5, 0, "loss")
+        local n = 0
+        for _, r in ipairs(m:parameters()) do
+            local ref = golden["grad." .. r.name]
+            T.ok(ref, "no reference gradient for " .. r.name)
+            rel_close(r.grad, ref, 1e-4, "gradient of " .. r.name)
+            n = n + 1
+        end
+        T.ok(n >= 12)
+    end)
+end
+
+T.test("DoRA A and B gradients are LoRA's with the upstream gradient scaled by m / ||W + sBA||", function()
+    lt.manual_seed(5)
+    local W, A, B, mag = lt.randn(5, 7), lt.randn(4, 7), lt.randn(5, 4), lt.rand(5, { low = 0.5, high = 1.5 })
+    local x, dy = lt.randn(3, 7), lt.randn(3, 5)
+    local function module(dora)
+        local m = lt.nn.LoRALinear(lt.nn.Linear(7, 5, { weight = W, trainable = false }), { r = 4, alpha = 8, dora = dora })
+        m.lora_A.weight:set_(A)
+        m.lora_B.weight:set_(B)
+        if dora then m.lora_magnitude_vector:set_(mag) end
+        return m
+    end
+    local d = module(true)
+    d:forward(x)
+    d:backward(x, dy)
+    local coef = d._buffers.dora_coef -- m / norm, (5)
+    -- the norm itself, from scratch: ||W + s B A|| per row
+    local full = W + B:matmul(A) * 2
+    local norm = full:square():sum(2):sqrt():view(5)
+    T.close(coef, mag / norm, 1e-5, 1e-6, "m / ||W + sBA||")
+    local plain = module(false)
+    plain:forward(x)
+    plain:backward(x, dy * coef:view(1, 5))
+    T.close(d.lora_A:grad("weight"), plain.lora_A:grad("weight"), 1e-5, 1e-6, "dA")
+    T.close(d.lora_B:grad("weight"), plain.lora_B:grad("weight"), 1e-5, 1e-6, "dB")
+end)
+
+T.test("save writes PEFT's layout; load gives the same logits", function()
+    lt.manual_seed(9)
+    local m = lt.llama.new(CFG)
+    lt.lora.apply(m, { r = 4, alpha = 32, dropout = 0.1, target = "all-linear", rslora = true })
+    for _, r in ipairs(m:parameters()) do
+        if r.name:find("lora_B") then r.param:normal_(0, 0.1) end
+    end
+    m:eval()
+    local ids = lt.randint(0, 50, 1, 6)
+    local want = m:forward(ids):clone()
+    local dir = tmpdir()
+    lt.lora.save(m, dir, { base_model_name_or_path = "my/base" })
+    local cfg = lt.json.read_file(dir .. "/adapter_config.json")
+    T.eq({ cfg.peft_type, cfg.task_type, cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.bias,
+        cfg.use_rslora, cfg.use_dora, cfg.base_model_name_or_path },
+        { "LORA", "CAUSAL_LM", 4, 32, 0.1, "none", true, false, "my/base" })
+    T.eq(cfg.target_modules, { "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj" })
+    local tensors, meta = lt.safetensors.load(dir .. "/adapter_model.safetensors")
+    T.eq(meta.format, "pt")
+    local a = tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+    local b = tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    T.eq(a:shape(), { 4, 16 })
+    T.eq(b:shape(), { 16, 4 })
+    local count = 0
+    for _ in pairs(tensors) do count = count + 1 end
+    T.eq(count, 42)
+    lt.manual_seed(9)
+    local m2 = lt.llama.new(CFG)
+    lt.lora.load(m2, dir)
+    m2:eval()
+    T.ok(m2:forward(ids):equal(want), "the reloaded adapter gives the same logits")
+    -- a pattern target saves as an anchored regular expression that loads back
+    local m3 = lt.llama.new(CFG)
+    lt.lora.apply(m3, { r = 2, target = "model%.layers%.1%.self_attn%.[qv]_proj" })
+    local dir3 = tmpdir()
+    lt.lora.save(m3, dir3)
+    T.eq(lt.json.read_file(dir3 .. "/adapter_config.json").target_modules,
+        "^(model\\.layers\\.1\\.self_attn\\.q_proj|model\\.layers\\.1\\.self_attn\\.v_proj)$")
+    local m4 = lt.llama.new(CFG)
+    lt.lora.load(m4, dir3)
+    T.eq(#lt.lora.layers(m4), 2)
+    os.execute("rm -rf " .. dir .. " " .. dir3)
+end)
+
+T.test("adapter files with problems give clear errors", function()
+    local dir = tmpdir()
+    local m = lt.llama.new(CFG)
+    lt.lora.apply(m, { r = 4, target = { "q_proj" } })
+    lt.lora.save(m, dir)
+    local other = lt.llama.new({ vocab_size = 50, hidden_size = 24, intermediate_size = 32,
+        num_hidden_layers = 3, num_attention_heads = 4, num_key_value_heads = 2 })
+    T.raises(function() lt.lora.load(other, dir) end, "lora_A.weight has shape (4, 16) but the model's adapter expects (4, 24)", true)
+    local cfg = lt.json.read_file(dir .. "/adapter_config.json")
+    cfg.rank_pattern = { q_proj = 8 }
+    lt.fs.write_atomic(dir .. "/adapter_config.json", lt.json.encode(cfg))
+    T.raises(function() lt.lora.load(lt.llama.new(CFG), dir) end, "rank_pattern (per-module ranks) is not supported", true)
+    cfg.rank_pattern = {}
+    cfg.peft_type = "IA3"
+    lt.fs.write_atomic(dir .. "/adapter_config.json", lt.json.encode(cfg))
+    T.raises(function() lt.lora.load(lt.llama.new(CFG), dir) end, "peft_type is IA3", true)
+    T.raises(function() lt.lora.save(lt.llama.new(CFG), dir) end, "no LoRA adapters", true)
+    os.execute("rm -rf " .. dir)
+end)
+
+T.test("export_merged writes a bf16 Hugging Face model equal to base + adapter", function()
+    lt.manual_seed(11)
+    local m = lt.llama.new(CFG)
+    lt.lora.apply(m, { r = 4, alpha = 8 })
+    for _, r in ipairs(m:parameters()) do
+        if r.name:find("lora_B") then r.param:normal_(0, 0.2) end
+    end
+    m:eval()
+    local ids = lt.randint(0, 50, 2, 5)
+    local want = m:forward(ids):clone()
+    local dir = tmpdir()
+    lt.lora.export_merged(m, dir)
+    local merged = lt.llama.from_pretrained(dir)
+    local cfg = lt.json.read_file(dir .. "/config.json")
+    T.eq(cfg.torch_dtype, "bfloat16")
+    local st = lt.safetensors.load(dir .. "/model.safetensors")
+    T.eq(st["model.layers.0.self_attn.q_proj.weight"].dtype, "bf16")
+    T.eq(st["model.layers.0.self_attn.q_proj.lora_A.weight"], nil)
+    local _, rel = T.diff(merged:forward(ids), want)
+    T.ok(rel < 2e-2, ("bf16 merged model within bf16 rounding (rel %.3g)"):format(rel))
+    os.execute("rm -rf " .. dir)
+end)
+
+T.done()
