@@ -57,6 +57,7 @@ local lazy = {
     tokenizer = "luatrain.tokenizer",
     checkpoint = "luatrain.checkpoint",
     lora = "luatrain.lora",
+    generate = "luatrain.generate",
     quant = "luatrain.quant",
 }
 

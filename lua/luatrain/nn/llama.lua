@@ -92,6 +92,17 @@ function Attention:forward(x)
     local v = self:view_of("v", self.v_proj:forward(x), { B, T, Hkv, D })
     F.rope(q, ctx.cos, ctx.sin, ctx.positions, q)
     F.rope(k, ctx.cos, ctx.sin, ctx.positions, k)
+    local kv = ctx.kv
+    if kv then
+        -- generation: append this step's keys and values to the layer's cache and attend
+        -- over everything cached so far (bottom-right causal: the new queries are the
+        -- last T of S positions)
+        local ck, cv, start = kv.k[self.layer_index], kv.v[self.layer_index], kv.start
+        self:view_of("ck_new", ck:narrow(2, start + 1, T), { B, T, Hkv, D }):copy_(k)
+        self:view_of("cv_new", cv:narrow(2, start + 1, T), { B, T, Hkv, D }):copy_(v)
+        k = ck:narrow(2, 1, start + T)
+        v = cv:narrow(2, 1, start + T)
+    end
     local attn = self:buffer("attn", { B, T, H, D })
     local lse = self:buffer("lse", { B, H, T })
     F.attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal,
@@ -208,7 +219,11 @@ function LlamaModel:init(cfg, opts)
     self.rope = { cos = cos, sin = sin, positions = nil, cu_seqlens = nil }
     self:add_module("embed_tokens", Embedding(cfg.vocab_size, cfg.hidden_size, opts))
     local list = ModuleList()
-    for _ = 1, cfg.num_hidden_layers do list:append(DecoderLayer(cfg, self.rope, opts)) end
+    for i = 1, cfg.num_hidden_layers do
+        local layer = DecoderLayer(cfg, self.rope, opts)
+        layer.self_attn.layer_index = i
+        list:append(layer)
+    end
     self:add_module("layers", list)
     self:add_module("norm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts))
 end
@@ -218,6 +233,7 @@ end
 function LlamaModel:forward(ids, opts)
     self.rope.positions = opts and opts.positions or nil
     self.rope.cu_seqlens = opts and opts.cu_seqlens or nil
+    self.rope.kv = opts and opts.kv or nil
     local h = self.embed_tokens:forward(ids)
     self._layer_inputs = self._layer_inputs or {}
     for i, layer in ipairs(self.layers:children()) do

@@ -1,0 +1,128 @@
+--[[
+generate.lua - text generation with a KV cache: greedy, or sampling with temperature,
+top-k and top-p, streaming decoded text as it comes.
+
+    local text, ids = lt.generate(model, tok, "Once upon a time", {
+        max_new_tokens = 64, temperature = 0.8, top_p = 0.95, seed = 1,
+        on_text = function(piece) io.write(piece) io.flush() end })
+
+The prompt (a string, tokenized with the tokenizer's special tokens, or a Lua array of
+ids) runs through the model once (prefill), filling a key/value cache per layer of
+(1, prompt + max_new_tokens, Hkv, D); each new token then costs one position. Only the
+last position goes through the LM head. Generation stops at max_new_tokens, at the
+tokenizer's EOS, or at any id in opts.stop_ids.
+]]
+local ffi = require "ffi"
+local core = require "luatrain.core"
+local tensor = require "luatrain.tensor"
+local F = require "luatrain.ops.nn"
+
+local C, check = core.C, core.check
+
+local M = {}
+
+-- A fresh cache for `model` holding up to `len` positions of one sequence.
+function M.cache(model, len)
+    local c = model.config
+    local kv = { k = {}, v = {}, start = 0, len = len }
+    for i = 1, c.num_hidden_layers do
+        kv.k[i] = tensor.zeros(1, len, c.num_key_value_heads, c.head_dim)
+        kv.v[i] = tensor.zeros(1, len, c.num_key_value_heads, c.head_dim)
+    end
+    return kv
+end
+
+function M.free_cache(kv)
+    for i = 1, #kv.k do
+        kv.k[i]:free()
+        kv.v[i]:free()
+    end
+end
+
+local function set_ids(t, ids, from, n)
+    local p = ffi.cast("int64_t*", t:data_ptr())
+    for j = 0, n - 1 do p[j] = ids[from + j] end
+end
+
+-- Logits of the last position, after running ids[from .. from + n - 1] at cache.start.
+local function step(model, kv, ids, from, n, bufs)
+    local idt = bufs.ids:resize_(1, n)
+    local pos = bufs.pos:resize_(n)
+    set_ids(idt, ids, from, n)
+    local pp = ffi.cast("int64_t*", pos:data_ptr())
+    for j = 0, n - 1 do pp[j] = kv.start + j end
+    local h = model.model:forward(idt, { positions = pos, kv = kv })
+    kv.start = kv.start + n
+    local last = h:select(2, n) -- (1, C)
+    F.linear(last, model.lm_head.weight, bufs.logits)
+    return bufs.logits:view(bufs.logits:numel())
+end
+
+-- Returns the generated text (when a tokenizer is given) and the new ids.
+-- opts: max_new_tokens (64), temperature (0: greedy), top_k (0: off), top_p (1: off),
+--       seed, stop_ids ({}), on_token(id), on_text(piece) (needs the tokenizer).
+function M.generate(model, tok, prompt, opts)
+    opts = opts or {}
+    local ids
+    if type(prompt) == "string" then
+        if not tok then error("generate: a string prompt needs a tokenizer", 2) end
+        ids = tok:encode(prompt)
+    elseif type(prompt) == "table" then
+        ids = prompt
+    else
+        error("generate: the prompt must be a string or a Lua array of token ids", 2)
+    end
+    if #ids == 0 then error("generate: the prompt is empty", 2) end
+    local max_new = opts.max_new_tokens or 64
+    local limit = model.config.max_position_embeddings
+    if #ids + max_new > limit then
+        error(("generate: %d prompt tokens + %d new ones exceed the model's %d positions"):format(
+            #ids, max_new, limit), 2)
+    end
+    local stop = {}
+    if tok and tok.eos_id then stop[tok.eos_id] = true end
+    for _, s in ipairs(opts.stop_ids or {}) do stop[s] = true end
+    local was_training = model.training
+    model:eval()
+    local kv = M.cache(model, #ids + max_new)
+    local rng = ffi.new("lt_rng")
+    C.lt_rng_seed(rng, opts.seed or 0)
+    local bufs = { ids = tensor.empty({ 1, 1 }, { dtype = "i64" }), pos = tensor.empty({ 1 }, { dtype = "i64" }),
+        logits = tensor.empty(1, model.config.vocab_size) }
+    local stream = (opts.on_text and tok) and tok:decode_stream({ skip_special_tokens = true }) or nil
+    local out_id = ffi.new("int32_t[1]")
+    local new = {}
+    local ok, err = pcall(function()
+        local logits = step(model, kv, ids, 1, #ids, bufs)
+        local seq = { unpack(ids) }
+        for _ = 1, max_new do
+            check(C.lt_sample_logits(logits, opts.temperature or 0, opts.top_k or 0, opts.top_p or 1, rng, out_id))
+            local id = out_id[0]
+            if stop[id] then break end
+            new[#new + 1] = id
+            seq[#seq + 1] = id
+            if opts.on_token then opts.on_token(id) end
+            if stream then
+                local piece = stream:push(id)
+                if piece ~= "" then opts.on_text(piece) end
+            end
+            if #new == max_new then break end
+            logits = step(model, kv, seq, #seq, 1, bufs)
+        end
+        if stream then
+            local rest = stream:flush()
+            if rest ~= "" then opts.on_text(rest) end
+        end
+    end)
+    M.free_cache(kv)
+    model.model.rope.kv = nil
+    for _, b in pairs(bufs) do b:free() end
+    if was_training then model:train() end
+    if not ok then error(err, 0) end
+    local text = tok and tok:decode(new, { skip_special_tokens = true }) or nil
+    return text, new
+end
+
+setmetatable(M, { __call = function(_, ...) return M.generate(...) end })
+
+return M

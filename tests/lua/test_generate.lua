@@ -1,0 +1,87 @@
+--[[
+test_generate.lua - generation with a KV cache and the token sampler: the cached greedy
+continuation equals recomputing the whole sequence each step; sampling is reproducible
+from a seed, follows softmax(logits / temperature), and top-k / top-p cut the support.
+]]
+package.path = "tests/lua/?.lua;" .. package.path
+local T = require "harness"
+local lt = require "luatrain"
+local ffi = require "ffi"
+local C = require("luatrain.core").C
+
+local CFG = { vocab_size = 60, hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2,
+    num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 64 }
+
+T.test("greedy with the KV cache equals full recomputation", function()
+    lt.manual_seed(2)
+    local m = lt.llama.new(CFG)
+    local prompt = { 5, 9, 13, 2, 7 }
+    local _, ids = lt.generate(m, nil, prompt, { max_new_tokens = 12 })
+    T.eq(#ids, 12)
+    local seq = { unpack(prompt) }
+    for i = 1, 12 do
+        local logits = m:forward(lt.tensor({ seq }, "i64"))
+        local best = logits:select(2, #seq):view(CFG.vocab_size):argmax(1):item()
+        T.eq(ids[i], best, "token " .. i)
+        seq[#seq + 1] = best
+    end
+end)
+
+T.test("sampling is reproducible and stops where asked", function()
+    lt.manual_seed(2)
+    local m = lt.llama.new(CFG)
+    local opts = { max_new_tokens = 15, temperature = 1.0, top_k = 10, top_p = 0.9, seed = 3 }
+    local _, a = lt.generate(m, nil, { 1, 2, 3 }, opts)
+    local _, b = lt.generate(m, nil, { 1, 2, 3 }, opts)
+    T.eq(a, b)
+    local _, g1 = lt.generate(m, nil, { 1, 2, 3 }, { max_new_tokens = 8, temperature = 1, top_k = 1 })
+    local _, g0 = lt.generate(m, nil, { 1, 2, 3 }, { max_new_tokens = 8 })
+    T.eq(g1, g0, "top_k = 1 is greedy")
+    local _, stopped = lt.generate(m, nil, { 1, 2, 3 }, { max_new_tokens = 8, stop_ids = { g0[3] } })
+    T.eq(#stopped, 2, "stops before a stop id")
+    T.raises(function() lt.generate(m, nil, { 1 }, { max_new_tokens = 64 }) end, "exceed the model's 64 positions", true)
+    T.raises(function() lt.generate(m, nil, {}, {}) end, "the prompt is empty", true)
+end)
+
+local function draw_counts(logits, n, temperature, top_k, top_p)
+    local rng = ffi.new("lt_rng")
+    C.lt_rng_seed(rng, 11)
+    local out = ffi.new("int32_t[1]")
+    local counts = {}
+    for _ = 1, n do
+        assert(C.lt_sample_logits(logits, temperature, top_k, top_p, rng, out) == 0)
+        counts[out[0]] = (counts[out[0]] or 0) + 1
+    end
+    return counts
+end
+
+T.test("samples follow softmax(logits / temperature); top-k and top-p cut the support", function()
+    local logits = lt.tensor({ 2.0, 1.0, 0.5, 0.0, -1.0 })
+    local n = 20000
+    for _, temp in ipairs({ 1.0, 0.5 }) do
+        local counts = draw_counts(logits, n, temp, 0, 1)
+        local z = 0
+        for i = 1, 5 do z = z + math.exp(logits[i] / temp) end
+        for i = 1, 5 do
+            local p = math.exp(logits[i] / temp) / z
+            local got = (counts[i - 1] or 0) / n
+            -- five standard deviations of a binomial proportion
+            T.ok(math.abs(got - p) < 5 * math.sqrt(p * (1 - p) / n) + 1e-3,
+                ("temperature %g, token %d: %.4f vs %.4f"):format(temp, i - 1, got, p))
+        end
+    end
+    local k2 = draw_counts(logits, 2000, 1.0, 2, 1)
+    T.ok(k2[0] and k2[1] and not k2[2] and not k2[3] and not k2[4], "top_k = 2 keeps the two best")
+    -- p(0) = 0.587, p(0) + p(1) = 0.803: top_p = 0.7 keeps tokens 0 and 1
+    local p7 = draw_counts(logits, 2000, 1.0, 0, 0.7)
+    T.ok(p7[0] and p7[1] and not p7[2], "top_p = 0.7 keeps the smallest set reaching 0.7")
+    local greedy = draw_counts(logits, 10, 0, 0, 1)
+    T.eq(greedy[0], 10, "temperature 0 is greedy")
+    local nan = lt.tensor({ 1, 0 / 0 })
+    T.raises(function()
+        local rng = ffi.new("lt_rng")
+        require("luatrain.core").check(C.lt_sample_logits(nan, 1, 0, 1, rng, ffi.new("int32_t[1]")))
+    end, "logit 1 is NaN", true)
+end)
+
+T.done()
