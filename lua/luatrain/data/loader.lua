@@ -88,11 +88,13 @@ local function put(self, s, ids, tg, pos, at, room)
     return n
 end
 
+-- Padding predicts nothing; its positions stay below seq_len (the model's rotary table
+-- need not reach a packed row's full length).
 local function pad(self, ids, tg, pos, from, to)
     for j = from, to - 1 do
         ids[j] = self.pad_id
         tg[j] = IGNORE
-        pos[j] = j - from
+        pos[j] = (j - from) % self.T
     end
 end
 
