@@ -486,6 +486,10 @@ void lt_quant_state_release(lt_quant_state *q);
 
 int lt_dequantize(lt_tensor *out, const lt_quant_state *q);
 
+int lt_dequantize_rows(lt_tensor *out, const lt_quant_state *q, int64_t row0);
+
+int lt_quant_absmax(lt_tensor *out, const lt_quant_state *q);
+
 int64_t lt_quant_nbytes(const lt_quant_state *q);
 
 int lt_quant_linear_forward(lt_tensor *y, const lt_tensor *x, const lt_quant_state *w,

@@ -129,43 +129,99 @@ local function ignorable(name)
     return name:match("rotary_emb%.inv_freq$") ~= nil
 end
 
--- Copy every parameter from the folder's safetensors into `model`.
+-- Suffixes of the extra tensors bitsandbytes stores beside a quantized "<prefix>.weight".
+local BNB_SUFFIXES = { ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+    ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4", ".SCB", ".weight_format" }
+
+local function bnb_owner(name)
+    for _, suf in ipairs(BNB_SUFFIXES) do
+        if name:sub(-#suf) == suf then return name:sub(1, -#suf - 1) end
+    end
+    return nil
+end
+
+-- Copy every parameter from the folder's safetensors into `model`, tensor by tensor from
+-- the file mappings. A quantized layer (model built with quant) is quantized straight from
+-- its mapped weight, so no f32 copy of it ever exists; a layer stored by bitsandbytes is
+-- taken as it is (its codes stay in the mapping).
 function M.load_weights(model, folder)
+    local quant = require "luatrain.quant"
     local wf = weight_files(folder)
     local params = model:state_dict()
-    local loaded = {}
+    local qmods = {}
+    for _, e in ipairs(model.quant_layers and model:quant_layers() or {}) do qmods[e[1] .. ".weight"] = e[2] end
     local tied = model.config.tie_word_embeddings
+    -- name -> file, across shards
+    local where, order, files = {}, {}, {}
     for _, path in ipairs(wf.files) do
         local f = safetensors.open(path)
+        files[path] = f
         for _, name in ipairs(f:keys()) do
-            local p = params[name]
+            if where[name] then
+                for _, g in pairs(files) do g:close() end
+                error(("%s: tensor %s is in both %s and %s"):format(folder, name, where[name], path), 0)
+            end
+            if wf.map and wf.map[name] and wf.map[name] ~= path then
+                for _, g in pairs(files) do g:close() end
+                error(("%s: tensor %s is in %s but the index lists %s"):format(folder, name, path, wf.map[name]), 0)
+            end
+            where[name] = path
+            order[#order + 1] = name
+        end
+    end
+    local function get(name) return files[where[name]]:get(name) end
+    local loaded = {}
+    local ok, err = pcall(function()
+        for _, name in ipairs(order) do
+            local p, qm = params[name], qmods[name]
             if p then
-                if wf.map and wf.map[name] ~= path then
-                    f:close()
-                    error(("%s: tensor %s is in %s but the index lists %s"):format(folder, name, path,
-                        tostring(wf.map[name])), 0)
-                end
-                local src = f:get(name)
+                local src = get(name)
                 local a, b = p:shape(), src:shape()
-                local same = #a == #b
-                for i = 1, #a do same = same and a[i] == b[i] end
-                if not same then
-                    f:close()
-                    error(("%s: tensor %s has shape (%s) but config.json implies (%s)"):format(path, name,
+                if table.concat(a, ",") ~= table.concat(b, ",") then
+                    error(("%s: tensor %s has shape (%s) but config.json implies (%s)"):format(where[name], name,
                         table.concat(b, ", "), table.concat(a, ", ")), 0)
                 end
                 p:copy_(src)
                 src:free()
                 loaded[name] = true
+            elseif qm then
+                local q
+                if where[name .. ".quant_state.bitsandbytes__nf4"] or where[name .. ".quant_state.bitsandbytes__fp4"]
+                    or where[name .. ".SCB"] then
+                    local group = { [name] = get(name) }
+                    for _, suf in ipairs(BNB_SUFFIXES) do
+                        if where[name .. suf] then group[name .. suf] = get(name .. suf) end
+                    end
+                    q = quant.from_bnb(group, name:sub(1, -#".weight" - 1))
+                else
+                    local src = get(name)
+                    local shape = src:shape()
+                    if #shape ~= 2 or shape[1] ~= qm.out_features or shape[2] ~= qm.in_features then
+                        error(("%s: tensor %s has shape (%s) but config.json implies (%d, %d)"):format(where[name],
+                            name, table.concat(shape, ", "), qm.out_features, qm.in_features), 0)
+                    end
+                    q = quant.quantize(src, model.quant_opts)
+                    src:free()
+                end
+                qm:set_qweight(q)
+                loaded[name] = true
+            elseif bnb_owner(name) and qmods[bnb_owner(name)] then
+                -- read with its weight
+            elseif bnb_owner(name) and params[bnb_owner(name)] then
+                error(("%s: %s is a bitsandbytes-quantized layer; load it with quant options (the folder's config.json has no quantization_config)"):format(
+                    where[name], bnb_owner(name)), 0)
             elseif not (ignorable(name) or (tied and name == "lm_head.weight")) then
-                f:close()
-                error(("%s: unexpected tensor %s (not a parameter of this Llama config)"):format(path, name), 0)
+                error(("%s: unexpected tensor %s (not a parameter of this Llama config)"):format(where[name], name), 0)
             end
         end
-        f:close()
-    end
+    end)
+    for _, f in pairs(files) do f:close() end
+    if not ok then error(err, 0) end
     local missing = {}
     for name in pairs(params) do
+        if not loaded[name] then missing[#missing + 1] = name end
+    end
+    for name in pairs(qmods) do
         if not loaded[name] then missing[#missing + 1] = name end
     end
     table.sort(missing)
@@ -174,13 +230,35 @@ function M.load_weights(model, folder)
     end
 end
 
--- A model from a Hugging Face folder. opts: dtype of the parameters ("f32"), trainable.
+-- The quantization a folder's config.json declares (transformers + bitsandbytes), or nil.
+local function declared_quant(cfg, path)
+    local qc = cfg.raw and cfg.raw.quantization_config
+    if qc == nil or qc == json.null then return nil end
+    if type(qc) ~= "table" then error(path .. ": quantization_config must be an object", 0) end
+    if qc.quant_method ~= "bitsandbytes" then
+        error(("%s: quantization method %q is not supported (bitsandbytes 4-bit and 8-bit are)"):format(
+            path, tostring(qc.quant_method)), 0)
+    end
+    if qc.load_in_4bit then
+        return { type = qc.bnb_4bit_quant_type or "fp4", double_quant = qc.bnb_4bit_use_double_quant == true }
+    elseif qc.load_in_8bit then
+        return { type = "int8", blocksize = 0, double_quant = false }
+    end
+    error(path .. ": quantization_config sets neither load_in_4bit nor load_in_8bit", 0)
+end
+
+-- A model from a Hugging Face folder. opts: dtype of the unquantized parameters ("f32";
+-- "bf16" halves a frozen base), trainable, quant ("nf4" | "fp4" | "int8" | { type,
+-- blocksize, double_quant }: quantize the decoder's linear layers while loading). A
+-- folder saved by transformers with bitsandbytes loads quantized as it is.
 function M.from_pretrained(folder, opts)
     opts = opts or {}
     folder = folder:gsub("/+$", "")
     local cfg = M.read_config(folder .. "/config.json")
+    local q = declared_quant(cfg, folder .. "/config.json") or opts.quant
+    if q == "none" then q = nil end
     local model = nnllama.LlamaForCausalLM(cfg, { init = false, dtype = opts.dtype,
-        trainable = opts.trainable })
+        trainable = opts.trainable, quant = q })
     M.load_weights(model, folder)
     model.source = folder
     return model

@@ -28,6 +28,15 @@ local function add_into(out, a, b)
     return out
 end
 
+-- A decoder linear layer: a Linear, or (opts.quant) a QuantLinear whose weight the loader
+-- quantizes, so the f32 weight never exists.
+local function linear(in_f, out_f, opts)
+    if opts and opts.quant then
+        return require("luatrain.nn.lora").QuantLinear(nil, in_f, out_f)
+    end
+    return Linear(in_f, out_f, opts)
+end
+
 -- ---- MLP --------------------------------------------------------------------------------
 
 -- down(silu(gate(x)) * up(x)); x (B, T, C) -> (B, T, C) through (B, T, F).
@@ -35,9 +44,9 @@ local MLP = Module:extend("LlamaMLP")
 M.MLP = MLP
 
 function MLP:init(hidden, intermediate, opts)
-    self:add_module("gate_proj", Linear(hidden, intermediate, opts))
-    self:add_module("up_proj", Linear(hidden, intermediate, opts))
-    self:add_module("down_proj", Linear(intermediate, hidden, opts))
+    self:add_module("gate_proj", linear(hidden, intermediate, opts))
+    self:add_module("up_proj", linear(hidden, intermediate, opts))
+    self:add_module("down_proj", linear(intermediate, hidden, opts))
 end
 
 function MLP:forward(x)
@@ -73,10 +82,10 @@ function Attention:init(cfg, ctx, opts)
     self.H, self.Hkv, self.D, self.ctx = H, Hkv, D, ctx
     self.scale = 1 / math.sqrt(D)
     self.causal = true
-    self:add_module("q_proj", Linear(Cdim, H * D, opts))
-    self:add_module("k_proj", Linear(Cdim, Hkv * D, opts))
-    self:add_module("v_proj", Linear(Cdim, Hkv * D, opts))
-    self:add_module("o_proj", Linear(H * D, Cdim, opts))
+    self:add_module("q_proj", linear(Cdim, H * D, opts))
+    self:add_module("k_proj", linear(Cdim, Hkv * D, opts))
+    self:add_module("v_proj", linear(Cdim, Hkv * D, opts))
+    self:add_module("o_proj", linear(H * D, Cdim, opts))
 end
 
 function Attention:extra_repr()
@@ -290,14 +299,24 @@ function LlamaForCausalLM:init(cfg, opts)
     opts = opts or {}
     cfg = M.normalize_config(cfg)
     self.config = cfg
+    if opts.quant then
+        local q = opts.quant
+        if type(q) == "string" then q = { type = q } end
+        local ty = q.type or "nf4"
+        local four_bit = ty ~= "int8"
+        self.quant_opts = { type = ty, blocksize = four_bit and (q.blocksize or 64) or 0,
+            double_quant = four_bit and q.double_quant ~= false, outlier_threshold = q.outlier_threshold }
+        opts = setmetatable({ quant = self.quant_opts }, { __index = opts })
+    end
     self:add_module("model", LlamaModel(cfg, opts))
+    local head_opts = { dtype = opts.dtype, trainable = opts.trainable } -- the head stays unquantized
     if cfg.tie_word_embeddings then
         local head = Linear(cfg.hidden_size, cfg.vocab_size,
             { weight = self.model.embed_tokens.weight, trainable = false })
         head:tie_parameter("weight", self.model.embed_tokens, "weight")
         self:add_module("lm_head", head)
     else
-        self:add_module("lm_head", Linear(cfg.hidden_size, cfg.vocab_size, opts))
+        self:add_module("lm_head", Linear(cfg.hidden_size, cfg.vocab_size, head_opts))
     end
     if opts.init ~= false then self:init_weights() end
 end
@@ -308,6 +327,30 @@ function LlamaForCausalLM:init_weights()
     for _, r in ipairs(self:named_parameters()) do
         if r.param:dim() >= 2 then r.param:normal_(0, std) else r.param:fill_(1) end
     end
+    local quant = require "luatrain.quant"
+    for _, e in ipairs(self:quant_layers()) do
+        if not e[2].qweight then
+            local w = require("luatrain.tensor").randn(e[2].out_features, e[2].in_features, { std = std })
+            e[2]:set_qweight(quant.quantize(w, self.quant_opts))
+            w:free()
+        end
+    end
+end
+
+-- { full name, QuantLinear } for every quantized linear layer, in module order.
+function LlamaForCausalLM:quant_layers()
+    local QuantLinear = require("luatrain.nn.lora").QuantLinear
+    local out = {}
+    local function go(m, prefix)
+        for _, n in ipairs(m._child_names) do
+            local c = m._children[n]
+            local full = prefix == "" and n or (prefix .. "." .. n)
+            if getmetatable(c) == QuantLinear then out[#out + 1] = { full, c } end
+            go(c, full)
+        end
+    end
+    go(self, "")
+    return out
 end
 
 function LlamaForCausalLM:gradient_checkpointing(flag)

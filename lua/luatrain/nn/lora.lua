@@ -266,14 +266,30 @@ end
 local QuantLinear = Module:extend("QuantLinear")
 M.QuantLinear = QuantLinear
 
--- qweight: a quantized (out, in) weight from lt.quant.
-function QuantLinear:init(qweight)
-    self.qweight = qweight
-    local shape = qweight.shape
-    self.out_features, self.in_features = shape[1], shape[2]
+-- qweight: a quantized (out, in) weight from lt.quant; or nil with in/out given, for a
+-- layer whose weight the loader quantizes later (set_qweight).
+function QuantLinear:init(qweight, in_features, out_features)
+    if qweight then
+        local shape = qweight.shape
+        self.out_features, self.in_features = shape[1], shape[2]
+        self.qweight = qweight
+    else
+        self.in_features, self.out_features = in_features, out_features
+    end
+end
+
+function QuantLinear:set_qweight(q)
+    local shape = q.shape
+    if #shape ~= 2 or shape[1] ~= self.out_features or shape[2] ~= self.in_features then
+        error(("QuantLinear: a (%s) weight for a %d -> %d layer"):format(table.concat(shape, ", "),
+            self.in_features, self.out_features), 2)
+    end
+    if self.qweight and self.qweight ~= q then self.qweight:free() end
+    self.qweight = q
 end
 
 function QuantLinear:extra_repr()
+    if not self.qweight then return ("%d -> %d, not loaded"):format(self.in_features, self.out_features) end
     return ("%d -> %d, %s, %.3f bits/param"):format(self.in_features, self.out_features, self.qweight.type,
         self.qweight:bits_per_param())
 end
