@@ -7,7 +7,9 @@ trajectory, written atomically.
     local st = lt.checkpoint.load("runs/x/checkpoint", { model = model, optimizer = opt,
                                                          loader = loader })   -- st.step, st.extra
 
-A checkpoint is a folder: model.safetensors (every parameter, Hugging Face names),
+A checkpoint is a folder: model.safetensors (the parameters, Hugging Face names: all of
+them, or only the trainable ones when part of the model is frozen, as with LoRA on a
+quantized base, whose weights come back from their source folder on resume),
 optimizer.safetensors (AdamW moments by group and position) and state.json (step counts
 and hyperparameters, the data loader's position, the RNG state, the caller's extra
 fields). It is written into a temporary sibling folder and renamed into place (the
@@ -33,9 +35,18 @@ function M.save(dir, parts)
     local tmp = ("%s.tmp-%d"):format(dir, math.floor(fs.now() * 1e6) % 1e9)
     rm_rf(tmp)
     fs.make_dirs(tmp)
-    safetensors.save(tmp .. "/model.safetensors", parts.model:state_dict(), { format = "pt" })
+    local all = parts.model:state_dict()
+    local trainable, frozen = {}, false
+    local n_all, n_train = 0, 0
+    for _ in pairs(all) do n_all = n_all + 1 end
+    for _, r in ipairs(parts.model:parameters()) do
+        trainable[r.name] = r.param
+        n_train = n_train + 1
+    end
+    frozen = n_train < n_all or (parts.model.quant_layers and #parts.model:quant_layers() > 0)
+    safetensors.save(tmp .. "/model.safetensors", frozen and trainable or all, { format = "pt" })
     local state = { version = M.VERSION, step = parts.step or 0, extra = parts.extra or {},
-        rng = tensor.get_rng_state() }
+        rng = tensor.get_rng_state(), model_params = frozen and "trainable" or "all" }
     if parts.optimizer then
         local sd = parts.optimizer:state_dict()
         safetensors.save(tmp .. "/optimizer.safetensors", sd.tensors, { format = "pt" })
@@ -63,7 +74,24 @@ function M.load(dir, parts)
     end
     if parts.model then
         local sd = safetensors.load(dir .. "/model.safetensors")
-        parts.model:load_state_dict(sd, true)
+        if state.model_params == "trainable" then
+            -- the frozen base came from its own folder: restore what trained, all of it
+            local missing = {}
+            for _, r in ipairs(parts.model:parameters()) do
+                local t = sd[r.name]
+                if not t then
+                    missing[#missing + 1] = r.name
+                else
+                    r.param:copy_(t)
+                end
+            end
+            if #missing > 0 then
+                error(("%s/model.safetensors: no saved value for trainable parameters %s"):format(dir,
+                    table.concat(missing, ", ")), 0)
+            end
+        else
+            parts.model:load_state_dict(sd, true)
+        end
     end
     if parts.optimizer then
         if not state.optimizer then error(dir .. ": the checkpoint has no optimizer state", 0) end

@@ -58,6 +58,8 @@ local lazy = {
     checkpoint = "luatrain.checkpoint",
     lora = "luatrain.lora",
     generate = "luatrain.generate",
+    trainer = "luatrain.trainer",
+    report = "luatrain.report",
     quant = "luatrain.quant",
 }
 

@@ -285,6 +285,9 @@ function M.hf_config(model, dtype)
         out.rope_scaling = json.null
     end
     out.quantization_config = nil -- the weights written here are plain tensors
+    for _, key in ipairs({ "bos_token_id", "eos_token_id", "pad_token_id" }) do
+        if out[key] == nil and type(c[key]) == "number" then out[key] = c[key] end
+    end
     out.architectures = json.array({ "LlamaForCausalLM" })
     out.model_type = "llama"
     out.hidden_act = "silu"

@@ -96,6 +96,42 @@ T.test("QLoRA: LoRA on the 4-bit base trains, only adapters change, adapter roun
     os.execute("rm -rf " .. dir)
 end)
 
+T.test("a QLoRA run resumed from its checkpoint continues bit for bit", function()
+    local g = lt.safetensors.load(FIX .. "llama_tiny_gqa/golden.safetensors")
+    local samples = {}
+    for b = 1, g.input_ids:size(1) do
+        for start = 1, 13, 6 do
+            local ids = {}
+            for t = start, start + 7 do ids[#ids + 1] = g.input_ids[b][t] end
+            samples[#samples + 1] = { ids = ids }
+        end
+    end
+    local ds = lt.data.tokens.from_samples(samples)
+    local dir = os.tmpname()
+    os.remove(dir)
+    local function run(steps, opts)
+        lt.manual_seed(8)
+        local m = lt.llama.from_pretrained(FIX .. "llama_tiny_gqa", { quant = "nf4", dtype = "bf16" })
+        lt.lora.apply(m, { r = 4, alpha = 8, dropout = 0.1 })
+        local o = { model = m, train = ds, batch_size = 2, seq_len = 8, steps = steps, lr = 5e-3, seed = 3 }
+        for k, v in pairs(opts or {}) do o[k] = v end
+        return lt.trainer.finetune(o)
+    end
+    local straight = run(6)
+    -- an interrupted run: it dies right after its step-3 checkpoint
+    local ok = pcall(run, 6, { checkpoint_dir = dir, save_every = 3,
+        on_step = function(rec) if rec.step == 3 then error("interrupted", 0) end end })
+    T.ok(not ok)
+    local st = lt.json.read_file(dir .. "/state.json")
+    T.eq(st.model_params, "trainable", "a quantized base is not saved in the checkpoint")
+    local saved = lt.safetensors.load(dir .. "/model.safetensors")
+    for name in pairs(saved) do T.ok(name:find("lora_[AB]"), "only adapters in the checkpoint: " .. name) end
+    local resumed = run(6, { resume = dir })
+    T.eq(resumed.first_step, 4)
+    for step = 4, 6 do T.eq(resumed.loss_curve[step], straight.loss_curve[step], "loss at step " .. step) end
+    os.execute("rm -rf " .. dir)
+end)
+
 T.test("quantization options and errors", function()
     T.raises(function() lt.llama.from_pretrained(FIX .. "llama_tiny_gqa", { quant = "nf3" }) end, "unknown quantization type", true)
     local m = lt.llama.from_pretrained(FIX .. "llama_tiny_gqa", { quant = "int8" })

@@ -242,6 +242,54 @@ function M.encoder(tok, opts)
     end
 end
 
+-- ---- prompts for generation ---------------------------------------------------------------
+
+-- The text that asks the model for the next assistant turn of `messages` (a chat whose
+-- last message is the user's), as the template lays out a conversation.
+function M.generation_prompt(template, messages)
+    if template == "llama3" then
+        local parts = { "<|begin_of_text|>" }
+        for _, m in ipairs(messages) do
+            parts[#parts + 1] = "<|start_header_id|>" .. m.role .. "<|end_header_id|>\n\n" ..
+                m.content:match("^%s*(.-)%s*$") .. "<|eot_id|>"
+        end
+        parts[#parts + 1] = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        return table.concat(parts)
+    elseif template == "chatml" then
+        local parts = {}
+        for _, m in ipairs(messages) do
+            parts[#parts + 1] = "<|im_start|>" .. m.role .. "\n" .. m.content .. "<|im_end|>\n"
+        end
+        parts[#parts + 1] = "<|im_start|>assistant\n"
+        return table.concat(parts)
+    elseif template == "llama2" then
+        local system, i, parts = nil, 1, {}
+        if messages[1] and messages[1].role == "system" then
+            system, i = messages[1].content, 2
+        end
+        local first = true
+        while i <= #messages do
+            local u, a = messages[i], messages[i + 1]
+            local sys = (first and system) and ("<<SYS>>\n" .. system .. "\n<</SYS>>\n\n") or ""
+            parts[#parts + 1] = "<s>[INST] " .. sys .. u.content:match("^%s*(.-)%s*$") .. " [/INST]"
+            if a then parts[#parts + 1] = " " .. a.content:match("^%s*(.-)%s*$") .. " </s>" end
+            first = false
+            i = i + 2
+        end
+        return table.concat(parts)
+    elseif template == "none" then
+        local last = messages[#messages]
+        return "### Instruction:\n" .. last.content .. "\n\n### Response:\n"
+    end
+    error(("generation_prompt: unknown template %q"):format(tostring(template)), 2)
+end
+
+-- The end-of-turn token a template's replies finish with (generation stops there).
+function M.end_of_turn(template, tok)
+    local name = ({ llama3 = "<|eot_id|>", chatml = "<|im_end|>", llama2 = "</s>" })[template]
+    return name and tok:token_to_id(name) or tok.eos_id
+end
+
 M.is_sentencepiece = is_sentencepiece
 
 return M

@@ -148,6 +148,26 @@ function M.build(path, tok, opts)
         { ids_buf, train_buf, off_buf }, meta)
 end
 
+-- A dataset from token lists already in hand: samples = { { ids = {...}, train = {...} }, ...}
+-- (train: booleans or 0/1 per token; omitted = every token trained).
+function M.from_samples(samples)
+    local ids_buf, train_buf, off_buf = buf("int32_t"), buf("uint8_t"), buf("int64_t")
+    off_buf:push(0)
+    for i, smp in ipairs(samples) do
+        if type(smp.ids) ~= "table" or #smp.ids == 0 then
+            error(("from_samples: sample %d has no ids"):format(i), 2)
+        end
+        for j, id in ipairs(smp.ids) do
+            ids_buf:push(id)
+            local t = smp.train and smp.train[j]
+            train_buf:push((t == nil or t == true or t == 1) and 1 or 0)
+        end
+        off_buf:push(ids_buf.n)
+    end
+    return new_dataset(ids_buf.data, train_buf.data, off_buf.data, #samples, ids_buf.n,
+        { ids_buf, train_buf, off_buf }, { samples = #samples, tokens = ids_buf.n })
+end
+
 -- ---- the cache ------------------------------------------------------------------------------
 
 local function file_info(path)
