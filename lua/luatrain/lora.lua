@@ -103,6 +103,13 @@ function M.apply(model, opts)
         names[#names + 1] = c.full
         short[c.full:match("([^%.]+)$")] = true
     end
+    -- adapters put inside checkpointed layers must share those layers' activation arena
+    local Checkpoint = require("luatrain.nn.checkpoint")
+    local function reshare(m)
+        if getmetatable(m) == Checkpoint then m:reshare() end
+        for _, n in ipairs(m._child_names) do reshare(m._children[n]) end
+    end
+    reshare(model)
     -- the targets as PEFT reads them: short names when they say exactly what was chosen,
     -- else an anchored regular expression over the full names
     local target_modules
@@ -242,7 +249,13 @@ function M.load(model, dir)
     local tensors = safetensors.load(file)
     local own = M.adapter_state(model)
     local seen = {}
-    for key, t in pairs(tensors) do
+    -- check every tensor before copying any (sorted, so the first problem reported is
+    -- always the same one)
+    local keys = {}
+    for key in pairs(tensors) do keys[#keys + 1] = key end
+    table.sort(keys)
+    for _, key in ipairs(keys) do
+        local t = tensors[key]
         local name = key:sub(1, #PREFIX) == PREFIX and key:sub(#PREFIX + 1) or key
         local p = own[name]
         if not p then error(("%s: tensor %s does not match any adapter parameter of the model"):format(file, key), 0) end
@@ -251,8 +264,7 @@ function M.load(model, dir)
             error(("%s: %s has shape (%s) but the model's adapter expects (%s)"):format(file, key,
                 table.concat(b, ", "), table.concat(a, ", ")), 0)
         end
-        p:copy_(t)
-        seen[name] = true
+        seen[name] = key
     end
     local missing = {}
     for name in pairs(own) do
@@ -260,6 +272,7 @@ function M.load(model, dir)
     end
     table.sort(missing)
     if #missing > 0 then error(("%s: missing adapter tensors: %s"):format(file, table.concat(missing, ", ")), 0) end
+    for name, key in pairs(seen) do own[name]:copy_(tensors[key]) end
     return model
 end
 

@@ -93,6 +93,36 @@ for _, case in ipairs({ { "lora_tiny", "LoRA r=4 on every linear" }, { "lora_tin
     end)
 end
 
+T.test("adapters (with dropout) inside checkpointed layers: same loss and gradients, shared activations", function()
+    local base = lt.safetensors.load(FIX .. "llama_tiny_gqa/golden.safetensors")
+    local function run(order)
+        lt.manual_seed(9)
+        local m = lt.llama.from_pretrained(FIX .. "llama_tiny_gqa")
+        if order == "checkpoint first" then m:gradient_checkpointing(true) end
+        -- dropout on: the recomputation in backward must draw the forward's masks
+        lt.lora.apply(m, { r = 4, alpha = 8, dropout = 0.3 })
+        m:train()
+        if order == "adapters first" then m:gradient_checkpointing(true) end
+        for _, r in ipairs(m:parameters()) do
+            if r.name:find("lora_B") then r.param:normal_(0, 0.2) end
+        end
+        m:zero_grad()
+        local loss = m:forward_backward(base.input_ids, base.targets)
+        local grads = {}
+        for _, r in ipairs(m:parameters()) do grads[r.name] = r.grad:clone() end
+        local function q_proj(i) local l = m.model.layers:get(i) return (l.inner or l).self_attn.q_proj end
+        T.ok(getmetatable(q_proj(1)) == lt.nn.LoRALinear, "q_proj is adapted")
+        return loss, grads, q_proj(1)._buffers == q_proj(2)._buffers
+    end
+    local loss0, g0 = run("plain")
+    for _, order in ipairs({ "checkpoint first", "adapters first" }) do
+        local loss, g, shared = run(order)
+        T.eq(loss, loss0, order .. ": loss")
+        for name, ref in pairs(g0) do T.ok(g[name]:equal(ref), order .. ": gradient of " .. name) end
+        T.ok(shared, order .. ": the adapters of layers 1 and 2 share one set of activation buffers")
+    end
+end)
+
 T.test("DoRA A and B gradients are LoRA's with the upstream gradient scaled by m / ||W + sBA||", function()
     lt.manual_seed(5)
     local W, A, B, mag = lt.randn(5, 7), lt.randn(4, 7), lt.randn(5, 4), lt.rand(5, { low = 0.5, high = 1.5 })

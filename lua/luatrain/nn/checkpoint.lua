@@ -19,6 +19,8 @@ without checkpointing (the recomputation is the same arithmetic on the same inpu
 ]]
 local Module = require("luatrain.nn.module").Module
 
+local tensor = require "luatrain.tensor"
+
 local Checkpoint = Module:extend("Checkpoint")
 
 -- Point m's buffers and views, and its descendants', at the arena's sets for their paths.
@@ -48,6 +50,14 @@ function Checkpoint:init(inner, arena)
     share_buffers(inner, self.arena, "")
 end
 
+-- Point the wrapped module's buffers at the arena again: needed after a descendant was
+-- replaced (lt.lora.apply swaps Linears for LoRALinears, whose buffers start private).
+function Checkpoint:reshare()
+    share_buffers(self.inner, self.arena, "")
+    self.arena.owner = nil
+    return self
+end
+
 function Checkpoint:extra_repr()
     return self.inner.__name
 end
@@ -59,6 +69,10 @@ function Checkpoint:train(flag)
 end
 
 function Checkpoint:forward(x)
+    -- the random state the forward starts from, so the recomputation in backward draws
+    -- the same dropout masks
+    local rng = tensor.default_rng
+    self.rng_seed, self.rng_offset = rng.seed, rng.offset
     local y = self.inner:forward(x)
     self.arena.owner = self
     local out = self:buffer("output", y:shape())
@@ -70,7 +84,11 @@ end
 function Checkpoint:backward(x, dy)
     -- the arena holds the activations of whichever wrapper ran forward last
     if self.arena.owner ~= self then
+        local rng = tensor.default_rng
+        local seed, offset = rng.seed, rng.offset
+        rng.seed, rng.offset = self.rng_seed, self.rng_offset
         self.inner:forward(x)
+        rng.seed, rng.offset = seed, offset
         self.arena.owner = self
     end
     local g = self.inner:backward(x, dy)
