@@ -165,6 +165,8 @@ int lt_mapping_open(lt_mapping **out, const char *path, int64_t *size_out);
 const void *lt_mapping_data(const lt_mapping *m);
 void lt_mapping_retain(lt_mapping *m);
 void lt_mapping_release(lt_mapping *m);
+/* madvise(MADV_DONTNEED) on the whole pages inside [offset, offset + nbytes) of a mapping. */
+int lt_mapping_drop_pages(lt_mapping *m, int64_t offset, int64_t nbytes);
 /* A storage viewing [offset, offset+nbytes) of the mapping. */
 int lt_storage_new_mapped(lt_storage **out, lt_mapping *m, int64_t offset, int64_t nbytes);
 

@@ -39,6 +39,14 @@ int lt_safetensors_find(const lt_safetensors *f, const char *name, int64_t *inde
    writers may produce) is copied into aligned memory instead. */
 int lt_safetensors_tensor(const lt_safetensors *f, int64_t index, lt_tensor *out);
 
+/* Give back the resident pages of tensor `index`'s bytes (the whole pages inside them) to
+   the file, once the caller has read what it needs: a loader that quantizes or converts
+   each tensor as it goes keeps the process's resident memory at what it built, instead of
+   that plus every page of the file it read. Reading the tensor again later maps the pages
+   back in from the file, so any changes written through a view of them are lost: call this
+   only when no view of the tensor is still in use. */
+int lt_safetensors_drop_pages(const lt_safetensors *f, int64_t index);
+
 /* __metadata__ entries (string to string), in file order. */
 int64_t lt_safetensors_metadata_count(const lt_safetensors *f);
 const char *lt_safetensors_metadata_key(const lt_safetensors *f, int64_t index);

@@ -656,6 +656,15 @@ int lt_safetensors_find(const lt_safetensors *f, const char *name, int64_t *inde
     return LT_OK;
 }
 
+int lt_safetensors_drop_pages(const lt_safetensors *f, int64_t index) {
+    if (!f) return lt_fail(LT_ERR_ARG, "lt_safetensors_drop_pages: NULL file");
+    if (index < 0 || index >= f->count)
+        return lt_fail(LT_ERR_RANGE, "%s: tensor index %lld out of range (the file holds %lld)",
+                       f->path, (long long)index, (long long)f->count);
+    const st_entry *e = &f->entries[index];
+    return lt_mapping_drop_pages(f->map, f->data_start + e->begin, e->end - e->begin);
+}
+
 int lt_safetensors_tensor(const lt_safetensors *f, int64_t index, lt_tensor *out) {
     if (!f || !out) return lt_fail(LT_ERR_ARG, "lt_safetensors_tensor: NULL argument");
     if (index < 0 || index >= f->count)

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -198,6 +199,23 @@ void lt_mapping_release(lt_mapping *m) {
     if (m->addr) munmap(m->addr, (size_t)m->size);
     atomic_fetch_sub(&lt_mem[0].mapped, m->size);
     free(m);
+}
+
+int lt_mapping_drop_pages(lt_mapping *m, int64_t offset, int64_t nbytes) {
+    if (!m || offset < 0 || nbytes < 0 || offset > m->size || nbytes > m->size - offset)
+        return LT_INTERNAL("page window outside the mapping");
+    if (!m->addr || nbytes == 0) return LT_OK;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) page = 4096;
+    uintptr_t base = (uintptr_t)m->addr;
+    uintptr_t lo = base + (uintptr_t)offset, hi = lo + (uintptr_t)nbytes;
+    /* only pages wholly inside the window: the neighbouring tensors' bytes stay resident */
+    lo = (lo + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    hi &= ~((uintptr_t)page - 1);
+    if (hi <= lo) return LT_OK;
+    if (madvise((void *)lo, hi - lo, MADV_DONTNEED) != 0)
+        return lt_fail(LT_ERR_IO, "madvise: %s", strerror(errno));
+    return LT_OK;
 }
 
 int lt_storage_new_mapped(lt_storage **out, lt_mapping *m, int64_t offset, int64_t nbytes) {

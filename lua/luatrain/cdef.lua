@@ -352,6 +352,8 @@ int lt_safetensors_find(const lt_safetensors *f, const char *name, int64_t *inde
 
 int lt_safetensors_tensor(const lt_safetensors *f, int64_t index, lt_tensor *out);
 
+int lt_safetensors_drop_pages(const lt_safetensors *f, int64_t index);
+
 int64_t lt_safetensors_metadata_count(const lt_safetensors *f);
 const char *lt_safetensors_metadata_key(const lt_safetensors *f, int64_t index);
 const char *lt_safetensors_metadata_value(const lt_safetensors *f, int64_t index);

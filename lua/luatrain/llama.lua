@@ -183,6 +183,7 @@ function M.load_weights(model, folder)
                 end
                 p:copy_(src)
                 src:free()
+                files[where[name]]:drop_pages(name)
                 loaded[name] = true
             elseif qm then
                 local q
@@ -202,6 +203,9 @@ function M.load_weights(model, folder)
                     end
                     q = quant.quantize(src, model.quant_opts)
                     src:free()
+                    -- the file's pages of this weight are read: give them back, so the
+                    -- process holds the quantized model, not that plus the file
+                    files[where[name]]:drop_pages(name)
                 end
                 qm:set_qweight(q)
                 loaded[name] = true

@@ -78,6 +78,15 @@ function File:get(name)
     return t
 end
 
+-- Hand the resident pages of the named tensor back to the file after it has been read
+-- (copied, converted or quantized). Views of it that are still in use would see the file's
+-- bytes again, so call this only once none is.
+function File:drop_pages(name)
+    local h = handle(self)
+    check(C.lt_safetensors_find(h, name, index_buf))
+    check(C.lt_safetensors_drop_pages(h, index_buf[0]))
+end
+
 -- The __metadata__ table (string -> string); empty when the file has none.
 function File:metadata()
     local h = handle(self)

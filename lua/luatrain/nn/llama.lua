@@ -306,7 +306,11 @@ function LlamaForCausalLM:init(cfg, opts)
         local four_bit = ty ~= "int8"
         self.quant_opts = { type = ty, blocksize = four_bit and (q.blocksize or 64) or 0,
             double_quant = four_bit and q.double_quant ~= false, outlier_threshold = q.outlier_threshold }
-        opts = setmetatable({ quant = self.quant_opts }, { __index = opts })
+        -- a quantized base is frozen: its norms and embeddings get no gradients either
+        -- (for a 7B model the two vocabulary matrices' f32 gradients alone are 1 GiB)
+        local trainable = opts.trainable
+        if trainable == nil then trainable = false end
+        opts = setmetatable({ quant = self.quant_opts, trainable = trainable }, { __index = opts })
     end
     self:add_module("model", LlamaModel(cfg, opts))
     local head_opts = { dtype = opts.dtype, trainable = opts.trainable } -- the head stays unquantized
