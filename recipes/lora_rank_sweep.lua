@@ -12,7 +12,7 @@ parameters and peak memory. Written to output_dir:
   results.jsonl         one record per rank (with its loss curve)
   results.csv           the table
   loss_curves.svg       training loss against step, one line per rank
-  step_time.svg, peak_memory.svg, eval_loss.svg, tokens_per_s.svg, accuracy.svg
+  step_time.svg, peak_memory.svg, final_loss.svg, eval_loss.svg, tokens_per_s.svg, accuracy.svg
                         each metric against rank
   report.html           one self-contained page with every chart and the table
 and the table is printed at the end.
@@ -110,7 +110,10 @@ for _, r in ipairs(ranks) do
     local acc = #questions > 0 and lt.trainer.accuracy(model, tok, questions, gen_opts) or nil
     bar:finish(("loss %.4f -> %.4f, eval %.4f%s"):format(res.first_loss, res.last_loss, res.eval_loss,
         acc and (", accuracy %.1f%%"):format(100 * acc) or ""))
-    results[#results + 1] = { rank = r, alpha = alpha, trainable = res.trainable, final_loss = res.last_loss,
+    -- final training loss: the mean over the last tenth of the steps (one batch is noisy)
+    local tail, sum = math.max(1, math.floor(#res.loss_curve / 10)), 0
+    for i = #res.loss_curve - tail + 1, #res.loss_curve do sum = sum + res.loss_curve[i] end
+    results[#results + 1] = { rank = r, alpha = alpha, trainable = res.trainable, final_loss = sum / tail,
         eval_loss = res.eval_loss, accuracy = acc, step_time_ms = 1000 * res.step_time,
         tokens_per_s = res.tokens_per_s, peak_bytes = res.peak_bytes, loss_curve = res.loss_curve }
     release(model, res)
@@ -135,13 +138,13 @@ for i, res in ipairs(results) do
     curves[i] = { name = ("r=%d"):format(res.rank), points = pts, color = report.color(i) }
 end
 -- a metric against rank: one point per rank on a log axis (ranks are powers of two)
-local function against_rank(key, title, y_label, y_format, scale)
+local function against_rank(id, key, title, y_label, y_format, scale)
     local pts = {}
     for i, res in ipairs(results) do
         local v = res[key]
         pts[i] = { res.rank, v and v * (scale or 1) or 0 / 0, label = ("r=%d"):format(res.rank) }
     end
-    return report.scatter_chart{ id = key, title = title, x_label = "LoRA rank", y_label = y_label,
+    return report.scatter_chart{ id = id, title = title, x_label = "LoRA rank", y_label = y_label,
         points = pts, log_x = #ranks > 1 and ranks[#ranks] / ranks[1] >= 4, y_zero = true,
         value_labels = true, y_format = y_format }
 end
@@ -153,16 +156,18 @@ local charts = {
     { id = "loss-curves", file = "loss_curves.svg", wide = true, svg = report.line_chart{ id = "loss-curves",
         title = "Training loss by step", x_label = "step", y_label = "loss", series = curves,
         smooth = cfg.steps >= 100 and 0.8 or nil } },
-    { id = "step-time", file = "step_time.svg", svg = against_rank("step_time_ms", "Step time (median)",
+    { id = "step-time", file = "step_time.svg", svg = against_rank("step-time", "step_time_ms", "Step time (median)",
         "time per step", "seconds", 1e-3) },
     { id = "peak-memory", file = "peak_memory.svg", svg = report.bar_chart{ id = "peak-memory",
         title = "Peak memory while training", y_label = "bytes", y_format = "bytes", bars = bars } },
-    { id = "eval-loss", file = "eval_loss.svg", svg = against_rank("eval_loss", "Held-out loss", "loss") },
-    { id = "tokens-per-s", file = "tokens_per_s.svg", svg = against_rank("tokens_per_s", "Throughput",
+    { id = "final-loss", file = "final_loss.svg", svg = against_rank("final-loss", "final_loss",
+        "Final training loss", "loss") },
+    { id = "eval-loss", file = "eval_loss.svg", svg = against_rank("eval-loss", "eval_loss", "Held-out loss", "loss") },
+    { id = "tokens-per-s", file = "tokens_per_s.svg", svg = against_rank("tokens-per-s", "tokens_per_s", "Throughput",
         "tokens / s") },
 }
 if #questions > 0 then
-    charts[#charts + 1] = { id = "accuracy", file = "accuracy.svg", svg = against_rank("accuracy",
+    charts[#charts + 1] = { id = "accuracy", file = "accuracy.svg", svg = against_rank("accuracy", "accuracy",
         "Held-out exact-match accuracy", "% right", "%.0f%%", 100) }
 end
 local written = {}
@@ -196,6 +201,7 @@ report.write_text(out .. "/report.html", report.html_page{
     table = { columns = table_cols, rows = table_rows },
     notes = { ("alpha = %s"):format(cfg.alpha_ratio > 0 and (cfg.alpha_ratio .. " * r") or tostring(cfg.alpha)),
         "step time is the median over the run; peak memory is the allocator's high-water mark during training",
+        "final loss is the mean training loss over the last tenth of the steps",
         "the same seed, batches and schedule at every rank" },
 })
 print()

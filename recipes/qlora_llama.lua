@@ -58,6 +58,15 @@ local cfg = lt.config {
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
 }
 
+-- settings whose range the declaration cannot say, checked before anything loads
+local function need(ok, what) if not ok then error(lt.config.usage_error(what), 0) end end
+need(cfg.r >= 1, ("r (the LoRA rank) must be at least 1, got %d"):format(cfg.r))
+need(cfg.batch_size >= 1 and cfg.seq_len >= 2 and cfg.grad_accum >= 1,
+    "batch_size and grad_accum must be at least 1 and seq_len at least 2")
+need(cfg.steps > 0 or cfg.epochs > 0, "give steps or epochs a positive value")
+need(cfg.dropout >= 0 and cfg.dropout < 1, ("dropout must be in [0, 1), got %g"):format(cfg.dropout))
+need(cfg.lr > 0, ("lr must be positive, got %g"):format(cfg.lr))
+
 lt.set_num_threads(cfg.threads)
 lt.manual_seed(cfg.seed)
 local wall = lt.fs.now

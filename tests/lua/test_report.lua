@@ -104,34 +104,9 @@ local function xml_check(doc)
     return root, count
 end
 
-local function unescape(s)
-    return (s:gsub("&(#?%w+);", function(e)
-        local map = { amp = "&", lt = "<", gt = ">", quot = '"', apos = "'", nbsp = "\194\160" }
-        if map[e] then return map[e] end
-        local d = e:match("^#(%d+)$")
-        if d and tonumber(d) < 128 then return string.char(tonumber(d)) end
-        return "&" .. e .. ";"
-    end))
-end
-
--- Every start tag <name ...> in a document, as { name =, attrs = {k = unescaped value} }.
-local function elements(doc, want)
-    local out = {}
-    for name, rest in doc:gmatch("<([%a][%w:%-]*)(%s[^>]*)>") do
-        if not want or name == want then
-            local attrs = {}
-            for k, _, v in rest:gmatch("([%a_][%w:_%-%.]*)%s*=%s*([\"'])(.-)%2") do attrs[k] = unescape(v) end
-            out[#out + 1] = { name = name, attrs = attrs }
-        end
-    end
-    return out
-end
-
-local function classes(el)
-    local set = {}
-    for c in (el.attrs.class or ""):gmatch("%S+") do set[c] = true end
-    return set
-end
+local B = require "browser"
+local unescape, elements, classes = B.unescape, B.elements, B.classes
+local which, chromium, decode_png = B.which, B.chromium, B.decode_png
 
 local function count(s, plain)
     local c = 0
@@ -593,155 +568,35 @@ T.test("the page is well-formed and self-contained", function()
     T.ok(page:find('<td class="lt-num lt-best" data-value="1.31">1.3100</td>', 1, true), "best final loss marked")
 end)
 
-local function which(name)
-    local out, code = T.run("command -v " .. name)
-    if code ~= 0 then return nil end
-    return (out:gsub("%s+$", ""))
-end
-
--- Run Chromium headless with a fresh profile; never more than 60 s.
-local function chromium(args, url)
-    local profile = tmpdir()
-    local cmd = ("timeout -k 5 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run " ..
-        "--disable-background-networking --disable-component-update --disable-sync --hide-scrollbars " ..
-        "--force-device-scale-factor=1 --window-size=1280,2000 --user-data-dir=%s %s %s 2>/dev/null")
-        :format(T.shell_quote(profile), args, T.shell_quote(url))
-    local out, code = T.run(cmd)
-    os.execute("rm -rf " .. T.shell_quote(profile))
-    return out, code
-end
-
--- ---- PNG decoding (8-bit RGB/RGBA, non-interlaced) through the system zlib ----------------
-
-pcall(ffi.cdef, [[
-int uncompress(uint8_t *dest, unsigned long *destLen, const uint8_t *source, unsigned long sourceLen);
-]])
-
-local function load_zlib()
-    for _, name in ipairs({ "z", "libz.so.1" }) do
-        local ok, lib = pcall(ffi.load, name)
-        if ok then return lib end
-    end
-    error("zlib not found")
-end
-
-local function be32(s, i)
-    local a, b, c, d = s:byte(i, i + 3)
-    return ((a * 256 + b) * 256 + c) * 256 + d
-end
-
--- Returns width, height, channels and a 0-based uint8 array of rows of pixels.
-local function decode_png(data)
-    assert(data:sub(1, 8) == "\137PNG\r\n\26\n", "not a PNG")
-    local pos, idat = 9, {}
-    local w, h, depth, ctype, interlace
-    while pos <= #data do
-        local len = be32(data, pos)
-        local kind = data:sub(pos + 4, pos + 7)
-        local body = data:sub(pos + 8, pos + 7 + len)
-        if kind == "IHDR" then
-            w, h = be32(body, 1), be32(body, 5)
-            depth, ctype, interlace = body:byte(9), body:byte(10), body:byte(13)
-        elseif kind == "IDAT" then
-            idat[#idat + 1] = body
-        elseif kind == "IEND" then
-            break
-        end
-        pos = pos + 12 + len
-    end
-    assert(depth == 8 and (ctype == 2 or ctype == 6) and interlace == 0,
-        ("unsupported PNG: depth %s, colour type %s, interlace %s"):format(tostring(depth), tostring(ctype), tostring(interlace)))
-    local ch = ctype == 6 and 4 or 3
-    local stride = w * ch
-    local raw_len = h * (stride + 1)
-    local raw = ffi.new("uint8_t[?]", raw_len)
-    local len = ffi.new("unsigned long[1]", raw_len)
-    local src = table.concat(idat)
-    local rc = load_zlib().uncompress(raw, len, src, #src)
-    assert(rc == 0 and len[0] == raw_len, "zlib uncompress failed: " .. rc)
-    local px = ffi.new("uint8_t[?]", h * stride)
-    for y = 0, h - 1 do
-        local filter = raw[y * (stride + 1)]
-        local line, out, prev = y * (stride + 1) + 1, y * stride, (y - 1) * stride
-        for x = 0, stride - 1 do
-            local a = x >= ch and px[out + x - ch] or 0
-            local b = y > 0 and px[prev + x] or 0
-            local c = (x >= ch and y > 0) and px[prev + x - ch] or 0
-            local v = raw[line + x]
-            if filter == 1 then
-                v = v + a
-            elseif filter == 2 then
-                v = v + b
-            elseif filter == 3 then
-                v = v + math.floor((a + b) / 2)
-            elseif filter == 4 then
-                local p = a + b - c
-                local pa, pb, pc = math.abs(p - a), math.abs(p - b), math.abs(p - c)
-                v = v + ((pa <= pb and pa <= pc) and a or (pb <= pc and b or c))
-            elseif filter ~= 0 then
-                error("bad PNG filter " .. filter)
-            end
-            px[out + x] = v % 256
-        end
-    end
-    return w, h, ch, px
-end
-
-local function hex_rgb(hex)
-    return tonumber(hex:sub(2, 3), 16), tonumber(hex:sub(4, 5), 16), tonumber(hex:sub(6, 7), 16)
-end
-
 local function browser_test()
     local keep = os.getenv("LT_REPORT_OUT")
     local dir = keep or tmpdir()
     local page = sweep_page()
     report.write_text(dir .. "/report.html", page)
-    -- A copy with a probe script that records what the browser laid out: each chart's box
-    -- and each series' and bar's bounding box, written into attributes --dump-dom shows.
-    -- The report itself needs no script; the probe only measures it.
-    local probe = page:gsub("</body>", [[<script>
-for (const el of document.querySelectorAll("svg.lt-chart, .lt-series, .lt-bar")) {
-    const r = el.getBoundingClientRect();
-    el.setAttribute("data-probe", [r.left, r.top, r.width, r.height].map(Math.round).join(" "));
-}
-</script>
-</body>]])
-    report.write_text(dir .. "/probe.html", probe)
     report.write_text(dir .. "/loss-curves.svg", page:match('<svg xmlns.-</svg>'))
 
     local t0 = os.time()
-    local dom, code = chromium("--dump-dom", "file://" .. dir .. "/probe.html")
-    T.eq(code, 0, "chromium --dump-dom failed:\n" .. dom:sub(1, 2000))
-    report.write_text(dir .. "/dom.html", dom)
-    local svgs = {}
-    for _, el in ipairs(elements(dom, "svg")) do
-        if classes(el)["lt-chart"] then svgs[el.attrs["data-chart"]] = el.attrs end
-    end
+    -- where the browser laid out each chart, series and bar (a probe script in a copy)
+    local lay = B.layout(page, dir)
+    local dom = lay.dom
     local boxes = {}
     for _, id in ipairs({ "loss-curves", "step-time", "peak-memory", "final-loss" }) do
-        T.ok(svgs[id], "chart " .. id .. " is in the rendered DOM")
-        T.ok(svgs[id]["data-probe"], "the probe did not measure chart " .. id)
-        local x, y, w, h = svgs[id]["data-probe"]:match("^(%S+) (%S+) (%S+) (%S+)$")
-        x, y, w, h = tonumber(x), tonumber(y), tonumber(w), tonumber(h)
+        local bx = lay.charts[id]
+        T.ok(bx, "chart " .. id .. " is in the rendered DOM and was measured")
+        local x, _, w, h = bx[1], bx[2], bx[3], bx[4]
         T.ok(w >= 400 and h >= 200, ("chart %s laid out at %dx%d"):format(id, w, h))
         T.ok(x >= 0 and x + w <= 1280, "chart " .. id .. " fits the window's width")
-        boxes[id] = { x, y, w, h }
+        boxes[id] = bx
     end
     local seen = {}
-    for _, el in ipairs(elements(dom)) do
-        local c = classes(el)
-        if c["lt-series"] then
-            local name = el.attrs["data-series"]
-            local _, pairs_n = (el.attrs.points or ""):gsub("[%d.-]+,[%d.-]+", "")
-            T.ok(pairs_n >= 2, "series " .. tostring(name) .. " has points")
-            local w = tonumber(el.attrs["data-probe"]:match("^%S+ %S+ (%S+)"))
-            T.ok(w > 50, ("series %s spans %s px"):format(tostring(name), tostring(w)))
-            seen[name] = true
-        elseif c["lt-bar"] then
-            local h = tonumber(el.attrs["data-probe"]:match("(%S+)$"))
-            T.ok(h > 20, "bar " .. el.attrs["data-label"] .. " has height " .. h)
-            seen["bar " .. el.attrs["data-label"]] = true
-        end
+    for _, sr in ipairs(lay.series) do
+        T.ok(sr.points >= 2, "series " .. tostring(sr.name) .. " has points")
+        T.ok(sr.box[3] > 50, ("series %s spans %s px"):format(tostring(sr.name), tostring(sr.box[3])))
+        seen[sr.name] = true
+    end
+    for label, bx in pairs(lay.bars) do
+        T.ok(bx[4] > 20, "bar " .. label .. " has height " .. bx[4])
+        seen["bar " .. label] = true
     end
     for _, name in ipairs(SERIES_NAMES) do T.ok(seen[name], "loss series " .. name .. " rendered") end
     T.ok(seen["step time"] and seen["final loss"], "metric series rendered")
@@ -774,18 +629,8 @@ for (const el of document.querySelectorAll("svg.lt-chart, .lt-series, .lt-bar"))
     T.ok(other > 0.05, ("only %.1f%% of pixels differ from the background"):format(other * 100))
 
     -- Every loss series' colour appears inside the loss chart's box on screen.
-    local box = boxes["loss-curves"]
     for i, name in ipairs(SERIES_NAMES) do
-        local r, g, b = hex_rgb(report.color(i))
-        local n = 0
-        for y = math.max(0, box[2]), math.min(h - 1, box[2] + box[4] - 1) do
-            for x = math.max(0, box[1]), math.min(w - 1, box[1] + box[3] - 1) do
-                local o = (y * w + x) * ch
-                if math.abs(px[o] - r) <= 8 and math.abs(px[o + 1] - g) <= 8 and math.abs(px[o + 2] - b) <= 8 then
-                    n = n + 1
-                end
-            end
-        end
+        local n = B.count_colour(w, h, ch, px, boxes["loss-curves"], report.color(i))
         -- The legend swatch alone gives under 100; the drawn line gives well over a thousand.
         T.ok(n >= 400, ("series %s: %d pixels of %s in the loss chart"):format(name, n, report.color(i)))
     end

@@ -1,0 +1,144 @@
+--[[
+test_recipes.lua - the two recipes users start from, run as users run them.
+
+recipes/qlora_llama.lua with no arguments (the built-in tiny_facts example, only output_dir
+moved to a temporary folder): it must finish, the held-out loss must fall, exact-match
+accuracy on the held-out questions must rise, and the PEFT adapter it writes must load into
+a freshly quantized base and give the held-out loss the recipe reported. Bad arguments stop
+it with an error whose first line names the problem, before anything is written.
+
+recipes/lora_rank_sweep.lua at three small ranks for a few steps: JSONL, CSV, every SVG
+chart and the HTML page are written and agree with each other, and headless Chromium lays
+out every chart of the page with a drawn line per rank (skipped without Debian's chromium).
+]]
+package.path = "tests/lua/?.lua;" .. package.path
+local T = require "harness"
+local lt = require "luatrain"
+local B = require "browser"
+
+local ASSETS = "recipes/assets/tiny_facts"
+
+local function recipe(args)
+    local rc, out, err = T.host(args)
+    return rc, out, err
+end
+
+T.test("qlora_llama.lua with no arguments: loss falls, accuracy rises, the adapter reloads", function()
+    local dir = B.tmpdir()
+    local rc, out, err = recipe({ "recipes/qlora_llama.lua", "output_dir=" .. dir })
+    T.eq(rc, 0, "the recipe failed:\n" .. out .. err)
+    -- the banner, then the summary
+    T.ok(out:find("trainable [%d.]+M %([%d.]+%%%)"), "banner shows the trainable share:\n" .. out)
+    T.ok(out:find("memory plan: base .- nf4 %(4%.%d+ bits/weight%)"), "banner shows the memory plan")
+    local l0, l1 = out:match("held%-out loss%s+([%d.]+) %-> ([%d.]+)")
+    local a0, a1 = out:match("exact%-match%s+[%d.]+%% %-> [%d.]+%% %((%d+) %-> (%d+) of %d+%)")
+    T.ok(l0 and a0, "summary lines present:\n" .. out)
+    l0, l1, a0, a1 = tonumber(l0), tonumber(l1), tonumber(a0), tonumber(a1)
+    T.ok(l1 < 0.3 * l0, ("held-out loss fell from %.4f to %.4f"):format(l0, l1))
+    T.ok(a1 >= a0 + 8, ("exact-match answers rose from %d to %d of 40"):format(a0, a1))
+
+    -- the files: PEFT's two, a training log with one record per step, no leftovers
+    local cfg = lt.json.read_file(dir .. "/adapter_config.json")
+    T.eq(cfg.peft_type, "LORA")
+    T.eq(cfg.r, 8)
+    T.eq(cfg.lora_alpha, 32)
+    local n = 0
+    for line in io.lines(dir .. "/log.jsonl") do
+        if lt.json.decode(line).loss then n = n + 1 end
+    end
+    T.eq(n, 150, "one log record per optimizer step")
+    local listing = T.run("ls -A " .. T.shell_quote(dir))
+    T.ok(not listing:find("tmp"), "no temporary files left:\n" .. listing)
+
+    -- the adapter, loaded into a fresh 4-bit base, gives the loss the recipe reported
+    local model = lt.llama.from_pretrained(ASSETS .. "/model", { quant = { type = "nf4", double_quant = true }, dtype = "bf16" })
+    lt.lora.load(model, dir)
+    local tok = lt.tokenizer.load(ASSETS .. "/model")
+    local ds = lt.data.build(ASSETS .. "/eval.jsonl", tok, { template = "llama3", train_on = "completion", max_len = 128 })
+    local loss = lt.trainer.eval_loss(model, ds, { batch_size = 8, seq_len = 128, pad_id = tok.pad_id or tok.eos_id })
+    T.near(loss, l1, 0, 6e-5, "held-out loss of the reloaded adapter")
+    os.execute("rm -rf " .. T.shell_quote(dir))
+end)
+
+T.test("qlora_llama.lua: bad arguments name the problem and write nothing", function()
+    local dir = B.tmpdir()
+    os.execute("rmdir " .. T.shell_quote(dir))
+    local cases = {
+        { { "dataset=/nonexistent/chat.jsonl" }, "/nonexistent/chat.jsonl" },
+        { { "r=0" }, "rank" },
+        { { "quant=nf5" }, "quant" },
+        { { "model=/nonexistent/llama" }, "/nonexistent/llama" },
+        { { "steps=ten" }, "steps" },
+    }
+    for _, c in ipairs(cases) do
+        local args = { "recipes/qlora_llama.lua", "output_dir=" .. dir }
+        for _, a in ipairs(c[1]) do args[#args + 1] = a end
+        local rc, out, err = recipe(args)
+        T.ok(rc ~= 0, table.concat(c[1], " ") .. " should fail")
+        -- the first line of the error says what is wrong
+        local first = err:match("luatrain: [^\n]*") or ""
+        T.ok(first:find(c[2], 1, true), ("%s: the error should name %q:\n%s"):format(table.concat(c[1], " "), c[2], err))
+        local f = io.open(dir .. "/adapter_config.json")
+        T.ok(not f, "no adapter written")
+        if f then f:close() end
+    end
+    os.execute("rm -rf " .. T.shell_quote(dir))
+end)
+
+T.test("lora_rank_sweep.lua: JSONL, CSV, charts and a page Chromium renders", function()
+    local dir = B.tmpdir()
+    local ranks = { 2, 4, 8 }
+    local rc, out, err = recipe({ "recipes/lora_rank_sweep.lua", "output_dir=" .. dir, "steps=4",
+        "ranks=" .. table.concat(ranks, ","), "eval_samples=4" })
+    T.eq(rc, 0, "the sweep failed:\n" .. out .. err)
+
+    local records = {}
+    for line in io.lines(dir .. "/results.jsonl") do records[#records + 1] = lt.json.decode(line) end
+    T.eq(#records, 3, "one record per rank")
+    for i, rec in ipairs(records) do
+        T.eq(rec.rank, ranks[i])
+        T.eq(#rec.loss_curve, 4, "a loss per step")
+        T.ok(rec.peak_bytes > 0 and rec.step_time_ms > 0 and rec.tokens_per_s > 0 and rec.eval_loss > 0)
+        T.ok(rec.accuracy >= 0 and rec.accuracy <= 1)
+        -- every linear of 4 layers: 7 LoRA pairs of (r x in) + (out x r)
+        T.eq(rec.trainable, ranks[i] * 4 * (4 * (128 + 128) + 3 * (128 + 344)))
+    end
+    T.ok(records[3].trainable > records[1].trainable and records[3].peak_bytes > records[1].peak_bytes,
+        "rank 8 trains more parameters in more memory than rank 2")
+    local csv = T.slurp(dir .. "/results.csv")
+    local header = csv:match("^[^\r\n]+")
+    T.eq(header, "rank,alpha,trainable,final_loss,eval_loss,accuracy,step_time_ms,tokens_per_s,peak_bytes")
+    local _, rows = csv:gsub("\n", "")
+    T.eq(rows, 4, "header and three rows")
+    for _, f in ipairs({ "loss_curves", "step_time", "peak_memory", "final_loss", "eval_loss", "tokens_per_s", "accuracy" }) do
+        local svg = T.slurp(dir .. "/" .. f .. ".svg")
+        T.ok(svg:find("^<svg") or svg:find("^<%?xml"), f .. ".svg is an SVG document")
+    end
+    T.ok(out:find("rank%s+alpha%s+trainable"), "the table is printed")
+
+    local page = T.slurp(dir .. "/report.html")
+    if not B.which("chromium") then
+        print("skipped: chromium not found (rendering the sweep's page needs Debian's chromium package)")
+        os.execute("rm -rf " .. T.shell_quote(dir))
+        return
+    end
+    local lay = B.layout(page, dir)
+    for _, id in ipairs({ "loss-curves", "step-time", "peak-memory", "final-loss", "eval-loss", "tokens-per-s", "accuracy" }) do
+        local bx = lay.charts[id]
+        T.ok(bx, "chart " .. id .. " rendered")
+        T.ok(bx[3] >= 300 and bx[4] >= 150, ("chart %s laid out at %dx%d"):format(id, bx[3], bx[4]))
+    end
+    local drawn = {}
+    for _, sr in ipairs(lay.series) do
+        if sr.points >= 2 and sr.box and sr.box[3] > 50 then drawn[sr.name] = true end
+    end
+    for _, r in ipairs(ranks) do
+        T.ok(drawn["r=" .. r], "the loss curve of rank " .. r .. " is drawn")
+        local bar = lay.bars["r=" .. r]
+        T.ok(bar and bar[4] > 20, "the peak-memory bar of rank " .. r .. " is drawn")
+    end
+    T.ok(not lay.dom:find("parsererror", 1, true), "no parse error")
+    os.execute("rm -rf " .. T.shell_quote(dir))
+end)
+
+T.done()
