@@ -157,6 +157,34 @@ static inline float lt_exp_neg(float x) {
    flattened over the leading dims; -1 if the leading dims cannot be flattened. */
 int64_t lt_row_stride(const lt_tensor *t);
 
+/* ---- devices -------------------------------------------------------------------------- */
+
+static inline int lt_on_cuda(const lt_tensor *t) {
+    return t && t->storage && t->storage->device_type == LT_DEVICE_CUDA;
+}
+
+/* `t` (when not NULL) must be on the device of `ref`. */
+int lt_check_same_device(const lt_tensor *t, const lt_tensor *ref, const char *op,
+                         const char *name, const char *ref_name);
+
+/* Hand an op to its CUDA version when `t` is on a device (after the device-agnostic
+   checks). In a build without CUDA there are no device tensors and this is nothing. */
+#ifdef LT_WITH_CUDA
+#include "lt_cuda.h"
+#define LT_DISPATCH_CUDA(t, call)                                                        \
+    do {                                                                                 \
+        if (lt_on_cuda(t)) return (call);                                                \
+    } while (0)
+#else
+#define LT_DISPATCH_CUDA(t, call)                                                        \
+    do {                                                                                 \
+        (void)(t);                                                                       \
+    } while (0)
+#endif
+
+/* Page-locked host storage (storage.c; CUDA builds). */
+int lt_storage_new_pinned(lt_storage **out, int64_t nbytes);
+
 /* ---- file mappings (storage.c) ------------------------------------------------------ */
 
 /* A private (copy-on-write) mmap of a whole file, refcounted; storages made from it keep it alive. */

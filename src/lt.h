@@ -103,7 +103,9 @@ enum lt_device_type { LT_DEVICE_CPU = 0, LT_DEVICE_CUDA = 1 };
 enum lt_storage_kind {
     LT_STORAGE_OWNED = 0,   /* allocated by the device allocator, counted in memory stats */
     LT_STORAGE_MAPPED = 1,  /* a window of a memory-mapped file; `owner` keeps the map alive */
-    LT_STORAGE_BORROWED = 2 /* memory owned by someone else; never freed here */
+    LT_STORAGE_BORROWED = 2, /* memory owned by someone else; never freed here */
+    LT_STORAGE_PINNED = 3    /* page-locked host memory (CUDA builds): copies to and from a
+                                device run asynchronously on the device's stream */
 };
 
 typedef struct lt_storage {
@@ -231,8 +233,38 @@ int lt_memory_reset_peak(int device_type, int device_index);
 void *lt_scratch_alloc(int64_t nbytes);
 void lt_scratch_free(void *p);
 
-/* CUDA runtime presence. In a build without CUDA these fail with LT_ERR_UNSUPPORTED and
-   the message "built without CUDA". */
+/* ---- CUDA ----------------------------------------------------------------------------
+   In a build without CUDA every function here fails with LT_ERR_UNSUPPORTED and the message
+   "built without CUDA". lt_cuda_device_count succeeds with 0 on a CUDA build when no device
+   (or no driver) is present.
+
+   Each device has one context, made on first use: a non-blocking stream that every kernel,
+   copy and cuBLASLt call for the device runs on (never the default stream), a cuBLASLt
+   handle with its workspace, and a caching allocator (device storage is returned to the
+   cache, not to cudaFree; lt_cuda_empty_cache gives entirely free segments back). Host code
+   waits only where it must read a result (a copy to pageable host memory, get, equal,
+   lt_cuda_synchronize). */
 int lt_cuda_device_count(int32_t *out);
+/* The device new CUDA tensors go to when no index is given. */
+int lt_cuda_set_device(int32_t index);
+int lt_cuda_get_device(int32_t *out);
+/* Wait for all work queued on the device's stream (index < 0: the current device). */
+int lt_cuda_synchronize(int32_t index);
+/* Release the cached, entirely free segments of a device; *released_bytes may be NULL. */
+int lt_cuda_empty_cache(int32_t index, int64_t *released_bytes);
+
+typedef struct lt_cuda_device_info {
+    char name[256];
+    int32_t major, minor; /* compute capability */
+    int32_t sm_count;
+    int32_t reserved;
+    int64_t total_bytes; /* device memory */
+    int64_t free_bytes;  /* free now, as the driver sees it */
+} lt_cuda_device_info;
+
+int lt_cuda_get_device_info(int32_t index, lt_cuda_device_info *out);
+
+/* A CPU tensor in page-locked memory (LT_STORAGE_PINNED), for batches bound for a device. */
+int lt_tensor_empty_pinned(lt_tensor *t, int dtype, int ndim, const int64_t *sizes);
 
 #endif

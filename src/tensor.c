@@ -166,7 +166,23 @@ int lt_tensor_empty(lt_tensor *t, int dtype, int ndim, const int64_t *sizes, int
 int lt_tensor_zeros(lt_tensor *t, int dtype, int ndim, const int64_t *sizes, int device_type,
                     int device_index) {
     LT_TRY(lt_tensor_empty(t, dtype, ndim, sizes, device_type, device_index));
+    LT_DISPATCH_CUDA(t, lt_cuda_fill(t, 0.0));
     if (t->storage->nbytes) memset(t->storage->data, 0, (size_t)t->storage->nbytes);
+    return LT_OK;
+}
+
+int lt_tensor_empty_pinned(lt_tensor *t, int dtype, int ndim, const int64_t *sizes) {
+    if (!t) return lt_fail(LT_ERR_ARG, "lt_tensor_empty_pinned: tensor is NULL");
+    int64_t nbytes;
+    LT_TRY(check_shape_args(dtype, ndim, sizes, &nbytes));
+    lt_storage *s;
+    LT_TRY(lt_storage_new_pinned(&s, nbytes));
+    lt_tensor_release(t);
+    t->storage = s;
+    t->ndim = ndim;
+    t->dtype_id = dtype;
+    for (int i = 0; i < ndim; i++) t->sizes[i] = sizes[i];
+    set_contiguous_strides(t);
     return LT_OK;
 }
 
@@ -606,8 +622,8 @@ static void copy_strided(char *dbase, int ddt, const int64_t *dstr, const char *
 }
 
 int lt_tensor_copy(lt_tensor *dst, const lt_tensor *src) {
-    LT_TRY(lt_check_cpu(dst, "copy", "dst"));
-    LT_TRY(lt_check_cpu(src, "copy", "src"));
+    LT_TRY(lt_check_tensor(dst, "copy", "dst"));
+    LT_TRY(lt_check_tensor(src, "copy", "src"));
     LT_TRY(lt_check_writable(dst, "copy", "dst"));
     for (int i = 0; i < dst->ndim; i++)
         if (dst->sizes[i] > 1 && dst->strides[i] == 0)
@@ -623,11 +639,15 @@ int lt_tensor_copy(lt_tensor *dst, const lt_tensor *src) {
                                          "tensors of the same dtype",
                            dtr->is_packed ? dtr->name : str->name);
         LT_TRY(lt_check_same_shape(dst, src, "copy", "dst", "src"));
+        LT_DISPATCH_CUDA(dst, lt_cuda_copy(dst, src));
+        LT_DISPATCH_CUDA(src, lt_cuda_copy(dst, src));
         int64_t nb;
         LT_TRY(lt_dtype_nbytes(dst->dtype_id, lt_tensor_numel(dst), &nb));
         memmove(lt_tensor_data(dst), lt_tensor_data(src), (size_t)nb);
         return LT_OK;
     }
+    LT_DISPATCH_CUDA(dst, lt_cuda_copy(dst, src));
+    LT_DISPATCH_CUDA(src, lt_cuda_copy(dst, src));
     lt_tensor s = {0};
     int same = dst->ndim == src->ndim;
     for (int i = 0; same && i < dst->ndim; i++) same = dst->sizes[i] == src->sizes[i];
@@ -686,9 +706,13 @@ int lt_tensor_contiguous(lt_tensor *dst, const lt_tensor *src, int dtype) {
 }
 
 int lt_tensor_fill(lt_tensor *t, double value) {
-    LT_TRY(lt_check_cpu(t, "fill", "tensor"));
     LT_TRY(lt_check_writable(t, "fill", "tensor"));
     LT_TRY(check_unpacked(t, "fill"));
+    for (int i = 0; i < t->ndim; i++)
+        if (t->sizes[i] > 1 && t->strides[i] == 0 && lt_on_cuda(t))
+            return lt_fail(LT_ERR_ARG, "fill: a broadcast view (stride 0 in dim %d) cannot be "
+                                       "filled on a device", i);
+    LT_DISPATCH_CUDA(t, lt_cuda_fill(t, value));
     int64_t n = lt_tensor_numel(t);
     if (n == 0) return LT_OK;
     int sz = lt_dtype_size(t->dtype_id);
@@ -726,33 +750,36 @@ static char *element_ptr(const lt_tensor *t, int64_t index) {
 }
 
 int lt_tensor_get(const lt_tensor *t, int64_t index, double *out) {
-    LT_TRY(lt_check_cpu(t, "get", "tensor"));
+    LT_TRY(lt_check_tensor(t, "get", "tensor"));
     LT_TRY(check_unpacked(t, "get"));
     int64_t n = lt_tensor_numel(t);
     if (index < 0 || index >= n)
         return lt_fail(LT_ERR_RANGE, "get: flat index %lld out of range for %lld elements",
                        (long long)index, (long long)n);
+    LT_DISPATCH_CUDA(t, lt_cuda_get(t, index, out));
     *out = load_as_double(element_ptr(t, index), t->dtype_id);
     return LT_OK;
 }
 
 int lt_tensor_set(lt_tensor *t, int64_t index, double value) {
-    LT_TRY(lt_check_cpu(t, "set", "tensor"));
     LT_TRY(lt_check_writable(t, "set", "tensor"));
     LT_TRY(check_unpacked(t, "set"));
     int64_t n = lt_tensor_numel(t);
     if (index < 0 || index >= n)
         return lt_fail(LT_ERR_RANGE, "set: flat index %lld out of range for %lld elements",
                        (long long)index, (long long)n);
+    LT_DISPATCH_CUDA(t, lt_cuda_set(t, index, value));
     store_from_double(element_ptr(t, index), t->dtype_id, value);
     return LT_OK;
 }
 
 int lt_tensor_equal(const lt_tensor *a, const lt_tensor *b, int *out) {
-    LT_TRY(lt_check_cpu(a, "equal", "a"));
-    LT_TRY(lt_check_cpu(b, "equal", "b"));
+    LT_TRY(lt_check_tensor(a, "equal", "a"));
+    LT_TRY(lt_check_tensor(b, "equal", "b"));
     LT_TRY(check_unpacked(a, "equal"));
     LT_TRY(check_unpacked(b, "equal"));
+    LT_DISPATCH_CUDA(a, lt_cuda_equal(a, b, out));
+    LT_DISPATCH_CUDA(b, lt_cuda_equal(a, b, out));
     *out = 0;
     if (a->ndim != b->ndim) return LT_OK;
     for (int i = 0; i < a->ndim; i++)

@@ -58,6 +58,16 @@ case "$cmd" in
     test)
         want_test_tools=1
         build
+        # A build with the CUDA backend must not be the only one that compiles: when nvcc
+        # was found, the CPU-only configuration is built too and its C tests run.
+        if grep -q "CUDA backend ON" "$build_dir/configure.log"; then
+            cpu_dir="$build_dir/cpu-only"
+            mkdir -p "$cpu_dir"
+            cmake -S . -B "$cpu_dir" -DCMAKE_BUILD_TYPE=Release -DLT_CUDA=OFF > "$cpu_dir/configure.log" 2>&1 ||
+                { cat "$cpu_dir/configure.log"; exit 1; }
+            cmake --build "$cpu_dir" -j "$(nproc)"
+            (cd "$cpu_dir" && ctest --output-on-failure --timeout 900 -R '^c_test_[a-z_]+$')
+        fi
         cd "$build_dir"
         exec ctest --output-on-failure --timeout 900 "$@"
         ;;

@@ -62,7 +62,9 @@ enum lt_device_type { LT_DEVICE_CPU = 0, LT_DEVICE_CUDA = 1 };
 enum lt_storage_kind {
     LT_STORAGE_OWNED = 0,
     LT_STORAGE_MAPPED = 1,
-    LT_STORAGE_BORROWED = 2
+    LT_STORAGE_BORROWED = 2,
+    LT_STORAGE_PINNED = 3
+
 };
 
 typedef struct lt_storage {
@@ -168,6 +170,26 @@ void *lt_scratch_alloc(int64_t nbytes);
 void lt_scratch_free(void *p);
 
 int lt_cuda_device_count(int32_t *out);
+
+int lt_cuda_set_device(int32_t index);
+int lt_cuda_get_device(int32_t *out);
+
+int lt_cuda_synchronize(int32_t index);
+
+int lt_cuda_empty_cache(int32_t index, int64_t *released_bytes);
+
+typedef struct lt_cuda_device_info {
+    char name[256];
+    int32_t major, minor;
+    int32_t sm_count;
+    int32_t reserved;
+    int64_t total_bytes;
+    int64_t free_bytes;
+} lt_cuda_device_info;
+
+int lt_cuda_get_device_info(int32_t index, lt_cuda_device_info *out);
+
+int lt_tensor_empty_pinned(lt_tensor *t, int dtype, int ndim, const int64_t *sizes);
 /* lt_ops.h */
 enum lt_unary_op {
     LT_UNARY_NEG = 0,

@@ -1,0 +1,190 @@
+// common.cuh - what every CUDA file of luatrain shares: the per-device context, error
+// checking that turns CUDA failures into lt_fail statuses, tensor pointers, launch sizes,
+// and bf16/f16 helpers.
+//
+// Rules for kernels (ARCHITECTURE.md, and the device notes):
+//  - launch on the context's stream (lt_cuda_stream(dev)), never the default stream;
+//  - check every runtime call with LT_CU and every launch with LT_CU_LAUNCH;
+//  - no host synchronisation except where a result must be read on the host;
+//  - temporary device memory comes from lt_cuda_alloc (the caching allocator) and goes
+//    back with lt_cuda_free; the stream orders reuse, so freeing right after queueing the
+//    kernel that uses it is safe.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cublasLt.h>
+#include <stdint.h>
+
+extern "C" {
+#include "internal.h"
+#include "lt_cuda.h"
+}
+
+// ---- errors -------------------------------------------------------------------------------
+
+// Return an lt status from a failing CUDA runtime call, naming the call.
+#define LT_CU(call)                                                                        \
+    do {                                                                                   \
+        cudaError_t lt_cu_err_ = (call);                                                   \
+        if (lt_cu_err_ != cudaSuccess)                                                     \
+            return lt_fail(LT_ERR_DEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, #call,      \
+                           cudaGetErrorString(lt_cu_err_));                                \
+    } while (0)
+
+// After a kernel launch: a bad configuration shows here, not at the next sync.
+#define LT_CU_LAUNCH(what)                                                                 \
+    do {                                                                                   \
+        cudaError_t lt_cu_err_ = cudaGetLastError();                                       \
+        if (lt_cu_err_ != cudaSuccess)                                                     \
+            return lt_fail(LT_ERR_DEVICE, "%s:%d: launching %s: %s", __FILE__, __LINE__,   \
+                           what, cudaGetErrorString(lt_cu_err_));                          \
+    } while (0)
+
+#define LT_CUBLAS(call)                                                                    \
+    do {                                                                                   \
+        cublasStatus_t lt_cb_st_ = (call);                                                 \
+        if (lt_cb_st_ != CUBLAS_STATUS_SUCCESS)                                            \
+            return lt_fail(LT_ERR_DEVICE, "%s:%d: %s: cuBLAS status %d", __FILE__,         \
+                           __LINE__, #call, (int)lt_cb_st_);                               \
+    } while (0)
+
+// ---- the per-device context ---------------------------------------------------------------
+
+struct lt_cuda_context {
+    int device;
+    cudaStream_t stream;            // every kernel and copy of the device
+    cublasLtHandle_t lt;            // cuBLASLt
+    void *workspace;                // cuBLASLt workspace, workspace_bytes long
+    size_t workspace_bytes;
+    lt_cache *cache;                // the caching allocator
+    void *staging;                  // pinned host staging buffer for small reads (get/equal)
+    cudaDeviceProp prop;
+};
+
+// The context of `device` (made on first use; the device becomes current for the calling
+// thread). NULL with an error set when the device cannot be initialised.
+extern "C" lt_cuda_context *lt_cuda_ctx(int device);
+
+// Status-returning form: LT_TRY-style.
+#define LT_CUDA_CTX(var, device)                                                           \
+    lt_cuda_context *var = lt_cuda_ctx(device);                                            \
+    if (!var) return lt_last_status()
+
+static inline int lt_device_of(const lt_tensor *t) { return t->storage->device_index; }
+
+// ---- tensors --------------------------------------------------------------------------------
+
+template <class T> static inline T *lt_dptr(const lt_tensor *t) {
+    return (T *)lt_tensor_data(t);
+}
+
+static inline int64_t lt_numel(const lt_tensor *t) { return lt_tensor_numel(t); }
+
+// A small by-value description of a strided tensor for kernels (up to LT_MAX_DIMS dims).
+struct lt_strided {
+    int32_t ndim;
+    int64_t sizes[LT_MAX_DIMS];
+    int64_t strides[LT_MAX_DIMS];
+};
+
+static inline lt_strided lt_strided_of(const lt_tensor *t) {
+    lt_strided s;
+    s.ndim = t->ndim;
+    for (int i = 0; i < LT_MAX_DIMS; i++) {
+        s.sizes[i] = i < t->ndim ? t->sizes[i] : 1;
+        s.strides[i] = i < t->ndim ? t->strides[i] : 0;
+    }
+    return s;
+}
+
+// Element offset of flat (row-major) index i.
+__device__ __forceinline__ int64_t lt_strided_offset(const lt_strided &s, int64_t i) {
+    int64_t off = 0;
+    for (int d = s.ndim - 1; d >= 0; d--) {
+        int64_t idx = i % s.sizes[d];
+        i /= s.sizes[d];
+        off += idx * s.strides[d];
+    }
+    return off;
+}
+
+// ---- launch sizes ---------------------------------------------------------------------------
+
+static inline unsigned lt_blocks_for(int64_t n, int threads, int64_t cap = 65535LL * 8) {
+    int64_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    if (b > cap) b = cap; // kernels use grid-stride loops
+    return (unsigned)b;
+}
+
+// ---- element types --------------------------------------------------------------------------
+
+__device__ __forceinline__ float lt_to_f32(float x) { return x; }
+__device__ __forceinline__ float lt_to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float lt_to_f32(__half x) { return __half2float(x); }
+
+template <class T> __device__ __forceinline__ T lt_from_f32(float x);
+template <> __device__ __forceinline__ float lt_from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 lt_from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half lt_from_f32<__half>(float x) {
+    return __float2half_rn(x);
+}
+
+// Dispatch on a float dtype: LT_FLOAT_SWITCH(t->dtype_id, T, { kernel<T><<<...>>>(...); })
+#define LT_FLOAT_SWITCH(dtype, T, ...)                                                     \
+    switch (dtype) {                                                                       \
+    case LT_DTYPE_F32: {                                                                   \
+        typedef float T;                                                                   \
+        __VA_ARGS__;                                                                       \
+    } break;                                                                               \
+    case LT_DTYPE_BF16: {                                                                  \
+        typedef __nv_bfloat16 T;                                                           \
+        __VA_ARGS__;                                                                       \
+    } break;                                                                               \
+    case LT_DTYPE_F16: {                                                                   \
+        typedef __half T;                                                                  \
+        __VA_ARGS__;                                                                       \
+    } break;                                                                               \
+    default:                                                                               \
+        return lt_fail(LT_ERR_DTYPE, "%s: dtype %s is not supported on CUDA", __func__,    \
+                       lt_dtype_info(dtype) ? lt_dtype_info(dtype)->name : "?");           \
+    }
+
+// ---- block reductions -----------------------------------------------------------------------
+
+__device__ __forceinline__ float lt_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float lt_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ __forceinline__ float lt_block_sum(float v, float *shared32) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = lt_warp_sum(v);
+    __syncthreads(); // shared32 may still be read by a previous call
+    if (lane == 0) shared32[warp] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    v = lane < nw ? shared32[lane] : 0.0f;
+    return lt_warp_sum(v);
+}
+
+__device__ __forceinline__ float lt_block_max(float v, float *shared32) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = lt_warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared32[warp] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    v = lane < nw ? shared32[lane] : -INFINITY;
+    return lt_warp_max(v);
+}
