@@ -77,7 +77,12 @@ end
 function M.parse_device(d)
     if d == nil or d == "cpu" then return C.LT_DEVICE_CPU, 0 end
     if type(d) == "string" then
-        if d == "cuda" then return C.LT_DEVICE_CUDA, 0 end
+        if d == "cuda" then
+            -- the current device (lt.cuda.set_device); 0 when the build has no CUDA
+            local out = require("ffi").new("int32_t[1]")
+            if C.lt_cuda_get_device(out) ~= 0 then return C.LT_DEVICE_CUDA, 0 end
+            return C.LT_DEVICE_CUDA, out[0]
+        end
         local idx = d:match("^cuda:(%d+)$")
         if idx then return C.LT_DEVICE_CUDA, tonumber(idx) end
     end

@@ -61,6 +61,7 @@ local lazy = {
     trainer = "luatrain.trainer",
     report = "luatrain.report",
     quant = "luatrain.quant",
+    cuda = "luatrain.cuda",
 }
 
 setmetatable(lt, {
@@ -72,18 +73,5 @@ setmetatable(lt, {
         return v
     end,
 })
-
--- lt.cuda: availability without a CUDA build is an honest false.
-lt.cuda = {
-    is_available = function()
-        local n = require("ffi").new("int32_t[1]")
-        return core.C.lt_cuda_device_count(n) == 0 and n[0] > 0
-    end,
-    device_count = function()
-        local n = require("ffi").new("int32_t[1]")
-        if core.C.lt_cuda_device_count(n) ~= 0 then return 0 end
-        return n[0]
-    end,
-}
 
 return lt

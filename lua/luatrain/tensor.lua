@@ -92,19 +92,44 @@ local function cdim(t, d, what)
 end
 M.cdim = cdim
 
+-- "cpu" or "cuda:N" of a tensor.
+local function properties_device(t)
+    if t.storage == nil then return "cpu" end
+    return core.device_string(t.storage.device_type, t.storage.device_index)
+end
+
+-- The device new CUDA tensors go to when a bare "cuda" is given.
+function M.current_cuda_device()
+    local out = ffi.new("int32_t[1]")
+    if C.lt_cuda_get_device(out) ~= 0 then return 0 end
+    return out[0]
+end
+
 -- ---- construction ---------------------------------------------------------------------
 
+-- opts: dtype ("f32"), device ("cpu", "cuda", "cuda:N"), pin (page-locked host memory, for
+-- batches bound for a device; CUDA builds only).
 function M.empty(...)
     local shape, opts = parse_shape(...)
     local dt = to_dtype(opts.dtype, "empty")
     local devt, devi = core.parse_device(opts.device)
     local t = new_header()
+    if opts.pin then
+        if devt ~= C.LT_DEVICE_CPU then error("empty: pin is for host tensors", 2) end
+        check(C.lt_tensor_empty_pinned(t, dt, #shape, sizes_buf))
+        return t
+    end
     check(C.lt_tensor_empty(t, dt, #shape, sizes_buf, devt, devi))
     return t
 end
 
 function M.zeros(...)
     local shape, opts = parse_shape(...)
+    if opts.pin then
+        local t = M.empty(shape, opts)
+        check(C.lt_tensor_fill(t, 0))
+        return t
+    end
     local dt = to_dtype(opts.dtype, "zeros")
     local devt, devi = core.parse_device(opts.device)
     local t = new_header()
@@ -270,7 +295,18 @@ function methods.numel(t)
     return tonumber(C.lt_tensor_numel(t))
 end
 function methods.is_contiguous(t) return C.lt_tensor_is_contiguous(t) ~= 0 end
-function methods.data_ptr(t) return C.lt_tensor_data(t) end
+-- The host address of the first element. A device tensor has none to give: Lua code that
+-- reads memory directly must copy it to the host first.
+function methods.data_ptr(t)
+    if t.storage ~= nil and t.storage.device_type ~= C.LT_DEVICE_CPU then
+        error(("data_ptr: the tensor is on %s; copy it to the host with :cpu() first"):format(
+            properties_device(t)), 2)
+    end
+    return C.lt_tensor_data(t)
+end
+
+-- The device address (for passing to other CUDA code); a host tensor gives its host address.
+function methods.device_ptr(t) return C.lt_tensor_data(t) end
 function methods.nbytes(t)
     local n = ffi.new("int64_t[1]")
     check(C.lt_dtype_nbytes(t.dtype_id, C.lt_tensor_numel(t), n))
@@ -411,35 +447,40 @@ function methods.contiguous(t)
 end
 
 function methods.clone(t)
-    local dst = M.empty(methods.shape(t), { dtype = t.dtype_id })
+    local dst = M.empty(methods.shape(t), { dtype = t.dtype_id, device = properties_device(t) })
     check(C.lt_tensor_copy(dst, t))
     return dst
 end
 
--- to("bf16"), to("cpu"), to({dtype=, device=}): a new tensor (or t itself if nothing changes).
+-- to("bf16"), to("cpu"), to("cuda:1"), to({dtype=, device=}): a new tensor, or t itself
+-- when nothing changes.
 function methods.to(t, what)
-    local dt
+    local dt, dev
     if type(what) == "table" then
-        dt = what.dtype
-        if what.device ~= nil and what.device ~= "cpu" then
-            core.parse_device(what.device)
-            error("to{device = " .. tostring(what.device) .. "}: CUDA tensors are not available in this build", 2)
-        end
-    elseif what == "cpu" then
-        return t
-    elseif type(what) == "string" and (what == "cuda" or what:match("^cuda:")) then
-        core.parse_device(what)
-        error("to(" .. what .. "): CUDA tensors are not available in this build", 2)
+        dt, dev = what.dtype, what.device
+    elseif type(what) == "string" and (what == "cpu" or what == "cuda" or what:match("^cuda:")) then
+        dev = what
     else
         dt = what
     end
-    if dt == nil then return t end
-    local id = to_dtype(dt, "to")
-    if id == t.dtype_id then return t end
-    local dst = M.empty(methods.shape(t), { dtype = id })
+    local id = dt ~= nil and to_dtype(dt, "to") or t.dtype_id
+    local cur = properties_device(t)
+    if dev ~= nil then
+        local devt, devi = core.parse_device(dev)
+        dev = core.device_string(devt, devi)
+    else
+        dev = cur
+    end
+    if id == t.dtype_id and dev == cur then return t end
+    local dst = M.empty(methods.shape(t), { dtype = id, device = dev })
     check(C.lt_tensor_copy(dst, t))
     return dst
 end
+
+-- t:cuda([index]) and t:cpu(): copies to a device or to the host (t itself when already there).
+function methods.cuda(t, index) return methods.to(t, "cuda:" .. tostring(index or M.current_cuda_device())) end
+function methods.cpu(t) return methods.to(t, "cpu") end
+function methods.is_cuda(t) return t.storage ~= nil and t.storage.device_type == C.LT_DEVICE_CUDA end
 
 function methods.float(t) return t:to("f32") end
 function methods.bf16(t) return t:to("bf16") end
@@ -607,6 +648,11 @@ end
 
 function M.format(t)
     if t.storage == nil then return "<released tensor>" end
+    if t.storage.device_type ~= C.LT_DEVICE_CPU then
+        -- read once from the device, print the host copy, name the device
+        local text = M.format(methods.cpu(t))
+        return (text:gsub("on cpu%]$", "on " .. properties_device(t) .. "]"))
+    end
     local shape = methods.shape(t)
     local n = tonumber(C.lt_tensor_numel(t))
     local summarize = n > SUMMARY_THRESHOLD

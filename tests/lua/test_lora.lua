@@ -93,14 +93,15 @@ for _, case in ipairs({ { "lora_tiny", "LoRA r=4 on every linear" }, { "lora_tin
     end)
 end
 
-T.test("adapters (with dropout) inside checkpointed layers: same loss and gradients, shared activations", function()
+for _, dora in ipairs({ false, true }) do
+T.test(("%s (with dropout) inside checkpointed layers: same loss and gradients, shared activations"):format(dora and "DoRA" or "LoRA"), function()
     local base = lt.safetensors.load(FIX .. "llama_tiny_gqa/golden.safetensors")
     local function run(order)
         lt.manual_seed(9)
         local m = lt.llama.from_pretrained(FIX .. "llama_tiny_gqa")
         if order == "checkpoint first" then m:gradient_checkpointing(true) end
         -- dropout on: the recomputation in backward must draw the forward's masks
-        lt.lora.apply(m, { r = 4, alpha = 8, dropout = 0.3 })
+        lt.lora.apply(m, { r = 4, alpha = 8, dropout = 0.3, dora = dora })
         m:train()
         if order == "adapters first" then m:gradient_checkpointing(true) end
         for _, r in ipairs(m:parameters()) do
@@ -122,6 +123,7 @@ T.test("adapters (with dropout) inside checkpointed layers: same loss and gradie
         T.ok(shared, order .. ": the adapters of layers 1 and 2 share one set of activation buffers")
     end
 end)
+end
 
 T.test("DoRA A and B gradients are LoRA's with the upstream gradient scaled by m / ||W + sBA||", function()
     lt.manual_seed(5)

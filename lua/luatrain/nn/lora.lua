@@ -70,10 +70,13 @@ function LoRALinear:init(base, opts)
     self.dora = opts.dora and true or false
     if self.dora then
         -- ||W_i||^2 once; the magnitude starts at ||W_i|| (B = 0 at the start)
+        -- kept as state, not as a buffer: buffers are scratch that checkpointing shares and
+        -- model:to releases
         local w = self:_base_f32()
-        local sq = self:buffer("dora_base_sq", { self.out_features, 1 })
+        local sq = tensor.empty(self.out_features, 1)
         ew.reduce_forward("sum", w:square_(), { 2 }, true, sq)
         w:free()
+        self._dora_base_sq = sq
         self:register_parameter("lora_magnitude_vector", sq:sqrt():view(self.out_features))
     end
 end
@@ -105,6 +108,12 @@ end
 
 -- The base weight in f32 (out, in): for merging and DoRA norms only (never on the
 -- training hot path without DoRA).
+-- model:to(device): the quantized base and DoRA's base norms move with the parameters.
+function LoRALinear:_move_extras(device, move)
+    if self.qweight then self.qweight = self.qweight:to(device) end
+    if self._dora_base_sq then self._dora_base_sq = move(self._dora_base_sq) end
+end
+
 function LoRALinear:_base_f32()
     if self.qweight then return self.qweight:dequantize("f32") end
     if self.weight.dtype == "f32" then return self.weight:clone() end
@@ -128,7 +137,7 @@ function LoRALinear:_dora_norms()
     ew.reduce_forward("sum", t, { 2 }, true, norms)
     -- norm^2 = base^2 + s * rowsum(B . (2 W A^T + s B A A^T))
     ew.scalar_forward("mul", norms, s, false, norms)
-    ew.binary_forward("add", norms, self._buffers.dora_base_sq, norms)
+    ew.binary_forward("add", norms, self._dora_base_sq, norms)
     ew.unary_forward("sqrt", norms, norms)
     return self:view_of("dora_norms_flat", norms, { out_f })
 end
@@ -276,6 +285,10 @@ function QuantLinear:init(qweight, in_features, out_features)
     else
         self.in_features, self.out_features = in_features, out_features
     end
+end
+
+function QuantLinear:_move_extras(device)
+    if self.qweight then self.qweight = self.qweight:to(device) end
 end
 
 function QuantLinear:set_qweight(q)

@@ -245,14 +245,62 @@ end
 
 -- ---- owned buffers -------------------------------------------------------------------
 
--- A buffer of this module resized to `shape` (contiguous; storage kept when big enough).
+-- A buffer of this module resized to `shape` (contiguous; storage kept when big enough),
+-- on the module's device (model:to).
 function Module:buffer(name, shape, dtype)
     local b = self._buffers[name]
     if b == nil then
         b = tensor.new_header()
         self._buffers[name] = b
     end
-    return b:resize_(shape, dtype and { dtype = dtype } or nil)
+    if dtype == nil and self._device == nil then return b:resize_(shape) end
+    return b:resize_(shape, { dtype = dtype, device = self._device })
+end
+
+-- ---- devices -------------------------------------------------------------------------
+
+-- The device of this module's parameters: "cpu" or "cuda:N".
+function Module:device() return self._device or "cpu" end
+
+-- Move every parameter and gradient (and what modules keep besides, through their
+-- _move_extras hook) to `device` ("cpu", "cuda", "cuda:1"), in place: the Module and its
+-- parameter records stay the same objects, their tensors are replaced. Buffers are
+-- released and come back on the new device at the next forward. Build the optimizer after
+-- moving: it holds the parameter tensors themselves.
+function Module:to(device)
+    local devt, devi = core.parse_device(device)
+    local dev = core.device_string(devt, devi)
+    local moved = {} -- old tensor -> new (tied parameters and shared gradients move once)
+    local function move(t)
+        if t == nil then return nil end
+        local n = moved[t]
+        if n == nil then
+            n = t:to(dev)
+            moved[t] = n
+        end
+        return n
+    end
+    local seen = {}
+    local function walk(m)
+        if seen[m] then return end
+        seen[m] = true
+        m:free_buffers()
+        for _, name in ipairs(m._param_names) do
+            local p = move(m._params[name])
+            m._params[name] = p
+            m[name] = p
+            if m._grads[name] then m._grads[name] = move(m._grads[name]) end
+        end
+        if m._move_extras then m:_move_extras(dev, move) end
+        m._device = dev ~= "cpu" and dev or nil
+        for _, n in ipairs(m._child_names) do walk(m._children[n]) end
+    end
+    walk(self)
+    -- the old tensors go now, not at the next collection
+    for old, new in pairs(moved) do
+        if old ~= new then old:free() end
+    end
+    return self
 end
 
 local view_sizes = require("ffi").new("int64_t[?]", C.LT_MAX_DIMS)

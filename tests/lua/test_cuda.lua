@@ -1,0 +1,115 @@
+--[[
+test_cuda.lua - the GPU from Lua: tensors to and from devices, modules moved with model:to,
+and a Llama that trains on the GPU with losses that track the CPU run's.
+
+Without a device the GPU part prints one "skipped: ..." line; what does not need a device
+(errors that say why, model:to("cpu") keeping everything in place) runs everywhere.
+]]
+package.path = "tests/lua/?.lua;" .. package.path
+local T = require "harness"
+local lt = require "luatrain"
+
+local CFG = { vocab_size = 97, hidden_size = 32, intermediate_size = 88, num_hidden_layers = 2,
+    num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 64 }
+
+T.test("model:to(\"cpu\") keeps every tensor in place", function()
+    lt.manual_seed(1)
+    local m = lt.llama.new(CFG)
+    local before = {}
+    for _, r in ipairs(m:named_parameters()) do before[r.name] = r.param end
+    m:to("cpu")
+    for _, r in ipairs(m:named_parameters()) do T.ok(before[r.name] == r.param, r.name .. " moved") end
+    T.eq(m:device(), "cpu")
+end)
+
+T.test("without a device, asking for one says why", function()
+    if lt.cuda.is_available() then return end
+    T.eq(lt.cuda.device_count(), 0)
+    T.raises(function() lt.zeros(2, { device = "cuda" }) end, "CUDA")
+    T.raises(function() lt.zeros(2):cuda() end, "CUDA")
+    T.raises(function() lt.llama.new(CFG):to("cuda") end, "CUDA")
+    T.raises(function() lt.cuda.device_info(0) end, "CUDA")
+end)
+
+if not lt.cuda.is_available() then
+    local _, why = pcall(lt.cuda.device_info, 0)
+    print("skipped: GPU part (" .. tostring(why):gsub("^.-: ", "") .. ")")
+    T.done()
+end
+
+T.test("tensors: round trips in every dtype, strided copies, views, get/set, equal", function()
+    for _, dt in ipairs({ "f32", "bf16", "f16", "i32", "i64", "u8", "i8" }) do
+        local x = (dt == "u8" and lt.randint(0, 200, 7, 33) or lt.randint(-100, 100, 7, 33)):to(dt)
+        local g = x:cuda()
+        T.eq(g.device, "cuda:0")
+        T.ok(g:cpu():equal(x), dt .. " round trip")
+        T.ok(g:equal(x), dt .. " equal across devices")
+        T.ok(g:t():contiguous():cpu():equal(x:t():contiguous()), dt .. " strided copy on the device")
+    end
+    local a = lt.randn(5, 6)
+    local g = a:cuda()
+    T.near(g:get(8), a:get(8), 0, 0)
+    g:set(8, 42)
+    T.eq(g:get(8), 42)
+    T.ok(g:to("bf16"):cpu():equal(g:cpu():to("bf16")), "conversion on the device = on the host")
+    local p = lt.empty({ 4, 4 }, { pin = true })
+    p:copy_(lt.randn(4, 4))
+    T.ok(p:cuda():cpu():equal(p), "pinned host tensor round trip")
+    T.ok(tostring(g):find("on cuda:0", 1, true), "printing names the device")
+end)
+
+T.test("the same seed draws the same numbers on the device and the host", function()
+    lt.manual_seed(7)
+    local c = lt.randn(1001)
+    lt.manual_seed(7)
+    local g = lt.randn(1001, { device = "cuda" })
+    local d = T.diff(g:cpu(), c)
+    T.ok(d <= 1e-6, ("normal draws differ by %g"):format(d))
+end)
+
+T.test("memory: allocations show in the device's statistics and go back to its cache", function()
+    lt.cuda.synchronize()
+    local s0 = lt.cuda.memory_stats()
+    local x = lt.empty(1024, 1024, { device = "cuda" })
+    local s1 = lt.cuda.memory_stats()
+    T.eq(s1.current - s0.current, 4 * 1024 * 1024)
+    T.ok(s1.reserved >= s1.current)
+    x:free()
+    T.eq(lt.cuda.memory_stats().current, s0.current)
+    local released = lt.cuda.empty_cache()
+    T.ok(released >= 0)
+    local info = lt.cuda.device_info()
+    T.ok(info.total_bytes > 0 and info.sm_count > 0, info.name)
+end)
+
+T.test("a Llama on the GPU: forward, gradients and 20 AdamW steps track the CPU", function()
+    lt.manual_seed(3)
+    local cpu = lt.llama.new(CFG)
+    local gpu = lt.llama.new(CFG)
+    gpu:load_state_dict(cpu:state_dict())
+    gpu:to("cuda")
+    T.eq(gpu:device(), "cuda:0")
+    local ids = lt.randint(0, CFG.vocab_size, 2, 24)
+    local targets = lt.randint(0, CFG.vocab_size, 2, 24)
+    local gids, gtargets = ids:cuda(), targets:cuda()
+    -- f32 on the GPU goes through TF32 matmuls: compare at TF32's tolerance
+    local d = T.diff(gpu:forward(gids):cpu(), cpu:forward(ids))
+    T.ok(d < 5e-3, ("logits differ by %g"):format(d))
+    local oc = lt.optim.AdamW(cpu:parameters(), { lr = 3e-3 })
+    local og = lt.optim.AdamW(gpu:parameters(), { lr = 3e-3 })
+    local worst = 0
+    for step = 1, 20 do
+        oc:zero_grad()
+        og:zero_grad()
+        local lc = cpu:forward_backward(ids, targets)
+        local lg = gpu:forward_backward(gids, gtargets)
+        worst = math.max(worst, math.abs(lc - lg) / math.abs(lc))
+        oc:step()
+        og:step()
+    end
+    T.ok(worst < 1e-2, ("losses drift apart by %.3g relative"):format(worst))
+    gpu:to("cpu")
+    T.eq(gpu:device(), "cpu")
+end)
+
+T.done()
