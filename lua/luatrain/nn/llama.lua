@@ -237,6 +237,12 @@ function LlamaModel:init(cfg, opts)
     self:add_module("norm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts))
 end
 
+-- model:to(device): the rotary tables every attention layer shares move too.
+function LlamaModel:_move_extras(device, move)
+    self.rope.cos = move(self.rope.cos)
+    self.rope.sin = move(self.rope.sin)
+end
+
 -- ids (B, T) i32/i64 -> final hidden states (B, T, C). opts.positions: (B, T) or (T) ids;
 -- opts.cu_seqlens: i32 offsets of packed sequences (see ops/nn.lua attention).
 function LlamaModel:forward(ids, opts)
