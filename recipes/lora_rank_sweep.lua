@@ -46,6 +46,7 @@ local cfg = lt.config {
     output_dir = { "runs/rank_sweep", "where the results, charts and report go" },
     seed = { 1234, "seed (the same for every rank)", type = "int" },
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
+    device = { "cpu", "where training runs: cpu, cuda or cuda:N" },
 }
 
 lt.set_num_threads(cfg.threads)
@@ -100,6 +101,7 @@ for _, r in ipairs(ranks) do
     if cfg.checkpoint then model:gradient_checkpointing(true) end
     local alpha = cfg.alpha_ratio > 0 and cfg.alpha_ratio * r or cfg.alpha
     lt.lora.apply(model, { r = r, alpha = alpha, dropout = cfg.dropout, target = cfg.target })
+    model:to(cfg.device)
     local bar = lt.log.progress(("rank %d"):format(r))
     local res = lt.trainer.finetune{ model = model, train = train_ds, eval = eval_ds,
         batch_size = cfg.batch_size, seq_len = cfg.seq_len, lr = cfg.lr, warmup = cfg.warmup, steps = cfg.steps,

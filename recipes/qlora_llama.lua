@@ -56,6 +56,7 @@ local cfg = lt.config {
     output_dir = { "runs/qlora", "where the adapter (and log.jsonl) go" },
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
+    device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
 }
 
 -- settings whose range the declaration cannot say, checked before anything loads
@@ -104,9 +105,10 @@ elseif target:match("^[%w_]+$") and target ~= "all-linear" then
 end
 local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout,
     target = target, rslora = cfg.rslora, dora = cfg.dora })
+model:to(cfg.device)
 local n_train = model:num_parameters(true)
 
-print(("qlora_llama: %s"):format(cfg.model))
+print(("qlora_llama: %s on %s"):format(cfg.model, cfg.device))
 print(("  %s; %d decoder layers, hidden %d, vocabulary %d"):format(model:extra_repr(), c.num_hidden_layers,
     c.hidden_size, c.vocab_size))
 print(("  parameters: %.2fM, trainable %.3fM (%.2f%%) in %d LoRA layers (r=%d, alpha=%g%s%s)"):format(

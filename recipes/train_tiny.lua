@@ -50,6 +50,7 @@ local cfg = lt.config {
     grad_clip = { 1.0, "clip the global gradient norm to this (0: off)" },
     seed = { 1337, "seed for weights and batches", type = "int" },
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
+    device = { "cpu", "where training runs: cpu, cuda or cuda:N" },
     log_every = { 10, "print a line every this many steps", type = "int" },
     out = { "runs/train_tiny", "output folder (log.jsonl, model/)" },
     save = { true, "save the trained model" },
@@ -94,6 +95,7 @@ else
     })
 end
 if cfg.checkpoint then model:gradient_checkpointing(true) end
+model:to(cfg.device)
 if tok and tok.vocab_size > model.config.vocab_size then
     error(("train_tiny: the tokenizer has %d tokens but the model's vocabulary is %d"):format(
         tok.vocab_size, model.config.vocab_size), 0)
@@ -164,7 +166,7 @@ for step = first_step, cfg.steps do
     local norm, coef = lt.optim.grad_norm_clip_coef(model:parameters(), cfg.grad_clip)
     opt:step({ grad_scale = coef })
     local dt = wall() - t0
-    local mem = lt.memory.stats("cpu")
+    local mem = lt.memory.stats(model:device())
     first_loss = first_loss or loss
     last_loss = loss
     local ntok = ids:numel()
@@ -188,7 +190,7 @@ log:close()
 local elapsed = wall() - t_start
 if steps_done > 0 then
     print(("done: loss %.4f -> %.4f in %.1f s (%.0f tokens/s), peak memory %s"):format(first_loss,
-        last_loss, elapsed, tokens_seen / elapsed, lt.memory.format_bytes(lt.memory.stats("cpu").peak)))
+        last_loss, elapsed, tokens_seen / elapsed, lt.memory.format_bytes(lt.memory.stats(model:device()).peak)))
 end
 
 if cfg.save and cfg.out ~= "" then

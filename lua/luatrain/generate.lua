@@ -15,19 +15,20 @@ tokenizer's EOS, or at any id in opts.stop_ids.
 local ffi = require "ffi"
 local core = require "luatrain.core"
 local tensor = require "luatrain.tensor"
-local F = require "luatrain.ops.nn"
 
 local C, check = core.C, core.check
 
 local M = {}
 
 -- A fresh cache for `model` holding up to `len` positions of one sequence.
+-- It lives on the model's device, in the dtype its attention computes in.
 function M.cache(model, len)
     local c = model.config
     local kv = { k = {}, v = {}, start = 0, len = len }
+    local where = { device = model:device(), dtype = model._act_dtype }
     for i = 1, c.num_hidden_layers do
-        kv.k[i] = tensor.zeros(1, len, c.num_key_value_heads, c.head_dim)
-        kv.v[i] = tensor.zeros(1, len, c.num_key_value_heads, c.head_dim)
+        kv.k[i] = tensor.zeros({ 1, len, c.num_key_value_heads, c.head_dim }, where)
+        kv.v[i] = tensor.zeros({ 1, len, c.num_key_value_heads, c.head_dim }, where)
     end
     return kv
 end
@@ -44,18 +45,24 @@ local function set_ids(t, ids, from, n)
     for j = 0, n - 1 do p[j] = ids[from + j] end
 end
 
--- Logits of the last position, after running ids[from .. from + n - 1] at cache.start.
+-- Logits (f32) of the last position, after running ids[from .. from + n - 1] at
+-- cache.start. Ids and positions are written on the host and copied to the model's device.
 local function step(model, kv, ids, from, n, bufs)
     local idt = bufs.ids:resize_(1, n)
     local pos = bufs.pos:resize_(n)
     set_ids(idt, ids, from, n)
     local pp = ffi.cast("int64_t*", pos:data_ptr())
     for j = 0, n - 1 do pp[j] = kv.start + j end
+    if bufs.dev_ids then
+        idt = bufs.dev_ids:resize_(1, n):copy_(idt)
+        pos = bufs.dev_pos:resize_(n):copy_(pos)
+    end
     local h = model.model:forward(idt, { positions = pos, kv = kv })
     kv.start = kv.start + n
     local last = h:select(2, n) -- (1, C)
-    F.linear(last, model.lm_head.weight, bufs.logits)
-    return bufs.logits:view(bufs.logits:numel())
+    local logits = model.lm_head:forward(last)
+    if logits.dtype ~= "f32" then logits = bufs.logits:copy_(logits) end
+    return logits:view(logits:numel())
 end
 
 -- Returns the generated text (when a tokenizer is given) and the new ids.
@@ -87,8 +94,13 @@ function M.generate(model, tok, prompt, opts)
     local kv = M.cache(model, #ids + max_new)
     local rng = ffi.new("lt_rng")
     C.lt_rng_seed(rng, opts.seed or 0)
+    local dev = model:device()
     local bufs = { ids = tensor.empty({ 1, 1 }, { dtype = "i64" }), pos = tensor.empty({ 1 }, { dtype = "i64" }),
-        logits = tensor.empty(1, model.config.vocab_size) }
+        logits = tensor.empty({ 1, model.config.vocab_size }, { device = dev }) }
+    if dev ~= "cpu" then
+        bufs.dev_ids = tensor.empty({ 1, 1 }, { dtype = "i64", device = dev })
+        bufs.dev_pos = tensor.empty({ 1 }, { dtype = "i64", device = dev })
+    end
     local stream = (opts.on_text and tok) and tok:decode_stream({ skip_special_tokens = true }) or nil
     local out_id = ffi.new("int32_t[1]")
     local new = {}

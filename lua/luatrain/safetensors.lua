@@ -210,6 +210,15 @@ function M.save(path, tensors, metadata)
     check_path(path, "save")
     local names, list = collect(tensors)
     local keys = collect_metadata(metadata)
+    -- tensors on a device are written from host copies (made here, freed after the write)
+    local copies = {}
+    for i = 1, #list do
+        local t = list[i]
+        if tensor.is_tensor(t) and t.storage ~= nil and t.device ~= "cpu" then
+            list[i] = t:cpu()
+            copies[#copies + 1] = list[i]
+        end
+    end
     local n, m = #names, #keys
     local entries = ffi.new("lt_safetensors_entry[?]", math.max(n, 1))
     local kv = ffi.new("const char *[?]", math.max(2 * m, 1))
@@ -223,7 +232,9 @@ function M.save(path, tensors, metadata)
         kv[2 * i - 2] = keys[i]
         kv[2 * i - 1] = metadata[keys[i]]
     end
-    check(C.lt_safetensors_save(path, entries, n, kv, m))
+    local st = C.lt_safetensors_save(path, entries, n, kv, m)
+    for _, c in ipairs(copies) do c:free() end
+    check(st)
 end
 
 return M

@@ -114,7 +114,9 @@ function M.finetune(opts)
     local log = opts.log and log_mod.open(opts.log, first_step > 1) or nil
     local result = { steps = steps, loss_curve = {}, eval_curve = {}, step_times = {}, first_step = first_step }
     local eval_opts = { batch_size = opts.batch_size, seq_len = opts.seq_len, pad_id = opts.pad_id }
-    memory.reset_peak("cpu")
+    -- peak memory of the device the model trains on (the host for a CPU model)
+    local dev = model.device and model:device() or "cpu"
+    memory.reset_peak(dev)
     model:train()
     local t_start, tokens = fs.now(), 0
     for step = first_step, steps do
@@ -135,7 +137,7 @@ function M.finetune(opts)
         result.loss_curve[step] = loss
         result.step_times[step] = dt
         local rec = { step = step, loss = loss, lr = opt:get_lr(), grad_norm = norm,
-            tokens_per_s = step_tokens / dt, step_ms = dt * 1000, peak_bytes = memory.stats("cpu").peak }
+            tokens_per_s = step_tokens / dt, step_ms = dt * 1000, peak_bytes = memory.stats(dev).peak }
         if opts.eval and (opts.eval_every or 0) > 0 and step % opts.eval_every == 0 and step < steps then
             rec.eval_loss = M.eval_loss(model, opts.eval, eval_opts)
             result.eval_curve[#result.eval_curve + 1] = { step, rec.eval_loss }
@@ -155,7 +157,8 @@ function M.finetune(opts)
     for step = first_step, steps do sorted[#sorted + 1] = result.step_times[step] end
     table.sort(sorted)
     result.step_time = sorted[math.floor((#sorted + 1) / 2)]
-    result.peak_bytes = memory.stats("cpu").peak
+    result.peak_bytes = memory.stats(dev).peak
+    result.device = dev
     result.first_loss, result.last_loss = result.loss_curve[first_step], result.loss_curve[steps]
     result.trainable = model:num_parameters(true)
     if opts.eval then

@@ -377,12 +377,14 @@ end
 -- ids (B, T) -> logits (B, T, V) in f32. For inference and tests: training goes through
 -- forward_backward, which never holds the full logits.
 function LlamaForCausalLM:forward(ids, opts)
+    ids, _, opts = self:_inputs(ids, nil, opts)
     local h = self.model:forward(ids, opts)
     self.output = self.lm_head:forward(h)
     return self.output
 end
 
 function LlamaForCausalLM:backward(ids, dlogits)
+    ids = self:_input("ids", ids)
     local dh = self.lm_head:backward(self.model.output, dlogits)
     self.model:backward(ids, dh)
     return nil
@@ -392,10 +394,35 @@ local function flat_targets(self, targets)
     return self:view_of("targets", targets, { targets:numel() })
 end
 
+-- Inputs made on the host (the data loader's batches) reach a model on a device through
+-- buffers the model owns, refilled each step: recipes stay device-agnostic and a step
+-- allocates nothing. Tensors already on the model's device pass as they are.
+local INPUT_OPTS = { "positions", "cu_seqlens" }
+
+function LlamaForCausalLM:_input(name, t)
+    if t == nil or self._device == nil or t.device == self._device then return t end
+    local b = self:buffer("in_" .. name, t:shape(), t.dtype)
+    b:copy_(t)
+    return b
+end
+
+function LlamaForCausalLM:_inputs(ids, targets, opts)
+    if self._device == nil then return ids, targets, opts end
+    ids = self:_input("ids", ids)
+    targets = self:_input("targets", targets)
+    if opts then
+        local o = {}
+        for k, v in pairs(opts) do o[k] = v end
+        for _, k in ipairs(INPUT_OPTS) do o[k] = self:_input(k, opts[k]) end
+        opts = o
+    end
+    return ids, targets, opts
+end
+
 -- Mean cross-entropy of targets (B, T) (aligned with ids; -100 ignored), without logits.
 -- opts: positions, normalizer (divide the summed loss by this instead of the count).
 function LlamaForCausalLM:loss(ids, targets, opts)
-    opts = opts or {}
+    ids, targets, opts = self:_inputs(ids, targets, opts or {})
     local h = self.model:forward(ids, opts)
     local h2 = self:view_of("h2", h, { h:numel() / h:size(-1), h:size(-1) })
     local loss = self:buffer("loss", {})
@@ -408,7 +435,7 @@ end
 -- One training pass: the loss (a number), and every trainable gradient accumulated for
 -- d(loss)/d(params) * opts.scale (grad accumulation and loss scaling fold in here).
 function LlamaForCausalLM:forward_backward(ids, targets, opts)
-    opts = opts or {}
+    ids, targets, opts = self:_inputs(ids, targets, opts or {})
     local h = self.model:forward(ids, opts)
     local N, Cdim = h:numel() / h:size(-1), h:size(-1)
     local h2 = self:view_of("h2", h, { N, Cdim })

@@ -110,6 +110,7 @@ end
 -- training hot path without DoRA).
 -- model:to(device): the quantized base and DoRA's base norms move with the parameters.
 function LoRALinear:_move_extras(device, move)
+    if device == (self._device or "cpu") then return end
     if self.qweight then self.qweight = self.qweight:to(device) end
     if self._dora_base_sq then self._dora_base_sq = move(self._dora_base_sq) end
 end
@@ -288,6 +289,7 @@ function QuantLinear:init(qweight, in_features, out_features)
 end
 
 function QuantLinear:_move_extras(device)
+    if device == (self._device or "cpu") then return end
     if self.qweight then self.qweight = self.qweight:to(device) end
 end
 
