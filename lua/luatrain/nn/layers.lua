@@ -19,7 +19,8 @@ local M = {}
 local Linear = Module:extend("Linear")
 M.Linear = Linear
 
--- opts: bias (false), dtype ("f32"), trainable (true), weight (a tensor to use as is)
+-- opts: bias (false), dtype ("f32"), device ("cpu"), trainable (true), weight (a tensor to
+-- use as is)
 function Linear:init(in_features, out_features, opts)
     opts = opts or {}
     self.in_features, self.out_features = in_features, out_features
@@ -27,12 +28,13 @@ function Linear:init(in_features, out_features, opts)
     if w == nil then
         -- PyTorch's default: uniform in +-1/sqrt(in)
         local bound = 1 / math.sqrt(in_features)
-        w = tensor.empty({ out_features, in_features }, { dtype = opts.dtype })
+        w = tensor.empty({ out_features, in_features }, { dtype = opts.dtype, device = opts.device })
         w:uniform_(-bound, bound)
     end
     self:register_parameter("weight", w, { trainable = opts.trainable })
     if opts.bias then
-        self:register_parameter("bias", tensor.zeros(out_features), { trainable = opts.trainable })
+        self:register_parameter("bias", tensor.zeros({ out_features }, { device = opts.device }),
+            { trainable = opts.trainable })
     end
 end
 
@@ -82,7 +84,7 @@ M.Embedding = Embedding
 function Embedding:init(num_embeddings, dim, opts)
     opts = opts or {}
     self.num_embeddings, self.dim = num_embeddings, dim
-    local w = opts.weight or tensor.randn({ num_embeddings, dim }, { dtype = opts.dtype })
+    local w = opts.weight or tensor.randn({ num_embeddings, dim }, { dtype = opts.dtype, device = opts.device })
     self:register_parameter("weight", w, { trainable = opts.trainable })
 end
 
@@ -114,7 +116,8 @@ M.RMSNorm = RMSNorm
 function RMSNorm:init(dim, eps, opts)
     opts = opts or {}
     self.dim, self.eps = dim, eps or 1e-6
-    self:register_parameter("weight", opts.weight or tensor.ones(dim), { trainable = opts.trainable })
+    self:register_parameter("weight", opts.weight or tensor.ones({ dim }, { device = opts.device }),
+        { trainable = opts.trainable })
 end
 
 function RMSNorm:extra_repr()

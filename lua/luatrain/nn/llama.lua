@@ -116,6 +116,8 @@ function Attention:forward(x)
     local lse = self:buffer("lse", { B, H, T })
     F.attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal,
         cu_seqlens = ctx.cu_seqlens })
+    -- which kernel ran, for LlamaForCausalLM:attention_paths() (a CUDA one: "cuda-flash")
+    self.attention_path = "cpu-flash"
     local flat = self:view_of("attn_flat", attn, { B, T, H * D })
     self.output = self.o_proj:forward(flat)
     return self.output
@@ -225,6 +227,13 @@ function LlamaModel:init(cfg, opts)
     local inv = F.rope_inv_freq(cfg.head_dim, { theta = cfg.rope_theta, scaling = cfg.rope_scaling })
     local cos, sin = F.rope_table(inv, cfg.max_position_embeddings)
     inv:free()
+    if opts and opts.device and opts.device ~= "cpu" then
+        -- the tables are made on the host once and live where the model does
+        local dc, ds = cos:to(opts.device), sin:to(opts.device)
+        cos:free()
+        sin:free()
+        cos, sin = dc, ds
+    end
     self.rope = { cos = cos, sin = sin, positions = nil, cu_seqlens = nil }
     self:add_module("embed_tokens", Embedding(cfg.vocab_size, cfg.hidden_size, opts))
     local list = ModuleList()
@@ -300,7 +309,8 @@ local LlamaForCausalLM = Module:extend("LlamaForCausalLM")
 M.LlamaForCausalLM = LlamaForCausalLM
 
 -- cfg: a Hugging Face Llama config table (see normalize_config). opts: dtype, trainable,
--- init (default true: Hugging Face's normal(0, initializer_range) initialisation).
+-- device (parameters made there directly), quant, init (default true: Hugging Face's
+-- normal(0, initializer_range) initialisation).
 function LlamaForCausalLM:init(cfg, opts)
     opts = opts or {}
     cfg = M.normalize_config(cfg)
@@ -319,7 +329,7 @@ function LlamaForCausalLM:init(cfg, opts)
         opts = setmetatable({ quant = self.quant_opts, trainable = trainable }, { __index = opts })
     end
     self:add_module("model", LlamaModel(cfg, opts))
-    local head_opts = { dtype = opts.dtype, trainable = opts.trainable } -- the head stays unquantized
+    local head_opts = { dtype = opts.dtype, trainable = opts.trainable, device = opts.device } -- the head stays unquantized
     if cfg.tie_word_embeddings then
         local head = Linear(cfg.hidden_size, cfg.vocab_size,
             { weight = self.model.embed_tokens.weight, trainable = false })
@@ -329,6 +339,8 @@ function LlamaForCausalLM:init(cfg, opts)
         self:add_module("lm_head", Linear(cfg.hidden_size, cfg.vocab_size, head_opts))
     end
     if opts.init ~= false then self:init_weights() end
+    -- built on a device (opts.device): every module's buffers go there too
+    if opts.device and opts.device ~= "cpu" then self:to(opts.device) end
 end
 
 -- normal(0, initializer_range) for every matrix, ones for norms.
@@ -366,6 +378,23 @@ end
 function LlamaForCausalLM:gradient_checkpointing(flag)
     self.model:gradient_checkpointing(flag)
     return self
+end
+
+-- The attention kernels the layers ran on their last forward ("cpu-flash", ...), each
+-- once, sorted; empty before the first forward.
+function LlamaForCausalLM:attention_paths()
+    local seen, out = {}, {}
+    local function walk(m)
+        local p = rawget(m, "attention_path")
+        if p and not seen[p] then
+            seen[p] = true
+            out[#out + 1] = p
+        end
+        for _, n in ipairs(m._child_names) do walk(m._children[n]) end
+    end
+    walk(self)
+    table.sort(out)
+    return out
 end
 
 function LlamaForCausalLM:extra_repr()

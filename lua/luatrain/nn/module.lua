@@ -69,7 +69,8 @@ function Module:register_parameter(name, t, opts)
     self[name] = t
     local trainable = opts.trainable ~= false
     if trainable then
-        self._grads[name] = opts.grad or tensor.zeros(t:shape())
+        -- f32 gradients (master precision), on the parameter's device
+        self._grads[name] = opts.grad or tensor.zeros(t:shape(), { device = t.device })
     else
         self._grads[name] = nil
     end
@@ -157,7 +158,7 @@ function Module:requires_grad(flag)
         local p = m._params[k]
         local id = tostring(p.storage) .. ":" .. tostring(p.offset)
         if flag then
-            if grad_of[id] == nil then grad_of[id] = m._grads[k] or tensor.zeros(p:shape()) end
+            if grad_of[id] == nil then grad_of[id] = m._grads[k] or tensor.zeros(p:shape(), { device = p.device }) end
             m._grads[k] = grad_of[id]
         elseif m._grads[k] then
             if grad_of[id] == nil then
