@@ -114,7 +114,7 @@ function Attention:forward(x)
     end
     local attn = self:buffer("attn", { B, T, H, D })
     local lse = self:buffer("lse", { B, H, T })
-    F.attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal,
+    F.flash_attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal,
         cu_seqlens = ctx.cu_seqlens })
     -- which kernel ran, for LlamaForCausalLM:attention_paths() (a CUDA one: "cuda-flash")
     self.attention_path = "cpu-flash"

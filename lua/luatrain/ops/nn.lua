@@ -201,9 +201,19 @@ end
 
 -- ---- attention ------------------------------------------------------------------------
 
--- q (B, T, H, D), k, v (B, S, Hkv, D). opts: causal (default true), scale (default
--- 1/sqrt(D)), cu_seqlens (i32 (n + 1) offsets of packed sequences over B * T), out, lse.
--- Returns out, lse (B, H, T).
+-- Softmax attention, FlashAttention-2 style on the CPU (src/ops/attention.c): key tiles with
+-- an online softmax, so no T x S score matrix exists in the forward or the backward.
+-- q (B, T, H, D), k, v (B, S, Hkv, D), f32, unit stride in D; H a multiple of Hkv (query
+-- head h reads key/value head h / (H / Hkv): GQA, MQA, no copies of k and v).
+-- opts:
+--   causal      default true; bottom-right aligned: query t sees keys s <= t + (S - T), so
+--               queries that are the last T of S keys (KV-cache prefill, decoding) work
+--   scale       default 1/sqrt(D)
+--   cu_seqlens  i32 (n + 1) offsets of packed sequences over the B * T positions (S == T):
+--               each position attends only within its own sequence
+--   out, lse    preallocated outputs, (B, T, H, D) and (B, H, T)
+-- Returns out, lse (B, H, T): the log-sum-exp of each row of scaled scores (-inf and a zero
+-- output for a query that sees no key), which the backward needs.
 function M.attention(q, k, v, opts)
     opts = opts or {}
     local B, T, H, D = q:size(1), q:size(2), q:size(3), q:size(4)
@@ -216,6 +226,10 @@ function M.attention(q, k, v, opts)
     return out, lse or nil
 end
 
+-- dout, out (B, T, H, D) and lse from the forward. opts: causal, scale, cu_seqlens as given
+-- to the forward; dq, dk, dv to write into (else new). Returns dq (like q) and dk, dv (like
+-- k, v; summed over the query heads of each group). The probabilities are recomputed tile
+-- by tile from lse; the result is the same bits on every run and for any thread count.
 function M.attention_backward(dout, q, k, v, out, lse, opts)
     opts = opts or {}
     local dq = out_or_new(opts.dq, q:shape())
@@ -226,6 +240,12 @@ function M.attention_backward(dout, q, k, v, out, lse, opts)
         opts.scale or 1 / math.sqrt(q:size(4)), causal and 1 or 0))
     return dq, dk, dv
 end
+
+-- The same two functions under the name of their algorithm:
+-- flash_attention(q, k, v, opts) -> out, lse
+-- flash_attention_backward(dout, q, k, v, out, lse, opts) -> dq, dk, dv
+M.flash_attention = M.attention
+M.flash_attention_backward = M.attention_backward
 
 -- ---- cross-entropy --------------------------------------------------------------------
 
