@@ -32,3 +32,8 @@ int lt_cuda_gemm(lt_cuda_context *c, const lt_gemm_args *g);
 
 // TF32 for f32 GEMMs (default on, as PyTorch's matmul precision "high").
 extern "C" void lt_cuda_gemm_allow_tf32(int on);
+
+// lt_cuda_gemm on `device`'s context, for callers without one (tests: the bias epilogue and
+// bf16/f16 outputs are reachable only this way). args_size is the caller's
+// sizeof(lt_gemm_args); a mismatch is refused.
+extern "C" int lt_cuda_gemm_device(int32_t device, const lt_gemm_args *g, int64_t args_size);

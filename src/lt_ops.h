@@ -106,7 +106,9 @@ int lt_log_softmax_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tenso
 /* c = alpha * op(a) @ op(b) + beta * c, batched.
    a: (..., M, K), or (..., K, M) when trans_a;  b: (..., K, N), or (..., N, K) when trans_b;
    c: (..., M, N) f32. a and b may be f32, bf16 or f16 (converted to f32 panel by panel,
-   never whole). Batch dims of a and b must equal c's or be absent (broadcast). The last
+   never whole). On CUDA (cuBLASLt, f32 accumulation; f32 inputs use TF32 while
+   lt_cuda_gemm_allow_tf32 is on) c may also be bf16/f16 when a and b both have its dtype,
+   and a and b of different dtypes are multiplied in f32. Batch dims of a and b must equal c's or be absent (broadcast). The last
    two dims of each operand need unit stride in one of them (transposed views are free);
    other layouts are copied. */
 int lt_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a, int trans_b,
@@ -219,18 +221,23 @@ int lt_sample_logits(const lt_tensor *logits, float temperature, int32_t top_k, 
    (normalizer <= 0: the count of such rows; a batch with none gives loss 0).
    Targets outside [0, V) (other than ignore_index) are an LT_ERR_RANGE. */
 
-/* Plain form on given logits (N, V) f32. loss () f32; lse (N) f32 or NULL; row_loss (N)
-   f32 or NULL (0 at ignored rows). */
+/* Plain form on given logits (N, V) f32 (on CUDA also bf16/f16). loss () f32; lse (N) f32
+   or NULL; row_loss (N) f32 or NULL (0 at ignored rows). On CUDA the targets are checked
+   on the device and the result read back (one synchronisation per call). */
 int lt_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *row_loss,
                              const lt_tensor *logits, const lt_tensor *targets,
                              int64_t ignore_index, double normalizer);
-/* dlogits (=) (N, V) for d loss = dloss. */
+/* dlogits (=) (N, V) for d loss = dloss (on CUDA f32, bf16 or f16). lse NULL: recomputed. */
 int lt_cross_entropy_backward(lt_tensor *dlogits, const lt_tensor *logits,
                               const lt_tensor *targets, const lt_tensor *lse, float dloss,
                               int64_t ignore_index, double normalizer);
 
 /* Fused LM head: logits = h @ w^T are made a block of rows at a time, so memory holds
-   (rows_per_block, V) f32, never (N, V). h (N, C) f32; w (V, C) f32/bf16/f16. */
+   (rows_per_block, V) f32, never (N, V). h (N, C) f32; w (V, C) f32/bf16/f16.
+   On CUDA: h may be bf16/f16 too and the GEMMs run in w's dtype (an h of another dtype is
+   converted to it a block at a time); dh and dw may be f32 or w's dtype; the logits block
+   stays within 256 MiB, split over the vocabulary too when V is very large (lse carried
+   online across vocab blocks). */
 int lt_linear_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *row_loss,
                                     const lt_tensor *h, const lt_tensor *w,
                                     const lt_tensor *targets, int64_t ignore_index,
@@ -263,8 +270,17 @@ typedef struct lt_adamw_params {
    f32 contiguous (param may be a view of a larger buffer only if contiguous). */
 int lt_adamw_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_avg,
                   lt_tensor *exp_avg_sq, const lt_adamw_params *p);
+/* lt_adamw_step over n parameters with one set of hyperparameters (one group, one step
+   count), each element updated with the same arithmetic. Every tensor on one device: on
+   the CPU it is the per-tensor update in turn (bit-identical to it); on CUDA all n
+   tensors are updated by one kernel launch (a table of tensors cut into 64K-element
+   chunks, one block per chunk). */
+int lt_adamw_step_multi(lt_tensor *const *params, const lt_tensor *const *grads,
+                        lt_tensor *const *exp_avgs, lt_tensor *const *exp_avg_sqs, int32_t n,
+                        const lt_adamw_params *p);
 
-/* sqrt(sum of squares) over n tensors, in f64. */
+/* sqrt(sum of squares) over n tensors, in f64. Every tensor on one device; on CUDA they
+   may also be bf16/f16, and all are reduced in two launches with one read-back. */
 int lt_global_norm(const lt_tensor *const *tensors, int32_t n, double *out);
 
 #endif

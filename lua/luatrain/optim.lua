@@ -12,6 +12,8 @@ Parameters are the records modules return from parameters(): { name, param, grad
 Optimizer state (exp_avg, exp_avg_sq) is allocated when the optimizer is made, so steps
 allocate nothing.
 ]]
+local ffi = require "ffi"
+local core = require "luatrain.core"
 local tensor = require "luatrain.tensor"
 local F = require "luatrain.ops.nn"
 
@@ -65,10 +67,11 @@ function M.AdamW(params, opts)
             end
             seen[id] = name
             group.params[#group.params + 1] = r
+            -- the state lives where the parameter does
             self.state[r] = {
                 step = 0,
-                exp_avg = tensor.zeros(r.param:shape()),
-                exp_avg_sq = tensor.zeros(r.param:shape()),
+                exp_avg = tensor.zeros(r.param:shape(), { device = r.param.device }),
+                exp_avg_sq = tensor.zeros(r.param:shape(), { device = r.param.device }),
             }
         end
         self.groups[#self.groups + 1] = group
@@ -77,18 +80,58 @@ function M.AdamW(params, opts)
 end
 
 local hyper = {}
+local multi_params = ffi.new("lt_adamw_params")
+
+-- A group whose parameters all sit on one CUDA device at one step count is updated by one
+-- lt_adamw_step_multi launch; the pointer arrays are made once per group and refilled.
+local function step_group_multi(self, g, gs)
+    local list = g.params
+    local n = #list
+    if n == 0 then return true end
+    local s0 = list[1].param.storage
+    if s0 == nil or s0.device_type ~= core.C.LT_DEVICE_CUDA then return false end
+    local step = self.state[list[1]].step
+    for i = 2, n do
+        local s = list[i].param.storage
+        if s == nil or s.device_type ~= s0.device_type or s.device_index ~= s0.device_index or
+            self.state[list[i]].step ~= step then
+            return false
+        end
+    end
+    local arr = g._multi
+    if not arr or arr.n ~= n then
+        arr = { n = n, p = ffi.new("lt_tensor*[?]", n), g = ffi.new("const lt_tensor*[?]", n),
+            m = ffi.new("lt_tensor*[?]", n), v = ffi.new("lt_tensor*[?]", n) }
+        g._multi = arr
+    end
+    for i = 1, n do
+        local r = list[i]
+        local st = self.state[r]
+        arr.p[i - 1], arr.g[i - 1], arr.m[i - 1], arr.v[i - 1] = r.param, r.grad, st.exp_avg, st.exp_avg_sq
+    end
+    local h = multi_params
+    h.lr, h.beta1, h.beta2, h.eps = g.lr, g.beta1, g.beta2, g.eps
+    h.weight_decay, h.grad_scale, h.step = g.weight_decay, gs, step + 1
+    core.check(core.C.lt_adamw_step_multi(arr.p, arr.g, arr.m, arr.v, n, h))
+    for i = 1, n do self.state[list[i]].step = step + 1 end
+    return true
+end
 
 -- opts.grad_scale multiplies every gradient first (clipping coefficient, 1/loss scale).
+-- Parameters on the CPU are updated one tensor at a time (each in parallel inside); a
+-- group on one CUDA device goes in one launch.
 function AdamW:step(opts)
     local gs = opts and opts.grad_scale or 1
     for _, g in ipairs(self.groups) do
         hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2
         hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs
-        for _, r in ipairs(g.params) do
-            local st = self.state[r]
-            st.step = st.step + 1
-            hyper.step = st.step
-            F.adamw_step(r.param, r.grad, st.exp_avg, st.exp_avg_sq, hyper)
+        if not step_group_multi(self, g, gs) then
+            for _, r in ipairs(g.params) do
+                local st = self.state[r]
+                st.step = st.step + 1
+                hyper.step = st.step
+                F.adamw_step(r.param, r.grad, st.exp_avg, st.exp_avg_sq, hyper)
+            end
         end
     end
 end

@@ -88,6 +88,9 @@ int lt_cuda_linear_cross_entropy_fused(lt_tensor *loss, lt_tensor *row_loss, lt_
                                        int64_t ignore_index, double normalizer);
 int lt_cuda_adamw_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_avg,
                        lt_tensor *exp_avg_sq, const lt_adamw_params *p);
+int lt_cuda_adamw_step_multi(lt_tensor *const *params, const lt_tensor *const *grads,
+                             lt_tensor *const *exp_avgs, lt_tensor *const *exp_avg_sqs,
+                             int32_t n, const lt_adamw_params *p);
 int lt_cuda_global_norm(const lt_tensor *const *tensors, int32_t n, double *out);
 
 /* lt_quant.h */

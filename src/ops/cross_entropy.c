@@ -53,6 +53,65 @@ static int check_scalar_out(const lt_tensor *loss, const char *op) {
     return LT_OK;
 }
 
+/* ---- device-agnostic checks (before the CUDA dispatch; dtypes are each side's own) ---- */
+
+static int meta_targets(const lt_tensor *targets, int64_t N, const char *op) {
+    LT_TRY(lt_check_tensor(targets, op, "targets"));
+    if (!lt_is_index_dtype(targets->dtype_id) || !lt_tensor_is_contiguous(targets))
+        return lt_fail(LT_ERR_ARG, "%s: targets must be contiguous i32/i64", op);
+    if (lt_tensor_numel(targets) != N)
+        return lt_fail(LT_ERR_SHAPE, "%s: %lld targets for %lld rows", op,
+                       (long long)lt_tensor_numel(targets), (long long)N);
+    return LT_OK;
+}
+
+static int meta_rows(const lt_tensor *t, int64_t N, const char *op, const char *name) {
+    if (!t) return LT_OK;
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (lt_tensor_numel(t) != N)
+        return lt_fail(LT_ERR_SHAPE, "%s: %s has %lld entries for %lld rows", op, name,
+                       (long long)lt_tensor_numel(t), (long long)N);
+    return LT_OK;
+}
+
+static int meta_loss(const lt_tensor *loss, const char *op) {
+    if (!loss) return LT_OK;
+    LT_TRY(lt_check_tensor(loss, op, "loss"));
+    if (lt_tensor_numel(loss) != 1) return lt_fail(LT_ERR_SHAPE, "%s: loss must hold one element", op);
+    return LT_OK;
+}
+
+/* Every tensor argument on the device of `ref` (NULL ones skipped). */
+static int same_device(const char *op, const lt_tensor *ref, const char *ref_name, int n,
+                       const lt_tensor *const *ts, const char *const *names) {
+    for (int i = 0; i < n; i++) LT_TRY(lt_check_same_device(ts[i], ref, op, names[i], ref_name));
+    return LT_OK;
+}
+
+/* h (N, C) and w (V, C) agree; the outputs have their shapes. */
+static int meta_lmhead(const lt_tensor *h, const lt_tensor *w, const lt_tensor *targets,
+                       const lt_tensor *dh, const lt_tensor *dw, const char *op) {
+    LT_TRY(lt_check_ndim(h, 2, op, "h"));
+    LT_TRY(lt_check_ndim(w, 2, op, "w"));
+    if (w->sizes[1] != h->sizes[1]) {
+        char sh[128], sw[128];
+        return lt_fail(LT_ERR_SHAPE, "%s: h %s and w %s disagree on the hidden size", op,
+                       lt_shape_str(h, sh, sizeof sh), lt_shape_str(w, sw, sizeof sw));
+    }
+    LT_TRY(meta_targets(targets, h->sizes[0], op));
+    if (dh) {
+        LT_TRY(lt_check_tensor(dh, op, "dh"));
+        LT_TRY(lt_check_writable(dh, op, "dh"));
+        LT_TRY(lt_check_same_shape(dh, h, op, "dh", "h"));
+    }
+    if (dw) {
+        LT_TRY(lt_check_tensor(dw, op, "dw"));
+        LT_TRY(lt_check_writable(dw, op, "dw"));
+        LT_TRY(lt_check_same_shape(dw, w, op, "dw", "w"));
+    }
+    return LT_OK;
+}
+
 /* Log-sum-exp of one row, with its max subtracted so exp never overflows. */
 static float row_lse(const float *x, int64_t V) {
     float m = -INFINITY;
@@ -118,6 +177,17 @@ int lt_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *row_los
                              int64_t ignore_index, double normalizer) {
     const char *op = "cross_entropy_forward";
     LT_TRY(lt_check_ndim(logits, 2, op, "logits"));
+    LT_TRY(meta_targets(targets, logits->sizes[0], op));
+    LT_TRY(meta_loss(loss, op));
+    LT_TRY(meta_rows(lse, logits->sizes[0], op, "lse"));
+    LT_TRY(meta_rows(row_loss, logits->sizes[0], op, "row_loss"));
+    {
+        const lt_tensor *ts[] = {targets, loss, lse, row_loss};
+        const char *names[] = {"targets", "loss", "lse", "row_loss"};
+        LT_TRY(same_device(op, logits, "logits", 4, ts, names));
+    }
+    LT_DISPATCH_CUDA(logits, lt_cuda_cross_entropy_forward(loss, lse, row_loss, logits, targets,
+                                                           ignore_index, normalizer));
     LT_TRY(lt_check_f32_contig(logits, op, "logits"));
     int64_t N = logits->sizes[0], V = logits->sizes[1], count;
     LT_TRY(check_targets(targets, N, V, ignore_index, op, &count));
@@ -138,6 +208,18 @@ int lt_cross_entropy_backward(lt_tensor *dlogits, const lt_tensor *logits,
                               int64_t ignore_index, double normalizer) {
     const char *op = "cross_entropy_backward";
     LT_TRY(lt_check_ndim(logits, 2, op, "logits"));
+    LT_TRY(lt_check_tensor(dlogits, op, "dlogits"));
+    LT_TRY(lt_check_writable(dlogits, op, "dlogits"));
+    LT_TRY(lt_check_same_shape(dlogits, logits, op, "dlogits", "logits"));
+    LT_TRY(meta_targets(targets, logits->sizes[0], op));
+    LT_TRY(meta_rows(lse, logits->sizes[0], op, "lse"));
+    {
+        const lt_tensor *ts[] = {dlogits, targets, lse};
+        const char *names[] = {"dlogits", "targets", "lse"};
+        LT_TRY(same_device(op, logits, "logits", 3, ts, names));
+    }
+    LT_DISPATCH_CUDA(logits, lt_cuda_cross_entropy_backward(dlogits, logits, targets, lse, dloss,
+                                                            ignore_index, normalizer));
     LT_TRY(lt_check_f32_contig(logits, op, "logits"));
     LT_TRY(lt_check_f32_contig(dlogits, op, "dlogits"));
     LT_TRY(lt_check_same_shape(dlogits, logits, op, "dlogits", "logits"));
@@ -270,23 +352,56 @@ int lt_linear_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *
                                     const lt_tensor *h, const lt_tensor *w,
                                     const lt_tensor *targets, int64_t ignore_index,
                                     double normalizer) {
+    const char *op = "linear_cross_entropy_forward";
+    LT_TRY(meta_lmhead(h, w, targets, NULL, NULL, op));
+    LT_TRY(meta_loss(loss, op));
+    LT_TRY(meta_rows(lse, h->sizes[0], op, "lse"));
+    LT_TRY(meta_rows(row_loss, h->sizes[0], op, "row_loss"));
+    {
+        const lt_tensor *ts[] = {w, targets, loss, lse, row_loss};
+        const char *names[] = {"w", "targets", "loss", "lse", "row_loss"};
+        LT_TRY(same_device(op, h, "h", 5, ts, names));
+    }
+    LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_forward(loss, lse, row_loss, h, w, targets,
+                                                             ignore_index, normalizer));
     return lmhead_run(loss, lse, NULL, row_loss, NULL, NULL, h, w, targets, 0, 0.0f,
-                      ignore_index, normalizer, "linear_cross_entropy_forward");
+                      ignore_index, normalizer, op);
 }
 
 int lt_linear_cross_entropy_backward(lt_tensor *dh, lt_tensor *dw, const lt_tensor *h,
                                      const lt_tensor *w, const lt_tensor *targets,
                                      const lt_tensor *lse, float dloss, int64_t ignore_index,
                                      double normalizer) {
+    const char *op = "linear_cross_entropy_backward";
+    LT_TRY(meta_lmhead(h, w, targets, dh, dw, op));
+    LT_TRY(meta_rows(lse, h->sizes[0], op, "lse"));
+    {
+        const lt_tensor *ts[] = {w, targets, lse, dh, dw};
+        const char *names[] = {"w", "targets", "lse", "dh", "dw"};
+        LT_TRY(same_device(op, h, "h", 5, ts, names));
+    }
+    LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_backward(dh, dw, h, w, targets, lse, dloss,
+                                                              ignore_index, normalizer));
     /* The logits are recomputed block by block; the saved lse spares the max/sum pass. */
     return lmhead_run(NULL, NULL, lse, NULL, dh, dw, h, w, targets, 1, dloss, ignore_index,
-                      normalizer, "linear_cross_entropy_backward");
+                      normalizer, op);
 }
 
 int lt_linear_cross_entropy_fused(lt_tensor *loss, lt_tensor *row_loss, lt_tensor *dh,
                                   lt_tensor *dw, const lt_tensor *h, const lt_tensor *w,
                                   const lt_tensor *targets, float dloss, int64_t ignore_index,
                                   double normalizer) {
+    const char *op = "linear_cross_entropy_fused";
+    LT_TRY(meta_lmhead(h, w, targets, dh, dw, op));
+    LT_TRY(meta_loss(loss, op));
+    LT_TRY(meta_rows(row_loss, h->sizes[0], op, "row_loss"));
+    {
+        const lt_tensor *ts[] = {w, targets, loss, row_loss, dh, dw};
+        const char *names[] = {"w", "targets", "loss", "row_loss", "dh", "dw"};
+        LT_TRY(same_device(op, h, "h", 6, ts, names));
+    }
+    LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_fused(loss, row_loss, dh, dw, h, w, targets,
+                                                           dloss, ignore_index, normalizer));
     return lmhead_run(loss, NULL, NULL, row_loss, dh, dw, h, w, targets, 1, dloss,
-                      ignore_index, normalizer, "linear_cross_entropy_fused");
+                      ignore_index, normalizer, op);
 }

@@ -199,8 +199,9 @@ static int gemm2d(float *c, int64_t ldc, const mat *a, const mat *b, float alpha
     return LT_OK;
 }
 
+/* Device-agnostic: a float operand with at least 2 dims (the device is checked later). */
 static int check_operand(const lt_tensor *t, const char *name) {
-    LT_TRY(lt_check_cpu(t, "matmul", name));
+    LT_TRY(lt_check_tensor(t, "matmul", name));
     if (!lt_is_float_dtype(t->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "matmul: %s must be f32, bf16 or f16, got %s", name,
                        lt_dtype_info(t->dtype_id)->name);
@@ -259,9 +260,10 @@ static float *dense_copy(const lt_tensor *t, int64_t off, int64_t *ld_out) {
 
 int lt_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a, int trans_b,
               float alpha, float beta) {
-    LT_TRY(lt_check_cpu(c, "matmul", "out"));
+    LT_TRY(lt_check_tensor(c, "matmul", "out"));
     LT_TRY(lt_check_writable(c, "matmul", "out"));
-    if (c->dtype_id != LT_DTYPE_F32)
+    /* f32 here; CUDA also writes bf16/f16 (lt_cuda_matmul checks the pairing) */
+    if (c->dtype_id != LT_DTYPE_F32 && !(lt_on_cuda(c) && lt_is_float_dtype(c->dtype_id)))
         return lt_fail(LT_ERR_DTYPE, "matmul: the output must be f32, got %s",
                        lt_dtype_info(c->dtype_id)->name);
     LT_TRY(check_operand(a, "a"));
@@ -287,6 +289,12 @@ int lt_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a,
     LT_TRY(check_batch(b, c, "b"));
     if (c->strides[nd - 1] != 1 && N > 1)
         return lt_fail(LT_ERR_ARG, "matmul: the output needs unit stride in its last dim");
+    LT_TRY(lt_check_same_device(a, c, "matmul", "a", "out"));
+    LT_TRY(lt_check_same_device(b, c, "matmul", "b", "out"));
+    LT_DISPATCH_CUDA(c, lt_cuda_matmul(c, a, b, trans_a, trans_b, alpha, beta));
+    LT_TRY(lt_check_cpu(c, "matmul", "out"));
+    LT_TRY(lt_check_cpu(a, "matmul", "a"));
+    LT_TRY(lt_check_cpu(b, "matmul", "b"));
     int64_t K = ak;
     int64_t batch = 1;
     for (int i = 0; i < nd - 2; i++) batch *= c->sizes[i];
@@ -371,10 +379,23 @@ static int matmul_sum_batches(lt_tensor *out, const lt_tensor *x, const lt_tenso
 int lt_matmul_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dc, const lt_tensor *a,
                        const lt_tensor *b, int trans_a, int trans_b, float beta_a,
                        float beta_b) {
-    LT_TRY(lt_check_cpu(dc, "matmul_backward", "dout"));
+    LT_TRY(lt_check_tensor(dc, "matmul_backward", "dout"));
     LT_TRY(check_operand(a, "a"));
     LT_TRY(check_operand(b, "b"));
     if (dc->ndim < 2) return lt_fail(LT_ERR_SHAPE, "matmul_backward: dout must have >= 2 dims");
+    if (da) LT_TRY(lt_check_tensor(da, "matmul_backward", "da"));
+    if (db) LT_TRY(lt_check_tensor(db, "matmul_backward", "db"));
+    if (da) LT_TRY(lt_check_same_shape(da, a, "matmul_backward", "da", "a"));
+    if (db) LT_TRY(lt_check_same_shape(db, b, "matmul_backward", "db", "b"));
+    LT_TRY(lt_check_same_device(a, dc, "matmul_backward", "a", "dout"));
+    LT_TRY(lt_check_same_device(b, dc, "matmul_backward", "b", "dout"));
+    LT_TRY(lt_check_same_device(da, dc, "matmul_backward", "da", "dout"));
+    LT_TRY(lt_check_same_device(db, dc, "matmul_backward", "db", "dout"));
+    LT_DISPATCH_CUDA(dc, lt_cuda_matmul_backward(da, db, dc, a, b, trans_a, trans_b, beta_a,
+                                                 beta_b));
+    LT_TRY(lt_check_cpu(dc, "matmul_backward", "dout"));
+    LT_TRY(lt_check_cpu(a, "matmul_backward", "a"));
+    LT_TRY(lt_check_cpu(b, "matmul_backward", "b"));
     int batched = dc->ndim > 2;
     if (da) {
         LT_TRY(lt_check_same_shape(da, a, "matmul_backward", "da", "a"));

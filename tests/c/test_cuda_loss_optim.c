@@ -1,0 +1,405 @@
+/* test_cuda_loss_optim.c - the CUDA cross-entropy (plain and fused LM head), AdamW (per
+ * tensor and multi-tensor) and global norm against the CPU ops on the same inputs.
+ *
+ * Cross-entropy: rows with ignore_index, N and V not multiples of anything, V = 1, the
+ * normalizer given or counted, a target out of range; f32 within 1e-5 (TF32 off for the
+ * LM head GEMMs), bf16/f16 per cuda_close_lowp. The LM head runs once with its default
+ * chunks and once with LT_CUDA_CE_ROWS / LT_CUDA_CE_VOCAB forcing row chunks of 16 and
+ * vocab chunks of 384 over V = 1000 (three vocab chunks, the last partial; N = 37 rows in
+ * three row chunks), for all three forms. AdamW: a dozen tensors of odd sizes (one over
+ * several 32K chunks, one misaligned) for three steps, per tensor and in one launch,
+ * within 1e-6 relative of the CPU. Global norm: f32 and bf16 lists with a non-contiguous
+ * and an empty tensor. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "cuda_check.h"
+#include "lt.h"
+#include "lt_ops.h"
+
+typedef void (*tf32_fn)(int);
+
+static const int64_t IGNORE = -100;
+
+static lt_tensor empty_dev(int dtype, int nd, const int64_t *sizes) {
+    lt_tensor t = {0};
+    if (lt_tensor_empty(&t, dtype, nd, sizes, LT_DEVICE_CUDA, 0) != LT_OK) {
+        fprintf(stderr, "empty_dev: %s\n", lt_last_error());
+        exit(1);
+    }
+    return t;
+}
+
+static lt_tensor empty_cpu(int dtype, int nd, const int64_t *sizes) {
+    lt_tensor t = {0};
+    if (lt_tensor_empty(&t, dtype, nd, sizes, LT_DEVICE_CPU, 0) != LT_OK) {
+        fprintf(stderr, "empty_cpu: %s\n", lt_last_error());
+        exit(1);
+    }
+    return t;
+}
+
+/* A device copy of `src` converted to `dtype`. */
+static lt_tensor to_dev(const lt_tensor *src, int dtype) {
+    lt_tensor t = empty_dev(dtype, src->ndim, src->sizes);
+    if (lt_tensor_copy(&t, src) != LT_OK) {
+        fprintf(stderr, "to_dev: %s\n", lt_last_error());
+        exit(1);
+    }
+    return t;
+}
+
+static int close_tol(const char *what, const lt_tensor *gpu, const lt_tensor *cpu, double tol) {
+    lt_tensor g = cuda_host_f32(gpu), c = cuda_host_f32(cpu);
+    double e = cuda_rel_err(&g, &c);
+    int ok = e <= tol && e == e;
+    if (!ok) fprintf(stderr, "%s: relative error %.3g > %.3g\n", what, e, tol);
+    lt_tensor_release(&g);
+    lt_tensor_release(&c);
+    CHECK(ok);
+    return ok;
+}
+
+/* f32 results within 1e-5; a low-precision result per cuda_close_lowp. */
+static void compare(const char *what, const lt_tensor *gpu, const lt_tensor *cpu, int lowp_dtype) {
+    if (lowp_dtype == LT_DTYPE_F32)
+        cuda_close_f32(what, gpu, cpu);
+    else
+        cuda_close_lowp(what, gpu, cpu, lowp_dtype);
+}
+
+/* i64 targets in [0, V), every third row ignore_index. */
+static lt_tensor make_targets(int64_t N, int64_t V, lt_rng *rng) {
+    lt_tensor t = empty_cpu(LT_DTYPE_I64, 1, &N);
+    CHECK_OK(lt_tensor_randint(&t, 0, V, rng));
+    int64_t *p = lt_tensor_data(&t);
+    for (int64_t i = 1; i < N; i += 3) p[i] = IGNORE;
+    return t;
+}
+
+static void release_all(lt_tensor **ts, size_t n) {
+    for (size_t i = 0; i < n; i++) lt_tensor_release(ts[i]);
+}
+
+/* ---- plain cross-entropy ------------------------------------------------------------------ */
+
+static void ce_plain(int64_t N, int64_t V, int dtype, double normalizer, lt_rng *rng) {
+    int64_t s[2] = {N, V}, one = 1;
+    lt_tensor x = cuda_randn(dtype, 2, s, 3.0);
+    lt_tensor xf = cuda_host_f32(&x); /* the CPU runs on the same (rounded) values */
+    lt_tensor t = make_targets(N, V, rng);
+    lt_tensor loss = empty_cpu(LT_DTYPE_F32, 0, &one), lse = empty_cpu(LT_DTYPE_F32, 1, &N),
+              rl = empty_cpu(LT_DTYPE_F32, 1, &N), dx = empty_cpu(LT_DTYPE_F32, 2, s);
+    CHECK_OK(lt_cross_entropy_forward(&loss, &lse, &rl, &xf, &t, IGNORE, normalizer));
+    CHECK_OK(lt_cross_entropy_backward(&dx, &xf, &t, &lse, 1.7f, IGNORE, normalizer));
+
+    lt_tensor xg = to_dev(&x, dtype), tg = cuda_copy_to(&t, 1);
+    lt_tensor lossg = empty_dev(LT_DTYPE_F32, 0, &one), lseg = empty_dev(LT_DTYPE_F32, 1, &N),
+              rlg = empty_dev(LT_DTYPE_F32, 1, &N), dxg = empty_dev(dtype, 2, s),
+              dxg2 = empty_dev(dtype, 2, s);
+    CHECK_OK(lt_cross_entropy_forward(&lossg, &lseg, &rlg, &xg, &tg, IGNORE, normalizer));
+    CHECK_OK(lt_cross_entropy_backward(&dxg, &xg, &tg, &lseg, 1.7f, IGNORE, normalizer));
+    CHECK_OK(lt_cross_entropy_backward(&dxg2, &xg, &tg, NULL, 1.7f, IGNORE, normalizer));
+    char w[128];
+    const char *dn = lt_dtype_info(dtype)->name;
+    snprintf(w, sizeof w, "cross_entropy %s N %lld V %lld loss", dn, (long long)N, (long long)V);
+    cuda_close_f32(w, &lossg, &loss); /* exact inputs: f32 results whatever the dtype */
+    snprintf(w, sizeof w, "cross_entropy %s N %lld V %lld lse", dn, (long long)N, (long long)V);
+    cuda_close_f32(w, &lseg, &lse);
+    snprintf(w, sizeof w, "cross_entropy %s N %lld V %lld row_loss", dn, (long long)N, (long long)V);
+    cuda_close_f32(w, &rlg, &rl);
+    snprintf(w, sizeof w, "cross_entropy %s N %lld V %lld dlogits", dn, (long long)N, (long long)V);
+    compare(w, &dxg, &dx, dtype);
+    snprintf(w, sizeof w, "cross_entropy %s N %lld V %lld dlogits (lse recomputed)", dn,
+             (long long)N, (long long)V);
+    compare(w, &dxg2, &dx, dtype);
+    /* only the loss asked for */
+    CHECK_OK(lt_cross_entropy_forward(&lossg, NULL, NULL, &xg, &tg, IGNORE, normalizer));
+    cuda_close_f32("cross_entropy loss alone", &lossg, &loss);
+
+    lt_tensor *all[] = {&x, &xf, &t, &loss, &lse, &rl, &dx, &xg, &tg, &lossg, &lseg, &rlg, &dxg, &dxg2};
+    release_all(all, sizeof all / sizeof *all);
+}
+
+static void test_ce_plain(lt_rng *rng) {
+    int64_t Ns[] = {1, 7, 300}, Vs[] = {1, 5, 1000, 3001};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 4; j++) ce_plain(Ns[i], Vs[j], LT_DTYPE_F32, 0.0, rng);
+    ce_plain(300, 3001, LT_DTYPE_F32, 25.0, rng);
+    ce_plain(300, 1000, LT_DTYPE_BF16, 0.0, rng);
+    ce_plain(7, 3001, LT_DTYPE_F16, 0.0, rng);
+
+    /* every row ignored: loss 0, dlogits 0 */
+    int64_t N = 5, V = 9, s[2] = {N, V}, one = 1;
+    lt_tensor t = empty_cpu(LT_DTYPE_I32, 1, &N);
+    lt_tensor_fill(&t, (double)IGNORE);
+    lt_tensor x = cuda_randn(LT_DTYPE_F32, 2, s, 1.0);
+    lt_tensor xg = cuda_copy_to(&x, 1), tg = cuda_copy_to(&t, 1);
+    lt_tensor lossg = empty_dev(LT_DTYPE_F32, 0, &one), dxg = empty_dev(LT_DTYPE_F32, 2, s);
+    CHECK_OK(lt_cross_entropy_forward(&lossg, NULL, NULL, &xg, &tg, IGNORE, 0.0));
+    CHECK_OK(lt_cross_entropy_backward(&dxg, &xg, &tg, NULL, 1.0f, IGNORE, 0.0));
+    double v = -1, sum = 0;
+    lt_tensor_get(&lossg, 0, &v);
+    CHECK(v == 0.0);
+    lt_tensor dxh = cuda_host_f32(&dxg);
+    for (int64_t i = 0; i < N * V; i++) sum += fabs(((float *)lt_tensor_data(&dxh))[i]);
+    CHECK(sum == 0.0);
+
+    /* a target outside the vocabulary: the CPU's error, naming the row */
+    lt_tensor_set(&tg, 2, 12.0);
+    CHECK_FAILS(lt_cross_entropy_forward(&lossg, NULL, NULL, &xg, &tg, IGNORE, 0.0), LT_ERR_RANGE,
+                "target 12 at row 2");
+    CHECK_FAILS(lt_cross_entropy_backward(&dxg, &xg, &tg, NULL, 1.0f, IGNORE, 0.0), LT_ERR_RANGE,
+                "at row 2");
+    /* a CPU tensor among device ones */
+    CHECK_FAILS(lt_cross_entropy_forward(&lossg, NULL, NULL, &xg, &t, IGNORE, 0.0), LT_ERR_DEVICE,
+                "targets");
+    lt_tensor *all[] = {&t, &x, &xg, &tg, &lossg, &dxg, &dxh};
+    release_all(all, sizeof all / sizeof *all);
+}
+
+/* ---- fused LM head ------------------------------------------------------------------------- */
+
+/* All three forms on the CPU (h in f32 with the device h's values, w as it is) and on the
+   device (h in hdt, w in wdt; dh, dw f32). */
+static void lmhead(int64_t N, int64_t C, int64_t V, int hdt, int wdt, double normalizer,
+                   lt_rng *rng) {
+    int64_t sh[2] = {N, C}, sw[2] = {V, C}, one = 1;
+    /* The device runs the GEMMs in w's dtype (converting h to it), so its rounding is what
+       the low-precision rule measures; h holds values exact in both dtypes, so both sides
+       multiply the same numbers. */
+    int lowp = wdt;
+    lt_tensor h = cuda_randn(hdt != LT_DTYPE_F32 ? hdt : wdt, 2, sh, 1.0);
+    lt_tensor w = cuda_randn(wdt, 2, sw, 0.5);
+    lt_tensor hf = cuda_host_f32(&h);
+    lt_tensor t = make_targets(N, V, rng);
+    /* dw accumulates: from random values in f32, from zero otherwise (so that the rounding
+       under test is not hidden under the initial values) */
+    lt_tensor dw0 = cuda_randn(LT_DTYPE_F32, 2, sw, 1.0);
+    if (lowp != LT_DTYPE_F32) lt_tensor_fill(&dw0, 0.0);
+    float dloss = 1.7f;
+
+    lt_tensor loss = empty_cpu(LT_DTYPE_F32, 0, &one), lse = empty_cpu(LT_DTYPE_F32, 1, &N),
+              rl = empty_cpu(LT_DTYPE_F32, 1, &N), dh = empty_cpu(LT_DTYPE_F32, 2, sh),
+              dw = cuda_host_f32(&dw0), loss2 = empty_cpu(LT_DTYPE_F32, 0, &one),
+              rl2 = empty_cpu(LT_DTYPE_F32, 1, &N), dh2 = empty_cpu(LT_DTYPE_F32, 2, sh),
+              dw2 = cuda_host_f32(&dw0);
+    CHECK_OK(lt_linear_cross_entropy_forward(&loss, &lse, &rl, &hf, &w, &t, IGNORE, normalizer));
+    CHECK_OK(lt_linear_cross_entropy_backward(&dh, &dw, &hf, &w, &t, &lse, dloss, IGNORE,
+                                              normalizer));
+    CHECK_OK(lt_linear_cross_entropy_fused(&loss2, &rl2, &dh2, &dw2, &hf, &w, &t, dloss, IGNORE,
+                                           normalizer));
+
+    lt_tensor hg = to_dev(&h, hdt), wg = to_dev(&w, wdt), tg = cuda_copy_to(&t, 1);
+    lt_tensor lossg = empty_dev(LT_DTYPE_F32, 0, &one), lseg = empty_dev(LT_DTYPE_F32, 1, &N),
+              rlg = empty_dev(LT_DTYPE_F32, 1, &N), dhg = empty_dev(LT_DTYPE_F32, 2, sh),
+              dwg = to_dev(&dw0, LT_DTYPE_F32), loss2g = empty_dev(LT_DTYPE_F32, 0, &one),
+              rl2g = empty_dev(LT_DTYPE_F32, 1, &N), dh2g = empty_dev(LT_DTYPE_F32, 2, sh),
+              dw2g = to_dev(&dw0, LT_DTYPE_F32);
+    CHECK_OK(lt_linear_cross_entropy_forward(&lossg, &lseg, &rlg, &hg, &wg, &tg, IGNORE,
+                                             normalizer));
+    CHECK_OK(lt_linear_cross_entropy_backward(&dhg, &dwg, &hg, &wg, &tg, &lseg, dloss, IGNORE,
+                                              normalizer));
+    CHECK_OK(lt_linear_cross_entropy_fused(&loss2g, &rl2g, &dh2g, &dw2g, &hg, &wg, &tg, dloss,
+                                           IGNORE, normalizer));
+
+    char w_[160], pre[96];
+    snprintf(pre, sizeof pre, "linear_cross_entropy h %s w %s N %lld C %lld V %lld",
+             lt_dtype_info(hdt)->name, lt_dtype_info(wdt)->name, (long long)N, (long long)C,
+             (long long)V);
+#define CMP(name, g, c, dt)                                                                \
+    do {                                                                                   \
+        snprintf(w_, sizeof w_, "%s %s", pre, name);                                       \
+        compare(w_, g, c, dt);                                                             \
+    } while (0)
+    /* forward: exact products accumulated in f32 on both sides, f32 logits */
+    CMP("forward loss", &lossg, &loss, LT_DTYPE_F32);
+    CMP("fused loss", &loss2g, &loss2, LT_DTYPE_F32);
+    CMP("forward lse", &lseg, &lse, LT_DTYPE_F32);
+    CMP("forward row_loss", &rlg, &rl, LT_DTYPE_F32);
+    CMP("fused row_loss", &rl2g, &rl2, LT_DTYPE_F32);
+    /* gradients: the logit gradient is rounded to the GEMM dtype */
+    CMP("backward dh", &dhg, &dh, lowp);
+    CMP("backward dw", &dwg, &dw, lowp);
+    CMP("fused dh", &dh2g, &dh2, lowp);
+    CMP("fused dw", &dw2g, &dw2, lowp);
+#undef CMP
+    /* only one gradient, and a backward without the saved lse */
+    lt_tensor dh3g = empty_dev(LT_DTYPE_F32, 2, sh);
+    CHECK_OK(lt_linear_cross_entropy_backward(&dh3g, NULL, &hg, &wg, &tg, NULL, dloss, IGNORE,
+                                              normalizer));
+    snprintf(w_, sizeof w_, "%s backward dh alone, lse recomputed", pre);
+    compare(w_, &dh3g, &dh, lowp);
+
+    lt_tensor *all[] = {&h, &w, &hf, &t, &dw0, &loss, &lse, &rl, &dh, &dw, &loss2, &rl2, &dh2,
+                        &dw2, &hg, &wg, &tg, &lossg, &lseg, &rlg, &dhg, &dwg, &loss2g, &rl2g,
+                        &dh2g, &dw2g, &dh3g};
+    release_all(all, sizeof all / sizeof *all);
+}
+
+static void test_lmhead(tf32_fn set_tf32, lt_rng *rng) {
+    set_tf32(0); /* f32 GEMMs in f32: the 1e-5 rule */
+    lmhead(37, 48, 1000, LT_DTYPE_F32, LT_DTYPE_F32, 0.0, rng);
+    lmhead(37, 48, 1000, LT_DTYPE_F32, LT_DTYPE_F32, 30.0, rng);
+    lmhead(1, 7, 1, LT_DTYPE_F32, LT_DTYPE_F32, 0.0, rng);
+    lmhead(64, 40, 777, LT_DTYPE_BF16, LT_DTYPE_BF16, 0.0, rng);
+    lmhead(64, 40, 777, LT_DTYPE_F16, LT_DTYPE_F16, 0.0, rng);
+    lmhead(64, 40, 777, LT_DTYPE_F32, LT_DTYPE_BF16, 0.0, rng);
+    lmhead(64, 40, 777, LT_DTYPE_BF16, LT_DTYPE_F32, 0.0, rng);
+    /* small forced chunks: 3 row chunks (16, 16, 5), 3 vocab chunks (384, 384, 232) */
+    setenv("LT_CUDA_CE_ROWS", "16", 1);
+    setenv("LT_CUDA_CE_VOCAB", "384", 1);
+    lmhead(37, 48, 1000, LT_DTYPE_F32, LT_DTYPE_F32, 0.0, rng);
+    lmhead(37, 48, 1000, LT_DTYPE_BF16, LT_DTYPE_BF16, 0.0, rng);
+    lmhead(37, 48, 1000, LT_DTYPE_F32, LT_DTYPE_BF16, 0.0, rng);
+    unsetenv("LT_CUDA_CE_ROWS");
+    unsetenv("LT_CUDA_CE_VOCAB");
+    set_tf32(1);
+}
+
+/* ---- AdamW -------------------------------------------------------------------------------- */
+
+enum { NT = 12 };
+static const int64_t adam_sizes[NT] = {1, 3, 7, 33, 257, 1000, 4099, 31, 100003, 2, 129, 1023};
+
+/* A device copy of `src` that starts one element into its storage: contiguous, but not
+   16-byte aligned. */
+static lt_tensor dev_misaligned(const lt_tensor *src, lt_tensor *base) {
+    int64_t n = lt_tensor_numel(src) + 1;
+    *base = empty_dev(LT_DTYPE_F32, 1, &n);
+    lt_tensor v = {0};
+    CHECK_OK(lt_tensor_narrow(&v, base, 0, 1, n - 1));
+    CHECK_OK(lt_tensor_copy(&v, src));
+    return v;
+}
+
+static void test_adamw(void) {
+    lt_tensor p[NT], g[NT], m[NT], v[NT];       /* CPU */
+    lt_tensor p1[NT], g1[NT], m1[NT], v1[NT];   /* device, per tensor */
+    lt_tensor p2[NT], m2[NT], v2[NT], base[2];  /* device, multi-tensor */
+    for (int i = 0; i < NT; i++) {
+        p[i] = cuda_randn(LT_DTYPE_F32, 1, &adam_sizes[i], 1.0);
+        g[i] = cuda_randn(LT_DTYPE_F32, 1, &adam_sizes[i], 1.0);
+        m[i] = cuda_randn(LT_DTYPE_F32, 1, &adam_sizes[i], 0.1);
+        v[i] = cuda_randn(LT_DTYPE_F32, 1, &adam_sizes[i], 1.0);
+        float *vp0 = lt_tensor_data(&v[i]); /* a second moment: small and >= 0 */
+        for (int64_t k = 0; k < adam_sizes[i]; k++) vp0[k] = 0.01f * fabsf(vp0[k]);
+        if (i == 4) {
+            p1[i] = dev_misaligned(&p[i], &base[0]);
+            p2[i] = dev_misaligned(&p[i], &base[1]);
+        } else {
+            p1[i] = cuda_copy_to(&p[i], 1);
+            p2[i] = cuda_copy_to(&p[i], 1);
+        }
+        g1[i] = cuda_copy_to(&g[i], 1);
+        m1[i] = cuda_copy_to(&m[i], 1);
+        v1[i] = cuda_copy_to(&v[i], 1);
+        m2[i] = cuda_copy_to(&m[i], 1);
+        v2[i] = cuda_copy_to(&v[i], 1);
+    }
+    lt_tensor *pp[NT], *mp[NT], *vp[NT];
+    const lt_tensor *gp[NT];
+    for (int i = 0; i < NT; i++) {
+        pp[i] = &p2[i];
+        gp[i] = &g1[i];
+        mp[i] = &m2[i];
+        vp[i] = &v2[i];
+    }
+    lt_adamw_params h = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8,
+                         .weight_decay = 0.1, .grad_scale = 0.5, .step = 0};
+    for (int s = 1; s <= 3; s++) {
+        h.step = s;
+        for (int i = 0; i < NT; i++) {
+            CHECK_OK(lt_adamw_step(&p[i], &g[i], &m[i], &v[i], &h));
+            CHECK_OK(lt_adamw_step(&p1[i], &g1[i], &m1[i], &v1[i], &h));
+        }
+        CHECK_OK(lt_adamw_step_multi(pp, gp, mp, vp, NT, &h));
+    }
+    for (int i = 0; i < NT; i++) {
+        char w[96];
+        snprintf(w, sizeof w, "adamw param %d (%lld)", i, (long long)adam_sizes[i]);
+        close_tol(w, &p1[i], &p[i], 1e-6);
+        snprintf(w, sizeof w, "adamw_multi param %d (%lld)", i, (long long)adam_sizes[i]);
+        close_tol(w, &p2[i], &p[i], 1e-6);
+        snprintf(w, sizeof w, "adamw exp_avg %d", i);
+        close_tol(w, &m1[i], &m[i], 1e-6);
+        snprintf(w, sizeof w, "adamw_multi exp_avg %d", i);
+        close_tol(w, &m2[i], &m[i], 1e-6);
+        snprintf(w, sizeof w, "adamw exp_avg_sq %d", i);
+        close_tol(w, &v1[i], &v[i], 1e-6);
+        snprintf(w, sizeof w, "adamw_multi exp_avg_sq %d", i);
+        close_tol(w, &v2[i], &v[i], 1e-6);
+    }
+    /* a CPU tensor in a device list */
+    gp[5] = &g[5];
+    CHECK_FAILS(lt_adamw_step_multi(pp, gp, mp, vp, NT, &h), LT_ERR_DEVICE, "parameter 6");
+    for (int i = 0; i < NT; i++) {
+        lt_tensor *all[] = {&p[i], &g[i], &m[i], &v[i], &p1[i], &g1[i], &m1[i], &v1[i], &p2[i],
+                            &m2[i], &v2[i]};
+        release_all(all, sizeof all / sizeof *all);
+    }
+    lt_tensor_release(&base[0]);
+    lt_tensor_release(&base[1]);
+}
+
+/* ---- global norm -------------------------------------------------------------------------- */
+
+static void test_global_norm(void) {
+    int64_t s2[2] = {33, 257}, z = 0;
+    lt_tensor a = cuda_randn(LT_DTYPE_F32, 1, &adam_sizes[8], 1.0);
+    lt_tensor b = cuda_randn(LT_DTYPE_F32, 2, s2, 2.0);
+    lt_tensor c = cuda_randn(LT_DTYPE_F32, 1, &adam_sizes[2], 3.0);
+    lt_tensor e = empty_cpu(LT_DTYPE_F32, 1, &z);
+    lt_tensor bt = {0};
+    CHECK_OK(lt_tensor_transpose(&bt, &b, 0, 1)); /* not contiguous */
+    const lt_tensor *cpu[4] = {&a, &bt, &e, &c};
+    double ref = 0, got = 0;
+    CHECK_OK(lt_global_norm(cpu, 4, &ref));
+
+    lt_tensor ag = cuda_copy_to(&a, 1), bg = cuda_copy_to(&b, 1), cg = cuda_copy_to(&c, 1);
+    lt_tensor eg = empty_dev(LT_DTYPE_F32, 1, &z), btg = {0};
+    CHECK_OK(lt_tensor_transpose(&btg, &bg, 0, 1));
+    const lt_tensor *dev[4] = {&ag, &btg, &eg, &cg};
+    CHECK_OK(lt_global_norm(dev, 4, &got));
+    CHECK(fabs(got - ref) <= 1e-10 * ref);
+    if (!(fabs(got - ref) <= 1e-10 * ref)) fprintf(stderr, "global_norm %.17g vs %.17g\n", got, ref);
+
+    /* bf16 on the device against the same values in f32 on the CPU */
+    lt_tensor ab = to_dev(&a, LT_DTYPE_BF16), cb = to_dev(&c, LT_DTYPE_BF16);
+    lt_tensor af = cuda_host_f32(&ab), cf = cuda_host_f32(&cb);
+    const lt_tensor *cpu2[2] = {&af, &cf}, *dev2[2] = {&ab, &cb};
+    CHECK_OK(lt_global_norm(cpu2, 2, &ref));
+    CHECK_OK(lt_global_norm(dev2, 2, &got));
+    CHECK(fabs(got - ref) <= 1e-10 * ref);
+
+    /* an empty list, and a CPU tensor in a device list */
+    CHECK_OK(lt_global_norm(dev, 0, &got));
+    CHECK(got == 0.0);
+    const lt_tensor *mixed[2] = {&ag, &a};
+    CHECK_FAILS(lt_global_norm(mixed, 2, &got), LT_ERR_DEVICE, "tensor 2");
+
+    lt_tensor *all[] = {&a, &b, &c, &e, &bt, &ag, &bg, &cg, &eg, &btg, &ab, &cb, &af, &cf};
+    release_all(all, sizeof all / sizeof *all);
+}
+
+int main(void) {
+    cuda_require();
+    tf32_fn set_tf32 = (tf32_fn)dlsym(RTLD_DEFAULT, "lt_cuda_gemm_allow_tf32");
+    CHECK(set_tf32 != NULL);
+    if (!set_tf32) return check_summary();
+    lt_rng rng;
+    lt_rng_seed(&rng, 4242);
+    test_ce_plain(&rng);
+    test_lmhead(set_tf32, &rng);
+    test_adamw();
+    test_global_norm();
+    lt_memory_stats st;
+    lt_memory_get_stats(LT_DEVICE_CUDA, 0, &st);
+    CHECK(st.current_bytes == 0); /* every device tensor released */
+    return check_summary();
+}
