@@ -1,20 +1,41 @@
-/* dropout.c - inverted dropout with a stored mask, and token sampling from logits. */
+/* dropout.c - inverted dropout with a stored mask, and token sampling from logits.
+ *
+ * The checks below hold on every device; CUDA tensors then go to cuda/dropout.cu, which
+ * draws the same Philox stream as the CPU (the same seed drops the same elements) and
+ * accepts bf16/f16 x/out/dout/dx. */
 #include <stdlib.h>
 
 #include "internal.h"
 #include "lt_ops.h"
 
+/* Contiguous and f32 on the CPU; contiguous f32/bf16/f16 on a CUDA device. */
+static int check_contig(const lt_tensor *t, const char *op, const char *name) {
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
+    if (!lt_is_float_dtype(t->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, name,
+                       lt_dtype_info(t->dtype_id)->name);
+    if (!lt_tensor_is_contiguous(t))
+        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
+    return LT_OK;
+}
+
 int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, float p, lt_rng *rng) {
     const char *op = "dropout_forward";
-    LT_TRY(lt_check_f32_contig(x, op, "x"));
-    LT_TRY(lt_check_f32_contig(out, op, "out"));
+    LT_TRY(check_contig(x, op, "x"));
+    LT_TRY(check_contig(out, op, "out"));
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
-    LT_TRY(lt_check_cpu(mask, op, "mask"));
+    LT_TRY(lt_check_tensor(mask, op, "mask"));
     if (mask->dtype_id != LT_DTYPE_U8 || !lt_tensor_is_contiguous(mask) ||
         lt_tensor_numel(mask) != lt_tensor_numel(x))
         return lt_fail(LT_ERR_ARG, "%s: mask must be a contiguous u8 tensor with x's element count", op);
     if (!(p >= 0.0f && p < 1.0f)) return lt_fail(LT_ERR_ARG, "%s: p must be in [0, 1), got %g", op, (double)p);
     if (!rng) return lt_fail(LT_ERR_ARG, "%s: rng is NULL", op);
+    LT_TRY(lt_check_writable(out, op, "out"));
+    LT_TRY(lt_check_writable(mask, op, "mask"));
+    LT_TRY(lt_check_same_device(x, out, op, "x", "out"));
+    LT_TRY(lt_check_same_device(mask, out, op, "mask", "out"));
+    LT_DISPATCH_CUDA(out, lt_cuda_dropout_forward(out, mask, x, p, rng));
     int64_t n = lt_tensor_numel(x);
     /* uniform draws in [0, 1) staged in out itself, then thresholded into the mask */
     lt_tensor u = {0};
@@ -37,13 +58,17 @@ int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, floa
 
 int lt_dropout_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *mask, float p) {
     const char *op = "dropout_backward";
-    LT_TRY(lt_check_f32_contig(dout, op, "dout"));
-    LT_TRY(lt_check_f32_contig(dx, op, "dx"));
+    LT_TRY(check_contig(dout, op, "dout"));
+    LT_TRY(check_contig(dx, op, "dx"));
     LT_TRY(lt_check_same_shape(dx, dout, op, "dx", "dout"));
-    LT_TRY(lt_check_cpu(mask, op, "mask"));
+    LT_TRY(lt_check_tensor(mask, op, "mask"));
     if (mask->dtype_id != LT_DTYPE_U8 || lt_tensor_numel(mask) != lt_tensor_numel(dout))
         return lt_fail(LT_ERR_ARG, "%s: mask must be u8 with dout's element count", op);
     if (!(p >= 0.0f && p < 1.0f)) return lt_fail(LT_ERR_ARG, "%s: p must be in [0, 1), got %g", op, (double)p);
+    LT_TRY(lt_check_writable(dx, op, "dx"));
+    LT_TRY(lt_check_same_device(dout, dx, op, "dout", "dx"));
+    LT_TRY(lt_check_same_device(mask, dx, op, "mask", "dx"));
+    LT_DISPATCH_CUDA(dx, lt_cuda_dropout_backward(dx, dout, mask, p));
     int64_t n = lt_tensor_numel(dout);
     const float *g = lt_tensor_data(dout);
     const uint8_t *m = lt_tensor_data(mask);
@@ -68,8 +93,13 @@ static int by_prob_desc(const void *a, const void *b) {
 int lt_sample_logits(const lt_tensor *logits, float temperature, int32_t top_k, float top_p,
                      lt_rng *rng, int32_t *out) {
     const char *op = "sample_logits";
-    LT_TRY(lt_check_f32_contig(logits, op, "logits"));
+    LT_TRY(lt_check_tensor(logits, op, "logits"));
     if (!out) return lt_fail(LT_ERR_ARG, "%s: out is NULL", op);
+    if (lt_on_cuda(logits) && !lt_is_float_dtype(logits->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: logits must be f32, bf16 or f16, got %s", op,
+                       lt_dtype_info(logits->dtype_id)->name);
+    LT_DISPATCH_CUDA(logits, lt_cuda_sample_logits(logits, temperature, top_k, top_p, rng, out));
+    LT_TRY(lt_check_f32_contig(logits, op, "logits"));
     int64_t V = lt_tensor_numel(logits);
     if (V < 1 || V > INT32_MAX) return lt_fail(LT_ERR_SHAPE, "%s: %lld logits", op, (long long)V);
     const float *x = lt_tensor_data(logits);

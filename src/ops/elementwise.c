@@ -160,13 +160,35 @@ static void ew_execute(const ew_geom *g, ew_run_fn fn, const void *ctx) {
 
 /* ---- argument checks ---------------------------------------------------------------- */
 
+/* These run before the device dispatch, so they hold on every device: an operand is f32 on
+   the CPU, and f32, bf16 or f16 on a CUDA device (cuda/elementwise.cu computes in f32 and
+   rounds to each output's dtype). Which device a tensor is on is checked afterwards,
+   against the op's first tensor (lt_check_same_device). */
+static int check_float_dtype(const lt_tensor *t, const char *op, const char *name) {
+    if (!lt_is_float_dtype(t->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16 on a CUDA device, got %s", op,
+                       name, lt_dtype_info(t->dtype_id) ? lt_dtype_info(t->dtype_id)->name : "?");
+    return LT_OK;
+}
+
 static int check_in(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_cpu(t, op, name));
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (lt_on_cuda(t)) return check_float_dtype(t, op, name);
     return lt_check_dtype(t, LT_DTYPE_F32, op, name);
 }
 
 static int check_out(const lt_tensor *t, const char *op, const char *name) {
-    return lt_check_output(t, LT_DTYPE_F32, op, name);
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) return lt_check_output(t, LT_DTYPE_F32, op, name);
+    LT_TRY(check_float_dtype(t, op, name));
+    LT_TRY(lt_check_writable(t, op, name));
+    for (int i = 0; i < t->ndim; i++)
+        if (t->sizes[i] > 1 && t->strides[i] == 0)
+            return lt_fail(LT_ERR_ARG,
+                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
+                           "alias; it cannot be written",
+                           op, name, i);
+    return LT_OK;
 }
 
 /* The numpy broadcast of a's and b's shapes into (nd, sizes). */
@@ -362,6 +384,8 @@ int lt_unary_forward(lt_tensor *out, const lt_tensor *x, int op) {
     LT_TRY(check_in(x, name, "x"));
     LT_TRY(check_out(out, name, "out"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
+    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
+    LT_DISPATCH_CUDA(out, lt_cuda_unary_forward(out, x, op));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     ew_geom g;
     ew_init(&g, out->ndim, out->sizes);
@@ -381,6 +405,9 @@ int lt_unary_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x, 
     LT_TRY(check_out(dx, name, "dx"));
     LT_TRY(lt_check_same_shape(dout, x, name, "dout", "x"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
+    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
+    LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
+    LT_DISPATCH_CUDA(dx, lt_cuda_unary_backward(dx, dout, x, op));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     ew_geom g;
     ew_init(&g, dx->ndim, dx->sizes);
@@ -531,6 +558,9 @@ int lt_binary_forward(lt_tensor *out, const lt_tensor *a, const lt_tensor *b, in
                        name, lt_shape_str(out, so, sizeof so), lt_shape_str(a, sa, sizeof sa),
                        lt_shape_str(b, sb, sizeof sb), sizes_str(nd, sizes, sw, sizeof sw));
     }
+    LT_TRY(lt_check_same_device(a, out, name, "a", "out"));
+    LT_TRY(lt_check_same_device(b, out, name, "b", "out"));
+    LT_DISPATCH_CUDA(out, lt_cuda_binary_forward(out, a, b, op));
     if (lt_tensor_numel(out) == 0) return LT_OK;
     ew_geom g;
     ew_init(&g, nd, sizes);
@@ -680,6 +710,11 @@ int lt_binary_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dout, cons
         LT_TRY(check_out(db, name, "db"));
         LT_TRY(lt_check_same_shape(db, b, name, "db", "b"));
     }
+    LT_TRY(lt_check_same_device(a, dout, name, "a", "dout"));
+    LT_TRY(lt_check_same_device(b, dout, name, "b", "dout"));
+    LT_TRY(lt_check_same_device(da, dout, name, "da", "dout"));
+    LT_TRY(lt_check_same_device(db, dout, name, "db", "dout"));
+    LT_DISPATCH_CUDA(dout, lt_cuda_binary_backward(da, db, dout, a, b, op));
     /* A gradient written over an input (in-place backward) must come last; when both do,
        da goes through a temporary. */
     int da_alias = da && shares_storage(da, dout, a, b);
@@ -712,6 +747,8 @@ int lt_scalar_forward(lt_tensor *out, const lt_tensor *x, double s, int op, int 
     LT_TRY(check_in(x, name, "x"));
     LT_TRY(check_out(out, name, "out"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
+    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
+    LT_DISPATCH_CUDA(out, lt_cuda_scalar_forward(out, x, s, op, reversed));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     float sv = (float)s;
     ew_geom g;
@@ -739,6 +776,9 @@ int lt_scalar_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
     LT_TRY(check_out(dx, name, "dx"));
     LT_TRY(lt_check_same_shape(dout, x, name, "dout", "x"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
+    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
+    LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
+    LT_DISPATCH_CUDA(dx, lt_cuda_scalar_backward(dx, dout, x, s, op, reversed));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     float sv = (float)s;
     grad_ctx ctx = {op, reversed ? 1 : 0};
@@ -804,6 +844,8 @@ int lt_axpby(lt_tensor *y, double alpha, const lt_tensor *x, double beta) {
         return lt_fail(LT_ERR_SHAPE, "axpby: x has shape %s, which does not broadcast to y's %s",
                        lt_shape_str(x, sx, sizeof sx), lt_shape_str(y, sy, sizeof sy));
     }
+    LT_TRY(lt_check_same_device(x, y, "axpby", "x", "y"));
+    LT_DISPATCH_CUDA(y, lt_cuda_axpby(y, alpha, x, beta));
     if (lt_tensor_numel(y) == 0) return LT_OK;
     axpby_ctx ctx = {(float)alpha, (float)beta};
     ew_geom g;

@@ -1,4 +1,7 @@
-/* embedding.c - token embedding lookup and its scatter-add gradient. */
+/* embedding.c - token embedding lookup and its scatter-add gradient.
+ *
+ * CUDA tensors go to cuda/embedding.cu after the checks below, which hold on every device;
+ * there out and dout may also be bf16/f16, and ids are range-checked on the device. */
 #include "internal.h"
 #include "lt_ops.h"
 
@@ -8,12 +11,26 @@
 
 /* ids must be contiguous i32/i64; returns the flat count. */
 static int check_ids(const lt_tensor *ids, const char *op, int64_t *n) {
-    LT_TRY(lt_check_cpu(ids, op, "ids"));
+    LT_TRY(lt_check_tensor(ids, op, "ids"));
     if (!lt_is_index_dtype(ids->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "%s: ids must be i32 or i64, got %s", op,
                        lt_dtype_info(ids->dtype_id)->name);
     if (!lt_tensor_is_contiguous(ids)) return lt_fail(LT_ERR_ARG, "%s: ids must be contiguous", op);
     *n = lt_tensor_numel(ids);
+    return LT_OK;
+}
+
+/* A contiguous float tensor: f32 on the CPU; f32, bf16 or f16 on a CUDA device when
+   lowp_on_cuda is set. Device-agnostic (runs before the dispatch). */
+static int check_contig(const lt_tensor *t, int lowp_on_cuda, const char *op, const char *name) {
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
+    if (lowp_on_cuda ? !lt_is_float_dtype(t->dtype_id) : t->dtype_id != LT_DTYPE_F32)
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be %s, got %s", op, name,
+                       lowp_on_cuda ? "f32, bf16 or f16" : "f32",
+                       lt_dtype_info(t->dtype_id)->name);
+    if (!lt_tensor_is_contiguous(t))
+        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
     return LT_OK;
 }
 
@@ -34,10 +51,10 @@ int lt_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tenso
     int64_t n;
     LT_TRY(check_ids(ids, op, &n));
     LT_TRY(lt_check_ndim(weight, 2, op, "weight"));
-    LT_TRY(lt_check_cpu(weight, op, "weight"));
     if (!lt_is_float_dtype(weight->dtype_id) || weight->strides[1] != 1)
         return lt_fail(LT_ERR_ARG, "%s: weight must be f32/bf16/f16 with unit stride in its rows", op);
-    LT_TRY(lt_check_f32_contig(out, op, "out"));
+    LT_TRY(check_contig(out, 1, op, "out"));
+    LT_TRY(lt_check_writable(out, op, "out"));
     int64_t V = weight->sizes[0], C = weight->sizes[1];
     if (lt_tensor_numel(out) != n * C || out->ndim == 0 || out->sizes[out->ndim - 1] != C) {
         char so[128], si[128];
@@ -45,6 +62,9 @@ int lt_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tenso
                        lt_shape_str(out, so, sizeof so), lt_shape_str(ids, si, sizeof si),
                        (long long)C);
     }
+    LT_TRY(lt_check_same_device(weight, out, op, "weight", "out"));
+    LT_TRY(lt_check_same_device(ids, out, op, "ids", "out"));
+    LT_DISPATCH_CUDA(out, lt_cuda_embedding_forward(out, weight, ids));
     const void *idp = lt_tensor_data(ids);
     LT_TRY(check_id_range(idp, ids->dtype_id, n, V, op));
     const char *w = lt_tensor_data(weight);
@@ -67,8 +87,9 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
     int64_t n;
     LT_TRY(check_ids(ids, op, &n));
     LT_TRY(lt_check_ndim(dweight, 2, op, "dweight"));
-    LT_TRY(lt_check_f32_contig(dweight, op, "dweight"));
-    LT_TRY(lt_check_f32_contig(dout, op, "dout"));
+    LT_TRY(check_contig(dweight, 0, op, "dweight"));
+    LT_TRY(lt_check_writable(dweight, op, "dweight"));
+    LT_TRY(check_contig(dout, 1, op, "dout"));
     int64_t V = dweight->sizes[0], C = dweight->sizes[1];
     if (lt_tensor_numel(dout) != n * C) {
         char sd[128], si[128];
@@ -76,6 +97,9 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
                        lt_shape_str(dout, sd, sizeof sd), lt_shape_str(ids, si, sizeof si),
                        (long long)C);
     }
+    LT_TRY(lt_check_same_device(dout, dweight, op, "dout", "dweight"));
+    LT_TRY(lt_check_same_device(ids, dweight, op, "ids", "dweight"));
+    LT_DISPATCH_CUDA(dweight, lt_cuda_embedding_backward(dweight, dout, ids));
     const void *idp = lt_tensor_data(ids);
     LT_TRY(check_id_range(idp, ids->dtype_id, n, V, op));
     float *dw = lt_tensor_data(dweight);

@@ -411,13 +411,37 @@ static int red_execute(red_plan *p) {
 
 /* ---- argument checks ---------------------------------------------------------------- */
 
+/* These run before the device dispatch, so they hold on every device: a float operand is
+   f32 on the CPU, and f32, bf16 or f16 on a CUDA device (cuda/reduce.cu computes in f32,
+   sums in f64). Which device a tensor is on is checked afterwards (lt_check_same_device). */
 static int check_in(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_cpu(t, op, name));
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (lt_on_cuda(t) && !lt_is_float_dtype(t->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16 on a CUDA device, got %s", op,
+                       name, lt_dtype_info(t->dtype_id) ? lt_dtype_info(t->dtype_id)->name : "?");
+    if (lt_on_cuda(t)) return LT_OK;
     return lt_check_dtype(t, LT_DTYPE_F32, op, name);
 }
 
+/* An output: check_in's dtype rule (or exactly `dtype` when it is not a float dtype),
+   writable, and not a broadcast view. */
+static int check_out_dtype(const lt_tensor *t, int dtype, const char *op, const char *name) {
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) return lt_check_output(t, dtype, op, name);
+    if (lt_is_float_dtype(dtype)) LT_TRY(check_in(t, op, name));
+    else LT_TRY(lt_check_dtype(t, dtype, op, name));
+    LT_TRY(lt_check_writable(t, op, name));
+    for (int i = 0; i < t->ndim; i++)
+        if (t->sizes[i] > 1 && t->strides[i] == 0)
+            return lt_fail(LT_ERR_ARG,
+                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
+                           "alias; it cannot be written",
+                           op, name, i);
+    return LT_OK;
+}
+
 static int check_out(const lt_tensor *t, const char *op, const char *name) {
-    return lt_check_output(t, LT_DTYPE_F32, op, name);
+    return check_out_dtype(t, LT_DTYPE_F32, op, name);
 }
 
 /* ---- reductions --------------------------------------------------------------------- */
@@ -456,6 +480,7 @@ int lt_reduce_forward(lt_tensor *out, const lt_tensor *x, int32_t ndims, const i
                        "reduced dims set to 1)",
                        name, lt_shape_str(out, so, sizeof so), lt_shape_str(x, sx, sizeof sx));
     }
+    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
     int64_t M = lt_tensor_numel(out), R = 1;
     for (int d = 0; d < x->ndim; d++)
         if (flags[d]) R *= x->sizes[d];
@@ -469,6 +494,7 @@ int lt_reduce_forward(lt_tensor *out, const lt_tensor *x, int32_t ndims, const i
         /* An empty sum is 0; an empty mean is 0/0. */
         return lt_tensor_fill(out, op == LT_REDUCE_MEAN ? NAN : 0.0);
     }
+    LT_DISPATCH_CUDA(out, lt_cuda_reduce_forward(out, x, ndims, dims, op));
     red_plan p;
     red_plan_init(&p, x, flags, NULL, out, RED_LOAD, reduce_acc(op));
     if (op == LT_REDUCE_MEAN) p.scale = 1.0 / (double)R;
@@ -533,6 +559,15 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
                        "rank, reduced dims of size 1)",
                        name, lt_shape_str(dout, sd, sizeof sd), lt_shape_str(x, sx, sizeof sx));
     }
+    if (op == LT_REDUCE_MAX || op == LT_REDUCE_MIN) {
+        LT_TRY(check_in(out, name, "out"));
+        LT_TRY(lt_check_same_shape(out, dout, name, "out", "dout"));
+    }
+    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
+    LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
+    if (op == LT_REDUCE_MAX || op == LT_REDUCE_MIN)
+        LT_TRY(lt_check_same_device(out, dx, name, "out", "dx"));
+    LT_DISPATCH_CUDA(dx, lt_cuda_reduce_backward(dx, dout, x, out, op));
     if (op == LT_REDUCE_SUM || op == LT_REDUCE_MEAN) {
         double count = 1.0;
         for (int d = 0; d < x->ndim; d++)
@@ -540,8 +575,6 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
         if (lt_tensor_numel(x) == 0) return LT_OK;
         return lt_axpby(dx, op == LT_REDUCE_MEAN ? 1.0 / count : 1.0, dout, 0.0);
     }
-    LT_TRY(check_in(out, name, "out"));
-    LT_TRY(lt_check_same_shape(out, dout, name, "out", "dout"));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     /* Count the elements equal to each extremum, then share dout among them. */
     int32_t flags[LT_MAX_DIMS] = {0};
@@ -559,7 +592,7 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
 
 int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
     LT_TRY(check_in(x, "argmax", "x"));
-    LT_TRY(lt_check_output(out, LT_DTYPE_I64, "argmax", "out"));
+    LT_TRY(check_out_dtype(out, LT_DTYPE_I64, "argmax", "out"));
     int d = dim < 0 ? dim + x->ndim : dim;
     if (d < 0 || d >= x->ndim)
         return lt_fail(LT_ERR_ARG, "argmax: dim %d out of range for a %d-dim tensor", dim,
@@ -578,6 +611,8 @@ int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
         return lt_fail(LT_ERR_SHAPE, "argmax: dim %d of x %s is empty", d,
                        lt_shape_str(x, sx, sizeof sx));
     }
+    LT_TRY(lt_check_same_device(x, out, "argmax", "x", "out"));
+    LT_DISPATCH_CUDA(out, lt_cuda_argmax(out, x, dim));
     const float *px = lt_tensor_data(x);
     int64_t *po = lt_tensor_data(out);
     int64_t sd = x->strides[d];
@@ -610,6 +645,7 @@ int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
 int lt_sum_squares(const lt_tensor *x, double *out) {
     LT_TRY(check_in(x, "sum_squares", "x"));
     if (!out) return lt_fail(LT_ERR_ARG, "sum_squares: out is NULL");
+    LT_DISPATCH_CUDA(x, lt_cuda_sum_squares(x, out));
     *out = 0.0;
     if (lt_tensor_numel(x) == 0) return LT_OK;
     int32_t flags[LT_MAX_DIMS] = {1, 1, 1, 1, 1, 1, 1, 1};
@@ -623,6 +659,7 @@ int lt_sum_squares(const lt_tensor *x, double *out) {
 int lt_has_nonfinite(const lt_tensor *x, int32_t *out) {
     LT_TRY(check_in(x, "has_nonfinite", "x"));
     if (!out) return lt_fail(LT_ERR_ARG, "has_nonfinite: out is NULL");
+    LT_DISPATCH_CUDA(x, lt_cuda_has_nonfinite(x, out));
     *out = 0;
     if (lt_tensor_numel(x) == 0) return LT_OK;
     int32_t flags[LT_MAX_DIMS] = {1, 1, 1, 1, 1, 1, 1, 1};
@@ -723,6 +760,9 @@ static int softmax_fwd(lt_tensor *out, const lt_tensor *x, int log_form) {
     LT_TRY(check_in(x, name, "x"));
     LT_TRY(check_out(out, name, "out"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
+    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
+    LT_DISPATCH_CUDA(out, log_form ? lt_cuda_log_softmax_forward(out, x)
+                                   : lt_cuda_softmax_forward(out, x));
     int64_t rows, cols, sx, so;
     row_shape(x, &rows, &cols, &sx);
     row_shape(out, &rows, &cols, &so);
@@ -747,6 +787,10 @@ static int softmax_bwd(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *y,
     LT_TRY(check_out(dx, name, "dx"));
     LT_TRY(lt_check_same_shape(dout, y, name, "dout", "out"));
     LT_TRY(lt_check_same_shape(dx, y, name, "dx", "out"));
+    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
+    LT_TRY(lt_check_same_device(y, dx, name, "out", "dx"));
+    LT_DISPATCH_CUDA(dx, log_form ? lt_cuda_log_softmax_backward(dx, dout, y)
+                                  : lt_cuda_softmax_backward(dx, dout, y));
     int64_t rows, cols, sdx, sd, sy;
     row_shape(dx, &rows, &cols, &sdx);
     row_shape(dout, &rows, &cols, &sd);

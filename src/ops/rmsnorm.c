@@ -1,5 +1,8 @@
 /* rmsnorm.c - RMSNorm over the last dim, as Hugging Face's LlamaRMSNorm computes it:
- * y = x * rsqrt(mean(x^2) + eps) * weight. */
+ * y = x * rsqrt(mean(x^2) + eps) * weight.
+ *
+ * The checks below hold on every device; CUDA tensors then go to cuda/norm.cu, where x,
+ * out, dout and dx may also be bf16/f16 (math in f32). */
 #include <stdlib.h>
 
 #include "internal.h"
@@ -12,8 +15,11 @@
 /* x viewed as (rows, C) with a row stride; fails when the leading dims do not nest. */
 static int rows_view(const lt_tensor *t, const char *op, const char *name, int64_t *rows,
                      int64_t *C, int64_t *rs) {
-    LT_TRY(lt_check_cpu(t, op, name));
-    LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
+    else if (!lt_is_float_dtype(t->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, name,
+                       lt_dtype_info(t->dtype_id)->name);
     if (t->ndim < 1) return lt_fail(LT_ERR_SHAPE, "%s: %s must have at least 1 dim", op, name);
     *C = t->sizes[t->ndim - 1];
     *rows = *C ? lt_tensor_numel(t) / *C : 0;
@@ -26,12 +32,21 @@ static int rows_view(const lt_tensor *t, const char *op, const char *name, int64
 
 static int check_weight(const lt_tensor *w, int64_t C, const char *op) {
     LT_TRY(lt_check_ndim(w, 1, op, "weight"));
-    LT_TRY(lt_check_cpu(w, op, "weight"));
     if (!lt_is_float_dtype(w->dtype_id) || !lt_tensor_is_contiguous(w))
         return lt_fail(LT_ERR_ARG, "%s: weight must be a contiguous f32/bf16/f16 vector", op);
     if (w->sizes[0] != C)
         return lt_fail(LT_ERR_SHAPE, "%s: weight has %lld entries but the last dim is %lld", op,
                        (long long)w->sizes[0], (long long)C);
+    return LT_OK;
+}
+
+/* An f32 contiguous vector (rstd, dweight) on any device. */
+static int check_f32_vec(const lt_tensor *t, const char *op, const char *name) {
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
+    LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
+    if (!lt_tensor_is_contiguous(t))
+        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
     return LT_OK;
 }
 
@@ -54,11 +69,16 @@ int lt_rmsnorm_forward(lt_tensor *out, lt_tensor *rstd, const lt_tensor *x,
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
     LT_TRY(check_weight(weight, C, op));
     if (rstd) {
-        LT_TRY(lt_check_f32_contig(rstd, op, "rstd"));
+        LT_TRY(check_f32_vec(rstd, op, "rstd"));
         if (lt_tensor_numel(rstd) != rows)
             return lt_fail(LT_ERR_SHAPE, "%s: rstd has %lld entries for %lld rows", op,
                            (long long)lt_tensor_numel(rstd), (long long)rows);
     }
+    LT_TRY(lt_check_writable(out, op, "out"));
+    LT_TRY(lt_check_same_device(x, out, op, "x", "out"));
+    LT_TRY(lt_check_same_device(weight, out, op, "weight", "out"));
+    LT_TRY(lt_check_same_device(rstd, out, op, "rstd", "out"));
+    LT_DISPATCH_CUDA(out, lt_cuda_rmsnorm_forward(out, rstd, x, weight, eps));
     float *wown;
     const float *w = weight_f32(weight, &wown);
     if (!w) return LT_ERR_NOMEM;
@@ -93,16 +113,24 @@ int lt_rmsnorm_backward(lt_tensor *dx, lt_tensor *dweight, const lt_tensor *dout
     LT_TRY(lt_check_same_shape(dx, x, op, "dx", "x"));
     LT_TRY(lt_check_same_shape(dout, x, op, "dout", "x"));
     LT_TRY(check_weight(weight, C, op));
-    LT_TRY(lt_check_f32_contig(rstd, op, "rstd"));
+    LT_TRY(check_f32_vec(rstd, op, "rstd"));
     if (lt_tensor_numel(rstd) != rows)
         return lt_fail(LT_ERR_SHAPE, "%s: rstd has %lld entries for %lld rows", op,
                        (long long)lt_tensor_numel(rstd), (long long)rows);
     if (dweight) {
-        LT_TRY(lt_check_f32_contig(dweight, op, "dweight"));
+        LT_TRY(check_f32_vec(dweight, op, "dweight"));
+        LT_TRY(lt_check_writable(dweight, op, "dweight"));
         if (lt_tensor_numel(dweight) != C)
             return lt_fail(LT_ERR_SHAPE, "%s: dweight has %lld entries, expected %lld", op,
                            (long long)lt_tensor_numel(dweight), (long long)C);
     }
+    LT_TRY(lt_check_writable(dx, op, "dx"));
+    LT_TRY(lt_check_same_device(dout, dx, op, "dout", "dx"));
+    LT_TRY(lt_check_same_device(x, dx, op, "x", "dx"));
+    LT_TRY(lt_check_same_device(weight, dx, op, "weight", "dx"));
+    LT_TRY(lt_check_same_device(rstd, dx, op, "rstd", "dx"));
+    LT_TRY(lt_check_same_device(dweight, dx, op, "dweight", "dx"));
+    LT_DISPATCH_CUDA(dx, lt_cuda_rmsnorm_backward(dx, dweight, dout, x, weight, rstd));
     float *wown;
     const float *w = weight_f32(weight, &wown);
     if (!w) return LT_ERR_NOMEM;

@@ -2,7 +2,11 @@
  *
  * For head dim D and pair index i < D/2, element i and element i + D/2 rotate together by
  * the angle pos * inv_freq[i] (rotate_half): y_i = x_i cos - x_{i+D/2} sin and
- * y_{i+D/2} = x_{i+D/2} cos + x_i sin. */
+ * y_{i+D/2} = x_{i+D/2} cos + x_i sin.
+ *
+ * The checks below hold on every device; CUDA tensors then go to cuda/rope.cu (x and out
+ * may be bf16/f16 there; positions are range-checked on the device). lt_rope_inv_freq is
+ * CPU only: the table is made once and copied. */
 #include "internal.h"
 #include "lt_ops.h"
 
@@ -57,17 +61,42 @@ int lt_rope_inv_freq(lt_tensor *inv_freq, int32_t head_dim, const lt_rope_config
     return LT_OK;
 }
 
+/* f32 and contiguous, on any device (the CPU-side message on the CPU). */
+static int check_f32_contig_any(const lt_tensor *t, const char *op, const char *name) {
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
+    LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
+    if (!lt_tensor_is_contiguous(t))
+        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
+    return LT_OK;
+}
+
+/* A float tensor: f32 on the CPU, f32/bf16/f16 on a CUDA device. */
+static int check_float_any(const lt_tensor *t, const char *op, const char *name) {
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) return lt_check_dtype(t, LT_DTYPE_F32, op, name);
+    if (!lt_is_float_dtype(t->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, name,
+                       lt_dtype_info(t->dtype_id)->name);
+    return LT_OK;
+}
+
 int lt_rope_table(lt_tensor *cos_t, lt_tensor *sin_t, const lt_tensor *inv_freq) {
     const char *op = "rope_table";
-    LT_TRY(lt_check_f32_contig(inv_freq, op, "inv_freq"));
+    LT_TRY(check_f32_contig_any(inv_freq, op, "inv_freq"));
     LT_TRY(lt_check_ndim(cos_t, 2, op, "cos"));
-    LT_TRY(lt_check_f32_contig(cos_t, op, "cos"));
-    LT_TRY(lt_check_f32_contig(sin_t, op, "sin"));
+    LT_TRY(check_f32_contig_any(cos_t, op, "cos"));
+    LT_TRY(check_f32_contig_any(sin_t, op, "sin"));
     LT_TRY(lt_check_same_shape(sin_t, cos_t, op, "sin", "cos"));
+    LT_TRY(lt_check_writable(cos_t, op, "cos"));
+    LT_TRY(lt_check_writable(sin_t, op, "sin"));
     int64_t P = cos_t->sizes[0], half = cos_t->sizes[1];
     if (lt_tensor_numel(inv_freq) != half)
         return lt_fail(LT_ERR_SHAPE, "%s: tables have %lld columns but inv_freq has %lld", op,
                        (long long)half, (long long)lt_tensor_numel(inv_freq));
+    LT_TRY(lt_check_same_device(sin_t, cos_t, op, "sin", "cos"));
+    LT_TRY(lt_check_same_device(inv_freq, cos_t, op, "inv_freq", "cos"));
+    LT_DISPATCH_CUDA(cos_t, lt_cuda_rope_table(cos_t, sin_t, inv_freq));
     const float *f = lt_tensor_data(inv_freq);
     float *c = lt_tensor_data(cos_t), *s = lt_tensor_data(sin_t);
 #pragma omp parallel for schedule(static) if (P * half >= LT_PAR_MIN_WORK)
@@ -85,12 +114,12 @@ static int rope_apply(lt_tensor *out, const lt_tensor *x, const lt_tensor *cos_t
                       const lt_tensor *sin_t, const lt_tensor *positions, float sign,
                       const char *op) {
     LT_TRY(lt_check_ndim(x, 4, op, "x"));
-    LT_TRY(lt_check_dtype(x, LT_DTYPE_F32, op, "x"));
-    LT_TRY(lt_check_cpu(x, op, "x"));
-    LT_TRY(lt_check_dtype(out, LT_DTYPE_F32, op, "out"));
+    LT_TRY(check_float_any(x, op, "x"));
+    LT_TRY(check_float_any(out, op, "out"));
+    LT_TRY(lt_check_writable(out, op, "out"));
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
-    LT_TRY(lt_check_f32_contig(cos_t, op, "cos"));
-    LT_TRY(lt_check_f32_contig(sin_t, op, "sin"));
+    LT_TRY(check_f32_contig_any(cos_t, op, "cos"));
+    LT_TRY(check_f32_contig_any(sin_t, op, "sin"));
     LT_TRY(lt_check_same_shape(sin_t, cos_t, op, "sin", "cos"));
     int64_t B = x->sizes[0], T = x->sizes[1], H = x->sizes[2], D = x->sizes[3];
     if (D % 2) return lt_fail(LT_ERR_SHAPE, "%s: head dim %lld is odd", op, (long long)D);
@@ -102,13 +131,25 @@ static int rope_apply(lt_tensor *out, const lt_tensor *x, const lt_tensor *cos_t
     const void *pos = NULL;
     int pdt = 0, pos_per_batch = 0;
     if (positions) {
-        LT_TRY(lt_check_cpu(positions, op, "positions"));
+        LT_TRY(lt_check_tensor(positions, op, "positions"));
         if (!lt_is_index_dtype(positions->dtype_id) || !lt_tensor_is_contiguous(positions))
             return lt_fail(LT_ERR_ARG, "%s: positions must be contiguous i32/i64", op);
         int64_t np = lt_tensor_numel(positions);
         if (np != T && np != B * T)
             return lt_fail(LT_ERR_SHAPE, "%s: positions has %lld entries; expected (T) = %lld or (B, T) = %lld",
                            op, (long long)np, (long long)T, (long long)(B * T));
+    } else if (T > P) {
+        return lt_fail(LT_ERR_RANGE, "%s: %lld positions but the table holds %lld", op,
+                       (long long)T, (long long)P);
+    }
+    LT_TRY(lt_check_same_device(x, out, op, "x", "out"));
+    LT_TRY(lt_check_same_device(cos_t, out, op, "cos", "out"));
+    LT_TRY(lt_check_same_device(sin_t, out, op, "sin", "out"));
+    LT_TRY(lt_check_same_device(positions, out, op, "positions", "out"));
+    LT_DISPATCH_CUDA(out, sign > 0 ? lt_cuda_rope_forward(out, x, cos_t, sin_t, positions)
+                                   : lt_cuda_rope_backward(out, x, cos_t, sin_t, positions));
+    if (positions) {
+        int64_t np = lt_tensor_numel(positions);
         pos = lt_tensor_data(positions);
         pdt = positions->dtype_id;
         pos_per_batch = np == B * T;
@@ -118,9 +159,6 @@ static int rope_apply(lt_tensor *out, const lt_tensor *x, const lt_tensor *cos_t
                 return lt_fail(LT_ERR_RANGE, "%s: position %lld at index %lld is outside the table of %lld positions",
                                op, (long long)p, (long long)i, (long long)P);
         }
-    } else if (T > P) {
-        return lt_fail(LT_ERR_RANGE, "%s: %lld positions but the table holds %lld", op,
-                       (long long)T, (long long)P);
     }
     const float *ct = lt_tensor_data(cos_t), *st = lt_tensor_data(sin_t);
     const float *xb = (const float *)x->storage->data + x->offset;

@@ -1,12 +1,18 @@
-/* swiglu.c - the SiLU-gated unit of the Llama MLP: out = silu(gate) * up. */
+/* swiglu.c - the SiLU-gated unit of the Llama MLP: out = silu(gate) * up.
+ *
+ * The checks below hold on every device; CUDA tensors then go to cuda/swiglu.cu, where
+ * every operand may also be bf16/f16 (math in f32). */
 #include "internal.h"
 #include "lt_ops.h"
 
 /* A (N, F) f32 operand with unit stride in F; rows may be strided. */
 static int rows2d(const lt_tensor *t, const char *op, const char *name, int64_t *N, int64_t *F,
                   int64_t *rs) {
-    LT_TRY(lt_check_cpu(t, op, name));
-    LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
+    else if (!lt_is_float_dtype(t->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, name,
+                       lt_dtype_info(t->dtype_id)->name);
     if (t->ndim < 1) return lt_fail(LT_ERR_SHAPE, "%s: %s must have at least 1 dim", op, name);
     *F = t->sizes[t->ndim - 1];
     *N = *F ? lt_tensor_numel(t) / *F : 0;
@@ -24,6 +30,10 @@ int lt_swiglu_forward(lt_tensor *out, const lt_tensor *gate, const lt_tensor *up
     LT_TRY(rows2d(out, op, "out", &n3, &f3, &os));
     LT_TRY(lt_check_same_shape(up, gate, op, "up", "gate"));
     LT_TRY(lt_check_same_shape(out, gate, op, "out", "gate"));
+    LT_TRY(lt_check_writable(out, op, "out"));
+    LT_TRY(lt_check_same_device(gate, out, op, "gate", "out"));
+    LT_TRY(lt_check_same_device(up, out, op, "up", "out"));
+    LT_DISPATCH_CUDA(out, lt_cuda_swiglu_forward(out, gate, up));
     const float *g = lt_tensor_data(gate), *u = lt_tensor_data(up);
     float *o = lt_tensor_data(out);
 #pragma omp parallel for schedule(static) if (N * F >= LT_PAR_MIN_WORK)
@@ -52,6 +62,13 @@ int lt_swiglu_backward(lt_tensor *dgate, lt_tensor *dup, const lt_tensor *dout,
     LT_TRY(lt_check_same_shape(dout, gate, op, "dout", "gate"));
     LT_TRY(lt_check_same_shape(dgate, gate, op, "dgate", "gate"));
     LT_TRY(lt_check_same_shape(dup, gate, op, "dup", "gate"));
+    LT_TRY(lt_check_writable(dgate, op, "dgate"));
+    LT_TRY(lt_check_writable(dup, op, "dup"));
+    LT_TRY(lt_check_same_device(dup, dgate, op, "dup", "dgate"));
+    LT_TRY(lt_check_same_device(dout, dgate, op, "dout", "dgate"));
+    LT_TRY(lt_check_same_device(gate, dgate, op, "gate", "dgate"));
+    LT_TRY(lt_check_same_device(up, dgate, op, "up", "dgate"));
+    LT_DISPATCH_CUDA(dgate, lt_cuda_swiglu_backward(dgate, dup, dout, gate, up));
     const float *g = lt_tensor_data(gate), *u = lt_tensor_data(up), *d = lt_tensor_data(dout);
     float *dg = lt_tensor_data(dgate), *du = lt_tensor_data(dup);
 #pragma omp parallel for schedule(static) if (N * F >= LT_PAR_MIN_WORK)
