@@ -58,7 +58,8 @@ int lt_quant_dynamic_map(float *out256);
 
 /* Quantize a 1-D or 2-D f32/bf16/f16 tensor. q is filled (release it when done); inf or
    NaN in the weight is an LT_ERR_ARG naming the first bad element. For int8, blocksize and
-   double_quant must be 0. */
+   double_quant must be 0. A weight on a CUDA device gives a state whose buffers are on that
+   device, bit for bit the state the CPU makes from the same weight. */
 int lt_quantize(lt_quant_state *q, const lt_tensor *w, int type, int blocksize, int double_quant);
 /* Assemble a state from stored tensors (a bitsandbytes checkpoint), checking that every
    size fits the shape and block size and that `code` is the type's code book. The tensors
@@ -71,7 +72,15 @@ int lt_quant_state_init(lt_quant_state *q, int type, int blocksize, int ndim,
                         const lt_tensor *absmax2, const lt_tensor *nested_code,
                         double offset);
 void lt_quant_state_release(lt_quant_state *q);
-/* out (the logical shape, contiguous) f32/bf16/f16 = the dequantized weight. */
+/* dst = a copy of src with every buffer on the given device (LT_DEVICE_CPU / LT_DEVICE_CUDA
+   and its index): the same layout, bytes and scalars, so a state quantized on one device
+   (or loaded from a checkpoint on the CPU) runs on another. Always a copy, also to src's
+   own device; dst may be src (its old buffers are released). */
+int lt_quant_state_to(lt_quant_state *dst, const lt_quant_state *src, int device_type,
+                      int device_index);
+/* The functions below run where the state is (out, x, y on the same device): a CUDA state
+   dequantizes to the same bits as the CPU.
+   out (the logical shape, contiguous) f32/bf16/f16 = the dequantized weight. */
 int lt_dequantize(lt_tensor *out, const lt_quant_state *q);
 /* out (R, cols) contiguous f32/bf16/f16 = rows [row0, row0 + R) of a 2-D weight (a 1-D
    weight is one row), dequantized: a panel at a time, without the whole weight. */
@@ -89,11 +98,14 @@ int64_t lt_quant_nbytes(const lt_quant_state *q);
    holding some |x| >= outlier_threshold, 6.0 in LLM.int8), which multiply in f32: the mixed
    decomposition of LLM.int8. Row scales of x skip the outlier values; the int8 products sum
    exactly and are scaled by (sx * sw) / 127^2. outlier_threshold <= 0: no outliers. The
-   threshold is ignored for 4-bit weights. */
+   threshold is ignored for 4-bit weights.
+   On CUDA, x may be f32, bf16 or f16 and y f32 or x's dtype; up to 8 rows of x take a fused
+   dequantize-GEMV that reads the packed weight once, more rows a GEMM on bands of the
+   weight dequantized to x's dtype (f32 GEMMs follow the GEMM's TF32 setting). */
 int lt_quant_linear_forward(lt_tensor *y, const lt_tensor *x, const lt_quant_state *w,
                             float beta, float outlier_threshold);
 /* dx (..., in) f32 = dy (..., out) @ W (+ beta * dx): the input gradient (the weight is
-   frozen). dy may be f32, bf16 or f16. */
+   frozen). dy may be f32, bf16 or f16. On CUDA, dx may also be dy's dtype (as forward). */
 int lt_quant_linear_backward(lt_tensor *dx, const lt_tensor *dy, const lt_quant_state *w,
                              float beta);
 

@@ -49,7 +49,7 @@ static const float fp4_raw[16] = {0.0f, 0.0625f,  8.0f,  12.0f,  4.0f,  6.0f,  2
                                   0.0f, -0.0625f, -8.0f, -12.0f, -4.0f, -6.0f, -2.0f, -3.0f};
 
 /* dQuantizeNF4's thresholds between codes k and k + 1, as f32 (see the top of the file). */
-static const float nf4_bounds[15] = {
+const float lt_quant_nf4_bounds[15] = {
     -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
     -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
     0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,    0.3893125355243683f,
@@ -57,11 +57,11 @@ static const float nf4_bounds[15] = {
 
 /* dQuantizeFP4's thresholds on |x| between the magnitudes in increasing order, and the
    3-bit code of each magnitude rank (0, 0.0052, 0.1667, 0.25, 0.3333, 0.5, 0.6667, 1). */
-static const float fp4_bounds[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
+const float lt_quant_fp4_bounds[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
                                     0.4166667f,  0.583333f,  0.8333333f};
-static const uint8_t fp4_rank_code[8] = {0x0, 0x1, 0x6, 0x7, 0x4, 0x5, 0x2, 0x3};
+const uint8_t lt_quant_fp4_rank_code[8] = {0x0, 0x1, 0x6, 0x7, 0x4, 0x5, 0x2, 0x3};
 
-enum { NESTED_BLOCKSIZE = 256, MAX_BLOCKSIZE = 4096, ROW_CHUNK = 1024 };
+enum { NESTED_BLOCKSIZE = LT_QUANT_NESTED_BLOCKSIZE, MAX_BLOCKSIZE = 4096, ROW_CHUNK = 1024 };
 
 static const char *type_name(int type) {
     switch (type) {
@@ -131,7 +131,7 @@ static void encode_nf4(uint8_t *codes, const float *x, int n) {
     for (int j = 0; j < n; j++) {
         int c = 0;
         for (int k = 0; k < 15; k++)
-            c += x[j] > nf4_bounds[k];
+            c += x[j] > lt_quant_nf4_bounds[k];
         codes[j] = (uint8_t)c;
     }
 }
@@ -141,8 +141,8 @@ static void encode_fp4(uint8_t *codes, const float *x, int n) {
         float a = fabsf(x[j]);
         int r = 0;
         for (int k = 0; k < 7; k++)
-            r += a > fp4_bounds[k];
-        codes[j] = (uint8_t)(fp4_rank_code[r] | (x[j] < 0.0f ? 0x8 : 0x0));
+            r += a > lt_quant_fp4_bounds[k];
+        codes[j] = (uint8_t)(lt_quant_fp4_rank_code[r] | (x[j] < 0.0f ? 0x8 : 0x0));
     }
 }
 
@@ -170,7 +170,7 @@ static int first_nonfinite(const float *v, int n) {
     return -1;
 }
 
-static int fail_nonfinite(const lt_tensor *w, int64_t flat, float value) {
+int lt_quant_fail_nonfinite(const lt_tensor *w, int64_t flat, float value) {
     const char *what = isnan(value) ? "NaN" : (value > 0 ? "inf" : "-inf");
     if (w->ndim == 2) {
         int64_t cols = w->sizes[1];
@@ -208,6 +208,18 @@ int lt_quant_check_state(const lt_quant_state *q, const char *op) {
         (q->double_quant && (!q->absmax2.storage || !q->nested_code.storage)))
         return LT_INTERNAL("%s: a %s quantization state lacks one of its tensors", op,
                            type_name(q->type));
+    /* lt_quantize, lt_quant_state_init and lt_quant_state_to keep every piece on one
+       device; a state assembled by hand might not */
+    const lt_tensor *pieces[4] = {&q->absmax, &q->code, &q->absmax2, &q->nested_code};
+    for (int i = 0; i < 4; i++)
+        if (pieces[i]->storage &&
+            lt_check_same_device(pieces[i], &q->packed, op, "a piece of the quantization state",
+                                 "its packed codes") != LT_OK)
+            return LT_ERR_DEVICE;
+    return LT_OK;
+}
+
+int lt_quant_check_cpu(const lt_quant_state *q, const char *op) {
     if (q->packed.storage->device_type != LT_DEVICE_CPU)
         return lt_fail(LT_ERR_DEVICE,
                        "%s: the quantized weight is on a CUDA device; this kernel "
@@ -307,12 +319,21 @@ static int new_1d(lt_tensor *t, int dtype, int64_t n) {
     return lt_tensor_empty(t, dtype, 1, &n, LT_DEVICE_CPU, 0);
 }
 
-/* absmax_f32 (nb) -> double-quantized pieces of s. */
-static int double_quantize(lt_quant_state *s, const float *amax, int64_t nb) {
+float lt_quant_absmax_mean(const float *amax, int64_t nb) {
     double sum = 0.0;
     for (int64_t i = 0; i < nb; i++)
         sum += amax[i];
-    float offset = nb > 0 ? (float)(sum / (double)nb) : 0.0f;
+    return nb > 0 ? (float)(sum / (double)nb) : 0.0f;
+}
+
+void lt_quant_nested_bounds(float *bounds255, const float *map256) {
+    for (int k = 0; k < 255; k++)
+        bounds255[k] = midpoint_f32(map256[k], map256[k + 1]);
+}
+
+/* absmax_f32 (nb) -> double-quantized pieces of s. */
+static int double_quantize(lt_quant_state *s, const float *amax, int64_t nb) {
+    float offset = lt_quant_absmax_mean(amax, nb);
     int64_t nb2 = (nb + NESTED_BLOCKSIZE - 1) / NESTED_BLOCKSIZE;
     LT_TRY(new_1d(&s->absmax2, LT_DTYPE_F32, nb2));
     LT_TRY(new_1d(&s->nested_code, LT_DTYPE_F32, 256));
@@ -323,8 +344,7 @@ static int double_quantize(lt_quant_state *s, const float *amax, int64_t nb) {
     lt_quant_dynamic_map(map);
     /* bounds[k]: f32 midpoint between map[k] and map[k + 1]; code = #bounds below x */
     float bounds[255];
-    for (int k = 0; k < 255; k++)
-        bounds[k] = midpoint_f32(map[k], map[k + 1]);
+    lt_quant_nested_bounds(bounds, map);
 #pragma omp parallel for schedule(static) if (nb >= LT_PAR_MIN_WORK)
     for (int64_t c = 0; c < nb2; c++) {
         int64_t lo = c * NESTED_BLOCKSIZE,
@@ -399,7 +419,7 @@ static int quantize_4bit(lt_quant_state *s, const lt_tensor *w, int type, int bs
     if (first_bad < n) {
         float v;
         lt_convert_to_f32(&v, src + first_bad * esz, dtype, 1);
-        return fail_nonfinite(w, first_bad, v);
+        return lt_quant_fail_nonfinite(w, first_bad, v);
     }
     return LT_OK;
 }
@@ -452,7 +472,7 @@ static int quantize_int8(lt_quant_state *s, const lt_tensor *w, int64_t rows, in
     if (first_bad < n) {
         float v;
         lt_convert_to_f32(&v, src + first_bad * esz, dtype, 1);
-        return fail_nonfinite(w, first_bad, v);
+        return lt_quant_fail_nonfinite(w, first_bad, v);
     }
     return LT_OK;
 }
@@ -460,7 +480,7 @@ static int quantize_int8(lt_quant_state *s, const lt_tensor *w, int64_t rows, in
 int lt_quantize(lt_quant_state *q, const lt_tensor *w, int type, int blocksize, int double_quant) {
     const char *op = "lt_quantize";
     if (!q) return lt_fail(LT_ERR_ARG, "%s: the state q is NULL", op);
-    LT_TRY(lt_check_cpu(w, op, "weight"));
+    LT_TRY(lt_check_tensor(w, op, "weight"));
     if (!lt_is_float_dtype(w->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "%s: the weight must be f32, bf16 or f16, got %s", op,
                        lt_dtype_info(w->dtype_id)->name);
@@ -489,6 +509,9 @@ int lt_quantize(lt_quant_state *q, const lt_tensor *w, int type, int blocksize, 
                        "LT_QUANT_FP4 = 2, LT_QUANT_INT8 = 3)",
                        op, type);
     }
+    /* the state's buffers live where the weight lives */
+    LT_DISPATCH_CUDA(w, lt_cuda_quantize(q, w, type, blocksize, double_quant));
+    LT_TRY(lt_check_cpu(w, op, "weight"));
     lt_quant_state s;
     memset(&s, 0, sizeof s);
     s.type = type;
@@ -643,9 +666,8 @@ int lt_quant_state_init(lt_quant_state *q, int type, int blocksize, int ndim, co
 
 /* ---- dequantization and accounting ------------------------------------------------------ */
 
-/* out must be contiguous CPU float of `numel` elements. */
+/* out must be a writable contiguous float tensor (on any device). */
 static int check_float_out(const lt_tensor *out, const char *op) {
-    LT_TRY(lt_check_cpu(out, op, "out"));
     LT_TRY(lt_check_writable(out, op, "out"));
     if (!lt_is_float_dtype(out->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "%s: out must be f32, bf16 or f16, got %s", op,
@@ -690,6 +712,9 @@ int lt_dequantize(lt_tensor *out, const lt_quant_state *q) {
         return lt_fail(LT_ERR_SHAPE, "%s: out has shape %s but the weight is (%lld)", op,
                        lt_shape_str(out, b, sizeof b), (long long)q->sizes[0]);
     }
+    LT_TRY(lt_check_same_device(out, &q->packed, op, "out", "the quantized weight"));
+    LT_DISPATCH_CUDA(out, lt_cuda_dequantize(out, q));
+    LT_TRY(lt_quant_check_cpu(q, op));
     dequant_into(lt_tensor_data(out), out->dtype_id, q, 0, numel_of(q));
     return LT_OK;
 }
@@ -710,6 +735,9 @@ int lt_dequantize_rows(lt_tensor *out, const lt_quant_state *q, int64_t row0) {
     if (row0 < 0 || row0 > rows || R > rows - row0)
         return lt_fail(LT_ERR_RANGE, "%s: rows %lld..%lld are outside the weight's %lld rows", op,
                        (long long)row0, (long long)(row0 + R - 1), (long long)rows);
+    LT_TRY(lt_check_same_device(out, &q->packed, op, "out", "the quantized weight"));
+    LT_DISPATCH_CUDA(out, lt_cuda_dequantize_rows(out, q, row0));
+    LT_TRY(lt_quant_check_cpu(q, op));
     dequant_into(lt_tensor_data(out), out->dtype_id, q, row0 * cols, R * cols);
     return LT_OK;
 }
@@ -717,7 +745,6 @@ int lt_dequantize_rows(lt_tensor *out, const lt_quant_state *q, int64_t row0) {
 int lt_quant_absmax(lt_tensor *out, const lt_quant_state *q) {
     const char *op = "lt_quant_absmax";
     LT_TRY(lt_quant_check_state(q, op));
-    LT_TRY(lt_check_cpu(out, op, "out"));
     LT_TRY(lt_check_writable(out, op, "out"));
     int64_t nb = nblocks_of(q);
     if (out->dtype_id != LT_DTYPE_F32 || !lt_tensor_is_contiguous(out) ||
@@ -726,6 +753,9 @@ int lt_quant_absmax(lt_tensor *out, const lt_quant_state *q) {
                        "%s: out must be a contiguous f32 tensor of %lld elements "
                        "(one per block)",
                        op, (long long)nb);
+    LT_TRY(lt_check_same_device(out, &q->packed, op, "out", "the quantized weight"));
+    LT_DISPATCH_CUDA(out, lt_cuda_quant_absmax(out, q));
+    LT_TRY(lt_quant_check_cpu(q, op));
     float *o = lt_tensor_data(out);
     if (q->type == LT_QUANT_INT8 || !q->double_quant) {
         memcpy(o, lt_tensor_data(&q->absmax), (size_t)nb * sizeof(float));
@@ -749,4 +779,44 @@ int64_t lt_quant_nbytes(const lt_quant_state *q) {
     if (!q) return 0;
     return tensor_bytes(&q->packed) + tensor_bytes(&q->absmax) + tensor_bytes(&q->absmax2) +
            tensor_bytes(&q->code) + tensor_bytes(&q->nested_code);
+}
+
+/* ---- moving a state between devices ------------------------------------------------------ */
+
+/* dst <- a contiguous copy of src on the device (an empty src stays empty). */
+static int copy_piece(lt_tensor *dst, const lt_tensor *src, int device_type, int device_index) {
+    if (!src->storage) return LT_OK;
+    LT_TRY(lt_tensor_empty(dst, src->dtype_id, src->ndim, src->sizes, device_type, device_index));
+    return lt_tensor_copy(dst, src);
+}
+
+int lt_quant_state_to(lt_quant_state *dst, const lt_quant_state *src, int device_type,
+                      int device_index) {
+    const char *op = "lt_quant_state_to";
+    if (!dst) return lt_fail(LT_ERR_ARG, "%s: the state dst is NULL", op);
+    LT_TRY(lt_quant_check_state(src, op));
+    if (device_type != LT_DEVICE_CPU && device_type != LT_DEVICE_CUDA)
+        return lt_fail(LT_ERR_ARG, "%s: unknown device type %d (LT_DEVICE_CPU = 0, "
+                                   "LT_DEVICE_CUDA = 1)",
+                       op, device_type);
+    if (device_type == LT_DEVICE_CPU) device_index = 0;
+    /* scalars as they are; every tensor copied, so dst may be src */
+    lt_quant_state s = *src;
+    memset(&s.packed, 0, sizeof s.packed);
+    memset(&s.absmax, 0, sizeof s.absmax);
+    memset(&s.absmax2, 0, sizeof s.absmax2);
+    memset(&s.code, 0, sizeof s.code);
+    memset(&s.nested_code, 0, sizeof s.nested_code);
+    int st = copy_piece(&s.packed, &src->packed, device_type, device_index);
+    if (st == LT_OK) st = copy_piece(&s.absmax, &src->absmax, device_type, device_index);
+    if (st == LT_OK) st = copy_piece(&s.absmax2, &src->absmax2, device_type, device_index);
+    if (st == LT_OK) st = copy_piece(&s.code, &src->code, device_type, device_index);
+    if (st == LT_OK) st = copy_piece(&s.nested_code, &src->nested_code, device_type, device_index);
+    if (st != LT_OK) {
+        lt_quant_state_release(&s);
+        return st;
+    }
+    lt_quant_state_release(dst);
+    *dst = s;
+    return LT_OK;
 }

@@ -360,6 +360,10 @@ typedef struct lt_adamw_params {
 int lt_adamw_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_avg,
                   lt_tensor *exp_avg_sq, const lt_adamw_params *p);
 
+int lt_adamw_step_multi(lt_tensor *const *params, const lt_tensor *const *grads,
+                        lt_tensor *const *exp_avgs, lt_tensor *const *exp_avg_sqs, int32_t n,
+                        const lt_adamw_params *p);
+
 int lt_global_norm(const lt_tensor *const *tensors, int32_t n, double *out);
 /* lt_io.h */
 typedef struct lt_safetensors lt_safetensors;
@@ -507,6 +511,9 @@ int lt_quant_state_init(lt_quant_state *q, int type, int blocksize, int ndim,
                         const lt_tensor *absmax2, const lt_tensor *nested_code,
                         double offset);
 void lt_quant_state_release(lt_quant_state *q);
+
+int lt_quant_state_to(lt_quant_state *dst, const lt_quant_state *src, int device_type,
+                      int device_index);
 
 int lt_dequantize(lt_tensor *out, const lt_quant_state *q);
 

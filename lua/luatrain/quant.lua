@@ -105,7 +105,9 @@ local accessors = {
     end,
     absmax = function(s)
         if s.double_quant == 0 then return view_of(s, "absmax") end
-        local out = tensor.empty({ tonumber(C.lt_tensor_numel(s.absmax)) })
+        local st = s.absmax.storage
+        local out = tensor.empty({ tonumber(C.lt_tensor_numel(s.absmax)) },
+            { device = core.device_string(st.device_type, st.device_index) })
         check(C.lt_quant_absmax(out, s))
         return out
     end,
@@ -113,6 +115,11 @@ local accessors = {
     absmax2 = function(s) return s.double_quant ~= 0 and view_of(s, "absmax2") or nil end,
     nested_code = function(s) return s.double_quant ~= 0 and view_of(s, "nested_code") or nil end,
     offset = function(s) return s.double_quant ~= 0 and tonumber(s.offset) or nil end,
+    -- "cpu" or "cuda:N": where the packed codes (and every other buffer) live
+    device = function(s)
+        local st = s.packed.storage
+        return core.device_string(st.device_type, st.device_index)
+    end,
 }
 
 Q_mt.__index = function(q, k)
@@ -173,7 +180,8 @@ end
 -- The whole weight as a new Tensor of the logical shape (f32 unless dtype is given).
 function Q.dequantize(q, dtype)
     local s = state_of(q, "q:dequantize()")
-    local out = tensor.empty(q.shape, { dtype = core.to_dtype(dtype or "f32", "dequantize") })
+    local out = tensor.empty(q.shape, { dtype = core.to_dtype(dtype or "f32", "dequantize"),
+        device = q.device })
     check(C.lt_dequantize(out, s))
     return out
 end
@@ -186,7 +194,7 @@ function Q.dequantize_rows(q, first, count, dtype)
         error("q:dequantize_rows(first, count [, dtype]): first >= 1 and count >= 0", 2)
     end
     local dt = core.to_dtype(dtype or "f32", "dequantize_rows")
-    local out = tensor.empty({ count, q.shape[2] }, { dtype = dt })
+    local out = tensor.empty({ count, q.shape[2] }, { dtype = dt, device = q.device })
     check(C.lt_dequantize_rows(out, s, first - 1))
     return out
 end
@@ -201,6 +209,20 @@ function Q.free(q)
 end
 
 function Q.to_bnb(q, prefix) return M.to_bnb(q, prefix) end
+
+-- q:to("cuda") / q:to("cpu"): the same weight with every buffer on that device (q itself
+-- when it is already there). The codes and scales are copied byte for byte, so the moved
+-- weight dequantizes to the same bits.
+function Q.to(q, device)
+    local s = state_of(q, "q:to()")
+    local devt, devi = core.parse_device(device)
+    if core.device_string(devt, devi) == q.device then return q end
+    local d = ffi.new("lt_quant_state")
+    check(C.lt_quant_state_to(d, s, devt, devi))
+    return wrap(d)
+end
+function Q.cuda(q, index) return Q.to(q, index and ("cuda:" .. index) or "cuda") end
+function Q.cpu(q) return Q.to(q, "cpu") end
 
 -- ---- quantize -----------------------------------------------------------------------------
 
@@ -240,7 +262,7 @@ function M.linear_forward(x, q, opts)
     opts = opts or {}
     local s = state_of(q, "quant.linear_forward")
     if #q.shape ~= 2 then error("quant.linear_forward: the weight must be 2-D (out, in)", 2) end
-    local y = opts.out or tensor.empty(out_shape(x, q.shape[1]))
+    local y = opts.out or tensor.empty(out_shape(x, q.shape[1]), { device = q.device })
     local th = opts.outlier_threshold
     if th == nil then th = 6.0 end
     check(C.lt_quant_linear_forward(y, x, s, opts.beta or 0, th))
@@ -252,7 +274,7 @@ function M.linear_backward(dy, q, opts)
     opts = opts or {}
     local s = state_of(q, "quant.linear_backward")
     if #q.shape ~= 2 then error("quant.linear_backward: the weight must be 2-D (out, in)", 2) end
-    local dx = opts.out or tensor.empty(out_shape(dy, q.shape[2]))
+    local dx = opts.out or tensor.empty(out_shape(dy, q.shape[2]), { device = q.device })
     check(C.lt_quant_linear_backward(dx, dy, s, opts.beta or 0))
     return dx
 end

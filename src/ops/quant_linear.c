@@ -42,19 +42,23 @@ static int rows_f32(lt_tensor *dst, const lt_tensor *t, int64_t rows, int64_t la
     return st;
 }
 
-/* Checks shared by forward and backward: `out` (..., n_out) f32 and `in` (..., n_in) with
-   equal leading dims; fills their 2-D views. */
-static int prepare(lt_tensor *out2, lt_tensor *in2, const lt_tensor *out, const lt_tensor *in,
-                   int64_t n_out, int64_t n_in, const lt_quant_state *w, const char *op,
-                   const char *out_name, const char *in_name) {
-    LT_TRY(lt_quant_check_state(w, op));
-    if (w->ndim != 2)
-        return lt_fail(LT_ERR_SHAPE,
-                       "%s: the quantized weight must be 2-D (out, in), got 1-D "
-                       "(%lld)",
-                       op, (long long)w->sizes[0]);
-    LT_TRY(lt_check_output(out, LT_DTYPE_F32, op, out_name));
-    LT_TRY(lt_check_cpu(in, op, in_name));
+/* Checks that hold on every device, shared by forward and backward: `out` (..., n_out) and
+   `in` (..., n_in) float tensors with equal leading dims, out writable, no broadcast view and
+   not sharing in's storage, both on the quantized weight's device. */
+static int check_args(const lt_tensor *out, const lt_tensor *in, int64_t n_out, int64_t n_in,
+                      const lt_quant_state *w, const char *op, const char *out_name,
+                      const char *in_name) {
+    LT_TRY(lt_check_writable(out, op, out_name));
+    if (!lt_is_float_dtype(out->dtype_id))
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, out_name,
+                       lt_dtype_info(out->dtype_id)->name);
+    for (int i = 0; i < out->ndim; i++)
+        if (out->sizes[i] > 1 && out->strides[i] == 0)
+            return lt_fail(LT_ERR_ARG,
+                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
+                           "alias; it cannot be written",
+                           op, out_name, i);
+    LT_TRY(lt_check_tensor(in, op, in_name));
     if (!lt_is_float_dtype(in->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, in_name,
                        lt_dtype_info(in->dtype_id)->name);
@@ -80,6 +84,19 @@ static int prepare(lt_tensor *out2, lt_tensor *in2, const lt_tensor *out, const 
     }
     if (out->storage == in->storage)
         return lt_fail(LT_ERR_ARG, "%s: %s must not share storage with %s", op, out_name, in_name);
+    LT_TRY(lt_check_same_device(in, &w->packed, op, in_name, "the quantized weight"));
+    LT_TRY(lt_check_same_device(out, &w->packed, op, out_name, "the quantized weight"));
+    return LT_OK;
+}
+
+/* The CPU side after check_args: `out` f32 on the CPU; fills the 2-D views of out and in. */
+static int prepare(lt_tensor *out2, lt_tensor *in2, const lt_tensor *out, const lt_tensor *in,
+                   int64_t n_out, int64_t n_in, const lt_quant_state *w, const char *op,
+                   const char *out_name, const char *in_name) {
+    LT_TRY(lt_quant_check_cpu(w, op));
+    LT_TRY(lt_check_output(out, LT_DTYPE_F32, op, out_name));
+    LT_TRY(lt_check_cpu(in, op, in_name));
+    int nd = in->ndim;
     int64_t rows = 1;
     for (int i = 0; i < nd - 1; i++)
         rows *= in->sizes[i];
@@ -365,6 +382,8 @@ int lt_quant_linear_forward(lt_tensor *y, const lt_tensor *x, const lt_quant_sta
     if (w->ndim != 2)
         return lt_fail(LT_ERR_SHAPE, "%s: the quantized weight must be 2-D (out, in)", op);
     if (isnan(outlier_threshold)) return lt_fail(LT_ERR_ARG, "%s: outlier_threshold is NaN", op);
+    LT_TRY(check_args(y, x, w->sizes[0], w->sizes[1], w, op, "y", "x"));
+    LT_DISPATCH_CUDA(y, lt_cuda_quant_linear_forward(y, x, w, beta, outlier_threshold));
     lt_tensor y2 = {0}, x2 = {0};
     int st = prepare(&y2, &x2, y, x, w->sizes[0], w->sizes[1], w, op, "y", "x");
     if (st == LT_OK) {
@@ -384,6 +403,8 @@ int lt_quant_linear_backward(lt_tensor *dx, const lt_tensor *dy, const lt_quant_
     LT_TRY(lt_quant_check_state(w, op));
     if (w->ndim != 2)
         return lt_fail(LT_ERR_SHAPE, "%s: the quantized weight must be 2-D (out, in)", op);
+    LT_TRY(check_args(dx, dy, w->sizes[1], w->sizes[0], w, op, "dx", "dy"));
+    LT_DISPATCH_CUDA(dx, lt_cuda_quant_linear_backward(dx, dy, w, beta));
     lt_tensor dx2 = {0}, dy2 = {0};
     int st = prepare(&dx2, &dy2, dx, dy, w->sizes[1], w->sizes[0], w, op, "dx", "dy");
     if (st == LT_OK) st = backward_dequant(&dx2, &dy2, w, beta);
