@@ -388,6 +388,8 @@ int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, con
                          const lt_tensor *v, const lt_tensor *cu_seqlens, float scale,
                          int causal) {
     const char *op = "attention_forward";
+    /* CUDA tensors: cuda/flash_attn.cu, which makes the same checks (and takes bf16/f16) */
+    LT_DISPATCH_CUDA(q, lt_cuda_attention_forward(out, lse, q, k, v, cu_seqlens, scale, causal));
     attn_shape a;
     LT_TRY(check_like(out, q, op, "out", "q"));
     LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
@@ -527,6 +529,8 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
                           const lt_tensor *out, const lt_tensor *lse,
                           const lt_tensor *cu_seqlens, float scale, int causal) {
     const char *op = "attention_backward";
+    LT_DISPATCH_CUDA(q, lt_cuda_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens,
+                                                   scale, causal));
     attn_shape a;
     LT_TRY(check_like(dout, q, op, "dout", "q"));
     LT_TRY(check_like(out, q, op, "out", "q"));

@@ -29,6 +29,14 @@ T.test("without a device, asking for one says why", function()
     T.raises(function() lt.zeros(2):cuda() end, "CUDA")
     T.raises(function() lt.llama.new(CFG):to("cuda") end, "CUDA")
     T.raises(function() lt.cuda.device_info(0) end, "CUDA")
+    T.raises(function() lt.quant.quantize(lt.randn(4, 64)):to("cuda") end, "CUDA")
+end)
+
+T.test("a quantized weight says where it lives; to() its own device is itself", function()
+    local q = lt.quant.quantize(lt.randn(8, 128), { type = "nf4" })
+    T.eq(q.device, "cpu")
+    T.ok(q:to("cpu") == q and q:cpu() == q)
+    T.raises(function() q:to("gpu") end, "unknown device")
 end)
 
 if not lt.cuda.is_available() then
@@ -82,6 +90,56 @@ T.test("memory: allocations show in the device's statistics and go back to its c
     T.ok(info.total_bytes > 0 and info.sm_count > 0, info.name)
 end)
 
+T.test("quantized weights move byte for byte and compute where they are", function()
+    lt.manual_seed(7)
+    for _, opts in ipairs({ { type = "nf4" }, { type = "fp4", double_quant = false, blocksize = 128 },
+        { type = "int8" } }) do
+        local w = lt.randn(96, 256)
+        local q = lt.quant.quantize(w, opts)
+        local g = q:cuda()
+        T.eq(g.device, "cuda:0")
+        T.ok(g:dequantize():cpu():equal(q:dequantize()), opts.type .. ": moved weight dequantizes to the same bits")
+        T.ok(lt.quant.quantize(w:cuda(), opts):dequantize():cpu():equal(q:dequantize()),
+            opts.type .. ": quantized on the device, the same state as on the host")
+        local back = g:cpu()
+        T.eq(back.device, "cpu")
+        T.ok(back:dequantize():equal(q:dequantize()), opts.type .. ": and back")
+        local x = lt.randn(5, 256)
+        local d = T.diff(lt.quant.linear_forward(x:cuda(), g):cpu(), lt.quant.linear_forward(x, q))
+        T.ok(d < 5e-2, ("%s: linear forward differs by %g"):format(opts.type, d))
+    end
+end)
+
+T.test("QLoRA on the GPU: a 4-bit Llama with adapters trains like the CPU one", function()
+    local FIX = "tests/fixtures"
+    local g = lt.safetensors.load(FIX .. "/llama_tiny_gqa/golden.safetensors")
+    local function build(device)
+        lt.manual_seed(4)
+        local m = lt.llama.from_pretrained(FIX .. "/llama_tiny_gqa", { quant = "nf4" })
+        lt.lora.apply(m, { r = 8, alpha = 16, target = "all-linear" })
+        if device then m:to(device) end
+        return m
+    end
+    local cpu, gpu = build(), build("cuda")
+    local oc = lt.optim.AdamW(cpu:parameters(), { lr = 1e-2, weight_decay = 0 })
+    local og = lt.optim.AdamW(gpu:parameters(), { lr = 1e-2, weight_decay = 0 })
+    local ids, targets = g.input_ids, g.targets
+    local gids, gtargets = ids:cuda(), targets:cuda()
+    local first, last, worst = nil, nil, 0
+    for _ = 1, 15 do
+        oc:zero_grad()
+        og:zero_grad()
+        local lc = cpu:forward_backward(ids, targets)
+        local lg = gpu:forward_backward(gids, gtargets)
+        first, last = first or lg, lg
+        worst = math.max(worst, math.abs(lc - lg) / math.abs(lc))
+        oc:step()
+        og:step()
+    end
+    T.ok(last < first - 0.5, ("GPU QLoRA loss %.3f -> %.3f"):format(first, last))
+    T.ok(worst < 2e-2, ("GPU and CPU QLoRA losses drift apart by %.3g relative"):format(worst))
+end)
+
 T.test("a Llama on the GPU: forward, gradients and 20 AdamW steps track the CPU", function()
     lt.manual_seed(3)
     local cpu = lt.llama.new(CFG)
@@ -95,6 +153,7 @@ T.test("a Llama on the GPU: forward, gradients and 20 AdamW steps track the CPU"
     -- f32 on the GPU goes through TF32 matmuls: compare at TF32's tolerance
     local d = T.diff(gpu:forward(gids):cpu(), cpu:forward(ids))
     T.ok(d < 5e-3, ("logits differ by %g"):format(d))
+    T.eq(gpu:attention_paths(), { "cuda-flash" })
     local oc = lt.optim.AdamW(cpu:parameters(), { lr = 3e-3 })
     local og = lt.optim.AdamW(gpu:parameters(), { lr = 3e-3 })
     local worst = 0

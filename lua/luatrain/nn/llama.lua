@@ -116,8 +116,9 @@ function Attention:forward(x)
     local lse = self:buffer("lse", { B, H, T })
     F.flash_attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal,
         cu_seqlens = ctx.cu_seqlens })
-    -- which kernel ran, for LlamaForCausalLM:attention_paths() (a CUDA one: "cuda-flash")
-    self.attention_path = "cpu-flash"
+    -- which kernel ran, for LlamaForCausalLM:attention_paths(): src/ops/attention.c on the
+    -- host, cuda/flash_attn.cu on a device
+    self.attention_path = q:is_cuda() and "cuda-flash" or "cpu-flash"
     local flat = self:view_of("attn_flat", attn, { B, T, H * D })
     self.output = self.o_proj:forward(flat)
     return self.output
