@@ -57,6 +57,8 @@ local cfg = lt.config {
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
+    precision = { "auto", "activations' dtype: f32, or bf16 with f32 master weights (CUDA only); auto: bf16 on a GPU, f32 on the CPU",
+        choices = { "auto", "f32", "bf16" } },
 }
 
 -- settings whose range the declaration cannot say, checked before anything loads
@@ -106,6 +108,7 @@ end
 local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout,
     target = target, rslora = cfg.rslora, dora = cfg.dora })
 model:to(cfg.device)
+model:set_compute_dtype(cfg.precision ~= "auto" and cfg.precision or (cfg.device == "cpu" and "f32" or "bf16"))
 local n_train = model:num_parameters(true)
 
 print(("qlora_llama: %s on %s"):format(cfg.model, cfg.device))

@@ -51,6 +51,8 @@ local cfg = lt.config {
     seed = { 1337, "seed for weights and batches", type = "int" },
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N" },
+    precision = { "auto", "activations' dtype: f32, or bf16 with f32 master weights (CUDA only); auto: bf16 on a GPU, f32 on the CPU",
+        choices = { "auto", "f32", "bf16" } },
     log_every = { 10, "print a line every this many steps", type = "int" },
     out = { "runs/train_tiny", "output folder (log.jsonl, model/)" },
     save = { true, "save the trained model" },
@@ -96,6 +98,7 @@ else
 end
 if cfg.checkpoint then model:gradient_checkpointing(true) end
 model:to(cfg.device)
+model:set_compute_dtype(cfg.precision ~= "auto" and cfg.precision or (cfg.device == "cpu" and "f32" or "bf16"))
 if tok and tok.vocab_size > model.config.vocab_size then
     error(("train_tiny: the tokenizer has %d tokens but the model's vocabulary is %d"):format(
         tok.vocab_size, model.config.vocab_size), 0)

@@ -99,6 +99,10 @@ function M.apply(model, opts)
     local names, short = {}, {}
     for _, c in ipairs(chosen) do
         local lora = nnlora.LoRALinear(c.module, opts)
+        -- adapters start where the layer they wrap is, in its precision
+        local dev = c.module:device()
+        if dev ~= "cpu" then lora:to(dev) end
+        if c.module._act_dtype then lora:set_compute_dtype(c.module._act_dtype) end
         c.parent:add_module(c.name, lora)
         names[#names + 1] = c.full
         short[c.full:match("([^%.]+)$")] = true

@@ -47,6 +47,8 @@ function Checkpoint:init(inner, arena)
     self._param_names, self._params, self._grads = inner._param_names, inner._params, inner._grads
     self._child_names, self._children = inner._child_names, inner._children
     self._tied = inner._tied
+    -- its own buffers (output, grad_input) on the wrapped module's device and precision
+    self._device, self._act_dtype = inner._device, inner._act_dtype
     share_buffers(inner, self.arena, "")
 end
 
@@ -75,7 +77,7 @@ function Checkpoint:forward(x)
     self.rng_seed, self.rng_offset = rng.seed, rng.offset
     local y = self.inner:forward(x)
     self.arena.owner = self
-    local out = self:buffer("output", y:shape())
+    local out = self:buffer("output", y:shape(), y.dtype)
     out:copy_(y)
     self.output = out
     return out
@@ -92,7 +94,7 @@ function Checkpoint:backward(x, dy)
         self.arena.owner = self
     end
     local g = self.inner:backward(x, dy)
-    local gi = self:buffer("grad_input", g:shape())
+    local gi = self:buffer("grad_input", g:shape(), g.dtype)
     gi:copy_(g)
     self.grad_input = gi
     return gi

@@ -49,9 +49,27 @@ local function out_shape(x, last)
     return s
 end
 
+-- The weight to multiply x with: the weight itself, or, when x is in a lower precision
+-- than an f32 weight (set_compute_dtype("bf16") with f32 master weights), a copy cast to
+-- x's dtype, refreshed every forward and kept for the backward: (out, in) in x's dtype.
+function Linear:compute_weight(x)
+    local w = self.weight
+    if x.dtype == w.dtype or w.dtype ~= "f32" or x.dtype == "f32" then return w end
+    local wc = self:buffer("weight_cast", w:shape(), x.dtype)
+    wc:copy_(w)
+    return wc
+end
+
+-- The weight the last forward multiplied with (see compute_weight).
+function Linear:_forward_weight(dy)
+    local wc = self._buffers.weight_cast
+    if wc and wc.storage ~= nil and wc.dtype == dy.dtype and self.weight.dtype ~= dy.dtype then return wc end
+    return self.weight
+end
+
 function Linear:forward(x)
     local out = self:buffer("output", out_shape(x, self.out_features))
-    F.linear(x, self.weight, out)
+    F.linear(x, self:compute_weight(x), out)
     if self.bias then
         -- out (N, out) += bias (out) broadcast over rows
         tensor.methods.add_(out, self.bias)
@@ -63,12 +81,13 @@ end
 function Linear:backward(x, dy)
     local dx = self:buffer("grad_input", x:shape())
     local dw = self._grads.weight or false
-    F.linear_backward(dy, x, self.weight, { dx = dx, dw = dw })
+    F.linear_backward(dy, x, self:_forward_weight(dy), { dx = dx, dw = dw })
     local db = self._grads.bias
     if db then
-        -- db (out) += dy summed over every leading dim, through an owned (1, out) buffer
+        -- db (out) += dy summed over every leading dim, through an owned (1, out) buffer in
+        -- the bias gradient's dtype
         local dy2 = self:view_of("dy2", dy, { -1, self.out_features })
-        local colsum = self:buffer("bias_colsum", { 1, self.out_features })
+        local colsum = self:buffer("bias_colsum", { 1, self.out_features }, db.dtype)
         ops.reduce_forward("sum", dy2, { 1 }, true, colsum)
         tensor.methods.add_(db, self:view_of("bias_colsum_flat", colsum, { self.out_features }))
     end
@@ -131,7 +150,7 @@ function RMSNorm:forward(x)
     end
     local out = self:buffer("output", x:shape())
     local rows = x:numel() / self.dim
-    local rstd = self:buffer("rstd", { rows })
+    local rstd = self:buffer("rstd", { rows }, "f32")
     F.rmsnorm(x, self.weight, self.eps, out, rstd)
     self.output = out
     return out

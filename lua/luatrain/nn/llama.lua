@@ -113,7 +113,7 @@ function Attention:forward(x)
         v = cv:narrow(2, 1, start + T)
     end
     local attn = self:buffer("attn", { B, T, H, D })
-    local lse = self:buffer("lse", { B, H, T })
+    local lse = self:buffer("lse", { B, H, T }, "f32")
     F.flash_attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal,
         cu_seqlens = ctx.cu_seqlens })
     -- which kernel ran, for LlamaForCausalLM:attention_paths(): src/ops/attention.c on the
@@ -409,12 +409,19 @@ end
 function LlamaForCausalLM:forward(ids, opts)
     ids, _, opts = self:_inputs(ids, nil, opts)
     local h = self.model:forward(ids, opts)
-    self.output = self.lm_head:forward(h)
+    local logits = self.lm_head:forward(h)
+    -- logits in f32 whatever the compute dtype
+    if logits.dtype ~= "f32" then logits = self:buffer("logits_f32", logits:shape(), "f32"):copy_(logits) end
+    self.output = logits
     return self.output
 end
 
 function LlamaForCausalLM:backward(ids, dlogits)
     ids = self:_input("ids", ids)
+    local act = self.model.output.dtype
+    if dlogits.dtype ~= act then
+        dlogits = self:buffer("d_logits_act", dlogits:shape(), act):copy_(dlogits)
+    end
     local dh = self.lm_head:backward(self.model.output, dlogits)
     self.model:backward(ids, dh)
     return nil
@@ -455,8 +462,8 @@ function LlamaForCausalLM:loss(ids, targets, opts)
     ids, targets, opts = self:_inputs(ids, targets, opts or {})
     local h = self.model:forward(ids, opts)
     local h2 = self:view_of("h2", h, { h:numel() / h:size(-1), h:size(-1) })
-    local loss = self:buffer("loss", {})
-    local lse = self:buffer("lse", { h2:size(1) })
+    local loss = self:buffer("loss", {}, "f32")
+    local lse = self:buffer("lse", { h2:size(1) }, "f32")
     F.linear_cross_entropy(h2, self.lm_head.weight, flat_targets(self, targets),
         { loss = loss, lse = lse, normalizer = opts.normalizer, row_loss = opts.row_loss })
     return loss:item()
@@ -469,11 +476,15 @@ function LlamaForCausalLM:forward_backward(ids, targets, opts)
     local h = self.model:forward(ids, opts)
     local N, Cdim = h:numel() / h:size(-1), h:size(-1)
     local h2 = self:view_of("h2", h, { N, Cdim })
-    local loss = self:buffer("loss", {})
-    local dh = self:buffer("d_hidden", { N, Cdim })
-    F.linear_cross_entropy_fused(h2, self.lm_head.weight, flat_targets(self, targets),
+    local loss = self:buffer("loss", {}, "f32")
+    -- dh comes out in f32 or the head weight's dtype; the layers below take it in theirs
+    local w = self.lm_head.weight
+    local act = h.dtype
+    local dh = self:buffer("d_hidden", { N, Cdim }, (act == "f32" or act == w.dtype) and act or "f32")
+    F.linear_cross_entropy_fused(h2, w, flat_targets(self, targets),
         opts.scale or 1, { loss = loss, dh = dh, dw = self.lm_head._grads.weight or false,
             normalizer = opts.normalizer, row_loss = opts.row_loss })
+    if dh.dtype ~= act then dh = self:buffer("d_hidden_act", { N, Cdim }, act):copy_(dh) end
     self.model:backward(ids, self:view_of("d_hidden3", dh, h:shape()))
     return loss:item()
 end

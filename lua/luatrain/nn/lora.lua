@@ -73,7 +73,7 @@ function LoRALinear:init(base, opts)
         -- kept as state, not as a buffer: buffers are scratch that checkpointing shares and
         -- model:to releases
         local w = self:_base_f32()
-        local sq = tensor.empty(self.out_features, 1)
+        local sq = tensor.empty({ self.out_features, 1 }, { device = w.device })
         ew.reduce_forward("sum", w:square_(), { 2 }, true, sq)
         w:free()
         self._dora_base_sq = sq
@@ -125,16 +125,17 @@ end
 function LoRALinear:_dora_norms()
     local r, out_f = self.r, self.out_features
     local A, B, s = self.lora_A.weight, self.lora_B.weight, self.scaling
-    local aw = self:buffer("dora_aw", { r, out_f })    -- A W^T
+    -- f32 throughout, whatever the compute dtype: the norms divide every output
+    local aw = self:buffer("dora_aw", { r, out_f }, "f32")    -- A W^T
     self:_base_forward(A, aw, 0)
-    local aat = self:buffer("dora_aat", { r, r })       -- A A^T
+    local aat = self:buffer("dora_aat", { r, r }, "f32")       -- A A^T
     F.matmul(A, A, { trans_b = true, out = aat })
-    local t = self:buffer("dora_t", { out_f, r })       -- (A W^T)^T twice + s B A A^T
+    local t = self:buffer("dora_t", { out_f, r }, "f32")       -- (A W^T)^T twice + s B A A^T
     F.matmul(B, aat, { out = t, alpha = s })
     ew.binary_forward("add", t, self:view_of("aw_t", aw, { r, out_f }):t(), t)
     ew.binary_forward("add", t, self:view_of("aw_t2", aw, { r, out_f }):t(), t)
     ew.binary_forward("mul", t, B, t)
-    local norms = self:buffer("dora_norms", { out_f, 1 })
+    local norms = self:buffer("dora_norms", { out_f, 1 }, "f32")
     ew.reduce_forward("sum", t, { 2 }, true, norms)
     -- norm^2 = base^2 + s * rowsum(B . (2 W A^T + s B A A^T))
     ew.scalar_forward("mul", norms, s, false, norms)
@@ -168,17 +169,17 @@ function LoRALinear:forward(x)
     local h = self.lora_A:forward(xin) -- (..., r)
     if self.dora then
         -- y = base * (m / norm) + (m / norm) * s * B h, norm constant for backward
-        local coef = self:buffer("dora_coef", { self.out_features })
+        local coef = self:buffer("dora_coef", { self.out_features }, "f32")
         ew.binary_forward("div", self.lora_magnitude_vector, self:_dora_norms(), coef)
         local lora = self:buffer("dora_lora", out_shape(x, self.out_features))
-        F.matmul(h, self.lora_B.weight, { trans_b = true, out = lora, alpha = self.scaling })
+        F.matmul(h, self.lora_B:compute_weight(h), { trans_b = true, out = lora, alpha = self.scaling })
         self._dora_base = self:buffer("dora_base", out:shape())
         self._dora_base:copy_(out)
         self._dora_lora = lora
         ew.binary_forward("add", out, lora, out)
         ew.binary_forward("mul", out, coef, out)
     else
-        F.matmul(h, self.lora_B.weight, { trans_b = true, out = out, alpha = self.scaling, beta = 1 })
+        F.matmul(h, self.lora_B:compute_weight(h), { trans_b = true, out = out, alpha = self.scaling, beta = 1 })
     end
     self.output = out
     return out
@@ -201,7 +202,7 @@ function LoRALinear:backward(x, dy)
             local both = self:buffer("dora_both", dy:shape())
             ew.binary_forward("add", self._dora_base, self._dora_lora, both)
             ew.binary_forward("mul", both, dy, both)
-            local per_row = self:buffer("dora_rows", { 1, self.out_features })
+            local per_row = self:buffer("dora_rows", { 1, self.out_features }, "f32")
             ew.reduce_forward("sum", self:view_of("both2", both, { -1, self.out_features }), { 1 }, true, per_row)
             local flat = self:view_of("dora_rows_flat", per_row, { self.out_features })
             ew.binary_forward("mul", flat, coef, flat)
@@ -221,7 +222,7 @@ function LoRALinear:backward(x, dy)
     if dB then check(C.lt_matmul(dB, g2, h2, 1, 0, self.scaling, 1)) end
     -- dh (..., r) = s * g B
     local dh = self:buffer("d_h", out_shape(x, r))
-    F.matmul(g, self.lora_B.weight, { out = dh, alpha = self.scaling })
+    F.matmul(g, self.lora_B:_forward_weight(g), { out = dh, alpha = self.scaling })
     local dxin = self.lora_A:backward(self._xin, dh) -- accumulates dA
     if self.dropout > 0 and self.training then
         check(C.lt_dropout_backward(dxin, dxin, self._buffers.drop_mask, self.dropout))

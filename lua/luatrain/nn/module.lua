@@ -254,9 +254,50 @@ function Module:buffer(name, shape, dtype)
         b = tensor.new_header()
         self._buffers[name] = b
     end
+    dtype = dtype or self._act_dtype
     if dtype == nil and self._device == nil then return b:resize_(shape) end
-    return b:resize_(shape, { dtype = dtype, device = self._device })
+    return b:resize_(shape, { dtype = dtype or "f32", device = self._device })
 end
+
+-- ---- compute precision -----------------------------------------------------------------
+
+local COMPUTE_DTYPES = { f32 = true, bf16 = true, f16 = true }
+
+-- Activations and their gradients in `dtype` ("f32", "bf16" or "f16") for this module and
+-- every module under it: buffers made without an explicit dtype take it, and layers whose
+-- weights are in another dtype multiply with a copy cast to it (see Linear). Parameters
+-- stay as they are, so trainable ones keep f32 master weights, f32 gradients and f32
+-- optimizer state; statistics that need the range (RMSNorm's rstd, attention's lse, the
+-- loss) stay f32. bf16/f16 compute needs a CUDA device (the CPU kernels compute in f32):
+-- move the model first. model:to("cpu") goes back to f32.
+function Module:set_compute_dtype(dtype)
+    local dt = dtype
+    if dt == "float32" or dt == "float" then dt = "f32" end
+    if dt == "bfloat16" then dt = "bf16" end
+    if dt == "float16" or dt == "half" then dt = "f16" end
+    if not COMPUTE_DTYPES[dt] then
+        error(("set_compute_dtype: dtype must be \"f32\", \"bf16\" or \"f16\", got %s"):format(
+            tostring(dtype)), 2)
+    end
+    if dt ~= "f32" and self:device() == "cpu" then
+        error(("set_compute_dtype(%q): %s compute needs a CUDA device (the CPU kernels compute "
+            .. "in f32); call model:to(\"cuda\") first"):format(dtype, dt), 2)
+    end
+    local seen = {}
+    local function walk(m)
+        if seen[m] then return end
+        seen[m] = true
+        m:free_buffers()
+        m._act_dtype = dt ~= "f32" and dt or nil
+        for _, n in ipairs(m._child_names) do walk(m._children[n]) end
+        if rawget(m, "inner") then walk(m.inner) end
+    end
+    walk(self)
+    return self
+end
+
+-- The dtype activations are computed in: "f32" unless set_compute_dtype said otherwise.
+function Module:compute_dtype() return self._act_dtype or "f32" end
 
 -- ---- devices -------------------------------------------------------------------------
 
@@ -294,7 +335,12 @@ function Module:to(device)
         end
         if m._move_extras then m:_move_extras(dev, move) end
         m._device = dev ~= "cpu" and dev or nil
+        -- the CPU kernels compute in f32
+        if dev == "cpu" then m._act_dtype = nil end
         for _, n in ipairs(m._child_names) do walk(m._children[n]) end
+        -- a wrapper (nn.Checkpoint) shares its parameters and children with the module it
+        -- wraps, whose own buffers must follow too
+        if rawget(m, "inner") then walk(m.inner) end
     end
     walk(self)
     -- the old tensors go now, not at the next collection
