@@ -1,8 +1,10 @@
 --[[
-attention_memory.lua - a training step's peak host memory against the sequence length, to
-show that attention adds no T x T term (src/ops/attention.c keeps per-thread tiles only).
+attention_memory.lua - a training step's peak memory against the sequence length, to show
+that attention adds no T x T term (src/ops/attention.c keeps per-thread tiles only;
+cuda/flash_attn.cu tiles in shared memory).
 
     luatrain tools/bench/attention_memory.lua [seqs=1024,2048,4096,8192 layers=2 out=FILE]
+        [device=cuda]   (on the GPU: bf16 activations, f32 master weights, device memory)
 
 For each length T a fresh small Llama (hidden 256, 4 heads of 64, 2 key/value heads, vocab
 1000) trains `steps` AdamW steps on one random sequence of T tokens. The allocator's peak
@@ -25,9 +27,17 @@ local cfg = lt.config {
     steps = { 2, "training steps per length", type = "int" },
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
     out = { "", "also write the report to this file" },
+    device = { "cpu", "where the model trains: cpu, or cuda (bf16 compute, f32 master weights)" },
 }
 
 lt.set_num_threads(cfg.threads)
+-- every allocation is counted on the device that trains
+local dev = cfg.device
+local on_gpu = dev ~= "cpu"
+local function sync() if on_gpu then lt.cuda.synchronize() end end
+local act = on_gpu and "bf16" or "f32"
+local function rnd(...) return lt.randn({ ... }, { device = dev }):to(act) end
+local function emp(...) return lt.empty({ ... }, { device = dev, dtype = act }) end
 local now = lt.fs.now
 local mem = lt.memory
 local MiB = 1024 * 1024
@@ -84,18 +94,20 @@ local H, Hkv, D = 4, 2, 64
 -- The attention kernel alone at (1, T, H, D): best forward + backward time, and the peak
 -- allocation beyond the preallocated inputs and outputs (the kernel's scratch).
 local function attention_alone(T)
-    local q, k, v = lt.randn(1, T, H, D), lt.randn(1, T, Hkv, D), lt.randn(1, T, Hkv, D)
-    local dout, out, lse = lt.randn(1, T, H, D), lt.empty(1, T, H, D), lt.empty(1, H, T)
-    local dq, dk, dv = lt.empty(1, T, H, D), lt.empty(1, T, Hkv, D), lt.empty(1, T, Hkv, D)
+    local q, k, v = rnd(1, T, H, D), rnd(1, T, Hkv, D), rnd(1, T, Hkv, D)
+    local dout, out, lse = rnd(1, T, H, D), emp(1, T, H, D), lt.empty({ 1, H, T }, { device = dev })
+    local dq, dk, dv = emp(1, T, H, D), emp(1, T, Hkv, D), emp(1, T, Hkv, D)
     local best, scratch = math.huge, 0
     for _ = 1, 3 do
-        mem.reset_peak("cpu")
-        local before = mem.stats("cpu").current
+        mem.reset_peak(dev)
+        local before = mem.stats(dev).current
+        sync()
         local t0 = now()
         F.flash_attention(q, k, v, { out = out, lse = lse })
         F.flash_attention_backward(dout, q, k, v, out, lse, { dq = dq, dk = dk, dv = dv })
+        sync()
         best = math.min(best, now() - t0)
-        scratch = math.max(scratch, mem.stats("cpu").peak - before)
+        scratch = math.max(scratch, mem.stats(dev).peak - before)
     end
     for _, t in ipairs({ q, k, v, dout, out, lse, dq, dk, dv }) do t:free() end
     return best, scratch
@@ -104,22 +116,24 @@ end
 local function run(T)
     collectgarbage("collect")
     collectgarbage("collect")
-    local held = mem.stats("cpu").current
+    local held = mem.stats(dev).current
     lt.manual_seed(0)
-    local model = lt.llama.new(model_cfg)
+    local model = lt.llama.new(model_cfg, on_gpu and { device = dev } or nil)
+    if on_gpu then model:set_compute_dtype("bf16") end
     local opt = lt.optim.AdamW(model:parameters(), { lr = 1e-4 })
-    local ids = lt.randint(0, model_cfg.vocab_size, { 1, T })
-    local targets = lt.randint(0, model_cfg.vocab_size, { 1, T })
-    mem.reset_peak("cpu")
+    local ids = lt.randint(0, model_cfg.vocab_size, { 1, T }, { device = dev })
+    local targets = lt.randint(0, model_cfg.vocab_size, { 1, T }, { device = dev })
+    mem.reset_peak(dev)
     local step_best = math.huge
     for _ = 1, cfg.steps do
         local t0 = now()
         opt:zero_grad()
         model:forward_backward(ids, targets)
         opt:step()
+        sync()
         step_best = math.min(step_best, now() - t0)
     end
-    local peak = mem.stats("cpu").peak - held
+    local peak = mem.stats(dev).peak - held
     local paths = table.concat(model:attention_paths(), ",")
     model, opt, ids, targets = nil, nil, nil, nil
     collectgarbage("collect")
@@ -131,6 +145,10 @@ end
 say("# luatrain tools/bench/attention_memory.lua (seqs=%s, layers=%d, steps=%d), %s",
     cfg.seqs, cfg.layers, cfg.steps, os.date("!%Y-%m-%dT%H:%MZ"))
 say("# machine: %s; %d threads; commit %s", machine(), lt.get_num_threads(), commit())
+if on_gpu then
+    local info = lt.cuda.device_info()
+    say("# device: %s (%.0f GiB); bf16 activations, f32 master weights", info.name, info.total_bytes / 2 ^ 30)
+end
 say("# model: Llama, hidden 256, %d layers, %d heads of %d, %d kv heads, vocab 1000, batch 1, AdamW",
     cfg.layers, H, D, Hkv)
 say("# peak: lt.memory peak over the steps above what was held before the model was built")

@@ -339,13 +339,14 @@ function LlamaForCausalLM:init(cfg, opts)
     else
         self:add_module("lm_head", Linear(cfg.hidden_size, cfg.vocab_size, head_opts))
     end
-    if opts.init ~= false then self:init_weights() end
+    if opts.init ~= false then self:init_weights(opts.device) end
     -- built on a device (opts.device): every module's buffers go there too
     if opts.device and opts.device ~= "cpu" then self:to(opts.device) end
 end
 
--- normal(0, initializer_range) for every matrix, ones for norms.
-function LlamaForCausalLM:init_weights()
+-- normal(0, initializer_range) for every matrix, ones for norms. Quantized layers draw
+-- their f32 weight on `device` (default the host) one layer at a time and quantize it there.
+function LlamaForCausalLM:init_weights(device)
     local std = self.config.initializer_range
     for _, r in ipairs(self:named_parameters()) do
         if r.param:dim() >= 2 then r.param:normal_(0, std) else r.param:fill_(1) end
@@ -353,7 +354,8 @@ function LlamaForCausalLM:init_weights()
     local quant = require "luatrain.quant"
     for _, e in ipairs(self:quant_layers()) do
         if not e[2].qweight then
-            local w = require("luatrain.tensor").randn(e[2].out_features, e[2].in_features, { std = std })
+            local w = require("luatrain.tensor").randn(e[2].out_features, e[2].in_features,
+                { std = std, device = device })
             e[2]:set_qweight(quant.quantize(w, self.quant_opts))
             w:free()
         end
