@@ -134,6 +134,25 @@ template <> __device__ __forceinline__ __half lt_from_f32<__half>(float x) {
     return __float2half_rn(x);
 }
 
+// Element i of a float buffer whose dtype is known only at run time (the general paths of
+// kernels taking mixed dtypes, e.g. a bf16 activation with an f32 weight), read as f32 and
+// written rounded to nearest.
+__device__ __forceinline__ float ld_any(const char *p, int dt, int64_t i) {
+    switch (dt) {
+    case LT_DTYPE_BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    case LT_DTYPE_F16: return __half2float(((const __half *)p)[i]);
+    default: return ((const float *)p)[i];
+    }
+}
+
+__device__ __forceinline__ void st_any(char *p, int dt, int64_t i, float v) {
+    switch (dt) {
+    case LT_DTYPE_BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v); break;
+    case LT_DTYPE_F16: ((__half *)p)[i] = __float2half_rn(v); break;
+    default: ((float *)p)[i] = v; break;
+    }
+}
+
 // Dispatch on a float dtype: LT_FLOAT_SWITCH(t->dtype_id, T, { kernel<T><<<...>>>(...); })
 #define LT_FLOAT_SWITCH(dtype, T, ...)                                                     \
     switch (dtype) {                                                                       \

@@ -169,24 +169,6 @@ __host__ __device__ constexpr int kind_inputs(int kind) {
     return kind == K_UF ? 1 : kind == K_UG ? 2 : kind == K_BF ? 2 : kind == K_BG ? 3 : 1;
 }
 
-// ---- element access by run-time dtype (general path) --------------------------------------
-
-__device__ __forceinline__ float ld_any(const char *p, int dt, int64_t i) {
-    switch (dt) {
-    case LT_DTYPE_BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
-    case LT_DTYPE_F16: return __half2float(((const __half *)p)[i]);
-    default: return ((const float *)p)[i];
-    }
-}
-
-__device__ __forceinline__ void st_any(char *p, int dt, int64_t i, float v) {
-    switch (dt) {
-    case LT_DTYPE_BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v); break;
-    case LT_DTYPE_F16: ((__half *)p)[i] = __float2half_rn(v); break;
-    default: ((float *)p)[i] = v; break;
-    }
-}
-
 // ---- geometry (host) ----------------------------------------------------------------------
 
 enum { EW_MAX_OPS = 4 };

@@ -24,22 +24,6 @@
 
 namespace {
 
-__device__ __forceinline__ float ld_any(const char *p, int dt, int64_t i) {
-    switch (dt) {
-    case LT_DTYPE_BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
-    case LT_DTYPE_F16: return __half2float(((const __half *)p)[i]);
-    default: return ((const float *)p)[i];
-    }
-}
-
-__device__ __forceinline__ void st_any(char *p, int dt, int64_t i, float v) {
-    switch (dt) {
-    case LT_DTYPE_BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v); break;
-    case LT_DTYPE_F16: ((__half *)p)[i] = __float2half_rn(v); break;
-    default: ((float *)p)[i] = v; break;
-    }
-}
-
 // A kernel's element type: one dtype for every row operand, or AnyT (run-time dtypes).
 struct AnyT {};
 
