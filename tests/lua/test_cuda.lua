@@ -102,6 +102,24 @@ T.test("memory: allocations show in the device's statistics and go back to its c
     T.ok(info.total_bytes > 0 and info.sm_count > 0, info.name)
 end)
 
+T.test("ops called without outputs make them on the inputs' device, in their dtype", function()
+    local F = lt.nn.functional
+    local q = lt.randn({ 2, 17, 4, 64 }, { device = "cuda" }):bf16()
+    local k = lt.randn({ 2, 17, 2, 64 }, { device = "cuda" }):bf16()
+    local out, lse = F.flash_attention(q, k, k)
+    T.eq({ out.device, out.dtype, lse.device, lse.dtype }, { "cuda:0", "bf16", "cuda:0", "f32" })
+    local dq, dk = F.flash_attention_backward(out, q, k, k, out, lse)
+    T.eq({ dq.device, dq.dtype, dk.dtype }, { "cuda:0", "bf16", "bf16" })
+    local x = lt.randn({ 5, 64 }, { device = "cuda" })
+    local w = lt.randn({ 64 }, { device = "cuda" })
+    local y, rstd = F.rmsnorm(x, w)
+    T.eq({ y.device, rstd.device, rstd.dtype }, { "cuda:0", "cuda:0", "f32" })
+    local dx, dw = F.rmsnorm_backward(y, x, w, rstd)
+    T.eq({ dx.device, dw.device, dw.dtype }, { "cuda:0", "cuda:0", "f32" })
+    local lin = F.linear(x:bf16(), lt.randn({ 8, 64 }, { device = "cuda" }):bf16())
+    T.eq({ lin.device, lin.dtype }, { "cuda:0", "bf16" })
+end)
+
 T.test("quantized weights move byte for byte and compute where they are", function()
     lt.manual_seed(7)
     for _, opts in ipairs({ { type = "nf4" }, { type = "fp4", double_quant = false, blocksize = 128 },

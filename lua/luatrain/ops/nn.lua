@@ -16,17 +16,24 @@ local empty, zeros = tensor.empty, tensor.zeros
 
 local M = {}
 
-local function shape_of(t) return t:shape() end
-
--- A buffer of `shape` (f32): the given one (C checks its shape), or a new one.
-local function out_or_new(given, shape)
-    if given ~= nil then return given end
-    return empty(shape)
+-- New outputs go where the inputs are. On the host they are f32 (the CPU kernels compute
+-- in f32); on a device they take the dtype of `ref`, the input they are computed from
+-- (CUDA kernels compute in f32 and round to the output's dtype), unless `dtype` says
+-- otherwise (f32 statistics: lse, rstd, losses; f32 weight gradients).
+local function new(ref, shape, dtype)
+    local dev = ref.device
+    if dtype == nil then dtype = dev ~= "cpu" and ref.dtype or "f32" end
+    return empty(shape, { dtype = dtype, device = dev })
 end
 
-local function grad_or_zeros(given, like)
+local function new_zeros(ref, shape, dtype)
+    return zeros(shape, { dtype = dtype or "f32", device = ref.device })
+end
+
+-- A buffer of `shape`: the given one (C checks its shape), or a new one like `ref`.
+local function out_or_new(given, shape, ref)
     if given ~= nil then return given end
-    return zeros(shape_of(like))
+    return new(ref, shape)
 end
 
 -- ---- matmul ---------------------------------------------------------------------------
@@ -53,7 +60,8 @@ function M.matmul(a, b, opts)
         for i = 1, #batch - 2 do shape[i] = batch[i] end
         shape[#shape + 1] = m
         shape[#shape + 1] = n
-        out = empty(shape)
+        -- mixed operand dtypes multiply in f32
+        out = new(a, shape, a.dtype ~= b.dtype and "f32" or nil)
     end
     check(C.lt_matmul(out, a, b, ta, tb, opts.alpha or 1, opts.beta or 0))
     return out
@@ -62,8 +70,8 @@ end
 -- Gradients of c = op(a) @ op(b): returns da, db (each written unless opts.accumulate_a/b).
 function M.matmul_backward(dc, a, b, opts)
     opts = opts or {}
-    local da = opts.da or (opts.need_a ~= false and empty(a:shape()) or nil)
-    local db = opts.db or (opts.need_b ~= false and empty(b:shape()) or nil)
+    local da = opts.da or (opts.need_a ~= false and new(dc, a:shape()) or nil)
+    local db = opts.db or (opts.need_b ~= false and new(dc, b:shape()) or nil)
     check(C.lt_matmul_backward(da, db, dc, a, b, opts.trans_a and 1 or 0, opts.trans_b and 1 or 0,
         opts.accumulate_a and 1 or 0, opts.accumulate_b and 1 or 0))
     return da, db
@@ -74,7 +82,7 @@ function M.linear(x, w, out)
     if out == nil then
         local s = x:shape()
         s[#s] = w:size(1)
-        out = empty(s)
+        out = new(x, s, x.dtype ~= w.dtype and "f32" or nil)
     end
     check(C.lt_matmul(out, x, w, 0, 1, 1, 0))
     return out
@@ -84,8 +92,8 @@ end
 function M.linear_backward(dy, x, w, opts)
     opts = opts or {}
     local dx, dw = opts.dx, opts.dw
-    if dx == nil then dx = empty(x:shape()) end
-    if dw == nil then dw = zeros(w:shape()) end
+    if dx == nil then dx = new(dy, x:shape(), dy.dtype ~= w.dtype and "f32" or nil) end
+    if dw == nil then dw = new_zeros(w, w:shape()) end
     if dx then check(C.lt_matmul(dx, dy, w, 0, 0, 1, 0)) end
     if dw then
         -- dw (out, in) += dy^T @ x over all leading dims flattened
@@ -102,7 +110,7 @@ function M.embedding(weight, ids, out)
     if out == nil then
         local s = ids:shape()
         s[#s + 1] = weight:size(2)
-        out = empty(s)
+        out = new(weight, s)
     end
     check(C.lt_embedding_forward(out, weight, ids))
     return out
@@ -110,7 +118,7 @@ end
 
 -- dweight (+=): scatter-add of dout rows by ids.
 function M.embedding_backward(dout, ids, dweight, vocab)
-    if dweight == nil then dweight = zeros(vocab, dout:size(-1)) end
+    if dweight == nil then dweight = new_zeros(dout, { vocab, dout:size(-1) }) end
     check(C.lt_embedding_backward(dweight, dout, ids))
     return dweight
 end
@@ -118,18 +126,18 @@ end
 -- ---- RMSNorm --------------------------------------------------------------------------
 
 function M.rmsnorm(x, weight, eps, out, rstd)
-    out = out_or_new(out, x:shape())
+    out = out_or_new(out, x:shape(), x)
     if rstd == nil then
         local c = x:size(-1)
-        rstd = empty(c > 0 and x:numel() / c or 0)
+        rstd = new(x, { c > 0 and x:numel() / c or 0 }, "f32")
     end
     check(C.lt_rmsnorm_forward(out, rstd or nil, x, weight, eps or 1e-6))
     return out, rstd
 end
 
 function M.rmsnorm_backward(dout, x, weight, rstd, dx, dweight)
-    dx = out_or_new(dx, x:shape())
-    if dweight == nil then dweight = zeros(weight:shape()) end
+    dx = out_or_new(dx, x:shape(), dout)
+    if dweight == nil then dweight = new_zeros(weight, weight:shape()) end
     check(C.lt_rmsnorm_backward(dx, dweight or nil, dout, x, weight, rstd))
     return dx, dweight or nil
 end
@@ -165,21 +173,22 @@ end
 -- cos, sin (positions, D/2) for positions 0..positions-1.
 function M.rope_table(inv_freq, positions, cos, sin)
     local half = inv_freq:numel()
-    cos = out_or_new(cos, { positions, half })
-    sin = out_or_new(sin, { positions, half })
+    -- the tables stay f32 (bf16 activations rotate with f32 angles)
+    cos = cos or new(inv_freq, { positions, half }, "f32")
+    sin = sin or new(inv_freq, { positions, half }, "f32")
     check(C.lt_rope_table(cos, sin, inv_freq))
     return cos, sin
 end
 
 -- x (B, T, H, D); positions (B, T) or (T) i32/i64 or nil (0..T-1). out may be x.
 function M.rope(x, cos, sin, positions, out)
-    out = out_or_new(out, x:shape())
+    out = out_or_new(out, x:shape(), x)
     check(C.lt_rope_forward(out, x, cos, sin, positions))
     return out
 end
 
 function M.rope_backward(dout, cos, sin, positions, dx)
-    dx = out_or_new(dx, dout:shape())
+    dx = out_or_new(dx, dout:shape(), dout)
     check(C.lt_rope_backward(dx, dout, cos, sin, positions))
     return dx
 end
@@ -187,14 +196,14 @@ end
 -- ---- SiLU-gated unit ------------------------------------------------------------------
 
 function M.swiglu(gate, up, out)
-    out = out_or_new(out, gate:shape())
+    out = out_or_new(out, gate:shape(), gate)
     check(C.lt_swiglu_forward(out, gate, up))
     return out
 end
 
 function M.swiglu_backward(dout, gate, up, dgate, dup)
-    dgate = out_or_new(dgate, gate:shape())
-    dup = out_or_new(dup, up:shape())
+    dgate = out_or_new(dgate, gate:shape(), dout)
+    dup = out_or_new(dup, up:shape(), dout)
     check(C.lt_swiglu_backward(dgate, dup, dout, gate, up))
     return dgate, dup
 end
@@ -217,9 +226,9 @@ end
 function M.attention(q, k, v, opts)
     opts = opts or {}
     local B, T, H, D = q:size(1), q:size(2), q:size(3), q:size(4)
-    local out = out_or_new(opts.out, { B, T, H, D })
+    local out = out_or_new(opts.out, { B, T, H, D }, q)
     local lse = opts.lse
-    if lse == nil then lse = empty(B, H, T) end
+    if lse == nil then lse = new(q, { B, H, T }, "f32") end
     local causal = opts.causal ~= false
     check(C.lt_attention_forward(out, lse or nil, q, k, v, opts.cu_seqlens,
         opts.scale or 1 / math.sqrt(D), causal and 1 or 0))
@@ -232,9 +241,9 @@ end
 -- by tile from lse; the result is the same bits on every run and for any thread count.
 function M.attention_backward(dout, q, k, v, out, lse, opts)
     opts = opts or {}
-    local dq = out_or_new(opts.dq, q:shape())
-    local dk = out_or_new(opts.dk, k:shape())
-    local dv = out_or_new(opts.dv, v:shape())
+    local dq = out_or_new(opts.dq, q:shape(), q)
+    local dk = out_or_new(opts.dk, k:shape(), k)
+    local dv = out_or_new(opts.dv, v:shape(), v)
     local causal = opts.causal ~= false
     check(C.lt_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, opts.cu_seqlens,
         opts.scale or 1 / math.sqrt(q:size(4)), causal and 1 or 0))
@@ -259,8 +268,8 @@ function M.cross_entropy(logits, targets, opts)
     opts = opts or {}
     local ignore, norm = ce_opts(opts)
     local N = logits:size(1)
-    local loss = opts.loss or empty({})
-    local lse = opts.lse or empty(N)
+    local loss = opts.loss or new(logits, {}, "f32")
+    local lse = opts.lse or new(logits, { N }, "f32")
     local row_loss = opts.row_loss
     check(C.lt_cross_entropy_forward(loss, lse, row_loss, logits, targets, ignore, norm))
     return loss, lse, row_loss
@@ -269,7 +278,7 @@ end
 function M.cross_entropy_backward(logits, targets, lse, dloss, opts)
     opts = opts or {}
     local ignore, norm = ce_opts(opts)
-    local dlogits = out_or_new(opts.dlogits, logits:shape())
+    local dlogits = out_or_new(opts.dlogits, logits:shape(), logits)
     check(C.lt_cross_entropy_backward(dlogits, logits, targets, lse, dloss or 1, ignore, norm))
     return dlogits
 end
@@ -278,8 +287,8 @@ end
 function M.linear_cross_entropy(h, w, targets, opts)
     opts = opts or {}
     local ignore, norm = ce_opts(opts)
-    local loss = opts.loss or empty({})
-    local lse = opts.lse or empty(h:size(1))
+    local loss = opts.loss or new(h, {}, "f32")
+    local lse = opts.lse or new(h, { h:size(1) }, "f32")
     check(C.lt_linear_cross_entropy_forward(loss, lse, opts.row_loss, h, w, targets, ignore, norm))
     return loss, lse
 end
@@ -289,8 +298,9 @@ function M.linear_cross_entropy_backward(h, w, targets, lse, dloss, opts)
     opts = opts or {}
     local ignore, norm = ce_opts(opts)
     local dh, dw = opts.dh, opts.dw
-    if dh == nil then dh = empty(h:shape()) end
-    if dw == nil then dw = zeros(w:shape()) end
+    -- dh in f32 or w's dtype (what the fused kernels write)
+    if dh == nil then dh = new(h, h:shape(), h.dtype == w.dtype and nil or "f32") end
+    if dw == nil then dw = new_zeros(w, w:shape()) end
     check(C.lt_linear_cross_entropy_backward(dh or nil, dw or nil, h, w, targets, lse,
         dloss or 1, ignore, norm))
     return dh or nil, dw or nil
@@ -300,10 +310,10 @@ end
 function M.linear_cross_entropy_fused(h, w, targets, dloss, opts)
     opts = opts or {}
     local ignore, norm = ce_opts(opts)
-    local loss = opts.loss or empty({})
+    local loss = opts.loss or new(h, {}, "f32")
     local dh, dw = opts.dh, opts.dw
-    if dh == nil then dh = empty(h:shape()) end
-    if dw == nil then dw = zeros(w:shape()) end
+    if dh == nil then dh = new(h, h:shape(), h.dtype == w.dtype and nil or "f32") end
+    if dw == nil then dw = new_zeros(w, w:shape()) end
     check(C.lt_linear_cross_entropy_fused(loss, opts.row_loss, dh or nil, dw or nil, h, w,
         targets, dloss or 1, ignore, norm))
     return loss, dh or nil, dw or nil
@@ -355,7 +365,7 @@ function tensor.methods.matmul(a, b)
         local shape = {}
         for i = 1, #batch do shape[i] = batch[i] end
         shape[#shape + 1], shape[#shape + 2] = sa[#sa - 1], sb[#sb]
-        out = M.matmul(ea, eb, { out = empty(shape) })
+        out = M.matmul(ea, eb, { out = new(a2, shape, a2.dtype ~= b2.dtype and "f32" or nil) })
     end
     -- drop the dims that stood for vectors
     local s = out:shape()
