@@ -248,13 +248,16 @@ static const char *dtname(int dt) {
 static unsigned row_grid(int64_t R) { return (unsigned)(R < 65535LL * 16 ? (R > 0 ? R : 1) : 65535LL * 16); }
 
 // Temporary device buffers released together at the end of a call (stream-ordered reuse).
+// At most 9 buffers per call (the fused LM head with a converted h, a separate dlogits
+// chunk, a loss without row_loss and no saved lse): info, rl, logits, dl, hbuf, mx, sm, tl,
+// lse.
 struct scratch {
     int dev;
-    void *p[8];
+    void *p[12];
     int n;
     int alloc(void **out, int64_t nbytes) {
         *out = NULL;
-        if (n >= 8) return LT_INTERNAL("cross_entropy: too many scratch buffers");
+        if (n >= 12) return LT_INTERNAL("cross_entropy: too many scratch buffers");
         LT_TRY(lt_cuda_alloc(out, nbytes > 0 ? nbytes : 16, dev));
         p[n++] = *out;
         return LT_OK;

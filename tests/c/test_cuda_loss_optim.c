@@ -235,10 +235,22 @@ static void lmhead(int64_t N, int64_t C, int64_t V, int hdt, int wdt, double nor
                                               normalizer));
     snprintf(w_, sizeof w_, "%s backward dh alone, lse recomputed", pre);
     compare(w_, &dh3g, &dh, lowp);
+    /* the fused form as training calls it: no row_loss (the worst case of its scratch when h
+       is converted to w's dtype), against the run above that had one */
+    lt_tensor loss4g = empty_dev(LT_DTYPE_F32, 0, &one), dh4g = empty_dev(LT_DTYPE_F32, 2, sh),
+              dw4g = to_dev(&dw0, LT_DTYPE_F32);
+    CHECK_OK(lt_linear_cross_entropy_fused(&loss4g, NULL, &dh4g, &dw4g, &hg, &wg, &tg, dloss,
+                                           IGNORE, normalizer));
+    snprintf(w_, sizeof w_, "%s fused without row_loss: loss", pre);
+    compare(w_, &loss4g, &loss2, LT_DTYPE_F32);
+    snprintf(w_, sizeof w_, "%s fused without row_loss: dh", pre);
+    compare(w_, &dh4g, &dh2, lowp);
+    snprintf(w_, sizeof w_, "%s fused without row_loss: dw", pre);
+    compare(w_, &dw4g, &dw2, lowp);
 
     lt_tensor *all[] = {&h, &w, &hf, &t, &dw0, &loss, &lse, &rl, &dh, &dw, &loss2, &rl2, &dh2,
                         &dw2, &hg, &wg, &tg, &lossg, &lseg, &rlg, &dhg, &dwg, &loss2g, &rl2g,
-                        &dh2g, &dw2g, &dh3g};
+                        &dh2g, &dw2g, &dh3g, &loss4g, &dh4g, &dw4g};
     release_all(all, sizeof all / sizeof *all);
 }
 
