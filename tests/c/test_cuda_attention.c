@@ -568,6 +568,7 @@ static void check_packed_equals_alone(int dtype, int64_t D, int causal) {
     make_inputs(&packed, &dp);
     if (set_deterministic) set_deterministic(1);
     if (!run_device(&packed, &dp, 1)) {
+        if (set_deterministic) set_deterministic(0);
         free_data(&dp);
         return;
     }
