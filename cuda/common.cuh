@@ -74,6 +74,21 @@ extern "C" lt_cuda_context *lt_cuda_ctx(int device);
 
 static inline int lt_device_of(const lt_tensor *t) { return t->storage->device_index; }
 
+// Element i of an i32 (is64 = 0) or i64 index buffer, as int64 (internal.h has the host
+// form, lt_load_index).
+__device__ __forceinline__ int64_t lt_dev_load_index(const void *p, int is64, int64_t i) {
+    return is64 ? ((const int64_t *)p)[i] : (int64_t)((const int32_t *)p)[i];
+}
+
+// The first of the n indices of a contiguous i32/i64 device tensor outside [0, limit):
+// *first = its position and *value = the index, or *first = -1 when all are in range. One
+// small kernel and one stream synchronisation (two when one is out of range), the price of
+// naming the bad index in the error as the CPU does. `op` and `what` ("ids") name the check
+// in a device error.
+int lt_cuda_first_out_of_range(lt_cuda_context *c, const lt_tensor *idx, int64_t n,
+                               int64_t limit, int64_t *first, int64_t *value,
+                               const char *op, const char *what);
+
 // ---- tensors --------------------------------------------------------------------------------
 
 template <class T> static inline T *lt_dptr(const lt_tensor *t) {

@@ -450,3 +450,56 @@ extern "C" int lt_cuda_rng_fill(lt_tensor *t, int kind, double a, double b, uint
     LT_CU_LAUNCH("rng_kernel");
     return LT_OK;
 }
+
+// ---- index range checks --------------------------------------------------------------------
+
+namespace {
+
+__global__ void first_out_of_range_kernel(const void *idx, int is64, int64_t n, int64_t limit,
+                                          unsigned long long *first) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t v = lt_dev_load_index(idx, is64, i);
+        if (v < 0 || v >= limit) atomicMin(first, (unsigned long long)i);
+    }
+}
+
+} // namespace
+
+int lt_cuda_first_out_of_range(lt_cuda_context *c, const lt_tensor *idx, int64_t n,
+                               int64_t limit, int64_t *first, int64_t *value,
+                               const char *op, const char *what) {
+    *first = -1;
+    *value = 0;
+    if (n == 0) return LT_OK;
+    int is64 = idx->dtype_id == LT_DTYPE_I64;
+    const void *p = lt_tensor_data(idx);
+    unsigned long long *flag = NULL;
+    LT_TRY(lt_cuda_alloc((void **)&flag, sizeof *flag, c->device));
+    cudaError_t e = cudaMemsetAsync(flag, 0xff, sizeof *flag, c->stream);
+    if (e == cudaSuccess) {
+        first_out_of_range_kernel<<<lt_blocks_for(n, 256, 1024), 256, 0, c->stream>>>(
+            p, is64, n, limit, flag);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(c->staging, flag, sizeof *flag, cudaMemcpyDeviceToHost, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    lt_cuda_free(flag, c->device);
+    if (e != cudaSuccess)
+        return lt_fail(LT_ERR_DEVICE, "%s:%d: %s: checking %s: %s", __FILE__, __LINE__, op, what,
+                       cudaGetErrorString(e));
+    unsigned long long bad = *(const unsigned long long *)c->staging;
+    if (bad == ~0ULL) return LT_OK;
+    // the error path: fetch the offending index for the caller's message
+    size_t esz = is64 ? 8 : 4;
+    e = cudaMemcpyAsync(c->staging, (const char *)p + bad * esz, esz, cudaMemcpyDeviceToHost,
+                        c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess)
+        return lt_fail(LT_ERR_DEVICE, "%s:%d: %s: reading a bad %s entry: %s", __FILE__,
+                       __LINE__, op, what, cudaGetErrorString(e));
+    *first = (int64_t)bad;
+    *value = is64 ? *(const int64_t *)c->staging : (int64_t) * (const int32_t *)c->staging;
+    return LT_OK;
+}

@@ -28,51 +28,11 @@
 
 namespace {
 
-__device__ __forceinline__ int64_t load_id(const void *ids, int is64, int64_t i) {
-    return is64 ? ((const int64_t *)ids)[i] : (int64_t)((const int32_t *)ids)[i];
-}
-
-__global__ void ids_check_kernel(const void *ids, int is64, int64_t n, int64_t V,
-                                 unsigned long long *first_bad) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t id = load_id(ids, is64, i);
-        if (id < 0 || id >= V) atomicMin(first_bad, (unsigned long long)i);
-    }
-}
-
 // Fails with the CPU's message when an id is outside [0, V).
 int check_ids(lt_cuda_context *c, const lt_tensor *ids, int64_t n, int64_t V, const char *op) {
-    if (n == 0) return LT_OK;
-    int dev = c->device;
-    int is64 = ids->dtype_id == LT_DTYPE_I64;
-    const void *idp = lt_tensor_data(ids);
-    unsigned long long *flag = NULL;
-    LT_TRY(lt_cuda_alloc((void **)&flag, sizeof *flag, dev));
-    cudaError_t e = cudaMemsetAsync(flag, 0xff, sizeof *flag, c->stream);
-    if (e == cudaSuccess) {
-        ids_check_kernel<<<lt_blocks_for(n, 256, 1024), 256, 0, c->stream>>>(idp, is64, n, V, flag);
-        e = cudaGetLastError();
-    }
-    if (e == cudaSuccess)
-        e = cudaMemcpyAsync(c->staging, flag, sizeof *flag, cudaMemcpyDeviceToHost, c->stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
-    lt_cuda_free(flag, dev);
-    if (e != cudaSuccess)
-        return lt_fail(LT_ERR_DEVICE, "%s:%d: %s: checking ids: %s", __FILE__, __LINE__, op,
-                       cudaGetErrorString(e));
-    unsigned long long bad = *(const unsigned long long *)c->staging;
-    if (bad == ~0ULL) return LT_OK;
-    // the error path: fetch the offending id for the message
-    int64_t id = 0;
-    size_t esz = is64 ? 8 : 4;
-    e = cudaMemcpyAsync(c->staging, (const char *)idp + bad * esz, esz, cudaMemcpyDeviceToHost,
-                        c->stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
-    if (e != cudaSuccess)
-        return lt_fail(LT_ERR_DEVICE, "%s:%d: %s: reading a bad id: %s", __FILE__, __LINE__, op,
-                       cudaGetErrorString(e));
-    id = is64 ? *(const int64_t *)c->staging : (int64_t) * (const int32_t *)c->staging;
+    int64_t bad, id;
+    LT_TRY(lt_cuda_first_out_of_range(c, ids, n, V, &bad, &id, op, "ids"));
+    if (bad < 0) return LT_OK;
     return lt_fail(LT_ERR_RANGE, "%s: id %lld at position %lld is outside the vocabulary [0, %lld)",
                    op, (long long)id, (long long)bad, (long long)V);
 }
@@ -90,7 +50,7 @@ __global__ void __launch_bounds__(256) emb_fwd_kernel(TO *out, const TW *w, int6
     int lane = threadIdx.x & 31;
     int64_t warps = (int64_t)gridDim.x * 8;
     for (int64_t i = blockIdx.x * 8LL + (threadIdx.x >> 5); i < n; i += warps) {
-        int64_t id = load_id(ids, is64, i);
+        int64_t id = lt_dev_load_index(ids, is64, i);
         const TW *src = w + id * ws;
         TO *dst = out + i * C;
         if (vec) {
@@ -128,7 +88,7 @@ __global__ void __launch_bounds__(EMB_TILE) emb_bwd_kernel(float *dw, const TD *
     bool col = c < C;
     for (int64_t tile = 0; tile < n; tile += EMB_TILE) {
         int64_t i = tile + tid, id = -1;
-        if (i < n) id = load_id(ids, is64, i);
+        if (i < n) id = lt_dev_load_index(ids, is64, i);
         bool hit = i < n && id >= lo && id < hi;
         unsigned mask = __ballot_sync(0xffffffffu, hit);
         if (lane == 0) warp_cnt[warp] = __popc(mask);

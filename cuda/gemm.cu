@@ -1,5 +1,6 @@
 // gemm.cu - the one GEMM of the CUDA backend (lt_cuda_gemm, over cuBLASLt) and the matmul
-// op on top of it (lt_cuda_matmul, lt_cuda_matmul_backward).
+// op on top of it (lt_cuda_matmul; lt_matmul_backward is made of lt_matmul calls and needs
+// no CUDA side of its own).
 //
 // What it computes: row-major C (M x N) = alpha * op(A) @ op(B) + beta * C (+ bias over
 // rows), `batch` times with element strides stride_a / stride_b / stride_c (gemm.cuh).
@@ -570,81 +571,4 @@ static int matmul_run(lt_cuda_context *ctx, lt_tensor *c, const lt_tensor *a, co
     lt_tensor_release(&da);
     lt_tensor_release(&db);
     return st;
-}
-
-// ---- matmul backward -------------------------------------------------------------------------
-//
-// The same composition as the CPU's, through lt_matmul (which checks each product's shapes
-// and comes back here for device tensors): da = dc @ op(b)^T in op(a)'s layout, db =
-// op(a)^T @ dc, with a broadcast operand's gradient summed over the batch (folded into one
-// GEMM's K when the rows nest).
-
-// A 2-D view of batch i of t (t itself when it has no batch dims).
-static int batch_view(lt_tensor *dst, const lt_tensor *t, const lt_tensor *ref, int64_t i) {
-    int64_t sizes[2] = {t->sizes[t->ndim - 2], t->sizes[t->ndim - 1]};
-    int64_t strides[2] = {t->strides[t->ndim - 2], t->strides[t->ndim - 1]};
-    return lt_tensor_as_strided(dst, t, 2, sizes, strides, t->offset + batch_offset(t, ref, i));
-}
-
-// out = beta * out + sum over the batch of op(x_i) @ op(y_i).
-static int matmul_sum_batches(lt_tensor *out, const lt_tensor *x, const lt_tensor *y, int tx,
-                              int ty, float beta, const lt_tensor *ref) {
-    int64_t batch = 1;
-    for (int i = 0; i < ref->ndim - 2; i++) batch *= ref->sizes[i];
-    for (int64_t i = 0; i < batch; i++) {
-        lt_tensor xv = {}, yv = {};
-        int st = batch_view(&xv, x, ref, i);
-        if (st == LT_OK) st = batch_view(&yv, y, ref, i);
-        if (st == LT_OK) st = lt_matmul(out, &xv, &yv, tx, ty, 1.0f, i == 0 ? beta : 1.0f);
-        lt_tensor_release(&xv);
-        lt_tensor_release(&yv);
-        LT_TRY(st);
-    }
-    return LT_OK;
-}
-
-extern "C" int lt_cuda_matmul_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dc,
-                                       const lt_tensor *a, const lt_tensor *b, int trans_a,
-                                       int trans_b, float beta_a, float beta_b) {
-    int batched = dc->ndim > 2;
-    if (da) {
-        if (batched && a->ndim == 2) {
-            if (!trans_a)
-                LT_TRY(matmul_sum_batches(da, dc, b, 0, !trans_b, beta_a, dc));
-            else
-                LT_TRY(matmul_sum_batches(da, b, dc, trans_b, 1, beta_a, dc));
-        } else if (!trans_a) {
-            LT_TRY(lt_matmul(da, dc, b, 0, !trans_b, 1.0f, beta_a));
-        } else {
-            LT_TRY(lt_matmul(da, b, dc, trans_b, 1, 1.0f, beta_a));
-        }
-    }
-    if (db) {
-        if (batched && b->ndim == 2) {
-            int64_t rows = 1;
-            for (int i = 0; i < dc->ndim - 1; i++) rows *= dc->sizes[i];
-            lt_tensor a2 = {}, dc2 = {};
-            int64_t sa2[2] = {rows, a->sizes[a->ndim - 1]}, sd2[2] = {rows, dc->sizes[dc->ndim - 1]};
-            bool folded = !trans_a && a->ndim == dc->ndim &&
-                          lt_tensor_reshape(&a2, a, 2, sa2) == LT_OK &&
-                          lt_tensor_reshape(&dc2, dc, 2, sd2) == LT_OK;
-            int st;
-            if (folded) {
-                st = !trans_b ? lt_matmul(db, &a2, &dc2, 1, 0, 1.0f, beta_b)
-                              : lt_matmul(db, &dc2, &a2, 1, 0, 1.0f, beta_b);
-            } else {
-                lt_clear_error();
-                st = !trans_b ? matmul_sum_batches(db, a, dc, !trans_a, 0, beta_b, dc)
-                              : matmul_sum_batches(db, dc, a, 1, trans_a, beta_b, dc);
-            }
-            lt_tensor_release(&a2);
-            lt_tensor_release(&dc2);
-            LT_TRY(st);
-        } else if (!trans_b) {
-            LT_TRY(lt_matmul(db, a, dc, !trans_a, 0, 1.0f, beta_b));
-        } else {
-            LT_TRY(lt_matmul(db, dc, a, 1, trans_a, 1.0f, beta_b));
-        }
-    }
-    return LT_OK;
 }

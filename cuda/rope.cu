@@ -25,19 +25,6 @@
 
 namespace {
 
-__device__ __forceinline__ int64_t load_index(const void *p, int is64, int64_t i) {
-    return is64 ? ((const int64_t *)p)[i] : (int64_t)((const int32_t *)p)[i];
-}
-
-__global__ void pos_check_kernel(const void *pos, int is64, int64_t n, int64_t P,
-                                 unsigned long long *first_bad) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t p = load_index(pos, is64, i);
-        if (p < 0 || p >= P) atomicMin(first_bad, (unsigned long long)i);
-    }
-}
-
 struct RopeArgs {
     const char *x;
     char *y;
@@ -61,7 +48,7 @@ template <class T, bool VEC> __global__ void __launch_bounds__(128) rope_kernel(
     int64_t groups = a.half / W, units = a.H * groups;
     for (int64_t bt = blockIdx.x; bt < a.B * a.T; bt += gridDim.x) {
         int64_t b = bt / a.T, t = bt % a.T;
-        int64_t p = a.pos ? load_index(a.pos, a.pos64, a.pos_per_batch ? bt : t) : t;
+        int64_t p = a.pos ? lt_dev_load_index(a.pos, a.pos64, a.pos_per_batch ? bt : t) : t;
         const float *c = a.cos + p * a.half, *s = a.sin + p * a.half;
         int64_t xo = b * a.xs[0] + t * a.xs[1], yo = b * a.ys[0] + t * a.ys[1];
         for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
@@ -93,34 +80,10 @@ template <class T, bool VEC> __global__ void __launch_bounds__(128) rope_kernel(
 
 // Fails with the CPU's message when a position is outside the table.
 int check_positions(lt_cuda_context *c, const lt_tensor *positions, int64_t P, const char *op) {
-    int64_t n = lt_tensor_numel(positions);
-    if (n == 0) return LT_OK;
-    int is64 = positions->dtype_id == LT_DTYPE_I64;
-    const void *pp = lt_tensor_data(positions);
-    unsigned long long *flag = NULL;
-    LT_TRY(lt_cuda_alloc((void **)&flag, sizeof *flag, c->device));
-    cudaError_t e = cudaMemsetAsync(flag, 0xff, sizeof *flag, c->stream);
-    if (e == cudaSuccess) {
-        pos_check_kernel<<<lt_blocks_for(n, 256, 256), 256, 0, c->stream>>>(pp, is64, n, P, flag);
-        e = cudaGetLastError();
-    }
-    if (e == cudaSuccess)
-        e = cudaMemcpyAsync(c->staging, flag, sizeof *flag, cudaMemcpyDeviceToHost, c->stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
-    lt_cuda_free(flag, c->device);
-    if (e != cudaSuccess)
-        return lt_fail(LT_ERR_DEVICE, "%s:%d: %s: checking positions: %s", __FILE__, __LINE__, op,
-                       cudaGetErrorString(e));
-    unsigned long long bad = *(const unsigned long long *)c->staging;
-    if (bad == ~0ULL) return LT_OK;
-    size_t esz = is64 ? 8 : 4;
-    e = cudaMemcpyAsync(c->staging, (const char *)pp + bad * esz, esz, cudaMemcpyDeviceToHost,
-                        c->stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
-    if (e != cudaSuccess)
-        return lt_fail(LT_ERR_DEVICE, "%s:%d: %s: reading a bad position: %s", __FILE__, __LINE__,
-                       op, cudaGetErrorString(e));
-    int64_t p = is64 ? *(const int64_t *)c->staging : (int64_t) * (const int32_t *)c->staging;
+    int64_t bad, p;
+    LT_TRY(lt_cuda_first_out_of_range(c, positions, lt_tensor_numel(positions), P, &bad, &p, op,
+                                      "positions"));
+    if (bad < 0) return LT_OK;
     return lt_fail(LT_ERR_RANGE, "%s: position %lld at index %lld is outside the table of %lld positions",
                    op, (long long)p, (long long)bad, (long long)P);
 }

@@ -37,9 +37,6 @@ int lt_cuda_log_softmax_forward(lt_tensor *out, const lt_tensor *x);
 int lt_cuda_log_softmax_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *out);
 int lt_cuda_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a,
                    int trans_b, float alpha, float beta);
-int lt_cuda_matmul_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dc,
-                            const lt_tensor *a, const lt_tensor *b, int trans_a, int trans_b,
-                            float beta_a, float beta_b);
 int lt_cuda_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tensor *ids);
 int lt_cuda_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_tensor *ids);
 int lt_cuda_rmsnorm_forward(lt_tensor *out, lt_tensor *rstd, const lt_tensor *x,

@@ -391,14 +391,10 @@ int lt_matmul_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dc, const 
     LT_TRY(lt_check_same_device(b, dc, "matmul_backward", "b", "dout"));
     LT_TRY(lt_check_same_device(da, dc, "matmul_backward", "da", "dout"));
     LT_TRY(lt_check_same_device(db, dc, "matmul_backward", "db", "dout"));
-    LT_DISPATCH_CUDA(dc, lt_cuda_matmul_backward(da, db, dc, a, b, trans_a, trans_b, beta_a,
-                                                 beta_b));
-    LT_TRY(lt_check_cpu(dc, "matmul_backward", "dout"));
-    LT_TRY(lt_check_cpu(a, "matmul_backward", "a"));
-    LT_TRY(lt_check_cpu(b, "matmul_backward", "b"));
+    /* Device-agnostic from here: every product is an lt_matmul, which runs where its
+       operands are. */
     int batched = dc->ndim > 2;
     if (da) {
-        LT_TRY(lt_check_same_shape(da, a, "matmul_backward", "da", "a"));
         if (batched && a->ndim == 2) {
             /* a was broadcast over the batch: sum its gradient. */
             if (!trans_a)
@@ -412,7 +408,6 @@ int lt_matmul_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dc, const 
         }
     }
     if (db) {
-        LT_TRY(lt_check_same_shape(db, b, "matmul_backward", "db", "b"));
         if (batched && b->ndim == 2) {
             /* Fold the batch into the reduction when rows nest, else sum batch by batch. */
             int64_t rows = 1;

@@ -259,6 +259,20 @@ function Module:buffer(name, shape, dtype)
     return b:resize_(shape, { dtype = dtype or "f32", device = self._device })
 end
 
+-- fn(m) once for this module and every module under it. A wrapper (nn.Checkpoint) shares
+-- its parameters and children with the module it wraps, whose own state is visited too.
+local function each_module(root, fn)
+    local seen = {}
+    local function walk(m)
+        if seen[m] then return end
+        seen[m] = true
+        fn(m)
+        for _, n in ipairs(m._child_names) do walk(m._children[n]) end
+        if rawget(m, "inner") then walk(m.inner) end
+    end
+    walk(root)
+end
+
 -- ---- compute precision -----------------------------------------------------------------
 
 local COMPUTE_DTYPES = { f32 = true, bf16 = true, f16 = true }
@@ -283,16 +297,10 @@ function Module:set_compute_dtype(dtype)
         error(("set_compute_dtype(%q): %s compute needs a CUDA device (the CPU kernels compute "
             .. "in f32); call model:to(\"cuda\") first"):format(dtype, dt), 2)
     end
-    local seen = {}
-    local function walk(m)
-        if seen[m] then return end
-        seen[m] = true
+    each_module(self, function(m)
         m:free_buffers()
         m._act_dtype = dt ~= "f32" and dt or nil
-        for _, n in ipairs(m._child_names) do walk(m._children[n]) end
-        if rawget(m, "inner") then walk(m.inner) end
-    end
-    walk(self)
+    end)
     return self
 end
 
@@ -322,10 +330,7 @@ function Module:to(device)
         end
         return n
     end
-    local seen = {}
-    local function walk(m)
-        if seen[m] then return end
-        seen[m] = true
+    each_module(self, function(m)
         m:free_buffers()
         for _, name in ipairs(m._param_names) do
             local p = move(m._params[name])
@@ -337,12 +342,7 @@ function Module:to(device)
         m._device = dev ~= "cpu" and dev or nil
         -- the CPU kernels compute in f32
         if dev == "cpu" then m._act_dtype = nil end
-        for _, n in ipairs(m._child_names) do walk(m._children[n]) end
-        -- a wrapper (nn.Checkpoint) shares its parameters and children with the module it
-        -- wraps, whose own buffers must follow too
-        if rawget(m, "inner") then walk(m.inner) end
-    end
-    walk(self)
+    end)
     -- the old tensors go now, not at the next collection
     for old, new in pairs(moved) do
         if old ~= new then old:free() end
