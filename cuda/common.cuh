@@ -188,6 +188,33 @@ __device__ __forceinline__ void st_any(char *p, int dt, int64_t i, float v) {
                        lt_dtype_info(dtype) ? lt_dtype_info(dtype)->name : "?");           \
     }
 
+// 16 bytes of T, for vectorised loads and stores (the pointer must be 16-byte aligned).
+template <class T> struct alignas(16) Pack {
+    T v[16 / sizeof(T)];
+};
+
+// A kernel's element type: one dtype for every operand (T), or AnyT (each operand's own
+// dtype, read at run time). ldr / str read and write element i as f32; pack_w is how many
+// elements one 16-byte access moves (1 for AnyT: no vector path).
+struct AnyT {};
+
+template <class T> __device__ __forceinline__ float ldr(const char *p, int dt, int64_t i) {
+    (void)dt;
+    return lt_to_f32(((const T *)p)[i]);
+}
+template <> __device__ __forceinline__ float ldr<AnyT>(const char *p, int dt, int64_t i) {
+    return ld_any(p, dt, i);
+}
+template <class T> __device__ __forceinline__ void str(char *p, int dt, int64_t i, float v) {
+    (void)dt;
+    ((T *)p)[i] = lt_from_f32<T>(v);
+}
+template <> __device__ __forceinline__ void str<AnyT>(char *p, int dt, int64_t i, float v) {
+    st_any(p, dt, i, v);
+}
+template <class T> constexpr int pack_w() { return 16 / sizeof(T); }
+template <> constexpr int pack_w<AnyT>() { return 1; }
+
 // ---- block reductions -----------------------------------------------------------------------
 
 __device__ __forceinline__ float lt_warp_sum(float v) {
@@ -221,4 +248,26 @@ __device__ __forceinline__ float lt_block_max(float v, float *shared32) {
     int nw = (blockDim.x + 31) >> 5;
     v = lane < nw ? shared32[lane] : -INFINITY;
     return lt_warp_max(v);
+}
+
+// ---- random numbers ------------------------------------------------------------------------
+
+// The CPU's random generator (src/rng.c): Philox-4x32-10 with counter (lo, hi, 0, 0) and
+// key = seed. Device fills and dropout draw from it, so a seed gives the host's numbers.
+__device__ __forceinline__ uint4 lt_philox4x32_10(uint64_t counter, uint64_t seed) {
+    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+#pragma unroll
+    for (int r = 0; r < 10; r++) {
+        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0;
+        c1 = lo1;
+        c2 = n2;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return make_uint4(c0, c1, c2, c3);
 }

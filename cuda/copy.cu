@@ -383,25 +383,7 @@ extern "C" int lt_cuda_equal(const lt_tensor *a, const lt_tensor *b, int *out) {
 
 // ---- Philox fills --------------------------------------------------------------------------------
 
-// The CPU's generator (src/rng.c): Philox-4x32-10, block (offset + i / 4), lane i % 4.
-__device__ __forceinline__ uint4 philox4x32_10(uint64_t counter, uint64_t seed) {
-    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-#pragma unroll
-    for (int r = 0; r < 10; r++) {
-        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        uint32_t n0 = hi1 ^ c1 ^ k0;
-        uint32_t n2 = hi0 ^ c3 ^ k1;
-        c1 = lo1;
-        c3 = lo0;
-        c0 = n0;
-        c2 = n2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    return make_uint4(c0, c1, c2, c3);
-}
+// Element i of a fill is lane i % 4 of Philox block (offset + i / 4) (lt_philox4x32_10).
 
 __device__ __forceinline__ double u01(uint32_t x) { return ((double)x + 1.0) * (1.0 / 4294967296.0); }
 
@@ -410,7 +392,7 @@ __global__ void rng_kernel(char *dst, int dt, lt_strided ds, int contig, int64_t
     int64_t blocks = (n + 3) / 4;
     for (int64_t blk = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; blk < blocks;
          blk += (int64_t)gridDim.x * blockDim.x) {
-        uint4 r4 = philox4x32_10(base + (uint64_t)blk, seed);
+        uint4 r4 = lt_philox4x32_10(base + (uint64_t)blk, seed);
         uint32_t r[4] = {r4.x, r4.y, r4.z, r4.w};
         double v[4];
         if (kind == 1) {

@@ -25,25 +25,6 @@
 
 namespace {
 
-// Philox-4x32-10 as src/rng.c defines it: counter (lo, hi, 0, 0), key = seed.
-__device__ __forceinline__ uint4 philox(uint64_t counter, uint64_t seed) {
-    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-#pragma unroll
-    for (int r = 0; r < 10; r++) {
-        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-        c0 = n0;
-        c1 = lo1;
-        c2 = n2;
-        c3 = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    return make_uint4(c0, c1, c2, c3);
-}
-
 // The CPU's uniform [0, 1) draw from 32 random bits, as an f32 (exact in f64 first).
 __device__ __forceinline__ float uniform01(uint32_t r) {
     return (float)((double)r * (1.0 / 4294967296.0));
@@ -61,7 +42,7 @@ __global__ void __launch_bounds__(256) dropout_fwd_kernel(TO *out, uint8_t *mask
     int64_t blocks = (n + 3) / 4;
     for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < blocks;
          k += (int64_t)gridDim.x * blockDim.x) {
-        uint4 r4 = philox(offset + (uint64_t)k, seed);
+        uint4 r4 = lt_philox4x32_10(offset + (uint64_t)k, seed);
         uint32_t r[4] = {r4.x, r4.y, r4.z, r4.w};
         int64_t i0 = k * 4;
         if (vec && i0 + 4 <= n) {

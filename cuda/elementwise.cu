@@ -262,10 +262,6 @@ void ew_simplify(EwArgs *g) {
 
 // ---- flat path ----------------------------------------------------------------------------
 
-template <class T> struct alignas(16) Pack {
-    T v[16 / sizeof(T)];
-};
-
 // Operands of a flat run: unit stride, or a broadcast scalar (bc[k]: memory p[k][0], or the
 // constant cval[k] when p[k] is NULL).
 struct EwFlat {

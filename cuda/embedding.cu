@@ -37,10 +37,6 @@ int check_ids(lt_cuda_context *c, const lt_tensor *ids, int64_t n, int64_t V, co
                    op, (long long)id, (long long)bad, (long long)V);
 }
 
-template <class T> struct alignas(16) Pack {
-    T v[16 / sizeof(T)];
-};
-
 // out row i = weight row ids[i]; a warp per row.
 template <class TW, class TO>
 __global__ void __launch_bounds__(256) emb_fwd_kernel(TO *out, const TW *w, int64_t ws,

@@ -24,30 +24,6 @@
 
 namespace {
 
-// A kernel's element type: one dtype for every row operand, or AnyT (run-time dtypes).
-struct AnyT {};
-
-template <class T> __device__ __forceinline__ float ldr(const char *p, int dt, int64_t i) {
-    (void)dt;
-    return lt_to_f32(((const T *)p)[i]);
-}
-template <> __device__ __forceinline__ float ldr<AnyT>(const char *p, int dt, int64_t i) {
-    return ld_any(p, dt, i);
-}
-template <class T> __device__ __forceinline__ void str(char *p, int dt, int64_t i, float v) {
-    (void)dt;
-    ((T *)p)[i] = lt_from_f32<T>(v);
-}
-template <> __device__ __forceinline__ void str<AnyT>(char *p, int dt, int64_t i, float v) {
-    st_any(p, dt, i, v);
-}
-
-template <class T> struct alignas(16) Pack {
-    T v[16 / sizeof(T)];
-};
-template <class T> constexpr int pack_w() { return 16 / sizeof(T); }
-template <> constexpr int pack_w<AnyT>() { return 1; }
-
 template <class T> __device__ __forceinline__ bool al16(const char *p, int64_t off) {
     return (((uintptr_t)p + (uintptr_t)off * sizeof(T)) & 15u) == 0;
 }
@@ -247,7 +223,6 @@ int rms_rows(NormArgs *a, bool fwd, int nops, lt_cuda_context *c) {
     LT_CU_LAUNCH(fwd ? "rms_fwd_kernel" : "rms_bwd_kernel");
     return LT_OK;
 }
-
 
 // The two dweight passes (see the header).
 int dweight_reduce(const NormArgs *ap, float *dw, lt_cuda_context *c) {

@@ -514,31 +514,6 @@ struct RowArgs {
     int vec; // contiguous columns and one dtype: 16-byte loads where a row is aligned
 };
 
-// The element type of a kernel: a dtype shared by every operand, or AnyT (each operand's
-// own dtype, read at run time).
-struct AnyT {};
-
-template <class T> __device__ __forceinline__ float ldr(const char *p, int dt, int64_t i) {
-    (void)dt;
-    return lt_to_f32(((const T *)p)[i]);
-}
-template <> __device__ __forceinline__ float ldr<AnyT>(const char *p, int dt, int64_t i) {
-    return ld_any(p, dt, i);
-}
-template <class T> __device__ __forceinline__ void str(char *p, int dt, int64_t i, float v) {
-    (void)dt;
-    ((T *)p)[i] = lt_from_f32<T>(v);
-}
-template <> __device__ __forceinline__ void str<AnyT>(char *p, int dt, int64_t i, float v) {
-    st_any(p, dt, i, v);
-}
-
-template <class T> struct alignas(16) Pack {
-    T v[16 / sizeof(T)];
-};
-template <class T> constexpr int pack_w() { return 16 / sizeof(T); }
-template <> constexpr int pack_w<AnyT>() { return 1; }
-
 __device__ __forceinline__ void row_offsets(const RowArgs &a, int64_t r, int64_t *off) {
     off[0] = off[1] = off[2] = 0;
     for (int d = a.nlead - 1; d >= 0; d--) {

@@ -37,10 +37,6 @@ struct RopeArgs {
     float sign;
 };
 
-template <class T> struct alignas(16) Pack {
-    T v[16 / sizeof(T)];
-};
-
 // VEC: T is x's and out's dtype and W = 16 / sizeof(T) pairs per unit; otherwise one pair
 // per unit with run-time dtypes.
 template <class T, bool VEC> __global__ void __launch_bounds__(128) rope_kernel(RopeArgs a) {

@@ -15,10 +15,6 @@
 
 namespace {
 
-template <class T> struct alignas(16) Pack {
-    T v[16 / sizeof(T)];
-};
-
 // Operands: forward 0 out, 1 gate, 2 up; backward 0 dgate, 1 dup, 2 dout, 3 gate, 4 up.
 struct SwiArgs {
     char *p[5];
