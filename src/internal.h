@@ -103,6 +103,10 @@ static inline int64_t lt_load_index(const void *p, int dtype, int64_t i) {
 int lt_check_tensor(const lt_tensor *t, const char *op, const char *name);
 int lt_check_cpu(const lt_tensor *t, const char *op, const char *name);
 int lt_check_f32_contig(const lt_tensor *t, const char *op, const char *name);
+/* The same before an op's device dispatch: f32 contiguous on the CPU (the message above);
+   contiguous on a CUDA device, f32, or f32/bf16/f16 when lowp_on_cuda. */
+int lt_check_contig_float(const lt_tensor *t, int lowp_on_cuda, const char *op,
+                          const char *name);
 int lt_check_dtype(const lt_tensor *t, int dtype, const char *op, const char *name);
 int lt_check_ndim(const lt_tensor *t, int ndim, const char *op, const char *name);
 int lt_check_same_shape(const lt_tensor *a, const lt_tensor *b, const char *op, const char *na,

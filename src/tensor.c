@@ -68,6 +68,18 @@ int lt_check_f32_contig(const lt_tensor *t, const char *op, const char *name) {
     return LT_OK;
 }
 
+int lt_check_contig_float(const lt_tensor *t, int lowp_on_cuda, const char *op,
+                          const char *name) {
+    LT_TRY(lt_check_tensor(t, op, name));
+    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
+    if (lowp_on_cuda ? !lt_is_float_dtype(t->dtype_id) : t->dtype_id != LT_DTYPE_F32)
+        return lt_fail(LT_ERR_DTYPE, "%s: %s must be %s, got %s", op, name,
+                       lowp_on_cuda ? "f32, bf16 or f16" : "f32", dtname(t->dtype_id));
+    if (!lt_tensor_is_contiguous(t))
+        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
+    return LT_OK;
+}
+
 int lt_check_ndim(const lt_tensor *t, int ndim, const char *op, const char *name) {
     LT_TRY(lt_check_tensor(t, op, name));
     if (t->ndim != ndim) {

@@ -8,22 +8,10 @@
 #include "internal.h"
 #include "lt_ops.h"
 
-/* Contiguous and f32 on the CPU; contiguous f32/bf16/f16 on a CUDA device. */
-static int check_contig(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
-    if (!lt_is_float_dtype(t->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, name,
-                       lt_dtype_info(t->dtype_id)->name);
-    if (!lt_tensor_is_contiguous(t))
-        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
-    return LT_OK;
-}
-
 int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, float p, lt_rng *rng) {
     const char *op = "dropout_forward";
-    LT_TRY(check_contig(x, op, "x"));
-    LT_TRY(check_contig(out, op, "out"));
+    LT_TRY(lt_check_contig_float(x, 1, op, "x"));
+    LT_TRY(lt_check_contig_float(out, 1, op, "out"));
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
     LT_TRY(lt_check_tensor(mask, op, "mask"));
     if (mask->dtype_id != LT_DTYPE_U8 || !lt_tensor_is_contiguous(mask) ||
@@ -58,8 +46,8 @@ int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, floa
 
 int lt_dropout_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *mask, float p) {
     const char *op = "dropout_backward";
-    LT_TRY(check_contig(dout, op, "dout"));
-    LT_TRY(check_contig(dx, op, "dx"));
+    LT_TRY(lt_check_contig_float(dout, 1, op, "dout"));
+    LT_TRY(lt_check_contig_float(dx, 1, op, "dx"));
     LT_TRY(lt_check_same_shape(dx, dout, op, "dx", "dout"));
     LT_TRY(lt_check_tensor(mask, op, "mask"));
     if (mask->dtype_id != LT_DTYPE_U8 || lt_tensor_numel(mask) != lt_tensor_numel(dout))

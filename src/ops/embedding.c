@@ -20,20 +20,6 @@ static int check_ids(const lt_tensor *ids, const char *op, int64_t *n) {
     return LT_OK;
 }
 
-/* A contiguous float tensor: f32 on the CPU; f32, bf16 or f16 on a CUDA device when
-   lowp_on_cuda is set. Device-agnostic (runs before the dispatch). */
-static int check_contig(const lt_tensor *t, int lowp_on_cuda, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
-    if (lowp_on_cuda ? !lt_is_float_dtype(t->dtype_id) : t->dtype_id != LT_DTYPE_F32)
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be %s, got %s", op, name,
-                       lowp_on_cuda ? "f32, bf16 or f16" : "f32",
-                       lt_dtype_info(t->dtype_id)->name);
-    if (!lt_tensor_is_contiguous(t))
-        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
-    return LT_OK;
-}
-
 /* The first id outside [0, V), reported with its flat position. */
 static int check_id_range(const void *ids, int dt, int64_t n, int64_t V, const char *op) {
     for (int64_t i = 0; i < n; i++) {
@@ -53,7 +39,7 @@ int lt_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tenso
     LT_TRY(lt_check_ndim(weight, 2, op, "weight"));
     if (!lt_is_float_dtype(weight->dtype_id) || weight->strides[1] != 1)
         return lt_fail(LT_ERR_ARG, "%s: weight must be f32/bf16/f16 with unit stride in its rows", op);
-    LT_TRY(check_contig(out, 1, op, "out"));
+    LT_TRY(lt_check_contig_float(out, 1, op, "out"));
     LT_TRY(lt_check_writable(out, op, "out"));
     int64_t V = weight->sizes[0], C = weight->sizes[1];
     if (lt_tensor_numel(out) != n * C || out->ndim == 0 || out->sizes[out->ndim - 1] != C) {
@@ -87,9 +73,9 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
     int64_t n;
     LT_TRY(check_ids(ids, op, &n));
     LT_TRY(lt_check_ndim(dweight, 2, op, "dweight"));
-    LT_TRY(check_contig(dweight, 0, op, "dweight"));
+    LT_TRY(lt_check_contig_float(dweight, 0, op, "dweight"));
     LT_TRY(lt_check_writable(dweight, op, "dweight"));
-    LT_TRY(check_contig(dout, 1, op, "dout"));
+    LT_TRY(lt_check_contig_float(dout, 1, op, "dout"));
     int64_t V = dweight->sizes[0], C = dweight->sizes[1];
     if (lt_tensor_numel(dout) != n * C) {
         char sd[128], si[128];

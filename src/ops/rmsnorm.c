@@ -40,16 +40,6 @@ static int check_weight(const lt_tensor *w, int64_t C, const char *op) {
     return LT_OK;
 }
 
-/* An f32 contiguous vector (rstd, dweight) on any device. */
-static int check_f32_vec(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
-    LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
-    if (!lt_tensor_is_contiguous(t))
-        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
-    return LT_OK;
-}
-
 /* weight as f32 (a copy only when it is stored in bf16/f16). */
 static const float *weight_f32(const lt_tensor *w, float **owned) {
     *owned = NULL;
@@ -69,7 +59,7 @@ int lt_rmsnorm_forward(lt_tensor *out, lt_tensor *rstd, const lt_tensor *x,
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
     LT_TRY(check_weight(weight, C, op));
     if (rstd) {
-        LT_TRY(check_f32_vec(rstd, op, "rstd"));
+        LT_TRY(lt_check_contig_float(rstd, 0, op, "rstd"));
         if (lt_tensor_numel(rstd) != rows)
             return lt_fail(LT_ERR_SHAPE, "%s: rstd has %lld entries for %lld rows", op,
                            (long long)lt_tensor_numel(rstd), (long long)rows);
@@ -113,12 +103,12 @@ int lt_rmsnorm_backward(lt_tensor *dx, lt_tensor *dweight, const lt_tensor *dout
     LT_TRY(lt_check_same_shape(dx, x, op, "dx", "x"));
     LT_TRY(lt_check_same_shape(dout, x, op, "dout", "x"));
     LT_TRY(check_weight(weight, C, op));
-    LT_TRY(check_f32_vec(rstd, op, "rstd"));
+    LT_TRY(lt_check_contig_float(rstd, 0, op, "rstd"));
     if (lt_tensor_numel(rstd) != rows)
         return lt_fail(LT_ERR_SHAPE, "%s: rstd has %lld entries for %lld rows", op,
                        (long long)lt_tensor_numel(rstd), (long long)rows);
     if (dweight) {
-        LT_TRY(check_f32_vec(dweight, op, "dweight"));
+        LT_TRY(lt_check_contig_float(dweight, 0, op, "dweight"));
         LT_TRY(lt_check_writable(dweight, op, "dweight"));
         if (lt_tensor_numel(dweight) != C)
             return lt_fail(LT_ERR_SHAPE, "%s: dweight has %lld entries, expected %lld", op,

@@ -61,16 +61,6 @@ int lt_rope_inv_freq(lt_tensor *inv_freq, int32_t head_dim, const lt_rope_config
     return LT_OK;
 }
 
-/* f32 and contiguous, on any device (the CPU-side message on the CPU). */
-static int check_f32_contig_any(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) return lt_check_f32_contig(t, op, name);
-    LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
-    if (!lt_tensor_is_contiguous(t))
-        return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op, name);
-    return LT_OK;
-}
-
 /* A float tensor: f32 on the CPU, f32/bf16/f16 on a CUDA device. */
 static int check_float_any(const lt_tensor *t, const char *op, const char *name) {
     LT_TRY(lt_check_tensor(t, op, name));
@@ -83,10 +73,10 @@ static int check_float_any(const lt_tensor *t, const char *op, const char *name)
 
 int lt_rope_table(lt_tensor *cos_t, lt_tensor *sin_t, const lt_tensor *inv_freq) {
     const char *op = "rope_table";
-    LT_TRY(check_f32_contig_any(inv_freq, op, "inv_freq"));
+    LT_TRY(lt_check_contig_float(inv_freq, 0, op, "inv_freq"));
     LT_TRY(lt_check_ndim(cos_t, 2, op, "cos"));
-    LT_TRY(check_f32_contig_any(cos_t, op, "cos"));
-    LT_TRY(check_f32_contig_any(sin_t, op, "sin"));
+    LT_TRY(lt_check_contig_float(cos_t, 0, op, "cos"));
+    LT_TRY(lt_check_contig_float(sin_t, 0, op, "sin"));
     LT_TRY(lt_check_same_shape(sin_t, cos_t, op, "sin", "cos"));
     LT_TRY(lt_check_writable(cos_t, op, "cos"));
     LT_TRY(lt_check_writable(sin_t, op, "sin"));
@@ -118,8 +108,8 @@ static int rope_apply(lt_tensor *out, const lt_tensor *x, const lt_tensor *cos_t
     LT_TRY(check_float_any(out, op, "out"));
     LT_TRY(lt_check_writable(out, op, "out"));
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
-    LT_TRY(check_f32_contig_any(cos_t, op, "cos"));
-    LT_TRY(check_f32_contig_any(sin_t, op, "sin"));
+    LT_TRY(lt_check_contig_float(cos_t, 0, op, "cos"));
+    LT_TRY(lt_check_contig_float(sin_t, 0, op, "sin"));
     LT_TRY(lt_check_same_shape(sin_t, cos_t, op, "sin", "cos"));
     int64_t B = x->sizes[0], T = x->sizes[1], H = x->sizes[2], D = x->sizes[3];
     if (D % 2) return lt_fail(LT_ERR_SHAPE, "%s: head dim %lld is odd", op, (long long)D);
