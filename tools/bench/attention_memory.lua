@@ -19,6 +19,8 @@ the model's shape (one layer, causal, best of 3), the scratch the kernel allocat
 its inputs and outputs, and the training step.
 ]]
 local lt = require "luatrain"
+package.path = "tools/bench/?.lua;" .. package.path
+local bench = require "benchutil"
 local F = lt.nn.functional
 
 local cfg = lt.config {
@@ -47,38 +49,6 @@ local function say(fmt, ...)
     local s = select("#", ...) > 0 and fmt:format(...) or fmt
     print(s)
     lines[#lines + 1] = s
-end
-
--- "AMD EPYC, 2 cores" from lscpu, and the checked-out commit read from .git (no git needed).
-local function machine()
-    local p = io.popen("lscpu 2>/dev/null")
-    local text = p and p:read("*a") or ""
-    if p then p:close() end
-    local model = text:match("Model name:%s*([^\n]+)") or "unknown CPU"
-    local cpus = text:match("\nCPU%(s%):%s*(%d+)") or "?"
-    local flags = text:match("Flags:%s*([^\n]+)") or ""
-    local isa = flags:find("avx512f", 1, true) and "AVX-512" or (flags:find("avx2", 1, true) and "AVX2" or "SSE")
-    return ("%s, %s cores, %s"):format(model, cpus, isa)
-end
-
-local function commit()
-    local function read(path)
-        local f = io.open(path)
-        if not f then return nil end
-        local s = f:read("*a")
-        f:close()
-        return s
-    end
-    local head = read(".git/HEAD")
-    if not head then return "unknown" end
-    local ref = head:match("^ref: (%S+)")
-    if not ref then return head:sub(1, 7) end
-    local sha = read(".git/" .. ref)
-    if not sha then
-        local packed = read(".git/packed-refs") or ""
-        sha = packed:match("(%x+) " .. ref:gsub("%p", "%%%0"))
-    end
-    return sha and sha:sub(1, 7) or "unknown"
 end
 
 local seqs = {}
@@ -144,7 +114,7 @@ end
 
 say("# luatrain tools/bench/attention_memory.lua (seqs=%s, layers=%d, steps=%d), %s",
     cfg.seqs, cfg.layers, cfg.steps, os.date("!%Y-%m-%dT%H:%MZ"))
-say("# machine: %s; %d threads; commit %s", machine(), lt.get_num_threads(), commit())
+say("# machine: %s; %d threads; commit %s", bench.cpu_description(), lt.get_num_threads(), bench.commit())
 if on_gpu then
     local info = lt.cuda.device_info()
     say("# device: %s (%.0f GiB); bf16 activations, f32 master weights", info.name, info.total_bytes / 2 ^ 30)

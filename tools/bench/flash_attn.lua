@@ -41,6 +41,8 @@ Prints a table; with json=FILE also writes one JSON line per point (engine "luat
 rewritten after every point so a crash keeps what was measured.
 ]]
 local lt = require "luatrain"
+package.path = "tools/bench/?.lua;" .. package.path
+local bench = require "benchutil"
 local F = lt.nn.functional
 
 local cfg = lt.config {
@@ -93,37 +95,13 @@ for _, D in ipairs(dims) do
     end
 end
 
--- The checked-out commit, read from .git (no git binary needed on the device machine).
-local function commit()
-    local function read(path)
-        local f = io.open(path)
-        if not f then return nil end
-        local s = f:read("*a")
-        f:close()
-        return s
-    end
-    local head = read(".git/HEAD")
-    if not head then return "?" end
-    local ref = head:match("^ref: (%S+)")
-    if not ref then return head:sub(1, 7) end
-    local sha = read(".git/" .. ref)
-    if not sha then
-        sha = (read(".git/packed-refs") or ""):match("(%x+) " .. ref:gsub("%p", "%%%0"))
-    end
-    return sha and sha:sub(1, 7) or "?"
-end
-
 local function machine()
     if on_cuda then
         local i = lt.cuda.device_info()
         return ("%s (sm_%d%d, %d SMs, %.0f GiB)"):format(i.name, i.major, i.minor, i.sm_count,
             i.total_bytes / 2 ^ 30)
     end
-    local p = io.popen("lscpu 2>/dev/null")
-    local text = p and p:read("*a") or ""
-    if p then p:close() end
-    return ("%s, %d threads"):format(text:match("Model name:%s*([^\n]+)") or "unknown CPU",
-        lt.get_num_threads())
+    return ("%s, %d threads"):format(bench.cpu_name(), lt.get_num_threads())
 end
 local device_name = machine()
 
@@ -253,7 +231,7 @@ local function run_point(T, D, causal)
     return rec, worst
 end
 
-print(("# luatrain tools/bench/flash_attn.lua, %s, commit %s"):format(os.date("!%Y-%m-%dT%H:%MZ"), commit()))
+print(("# luatrain tools/bench/flash_attn.lua, %s, commit %s"):format(os.date("!%Y-%m-%dT%H:%MZ"), bench.commit()))
 print(("# device: %s; dtype %s; B*T = %d tokens; hidden %d (H = hidden / D, Hkv = H); %d samples, median"):format(
     device_name, cfg.dtype, cfg.total_tokens, cfg.hidden, cfg.reps))
 print("# FLOPs: forward 4*B*H*T*T*D (x0.5 causal), backward 2.5x forward; err: worst relative L2 of out/lse/dq/dk/dv vs f32")
