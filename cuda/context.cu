@@ -2,6 +2,8 @@
 // and pinned host memory.
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 
@@ -63,6 +65,14 @@ static void raw_free(void *ctx, void *p, int64_t nbytes) {
 
 // ---- contexts ----------------------------------------------------------------------------
 
+// LT_CUDA_NO_CACHE=1 (read when a device is first used): every device allocation is a real
+// cudaMalloc of exactly its size and every release a cudaFree, so compute-sanitizer's memcheck
+// sees each tensor's bounds. Slow (cudaFree waits for the device); for checking, not training.
+static int no_cache_requested(void) {
+    const char *v = getenv("LT_CUDA_NO_CACHE");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
 static int make_context(int device, lt_cuda_context **out) {
     lt_cuda_context *c = (lt_cuda_context *)calloc(1, sizeof *c);
     if (!c) return lt_fail(LT_ERR_NOMEM, "CUDA context: out of host memory");
@@ -80,6 +90,8 @@ static int make_context(int device, lt_cuda_context **out) {
         st = lt_fail(LT_ERR_DEVICE, "initialising CUDA device %d: cublasLtCreate failed", device);
     } else if (!(c->cache = lt_cache_new(raw_alloc, raw_free, c))) {
         st = lt_fail(LT_ERR_NOMEM, "CUDA device %d: cannot make the allocator", device);
+    } else if (no_cache_requested()) {
+        lt_cache_set_passthrough(c->cache, 1); // a new cache holds nothing: cannot fail
     }
     if (st != LT_OK) {
         if (c->lt) cublasLtDestroy(c->lt);

@@ -40,6 +40,7 @@ struct lt_cache {
     lt_raw_free_fn raw_free;
     void *ctx;
     pthread_mutex_t mu;
+    int passthrough;      /* every block is its own raw allocation (lt_cache_set_passthrough) */
     blk_vec free_pool[2]; /* sorted by (size, ptr) */
     blk **table;          /* handed-out blocks, open addressing by pointer */
     int64_t table_cap, table_n;
@@ -202,11 +203,51 @@ static blk *new_segment(lt_cache *c, int pool, int64_t size) {
     return b;
 }
 
+/* Pass-through: a raw allocation of exactly nbytes (1 for 0), a lone block in the table. */
+static void *alloc_passthrough_locked(lt_cache *c, int64_t nbytes, int64_t *rounded) {
+    int64_t size = nbytes > 0 ? nbytes : 1;
+    blk *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    void *p = c->raw_alloc(c->ctx, size);
+    if (!p) {
+        free(b);
+        return NULL;
+    }
+    b->ptr = p;
+    b->size = size;
+    b->allocated = 1;
+    if (table_put(c, b) != 0) {
+        c->raw_free(c->ctx, p, size);
+        free(b);
+        return NULL;
+    }
+    c->st.reserved += size;
+    if (c->st.reserved > c->st.peak_reserved) c->st.peak_reserved = c->st.reserved;
+    c->st.segments++;
+    c->st.raw_allocs++;
+    note_alloc(c, size);
+    if (rounded) *rounded = size;
+    return p;
+}
+
+int lt_cache_set_passthrough(lt_cache *c, int on) {
+    pthread_mutex_lock(&c->mu);
+    int ok = c->st.segments == 0;
+    if (ok) c->passthrough = on != 0;
+    pthread_mutex_unlock(&c->mu);
+    return ok ? 0 : -1;
+}
+
 void *lt_cache_alloc(lt_cache *c, int64_t nbytes, int64_t *rounded) {
     if (nbytes < 0) return NULL;
     int64_t size = round_up(nbytes > 0 ? nbytes : 1, ROUND);
     int pool = size <= SMALL_MAX ? 0 : 1;
     pthread_mutex_lock(&c->mu);
+    if (c->passthrough) {
+        void *p = alloc_passthrough_locked(c, nbytes, rounded);
+        pthread_mutex_unlock(&c->mu);
+        return p;
+    }
     blk_vec *v = &c->free_pool[pool];
     int64_t i = lower_bound(v, size, NULL);
     blk *b;
@@ -276,6 +317,17 @@ int lt_cache_free(lt_cache *c, void *ptr) {
     b->allocated = 0;
     c->st.allocated -= b->size;
     c->st.num_frees++;
+    if (c->passthrough) {
+        /* a lone raw allocation: straight back (cudaFree waits for the device, so no
+           queued kernel still uses it) */
+        c->raw_free(c->ctx, b->ptr, b->size);
+        c->st.reserved -= b->size;
+        c->st.segments--;
+        c->st.raw_frees++;
+        free(b);
+        pthread_mutex_unlock(&c->mu);
+        return 0;
+    }
     if (b->next && !b->next->allocated) absorb_next(c, b);
     if (b->prev && !b->prev->allocated) {
         blk *p = b->prev;

@@ -20,7 +20,14 @@
  *
  * The logic knows nothing of CUDA: tests run it on the CPU over a mock raw allocator.
  * One stream per device means a freed block may be reused at once (the stream orders the
- * old user's kernels before the new user's). Thread-safe (one mutex per cache). */
+ * old user's kernels before the new user's). Thread-safe (one mutex per cache).
+ *
+ * Pass-through mode (lt_cache_set_passthrough) turns the caching off for memory checkers:
+ * every request is its own raw allocation of exactly the bytes asked for, and every free
+ * gives it straight back. A checker such as compute-sanitizer's memcheck only sees the
+ * bounds of raw allocations, so an overrun into a neighbouring block of a cached segment is
+ * invisible to it until each block is a raw allocation of its own. The statistics keep their
+ * meaning (allocated = reserved = the bytes asked for). */
 #ifndef LT_CACHE_ALLOC_H
 #define LT_CACHE_ALLOC_H
 
@@ -56,6 +63,9 @@ int lt_cache_free(lt_cache *c, void *ptr);
 /* Release every entirely free segment to the raw allocator; returns the bytes released. */
 int64_t lt_cache_empty(lt_cache *c);
 void lt_cache_get_stats(lt_cache *c, lt_cache_stats *out);
+/* Switch pass-through mode on (1) or off (0). Only while the cache holds no segment, so a
+   block never changes mode under its user: returns -1 (and changes nothing) otherwise. */
+int lt_cache_set_passthrough(lt_cache *c, int on);
 void lt_cache_reset_peak(lt_cache *c);
 
 #endif

@@ -2,7 +2,8 @@
  * over a mock raw allocator with a capacity: steady-state reuse with no raw calls, small
  * blocks sharing a segment, splitting and merging back to whole segments, emptying the
  * cache, the retry after a failed raw allocation, statistics, and a random stress run that
- * checks live blocks never overlap and keep their contents. Also built under ASan. */
+ * checks live blocks never overlap and keep their contents; pass-through mode (every block
+ * its own raw allocation of the exact size, for memory checkers). Also built under ASan. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,6 +225,75 @@ static void test_stress(void) {
     lt_cache_destroy(c);
 }
 
+/* Pass-through: the raw allocator sees every request at its exact size, and every free. */
+static int64_t last_raw_size;
+static void *exact_alloc(void *ctx, int64_t n) {
+    mock *m = ctx;
+    m->calls++;
+    last_raw_size = n;
+    void *p = malloc((size_t)n); /* exact size: a checker sees one byte past the end */
+    if (p) {
+        m->used += n;
+        m->live++;
+    }
+    return p;
+}
+
+static void test_passthrough(void) {
+    mock m = {.capacity = 1LL << 34};
+    lt_cache *c = lt_cache_new(exact_alloc, mock_free, &m);
+    CHECK(lt_cache_set_passthrough(c, 1) == 0);
+    static const int64_t sizes[] = {1, 100, 513, 3 * MiB + 7, 0};
+    enum { N = sizeof sizes / sizeof *sizes };
+    void *p[N];
+    for (int step = 0; step < 3; step++) {
+        int64_t calls0 = m.calls;
+        for (int i = 0; i < N; i++) {
+            int64_t r = -1;
+            p[i] = lt_cache_alloc(c, sizes[i], &r);
+            CHECK(p[i] != NULL);
+            CHECK(last_raw_size == (sizes[i] ? sizes[i] : 1));
+            CHECK(r == last_raw_size);
+            memset(p[i], step, (size_t)r);
+        }
+        CHECK(m.calls == calls0 + N); /* no reuse: a raw call per request, every step */
+        CHECK(m.live == N);
+        lt_cache_stats s = stats(c);
+        CHECK(s.allocated == s.reserved && s.reserved == m.used && s.segments == N);
+        /* the mode cannot change under live blocks */
+        CHECK(lt_cache_set_passthrough(c, 0) == -1);
+        for (int i = 0; i < N; i++) CHECK(lt_cache_free(c, p[i]) == 0);
+        CHECK(m.live == 0 && m.used == 0); /* every free went straight back */
+        s = stats(c);
+        CHECK(s.allocated == 0 && s.reserved == 0 && s.segments == 0);
+        CHECK(s.raw_frees == s.raw_allocs);
+    }
+    CHECK(stats(c).peak_allocated == 1 + 100 + 513 + 3 * MiB + 7 + 1);
+    CHECK(lt_cache_empty(c) == 0);
+    /* blocks still handed out at destroy are released too */
+    p[0] = lt_cache_alloc(c, 4096, NULL);
+    CHECK(p[0] != NULL && m.live == 1);
+    lt_cache_destroy(c);
+    CHECK(m.live == 0 && m.used == 0);
+
+    /* back to caching once empty; not while a segment is held */
+    c = lt_cache_new(mock_alloc, mock_free, &m);
+    void *q = lt_cache_alloc(c, 100, NULL);
+    CHECK(lt_cache_set_passthrough(c, 1) == -1);
+    lt_cache_free(c, q);
+    lt_cache_empty(c);
+    CHECK(lt_cache_set_passthrough(c, 1) == 0);
+    CHECK(lt_cache_set_passthrough(c, 0) == 0);
+    int64_t calls0 = m.calls;
+    q = lt_cache_alloc(c, 100, NULL);
+    lt_cache_free(c, q);
+    q = lt_cache_alloc(c, 100, NULL);
+    lt_cache_free(c, q);
+    CHECK(m.calls == calls0 + 1); /* caching again: the second request reused the segment */
+    lt_cache_destroy(c);
+    CHECK(m.live == 0);
+}
+
 int main(void) {
     test_steady_state();
     test_small_blocks_share_a_segment();
@@ -231,5 +301,6 @@ int main(void) {
     test_out_of_memory_retry();
     test_peak();
     test_stress();
+    test_passthrough();
     return check_summary();
 }
