@@ -73,9 +73,40 @@ function M.read_config(path)
     if raw.model_type and raw.model_type ~= "llama" and raw.model_type ~= "mistral" then
         error(("%s: model_type %q is not a Llama-family model"):format(path, tostring(raw.model_type)), 0)
     end
+    -- what the architecture does not have must be refused, not silently dropped
+    if raw.hidden_act ~= nil and raw.hidden_act ~= "silu" then
+        error(("%s: hidden_act %s is not supported (silu)"):format(path, json.encode(raw.hidden_act)), 0)
+    end
+    for _, key in ipairs({ "attention_bias", "mlp_bias" }) do
+        if raw[key] ~= nil and raw[key] ~= false and raw[key] ~= json.null then
+            error(("%s: %s = %s is not supported (Llama's linears have no bias)"):format(path, key,
+                json.encode(raw[key])), 0)
+        end
+    end
+    -- transformers 5 writes the rotary settings as one object, rope_parameters = {rope_type,
+    -- rope_theta, factor, ...}, in place of rope_theta and rope_scaling (4.x); either is read
+    local rp = raw.rope_parameters
+    if rp ~= nil and rp ~= json.null then
+        if type(rp) ~= "table" or json.is_array(rp) then
+            error(("%s: field \"rope_parameters\" must be an object"):format(path), 0)
+        end
+        local theta = rp.rope_theta
+        if theta ~= nil and type(theta) ~= "number" then
+            error(("%s: rope_parameters.rope_theta must be a number, got %s"):format(path, json.encode(theta)), 0)
+        end
+        if theta and cfg.rope_theta and cfg.rope_theta ~= theta then
+            error(("%s: rope_theta (%s) and rope_parameters.rope_theta (%s) disagree"):format(path,
+                tostring(cfg.rope_theta), tostring(theta)), 0)
+        end
+        cfg.rope_theta = cfg.rope_theta or theta
+        if cfg.rope_scaling and (rp.rope_type or rp.type or "default") ~= "default" then
+            error(("%s: give rope_scaling or a scaled rope_parameters, not both"):format(path), 0)
+        end
+        if not cfg.rope_scaling then cfg.rope_scaling = rp end
+    end
     local rs = cfg.rope_scaling
     if rs then
-        local ty = rs.rope_type or rs.type
+        local ty = rs.rope_type or rs.type or "default"
         if ty ~= "llama3" and ty ~= "linear" and ty ~= "default" then
             error(("%s: rope_scaling type %q is not supported (llama3, linear)"):format(path, tostring(ty)), 0)
         end

@@ -142,6 +142,32 @@ T.test("sharded bf16 checkpoint loads to the f32 weights rounded to bf16", funct
     T.ok(n > 0)
 end)
 
+T.test("transformers 5's rope_parameters give the same model as rope_theta and rope_scaling", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local base = '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, '
+    local cases = {
+        { base .. '"rope_theta": 500000}', base .. '"rope_parameters": {"rope_type": "default", "rope_theta": 500000}}' },
+        { base .. '"rope_theta": 500000, "rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 16}}',
+          base .. '"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000, "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 16}}' },
+        { base .. '"rope_theta": 10000, "rope_scaling": {"type": "linear", "factor": 2}}',
+          base .. '"rope_parameters": {"rope_type": "linear", "rope_theta": 10000, "factor": 2}}' },
+    }
+    for i, c in ipairs(cases) do
+        local f = assert(io.open(dir .. "/a.json", "wb")); f:write(c[1]); f:close()
+        f = assert(io.open(dir .. "/b.json", "wb")); f:write(c[2]); f:close()
+        local a, b = lt.llama.read_config(dir .. "/a.json"), lt.llama.read_config(dir .. "/b.json")
+        T.eq(b.rope_theta, a.rope_theta, "case " .. i .. " rope_theta")
+        T.eq(b.rope_scaling and b.rope_scaling.type, a.rope_scaling and a.rope_scaling.type, "case " .. i .. " type")
+        T.eq(b.rope_scaling and b.rope_scaling.factor, a.rope_scaling and a.rope_scaling.factor, "case " .. i .. " factor")
+        local ma, mb = lt.llama.new(a), lt.llama.new(b)
+        T.ok(ma.model.rope.cos:equal(mb.model.rope.cos) and ma.model.rope.sin:equal(mb.model.rope.sin),
+            "case " .. i .. " rotary tables")
+    end
+    os.execute("rm -rf " .. dir)
+end)
+
 T.test("config and weight errors name the file and the field", function()
     local tmp = os.tmpname()
     os.remove(tmp)
@@ -162,6 +188,19 @@ T.test("config and weight errors name the file and the field", function()
     T.raises(function() lt.llama.from_pretrained(dir) end, "config.json:1:", true)
     write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4}}')
     T.raises(function() lt.llama.from_pretrained(dir) end, "rope_scaling type \"yarn\" is not supported", true)
+    local base = '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, '
+    write("config.json", base .. '"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000, "factor": 4}}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "rope_scaling type \"yarn\" is not supported", true)
+    write("config.json", base .. '"rope_theta": 500000, "rope_parameters": {"rope_type": "default", "rope_theta": 10000}}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "rope_theta (500000) and rope_parameters.rope_theta (10000) disagree", true)
+    write("config.json", base .. '"rope_parameters": {"rope_type": "default", "rope_theta": "big"}}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, 'rope_parameters.rope_theta must be a number, got "big"', true)
+    write("config.json", base .. '"attention_bias": true}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "attention_bias = true is not supported", true)
+    write("config.json", base .. '"mlp_bias": true}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, "mlp_bias = true is not supported", true)
+    write("config.json", base .. '"hidden_act": "gelu"}')
+    T.raises(function() lt.llama.from_pretrained(dir) end, 'hidden_act "gelu" is not supported (silu)', true)
     write("config.json", '{"vocab_size": 1e400, "hidden_size": 8}')
     T.raises(function() lt.llama.from_pretrained(dir) end, 'field "vocab_size" must be a positive integer', true)
     write("config.json", '{"vocab_size": 123456789012345678901234567890, "hidden_size": 8}')
