@@ -200,6 +200,19 @@ function M.read_config(dir)
     if c.modules_to_save ~= nil and c.modules_to_save ~= json.null then
         error(path .. ": modules_to_save (fully trained extra modules) is not supported", 0)
     end
+    -- newer PEFT settings that change what the adapter computes: refused when set, since
+    -- ignoring one would give other logits than PEFT's with no word said
+    local function set(v)
+        if v == nil or v == json.null or v == false then return false end
+        if type(v) == "table" then return next(v) ~= nil end
+        return true
+    end
+    for _, key in ipairs({ "lora_bias", "exclude_modules", "target_parameters", "trainable_token_indices",
+        "layer_replication", "use_qalora", "alora_invocation_tokens" }) do
+        if set(c[key]) then
+            error(("%s: %s = %s is not supported"):format(path, key, json.encode(c[key])), 0)
+        end
+    end
     local target = c.target_modules
     if type(target) == "table" then
         local list = {}

@@ -208,6 +208,17 @@ T.test("adapter files with problems give clear errors", function()
     lt.fs.write_atomic(dir .. "/adapter_config.json", lt.json.encode(cfg))
     T.raises(function() lt.lora.load(lt.llama.new(CFG), dir) end, "rank_pattern (per-module ranks) is not supported", true)
     cfg.rank_pattern = {}
+    for key, v in pairs({ lora_bias = true, exclude_modules = { "k_proj" }, target_parameters = { "w" },
+        trainable_token_indices = { 1, 2 }, layer_replication = { { 0, 1 } } }) do
+        cfg[key] = v
+        lt.fs.write_atomic(dir .. "/adapter_config.json", lt.json.encode(cfg))
+        T.raises(function() lt.lora.load(lt.llama.new(CFG), dir) end, key .. " = ", true)
+        cfg[key] = nil
+    end
+    -- the same keys as PEFT writes them when unused load as before
+    cfg.lora_bias, cfg.exclude_modules, cfg.target_parameters = false, lt.json.null, lt.json.null
+    lt.fs.write_atomic(dir .. "/adapter_config.json", lt.json.encode(cfg))
+    lt.lora.load(lt.llama.new(CFG), dir)
     cfg.peft_type = "IA3"
     lt.fs.write_atomic(dir .. "/adapter_config.json", lt.json.encode(cfg))
     T.raises(function() lt.lora.load(lt.llama.new(CFG), dir) end, "peft_type is IA3", true)
