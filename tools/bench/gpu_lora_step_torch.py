@@ -2,7 +2,7 @@
 of a Llama in PyTorch + Hugging Face transformers + PEFT, the stack users run today.
 
     python3 tools/bench/gpu_lora_step_torch.py --shape llama-3.2-1b [--steps 10] [--batch 4]
-        [--seq 2048] [--rank 16] [--checkpointing 1] [--json out.json]
+        [--seq 2048] [--rank 16] [--checkpointing 1] [--base bf16|nf4] [--json out.json]
 
 Same work as luatrain's side: random weights of the named shape in bf16 on the GPU, LoRA
 r=16 (alpha 32, no dropout) on every linear layer but lm_head, AdamW on the adapters,
@@ -12,13 +12,21 @@ batch x seq tokens of random ids, attention through scaled_dot_product_attention
 torch.cuda.max_memory_allocated over the timed steps. Also measures the bf16 matmul ceiling
 (8192^3 products, median of 20) in the same process, for MFU.
 Prints one JSON line (and writes it to --json).
+
+--base nf4 is QLoRA as users run it: every linear layer but lm_head becomes a bitsandbytes
+Linear4bit (NF4, double quantization, bf16 compute) before PEFT wraps it. Where bitsandbytes
+is not installed it prints {"engine": ..., "unavailable": "..."} and exits 0.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hfcompat import llama_config  # noqa: E402
 
 SHAPES = {
     # Llama-3.2-1B
@@ -59,18 +67,51 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--checkpointing", type=int, default=1)
+    ap.add_argument("--base", default="bf16", choices=["bf16", "nf4"])
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    engine = "pytorch+peft" if args.base == "bf16" else "pytorch+peft+bnb nf4"
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    def emit(rec):
+        line = json.dumps(rec)
+        print(line)
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(line + "\n")
+
+    if args.base == "nf4":
+        try:
+            import bitsandbytes as bnb
+        except Exception as e:
+            emit(dict(engine=engine, shape=args.shape, unavailable=f"bitsandbytes not importable ({e})"))
+            return 0
+
+    from transformers import LlamaForCausalLM
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
     ceiling = matmul_ceiling()
-    cfg = LlamaConfig(**SHAPES[args.shape], attn_implementation="sdpa", torch_dtype=torch.bfloat16)
+    cfg = llama_config(**SHAPES[args.shape])
+    cfg._attn_implementation = "sdpa"
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     n_params = sum(p.numel() for p in model.parameters())
+    if args.base == "nf4":
+        # each linear but lm_head becomes NF4 (double-quantized absmax), quantized on the
+        # move to the device, as from_pretrained(quantization_config=BitsAndBytesConfig(...)) does
+        def quantize(parent):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear) and name != "lm_head":
+                    q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
+                                          compute_dtype=torch.bfloat16, compress_statistics=True,
+                                          quant_type="nf4")
+                    q.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False,
+                                                 compress_statistics=True, quant_type="nf4")
+                    setattr(parent, name, q.cuda())
+                else:
+                    quantize(child)
+        quantize(model)
+        torch.cuda.empty_cache()
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -115,17 +156,13 @@ def main():
     # by the mask, and the backward is twice the forward: 6*T*d per layer
     attn = 6 * c["num_hidden_layers"] * args.seq * c["hidden_size"]
     flops_per_token = 4 * n_params + attn
-    rec = dict(engine="pytorch+peft", torch=torch.__version__, shape=args.shape,
+    rec = dict(engine=engine, base=args.base, torch=torch.__version__, shape=args.shape,
                device=torch.cuda.get_device_name(), batch=args.batch, seq=args.seq, rank=args.rank,
                checkpointing=bool(args.checkpointing), params=n_params, trainable=trainable,
                step_s=t, tokens_per_s=tokens / t, peak_bytes=torch.cuda.max_memory_allocated(),
                matmul_ceiling_flops=ceiling, flops_per_token=flops_per_token,
                mfu=tokens / t * flops_per_token / ceiling, loss_first=losses[0], loss_last=losses[-1])
-    line = json.dumps(rec)
-    print(line)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(line + "\n")
+    emit(rec)
 
 
 if __name__ == "__main__":
