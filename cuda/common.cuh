@@ -18,8 +18,8 @@
 #include <stdint.h>
 
 extern "C" {
-#include "internal.h"
-#include "lt_cuda.h"
+#include "core/internal.h"
+#include "core/lt_cuda.h"
 }
 
 // ---- errors -------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ __device__ __forceinline__ float lt_block_max(float v, float *shared32) {
 
 // ---- random numbers ------------------------------------------------------------------------
 
-// The CPU's random generator (src/rng.c): Philox-4x32-10 with counter (lo, hi, 0, 0) and
+// The CPU's random generator (src/core/rng.c): Philox-4x32-10 with counter (lo, hi, 0, 0) and
 // key = seed. Device fills and dropout draw from it, so a seed gives the host's numbers.
 __device__ __forceinline__ uint4 lt_philox4x32_10(uint64_t counter, uint64_t seed) {
     uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;

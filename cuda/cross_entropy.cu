@@ -39,7 +39,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "gemm.cuh"
+#include "matmul.cuh"
 
 namespace { // kernels and types stay private to this file
 

@@ -6,7 +6,7 @@
 // x, out, dout, dx contiguous f32/bf16/f16 each (the CPU takes f32); mask contiguous u8.
 //
 // The mask is the CPU's, bit for bit, for the same generator state: element i draws lane
-// i % 4 of Philox-4x32-10 block (rng->offset + i / 4) under rng->seed (src/rng.c), and the
+// i % 4 of Philox-4x32-10 block (rng->offset + i / 4) under rng->seed (src/core/rng.c), and the
 // CPU's uniform value (0 + 1 * (u01(r) - 2^-32), computed in f64 and rounded to f32) is
 // exactly r * 2^-32 rounded to f32, which is what is computed here; the comparison with p is
 // the same f32 comparison. The generator then advances by ceil(n / 4) blocks, as the CPU's

@@ -35,7 +35,7 @@ local cfg = lt.config {
     alpha = { 32, "LoRA alpha when alpha_ratio is 0" },
     dropout = { 0.05, "LoRA dropout" },
     target = { "all-linear", "adapted layers" },
-    checkpoint = { true, "gradient checkpointing (one decoder layer's activations held)" },
+    gradient_checkpointing = { true, "gradient checkpointing (one decoder layer's activations held)" },
     batch_size = { 8, "sequences per step (packed)", type = "int" },
     seq_len = { 128, "tokens per sequence slot", type = "int" },
     steps = { 60, "optimizer steps per rank", type = "int" },
@@ -98,7 +98,7 @@ local results = {}
 for _, r in ipairs(ranks) do
     lt.manual_seed(cfg.seed)
     local model = lt.llama.from_pretrained(cfg.model, { quant = quant, dtype = quant and "bf16" or "f32" })
-    if cfg.checkpoint then model:gradient_checkpointing(true) end
+    if cfg.gradient_checkpointing then model:gradient_checkpointing(true) end
     local alpha = cfg.alpha_ratio > 0 and cfg.alpha_ratio * r or cfg.alpha
     lt.lora.apply(model, { r = r, alpha = alpha, dropout = cfg.dropout, target = cfg.target })
     model:to(cfg.device)

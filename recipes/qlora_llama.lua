@@ -41,7 +41,7 @@ local cfg = lt.config {
     dora = { false, "DoRA: learn a magnitude per output as well" },
     batch_size = { 8, "sequences per micro-batch (packed into one row)", type = "int" },
     seq_len = { 128, "tokens per sequence slot", type = "int" },
-    checkpoint = { true, "gradient checkpointing: keep one decoder layer's activations, re-run its forward in backward" },
+    gradient_checkpointing = { true, "gradient checkpointing: keep one decoder layer's activations, re-run its forward in backward" },
     grad_accum = { 1, "micro-batches per optimizer step", type = "int" },
     lr = { 3e-3, "peak learning rate" },
     schedule = { "cosine", "learning-rate schedule", choices = { "constant", "linear", "cosine" } },
@@ -94,7 +94,7 @@ for _, r in ipairs(model:named_parameters()) do
     n_plain_bytes = n_plain_bytes + r.param:nbytes()
 end
 
-if cfg.checkpoint then model:gradient_checkpointing(true) end
+if cfg.gradient_checkpointing then model:gradient_checkpointing(true) end
 
 -- ---- adapters -----------------------------------------------------------------------------
 local target = cfg.target

@@ -56,7 +56,7 @@ local cfg = lt.config {
     log_every = { 10, "print a line every this many steps", type = "int" },
     out = { "runs/train_tiny", "output folder (log.jsonl, model/)" },
     save = { true, "save the trained model" },
-    checkpoint = { false, "gradient checkpointing: re-run each layer's forward in backward to hold one layer's activations" },
+    gradient_checkpointing = { false, "gradient checkpointing: re-run each layer's forward in backward to hold one layer's activations" },
     -- stories15M shape; ignored when `model` is given
     vocab_size = { 32000, "vocabulary size of a new model", type = "int" },
     dim = { 288, "hidden size of a new model", type = "int" },
@@ -96,7 +96,7 @@ else
         max_position_embeddings = cfg.seq_len, rms_norm_eps = 1e-5, tie_word_embeddings = true,
     })
 end
-if cfg.checkpoint then model:gradient_checkpointing(true) end
+if cfg.gradient_checkpointing then model:gradient_checkpointing(true) end
 model:to(cfg.device)
 model:set_compute_dtype(cfg.precision ~= "auto" and cfg.precision or (cfg.device == "cpu" and "f32" or "bf16"))
 if tok and tok.vocab_size > model.config.vocab_size then

@@ -46,7 +46,9 @@ local lazy = {
     nn = "luatrain.nn",
     optim = "luatrain.optim",
     safetensors = "luatrain.safetensors",
-    llama = "luatrain.llama",
+    -- Hugging Face model folders (the architecture itself is nn.LlamaForCausalLM)
+    llama = "luatrain.pretrained",
+    pretrained = "luatrain.pretrained",
     memory = "luatrain.memory",
     json = "luatrain.json",
     config = "luatrain.config",
@@ -56,7 +58,9 @@ local lazy = {
     fs = "luatrain.fs",
     tokenizer = "luatrain.tokenizer",
     checkpoint = "luatrain.checkpoint",
-    lora = "luatrain.lora",
+    -- LoRA on a model and adapters in PEFT's files (the layer itself is nn.LoRALinear)
+    lora = "luatrain.peft",
+    peft = "luatrain.peft",
     generate = "luatrain.generate",
     trainer = "luatrain.trainer",
     report = "luatrain.report",

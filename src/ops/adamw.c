@@ -1,5 +1,5 @@
 /* adamw.c - the AdamW update (PyTorch's arithmetic) and the global gradient norm. */
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 /* Device-agnostic checks of the hyperparameters. */

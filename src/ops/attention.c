@@ -30,7 +30,7 @@
  * T * S exists. */
 #include <stdlib.h>
 
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 #ifdef _OPENMP
@@ -388,7 +388,7 @@ int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, con
                          const lt_tensor *v, const lt_tensor *cu_seqlens, float scale,
                          int causal) {
     const char *op = "attention_forward";
-    /* CUDA tensors: cuda/flash_attn.cu, which makes the same checks (and takes bf16/f16) */
+    /* CUDA tensors: cuda/attention.cu, which makes the same checks (and takes bf16/f16) */
     LT_DISPATCH_CUDA(q, lt_cuda_attention_forward(out, lse, q, k, v, cu_seqlens, scale, causal));
     attn_shape a;
     LT_TRY(check_like(out, q, op, "out", "q"));

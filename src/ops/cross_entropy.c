@@ -6,7 +6,7 @@
  * happens before the next block overwrites them. */
 #include <stdlib.h>
 
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 /* Logit buffer budget for the fused LM head: 8M floats (32 MB) per block of rows. */

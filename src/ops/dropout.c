@@ -5,7 +5,7 @@
  * accepts bf16/f16 x/out/dout/dx. */
 #include <stdlib.h>
 
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, float p, lt_rng *rng) {

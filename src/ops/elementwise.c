@@ -23,7 +23,7 @@
  */
 #include <stdio.h>
 
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 #if defined(__GNUC__)

@@ -2,7 +2,7 @@
  *
  * CUDA tensors go to cuda/embedding.cu after the checks below, which hold on every device;
  * there out and dout may also be bf16/f16, and ids are range-checked on the device. */
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 #ifdef _OPENMP

@@ -8,7 +8,7 @@
  * 16 of the 32 zmm registers; with AVX2's 16 ymm registers, 4 x 16 tiles use 8. Measured on
  * the 2-core Zen 5 dev box (AVX-512): 64x256x48 at 210 GFLOP/s per core, against 105 for
  * the BLAS library there. */
-#include "internal.h"
+#include "core/internal.h"
 
 #if defined(__AVX512F__)
 enum { VW = 16, MR = 8 };

@@ -15,7 +15,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 #ifdef _OPENMP

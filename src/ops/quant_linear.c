@@ -16,9 +16,9 @@
  */
 #include <cblas.h>
 
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_quant.h"
-#include "quant_internal.h"
+#include "ops/quant_internal.h"
 
 #ifdef _OPENMP
 #include <omp.h>

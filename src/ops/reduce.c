@@ -21,7 +21,7 @@
  */
 #include <stdio.h>
 
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 enum red_kind {

@@ -1,11 +1,11 @@
 /* rmsnorm.c - RMSNorm over the last dim, as Hugging Face's LlamaRMSNorm computes it:
  * y = x * rsqrt(mean(x^2) + eps) * weight.
  *
- * The checks below hold on every device; CUDA tensors then go to cuda/norm.cu, where x,
+ * The checks below hold on every device; CUDA tensors then go to cuda/rmsnorm.cu, where x,
  * out, dout and dx may also be bf16/f16 (math in f32). */
 #include <stdlib.h>
 
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 #ifdef _OPENMP

@@ -7,7 +7,7 @@
  * The checks below hold on every device; CUDA tensors then go to cuda/rope.cu (x and out
  * may be bf16/f16 there; positions are range-checked on the device). lt_rope_inv_freq is
  * CPU only: the table is made once and copied. */
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 int lt_rope_inv_freq(lt_tensor *inv_freq, int32_t head_dim, const lt_rope_config *cfg) {

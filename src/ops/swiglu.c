@@ -2,7 +2,7 @@
  *
  * The checks below hold on every device; CUDA tensors then go to cuda/swiglu.cu, where
  * every operand may also be bf16/f16 (math in f32). */
-#include "internal.h"
+#include "core/internal.h"
 #include "lt_ops.h"
 
 /* A (N, F) f32 operand with unit stride in F; rows may be strided. */

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cache_alloc.h"
+#include "core/cache_alloc.h"
 #include "check.h"
 
 #define MiB (1024 * 1024)

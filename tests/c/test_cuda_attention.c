@@ -1,4 +1,4 @@
-/* test_cuda_attention.c - attention on CUDA (cuda/flash_attn.cu) against the CPU op and a
+/* test_cuda_attention.c - attention on CUDA (cuda/attention.cu) against the CPU op and a
  * naive f64 attention.
  *
  * f32: output, lse and every gradient within 1e-5 (relative L2) of the CPU op on the same

@@ -1,4 +1,4 @@
-/* test_cuda_gemm.c - the CUDA GEMM (cuda/gemm.cu) against the CPU matmul on the same inputs.
+/* test_cuda_gemm.c - the CUDA GEMM (cuda/matmul.cu) against the CPU matmul on the same inputs.
  *
  * lt_matmul / lt_matmul_backward on device tensors: every trans_a x trans_b layout, odd M,
  * N, K (1, 7, 33, 257, 1000), alpha/beta, transposed and strided views, batched (strided,
@@ -20,7 +20,7 @@
 #include "lt.h"
 #include "lt_ops.h"
 
-/* cuda/gemm.cuh's lt_gemm_args, field for field (its size is checked by the callee). */
+/* cuda/matmul.cuh's lt_gemm_args, field for field (its size is checked by the callee). */
 typedef struct {
     int trans_a, trans_b;
     int64_t M, N, K;

@@ -1,5 +1,5 @@
-/* test_cuda_quant.c - quantization on CUDA (cuda/quant.cu) against the CPU (src/quant.c,
- * src/ops/quant_linear.c) on the same inputs.
+/* test_cuda_quant.c - quantization on CUDA (cuda/quant.cu, cuda/quant_linear.cu) against the
+ * CPU (src/ops/quant.c, src/ops/quant_linear.c) on the same inputs.
  *
  *   - lt_quantize on a device weight gives the CPU's state bit for bit: NF4 and FP4, with
  *     and without double quantization, block sizes 32, 64, 128 and 4096, f32/bf16/f16
@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cache_alloc.h"
+#include "core/cache_alloc.h"
 #include "check.h"
 #include "cuda_check.h"
 #include "lt.h"

@@ -58,7 +58,7 @@ T.test("names, state dicts and switching back are transparent", function()
     table.sort(names)
     T.ok(m2:state_dict()["model.layers.3.mlp.down_proj.weight"] ~= nil)
     for _, n in ipairs(names) do T.ok(not n:find("inner", 1, true), n) end
-    T.eq(m2.model.layers:get(1).__name, "Checkpoint")
+    T.eq(m2.model.layers:get(1).__name, "GradCheckpoint")
     m2:gradient_checkpointing(false)
     T.eq(m2.model.layers:get(1).__name, "LlamaDecoderLayer")
     local ids, tg = lt.randint(0, 300, 4, 64), lt.randint(0, 300, 4, 64)

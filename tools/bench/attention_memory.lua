@@ -1,7 +1,7 @@
 --[[
 attention_memory.lua - a training step's peak memory against the sequence length, to show
 that attention adds no T x T term (src/ops/attention.c keeps per-thread tiles only;
-cuda/flash_attn.cu tiles in shared memory).
+cuda/attention.cu tiles in shared memory).
 
     luatrain tools/bench/attention_memory.lua [seqs=1024,2048,4096,8192 layers=2 out=FILE]
         [device=cuda]   (on the GPU: bf16 activations, f32 master weights, device memory)

@@ -1,6 +1,6 @@
 --[[
 flash_attn.lua - FlashAttention speed: forward and backward TFLOP/s of luatrain's attention
-kernel (cuda/flash_attn.cu) over sequence lengths, head dims and masks; the luatrain side of
+kernel (cuda/attention.cu) over sequence lengths, head dims and masks; the luatrain side of
 tools/bench/flash_attn.sh, whose peer is flash_attn_sdpa.py (PyTorch's
 scaled_dot_product_attention, flash and cuDNN back ends, on the same shapes).
 

@@ -22,7 +22,7 @@ return {
     DecoderLayer = llama.DecoderLayer,
     LlamaModel = llama.LlamaModel,
     LlamaForCausalLM = llama.LlamaForCausalLM,
-    Checkpoint = require "luatrain.nn.checkpoint",
+    GradCheckpoint = require "luatrain.nn.grad_checkpoint",
     LoRALinear = require("luatrain.nn.lora").LoRALinear,
     QuantLinear = require("luatrain.nn.lora").QuantLinear,
     functional = require "luatrain.ops.nn",

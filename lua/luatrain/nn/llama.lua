@@ -117,7 +117,7 @@ function Attention:forward(x)
     F.flash_attention(q, k, v, { out = attn, lse = lse, scale = self.scale, causal = self.causal,
         cu_seqlens = ctx.cu_seqlens })
     -- which kernel ran, for LlamaForCausalLM:attention_paths(): src/ops/attention.c on the
-    -- host, cuda/flash_attn.cu on a device
+    -- host, cuda/attention.cu on a device
     self.attention_path = q:is_cuda() and "cuda-flash" or "cpu-flash"
     local flat = self:view_of("attn_flat", attn, { B, T, H * D })
     self.output = self.o_proj:forward(flat)
@@ -278,12 +278,12 @@ function LlamaModel:backward(ids, dy)
     return nil
 end
 
--- Checkpoint every decoder layer (flag true) or stop (false). The layers share one arena
+-- GradCheckpoint every decoder layer (flag true) or stop (false). The layers share one arena
 -- of activation buffers; see nn/checkpoint.lua.
 function LlamaModel:gradient_checkpointing(flag)
-    local Checkpoint = require "luatrain.nn.checkpoint"
+    local GradCheckpoint = require "luatrain.nn.grad_checkpoint"
     local list = self.layers
-    local arena = flag and Checkpoint.arena() or nil
+    local arena = flag and GradCheckpoint.arena() or nil
     for _, name in ipairs(list._child_names) do
         local layer = list._children[name]
         local inner = layer.inner or layer
@@ -291,7 +291,7 @@ function LlamaModel:gradient_checkpointing(flag)
         if flag then
             -- a fresh arena: drop whatever buffers the layer had
             inner:free_buffers()
-            list._children[name] = Checkpoint(inner, arena)
+            list._children[name] = GradCheckpoint(inner, arena)
         elseif layer.inner then
             -- back to private buffers for each layer
             local function unshare(m)

@@ -259,7 +259,7 @@ function Module:buffer(name, shape, dtype)
     return b:resize_(shape, { dtype = dtype or "f32", device = self._device })
 end
 
--- fn(m) once for this module and every module under it. A wrapper (nn.Checkpoint) shares
+-- fn(m) once for this module and every module under it. A wrapper (nn.GradCheckpoint) shares
 -- its parameters and children with the module it wraps, whose own state is visited too.
 local function each_module(root, fn)
     local seen = {}

@@ -1,0 +1,109 @@
+--[[
+nn/grad_checkpoint.lua - gradient checkpointing: a wrapper that keeps only a module's
+output and re-runs its forward in backward. (Run checkpoints, what a run saves to resume,
+are checkpoint.lua.)
+
+Modules own their activation buffers (nn/module.lua), so "dropping activations" means
+sharing them: every GradCheckpoint made with the same arena points the buffers of its wrapped
+module at one set, keyed by the buffer's path inside the module. Identical layers (the
+decoder layers of a Llama) then hold one layer's activations between them instead of one
+set each; the backward of each layer first re-runs its forward to refill the arena. A
+wrapper keeps its own output (the next layer's input) and input gradient.
+
+    model:gradient_checkpointing(true)   -- LlamaForCausalLM / LlamaModel: every decoder layer
+
+Names stay transparent: a checkpointed layer's parameters keep the wrapped module's names
+(model.layers.0.self_attn.q_proj.weight), so state dicts and adapters are unchanged.
+Memory per checkpointed layer falls from all of its activations to two (B, T, C) tensors,
+for one extra forward of the layer in backward. Results are bit-identical to running
+without checkpointing (the recomputation is the same arithmetic on the same inputs).
+]]
+local Module = require("luatrain.nn.module").Module
+
+local tensor = require "luatrain.tensor"
+
+local GradCheckpoint = Module:extend("GradCheckpoint")
+
+-- Point m's buffers and views, and its descendants', at the arena's sets for their paths.
+local function share_buffers(m, arena, path)
+    local slot = arena.slots[path]
+    if slot == nil then
+        slot = { buffers = {}, views = {} }
+        arena.slots[path] = slot
+    end
+    m._buffers, m._views = slot.buffers, slot.views
+    for _, n in ipairs(m._child_names) do share_buffers(m._children[n], arena, path .. "." .. n) end
+end
+
+-- A new arena to pass to several GradCheckpoints that should share activations.
+function GradCheckpoint.arena()
+    return { slots = {}, owner = nil }
+end
+
+function GradCheckpoint:init(inner, arena)
+    self.inner = inner
+    self.arena = arena or GradCheckpoint.arena()
+    -- transparent for names and parameter walks: the wrapped module's parameters and
+    -- children appear as this module's own
+    self._param_names, self._params, self._grads = inner._param_names, inner._params, inner._grads
+    self._child_names, self._children = inner._child_names, inner._children
+    self._tied = inner._tied
+    -- its own buffers (output, grad_input) on the wrapped module's device and precision
+    self._device, self._act_dtype = inner._device, inner._act_dtype
+    share_buffers(inner, self.arena, "")
+end
+
+-- Point the wrapped module's buffers at the arena again: needed after a descendant was
+-- replaced (lt.lora.apply swaps Linears for LoRALinears, whose buffers start private).
+function GradCheckpoint:reshare()
+    share_buffers(self.inner, self.arena, "")
+    self.arena.owner = nil
+    return self
+end
+
+function GradCheckpoint:extra_repr()
+    return self.inner.__name
+end
+
+function GradCheckpoint:train(flag)
+    Module.train(self, flag)
+    self.inner:train(flag)
+    return self
+end
+
+function GradCheckpoint:forward(x)
+    -- the random state the forward starts from, so the recomputation in backward draws
+    -- the same dropout masks
+    local rng = tensor.default_rng
+    self.rng_seed, self.rng_offset = rng.seed, rng.offset
+    local y = self.inner:forward(x)
+    self.arena.owner = self
+    local out = self:buffer("output", y:shape(), y.dtype)
+    out:copy_(y)
+    self.output = out
+    return out
+end
+
+function GradCheckpoint:backward(x, dy)
+    -- the arena holds the activations of whichever wrapper ran forward last
+    if self.arena.owner ~= self then
+        local rng = tensor.default_rng
+        local seed, offset = rng.seed, rng.offset
+        rng.seed, rng.offset = self.rng_seed, self.rng_offset
+        self.inner:forward(x)
+        rng.seed, rng.offset = seed, offset
+        self.arena.owner = self
+    end
+    local g = self.inner:backward(x, dy)
+    local gi = self:buffer("grad_input", g:shape(), g.dtype)
+    gi:copy_(g)
+    self.grad_input = gi
+    return gi
+end
+
+function GradCheckpoint:free_buffers()
+    Module.free_buffers(self)
+    self.arena.owner = nil
+end
+
+return GradCheckpoint

@@ -1,0 +1,350 @@
+--[[
+peft.lua - put LoRA adapters on a model, and save and load them in PEFT's layout (lt.lora,
+also lt.peft); the adapter layer itself is nn/lora.lua.
+
+    lt.lora.apply(model, { r = 8, alpha = 32, dropout = 0.1, target = "all-linear" })
+    ... train: only adapter parameters have gradients ...
+    lt.lora.save(model, "out/adapter")          -- adapter_config.json + adapter_model.safetensors
+    lt.lora.load(model, "out/adapter")          -- onto a fresh base model
+    lt.lora.export_merged(model, "out/merged")  -- a Hugging Face folder, bf16, adapters merged
+
+Targets (as PEFT chooses them):
+  "all-linear"          every linear layer but the output head (lm_head)
+  { "q_proj", "v_proj" } modules whose name is, or ends with ".", one of these
+  any other string      a Lua pattern the whole module name must match
+                        ("model%.layers%.%d+%.self_attn%.[qv]_proj")
+layers_to_transform = { 0, 3 } keeps only those decoder layers (0-based, as in Hugging
+Face names). Every other parameter of the model is frozen.
+
+Files: adapter_config.json holds peft_type LORA, task_type CAUSAL_LM, r, lora_alpha,
+lora_dropout, target_modules, use_rslora, use_dora, bias "none",
+base_model_name_or_path and the other keys PEFT writes; adapter_model.safetensors holds
+base_model.model.<module>.lora_A.weight (r, in), ...lora_B.weight (out, r) and, with DoRA,
+...lora_magnitude_vector (out), with {"format": "pt"} metadata. Both are written atomically.
+]]
+local json = require "luatrain.json"
+local fs = require "luatrain.fs"
+local safetensors = require "luatrain.safetensors"
+local nnlora = require "luatrain.nn.lora"
+local layers = require "luatrain.nn.layers"
+
+local M = {}
+
+local PREFIX = "base_model.model."
+
+local function is_linear(m)
+    return getmetatable(m) == layers.Linear or getmetatable(m) == nnlora.QuantLinear
+end
+
+-- Every (parent, child name, full name, module) below `model`, depth first.
+local function walk(model, fn)
+    local function go(m, prefix)
+        for _, n in ipairs(m._child_names) do
+            local child = m._children[n]
+            local full = prefix == "" and n or (prefix .. "." .. n)
+            fn(m, n, full, child)
+            go(child, full)
+        end
+    end
+    go(model, "")
+end
+
+local function layer_index(name)
+    local i = name:match("%.layers%.(%d+)%.") or name:match("^layers%.(%d+)%.")
+    return i and tonumber(i)
+end
+
+-- Does the module `name` match `target`?
+local function targeted(target, name)
+    if target == "all-linear" then
+        return name ~= "lm_head" and not name:match("%.lm_head$")
+    end
+    if type(target) == "table" then
+        for _, t in ipairs(target) do
+            if name == t or name:sub(-#t - 1) == "." .. t then return true end
+        end
+        return false
+    end
+    if type(target) == "string" then return name:match("^" .. target .. "$") ~= nil end
+    error("lora: target must be \"all-linear\", a list of module names or a Lua pattern", 3)
+end
+
+local function python_regex_escape(s)
+    return (s:gsub("[%.%^%$%*%+%?%(%)%[%]%{%}%|\\]", "\\%0"))
+end
+
+-- Replace the targeted linear layers with LoRALinear. Returns the list of full names.
+-- opts: r, alpha, dropout, rslora, dora, init, target ("all-linear"), layers_to_transform.
+function M.apply(model, opts)
+    opts = opts or {}
+    local target = opts.target or "all-linear"
+    local allowed
+    if opts.layers_to_transform then
+        allowed = {}
+        for _, i in ipairs(opts.layers_to_transform) do allowed[i] = true end
+    end
+    local chosen = {}
+    walk(model, function(parent, n, full, child)
+        if is_linear(child) and targeted(target, full) then
+            local li = layer_index(full)
+            if not allowed or (li and allowed[li]) then
+                chosen[#chosen + 1] = { parent = parent, name = n, full = full, module = child }
+            end
+        end
+    end)
+    if #chosen == 0 then
+        error(("lora: the target %s matches no linear layer"):format(
+            type(target) == "table" and ("{" .. table.concat(target, ", ") .. "}") or ("%q"):format(target)), 2)
+    end
+    model:requires_grad(false)
+    local names, short = {}, {}
+    for _, c in ipairs(chosen) do
+        local lora = nnlora.LoRALinear(c.module, opts)
+        -- adapters start where the layer they wrap is, in its precision
+        local dev = c.module:device()
+        if dev ~= "cpu" then lora:to(dev) end
+        if c.module._act_dtype then lora:set_compute_dtype(c.module._act_dtype) end
+        c.parent:add_module(c.name, lora)
+        names[#names + 1] = c.full
+        short[c.full:match("([^%.]+)$")] = true
+    end
+    -- adapters put inside checkpointed layers must share those layers' activation arena
+    local GradCheckpoint = require("luatrain.nn.grad_checkpoint")
+    local function reshare(m)
+        if getmetatable(m) == GradCheckpoint then m:reshare() end
+        for _, n in ipairs(m._child_names) do reshare(m._children[n]) end
+    end
+    reshare(model)
+    -- the targets as PEFT reads them: short names when they say exactly what was chosen,
+    -- else an anchored regular expression over the full names
+    local target_modules
+    if target == "all-linear" or type(target) == "table" then
+        target_modules = {}
+        for s in pairs(short) do target_modules[#target_modules + 1] = s end
+        table.sort(target_modules)
+    else
+        local alts = {}
+        for i, n in ipairs(names) do alts[i] = python_regex_escape(n) end
+        target_modules = "^(" .. table.concat(alts, "|") .. ")$"
+    end
+    model.lora_config = {
+        r = opts.r or 8, lora_alpha = opts.alpha or 16, lora_dropout = opts.dropout or 0,
+        use_rslora = opts.rslora and true or false, use_dora = opts.dora and true or false,
+        target_modules = target_modules, layers_to_transform = opts.layers_to_transform,
+        init = opts.init,
+    }
+    return names
+end
+
+-- The adapter parameters: name -> tensor, PEFT's names without the base_model prefix.
+function M.adapter_state(model)
+    local out = {}
+    for _, r in ipairs(model:named_parameters()) do
+        if r.name:find("%.lora_[AB]%.weight$") or r.name:find("%.lora_magnitude_vector$") then
+            out[r.name] = r.param
+        end
+    end
+    return out
+end
+
+local function peft_config(model, opts)
+    local c = model.lora_config
+    local lt_list = c.layers_to_transform and json.array(c.layers_to_transform) or json.null
+    return {
+        peft_type = "LORA", task_type = "CAUSAL_LM", r = c.r, lora_alpha = c.lora_alpha,
+        lora_dropout = c.lora_dropout, use_rslora = c.use_rslora, use_dora = c.use_dora,
+        target_modules = type(c.target_modules) == "table" and json.array(c.target_modules) or c.target_modules,
+        bias = "none", fan_in_fan_out = false, inference_mode = true,
+        init_lora_weights = c.init == "gaussian" and "gaussian" or true,
+        base_model_name_or_path = opts.base_model_name_or_path or model.source or json.null,
+        layers_to_transform = lt_list, layers_pattern = json.null, modules_to_save = json.null,
+        rank_pattern = {}, alpha_pattern = {}, revision = json.null, megatron_config = json.null,
+        megatron_core = "megatron.core", loftq_config = {}, layer_replication = json.null,
+    }
+end
+
+-- Save the adapter in PEFT's layout. opts.base_model_name_or_path overrides the model's
+-- source folder in adapter_config.json.
+function M.save(model, dir, opts)
+    opts = opts or {}
+    if not model.lora_config then error("lora.save: the model has no LoRA adapters (lt.lora.apply first)", 2) end
+    dir = dir:gsub("/+$", "")
+    fs.make_dirs(dir)
+    local tensors = {}
+    for name, t in pairs(M.adapter_state(model)) do tensors[PREFIX .. name] = t end
+    safetensors.save(dir .. "/adapter_model.safetensors", tensors, { format = "pt" })
+    fs.write_atomic(dir .. "/adapter_config.json", json.encode(peft_config(model, opts), { indent = 2 }) .. "\n")
+end
+
+-- Read a PEFT adapter folder's config, checking what luatrain supports.
+function M.read_config(dir)
+    local path = dir .. "/adapter_config.json"
+    local c = json.read_file(path)
+    if type(c) ~= "table" or json.is_array(c) then error(path .. ": expected a JSON object", 0) end
+    if c.peft_type ~= "LORA" then
+        error(("%s: peft_type is %s; only LORA adapters are supported"):format(path, tostring(c.peft_type)), 0)
+    end
+    local function num(key, default)
+        local v = c[key]
+        if v == nil or v == json.null then return default end
+        if type(v) ~= "number" then error(("%s: %s must be a number"):format(path, key), 0) end
+        return v
+    end
+    if c.bias and c.bias ~= "none" then
+        error(("%s: bias %q is not supported (only \"none\")"):format(path, tostring(c.bias)), 0)
+    end
+    for _, key in ipairs({ "rank_pattern", "alpha_pattern" }) do
+        if type(c[key]) == "table" and next(c[key]) ~= nil then
+            error(("%s: %s (per-module ranks) is not supported"):format(path, key), 0)
+        end
+    end
+    if c.modules_to_save ~= nil and c.modules_to_save ~= json.null then
+        error(path .. ": modules_to_save (fully trained extra modules) is not supported", 0)
+    end
+    -- newer PEFT settings that change what the adapter computes: refused when set, since
+    -- ignoring one would give other logits than PEFT's with no word said
+    local function set(v)
+        if v == nil or v == json.null or v == false then return false end
+        if type(v) == "table" then return next(v) ~= nil end
+        return true
+    end
+    for _, key in ipairs({ "lora_bias", "exclude_modules", "target_parameters", "trainable_token_indices",
+        "layer_replication", "use_qalora", "alora_invocation_tokens" }) do
+        if set(c[key]) then
+            error(("%s: %s = %s is not supported"):format(path, key, json.encode(c[key])), 0)
+        end
+    end
+    local target = c.target_modules
+    if type(target) == "table" then
+        local list = {}
+        for i, t in ipairs(target) do list[i] = t end
+        target = list
+    elseif type(target) ~= "string" then
+        error(path .. ": target_modules must be a list of names or a regular expression", 0)
+    end
+    local layers_list = c.layers_to_transform
+    if type(layers_list) == "number" then layers_list = { layers_list } end
+    if layers_list == json.null then layers_list = nil end
+    return {
+        r = num("r", 8), alpha = num("lora_alpha", 8), dropout = num("lora_dropout", 0),
+        rslora = c.use_rslora == true, dora = c.use_dora == true, target = target,
+        layers_to_transform = layers_list, raw = c,
+    }
+end
+
+-- A Python regular expression from adapter_config.json as a Lua pattern, for the
+-- anchored alternations of literal names that save() writes; anything else is refused.
+local function regex_to_names(rx, path)
+    local body = rx:match("^%^?%((.*)%)%$?$") or rx:match("^%^(.*)%$$") or rx
+    local names = {}
+    for alt in (body .. "|"):gmatch("(.-)|") do
+        local literal = alt:gsub("\\(.)", "%1")
+        if literal:find("[%^%$%*%+%?%(%)%[%]%{%}%|\\]") then
+            error(("%s: target_modules %q is a regular expression luatrain cannot read; give a list of names"):format(
+                path, rx), 0)
+        end
+        names[#names + 1] = literal
+    end
+    return names
+end
+
+-- Apply an adapter folder's LoRA config to `model` and load its weights.
+function M.load(model, dir)
+    dir = dir:gsub("/+$", "")
+    local cfg = M.read_config(dir)
+    local target = cfg.target
+    if type(target) == "string" and target ~= "all-linear" then
+        -- exact full names: match them as a list of whole names
+        local names = regex_to_names(target, dir .. "/adapter_config.json")
+        local set = {}
+        for _, n in ipairs(names) do set[n] = true end
+        target = {}
+        for n in pairs(set) do target[#target + 1] = n end
+    end
+    M.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout, rslora = cfg.rslora,
+        dora = cfg.dora, target = target, layers_to_transform = cfg.layers_to_transform })
+    local file = dir .. "/adapter_model.safetensors"
+    local tensors = safetensors.load(file)
+    local own = M.adapter_state(model)
+    local seen = {}
+    -- check every tensor before copying any (sorted, so the first problem reported is
+    -- always the same one)
+    local keys = {}
+    for key in pairs(tensors) do keys[#keys + 1] = key end
+    table.sort(keys)
+    for _, key in ipairs(keys) do
+        local t = tensors[key]
+        local name = key:sub(1, #PREFIX) == PREFIX and key:sub(#PREFIX + 1) or key
+        local p = own[name]
+        if not p then error(("%s: tensor %s does not match any adapter parameter of the model"):format(file, key), 0) end
+        local a, b = p:shape(), t:shape()
+        if table.concat(a, ",") ~= table.concat(b, ",") then
+            error(("%s: %s has shape (%s) but the model's adapter expects (%s)"):format(file, key,
+                table.concat(b, ", "), table.concat(a, ", ")), 0)
+        end
+        seen[name] = key
+    end
+    local missing = {}
+    for name in pairs(own) do
+        if not seen[name] then missing[#missing + 1] = name end
+    end
+    table.sort(missing)
+    if #missing > 0 then error(("%s: missing adapter tensors: %s"):format(file, table.concat(missing, ", ")), 0) end
+    for name, key in pairs(seen) do own[name]:copy_(tensors[key]) end
+    return model
+end
+
+-- Every LoRALinear below the model, as { name, module }.
+function M.layers(model)
+    local out = {}
+    walk(model, function(_, _, full, child)
+        if getmetatable(child) == nnlora.LoRALinear then out[#out + 1] = { full, child } end
+    end)
+    return out
+end
+
+function M.merge(model)
+    for _, e in ipairs(M.layers(model)) do e[2]:merge() end
+end
+
+function M.unmerge(model)
+    for _, e in ipairs(M.layers(model)) do e[2]:unmerge() end
+end
+
+-- Write a Hugging Face folder of the model with every adapter merged into its (dequantized)
+-- base weight, in opts.dtype ("bf16" by default); adapters themselves are left out.
+function M.export_merged(model, dir, opts)
+    opts = opts or {}
+    local dtype = opts.dtype or "bf16"
+    local llama = require "luatrain.pretrained"
+    -- Build the merged state in module order; a LoRA or quantized layer contributes one
+    -- "<name>.weight".
+    local entries, scratch = {}, {}
+    local function visit(m, prefix)
+        if getmetatable(m) == nnlora.LoRALinear or getmetatable(m) == nnlora.QuantLinear then
+            local w = getmetatable(m) == nnlora.LoRALinear and m:merged_weight() or m.qweight:dequantize("f32")
+            local t = w:to(dtype)
+            if t ~= w then w:free() end
+            scratch[#scratch + 1] = t
+            entries[#entries + 1] = { prefix .. "weight", t }
+            return
+        end
+        for _, n in ipairs(m._param_names) do
+            if not (m._tied and m._tied[n]) then
+                local p = m._params[n]
+                local t = p.dtype == dtype and p or p:to(dtype)
+                if t ~= p then scratch[#scratch + 1] = t end
+                entries[#entries + 1] = { prefix .. n, t }
+            end
+        end
+        for _, n in ipairs(m._child_names) do visit(m._children[n], prefix .. n .. ".") end
+    end
+    visit(model, "")
+    dir = dir:gsub("/+$", "")
+    fs.make_dirs(dir)
+    safetensors.save(dir .. "/model.safetensors", entries, { format = "pt" })
+    for _, t in ipairs(scratch) do t:free() end
+    fs.write_atomic(dir .. "/config.json", json.encode(llama.hf_config(model, dtype), { indent = 2 }) .. "\n")
+end
+
+return M
