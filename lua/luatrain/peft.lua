@@ -36,18 +36,6 @@ local function is_linear(m)
     return getmetatable(m) == layers.Linear or getmetatable(m) == nnlora.QuantLinear
 end
 
--- Every (parent, child name, full name, module) below `model`, depth first.
-local function walk(model, fn)
-    local function go(m, prefix)
-        for _, n in ipairs(m._child_names) do
-            local child = m._children[n]
-            local full = prefix == "" and n or (prefix .. "." .. n)
-            fn(m, n, full, child)
-            go(child, full)
-        end
-    end
-    go(model, "")
-end
 
 local function layer_index(name)
     local i = name:match("%.layers%.(%d+)%.") or name:match("^layers%.(%d+)%.")
@@ -84,14 +72,14 @@ function M.apply(model, opts)
         for _, i in ipairs(opts.layers_to_transform) do allowed[i] = true end
     end
     local chosen = {}
-    walk(model, function(parent, n, full, child)
-        if is_linear(child) and targeted(target, full) then
-            local li = layer_index(full)
+    for _, r in ipairs(model:named_modules()) do
+        if r.parent and is_linear(r.module) and targeted(target, r.name) then
+            local li = layer_index(r.name)
             if not allowed or (li and allowed[li]) then
-                chosen[#chosen + 1] = { parent = parent, name = n, full = full, module = child }
+                chosen[#chosen + 1] = { parent = r.parent, name = r.key, full = r.name, module = r.module }
             end
         end
-    end)
+    end
     if #chosen == 0 then
         error(("lora: the target %s matches no linear layer"):format(
             type(target) == "table" and ("{" .. table.concat(target, ", ") .. "}") or ("%q"):format(target)), 2)
@@ -110,11 +98,9 @@ function M.apply(model, opts)
     end
     -- adapters put inside checkpointed layers must share those layers' activation arena
     local GradCheckpoint = require("luatrain.nn.grad_checkpoint")
-    local function reshare(m)
+    model:apply(function(m)
         if getmetatable(m) == GradCheckpoint then m:reshare() end
-        for _, n in ipairs(m._child_names) do reshare(m._children[n]) end
-    end
-    reshare(model)
+    end)
     -- the targets as PEFT reads them: short names when they say exactly what was chosen,
     -- else an anchored regular expression over the full names
     local target_modules
@@ -297,9 +283,9 @@ end
 -- Every LoRALinear below the model, as { name, module }.
 function M.layers(model)
     local out = {}
-    walk(model, function(_, _, full, child)
-        if getmetatable(child) == nnlora.LoRALinear then out[#out + 1] = { full, child } end
-    end)
+    for _, r in ipairs(model:named_modules()) do
+        if getmetatable(r.module) == nnlora.LoRALinear then out[#out + 1] = { r.name, r.module } end
+    end
     return out
 end
 
@@ -337,7 +323,7 @@ function M.export_merged(model, dir, opts)
                 entries[#entries + 1] = { prefix .. n, t }
             end
         end
-        for _, n in ipairs(m._child_names) do visit(m._children[n], prefix .. n .. ".") end
+        for _, c in ipairs(m:named_children()) do visit(c.module, prefix .. c.name .. ".") end
     end
     visit(model, "")
     dir = dir:gsub("/+$", "")

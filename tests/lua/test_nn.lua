@@ -680,4 +680,78 @@ T.test("Llama config errors are clear", function()
     T.raises(function() lt.llama.new(copy_cfg({ hidden_size = 18 })) end, "not a multiple of num_attention_heads")
 end)
 
+T.test("module tree: named_modules, modules, named_children, get_submodule", function()
+    local m = lt.llama.new(CFG)
+    local rs = m:named_modules()
+    T.eq(rs[1].name, "")
+    T.ok(rs[1].module == m and rs[1].parent == nil)
+    local by = {}
+    for _, r in ipairs(rs) do by[r.name] = r end
+    local q = by["model.layers.1.self_attn.q_proj"]
+    T.ok(q ~= nil, "q_proj of layer 1 is named")
+    T.eq(q.key, "q_proj")
+    T.ok(q.parent == m.model.layers:get(2).self_attn, "the parent is the module holding it")
+    T.ok(m:get_submodule("model.layers.1.self_attn.q_proj") == q.module)
+    T.ok(m:get_submodule("") == m)
+    T.raises(function() m:get_submodule("model.layers.7.mlp") end, 'no module "model.layers.7"', true)
+    -- depth first, registration order: every name after its parent's
+    local pos = {}
+    for i, r in ipairs(rs) do pos[r.name] = pos[r.name] or i end
+    for _, r in ipairs(rs) do
+        local parent = r.name:match("^(.*)%.[^%.]+$") or (r.name ~= "" and "" or nil)
+        if parent then T.ok(pos[parent] < pos[r.name], r.name .. " comes after " .. parent) end
+    end
+    T.eq(#m:modules(), #rs)
+    local kids = m.model:named_children()
+    T.eq(kids[1].name, "embed_tokens")
+    T.ok(kids[1].module == m.model.embed_tokens)
+end)
+
+T.test("apply visits children before parents; replace swaps modules in place", function()
+    local m = lt.llama.new(CFG)
+    local order = {}
+    m:apply(function(x) order[#order + 1] = x end)
+    T.ok(order[#order] == m, "the root comes last")
+    local seen = {}
+    for i, x in ipairs(order) do seen[x] = i end
+    T.ok(seen[m.model.layers] < seen[m.model], "a child before its parent")
+    -- replace every v_proj with a fresh Linear of zeros: v = 0 makes attention output 0
+    local replaced = m:replace(function(x, name)
+        if name:match("v_proj$") then
+            return nn.Linear(x.in_features, x.out_features, { bias = false }):requires_grad(false)
+        end
+    end)
+    T.eq(#replaced, CFG.num_hidden_layers)
+    for _, name in ipairs(replaced) do
+        local v = m:get_submodule(name)
+        v.weight:zero_()
+        T.ok(m.model.layers:get(1).self_attn.v_proj == m:get_submodule("model.layers.0.self_attn.v_proj"),
+            "the field and the children table agree")
+    end
+end)
+
+T.test("replace and named_modules see through gradient checkpointing", function()
+    lt.manual_seed(3)
+    local m = lt.llama.new(CFG)
+    local ids = lt.randint(0, CFG.vocab_size, 1, 6)
+    m:gradient_checkpointing(true)
+    local names = {}
+    for _, r in ipairs(m:named_modules()) do names[#names + 1] = r.name end
+    local plain = {}
+    for _, r in ipairs(lt.llama.new(CFG):named_modules()) do plain[r.name] = true end
+    for _, n in ipairs(names) do T.ok(plain[n], n .. " is a name of the plain model") end
+    -- a module replaced inside a checkpointed layer is the one its layer runs
+    local before = m:forward(ids):clone()
+    m:replace(function(x, name)
+        if name == "model.layers.0.mlp.down_proj" then
+            local z = nn.Linear(x.in_features, x.out_features, { bias = false })
+            z.weight:copy_(x.weight):mul_(2)
+            return z
+        end
+    end)
+    T.ok(m.model.layers:get(1).inner.mlp.down_proj.weight:equal(m:get_submodule("model.layers.0.mlp.down_proj").weight))
+    local after = m:forward(ids)
+    T.ok(not after:equal(before), "the replacement took part in the forward")
+end)
+
 T.done()

@@ -24,15 +24,17 @@ local tensor = require "luatrain.tensor"
 
 local GradCheckpoint = Module:extend("GradCheckpoint")
 
--- Point m's buffers and views, and its descendants', at the arena's sets for their paths.
-local function share_buffers(m, arena, path)
-    local slot = arena.slots[path]
-    if slot == nil then
-        slot = { buffers = {}, views = {} }
-        arena.slots[path] = slot
+-- Point the buffers and views of m and of every module below it at the arena's sets for
+-- their paths inside m.
+local function share_buffers(m, arena)
+    for _, r in ipairs(m:named_modules()) do
+        local slot = arena.slots[r.name]
+        if slot == nil then
+            slot = { buffers = {}, views = {} }
+            arena.slots[r.name] = slot
+        end
+        r.module._buffers, r.module._views = slot.buffers, slot.views
     end
-    m._buffers, m._views = slot.buffers, slot.views
-    for _, n in ipairs(m._child_names) do share_buffers(m._children[n], arena, path .. "." .. n) end
 end
 
 -- A new arena to pass to several GradCheckpoints that should share activations.
@@ -50,13 +52,13 @@ function GradCheckpoint:init(inner, arena)
     self._tied = inner._tied
     -- its own buffers (output, grad_input) on the wrapped module's device and precision
     self._device, self._act_dtype = inner._device, inner._act_dtype
-    share_buffers(inner, self.arena, "")
+    share_buffers(inner, self.arena)
 end
 
 -- Point the wrapped module's buffers at the arena again: needed after a descendant was
 -- replaced (lt.lora.apply swaps Linears for LoRALinears, whose buffers start private).
 function GradCheckpoint:reshare()
-    share_buffers(self.inner, self.arena, "")
+    share_buffers(self.inner, self.arena)
     self.arena.owner = nil
     return self
 end

@@ -279,27 +279,23 @@ function LlamaModel:backward(ids, dy)
 end
 
 -- GradCheckpoint every decoder layer (flag true) or stop (false). The layers share one arena
--- of activation buffers; see nn/checkpoint.lua.
+-- of activation buffers; see nn/grad_checkpoint.lua.
 function LlamaModel:gradient_checkpointing(flag)
     local GradCheckpoint = require "luatrain.nn.grad_checkpoint"
     local list = self.layers
     local arena = flag and GradCheckpoint.arena() or nil
-    for _, name in ipairs(list._child_names) do
-        local layer = list._children[name]
+    for _, c in ipairs(list:named_children()) do
+        local layer = c.module
         local inner = layer.inner or layer
         if layer.inner then layer:free_buffers() end
         if flag then
             -- a fresh arena: drop whatever buffers the layer had
             inner:free_buffers()
-            list._children[name] = GradCheckpoint(inner, arena)
+            list:add_module(c.name, GradCheckpoint(inner, arena))
         elseif layer.inner then
             -- back to private buffers for each layer
-            local function unshare(m)
-                m._buffers, m._views = {}, {}
-                for _, n in ipairs(m._child_names) do unshare(m._children[n]) end
-            end
-            unshare(inner)
-            list._children[name] = inner
+            inner:apply(function(m) m._buffers, m._views = {}, {} end)
+            list:add_module(c.name, inner)
         end
     end
     self._layer_inputs = nil
@@ -366,15 +362,9 @@ end
 function LlamaForCausalLM:quant_layers()
     local QuantLinear = require("luatrain.nn.lora").QuantLinear
     local out = {}
-    local function go(m, prefix)
-        for _, n in ipairs(m._child_names) do
-            local c = m._children[n]
-            local full = prefix == "" and n or (prefix .. "." .. n)
-            if getmetatable(c) == QuantLinear then out[#out + 1] = { full, c } end
-            go(c, full)
-        end
+    for _, r in ipairs(self:named_modules()) do
+        if getmetatable(r.module) == QuantLinear then out[#out + 1] = { r.name, r.module } end
     end
-    go(self, "")
     return out
 end
 
@@ -387,15 +377,13 @@ end
 -- once, sorted; empty before the first forward.
 function LlamaForCausalLM:attention_paths()
     local seen, out = {}, {}
-    local function walk(m)
+    for _, m in ipairs(self:modules()) do
         local p = rawget(m, "attention_path")
         if p and not seen[p] then
             seen[p] = true
             out[#out + 1] = p
         end
-        for _, n in ipairs(m._child_names) do walk(m._children[n]) end
     end
-    walk(self)
     table.sort(out)
     return out
 end

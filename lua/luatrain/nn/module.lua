@@ -105,6 +105,106 @@ function Module:children()
     return out
 end
 
+-- ---- the module tree -------------------------------------------------------------------
+--
+-- torch/nn's traversal: children, named_children, modules, named_modules, apply, replace,
+-- get_submodule. Names are Hugging Face's ("model.layers.0.self_attn.q_proj"). A wrapper
+-- that keeps the module it wraps in `inner` and shares that module's parameters and
+-- children (nn.GradCheckpoint) is transparent for names: its children are named as the
+-- wrapped module's, and the wrapped module itself is visited right after the wrapper,
+-- under the same name, so whatever it holds besides (buffers, device) is reached too.
+
+-- The module whose children table `m` holds: the innermost wrapped module.
+local function owner_of(m)
+    local inner = rawget(m, "inner")
+    while inner do
+        m = inner
+        inner = rawget(m, "inner")
+    end
+    return m
+end
+
+-- Direct children as records { name = key, module = child }, in registration order.
+function Module:named_children()
+    local out = {}
+    for i, n in ipairs(self._child_names) do out[i] = { name = n, module = self._children[n] } end
+    return out
+end
+
+-- This module and every module below it, depth first in registration order, each once,
+-- as records { name = full name ("" for this one), module = m, parent = p, key = the name
+-- p holds m under }. parent is the module whose children table holds m (for a child of a
+-- wrapper: the wrapped module), so parent:add_module(key, other) replaces m in place.
+function Module:named_modules(prefix)
+    local out, seen = {}, {}
+    local function walk(m, name, parent, key)
+        if seen[m] then return end
+        seen[m] = true
+        out[#out + 1] = { name = name, module = m, parent = parent, key = key }
+        local inner = rawget(m, "inner")
+        if inner then walk(inner, name, parent, key) end
+        local owner = owner_of(m)
+        for _, n in ipairs(m._child_names) do
+            walk(m._children[n], name == "" and n or (name .. "." .. n), owner, n)
+        end
+    end
+    walk(self, prefix or "", nil, nil)
+    return out
+end
+
+-- The modules of named_modules, in the same order.
+function Module:modules()
+    local out = {}
+    for i, r in ipairs(self:named_modules()) do out[i] = r.module end
+    return out
+end
+
+-- fn(m) for this module and every module below it, children before their parent (as
+-- PyTorch's apply). Returns self.
+function Module:apply(fn)
+    local list = self:modules()
+    for i = #list, 1, -1 do fn(list[i]) end
+    return self
+end
+
+-- The module named `name` below this one ("model.layers.0.mlp"); an error naming the
+-- first part that does not exist.
+function Module:get_submodule(name)
+    if name == "" then return self end
+    local m, path = self, ""
+    for part in name:gmatch("[^%.]+") do
+        local child = m._children[part]
+        path = path == "" and part or (path .. "." .. part)
+        if child == nil then error(("get_submodule: %s has no module %q"):format(self.__name, path), 2) end
+        m = child
+    end
+    return m
+end
+
+-- Replace modules in place: fn(m, name) is called for every module below this one, depth
+-- first, parents before children; when it returns a module other than m, that module
+-- takes m's place (under the same name, in the module that held m) and m's subtree is not
+-- visited further. Returns the list of names replaced.
+function Module:replace(fn)
+    local replaced = {}
+    local function walk(m, name)
+        local owner = owner_of(m)
+        for _, n in ipairs(m._child_names) do
+            local child = m._children[n]
+            local full = name == "" and n or (name .. "." .. n)
+            local new = fn(child, full)
+            if new ~= nil and new ~= child then
+                owner:add_module(n, new)
+                replaced[#replaced + 1] = full
+            else
+                walk(child, full)
+            end
+        end
+    end
+    walk(self, "")
+    return replaced
+end
+
 -- Every parameter below this module as records { name, param, grad, module, key },
 -- depth first in registration order. Tied parameters appear once, under their first name.
 function Module:named_parameters(prefix, out, seen)
@@ -259,19 +359,6 @@ function Module:buffer(name, shape, dtype)
     return b:resize_(shape, { dtype = dtype or "f32", device = self._device })
 end
 
--- fn(m) once for this module and every module under it. A wrapper (nn.GradCheckpoint) shares
--- its parameters and children with the module it wraps, whose own state is visited too.
-local function each_module(root, fn)
-    local seen = {}
-    local function walk(m)
-        if seen[m] then return end
-        seen[m] = true
-        fn(m)
-        for _, n in ipairs(m._child_names) do walk(m._children[n]) end
-        if rawget(m, "inner") then walk(m.inner) end
-    end
-    walk(root)
-end
 
 -- ---- compute precision -----------------------------------------------------------------
 
@@ -297,10 +384,10 @@ function Module:set_compute_dtype(dtype)
         error(("set_compute_dtype(%q): %s compute needs a CUDA device (the CPU kernels compute "
             .. "in f32); call model:to(\"cuda\") first"):format(dtype, dt), 2)
     end
-    each_module(self, function(m)
+    for _, m in ipairs(self:modules()) do
         m:free_buffers()
         m._act_dtype = dt ~= "f32" and dt or nil
-    end)
+    end
     return self
 end
 
@@ -330,7 +417,7 @@ function Module:to(device)
         end
         return n
     end
-    each_module(self, function(m)
+    for _, m in ipairs(self:modules()) do
         m:free_buffers()
         for _, name in ipairs(m._param_names) do
             local p = move(m._params[name])
@@ -342,7 +429,7 @@ function Module:to(device)
         m._device = dev ~= "cpu" and dev or nil
         -- the CPU kernels compute in f32
         if dev == "cpu" then m._act_dtype = nil end
-    end)
+    end
     -- the old tensors go now, not at the next collection
     for old, new in pairs(moved) do
         if old ~= new then old:free() end
