@@ -754,4 +754,84 @@ T.test("replace and named_modules see through gradient checkpointing", function(
     T.ok(not after:equal(before), "the replacement took part in the forward")
 end)
 
+T.test("flatten_parameters: one buffer per (dtype, device, trainable) group, parameters are views", function()
+    lt.manual_seed(5)
+    local m = lt.llama.new(copy_cfg({ tie_word_embeddings = true }))
+    m.model.layers:get(1):requires_grad(false) -- a frozen group beside the trainable one
+    local before, holders = {}, {}
+    for _, r in ipairs(m:named_parameters()) do
+        before[r.name] = r.param:clone()
+        holders[r.name] = r.param
+    end
+    local groups = m:flatten_parameters()
+    T.eq(#groups, 2)
+    local total = 0
+    for _, g in ipairs(groups) do
+        T.eq(g.params:numel(), g.numel)
+        T.eq(g.grads ~= nil, g.trainable)
+        for _, e in ipairs(g.entries) do
+            local r = e.record
+            T.ok(r.param.storage == g.params.storage, e.name .. " views the group's buffer")
+            T.eq(tonumber(r.param.offset), e.offset)
+            T.eq(e.offset % 64, 0)
+            T.ok(r.param:equal(before[e.name]), e.name .. " kept its values")
+            T.ok(holders[e.name] == r.param, e.name .. " is the same tensor object")
+            if g.grads then T.ok(r.grad.storage == g.grads.storage and tonumber(r.grad.offset) == e.offset) end
+            total = total + 1
+        end
+    end
+    T.eq(total, #m:named_parameters())
+    T.ok(m:flatten_parameters() == groups, "nothing changed: the same groups")
+    T.ok(m:flat_parameters() == groups)
+end)
+
+T.test("a flattened model trains bit for bit like the unflattened one", function()
+    local function run(flat)
+        lt.manual_seed(11)
+        local m = lt.llama.new(CFG)
+        local ids = lt.randint(0, CFG.vocab_size, 2, 7)
+        local targets = lt.randint(0, CFG.vocab_size, 2, 7)
+        if flat then m:flatten_parameters() end
+        local opt = lt.optim.AdamW(m:parameters(), { lr = 1e-2, weight_decay = 0.1 })
+        for _ = 1, 3 do
+            m:zero_grad()
+            m:forward_backward(ids, targets)
+            local _, coef = lt.optim.grad_norm_clip_coef(m:parameters(), 0.5)
+            opt:step({ grad_scale = coef })
+        end
+        return m
+    end
+    local a, b = run(false), run(true)
+    local sb = b:state_dict()
+    for name, t in pairs(a:state_dict()) do T.ok(t:equal(sb[name]), name .. " differs") end
+    -- zero_grad on the flat model is one fill of the gradient buffer
+    for _, g in ipairs(b:flat_parameters()) do
+        if g.grads then T.ok(g.grads:abs():sum():item() > 0) end
+    end
+    b:zero_grad()
+    for _, g in ipairs(b:flat_parameters()) do
+        if g.grads then T.eq(g.grads:abs():sum():item(), 0) end
+    end
+end)
+
+T.test("flat parameters stay flat across to() and are redone after adapters are added", function()
+    lt.manual_seed(2)
+    local m = lt.llama.new(CFG)
+    local groups = m:flatten_parameters()
+    local p1 = m.model.norm.weight
+    m:to("cpu")
+    T.ok(m.model.norm.weight == p1 and p1.storage == groups[1].params.storage, "to() keeps the views")
+    lt.lora.apply(m, { r = 2, target = { "q_proj" } })
+    local g2 = m:flatten_parameters({ trainable_only = true })
+    T.ok(g2 ~= groups, "new parameters: flattened afresh")
+    T.eq(#g2, 1)
+    local n = 0
+    for _, r in ipairs(m:parameters()) do
+        T.ok(r.param.storage == g2[1].params.storage, r.name)
+        n = n + 1
+    end
+    T.eq(#g2[1].entries, n)
+    T.eq(n, 2 * CFG.num_hidden_layers)
+end)
+
 T.done()

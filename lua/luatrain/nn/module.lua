@@ -272,7 +272,96 @@ function Module:requires_grad(flag)
 end
 
 function Module:zero_grad()
-    for _, r in ipairs(self:parameters()) do r.grad:zero_() end
+    -- a flat gradient buffer is one fill; gradients outside one (made after flattening)
+    -- are zeroed one by one
+    local flat = {}
+    for _, g in ipairs(rawget(self, "_flat") or {}) do
+        if g.grads then
+            g.grads:zero_()
+            for _, e in ipairs(g.entries) do flat[e.record.grad] = true end
+        end
+    end
+    for _, r in ipairs(self:parameters()) do
+        if not flat[r.grad] then r.grad:zero_() end
+    end
+end
+
+-- ---- flat parameters -------------------------------------------------------------------
+--
+-- model:flatten_parameters() puts the parameters of each (dtype, device, trainable) group
+-- into one contiguous 1-D buffer, and their gradients into one f32 buffer of the same
+-- layout, and makes every parameter and gradient a view into them, in named_parameters
+-- order, each starting at a multiple of FLAT_ALIGN elements (the gaps are zeros). The
+-- tensors keep their identity: the same headers are re-pointed, so modules, optimizer
+-- records and anything else holding them stay valid, and nothing moves during training.
+-- DDP's buckets and ZeRO's shards are slices of these buffers; zero_grad is one fill.
+--
+-- opts.trainable_only: flatten only the trainable groups (a frozen base, which needs no
+-- gradient traffic, is left as it is; flattening a group briefly holds it twice).
+-- Returns the groups, also kept as model:flat_parameters():
+--   { key = "f32:cpu:trainable", dtype, device, trainable, numel (with the gaps),
+--     params = (numel) buffer, grads = (numel) f32 buffer or nil,
+--     entries = { { name, record, offset (0-based elements), numel }, ... } }
+-- Called again after the parameters changed (adapters added, parameters frozen), it
+-- flattens afresh; with nothing changed it returns the same groups.
+
+local FLAT_ALIGN = 64 -- elements: 256 bytes of f32, 16-byte aligned for vector loads in any dtype
+
+local function flat_signature(records, trainable_only)
+    local parts = { trainable_only and "t" or "a" }
+    for _, r in ipairs(records) do
+        parts[#parts + 1] = tostring(r.param.storage) .. ":" .. tostring(r.grad and r.grad.storage)
+    end
+    return table.concat(parts, ",")
+end
+
+function Module:flat_parameters() return rawget(self, "_flat") end
+
+function Module:flatten_parameters(opts)
+    opts = opts or {}
+    local records = {}
+    for _, r in ipairs(self:named_parameters()) do
+        if r.grad or not opts.trainable_only then records[#records + 1] = r end
+    end
+    local old = rawget(self, "_flat")
+    if old and old.signature == flat_signature(records, opts.trainable_only) then return old end
+    local groups, by_key = {}, {}
+    for _, r in ipairs(records) do
+        local p = r.param
+        local key = ("%s:%s:%s"):format(p.dtype, p.device, r.grad and "trainable" or "frozen")
+        local g = by_key[key]
+        if not g then
+            g = { key = key, dtype = p.dtype, device = p.device, trainable = r.grad ~= nil, numel = 0,
+                entries = {} }
+            by_key[key] = g
+            groups[#groups + 1] = g
+        end
+        local n = p:numel()
+        g.entries[#g.entries + 1] = { name = r.name, record = r, offset = g.numel, numel = n }
+        g.numel = g.numel + math.ceil(math.max(n, 1) / FLAT_ALIGN) * FLAT_ALIGN
+    end
+    for _, g in ipairs(groups) do
+        g.params = tensor.zeros({ g.numel }, { dtype = g.dtype, device = g.device })
+        if g.trainable then g.grads = tensor.zeros({ g.numel }, { device = g.device }) end
+        for _, e in ipairs(g.entries) do
+            local r = e.record
+            local shape = r.param:shape()
+            local pv = g.params:narrow(1, e.offset + 1, e.numel):view(shape)
+            pv:copy_(r.param)
+            r.param:set_(pv) -- the old storage goes with its last reference
+            pv:free()
+            if g.grads then
+                local gv = g.grads:narrow(1, e.offset + 1, e.numel):view(shape)
+                gv:copy_(r.grad)
+                r.grad:set_(gv)
+                gv:free()
+            end
+        end
+    end
+    groups.signature = flat_signature(records, opts.trainable_only)
+    groups.trainable_only = opts.trainable_only and true or false
+    rawset(self, "_flat", groups)
+    return groups
 end
 
 function Module:train(flag)
@@ -400,22 +489,47 @@ function Module:compute_dtype() return self._act_dtype or "f32" end
 function Module:device() return self._device or "cpu" end
 
 -- Move every parameter and gradient (and what modules keep besides, through their
--- _move_extras hook) to `device` ("cpu", "cuda", "cuda:1"), in place: the Module and its
--- parameter records stay the same objects, their tensors are replaced. Buffers are
--- released and come back on the new device at the next forward. Build the optimizer after
--- moving: it holds the parameter tensors themselves.
+-- _move_extras hook) to `device` ("cpu", "cuda", "cuda:1"), in place: the Module, its
+-- parameter records and the parameter and gradient tensors themselves stay the same
+-- objects (their headers are re-pointed at the new storage), and flat parameter buffers
+-- move whole, their parameters still views into them. Buffers are released and come back
+-- on the new device at the next forward. An optimizer's state stays where it was made:
+-- build the optimizer after moving.
 function Module:to(device)
     local devt, devi = core.parse_device(device)
     local dev = core.device_string(devt, devi)
-    local moved = {} -- old tensor -> new (tied parameters and shared gradients move once)
+    local moved = {} -- tensor -> true once re-pointed (tied parameters and shared gradients move once)
+    -- flat buffers first: their views are re-pointed into the moved buffer
+    for _, g in ipairs(rawget(self, "_flat") or {}) do
+        for _, which in ipairs({ "params", "grads" }) do
+            local buf = g[which]
+            if buf and buf.device ~= dev then
+                local nb = buf:to(dev)
+                for _, e in ipairs(g.entries) do
+                    local t = which == "params" and e.record.param or e.record.grad
+                    local v = nb:narrow(1, e.offset + 1, e.numel):view(t:shape())
+                    t:set_(v)
+                    v:free()
+                    moved[t] = true
+                end
+                buf:set_(nb)
+                nb:free()
+            end
+        end
+        g.device = dev
+        g.key = ("%s:%s:%s"):format(g.dtype, dev, g.trainable and "trainable" or "frozen")
+    end
     local function move(t)
         if t == nil then return nil end
-        local n = moved[t]
-        if n == nil then
-            n = t:to(dev)
-            moved[t] = n
+        if not moved[t] then
+            local n = t:to(dev)
+            if n ~= t then
+                t:set_(n)
+                n:free()
+            end
+            moved[t] = true
         end
-        return n
+        return t
     end
     for _, m in ipairs(self:modules()) do
         m:free_buffers()
@@ -429,10 +543,6 @@ function Module:to(device)
         m._device = dev ~= "cpu" and dev or nil
         -- the CPU kernels compute in f32
         if dev == "cpu" then m._act_dtype = nil end
-    end
-    -- the old tensors go now, not at the next collection
-    for old, new in pairs(moved) do
-        if old ~= new then old:free() end
     end
     return self
 end
