@@ -44,12 +44,15 @@ local cfg = lt.config {
     gradient_checkpointing = { true, "gradient checkpointing: keep one decoder layer's activations, re-run its forward in backward" },
     grad_accum = { 1, "micro-batches per optimizer step", type = "int" },
     lr = { 3e-3, "peak learning rate" },
+    lora_plus_ratio = { 0, "LoRA+: the B matrices learn this many times faster (0: off; 16 in the paper)" },
     schedule = { "cosine", "learning-rate schedule", choices = { "constant", "linear", "cosine" } },
     warmup = { 10, "warm-up steps", type = "int" },
     steps = { 150, "optimizer steps (0: run `epochs`)", type = "int" },
     epochs = { 0, "passes over the dataset when steps is 0", type = "int" },
     weight_decay = { 0.0, "AdamW weight decay on the adapters" },
     grad_clip = { 1.0, "clip the global gradient norm (0: off)" },
+    detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
+        choices = { "step", "parameter" } },
     eval_every = { 50, "held-out loss every this many steps (0: only at the end)", type = "int" },
     eval_samples = { 0, "questions for the accuracy check (0: all of the held-out set)", type = "int" },
     max_new_tokens = { 16, "tokens generated per answer", type = "int" },
@@ -170,6 +173,7 @@ local bar = lt.log.progress("training")
 local result = lt.trainer.finetune{
     model = model, train = train_ds, eval = eval_ds, batch_size = cfg.batch_size, seq_len = cfg.seq_len,
     grad_accum = cfg.grad_accum, lr = cfg.lr, weight_decay = cfg.weight_decay, schedule = cfg.schedule,
+    lora_plus_ratio = cfg.lora_plus_ratio, detect_nonfinite = cfg.detect_nonfinite,
     warmup = cfg.warmup, steps = cfg.steps, epochs = cfg.epochs, grad_clip = cfg.grad_clip, seed = cfg.seed,
     pad_id = eval_opts.pad_id, eval_every = cfg.eval_every, log = cfg.output_dir .. "/log.jsonl",
     on_step = function(rec, total)

@@ -48,6 +48,8 @@ local cfg = lt.config {
     schedule = { "cosine", "learning-rate schedule", choices = { "constant", "linear", "cosine" } },
     weight_decay = { 0.1, "decoupled weight decay on matrices (norms get none)" },
     grad_clip = { 1.0, "clip the global gradient norm to this (0: off)" },
+    detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
+        choices = { "step", "parameter" } },
     seed = { 1337, "seed for weights and batches", type = "int" },
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N" },
@@ -115,6 +117,7 @@ if not ds then
 end
 
 -- ---- optimizer: weight decay on matrices only ------------------------------------------
+local trainer_first = 1
 local decay, no_decay = {}, {}
 for _, r in ipairs(model:parameters()) do
     if r.param:dim() >= 2 then decay[#decay + 1] = r else no_decay[#no_decay + 1] = r end
@@ -123,8 +126,6 @@ local opt = lt.optim.AdamW({
     { params = decay, weight_decay = cfg.weight_decay },
     { params = no_decay, weight_decay = 0 },
 }, { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-8 })
-local lr_factor = lt.optim.schedule(cfg.schedule, { warmup_steps = cfg.warmup,
-    total_steps = cfg.steps, min_factor = cfg.min_lr_factor })
 
 local n_params = model:num_parameters()
 print(("train_tiny: %s"):format(model:extra_repr()))
@@ -138,62 +139,33 @@ else
         lt.get_num_threads(), #text, cfg.batch_size, cfg.seq_len))
 end
 
-local first_step = 1
-if cfg.resume ~= "" then
-    local st = lt.checkpoint.load(cfg.resume, { model = model, optimizer = opt, loader = batches })
-    first_step = st.step + 1
-    print(("resumed from %s at step %d"):format(cfg.resume, st.step))
-end
-
--- ---- training loop -----------------------------------------------------------------------
-local log = lt.log.open(cfg.out ~= "" and (cfg.out .. "/log.jsonl") or nil, first_step > 1)
+-- ---- training: the trainer's stages (lua/luatrain/trainer.lua) with this optimizer ------
 local wall = lt.fs.now
 local t_start = wall()
-local first_loss, last_loss, tokens_seen, steps_done = nil, nil, 0, 0
-for step = first_step, cfg.steps do
-    local t0 = wall()
-    local ids, targets, opts
-    if ds then
-        local b = batches:next()
-        if not b then
-            print(("the dataset's %d epochs are done at step %d"):format(cfg.epochs, step - 1))
-            break
+local trainer = lt.trainer.new{
+    model = model, train = batches, optimizer = opt, steps = cfg.steps, schedule = cfg.schedule,
+    warmup = cfg.warmup, min_lr_factor = cfg.min_lr_factor, grad_clip = cfg.grad_clip,
+    detect_nonfinite = cfg.detect_nonfinite,
+    log = cfg.out ~= "" and (cfg.out .. "/log.jsonl") or nil,
+    checkpoint_dir = cfg.out ~= "" and (cfg.out .. "/checkpoint") or nil, save_every = cfg.save_every,
+    resume = cfg.resume ~= "" and cfg.resume or nil,
+    on_step = function(rec, total)
+        if rec.step == trainer_first or rec.step % cfg.log_every == 0 or rec.step == total then
+            print(lt.log.line({ { "step", rec.step, "%5d" }, { "loss", rec.loss, "%.4f" }, { "lr", rec.lr, "%.2e" },
+                { "grad norm", rec.grad_norm or 0, "%.3f" }, { "tok/s", rec.tokens_per_s, "%.0f" },
+                { "peak", lt.memory.format_bytes(rec.peak_bytes), "%s" } }))
         end
-        ids, targets, opts = b.ids, b.targets, b
-    else
-        ids, targets = batches:next()
-    end
-    opt:set_lr_factor(lr_factor(step))
-    opt:zero_grad()
-    local loss = model:forward_backward(ids, targets, opts)
-    local norm, coef = lt.optim.grad_norm_clip_coef(model:parameters(), cfg.grad_clip)
-    opt:step({ grad_scale = coef })
-    local dt = wall() - t0
-    local mem = lt.memory.stats(model:device())
-    first_loss = first_loss or loss
-    last_loss = loss
-    local ntok = ids:numel()
-    tokens_seen = tokens_seen + ntok
-    steps_done = steps_done + 1
-    local rec = { step = step, loss = loss, lr = opt:get_lr(), grad_norm = norm,
-        tokens_per_s = ntok / dt, step_ms = dt * 1000, peak_bytes = mem.peak,
-        current_bytes = mem.current }
-    log:write(rec)
-    if step == first_step or step % cfg.log_every == 0 or step == cfg.steps then
-        print(lt.log.line({ { "step", step, "%5d" }, { "loss", loss, "%.4f" }, { "lr", rec.lr, "%.2e" },
-            { "grad norm", norm, "%.3f" }, { "tok/s", rec.tokens_per_s, "%.0f" },
-            { "peak", lt.memory.format_bytes(mem.peak), "%s" } }))
-    end
-    if cfg.save_every > 0 and cfg.out ~= "" and step % cfg.save_every == 0 then
-        lt.checkpoint.save(cfg.out .. "/checkpoint", { model = model, optimizer = opt,
-            loader = batches, step = step })
-    end
+    end,
+}
+trainer_first = trainer.first_step
+if cfg.resume ~= "" then print(("resumed from %s at step %d"):format(cfg.resume, trainer.first_step - 1)) end
+local result = trainer:run()
+if ds and result.steps < cfg.steps then
+    print(("the dataset's %d epochs are done at step %d"):format(cfg.epochs, result.steps))
 end
-log:close()
-local elapsed = wall() - t_start
-if steps_done > 0 then
-    print(("done: loss %.4f -> %.4f in %.1f s (%.0f tokens/s), peak memory %s"):format(first_loss,
-        last_loss, elapsed, tokens_seen / elapsed, lt.memory.format_bytes(lt.memory.stats(model:device()).peak)))
+if result.steps >= result.first_step then
+    print(("done: loss %.4f -> %.4f in %.1f s (%.0f tokens/s), peak memory %s"):format(result.first_loss,
+        result.last_loss, wall() - t_start, result.tokens_per_s, lt.memory.format_bytes(result.peak_bytes)))
 end
 
 if cfg.save and cfg.out ~= "" then

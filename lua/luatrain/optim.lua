@@ -217,9 +217,15 @@ function M.grad_norm(params)
 end
 
 -- norm, and the factor min(1, max_norm / (norm + 1e-6)) that clipping multiplies by
--- (PyTorch's clip_grad_norm_ rule). Pass the factor to opt:step{grad_scale=...}.
+-- (PyTorch's clip_grad_norm_ rule). Pass the factor to opt:step{grad_scale=...}. A NaN or
+-- infinite norm is an error: no factor makes such gradients usable, and clipping must never
+-- turn them into an update of ordinary size.
 function M.grad_norm_clip_coef(params, max_norm)
     local norm = M.grad_norm(params)
+    if norm ~= norm or norm == math.huge then
+        error(("grad_norm_clip_coef: the gradient norm is %s; the gradients hold a NaN or an infinity"):format(
+            tostring(norm)), 2)
+    end
     if not max_norm or max_norm <= 0 then return norm, 1 end
     local coef = max_norm / (norm + 1e-6)
     return norm, coef < 1 and coef or 1
@@ -232,6 +238,28 @@ function M.clip_grad_norm(params, max_norm)
         for _, r in ipairs(params) do tensor.methods.mul_(r.grad, coef) end
     end
     return norm
+end
+
+-- ---- LoRA+ ---------------------------------------------------------------------------------
+
+-- Parameter groups for LoRA+ (Hayou, Ghosh and Yu, 2024): the adapters' B matrices learn
+-- `ratio` times faster than everything else (A matrices, DoRA magnitudes, any other
+-- trainable parameter). opts: lr, ratio (16 in the paper's experiments), weight_decay.
+function M.lora_plus_groups(model, opts)
+    opts = opts or {}
+    local ratio = opts.ratio or 16
+    if type(ratio) ~= "number" or ratio <= 0 then
+        error(("lora_plus_groups: ratio must be a positive number, got %s"):format(tostring(ratio)), 2)
+    end
+    local lr = opts.lr or 1e-3
+    local b, rest = {}, {}
+    for _, r in ipairs(model:parameters()) do
+        if r.name:find("%.lora_B%.weight$") then b[#b + 1] = r else rest[#rest + 1] = r end
+    end
+    if #b == 0 then error("lora_plus_groups: the model has no LoRA B matrices (lt.lora.apply first)", 2) end
+    local groups = { { params = b, lr = lr * ratio, weight_decay = opts.weight_decay } }
+    if #rest > 0 then table.insert(groups, 1, { params = rest, lr = lr, weight_decay = opts.weight_decay }) end
+    return groups
 end
 
 -- ---- learning-rate schedules --------------------------------------------------------------

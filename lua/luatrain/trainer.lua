@@ -1,19 +1,45 @@
 --[[
-trainer.lua - the fine-tuning loop shared by the recipes, and the measurements around it.
+trainer.lua - the training loop shared by the recipes, as explicit stages with hooks, and
+the measurements around it.
 
-    local result = lt.trainer.finetune{ model = model, train = train_ds, eval = eval_ds,
+    local tr = lt.trainer.new{ model = model, train = train_ds, eval = eval_ds,
         batch_size = 8, seq_len = 128, steps = 200, lr = 2e-3, on_step = print_progress }
+    tr:hook("reduce_gradients", function(tr, st) ... end)   -- e.g. data parallel
+    local result = tr:run()
     result.loss_curve, result.eval_loss, result.tokens_per_s, result.peak_bytes, ...
+    -- or in one call: lt.trainer.finetune{ ...the same options... }
 
-One optimizer step: grad_accum packed micro-batches, each loss scaled by 1/grad_accum so
-the gradients average; the global gradient norm clipped inside the AdamW update; the
-learning rate from a warm-up + decay schedule. Only the model's trainable parameters
-(with LoRA applied: the adapters) are optimized.
+One optimizer step runs these stages, in order (lt.trainer.STAGES); hooks run after the
+stage they name (tr:hook) or before it (tr:hook_before), with (trainer, state):
+  forward_backward   grad_accum micro-batches, forward and backward; the step's loss is
+                     the sum of every micro-batch's summed token losses divided by the
+                     number of trained (non -100) targets in the whole step, and so are the
+                     gradients: micro-batches of different sizes weigh by their tokens, and
+                     grad_accum = 4 x batch 2 gives the gradients of one batch of 8
+  reduce_gradients   nothing in one process (data-parallel training averages here)
+  unscale_check      gradients unscaled (by state.grad_scale, 1 without loss scaling), the
+                     global gradient norm measured, and the loss and the norm checked: a
+                     non-finite one stops the run with a message naming the step (with
+                     detect_nonfinite = "parameter", also the first parameter whose
+                     gradient is not finite) before anything is updated or written
+  clip               the clipping factor min(1, grad_clip / (norm + 1e-6)) (PyTorch's rule)
+  optimizer_step     the learning rate from the schedule, then the optimizer's update with
+                     the unscale and clip factors folded in (no extra pass over gradients)
+  log                the step's record to the log and on_step; evaluation and checkpoints
+                     when due
+state: { step, loss, trained, tokens, micro_batches, grad_scale, grad_norm, clip_coef,
+record }. A step whose micro-batches hold no trained target updates nothing (state.skipped).
+
+The optimizer is the caller's (opts.optimizer, e.g. with parameter groups), or AdamW made
+here over the trainable parameters: lr, betas, eps, weight_decay, and lora_plus_ratio (LoRA+:
+the B matrices learn lora_plus_ratio times faster than the rest). The trainable parameters
+are flattened first (Module:flatten_parameters) unless opts.flatten is false.
 
 lt.trainer.eval_loss(model, ds, opts) is the mean loss over every trained token of a
 dataset; lt.trainer.questions(path, template) and lt.trainer.accuracy(model, tok,
 questions, opts) score exact-match answers generated greedily.
 ]]
+local ffi = require "ffi"
 local records = require "luatrain.data.records"
 local templates = require "luatrain.data.templates"
 local loader_mod = require "luatrain.data.loader"
@@ -23,6 +49,12 @@ local fs = require "luatrain.fs"
 local log_mod = require "luatrain.log"
 
 local M = {}
+
+M.STAGES = { "forward_backward", "reduce_gradients", "unscale_check", "clip", "optimizer_step", "log" }
+local STAGE_SET = {}
+for _, s in ipairs(M.STAGES) do STAGE_SET[s] = true end
+
+local IGNORE = -100
 
 -- Mean loss over every trained token of `ds` (eval mode, no gradients).
 function M.eval_loss(model, ds, opts)
@@ -85,90 +117,351 @@ function M.accuracy(model, tok, questions, opts)
     return #questions > 0 and right / #questions or 0, right
 end
 
--- Train. opts: model, train (a tokenized dataset), eval (optional), batch_size, seq_len,
--- grad_accum (1), lr, betas, weight_decay (0), schedule ("cosine"), warmup (0), steps, or
--- epochs when steps is 0, grad_clip (1), seed, pad_id, eval_every (0), log (JSONL path),
--- checkpoint_dir and save_every (write lt.checkpoint folders), resume (a checkpoint to
--- continue from: the same trajectory resumes), on_step(record). Returns the measurements.
-function M.finetune(opts)
-    local model, ds = opts.model, opts.train
-    if not model or not ds then error("trainer.finetune: needs model and train", 2) end
+-- ---- the trainer --------------------------------------------------------------------------
+
+local Trainer = {}
+Trainer.__index = Trainer
+M.Trainer = Trainer
+
+local function finite(x) return x == x and x ~= math.huge and x ~= -math.huge end
+
+-- Trained targets of a batch: the loader counts them; other sources (byte windows) are
+-- counted here, on the host tensor.
+local function trained_of(b)
+    if b.trained then return b.trained end
+    local t = b.targets
+    if t.device ~= "cpu" or t.dtype ~= "i64" then t = t:to({ dtype = "i64", device = "cpu" }) end
+    t = t:contiguous()
+    local p = ffi.cast("int64_t*", t:data_ptr())
+    local n = 0
+    for i = 0, t:numel() - 1 do
+        if p[i] ~= IGNORE then n = n + 1 end
+    end
+    return n
+end
+
+-- A batch source gives batches { ids, targets, positions?, cu_seqlens?, trained?, tokens? }
+-- from next(); a tokenized dataset gets a packing loader. Sources whose next() returns
+-- (ids, targets) (lt.data.windows) are wrapped.
+local function batch_source(opts)
+    local src = opts.train
+    if src.next and src.sample == nil then
+        return {
+            inner = src,
+            next = function(self)
+                local a, b = self.inner:next()
+                if a == nil then return nil end
+                if b ~= nil then return { ids = a, targets = b } end
+                return a
+            end,
+            state = function(self) return self.inner.state and self.inner:state() end,
+            set_state = function(self, st) return self.inner:set_state(st) end,
+            estimate_batches_per_epoch = src.estimate_batches_per_epoch and function(self)
+                return self.inner:estimate_batches_per_epoch()
+            end or nil,
+        }
+    end
+    return loader_mod.new(src, { batch_size = opts.batch_size or 8, seq_len = opts.seq_len or 128,
+        seed = opts.seed or 0, pad_id = opts.pad_id or 0, packing = opts.packing, shuffle = opts.shuffle })
+end
+
+local function need(ok, msg)
+    if not ok then error("trainer: " .. msg, 3) end
+end
+
+-- opts: see the comment at the top. Required: model, train.
+function M.new(opts)
+    need(type(opts) == "table", "needs an options table")
+    local model = opts.model
+    need(model and opts.train, "needs model and train")
     local grad_accum = opts.grad_accum or 1
-    local loader = loader_mod.new(ds, { batch_size = opts.batch_size or 8, seq_len = opts.seq_len or 128,
-        seed = opts.seed or 0, pad_id = opts.pad_id or 0 })
+    need(type(grad_accum) == "number" and grad_accum >= 1 and grad_accum == math.floor(grad_accum),
+        ("grad_accum must be a positive integer, got %s"):format(tostring(grad_accum)))
+    local grad_clip = opts.grad_clip or 1.0
+    need(type(grad_clip) == "number" and grad_clip >= 0, ("grad_clip must be >= 0, got %s"):format(tostring(grad_clip)))
+    local self = setmetatable({ model = model, opts = opts, grad_accum = grad_accum, grad_clip = grad_clip,
+        hooks_after = {}, hooks_before = {}, detect = opts.detect_nonfinite or "step" }, Trainer)
+    need(self.detect == "step" or self.detect == "parameter",
+        ("detect_nonfinite must be \"step\" or \"parameter\", got %s"):format(tostring(self.detect)))
+    self.batches = batch_source(opts)
     local steps = opts.steps or 0
     if steps <= 0 then
         local epochs = opts.epochs or 1
-        steps = math.max(1, epochs * math.ceil(loader:estimate_batches_per_epoch() / grad_accum))
+        local per_epoch = self.batches.estimate_batches_per_epoch and self.batches:estimate_batches_per_epoch()
+        need(per_epoch, "give steps: the batch source cannot say how many batches an epoch has")
+        steps = math.max(1, epochs * math.ceil(per_epoch / grad_accum))
     end
-    local params = model:parameters()
-    local opt = optim.AdamW(params, { lr = opts.lr or 1e-3, betas = opts.betas or { 0.9, 0.999 },
-        weight_decay = opts.weight_decay or 0 })
-    local lr_factor = optim.schedule(opts.schedule or "cosine", { warmup_steps = opts.warmup or 0,
+    self.steps = steps
+    if opts.flatten ~= false then model:flatten_parameters({ trainable_only = true }) end
+    self.params = model:parameters()
+    need(#self.params > 0, "the model has no trainable parameters")
+    -- the gradient norm over the flat gradient buffers when they hold every gradient (one
+    -- reduction per buffer; the gaps between parameters are zeros)
+    local in_flat, list = {}, {}
+    for _, g in ipairs(model:flat_parameters() or {}) do
+        if g.grads then
+            list[#list + 1] = g.grads
+            for _, e in ipairs(g.entries) do in_flat[e.record.grad] = true end
+        end
+    end
+    local all = #list > 0
+    for _, r in ipairs(self.params) do all = all and in_flat[r.grad] == true end
+    self.norm_tensors = all and list or nil
+    self.optimizer = opts.optimizer or M.default_optimizer(model, opts)
+    self.lr_factor = optim.schedule(opts.schedule or "cosine", { warmup_steps = opts.warmup or 0,
         total_steps = steps, min_factor = opts.min_lr_factor })
-    local first_step = 1
+    self.first_step = 1
     if opts.resume then
-        local st = require("luatrain.checkpoint").load(opts.resume, { model = model, optimizer = opt, loader = loader })
-        first_step = st.step + 1
+        local st = require("luatrain.checkpoint").load(opts.resume, { model = model, optimizer = self.optimizer,
+            loader = self.batches })
+        self.first_step = st.step + 1
     end
-    local log = opts.log and log_mod.open(opts.log, first_step > 1) or nil
-    local result = { steps = steps, loss_curve = {}, eval_curve = {}, step_times = {}, first_step = first_step }
-    local eval_opts = { batch_size = opts.batch_size, seq_len = opts.seq_len, pad_id = opts.pad_id }
+    return self
+end
+
+M.Trainer.new = M.new
+
+-- AdamW over the model's trainable parameters; with lora_plus_ratio, LoRA+'s two groups
+-- (the B matrices at ratio x lr).
+function M.default_optimizer(model, opts)
+    local base = { lr = opts.lr or 1e-3, betas = opts.betas or { 0.9, 0.999 }, eps = opts.eps,
+        weight_decay = opts.weight_decay or 0 }
+    local ratio = opts.lora_plus_ratio or 0
+    if ratio > 0 then
+        return optim.AdamW(optim.lora_plus_groups(model, { lr = base.lr, ratio = ratio,
+            weight_decay = base.weight_decay }), base)
+    end
+    return optim.AdamW(model:parameters(), base)
+end
+
+-- fn(trainer, state) after (hook) or before (hook_before) the named stage.
+function Trainer:hook(stage, fn)
+    if not STAGE_SET[stage] then
+        error(("trainer:hook: unknown stage %q (stages: %s)"):format(tostring(stage), table.concat(M.STAGES, ", ")), 2)
+    end
+    local list = self.hooks_after[stage] or {}
+    list[#list + 1] = fn
+    self.hooks_after[stage] = list
+    return self
+end
+
+function Trainer:hook_before(stage, fn)
+    if not STAGE_SET[stage] then
+        error(("trainer:hook_before: unknown stage %q (stages: %s)"):format(tostring(stage), table.concat(M.STAGES, ", ")), 2)
+    end
+    local list = self.hooks_before[stage] or {}
+    list[#list + 1] = fn
+    self.hooks_before[stage] = list
+    return self
+end
+
+-- ---- the stages ----------------------------------------------------------------------------
+
+local stages = {}
+
+function stages.forward_backward(self, st)
+    local model = self.model
+    -- the whole step's batches first: every micro-batch's loss is divided by the step's
+    -- trained-target count, so the step's loss and gradients are per token
+    local batches, trained, tokens = {}, 0, 0
+    for i = 1, self.grad_accum do
+        local b = self.batches:next()
+        if not b then break end
+        local n = trained_of(b)
+        -- a source refills the same tensors on every call: with several micro-batches in
+        -- hand, each is kept in buffers of its own
+        if self.grad_accum > 1 then b = self:_hold(i, b) end
+        batches[i] = { b = b, trained = n }
+        trained = trained + n
+        tokens = tokens + (b.tokens or b.ids:numel())
+    end
+    st.micro_batches, st.trained, st.tokens = #batches, trained, tokens
+    if #batches == 0 then
+        st.exhausted = true
+        return
+    end
+    if trained == 0 then
+        st.skipped, st.loss = true, 0
+        return
+    end
+    local loss = 0
+    for _, e in ipairs(batches) do
+        local b = e.b
+        loss = loss + model:forward_backward(b.ids, b.targets, { positions = b.positions,
+            cu_seqlens = b.cu_seqlens, normalizer = trained })
+    end
+    st.loss = loss
+end
+
+-- Copies of a micro-batch's tensors (the loader refills one set of tensors per call).
+function Trainer:_hold(i, b)
+    self._held = self._held or {}
+    local h = self._held[i] or {}
+    self._held[i] = h
+    local out = { trained = b.trained, tokens = b.tokens }
+    for _, k in ipairs({ "ids", "targets", "positions", "cu_seqlens" }) do
+        local t = b[k]
+        if t then
+            local keep = h[k]
+            if keep == nil then
+                keep = require("luatrain.tensor").new_header()
+                h[k] = keep
+            end
+            keep:resize_(t:shape(), { dtype = t.dtype, device = t.device })
+            keep:copy_(t)
+            out[k] = keep
+        end
+    end
+    return out
+end
+
+function stages.reduce_gradients(self, st) end
+
+-- The first trainable parameter whose gradient holds a NaN or an infinity.
+function Trainer:first_nonfinite_gradient()
+    for _, r in ipairs(self.params) do
+        if r.grad:has_nonfinite() then return r.name end
+    end
+    return nil
+end
+
+function stages.unscale_check(self, st)
+    st.grad_scale = st.grad_scale or 1
+    local norm = self.norm_tensors and require("luatrain.ops.nn").global_norm(self.norm_tensors)
+        or optim.grad_norm(self.params)
+    if st.grad_scale ~= 1 then norm = norm * st.grad_scale end
+    st.grad_norm = norm
+    if finite(st.loss) and finite(norm) then return end
+    local what = not finite(st.loss) and ("the loss is %s"):format(tostring(st.loss))
+        or ("the gradient norm is %s"):format(tostring(norm))
+    local where = ""
+    if self.detect == "parameter" then
+        local name = self:first_nonfinite_gradient()
+        where = name and ("; the first non-finite gradient is %s's"):format(name) or
+            "; every gradient is finite (the loss alone is not)"
+    else
+        where = "; detect_nonfinite=parameter names the first parameter whose gradient is not finite"
+    end
+    error(("step %d: %s%s. Training stopped before the update: the weights, the log and the checkpoints hold step %d's state"):format(
+        st.step, what, where, st.step - 1), 0)
+end
+
+function stages.clip(self, st)
+    local norm = st.grad_norm
+    if self.grad_clip > 0 then
+        local coef = self.grad_clip / (norm + 1e-6)
+        st.clip_coef = coef < 1 and coef or 1
+    else
+        st.clip_coef = 1
+    end
+end
+
+function stages.optimizer_step(self, st)
+    local opt = self.optimizer
+    opt:set_lr_factor(self.lr_factor(st.step))
+    opt:step({ grad_scale = st.clip_coef * st.grad_scale })
+end
+
+function stages.log(self, st)
+    local opts = self.opts
+    local rec = { step = st.step, loss = st.loss, lr = self.optimizer:get_lr(), grad_norm = st.grad_norm,
+        tokens = st.tokens, trained_tokens = st.trained, tokens_per_s = st.tokens / st.dt,
+        step_ms = st.dt * 1000 }
+    local mem = memory.stats(self.device)
+    rec.peak_bytes, rec.current_bytes = mem.peak, mem.current
+    if st.skipped then rec.skipped = true end
+    if opts.eval and (opts.eval_every or 0) > 0 and st.step % opts.eval_every == 0 and st.step < self.steps then
+        rec.eval_loss = M.eval_loss(self.model, opts.eval, self.eval_opts)
+        self.result.eval_curve[#self.result.eval_curve + 1] = { st.step, rec.eval_loss }
+    end
+    st.record = rec
+    if self.log then self.log:write(rec) end
+    if opts.checkpoint_dir and (opts.save_every or 0) > 0 and st.step % opts.save_every == 0 then
+        require("luatrain.checkpoint").save(opts.checkpoint_dir, { model = self.model, optimizer = self.optimizer,
+            loader = self.batches, step = st.step })
+    end
+    if opts.on_step then opts.on_step(rec, self.steps) end
+end
+
+M.stages = stages
+
+local function run_stage(self, name, st)
+    for _, fn in ipairs(self.hooks_before[name] or {}) do fn(self, st) end
+    stages[name](self, st)
+    for _, fn in ipairs(self.hooks_after[name] or {}) do fn(self, st) end
+end
+
+-- One optimizer step through the stages; returns its state (state.record is what was
+-- logged), or nil when the batch source is exhausted.
+function Trainer:step(step)
+    local st = { step = step, grad_scale = 1 }
+    local t0 = fs.now()
+    self.optimizer:zero_grad()
+    run_stage(self, "forward_backward", st)
+    if st.exhausted then return nil end
+    if not st.skipped then
+        run_stage(self, "reduce_gradients", st)
+        run_stage(self, "unscale_check", st)
+        run_stage(self, "clip", st)
+        run_stage(self, "optimizer_step", st)
+    end
+    st.dt = fs.now() - t0
+    run_stage(self, "log", st)
+    return st
+end
+
+-- Train from first_step to steps. Returns the measurements.
+function Trainer:run()
+    local opts, model = self.opts, self.model
+    self.log = opts.log and log_mod.open(opts.log, self.first_step > 1) or nil
+    local result = { steps = self.steps, loss_curve = {}, eval_curve = {}, step_times = {},
+        first_step = self.first_step, skipped_steps = 0 }
+    self.result = result
+    self.eval_opts = { batch_size = opts.batch_size, seq_len = opts.seq_len, pad_id = opts.pad_id }
     -- peak memory of the device the model trains on (the host for a CPU model)
-    local dev = model.device and model:device() or "cpu"
-    memory.reset_peak(dev)
+    self.device = model.device and model:device() or "cpu"
+    memory.reset_peak(self.device)
     model:train()
-    local t_start, tokens = fs.now(), 0
-    for step = first_step, steps do
-        local t0 = fs.now()
-        opt:set_lr_factor(lr_factor(step))
-        opt:zero_grad()
-        local loss, step_tokens = 0, 0
-        for _ = 1, grad_accum do
-            local b = loader:next()
-            loss = loss + model:forward_backward(b.ids, b.targets, { positions = b.positions,
-                cu_seqlens = b.cu_seqlens, scale = 1 / grad_accum }) / grad_accum
-            step_tokens = step_tokens + b.tokens
+    local t_start, tokens, last = fs.now(), 0, self.first_step - 1
+    local ok, err = pcall(function()
+        for step = self.first_step, self.steps do
+            local st = self:step(step)
+            if not st then break end
+            last = step
+            tokens = tokens + st.tokens
+            result.loss_curve[step] = st.loss
+            result.step_times[step] = st.dt
+            if st.skipped then result.skipped_steps = result.skipped_steps + 1 end
         end
-        local norm, coef = optim.grad_norm_clip_coef(params, opts.grad_clip or 1.0)
-        opt:step({ grad_scale = coef })
-        local dt = fs.now() - t0
-        tokens = tokens + step_tokens
-        result.loss_curve[step] = loss
-        result.step_times[step] = dt
-        local rec = { step = step, loss = loss, lr = opt:get_lr(), grad_norm = norm,
-            tokens_per_s = step_tokens / dt, step_ms = dt * 1000, peak_bytes = memory.stats(dev).peak }
-        if opts.eval and (opts.eval_every or 0) > 0 and step % opts.eval_every == 0 and step < steps then
-            rec.eval_loss = M.eval_loss(model, opts.eval, eval_opts)
-            result.eval_curve[#result.eval_curve + 1] = { step, rec.eval_loss }
-        end
-        if log then log:write(rec) end
-        if opts.checkpoint_dir and (opts.save_every or 0) > 0 and step % opts.save_every == 0 then
-            require("luatrain.checkpoint").save(opts.checkpoint_dir, { model = model, optimizer = opt,
-                loader = loader, step = step })
-        end
-        if opts.on_step then opts.on_step(rec, steps) end
-    end
+    end)
+    if self.log then self.log:close() end
+    if not ok then error(err, 0) end
+    result.steps = last
     result.train_time = fs.now() - t_start
     result.tokens = tokens
     result.tokens_per_s = tokens / result.train_time
     -- the first steps include one-time buffer allocation; the median is the steady state
     local sorted = {}
-    for step = first_step, steps do sorted[#sorted + 1] = result.step_times[step] end
+    for step = self.first_step, last do sorted[#sorted + 1] = result.step_times[step] end
     table.sort(sorted)
     result.step_time = sorted[math.floor((#sorted + 1) / 2)]
-    result.peak_bytes = memory.stats(dev).peak
-    result.device = dev
-    result.first_loss, result.last_loss = result.loss_curve[first_step], result.loss_curve[steps]
+    result.peak_bytes = memory.stats(self.device).peak
+    result.device = self.device
+    result.first_loss, result.last_loss = result.loss_curve[self.first_step], result.loss_curve[last]
     result.trainable = model:num_parameters(true)
     if opts.eval then
-        result.eval_loss = M.eval_loss(model, opts.eval, eval_opts)
-        result.eval_curve[#result.eval_curve + 1] = { steps, result.eval_loss }
+        result.eval_loss = M.eval_loss(model, opts.eval, self.eval_opts)
+        result.eval_curve[#result.eval_curve + 1] = { last, result.eval_loss }
     end
-    if log then log:close() end
-    result.loader = loader
-    result.optimizer = opt
+    result.loader = self.batches
+    result.optimizer = self.optimizer
+    result.trainer = self
     return result
+end
+
+-- Train in one call: lt.trainer.new(opts):run().
+function M.finetune(opts)
+    return M.new(opts):run()
 end
 
 return M
