@@ -24,39 +24,39 @@ local lt = require "luatrain"
 local ASSETS = "recipes/assets/tiny_facts"
 
 local cfg = lt.config {
-    model = { ASSETS .. "/model", "Hugging Face Llama folder (config.json, safetensors, tokenizer.json)" },
-    dataset = { ASSETS .. "/train.jsonl", "training data (JSONL: alpaca, messages, text or prompt/completion)" },
+    model = { ASSETS .. "/model", "Hugging Face Llama folder (config.json, safetensors, tokenizer.json)", nonempty = true },
+    dataset = { ASSETS .. "/train.jsonl", "training data (JSONL: alpaca, messages, text or prompt/completion)", nonempty = true },
     eval_dataset = { ASSETS .. "/eval.jsonl", "held-out data (empty: carve eval_split out of the dataset)" },
-    eval_split = { 0.1, "fraction of the dataset held out when eval_dataset is empty" },
+    eval_split = { 0.1, "fraction of the dataset held out when eval_dataset is empty", above = 0, below = 1 },
     template = { "llama3", "chat template", choices = { "none", "llama2", "llama3", "chatml" } },
     train_on = { "completion", "which tokens are trained", choices = { "completion", "all" } },
     quant = { "nf4", "base weight format", choices = { "nf4", "fp4", "int8", "none" } },
     double_quant = { true, "quantize the 4-bit scales too (bitsandbytes' double quantization)" },
-    blocksize = { 64, "elements per 4-bit scale", type = "int" },
-    r = { 8, "LoRA rank", type = "int" },
-    alpha = { 32, "LoRA alpha (scaling alpha / r)" },
-    dropout = { 0.1, "LoRA dropout" },
+    blocksize = { 64, "elements per 4-bit scale", type = "int", min = 16 },
+    r = { 8, "LoRA rank", type = "int", min = 1 },
+    alpha = { 32, "LoRA alpha (scaling alpha / r)", above = 0 },
+    dropout = { 0.1, "LoRA dropout", min = 0, below = 1 },
     target = { "all-linear", "adapted layers: all-linear, a comma list (q_proj,v_proj) or a Lua pattern" },
     rslora = { false, "scale by alpha / sqrt(r) (rsLoRA)" },
     dora = { false, "DoRA: learn a magnitude per output as well" },
-    batch_size = { 8, "sequences per micro-batch (packed into one row)", type = "int" },
-    seq_len = { 128, "tokens per sequence slot", type = "int" },
+    batch_size = { 8, "sequences per micro-batch (packed into one row)", type = "int", min = 1 },
+    seq_len = { 128, "tokens per sequence slot", type = "int", min = 2 },
     gradient_checkpointing = { true, "gradient checkpointing: keep one decoder layer's activations, re-run its forward in backward" },
-    grad_accum = { 1, "micro-batches per optimizer step", type = "int" },
-    lr = { 3e-3, "peak learning rate" },
-    lora_plus_ratio = { 0, "LoRA+: the B matrices learn this many times faster (0: off; 16 in the paper)" },
+    grad_accum = { 1, "micro-batches per optimizer step", type = "int", min = 1 },
+    lr = { 3e-3, "peak learning rate", above = 0 },
+    lora_plus_ratio = { 0, "LoRA+: the B matrices learn this many times faster (0: off; 16 in the paper)", min = 0 },
     schedule = { "cosine", "learning-rate schedule", choices = { "constant", "linear", "cosine" } },
-    warmup = { 10, "warm-up steps", type = "int" },
-    steps = { 150, "optimizer steps (0: run `epochs`)", type = "int" },
-    epochs = { 0, "passes over the dataset when steps is 0", type = "int" },
-    weight_decay = { 0.0, "AdamW weight decay on the adapters" },
-    grad_clip = { 1.0, "clip the global gradient norm (0: off)" },
+    warmup = { 10, "warm-up steps", type = "int", min = 0 },
+    steps = { 150, "optimizer steps (0: run `epochs`)", type = "int", min = 0 },
+    epochs = { 0, "passes over the dataset when steps is 0", type = "int", min = 0 },
+    weight_decay = { 0.0, "AdamW weight decay on the adapters", min = 0 },
+    grad_clip = { 1.0, "clip the global gradient norm (0: off)", min = 0 },
     detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
         choices = { "step", "parameter" } },
-    eval_every = { 50, "held-out loss every this many steps (0: only at the end)", type = "int" },
-    eval_samples = { 0, "questions for the accuracy check (0: all of the held-out set)", type = "int" },
-    max_new_tokens = { 16, "tokens generated per answer", type = "int" },
-    output_dir = { "runs/qlora", "where the adapter (and log.jsonl) go" },
+    eval_every = { 50, "held-out loss every this many steps (0: only at the end)", type = "int", min = 0 },
+    eval_samples = { 0, "questions for the accuracy check (0: all of the held-out set)", type = "int", min = 0 },
+    max_new_tokens = { 16, "tokens generated per answer", type = "int", min = 1 },
+    output_dir = { "runs/qlora", "where the adapter (and log.jsonl) go", nonempty = true },
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
     threads = { 0, "CPU threads (0: all cores)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
@@ -66,12 +66,14 @@ local cfg = lt.config {
 
 -- settings whose range the declaration cannot say, checked before anything loads
 local function need(ok, what) if not ok then error(lt.config.usage_error(what), 0) end end
-need(cfg.r >= 1, ("r (the LoRA rank) must be at least 1, got %d"):format(cfg.r))
-need(cfg.batch_size >= 1 and cfg.seq_len >= 2 and cfg.grad_accum >= 1,
-    "batch_size and grad_accum must be at least 1 and seq_len at least 2")
 need(cfg.steps > 0 or cfg.epochs > 0, "give steps or epochs a positive value")
-need(cfg.dropout >= 0 and cfg.dropout < 1, ("dropout must be in [0, 1), got %g"):format(cfg.dropout))
-need(cfg.lr > 0, ("lr must be positive, got %g"):format(cfg.lr))
+-- config.json is read (and checked) before the weights: a rank the model's layers cannot
+-- hold is refused before gigabytes of adapters are allocated
+local model_cfg = lt.llama.read_config(cfg.model .. "/config.json")
+local smallest = math.min(model_cfg.hidden_size, model_cfg.intermediate_size,
+    model_cfg.num_key_value_heads * model_cfg.head_dim)
+need(cfg.r <= smallest, ("r=%d is larger than the model's smallest linear dimension (%d): a rank above it adds parameters, not expressiveness"):format(
+    cfg.r, smallest))
 
 lt.set_num_threads(cfg.threads)
 lt.manual_seed(cfg.seed)

@@ -19,6 +19,11 @@ reads as '_' (batch-size=8); a boolean may be given bare, "--compile" / "--no-co
 The last of repeated keys wins. "--help" or "-h" prints the settings, sorted by name (a
 table constructor keeps no declaration order), and exits 0.
 
+Ranges. A number may declare min / max (inclusive) and above / below (exclusive):
+`dropout = { 0.1, "...", min = 0, below = 1 }`; a string nonempty = true. A value outside is
+a usage error naming the setting and the range ("batch_size must be at least 1, got 0"),
+raised when the arguments are read, before the recipe loads anything; --help shows ranges.
+
 Types. Declared with type = "number" | "int" | "string" | "boolean", or inferred from the
 default: a boolean, a string, or a number. A number default always infers "number", even
 when it is whole: `weight_decay = { 0, ... }` must accept 0.01, and a whole default cannot
@@ -45,7 +50,8 @@ error with the recipe's position and a traceback.
 local M = {}
 
 local TYPES = { number = true, int = true, string = true, boolean = true }
-local ENTRY_FIELDS = { type = true, choices = true }
+local ENTRY_FIELDS = { type = true, choices = true, min = true, max = true, above = true, below = true,
+    nonempty = true }
 
 -- ---- usage errors ----------------------------------------------------------------------
 
@@ -233,7 +239,46 @@ local function declare(name, entry)
                 :format(name, show(default)), level)
         end
     end
-    return { name = name, default = default, doc = doc, type = ty, choices = choices }
+    local e = { name = name, default = default, doc = doc, type = ty, choices = choices, min = entry.min,
+        max = entry.max, above = entry.above, below = entry.below, nonempty = entry.nonempty }
+    for _, k in ipairs({ "min", "max", "above", "below" }) do
+        if e[k] ~= nil and (type(e[k]) ~= "number" or (ty ~= "number" and ty ~= "int")) then
+            error(("lt.config: setting '%s': %s needs a number setting and a number bound"):format(name, k), level)
+        end
+    end
+    if e.nonempty ~= nil and ty ~= "string" then
+        error(("lt.config: setting '%s': nonempty is for string settings"):format(name), level)
+    end
+    if default ~= nil then
+        local why = M.out_of_range(e, default)
+        if why then error(("lt.config: setting '%s': its default %s"):format(name, why), level) end
+    end
+    return e
+end
+
+-- nil when v is inside the entry's range, else "must be ..., got v".
+function M.out_of_range(e, v)
+    local function got() return (", got %s"):format(show_arg(v)) end
+    if e.nonempty and v == "" then return "must not be empty" end
+    if type(v) ~= "number" then return nil end
+    if e.min ~= nil and not (v >= e.min) then return ("must be at least %s%s"):format(show_arg(e.min), got()) end
+    if e.above ~= nil and not (v > e.above) then return ("must be above %s%s"):format(show_arg(e.above), got()) end
+    if e.max ~= nil and not (v <= e.max) then return ("must be at most %s%s"):format(show_arg(e.max), got()) end
+    if e.below ~= nil and not (v < e.below) then return ("must be below %s%s"):format(show_arg(e.below), got()) end
+    return nil
+end
+
+-- "in [0, 1)", "at least 1", ... for --help; nil when unbounded.
+local function range_text(e)
+    if e.nonempty then return "not empty" end
+    local lo = e.min ~= nil and ("[" .. show_arg(e.min)) or (e.above ~= nil and ("(" .. show_arg(e.above)) or nil)
+    local hi = e.max ~= nil and (show_arg(e.max) .. "]") or (e.below ~= nil and (show_arg(e.below) .. ")") or nil)
+    if lo and hi then return ("in %s, %s"):format(lo, hi) end
+    if e.min ~= nil then return "at least " .. show_arg(e.min) end
+    if e.above ~= nil then return "above " .. show_arg(e.above) end
+    if e.max ~= nil then return "at most " .. show_arg(e.max) end
+    if e.below ~= nil then return "below " .. show_arg(e.below) end
+    return nil
 end
 
 -- ---- the result ------------------------------------------------------------------------
@@ -295,6 +340,8 @@ local function help_text(st)
         local e = st.entries[name]
         local doc = e.doc
         if e.choices then doc = doc .. " (one of: " .. choices_text(e) .. ")" end
+        local range = range_text(e)
+        if range then doc = doc .. " (" .. range .. ")" end
         rows[#rows + 1] = { name, e.type, show(e.default), doc }
     end
     local width = { 0, 0, 0 }
@@ -359,6 +406,8 @@ local function apply(st, cfg, args)
                     near and ("did you mean '" .. show_arg(near) .. "'? ") or "", choices_text(e)))
             end
         end
+        local why = M.out_of_range(e, v)
+        if why then fail(("%s %s"):format(key, why)) end
         rawset(cfg, key, v)
         st.overridden[key] = true
     end

@@ -57,7 +57,7 @@ local function step(model, kv, ids, from, n, bufs)
         idt = bufs.dev_ids:resize_(1, n):copy_(idt)
         pos = bufs.dev_pos:resize_(n):copy_(pos)
     end
-    local h = model.model:forward(idt, { positions = pos, kv = kv })
+    local h = model.model:forward(idt, { positions = pos, kv = kv, max_position = kv.start + n })
     kv.start = kv.start + n
     local last = h:select(2, n) -- (1, C)
     local logits = model.lm_head:forward(last)

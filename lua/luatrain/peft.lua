@@ -84,6 +84,27 @@ function M.apply(model, opts)
         error(("lora: the target %s matches no linear layer"):format(
             type(target) == "table" and ("{" .. table.concat(target, ", ") .. "}") or ("%q"):format(target)), 2)
     end
+    -- every adapter is checked before any is made: a wrong rank fails without allocating
+    local r = opts.r or 8
+    if type(r) ~= "number" or r < 1 or r ~= math.floor(r) then
+        error(("lora: r must be a positive integer, got %s"):format(tostring(r)), 2)
+    end
+    for _, c in ipairs(chosen) do
+        local m = c.module
+        local smallest = math.min(m.in_features, m.out_features)
+        if r > smallest then
+            error(("lora: r=%d is larger than %s's smaller dimension (in %d, out %d): a rank above it adds parameters, not expressiveness"):format(
+                r, c.full, m.in_features, m.out_features), 2)
+        end
+    end
+    local alpha = opts.alpha or 16
+    if type(alpha) ~= "number" or not (alpha > 0) or alpha == math.huge then
+        error(("lora: alpha must be a positive number, got %s"):format(tostring(alpha)), 2)
+    end
+    local dropout = opts.dropout or 0
+    if type(dropout) ~= "number" or not (dropout >= 0 and dropout < 1) then
+        error(("lora: dropout must be in [0, 1), got %s"):format(tostring(dropout)), 2)
+    end
     model:requires_grad(false)
     local names, short = {}, {}
     for _, c in ipairs(chosen) do
@@ -170,11 +191,21 @@ function M.read_config(dir)
     if c.peft_type ~= "LORA" then
         error(("%s: peft_type is %s; only LORA adapters are supported"):format(path, tostring(c.peft_type)), 0)
     end
-    local function num(key, default)
+    local function num(key, default, ok, what)
         local v = c[key]
         if v == nil or v == json.null then return default end
-        if type(v) ~= "number" then error(("%s: %s must be a number"):format(path, key), 0) end
+        if type(v) ~= "number" or not ok(v) then
+            error(("%s: %s must be %s, got %s"):format(path, key, what, json.encode(v)), 0)
+        end
         return v
+    end
+    for _, key in ipairs({ "use_rslora", "use_dora" }) do
+        if c[key] ~= nil and c[key] ~= json.null and type(c[key]) ~= "boolean" then
+            error(("%s: %s must be true or false, got %s"):format(path, key, json.encode(c[key])), 0)
+        end
+    end
+    if c.bias ~= nil and type(c.bias) ~= "string" then
+        error(("%s: bias must be a string, got %s"):format(path, json.encode(c.bias)), 0)
     end
     if c.bias and c.bias ~= "none" then
         error(("%s: bias %q is not supported (only \"none\")"):format(path, tostring(c.bias)), 0)
@@ -201,18 +232,39 @@ function M.read_config(dir)
         end
     end
     local target = c.target_modules
-    if type(target) == "table" then
+    if type(target) == "table" and json.is_array(target) then
         local list = {}
-        for i, t in ipairs(target) do list[i] = t end
+        for i, t in ipairs(target) do
+            if type(t) ~= "string" or t == "" then
+                error(("%s: target_modules[%d] must be a module name, got %s"):format(path, i, json.encode(t)), 0)
+            end
+            list[i] = t
+        end
+        if #list == 0 then error(path .. ": target_modules is empty", 0) end
         target = list
     elseif type(target) ~= "string" then
-        error(path .. ": target_modules must be a list of names or a regular expression", 0)
+        error(("%s: target_modules must be a list of names or a regular expression, got %s"):format(path,
+            target == nil and "nothing" or json.encode(target)), 0)
     end
     local layers_list = c.layers_to_transform
     if type(layers_list) == "number" then layers_list = { layers_list } end
     if layers_list == json.null then layers_list = nil end
+    if layers_list ~= nil then
+        local ok = type(layers_list) == "table" and json.is_array(layers_list)
+        for _, i in ipairs(ok and layers_list or {}) do
+            ok = ok and type(i) == "number" and i >= 0 and i == math.floor(i)
+        end
+        if not ok then
+            error(("%s: layers_to_transform must be a layer index or a list of them (0-based), got %s"):format(path,
+                json.encode(c.layers_to_transform)), 0)
+        end
+    end
+    local function posint(v) return v >= 1 and v == math.floor(v) and v < 2 ^ 31 end
+    local function positive(v) return v > 0 and v < math.huge end
+    local function prob(v) return v >= 0 and v < 1 end
     return {
-        r = num("r", 8), alpha = num("lora_alpha", 8), dropout = num("lora_dropout", 0),
+        r = num("r", 8, posint, "a positive integer"), alpha = num("lora_alpha", 8, positive, "a positive number"),
+        dropout = num("lora_dropout", 0, prob, "in [0, 1)"),
         rslora = c.use_rslora == true, dora = c.use_dora == true, target = target,
         layers_to_transform = layers_list, raw = c,
     }

@@ -105,8 +105,35 @@ function M.read_config(path)
         end
         if not cfg.rope_scaling then cfg.rope_scaling = rp end
     end
+    -- values that change the math: refused when out of their range, not silently used
+    local function positive_finite(key)
+        local v = cfg[key]
+        if v ~= nil and not (v > 0 and v < math.huge) then
+            error(("%s: %s must be a positive finite number, got %s"):format(path, key, tostring(v)), 0)
+        end
+    end
+    positive_finite("rms_norm_eps")
+    positive_finite("rope_theta")
+    if cfg.initializer_range ~= nil and not (cfg.initializer_range >= 0 and cfg.initializer_range < math.huge) then
+        error(("%s: initializer_range must be a finite number >= 0, got %s"):format(path,
+            tostring(cfg.initializer_range)), 0)
+    end
+    -- sliding-window attention (Mistral) is not implemented: the window is kept, and a
+    -- sequence longer than it is refused at forward time (below it nothing changes)
+    local sw = raw.sliding_window
+    if sw ~= nil and sw ~= json.null then
+        if type(sw) ~= "number" or sw < 1 or sw ~= math.floor(sw) then
+            error(("%s: sliding_window must be a positive integer or null, got %s"):format(path, json.encode(sw)), 0)
+        end
+        cfg.sliding_window = sw
+    end
     local rs = cfg.rope_scaling
     if rs then
+        for _, key in ipairs({ "rope_type", "type" }) do
+            if rs[key] ~= nil and type(rs[key]) ~= "string" then
+                error(("%s: rope_scaling.%s must be a string, got %s"):format(path, key, json.encode(rs[key])), 0)
+            end
+        end
         local ty = rs.rope_type or rs.type or "default"
         if ty ~= "llama3" and ty ~= "linear" and ty ~= "default" then
             error(("%s: rope_scaling type %q is not supported (llama3, linear)"):format(path, tostring(ty)), 0)
@@ -117,8 +144,22 @@ function M.read_config(path)
             cfg.rope_scaling = { type = ty, factor = rs.factor, low_freq_factor = rs.low_freq_factor,
                 high_freq_factor = rs.high_freq_factor,
                 original_max_position_embeddings = rs.original_max_position_embeddings }
-            if type(rs.factor) ~= "number" then
-                error(("%s: rope_scaling.factor must be a number"):format(path), 0)
+            if type(rs.factor) ~= "number" or not (rs.factor > 0 and rs.factor < math.huge) then
+                error(("%s: rope_scaling.factor must be a positive number, got %s"):format(path,
+                    json.encode(rs.factor == nil and json.null or rs.factor)), 0)
+            end
+            if ty == "llama3" then
+                for _, key in ipairs({ "low_freq_factor", "high_freq_factor", "original_max_position_embeddings" }) do
+                    local v = rs[key]
+                    if type(v) ~= "number" or not (v > 0 and v < math.huge) then
+                        error(("%s: rope_scaling.%s must be a positive number for llama3 scaling, got %s"):format(
+                            path, key, json.encode(v == nil and json.null or v)), 0)
+                    end
+                end
+                if not (rs.high_freq_factor > rs.low_freq_factor) then
+                    error(("%s: rope_scaling.high_freq_factor (%s) must exceed low_freq_factor (%s)"):format(path,
+                        tostring(rs.high_freq_factor), tostring(rs.low_freq_factor)), 0)
+                end
             end
         end
     end

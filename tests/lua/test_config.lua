@@ -185,6 +185,32 @@ T.test("mistakes in the declaration are errors at the declaring line", function(
     T.raises(function() config("steps") end, "expected a table of settings", true)
 end)
 
+T.test("ranges: min, max, above, below and nonempty are usage errors naming the setting", function()
+    local function mk(args)
+        return config({
+            batch_size = { 8, "sequences per step", type = "int", min = 1 },
+            dropout = { 0.1, "dropout", min = 0, below = 1 },
+            lr = { 1e-3, "learning rate", above = 0, max = 10 },
+            out = { "runs/x", "output folder", nonempty = true },
+        }, { args = args, name = "fixture.lua" })
+    end
+    T.eq(mk({ "batch_size=1", "dropout=0", "lr=10" }).batch_size, 1)
+    T.ok(usage_error(function() mk({ "batch_size=0" }) end):find("batch_size must be at least 1, got 0", 1, true))
+    T.ok(usage_error(function() mk({ "dropout=1" }) end):find("dropout must be below 1, got 1", 1, true))
+    T.ok(usage_error(function() mk({ "dropout=-0.5" }) end):find("dropout must be at least 0, got -0.5", 1, true))
+    T.ok(usage_error(function() mk({ "lr=0" }) end):find("lr must be above 0, got 0", 1, true))
+    T.ok(usage_error(function() mk({ "lr=11" }) end):find("lr must be at most 10, got 11", 1, true))
+    T.ok(usage_error(function() mk({ "lr=-inf" }) end):find("lr must be above 0", 1, true))
+    T.ok(usage_error(function() mk({ "out=" }) end):find("out must not be empty", 1, true))
+    local help = config.help(mk({}))
+    T.ok(help:find("(at least 1)", 1, true) and help:find("(in [0, 1))", 1, true) and help:find("(in (0, 10])", 1, true)
+        and help:find("(not empty)", 1, true), help)
+    -- the declaration is checked too: a default outside its range is the author's mistake
+    T.raises(function() config({ n = { 0, "n", type = "int", min = 1 } }, { args = {} }) end,
+        "its default must be at least 1, got 0", true)
+    T.raises(function() config({ s = { "x", "s", min = 1 } }, { args = {} }) end, "min needs a number setting", true)
+end)
+
 T.test("distance and closest", function()
     T.eq(config.distance("stpes", "steps"), 1, "a transposition is one edit")
     T.eq(config.distance("", "abc"), 3)

@@ -215,6 +215,23 @@ T.test("adapter files with problems give clear errors", function()
         T.raises(function() lt.lora.load(lt.llama.new(CFG), dir) end, key .. " = ", true)
         cfg[key] = nil
     end
+    -- wrong types name the file and the field
+    local function expect(key, value, message)
+        local old = cfg[key]
+        cfg[key] = value
+        lt.fs.write_atomic(dir .. "/adapter_config.json", lt.json.encode(cfg))
+        T.raises(function() lt.lora.load(lt.llama.new(CFG), dir) end, message, true)
+        cfg[key] = old
+    end
+    expect("target_modules", lt.json.array({ "q_proj", 7 }), "adapter_config.json: target_modules[2] must be a module name, got 7")
+    expect("target_modules", 5, "adapter_config.json: target_modules must be a list of names or a regular expression, got 5")
+    expect("layers_to_transform", "0,1", 'adapter_config.json: layers_to_transform must be a layer index or a list of them (0-based), got "0,1"')
+    expect("layers_to_transform", lt.json.array({ 0, -1 }), "layers_to_transform must be a layer index or a list of them")
+    expect("r", 2.5, "adapter_config.json: r must be a positive integer, got 2.5")
+    expect("r", "8", 'adapter_config.json: r must be a positive integer, got "8"')
+    expect("lora_alpha", -16, "adapter_config.json: lora_alpha must be a positive number, got -16")
+    expect("lora_dropout", 1.5, "adapter_config.json: lora_dropout must be in [0, 1), got 1.5")
+    expect("use_dora", "yes", 'adapter_config.json: use_dora must be true or false, got "yes"')
     -- the same keys as PEFT writes them when unused load as before
     cfg.lora_bias, cfg.exclude_modules, cfg.target_parameters = false, lt.json.null, lt.json.null
     lt.fs.write_atomic(dir .. "/adapter_config.json", lt.json.encode(cfg))
@@ -247,6 +264,20 @@ T.test("export_merged writes a bf16 Hugging Face model equal to base + adapter",
     local _, rel = T.diff(merged:forward(ids), want)
     T.ok(rel < 2e-2, ("bf16 merged model within bf16 rounding (rel %.3g)"):format(rel))
     os.execute("rm -rf " .. dir)
+end)
+
+T.test("a rank too large for a layer is refused before any adapter is made", function()
+    local m = lt.llama.new(CFG)
+    collectgarbage()
+    collectgarbage()
+    local before = lt.memory.stats("cpu").current
+    T.raises(function() lt.lora.apply(m, { r = 100000 }) end, "r=100000 is larger than model.layers.0.self_attn.q_proj's smaller dimension", true)
+    -- (a collection during the call may release earlier garbage: never more, though)
+    T.ok(lt.memory.stats("cpu").current <= before, "nothing allocated")
+    T.ok(m.lora_config == nil and #lt.lora.layers(m) == 0, "the model is unchanged")
+    T.raises(function() lt.lora.apply(m, { r = 2, alpha = -1 }) end, "alpha must be a positive number, got -1", true)
+    T.raises(function() lt.lora.apply(m, { r = 2, dropout = 1 }) end, "dropout must be in [0, 1), got 1", true)
+    T.raises(function() lt.lora.apply(m, { r = 1.5 }) end, "r must be a positive integer, got 1.5", true)
 end)
 
 T.done()

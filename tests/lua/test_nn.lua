@@ -656,7 +656,54 @@ T.test("Llama: position ids", function()
     local rev = m:forward(ids, { positions = lt.arange(5, -1, -1) })
     T.ok(T.diff(rev, base) > 1e-4, "other positions give other logits")
     T.near(m:loss(ids, ids, { positions = lt.arange(6) }), m:loss(ids, ids), 0, 0, "loss with positions")
-    T.raises(function() m:forward(lt.zeros(1, 17, { dtype = "i64" })) end, "17 positions")
+    -- past max_position_embeddings the rotary table grows, as Hugging Face's does
+    T.eq(m.model.rope.rows, CFG.max_position_embeddings)
+    local long = m:forward(lt.zeros(1, 17, { dtype = "i64" }))
+    T.eq(long:size(2), 17)
+    T.ok(m.model.rope.rows >= 17)
+end)
+
+T.test("Llama: the rotary table covers the positions used, not max_position_embeddings", function()
+    lt.manual_seed(7)
+    -- a config promising 2^30 positions must not build a 2^30-row table (D8)
+    local m = lt.llama.new(copy_cfg({ max_position_embeddings = 2 ^ 30 }))
+    T.eq(m.model.rope.rows, 256)
+    local layer_cos = m.model.layers:get(1).self_attn.ctx.cos
+    local ids = lt.randint(0, 48, { 1, 4 })
+    local near = m:forward(ids, { positions = lt.arange(4) }):clone()
+    local far = m:forward(ids, { positions = lt.arange(1000, 1004) })
+    T.ok(m.model.rope.rows >= 1004, "grown to the positions used")
+    T.ok(m.model.layers:get(1).self_attn.ctx.cos == layer_cos and layer_cos:size(1) == m.model.rope.rows,
+        "every layer sees the grown table")
+    -- RoPE is relative: the shifted window gives the same logits (to rounding)
+    T.ok(T.diff(far, near) < 1e-5)
+    -- the rows made later equal rows made at once
+    local big = lt.llama.new(copy_cfg({ max_position_embeddings = 2048 }))
+    big.model:rope_reserve(1004)
+    local n = 1004
+    T.ok(m.model.rope.cos:narrow(1, 1, n):equal(big.model.rope.cos:narrow(1, 1, n)))
+end)
+
+T.test("Llama: a sliding_window is refused only where it would change the result", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    lt.fs.make_dirs(dir)
+    local f = assert(io.open(dir .. "/config.json", "wb"))
+    f:write('{"model_type": "mistral", "vocab_size": 48, "hidden_size": 16, "intermediate_size": 24, ' ..
+        '"num_hidden_layers": 1, "num_attention_heads": 2, "sliding_window": 8}')
+    f:close()
+    local cfg = lt.llama.read_config(dir .. "/config.json")
+    T.eq(cfg.sliding_window, 8)
+    local m = lt.llama.new(cfg)
+    m:forward(lt.zeros(1, 8, { dtype = "i64" }))
+    T.raises(function() m:forward(lt.zeros(1, 9, { dtype = "i64" })) end,
+        "positions up to 8 exceed config.json's sliding_window (8)", true)
+    f = assert(io.open(dir .. "/config.json", "wb"))
+    f:write('{"vocab_size": 48, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1, ' ..
+        '"num_attention_heads": 2, "sliding_window": "big"}')
+    f:close()
+    T.raises(function() lt.llama.read_config(dir .. "/config.json") end, "sliding_window must be a positive integer or null", true)
+    os.execute("rm -rf " .. dir)
 end)
 
 T.test("Llama: memory is flat over repeated training steps after the first", function()

@@ -65,7 +65,16 @@ T.test("qlora_llama.lua: bad arguments name the problem and write nothing", func
     os.execute("rmdir " .. T.shell_quote(dir))
     local cases = {
         { { "dataset=/nonexistent/chat.jsonl" }, "/nonexistent/chat.jsonl" },
-        { { "r=0" }, "rank" },
+        { { "r=0" }, "r must be at least 1, got 0" },
+        { { "r=100000" }, "r=100000 is larger than the model's smallest linear dimension" },
+        { { "batch_size=0" }, "batch_size must be at least 1, got 0" },
+        { { "output_dir=" }, "output_dir must not be empty" },
+        { { "eval_split=2" }, "eval_split must be below 1, got 2" },
+        { { "max_new_tokens=-1" }, "max_new_tokens must be at least 1, got -1" },
+        { { "warmup=-3" }, "warmup must be at least 0, got -3" },
+        { { "grad_clip=-1" }, "grad_clip must be at least 0, got -1" },
+        { { "alpha=-8" }, "alpha must be above 0, got -8" },
+        { { "dropout=1" }, "dropout must be below 1, got 1" },
         { { "quant=nf5" }, "quant" },
         { { "model=/nonexistent/llama" }, "/nonexistent/llama" },
         { { "steps=ten" }, "steps" },

@@ -10,6 +10,7 @@ Rotary tables live in one context shared by every attention layer (ctx.cos, ctx.
 position ids, and ctx.cu_seqlens the offsets of packed sequences: samples packed into one
 row restart their positions and never attend to each other.
 ]]
+local ffi = require "ffi"
 local core = require "luatrain.core"
 local tensor = require "luatrain.tensor"
 local F = require "luatrain.ops.nn"
@@ -223,19 +224,19 @@ end
 local LlamaModel = Module:extend("LlamaModel")
 M.LlamaModel = LlamaModel
 
+-- The rotary tables cover the positions used so far, not max_position_embeddings: they
+-- start at min(max_position_embeddings, ROPE_FIRST_ROWS) rows and double when a batch
+-- reaches further, so a config promising 2^30 positions costs nothing until such
+-- positions come. The tables are made on the host (from the f32 inverse frequencies, D/2)
+-- and live where the model does.
+local ROPE_FIRST_ROWS = 256
+
 function LlamaModel:init(cfg, opts)
     self.config = cfg
-    local inv = F.rope_inv_freq(cfg.head_dim, { theta = cfg.rope_theta, scaling = cfg.rope_scaling })
-    local cos, sin = F.rope_table(inv, cfg.max_position_embeddings)
-    inv:free()
-    if opts and opts.device and opts.device ~= "cpu" then
-        -- the tables are made on the host once and live where the model does
-        local dc, ds = cos:to(opts.device), sin:to(opts.device)
-        cos:free()
-        sin:free()
-        cos, sin = dc, ds
-    end
-    self.rope = { cos = cos, sin = sin, positions = nil, cu_seqlens = nil }
+    self.rope_inv_freq = F.rope_inv_freq(cfg.head_dim, { theta = cfg.rope_theta, scaling = cfg.rope_scaling })
+    self.rope = { cos = nil, sin = nil, rows = 0, positions = nil, cu_seqlens = nil }
+    self._device = opts and opts.device ~= "cpu" and opts.device or nil
+    self:rope_reserve(math.min(cfg.max_position_embeddings, ROPE_FIRST_ROWS))
     self:add_module("embed_tokens", Embedding(cfg.vocab_size, cfg.hidden_size, opts))
     local list = ModuleList()
     for i = 1, cfg.num_hidden_layers do
@@ -247,15 +248,68 @@ function LlamaModel:init(cfg, opts)
     self:add_module("norm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts))
 end
 
+-- Make the rotary tables (cos, sin: (rows, D/2) f32) cover positions 0..n-1.
+function LlamaModel:rope_reserve(n)
+    local r = self.rope
+    if r.rows >= n then return end
+    local rows = math.max(n, 2 * r.rows)
+    local cos, sin = F.rope_table(self.rope_inv_freq, rows)
+    local dev = self._device
+    if dev then
+        local dc, ds = cos:to(dev), sin:to(dev)
+        cos:free()
+        sin:free()
+        cos, sin = dc, ds
+    end
+    if r.cos then
+        -- re-point the shared headers: every attention layer holds this same table
+        r.cos:set_(cos)
+        r.sin:set_(sin)
+        cos:free()
+        sin:free()
+    else
+        r.cos, r.sin = cos, sin
+    end
+    r.rows = rows
+end
+
 -- model:to(device): the rotary tables every attention layer shares move too.
 function LlamaModel:_move_extras(device, move)
     self.rope.cos = move(self.rope.cos)
     self.rope.sin = move(self.rope.sin)
 end
 
+-- The largest position a forward will use, plus one: opts.max_position when the caller
+-- knows it, else the positions' maximum (read on the host), else T (+ the cache's start).
+function M.positions_needed(ids, opts)
+    if opts and opts.max_position then return opts.max_position end
+    local pos = opts and opts.positions
+    if pos then
+        if pos.device ~= "cpu" then pos = pos:cpu() end
+        local c = pos:contiguous():to("i64")
+        local p = ffi.cast("int64_t*", c:data_ptr())
+        local m = -1
+        for i = 0, c:numel() - 1 do
+            if p[i] > m then m = tonumber(p[i]) end
+        end
+        if c ~= opts.positions then c:free() end
+        return m + 1
+    end
+    local T = ids:size(-1)
+    return (opts and opts.kv and opts.kv.start or 0) + T
+end
+
 -- ids (B, T) i32/i64 -> final hidden states (B, T, C). opts.positions: (B, T) or (T) ids;
--- opts.cu_seqlens: i32 offsets of packed sequences (see ops/nn.lua attention).
+-- opts.cu_seqlens: i32 offsets of packed sequences (see ops/nn.lua attention);
+-- opts.max_position: the largest position + 1, when the caller knows it (saves a scan).
 function LlamaModel:forward(ids, opts)
+    local need = M.positions_needed(ids, opts)
+    local window = self.config.sliding_window
+    if window and need > window then
+        error(("llama: positions up to %d exceed config.json's sliding_window (%d), which luatrain's attention does not implement: keep sequences within %d tokens"):format(
+            need - 1, window, window), 2)
+    end
+    self:rope_reserve(need)
     self.rope.positions = opts and opts.positions or nil
     self.rope.cu_seqlens = opts and opts.cu_seqlens or nil
     self.rope.kv = opts and opts.kv or nil
@@ -440,6 +494,8 @@ function LlamaForCausalLM:_inputs(ids, targets, opts)
     if opts then
         local o = {}
         for k, v in pairs(opts) do o[k] = v end
+        -- the rotary table's reach, read from the host positions before they move
+        if opts.positions and not opts.max_position then o.max_position = M.positions_needed(ids, opts) end
         for _, k in ipairs(INPUT_OPTS) do o[k] = self:_input(k, opts[k]) end
         opts = o
     end
