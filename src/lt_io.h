@@ -107,6 +107,31 @@ void lt_lines_close(lt_lines *r);
    multiple of the element size. */
 int lt_tensor_map_file(lt_tensor *out, const char *path, int dtype);
 
+/* A spool: a file that is only appended to, then mapped whole as a 1-D tensor. A tokenized
+   dataset goes to disk through spools while its records are read, so memory holds the
+   caller's write chunk, never the dataset, whatever its size:
+       lt_spool *s;
+       LT_TRY(lt_spool_open(&s, "cache/tokens.i32", NULL));     a named file, or
+       LT_TRY(lt_spool_open(&s, NULL, tmp_dir));                an unnamed one
+       if (lt_spool_write(s, ids, n * 4) != LT_OK) { lt_spool_abort(s); ... }
+       return lt_spool_finish(s, tensor, LT_DTYPE_I32);         frees s whatever it returns
+   Named: the bytes go to a temporary file beside `path` (lt_atomic_file); finish renames
+   it over `path` and maps it, and abort or a failed finish leaves `path` as it was.
+   Unnamed: the file is created in `tmp_dir` (NULL: $TMPDIR, else /var/tmp, which is on disk
+   where /tmp may be memory, else /tmp) and unlinked at once, so it never has a name that
+   outlives the process: the system frees its blocks when its last mapping is released or
+   the process ends, however it ends. Writes go straight to the file: nothing is buffered
+   here, so callers write in chunks. finish checks that the size is a whole number of
+   `dtype` elements before committing anything. */
+typedef struct lt_spool lt_spool;
+
+int lt_spool_open(lt_spool **out, const char *path, const char *tmp_dir);
+int lt_spool_write(lt_spool *s, const void *data, int64_t nbytes);
+/* Bytes written so far. */
+int64_t lt_spool_size(const lt_spool *s);
+int lt_spool_finish(lt_spool *s, lt_tensor *out, int dtype);
+void lt_spool_abort(lt_spool *s);
+
 /* Size in bytes and modification time (ns since the epoch) of a file, for cache checks. */
 int lt_file_info(const char *path, int64_t *size, int64_t *mtime_ns);
 

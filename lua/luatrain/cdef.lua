@@ -412,6 +412,15 @@ void lt_lines_close(lt_lines *r);
 
 int lt_tensor_map_file(lt_tensor *out, const char *path, int dtype);
 
+typedef struct lt_spool lt_spool;
+
+int lt_spool_open(lt_spool **out, const char *path, const char *tmp_dir);
+int lt_spool_write(lt_spool *s, const void *data, int64_t nbytes);
+
+int64_t lt_spool_size(const lt_spool *s);
+int lt_spool_finish(lt_spool *s, lt_tensor *out, int dtype);
+void lt_spool_abort(lt_spool *s);
+
 int lt_file_info(const char *path, int64_t *size, int64_t *mtime_ns);
 
 int lt_make_dirs(const char *path);

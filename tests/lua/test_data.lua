@@ -224,10 +224,10 @@ T.test("packing: whole samples, positions restart, no target crosses a sample", 
         T.eq(cu[1], 0)
         T.eq(cu[#cu], 24)
         local ids, tg, pos = b.ids:totable()[1], b.targets:totable()[1], b.positions:totable()[1]
-        for j = 1, #pos do T.ok(pos[j] < 12, "positions stay below seq_len (padding too)") end
         for s = 1, #cu - 1 do
+            local padding = s > b.samples -- the tail after the samples is one padding sequence
             for j = cu[s] + 1, cu[s + 1] do
-                T.eq(pos[j] % 12, (j - cu[s] - 1) % 12, "positions restart")
+                T.eq(pos[j], padding and 0 or j - cu[s] - 1, "positions restart; padding's are 0")
             end
             T.eq(tg[cu[s + 1]], -100, "the last position of a sample predicts nothing")
             for j = cu[s] + 1, cu[s + 1] - 1 do
@@ -237,6 +237,57 @@ T.test("packing: whole samples, positions restart, no target crosses a sample", 
         seen = seen + b.samples
     end
     T.eq(seen, ds.n)
+end)
+
+-- The largest position in each row of a batch, and the longest sample (cut to seq_len) in it.
+local function max_position(b)
+    local m = 0
+    for _, row in ipairs(b.positions:totable()) do
+        for _, p in ipairs(row) do m = math.max(m, p) end
+    end
+    return m
+end
+
+T.test("padding positions never exceed the longest sample's length - 1", function()
+    -- short samples in long rows: the padding is most of each batch
+    local lengths = { 3, 7, 2, 9, 5, 4, 6, 1, 8 }
+    local ds = lt.data.build(lengths_file(lengths), tok)
+    for _, packing in ipairs({ true, false }) do
+        local loader = lt.data.loader(ds, { batch_size = 2, seq_len = 64, packing = packing, shuffle = false, epochs = 1 })
+        local i = 0
+        while true do
+            local b = loader:next()
+            if not b then break end
+            local longest = 0
+            local cu = b.cu_seqlens and b.cu_seqlens:totable()
+            for s = 1, b.samples do
+                -- a sample is BOS + its text + EOS (byte tokenizer)
+                longest = math.max(longest, lengths[i + s] + 2)
+            end
+            i = i + b.samples
+            T.ok(b.tokens < b.ids:numel(), "the batch holds padding")
+            T.eq(max_position(b), longest - 1, ("packing=%s: the largest position"):format(tostring(packing)))
+            if cu then
+                T.eq(#cu, b.samples + 2, "the padding is one more sequence in cu_seqlens")
+                T.eq(cu[#cu], b.ids:numel())
+            end
+        end
+        T.eq(i, ds.n)
+    end
+end)
+
+T.test("seq_len beyond max_position_embeddings trains when the samples fit the model", function()
+    lt.manual_seed(5)
+    local model = lt.llama.new({ vocab_size = 272, hidden_size = 16, intermediate_size = 32,
+        num_hidden_layers = 1, num_attention_heads = 2, num_key_value_heads = 1,
+        max_position_embeddings = 16 })
+    local ds = lt.data.build(lengths_file({ 6, 11, 3, 9 }), tok) -- samples of 5..13 tokens
+    local loader = lt.data.loader(ds, { batch_size = 1, seq_len = 64, shuffle = false, epochs = 1 })
+    local b = loader:next()
+    T.eq(b.samples, 4)
+    T.ok(b.ids:numel() - b.tokens > 16, "a padding tail longer than the model's positions")
+    local loss = model:forward_backward(b.ids, b.targets, { positions = b.positions, cu_seqlens = b.cu_seqlens })
+    T.ok(loss == loss and loss > 0, "a finite loss")
 end)
 
 T.test("padded batches and shuffled epochs", function()

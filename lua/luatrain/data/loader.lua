@@ -13,7 +13,8 @@ Packing (the default) puts whole samples one after another into one row of
 batch_size * seq_len tokens, padding-free but for the tail: positions restart at 0 for
 every sample and cu_seqlens (i32) marks where each one starts, so attention never crosses
 samples. The tail after the last sample that fits is one more padding sequence.
-Unpacked, each sample gets its own row of seq_len, right-padded.
+Unpacked, each sample gets its own row of seq_len, right-padded. Padding sits at position
+0, so no position in a batch exceeds its longest sample's length - 1.
 
 Targets are aligned with positions (what the model predicts there): the next token where
 that token is trained, -100 elsewhere, and -100 at each sample's last position, so a
@@ -88,13 +89,15 @@ local function put(self, s, ids, tg, pos, at, room)
     return n
 end
 
--- Padding predicts nothing; its positions stay below seq_len (the model's rotary table
--- need not reach a packed row's full length).
+-- Padding predicts nothing and nothing real attends to it (it is its own sequence in a
+-- packed row, and comes after the sample in a padded one), so its positions are all 0: the
+-- largest position in a batch is then its longest sample's length - 1, and a seq_len longer
+-- than the model's max_position_embeddings only has to fit the samples, not the row.
 local function pad(self, ids, tg, pos, from, to)
     for j = from, to - 1 do
         ids[j] = self.pad_id
         tg[j] = IGNORE
-        pos[j] = (j - from) % self.T
+        pos[j] = 0
     end
 end
 
@@ -145,7 +148,6 @@ function Loader:next()
             if self.pos < self.ds.n then
                 local n = put(self, order[self.pos], ids, tg, pos, at, self.T)
                 pad(self, ids, tg, pos, at + n, at + self.T)
-                for j = at + n, at + self.T - 1 do pos[j] = j - at end
                 self.pos = self.pos + 1
                 samples = samples + 1
                 tokens = tokens + n

@@ -1,26 +1,34 @@
 --[[
 data/tokens.lua - a tokenized dataset: every sample's token ids and train flags in three
-flat arrays, built from a JSONL file once and then cached on disk.
+flat files, streamed to disk while a JSONL file is tokenized and then memory-mapped.
 
     local ds = tokens.build("train.jsonl", tok, { template = "llama3", max_len = 2048 })
     local ds = tokens.load("train.jsonl", tok, { cache_dir = "cache/", ... })  -- build or reuse
     ds.n, ds.total                       -- samples, tokens
     local ids, train, len = ds:sample(i) -- int32_t*, uint8_t* and length of sample i (1-based)
+    ds:close()                           -- unmap now (else when ds is collected)
 
-Layout (in memory and in a cache folder, little-endian):
+Layout (in a cache folder and in the mapping, little-endian):
   tokens.i32   all samples' ids back to back          (total) int32
   train.u8     1 where the token is a training target  (total) uint8
   offsets.i64  sample i is [offsets[i-1], offsets[i])  (n + 1) int64
   meta.json    what was built from what (source file size and mtime, tokenizer file,
                template, settings) and the counts; a cache is used only when all match.
-A cached dataset is mmapped: a large dataset is tokenized once and costs page cache, not
-heap. Files are written under temporary names and renamed, meta.json last, so a cache is
-either whole or absent.
+
+Building holds one record's tokens and a fixed write chunk in memory, never the dataset:
+each record's ids and flags go into staging arrays that are appended to the three files
+when full (lt_spool), and the finished files are mmapped, so a dataset of any size costs
+page cache, not heap, and counts and offsets are 64-bit throughout. With a cache_dir the
+files are written there under temporary names and renamed, meta.json last, so a cache is
+either whole or absent. Without one they are unnamed temporary files (in opts.tmp_dir, else
+$TMPDIR, /var/tmp or /tmp) that are unlinked as they are created: nothing is left behind
+when the dataset is closed or collected, when the process ends, or when it crashes.
 ]]
 local ffi = require "ffi"
 local core = require "luatrain.core"
 local tensor = require "luatrain.tensor"
 local json = require "luatrain.json"
+local fs = require "luatrain.fs"
 local records = require "luatrain.data.records"
 local templates = require "luatrain.data.templates"
 
@@ -31,39 +39,33 @@ local C, check = core.C, core.check
 local M = {}
 M.VERSION = 1
 
--- ---- growable flat arrays -----------------------------------------------------------------
-
-local Buf = {}
-Buf.__index = Buf
-
-local function buf(ctype)
-    return setmetatable({ ctype = ctype, n = 0, cap = 1024, data = ffi.new(ctype .. "[?]", 1024) }, Buf)
-end
-
-function Buf:push(v)
-    if self.n == self.cap then
-        local cap = self.cap * 2
-        local d = ffi.new(self.ctype .. "[?]", cap)
-        ffi.copy(d, self.data, self.n * ffi.sizeof(self.ctype))
-        self.data, self.cap = d, cap
-    end
-    self.data[self.n] = v
-    self.n = self.n + 1
-end
+-- The three files of a dataset, in the order every list here follows.
+local FILES = {
+    { name = "tokens.i32", dtype = C.LT_DTYPE_I32 },
+    { name = "train.u8", dtype = C.LT_DTYPE_U8 },
+    { name = "offsets.i64", dtype = C.LT_DTYPE_I64 },
+}
 
 -- ---- the dataset object -----------------------------------------------------------------
 
 local Dataset = {}
 Dataset.__index = Dataset
 
-local function new_dataset(tok_ptr, train_ptr, off_ptr, n, total, keep, meta)
-    return setmetatable({ tokens = tok_ptr, train = train_ptr, offsets = off_ptr, n = n,
-        total = total, keep = keep, meta = meta }, Dataset)
+-- tensors: the three mapped files (kept alive by the dataset), as FILES lists them.
+local function new_dataset(tensors, meta)
+    local t_tok, t_train, t_off = tensors[1], tensors[2], tensors[3]
+    return setmetatable({
+        tokens = ffi.cast("int32_t*", t_tok:data_ptr()),
+        train = ffi.cast("uint8_t*", t_train:data_ptr()),
+        offsets = ffi.cast("int64_t*", t_off:data_ptr()),
+        n = t_off:numel() - 1, total = t_tok:numel(), keep = tensors, meta = meta }, Dataset)
 end
 
 -- int32_t* ids, uint8_t* train flags, length of sample i (1-based)
 function Dataset:sample(i)
-    local a, b = self.offsets[i - 1], self.offsets[i]
+    local off = self.offsets
+    if off == nil then error("dataset: sample of a closed dataset", 2) end
+    local a, b = off[i - 1], off[i]
     return self.tokens + a, self.train + a, tonumber(b - a)
 end
 
@@ -91,6 +93,119 @@ function Dataset:max_len()
     return m
 end
 
+-- Release the mappings now (an unnamed dataset's files go with them); the dataset is then
+-- empty and sample() is an error.
+function Dataset:close()
+    for _, t in ipairs(self.keep or {}) do t:free() end
+    self.keep, self.tokens, self.train, self.offsets = nil, nil, nil, nil
+    self.n, self.total = 0, 0
+end
+
+-- ---- the writer: samples streamed to the three files -----------------------------------------
+
+-- Tokens and sample ends are staged in arrays of these sizes and appended to the files each
+-- time one fills: ids (CHUNK) int32 + flags (CHUNK) uint8 + ends (OFF_CHUNK) int64 = 384 KiB,
+-- which is all the memory a build holds beyond the record in hand.
+local CHUNK = 65536
+local OFF_CHUNK = 8192
+
+local Writer = {}
+Writer.__index = Writer
+
+-- dir: the cache folder to write the files into (renamed into place by finish), or nil for
+-- unnamed temporary files in tmp_dir (nil: lt_spool_open's choice).
+local function new_writer(dir, tmp_dir)
+    local self = setmetatable({
+        ids = ffi.new("int32_t[?]", CHUNK), flags = ffi.new("uint8_t[?]", CHUNK),
+        ends = ffi.new("int64_t[?]", OFF_CHUNK),
+        k = 0,      -- tokens staged
+        m = 1,      -- ends staged (the first is offsets[0] = 0)
+        n = 0,      -- samples added
+        total = 0,  -- tokens added
+        spools = {},
+    }, Writer)
+    self.ends[0] = 0
+    local h = ffi.new("lt_spool*[1]")
+    for i, f in ipairs(FILES) do
+        local st = C.lt_spool_open(h, dir and (dir .. "/" .. f.name), tmp_dir)
+        if st ~= 0 then
+            local msg = core.last_error()
+            self:abort()
+            error(msg, 0)
+        end
+        -- the finaliser removes the temporary file of a writer dropped by an error
+        self.spools[i] = ffi.gc(h[0], C.lt_spool_abort)
+    end
+    return self
+end
+
+local function write(spool, ptr, bytes)
+    check(C.lt_spool_write(spool, ptr, bytes))
+end
+
+function Writer:_flush_tokens()
+    write(self.spools[1], self.ids, self.k * 4)
+    write(self.spools[2], self.flags, self.k)
+    self.k = 0
+end
+
+function Writer:_flush_ends()
+    write(self.spools[3], self.ends, self.m * 8)
+    self.m = 0
+end
+
+-- Append one sample: ids (Lua array of token ids) and train (Lua array of booleans).
+function Writer:add(ids, train)
+    local n = #ids
+    local k, sid, sfl = self.k, self.ids, self.flags
+    for j = 1, n do
+        sid[k] = ids[j]
+        sfl[k] = train[j] and 1 or 0
+        k = k + 1
+        if k == CHUNK then
+            self.k = k
+            self:_flush_tokens()
+            k = 0
+        end
+    end
+    self.k = k
+    self.total = self.total + n
+    self.n = self.n + 1
+    self.ends[self.m] = self.total
+    self.m = self.m + 1
+    if self.m == OFF_CHUNK then self:_flush_ends() end
+end
+
+-- Write what is staged, finish the files (commit and map) and return their tensors.
+function Writer:finish()
+    self:_flush_tokens()
+    self:_flush_ends()
+    local tensors = {}
+    for i, f in ipairs(FILES) do
+        local s = self.spools[i]
+        self.spools[i] = nil
+        tensors[i] = tensor.new_header()
+        local st = C.lt_spool_finish(ffi.gc(s, nil), tensors[i], f.dtype)
+        if st ~= 0 then
+            local msg = core.last_error()
+            self:abort()
+            error(msg, 0)
+        end
+    end
+    return tensors
+end
+
+-- Drop the files not yet finished (their temporary files are removed).
+function Writer:abort()
+    for i = 1, #FILES do
+        local s = self.spools[i]
+        if s then
+            self.spools[i] = nil
+            C.lt_spool_abort(ffi.gc(s, nil))
+        end
+    end
+end
+
 -- ---- building -------------------------------------------------------------------------------
 
 local function settings_of(tok, opts)
@@ -105,67 +220,78 @@ local function settings_of(tok, opts)
     }
 end
 
--- Tokenize every record of a JSONL file. opts: format, fields, skip_bad_lines, template,
--- train_on, max_len, progress (function(fraction_of_file, samples)).
-function M.build(path, tok, opts)
-    opts = opts or {}
-    local encode = templates.encoder(tok, opts)
-    local reader = records.open(path, opts)
-    local ids_buf, train_buf, off_buf = buf("int32_t"), buf("uint8_t"), buf("int64_t")
-    off_buf:push(0)
+-- Tokenize the records of `path` into a writer; returns the build's counts for meta.json.
+-- Any error removes the files the writer has not finished.
+local function tokenize_into(writer, path, tok, opts)
+    local reader
     local dropped, last_report = 0, 0
-    for rec, lineno in reader:iter() do
-        local ok, ids, train = pcall(encode, rec)
-        if not ok then
-            reader:close()
-            error(("%s:%d: %s"):format(path, lineno, tostring(ids)), 0)
-        end
-        if ids then
-            for j = 1, #ids do
-                ids_buf:push(ids[j])
-                train_buf:push(train[j] and 1 or 0)
+    local ok, err = pcall(function()
+        local encode = templates.encoder(tok, opts)
+        reader = records.open(path, opts)
+        for rec, lineno in reader:iter() do
+            local fine, ids, train = pcall(encode, rec)
+            if not fine then error(("%s:%d: %s"):format(path, lineno, tostring(ids)), 0) end
+            if ids then
+                writer:add(ids, train)
+            else
+                dropped = dropped + 1
             end
-            off_buf:push(ids_buf.n)
-        else
-            dropped = dropped + 1
+            if opts.progress and reader.records - last_report >= 256 then
+                last_report = reader.records
+                opts.progress(reader:progress(), writer.n)
+            end
         end
-        if opts.progress and reader.records - last_report >= 256 then
-            last_report = reader.records
-            opts.progress(reader:progress(), off_buf.n - 1)
+        if opts.progress then opts.progress(1, writer.n) end
+        if writer.n == 0 then
+            error(("%s: no usable samples (%d records, %d bad lines, %d dropped)"):format(path,
+                reader.records, reader.bad_lines, dropped), 0)
         end
+    end)
+    if reader then reader:close() end
+    if not ok then
+        writer:abort()
+        error(err, 0)
     end
-    reader:close()
-    if opts.progress then opts.progress(1, off_buf.n - 1) end
-    local n = off_buf.n - 1
-    if n == 0 then
-        error(("%s: no usable samples (%d records, %d bad lines, %d dropped)"):format(path,
-            reader.records, reader.bad_lines, dropped), 0)
-    end
-    local meta = { samples = n, tokens = ids_buf.n, records = reader.records,
+    return { samples = writer.n, tokens = writer.total, records = reader.records,
         bad_lines = reader.bad_lines, bad_examples = reader.bad_examples, dropped = dropped,
         format = reader.format }
-    return new_dataset(ids_buf.data, train_buf.data, off_buf.data, n, ids_buf.n,
-        { ids_buf, train_buf, off_buf }, meta)
+end
+
+-- Tokenize every record of a JSONL file into unnamed temporary files, mapped. opts: format,
+-- fields, skip_bad_lines, template, train_on, max_len, progress (function(fraction_of_file,
+-- samples)), tmp_dir (where the unnamed files live; default $TMPDIR, /var/tmp, /tmp).
+function M.build(path, tok, opts)
+    opts = opts or {}
+    local writer = new_writer(nil, opts.tmp_dir)
+    local meta = tokenize_into(writer, path, tok, opts)
+    return new_dataset(writer:finish(), meta)
 end
 
 -- A dataset from token lists already in hand: samples = { { ids = {...}, train = {...} }, ...}
--- (train: booleans or 0/1 per token; omitted = every token trained).
-function M.from_samples(samples)
-    local ids_buf, train_buf, off_buf = buf("int32_t"), buf("uint8_t"), buf("int64_t")
-    off_buf:push(0)
+-- (train: booleans or 0/1 per token; omitted = every token trained), in unnamed temporary
+-- files like M.build's (opts.tmp_dir).
+function M.from_samples(samples, opts)
     for i, smp in ipairs(samples) do
         if type(smp.ids) ~= "table" or #smp.ids == 0 then
             error(("from_samples: sample %d has no ids"):format(i), 2)
         end
-        for j, id in ipairs(smp.ids) do
-            ids_buf:push(id)
-            local t = smp.train and smp.train[j]
-            train_buf:push((t == nil or t == true or t == 1) and 1 or 0)
-        end
-        off_buf:push(ids_buf.n)
     end
-    return new_dataset(ids_buf.data, train_buf.data, off_buf.data, #samples, ids_buf.n,
-        { ids_buf, train_buf, off_buf }, { samples = #samples, tokens = ids_buf.n })
+    local writer = new_writer(nil, opts and opts.tmp_dir)
+    local ok, err = pcall(function()
+        for _, smp in ipairs(samples) do
+            local train = {}
+            for j = 1, #smp.ids do
+                local t = smp.train and smp.train[j]
+                train[j] = t == nil or t == true or t == 1
+            end
+            writer:add(smp.ids, train)
+        end
+    end)
+    if not ok then
+        writer:abort()
+        error(err, 0)
+    end
+    return new_dataset(writer:finish(), { samples = writer.n, tokens = writer.total })
 end
 
 -- ---- the cache ------------------------------------------------------------------------------
@@ -203,14 +329,14 @@ end
 
 -- Save a built dataset into `dir` (meta.json last).
 function M.save(ds, dir, meta)
-    require("luatrain.fs").make_dirs(dir)
+    fs.make_dirs(dir)
     write_raw(dir .. "/tokens.i32", ds.tokens, ds.total * 4)
     write_raw(dir .. "/train.u8", ds.train, ds.total)
     write_raw(dir .. "/offsets.i64", ds.offsets, (ds.n + 1) * 8)
     local m = {}
     for k, v in pairs(meta or {}) do m[k] = v end
     for k, v in pairs(ds.meta or {}) do m[k] = v end
-    require("luatrain.fs").write_atomic(dir .. "/meta.json", json.encode(m, { indent = 2 }) .. "\n")
+    fs.write_atomic(dir .. "/meta.json", json.encode(m, { indent = 2 }) .. "\n")
 end
 
 -- Open a cache folder (mmap); errors name the file when the folder is damaged.
@@ -232,13 +358,12 @@ function M.open_cache(dir)
     for i = 1, n do
         if off[i] < off[i - 1] then error(("%s: offsets.i64 decreases at sample %d"):format(dir, i), 0) end
     end
-    return new_dataset(ffi.cast("int32_t*", t_tok:data_ptr()), ffi.cast("uint8_t*", t_train:data_ptr()),
-        off, n, total, { t_tok, t_train, t_off }, meta)
+    return new_dataset({ t_tok, t_train, t_off }, meta)
 end
 
 -- The dataset of a JSONL file: from opts.cache_dir when a cache of the same source,
--- tokenizer and settings is there, else built (and saved there when cache_dir is set).
--- Returns the dataset and whether it came from the cache.
+-- tokenizer and settings is there, else built into it (or, without cache_dir, into unnamed
+-- temporary files: M.build). Returns the dataset and whether it came from the cache.
 function M.load(path, tok, opts)
     opts = opts or {}
     if not opts.cache_dir then return M.build(path, tok, opts), false end
@@ -249,9 +374,18 @@ function M.load(path, tok, opts)
         same(meta.settings, want.settings) and same(meta.tokenizer_file, want.tokenizer_file) then
         return M.open_cache(dir), true
     end
-    local ds = M.build(path, tok, opts)
-    M.save(ds, dir, want)
-    return ds, false
+    fs.make_dirs(dir)
+    -- the folder is being rebuilt: without meta.json it reads as absent until the data files
+    -- are all renamed into place and meta.json follows them
+    os.remove(dir .. "/meta.json")
+    local writer = new_writer(dir)
+    local built = tokenize_into(writer, path, tok, opts)
+    local tensors = writer:finish()
+    local m = {}
+    for k, v in pairs(want) do m[k] = v end
+    for k, v in pairs(built) do m[k] = v end
+    fs.write_atomic(dir .. "/meta.json", json.encode(m, { indent = 2 }) .. "\n")
+    return new_dataset(tensors, m), false
 end
 
 return M
