@@ -49,10 +49,29 @@ T.test("errors raised deep inside report name the caller's line", function()
     raises_here(function() report.line_chart{ series = "x" } end, "report.line_chart: opts.series")
     raises_here(function() report.bar_chart{ bars = {}, width = 10 } end, "report.bar_chart: width and height")
     raises_here(function() report.format_table({ 5 }, {}) end, "report.format_table: column 1 must be")
+    raises_here(function() report.print_table("x", {}) end, "report.print_table: columns must be a list")
     raises_here(function() report.html_page{ table = { columns = { "a" }, rows = { 1 } } } end,
         "report.html_page: row 1 is a number")
     raises_here(function() report.write_csv("unused.csv", { "a" }, 5) end, "report.write_csv: rows must be a list")
     raises_here(function() report.nice_ticks(0, 0 / 0) end, "report.nice_ticks: bounds must be finite")
+end)
+
+T.test("an unknown format names the caller's line and the function called", function()
+    local pts = { { name = "a", points = { { 1, 2 }, { 2, 3 } } } }
+    raises_here(function() report.line_chart{ series = pts, y_format = "furlongs" } end,
+        "report.line_chart: unknown format furlongs")
+    raises_here(function() report.line_chart{ series = pts, x_format = "furlongs" } end,
+        "report.line_chart: unknown format furlongs")
+    raises_here(function() report.scatter_chart{ series = pts, x_format = "furlongs" } end,
+        "report.scatter_chart: unknown format furlongs")
+    raises_here(function() report.bar_chart{ bars = { { label = "a", value = 1 } }, y_format = "furlongs" } end,
+        "report.bar_chart: unknown format furlongs")
+    local columns = { { key = "a", format = "furlongs" } }
+    raises_here(function() report.format_table(columns, {}) end, "report.format_table: unknown format furlongs")
+    raises_here(function() report.print_table(columns, {}) end, "report.print_table: unknown format furlongs")
+    raises_here(function() report.html_page{ table = { columns = columns, rows = {} } } end,
+        "report.html_page: unknown format furlongs")
+    raises_here(function() report.write_csv("unused.csv", columns, {}) end, "report.write_csv: unknown format furlongs")
 end)
 
 T.done()

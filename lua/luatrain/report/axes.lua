@@ -180,7 +180,7 @@ An axis maps data values to pixels over [p0, p1] (p0 may exceed p1: y grows down
 axis = { lo, hi, log, ticks, labels, p0, p1 }; axis:map(v) -> pixel.
 ]]
 local function make_axis(opts)
-    value_formatter(opts.format, "report") -- an unknown format fails here, with its name
+    value_formatter(opts.format, "report") -- a backstop: the charts check formats first
     local a = { log = opts.log }
     local lo, hi = opts.lo, opts.hi
     if opts.min and opts.max and not (opts.min < opts.max) then

@@ -84,6 +84,9 @@ local function xy_chart(opts, kind, who)
         dropped_note(dropped, log_x or log_y))
 
     local bottom = height - (opts.x_label and 50 or 32) - (note and 8 or 0)
+    -- Formats are checked here rather than in make_axis, one frame deeper, so that an unknown
+    -- one names the user's call and the chart function.
+    value_formatter(opts.y_format, who, 3)
     local ya = make_axis({ lo = ylo, hi = yhi, log = log_y, format = opts.y_format,
         n = math.max(2, math.min(8, floor((bottom - top) / 45))), min = opts.y_min, max = opts.y_max })
     ya.p0, ya.p1 = bottom, top
@@ -98,6 +101,7 @@ local function xy_chart(opts, kind, who)
         end
         x_ticks = list
     end
+    value_formatter(opts.x_format, who, 3)
     local xa = fit_x_axis({ lo = xlo, hi = xhi, log = log_x, format = opts.x_format, ticks = x_ticks,
         min = opts.x_min, max = opts.x_max }, box.x0, box.x1, TICK_SIZE)
     -- Scatter markers sit inside the frame, not on its edges.

@@ -96,8 +96,9 @@ end
 
 local VALUE_FORMATS = { number = M.format_number, bytes = M.format_bytes, seconds = M.format_seconds }
 
--- A function turning one value into text, from a format spec.
-local function value_formatter(spec, who)
+-- A function turning one value into text, from a format spec. An unknown spec is an error at
+-- `level` as the caller would pass it to error (default 2: the caller's caller), named `who`.
+local function value_formatter(spec, who, level)
     if spec == nil then return M.format_number end
     if type(spec) == "function" then return spec end
     if VALUE_FORMATS[spec] then return VALUE_FORMATS[spec] end
@@ -105,7 +106,7 @@ local function value_formatter(spec, who)
         return function(v) return fmt(spec, v) end
     end
     error(("%s: unknown format %s (use \"number\", \"bytes\", \"seconds\", a %%-pattern or a function)")
-        :format(who, tostring(spec)), 3)
+        :format(who, tostring(spec)), (level or 2) + 1)
 end
 
 -- Shortest text that reads back as the same number.

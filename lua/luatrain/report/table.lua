@@ -31,7 +31,7 @@ local function normalize_columns(columns, who)
         else
             error(("%s: column %d must be a name or {key =, title =, format =}"):format(who, i), 3)
         end
-        out[i].format = out[i].spec and value_formatter(out[i].spec, who)
+        out[i].format = out[i].spec and value_formatter(out[i].spec, who, 3)
     end
     return out
 end
@@ -92,10 +92,10 @@ local function column_facts(cols, rows)
     end
 end
 
--- An aligned plain-text table: numbers right-aligned, text left-aligned.
-function M.format_table(columns, rows)
-    local cols = normalize_columns(columns, "report.format_table")
-    rows = check_rows(rows, "report.format_table")
+-- An aligned plain-text table: numbers right-aligned, text left-aligned. cols and rows come
+-- from normalize_columns and check_rows, called by the public function so that errors name
+-- its caller.
+local function text_table(cols, rows)
     column_facts(cols, rows)
     local cells, widths = {}, {}
     for i, col in ipairs(cols) do widths[i] = text_len(tostring(col.title)) end
@@ -127,9 +127,17 @@ function M.format_table(columns, rows)
     return table.concat(lines, "\n") .. "\n"
 end
 
+function M.format_table(columns, rows)
+    local cols = normalize_columns(columns, "report.format_table")
+    rows = check_rows(rows, "report.format_table")
+    return text_table(cols, rows)
+end
+
 function M.print_table(columns, rows, file)
+    local cols = normalize_columns(columns, "report.print_table")
+    rows = check_rows(rows, "report.print_table")
     local out = file or io.stdout
-    out:write(M.format_table(columns, rows))
+    out:write(text_table(cols, rows))
     out:flush()
 end
 
