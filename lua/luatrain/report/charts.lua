@@ -21,6 +21,8 @@ local footnote, no_data, left_margin = svg.footnote, svg.no_data, svg.left_margi
 local dropped_note, join_notes, dash = svg.dropped_note, svg.join_notes, svg.dash
 local TICK_SIZE = svg.TICK_SIZE
 
+-- The chart's series; `points` alone makes one, named by `name` or the y label. Errors are
+-- raised at level 4: the caller of report.line_chart or report.scatter_chart.
 local function check_series(opts, who)
     local series = opts.series
     if series == nil and opts.points then series = { { name = opts.name or opts.y_label or "", points = opts.points } } end
