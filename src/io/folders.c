@@ -436,17 +436,15 @@ done:
 int lt_dir_restore(const char *path, int32_t *restored) {
     if (!restored) return lt_fail(LT_ERR_ARG, "lt_dir_restore: restored is NULL");
     *restored = 0;
+    if (!path || !*path) return lt_fail(LT_ERR_ARG, "lt_dir_restore: empty path");
+    struct stat st;
+    if (lstat(path, &st) == 0) return LT_OK; /* in place: nothing to undo */
+    if (errno != ENOENT) return lt_fail(LT_ERR_IO, "%s: %s", path, strerror(errno));
     char *parent, *base;
     LT_TRY(split(path, &parent, &base));
     int status = LT_OK;
-    struct stat st;
     lt_dir_list *l = NULL;
     char *best = NULL;
-    if (lstat(path, &st) == 0) goto done;
-    if (errno != ENOENT) {
-        status = lt_fail(LT_ERR_IO, "%s: %s", path, strerror(errno));
-        goto done;
-    }
     status = lt_dir_list_open(&l, parent);
     if (status != LT_OK) {
         /* no parent folder: nothing was ever saved here */
