@@ -5,7 +5,7 @@ train_tiny.lua - train a small Llama from scratch on the CPU.
     luatrain recipes/train_tiny.lua steps=50 text=README.md
     luatrain recipes/train_tiny.lua model=path/to/hf_folder out=runs/tiny
     luatrain recipes/train_tiny.lua dataset=chat.jsonl tokenizer=path/to/hf_folder template=llama3
-    luatrain recipes/train_tiny.lua save_every=100 ...   then   resume=runs/train_tiny/checkpoint
+    luatrain recipes/train_tiny.lua save_every=100 ...   then   resume=auto
     luatrain recipes/train_tiny.lua --help
 
 The model has the shape of llama2.c's stories15M (vocab 32000, dim 288, 6 layers, 6 heads,
@@ -21,9 +21,9 @@ step draws random windows of seq_len + 1 bytes.
 Each step runs the fused forward/backward, clips the gradient norm inside the AdamW
 update, and follows a warm-up + cosine learning rate. The run logs step, loss, lr, grad
 norm, tokens/s and peak memory to the console and to <out>/log.jsonl, writes a checkpoint
-(model, optimizer, data position, RNG) every `save_every` steps, and saves the model to
-<out>/model as a Hugging Face folder. `resume` continues a run from its checkpoint on
-exactly the trajectory it would have followed.
+(model, optimizer, data position, RNG) to <out>/checkpoint-<step> every `save_every` steps,
+keeping the `keep_last` newest, and saves the model to <out>/model as a Hugging Face folder.
+`resume` continues a run from a checkpoint on exactly the trajectory it would have followed.
 ]]
 local lt = require "luatrain"
 
@@ -37,8 +37,9 @@ local cfg = lt.config {
     packing = { true, "pack several samples into each row (padding-free)" },
     epochs = { 0, "stop after this many passes over the dataset (0: run the steps)", type = "int" },
     cache_dir = { "", "cache the tokenized dataset here (empty: tokenize every run)" },
-    save_every = { 0, "write a checkpoint to <out>/checkpoint every this many steps (0: never)", type = "int" },
-    resume = { "", "continue from this checkpoint folder" },
+    save_every = { 0, "write a checkpoint to <out>/checkpoint-<step> every this many steps (0: never)", type = "int" },
+    keep_last = { 3, "keep this many newest checkpoints (0: all)", type = "int" },
+    resume = { "", "continue from a checkpoint folder, a run folder's newest, or auto: <out>'s newest (if any)" },
     steps = { 300, "optimizer steps", type = "int" },
     batch_size = { 8, "sequences per step", type = "int" },
     seq_len = { 256, "tokens per sequence", type = "int" },
@@ -139,10 +140,12 @@ else
 end
 
 local first_step = 1
-if cfg.resume ~= "" then
-    local st = lt.checkpoint.load(cfg.resume, { model = model, optimizer = opt, loader = batches })
+local resume_from = cfg.resume
+if resume_from == "auto" then resume_from = cfg.out ~= "" and lt.checkpoint.latest(cfg.out) or "" end
+if resume_from ~= "" then
+    local st = lt.checkpoint.load(resume_from, { model = model, optimizer = opt, loader = batches })
     first_step = st.step + 1
-    print(("resumed from %s at step %d"):format(cfg.resume, st.step))
+    print(("resumed from %s at step %d"):format(st.path, st.step))
 end
 
 -- ---- training loop -----------------------------------------------------------------------
@@ -185,8 +188,8 @@ for step = first_step, cfg.steps do
             { "peak", lt.memory.format_bytes(mem.peak), "%s" } }))
     end
     if cfg.save_every > 0 and cfg.out ~= "" and step % cfg.save_every == 0 then
-        lt.checkpoint.save(cfg.out .. "/checkpoint", { model = model, optimizer = opt,
-            loader = batches, step = step })
+        lt.checkpoint.save(cfg.out, { model = model, optimizer = opt, loader = batches, step = step,
+            keep_last = cfg.keep_last })
     end
 end
 log:close()

@@ -88,8 +88,10 @@ end
 -- Train. opts: model, train (a tokenized dataset), eval (optional), batch_size, seq_len,
 -- grad_accum (1), lr, betas, weight_decay (0), schedule ("cosine"), warmup (0), steps, or
 -- epochs when steps is 0, grad_clip (1), seed, pad_id, eval_every (0), log (JSONL path),
--- checkpoint_dir and save_every (write lt.checkpoint folders), resume (a checkpoint to
--- continue from: the same trajectory resumes), on_step(record). Returns the measurements.
+-- checkpoint_dir, save_every and keep_last (write checkpoint-<step> folders into the run
+-- folder checkpoint_dir, keeping the keep_last newest), resume (a checkpoint or run folder
+-- to continue from, or "auto": checkpoint_dir's newest, if any; the same trajectory
+-- resumes), on_step(record). Returns the measurements.
 function M.finetune(opts)
     local model, ds = opts.model, opts.train
     if not model or not ds then error("trainer.finetune: needs model and train", 2) end
@@ -107,8 +109,10 @@ function M.finetune(opts)
     local lr_factor = optim.schedule(opts.schedule or "cosine", { warmup_steps = opts.warmup or 0,
         total_steps = steps, min_factor = opts.min_lr_factor })
     local first_step = 1
-    if opts.resume then
-        local st = require("luatrain.checkpoint").load(opts.resume, { model = model, optimizer = opt, loader = loader })
+    local resume = opts.resume
+    if resume == "auto" then resume = opts.checkpoint_dir and require("luatrain.checkpoint").latest(opts.checkpoint_dir) end
+    if resume then
+        local st = require("luatrain.checkpoint").load(resume, { model = model, optimizer = opt, loader = loader })
         first_step = st.step + 1
     end
     local log = opts.log and log_mod.open(opts.log, first_step > 1) or nil
@@ -145,7 +149,7 @@ function M.finetune(opts)
         if log then log:write(rec) end
         if opts.checkpoint_dir and (opts.save_every or 0) > 0 and step % opts.save_every == 0 then
             require("luatrain.checkpoint").save(opts.checkpoint_dir, { model = model, optimizer = opt,
-                loader = loader, step = step })
+                loader = loader, step = step, keep_last = opts.keep_last })
         end
         if opts.on_step then opts.on_step(rec, steps) end
     end
