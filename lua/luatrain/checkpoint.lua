@@ -231,8 +231,7 @@ function M.load(path, parts)
     parts = parts or {}
     local dir = path
     if not is_checkpoint(path) then
-        local kind = fs.kind(path)
-        if kind ~= "dir" then error(("%s: no such checkpoint or run folder"):format(path), 0) end
+        if fs.kind(path) ~= "dir" then error(("%s: no such checkpoint or run folder"):format(path), 0) end
         dir = M.latest(path)
         if not dir then error(("%s: the run folder holds no complete checkpoint"):format(path), 0) end
     end

@@ -228,6 +228,13 @@ T.test("save: bad arguments are errors", function()
         "keep_last must be", true)
     T.raises(function() lt.checkpoint.save(tmpdir(), { step = 1 }) end, "needs { model", true)
     T.raises(function() lt.checkpoint.save("", { model = a.model, step = 1 }) end, "non-empty string", true)
+    -- a save that fails halfway leaves the run folder as it was
+    local run = tmpdir()
+    lt.checkpoint.save(run, { model = a.model, step = 1 })
+    local broken = { state_dict = function() error("no state today", 0) end }
+    T.raises(function() lt.checkpoint.save(run, { model = broken, step = 2, keep_last = 1 }) end, "no state today", true)
+    T.eq(names(run), { "checkpoint-1" })
+    lt.fs.remove_tree(run)
 end)
 
 -- ---- adapters -----------------------------------------------------------------------------
