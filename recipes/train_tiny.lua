@@ -5,7 +5,7 @@ train_tiny.lua - train a small Llama from scratch on the CPU.
     luatrain recipes/train_tiny.lua steps=50 text=README.md
     luatrain recipes/train_tiny.lua model=path/to/hf_folder out=runs/tiny
     luatrain recipes/train_tiny.lua dataset=chat.jsonl tokenizer=path/to/hf_folder template=llama3
-    luatrain recipes/train_tiny.lua save_every=100 ...   then   resume=runs/train_tiny/checkpoint
+    luatrain recipes/train_tiny.lua save_every=100 ...   then   resume=auto
     luatrain recipes/train_tiny.lua --help
 
 The model has the shape of llama2.c's stories15M (vocab 32000, dim 288, 6 layers, 6 heads,
@@ -21,9 +21,9 @@ step draws random windows of seq_len + 1 bytes.
 Each step runs the fused forward/backward, clips the gradient norm inside the AdamW
 update, and follows a warm-up + cosine learning rate. The run logs step, loss, lr, grad
 norm, tokens/s and peak memory to the console and to <out>/log.jsonl, writes a checkpoint
-(model, optimizer, data position, RNG) every `save_every` steps, and saves the model to
-<out>/model as a Hugging Face folder. `resume` continues a run from its checkpoint on
-exactly the trajectory it would have followed.
+(model, optimizer, data position, RNG) to <out>/checkpoint-<step> every `save_every` steps,
+keeping the `keep_last` newest, and saves the model to <out>/model as a Hugging Face folder.
+`resume` continues a run from a checkpoint on exactly the trajectory it would have followed.
 ]]
 local lt = require "luatrain"
 
@@ -37,8 +37,10 @@ local cfg = lt.config {
     packing = { true, "pack several samples into each row (padding-free)" },
     epochs = { 0, "stop after this many passes over the dataset (0: run the steps)", type = "int", min = 0 },
     cache_dir = { "", "cache the tokenized dataset here (empty: tokenize every run)" },
-    save_every = { 0, "write a checkpoint to <out>/checkpoint every this many steps (0: never)", type = "int", min = 0 },
-    resume = { "", "continue from this checkpoint folder" },
+    save_every = { 0, "write a checkpoint to <out>/checkpoint-<step> every this many steps (0: never)", type = "int",
+        min = 0 },
+    keep_last = { 3, "keep this many newest checkpoints (0: all)", type = "int", min = 0 },
+    resume = { "", "continue from a checkpoint folder, a run folder's newest, or auto: <out>'s newest (if any)" },
     steps = { 300, "optimizer steps", type = "int", min = 1 },
     batch_size = { 8, "sequences per step", type = "int", min = 1 },
     seq_len = { 256, "tokens per sequence", type = "int", min = 2 },
@@ -147,7 +149,7 @@ local trainer = lt.trainer.new{
     warmup = cfg.warmup, min_lr_factor = cfg.min_lr_factor, grad_clip = cfg.grad_clip,
     detect_nonfinite = cfg.detect_nonfinite,
     log = cfg.out ~= "" and (cfg.out .. "/log.jsonl") or nil,
-    checkpoint_dir = cfg.out ~= "" and (cfg.out .. "/checkpoint") or nil, save_every = cfg.save_every,
+    checkpoint_dir = cfg.out ~= "" and cfg.out or nil, save_every = cfg.save_every, keep_last = cfg.keep_last,
     resume = cfg.resume ~= "" and cfg.resume or nil,
     on_step = function(rec, total)
         if rec.step == trainer_first or rec.step % cfg.log_every == 0 or rec.step == total then
@@ -158,7 +160,7 @@ local trainer = lt.trainer.new{
     end,
 }
 trainer_first = trainer.first_step
-if cfg.resume ~= "" then print(("resumed from %s at step %d"):format(cfg.resume, trainer.first_step - 1)) end
+if trainer.resumed_from then print(("resumed from %s at step %d"):format(trainer.resumed_from, trainer.first_step - 1)) end
 local result = trainer:run()
 if ds and result.steps < cfg.steps then
     print(("the dataset's %d epochs are done at step %d"):format(cfg.epochs, result.steps))

@@ -88,6 +88,94 @@ int lt_atomic_file_write(lt_atomic_file *f, const void *data, int64_t nbytes);
 int lt_atomic_file_commit(lt_atomic_file *f);
 void lt_atomic_file_abort(lt_atomic_file *f);
 
+/* ---- folders that commit as one unit ------------------------------------------------ */
+
+/* A checkpoint or an adapter is a folder of several files that must change together. It is
+   built in a temporary sibling and put in place with one rename, so whatever moment a
+   crash comes, `path` holds the previous complete folder or the new complete one:
+
+       char tmp[4096];
+       LT_TRY(lt_dir_make_temp(path, tmp, sizeof tmp));   a new empty ".<name>.tmp-..."
+       ... write the files into tmp (lt_atomic_file_*, lt_safetensors_save) ...
+       LT_TRY(lt_dir_commit(tmp, path, 0));
+
+   Work in progress and folders on their way out have hidden sibling names: ".<name>.tmp-"
+   (being written, or the previous folder after an exchange), ".<name>.old-" (the previous
+   folder, moved aside by the fallback) and ".<name>.del-" (being removed), each followed
+   by "<pid>-<n>-<salt>". No reader takes them for the folder. A crash leaves at most such
+   leftovers: the next save calls lt_dir_restore, then removes the rest. One process writes
+   a given folder at a time. */
+
+/* What a path names. lt_path_kind follows symbolic links (LT_PATH_LINK only in listings). */
+enum lt_path {
+    LT_PATH_MISSING = 0,
+    LT_PATH_FILE = 1,
+    LT_PATH_DIR = 2,
+    LT_PATH_LINK = 3,
+    LT_PATH_OTHER = 4
+};
+
+/* LT_DIR_COMMIT_NO_EXCHANGE: take the fallback even where the exchange works (tests). */
+enum lt_dir_commit_flag { LT_DIR_COMMIT_NO_EXCHANGE = 1 };
+
+/* *kind = LT_PATH_*; a missing path (or a missing folder on the way) is LT_PATH_MISSING. */
+int lt_path_kind(const char *path, int32_t *kind);
+
+/* Create a new empty folder beside `path` (".<name>.tmp-<pid>-<n>-<salt>", mode 0755) and
+   write its path, NUL-terminated, into out[cap]. The parent folder must exist. */
+int lt_dir_make_temp(const char *path, char *out, int64_t cap);
+
+/* fsync a folder: the names in it (files created, renamed, removed) survive a power loss. */
+int lt_fsync_dir(const char *path);
+
+/* fsync every regular file in the tree under `path`, then each folder after its contents
+   (symbolic links are not followed). */
+int lt_dir_sync(const char *path);
+
+/* Put the finished folder `tmp` (made by lt_dir_make_temp for this `path`) at `path`:
+     1. fsync every file in tmp and tmp itself (lt_dir_sync);
+     2. no `path` yet: rename tmp to path;
+        `path` a folder: exchange the two names in one step (renameat2 RENAME_EXCHANGE),
+        so the previous folder is now at tmp's name; where the file system cannot
+        exchange (or with LT_DIR_COMMIT_NO_EXCHANGE), rename path to ".<name>.old-...",
+        then tmp to path: a crash between those two renames leaves `path` missing and the
+        previous folder complete under the old- name, which lt_dir_restore puts back;
+     3. fsync the parent folder: the new name is durable;
+     4. remove the previous folder.
+   A failure before the new folder is in place leaves `path` as it was (tmp is the caller's
+   to remove). A failure in 3 or 4 says "committed, but finishing up failed": the new
+   folder is then in place. `path` must not be a symbolic link, and a file there is an
+   error, never replaced. */
+int lt_dir_commit(const char *tmp, const char *path, int32_t flags);
+
+/* Undo a commit's fallback cut short by a crash: when `path` is missing and a previous
+   folder waits at ".<name>.old-..." (the latest moved aside, if several), rename it back
+   and fsync the parent. *restored is 1 when it did. A missing parent is not an error. */
+int lt_dir_restore(const char *path, int32_t *restored);
+
+/* Give the new folder `to` every entry of the folder `from` that `to` lacks (recursively;
+   `to`'s own entries win), so a commit keeps the other files a user keeps beside an
+   adapter: regular files as hard links (copied where the file system refuses links),
+   folders recreated, symbolic links recreated. A missing `from` is nothing to carry; a
+   socket, pipe or device file is an error (LT_ERR_UNSUPPORTED). */
+int lt_dir_carry_over(const char *from, const char *to);
+
+/* rm -rf without a shell: a missing path is fine; symbolic links are removed, never
+   followed. A folder whose name does not start with '.' is first renamed to a hidden
+   ".<name>.del-..." sibling, so a crash halfway through leaves no partial folder under a
+   name a reader looks at. */
+int lt_remove_tree(const char *path);
+
+/* The entries of a folder (not "." and ".."), sorted by name (bytewise), with their kinds
+   (LT_PATH_FILE, _DIR, _LINK or _OTHER, links not followed). */
+typedef struct lt_dir_list lt_dir_list;
+int lt_dir_list_open(lt_dir_list **out, const char *path);
+int64_t lt_dir_list_count(const lt_dir_list *l);
+/* NULL / LT_PATH_MISSING when index is out of range. */
+const char *lt_dir_list_name(const lt_dir_list *l, int64_t index);
+int32_t lt_dir_list_kind(const lt_dir_list *l, int64_t index);
+void lt_dir_list_close(lt_dir_list *l);
+
 /* ---- datasets -------------------------------------------------------------------- */
 
 /* Lines of a text file, plain or gzip-compressed (told apart by its first bytes), read as

@@ -401,6 +401,40 @@ int lt_atomic_file_write(lt_atomic_file *f, const void *data, int64_t nbytes);
 int lt_atomic_file_commit(lt_atomic_file *f);
 void lt_atomic_file_abort(lt_atomic_file *f);
 
+enum lt_path {
+    LT_PATH_MISSING = 0,
+    LT_PATH_FILE = 1,
+    LT_PATH_DIR = 2,
+    LT_PATH_LINK = 3,
+    LT_PATH_OTHER = 4
+};
+
+enum lt_dir_commit_flag { LT_DIR_COMMIT_NO_EXCHANGE = 1 };
+
+int lt_path_kind(const char *path, int32_t *kind);
+
+int lt_dir_make_temp(const char *path, char *out, int64_t cap);
+
+int lt_fsync_dir(const char *path);
+
+int lt_dir_sync(const char *path);
+
+int lt_dir_commit(const char *tmp, const char *path, int32_t flags);
+
+int lt_dir_restore(const char *path, int32_t *restored);
+
+int lt_dir_carry_over(const char *from, const char *to);
+
+int lt_remove_tree(const char *path);
+
+typedef struct lt_dir_list lt_dir_list;
+int lt_dir_list_open(lt_dir_list **out, const char *path);
+int64_t lt_dir_list_count(const lt_dir_list *l);
+
+const char *lt_dir_list_name(const lt_dir_list *l, int64_t index);
+int32_t lt_dir_list_kind(const lt_dir_list *l, int64_t index);
+void lt_dir_list_close(lt_dir_list *l);
+
 typedef struct lt_lines lt_lines;
 int lt_lines_open(lt_lines **out, const char *path);
 

@@ -16,7 +16,7 @@ function M.open(path, append)
     local self = setmetatable({ path = path }, Log)
     if path then
         local dir = path:match("^(.*)/[^/]*$")
-        if dir then require("luatrain.fs").make_dirs(dir) end
+        if dir and dir ~= "" then require("luatrain.fs").make_dirs(dir) end
         local f, err = io.open(path, append and "a" or "w")
         if not f then error(("cannot open log %s: %s"):format(path, err), 0) end
         self.file = f
@@ -24,17 +24,36 @@ function M.open(path, append)
     return self
 end
 
+-- A failed write, flush or close of the log (a full disk, a lost mount) is an error naming
+-- the file: a run must not go on, or end with status 0, while its log is lost.
+local function failed(self, what, err)
+    local f = self.file
+    self.file = nil
+    if f then pcall(f.close, f) end
+    error(("log %s: %s failed: %s"):format(self.path, what, tostring(err)), 0)
+end
+
 function Log:write(record)
-    if self.file then
-        self.file:write(json.encode(record), "\n")
-        self.file:flush()
+    local f = self.file
+    if f then
+        local ok, err = f:write(json.encode(record), "\n")
+        if not ok then failed(self, "write", err) end
+        ok, err = f:flush()
+        if not ok then failed(self, "write", err) end
     end
 end
 
 function Log:close()
-    if self.file then
-        self.file:close()
+    local f = self.file
+    if f then
         self.file = nil
+        local ok, err = f:flush()
+        if not ok then
+            pcall(f.close, f)
+            error(("log %s: close failed: %s"):format(self.path, tostring(err)), 0)
+        end
+        ok, err = f:close()
+        if not ok then error(("log %s: close failed: %s"):format(self.path, tostring(err)), 0) end
     end
 end
 

@@ -20,7 +20,8 @@ Files: adapter_config.json holds peft_type LORA, task_type CAUSAL_LM, r, lora_al
 lora_dropout, target_modules, use_rslora, use_dora, bias "none",
 base_model_name_or_path and the other keys PEFT writes; adapter_model.safetensors holds
 base_model.model.<module>.lora_A.weight (r, in), ...lora_B.weight (out, r) and, with DoRA,
-...lora_magnitude_vector (out), with {"format": "pt"} metadata. Both are written atomically.
+...lora_magnitude_vector (out), with {"format": "pt"} metadata. The folder commits as one
+unit (M.save).
 ]]
 local json = require "luatrain.json"
 local fs = require "luatrain.fs"
@@ -170,17 +171,40 @@ local function peft_config(model, opts)
     }
 end
 
+local saves = 0
+
 -- Save the adapter in PEFT's layout. opts.base_model_name_or_path overrides the model's
 -- source folder in adapter_config.json.
+--
+-- The folder commits as one unit, so weights and config always belong together: both files
+-- are written into a hidden sibling, the other entries of the existing folder (a log, a
+-- README) are hard-linked into it, and it takes the folder's place in one exchange
+-- (fs.commit_dir). A crash at any moment leaves the previous adapter or the new one.
 function M.save(model, dir, opts)
     opts = opts or {}
     if not model.lora_config then error("lora.save: the model has no LoRA adapters (lt.lora.apply first)", 2) end
-    dir = dir:gsub("/+$", "")
-    fs.make_dirs(dir)
-    local tensors = {}
-    for name, t in pairs(M.adapter_state(model)) do tensors[PREFIX .. name] = t end
-    safetensors.save(dir .. "/adapter_model.safetensors", tensors, { format = "pt" })
-    fs.write_atomic(dir .. "/adapter_config.json", json.encode(peft_config(model, opts), { indent = 2 }) .. "\n")
+    dir = dir:gsub("(.)/+$", "%1")
+    fs.make_dirs((fs.split(dir)))
+    fs.clean_leftovers(dir)
+    saves = saves + 1
+    local point = ("adapter %d "):format(saves)
+    local tmp = fs.make_temp_dir(dir)
+    local ok, err = pcall(function()
+        local tensors = {}
+        for name, t in pairs(M.adapter_state(model)) do tensors[PREFIX .. name] = t end
+        safetensors.save(tmp .. "/adapter_model.safetensors", tensors, { format = "pt" })
+        fs.test_point(point .. "weights")
+        fs.write_atomic(tmp .. "/adapter_config.json", json.encode(peft_config(model, opts), { indent = 2 }) .. "\n")
+        fs.test_point(point .. "config")
+        fs.carry_over(dir, tmp)
+        fs.test_point(point .. "carried")
+        fs.commit_dir(tmp, dir)
+    end)
+    if not ok then
+        pcall(fs.remove_tree, tmp)
+        error(err, 0)
+    end
+    fs.test_point(point .. "committed")
 end
 
 -- Read a PEFT adapter folder's config, checking what luatrain supports.
@@ -289,6 +313,7 @@ end
 -- Apply an adapter folder's LoRA config to `model` and load its weights.
 function M.load(model, dir)
     dir = dir:gsub("/+$", "")
+    fs.restore_dir(dir) -- a save's fallback cut short by a crash (lt.lora.save)
     local cfg = M.read_config(dir)
     local target = cfg.target
     if type(target) == "string" and target ~= "all-linear" then

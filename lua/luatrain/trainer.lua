@@ -30,6 +30,10 @@ stage they name (tr:hook) or before it (tr:hook_before), with (trainer, state):
 state: { step, loss, trained, tokens, micro_batches, grad_scale, grad_norm, clip_coef,
 record }. A step whose micro-batches hold no trained target updates nothing (state.skipped).
 
+Run checkpoints: checkpoint_dir is a run folder that gets checkpoint-<step> folders every
+save_every steps (the keep_last newest kept); resume is a checkpoint or run folder to
+continue from, or "auto" (checkpoint_dir's newest, if any): the same trajectory resumes.
+
 The optimizer is the caller's (opts.optimizer, e.g. with parameter groups), or AdamW made
 here over the trainable parameters: lr, betas, eps, weight_decay, and lora_plus_ratio (LoRA+:
 the B matrices learn lora_plus_ratio times faster than the rest). The trainable parameters
@@ -211,10 +215,15 @@ function M.new(opts)
     self.lr_factor = optim.schedule(opts.schedule or "cosine", { warmup_steps = opts.warmup or 0,
         total_steps = steps, min_factor = opts.min_lr_factor })
     self.first_step = 1
-    if opts.resume then
-        local st = require("luatrain.checkpoint").load(opts.resume, { model = model, optimizer = self.optimizer,
+    local resume = opts.resume
+    if resume == "auto" then
+        resume = opts.checkpoint_dir and require("luatrain.checkpoint").latest(opts.checkpoint_dir) or nil
+    end
+    if resume then
+        local st = require("luatrain.checkpoint").load(resume, { model = model, optimizer = self.optimizer,
             loader = self.batches })
         self.first_step = st.step + 1
+        self.resumed_from = st.path or resume
     end
     return self
 end
@@ -378,7 +387,7 @@ function stages.log(self, st)
     if self.log then self.log:write(rec) end
     if opts.checkpoint_dir and (opts.save_every or 0) > 0 and st.step % opts.save_every == 0 then
         require("luatrain.checkpoint").save(opts.checkpoint_dir, { model = self.model, optimizer = self.optimizer,
-            loader = self.batches, step = st.step })
+            loader = self.batches, step = st.step, keep_last = opts.keep_last })
     end
     if opts.on_step then opts.on_step(rec, self.steps) end
 end

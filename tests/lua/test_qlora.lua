@@ -122,9 +122,9 @@ T.test("a QLoRA run resumed from its checkpoint continues bit for bit", function
     local ok = pcall(run, 6, { checkpoint_dir = dir, save_every = 3,
         on_step = function(rec) if rec.step == 3 then error("interrupted", 0) end end })
     T.ok(not ok)
-    local st = lt.json.read_file(dir .. "/state.json")
+    local st = lt.json.read_file(dir .. "/checkpoint-3/state.json")
     T.eq(st.model_params, "trainable", "a quantized base is not saved in the checkpoint")
-    local saved = lt.safetensors.load(dir .. "/model.safetensors")
+    local saved = lt.safetensors.load(dir .. "/checkpoint-3/model.safetensors")
     for name in pairs(saved) do T.ok(name:find("lora_[AB]"), "only adapters in the checkpoint: " .. name) end
     local resumed = run(6, { resume = dir })
     T.eq(resumed.first_step, 4)

@@ -115,7 +115,7 @@ T.test("a resumed run continues the same trajectory bit for bit", function()
     T.eq(code, 0, text)
     -- throw away what came after the checkpoint, then resume from it
     local full = logged_losses(a .. "/log.jsonl")
-    text, code = T.run(("%s recipes/train_tiny.lua %s steps=8 out=%s.2 resume=%s/checkpoint"):format(
+    text, code = T.run(("%s recipes/train_tiny.lua %s steps=8 out=%s.2 resume=%s"):format(
         T.luatrain(), small, b, b))
     T.eq(code, 0, text)
     T.ok(text:find("resumed from", 1, true), text)
