@@ -54,9 +54,21 @@ static inline uint16_t lt_f32_to_bf16_inline(float f) {
 float lt_f16_to_f32_slow(uint16_t h);
 uint16_t lt_f32_to_f16_slow(float f);
 
+/* A half-precision scalar that F16C converts in one instruction either way (vcvtph2ps,
+   vcvtps2ph rounding to nearest even). GCC spells it _Float16; clang 14 accepts _Float16
+   on x86 only with AVX512-FP16, but its storage-only __fp16 compiles to the same two
+   instructions. */
+#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__clang__)
+typedef __fp16 lt_half_hw;
+#else
+typedef _Float16 lt_half_hw;
+#endif
+#endif
+
 static inline float lt_f16_to_f32_inline(uint16_t h) {
 #if defined(__F16C__) || defined(__AVX512F__)
-    _Float16 x;
+    lt_half_hw x;
     memcpy(&x, &h, 2);
     return (float)x;
 #else
@@ -66,7 +78,7 @@ static inline float lt_f16_to_f32_inline(uint16_t h) {
 
 static inline uint16_t lt_f32_to_f16_inline(float f) {
 #if defined(__F16C__) || defined(__AVX512F__)
-    _Float16 x = (_Float16)f;
+    lt_half_hw x = (lt_half_hw)f;
     uint16_t h;
     memcpy(&h, &x, 2);
     return h;

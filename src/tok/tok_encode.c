@@ -14,7 +14,6 @@
  * tokenizer keeps a few between calls (with their word caches) in a lock-free pool, and is
  * otherwise only ever read. */
 #define _GNU_SOURCE /* memmem */
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 
