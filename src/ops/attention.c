@@ -404,6 +404,8 @@ int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, con
     LT_DISPATCH_CUDA(q, lt_cuda_attention_forward(out, lse, q, k, v, cu_seqlens, scale, causal));
     attn_shape a;
     LT_TRY(check_like(out, q, op, "out", "q"));
+    LT_TRY(lt_check_out(out, LT_DTYPE_F32, op, "out", q, "q"));
+    if (lse) LT_TRY(lt_check_out(lse, LT_DTYPE_F32, op, "lse", q, "q"));
     LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
     int st = lse ? check_lse(lse, &a, op) : LT_OK;
     int64_t T = a.T, H = a.H, D = a.D, nseg = a.nseg;
@@ -549,6 +551,9 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
     LT_TRY(check_like(dq, q, op, "dq", "q"));
     LT_TRY(check_like(dk, k, op, "dk", "k"));
     LT_TRY(check_like(dv, v, op, "dv", "v"));
+    LT_TRY(lt_check_out(dq, LT_DTYPE_F32, op, "dq", dout, "dout"));
+    LT_TRY(lt_check_out(dk, LT_DTYPE_F32, op, "dk", dout, "dout"));
+    LT_TRY(lt_check_out(dv, LT_DTYPE_F32, op, "dv", dout, "dout"));
     LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
     int st = check_lse(lse, &a, op);
     if (st != LT_OK) {

@@ -162,8 +162,9 @@ static void ew_execute(const ew_geom *g, ew_run_fn fn, const void *ctx) {
 
 /* These run before the device dispatch, so they hold on every device: an operand is f32 on
    the CPU, and f32, bf16 or f16 on a CUDA device (cuda/elementwise.cu computes in f32 and
-   rounds to each output's dtype). Which device a tensor is on is checked afterwards,
-   against the op's first tensor (lt_check_same_device). */
+   rounds to each output's dtype). Outputs go through lt_check_out (LT_OUT_F32_LOWP_CUDA),
+   which also puts them on the device of the op's first input; the other inputs are checked
+   against them with lt_check_same_device. */
 static int check_float_dtype(const lt_tensor *t, const char *op, const char *name) {
     if (!lt_is_float_dtype(t->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16 on a CUDA device, got %s", op,
@@ -175,20 +176,6 @@ static int check_in(const lt_tensor *t, const char *op, const char *name) {
     LT_TRY(lt_check_tensor(t, op, name));
     if (lt_on_cuda(t)) return check_float_dtype(t, op, name);
     return lt_check_dtype(t, LT_DTYPE_F32, op, name);
-}
-
-static int check_out(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) return lt_check_output(t, LT_DTYPE_F32, op, name);
-    LT_TRY(check_float_dtype(t, op, name));
-    LT_TRY(lt_check_writable(t, op, name));
-    for (int i = 0; i < t->ndim; i++)
-        if (t->sizes[i] > 1 && t->strides[i] == 0)
-            return lt_fail(LT_ERR_ARG,
-                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
-                           "alias; it cannot be written",
-                           op, name, i);
-    return LT_OK;
 }
 
 /* The numpy broadcast of a's and b's shapes into (nd, sizes). */
@@ -382,9 +369,8 @@ int lt_unary_forward(lt_tensor *out, const lt_tensor *x, int op) {
     LT_TRY(check_unary_op(op, "unary_forward"));
     const char *name = unary_names[op];
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(out, name, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
-    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_unary_forward(out, x, op));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     ew_geom g;
@@ -402,10 +388,9 @@ int lt_unary_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x, 
     snprintf(name, sizeof name, "%s_backward", unary_names[op]);
     LT_TRY(check_in(dout, name, "dout"));
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(dx, name, "dx"));
+    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dout, x, name, "dout", "x"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
-    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_unary_backward(dx, dout, x, op));
     if (lt_tensor_numel(x) == 0) return LT_OK;
@@ -548,7 +533,7 @@ int lt_binary_forward(lt_tensor *out, const lt_tensor *a, const lt_tensor *b, in
     const char *name = binary_names[op];
     LT_TRY(check_in(a, name, "a"));
     LT_TRY(check_in(b, name, "b"));
-    LT_TRY(check_out(out, name, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", a, "a"));
     int nd;
     int64_t sizes[LT_MAX_DIMS];
     LT_TRY(broadcast_shape(a, b, name, &nd, sizes));
@@ -558,7 +543,6 @@ int lt_binary_forward(lt_tensor *out, const lt_tensor *a, const lt_tensor *b, in
                        name, lt_shape_str(out, so, sizeof so), lt_shape_str(a, sa, sizeof sa),
                        lt_shape_str(b, sb, sizeof sb), sizes_str(nd, sizes, sw, sizeof sw));
     }
-    LT_TRY(lt_check_same_device(a, out, name, "a", "out"));
     LT_TRY(lt_check_same_device(b, out, name, "b", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_binary_forward(out, a, b, op));
     if (lt_tensor_numel(out) == 0) return LT_OK;
@@ -703,17 +687,15 @@ int lt_binary_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dout, cons
                        lt_shape_str(b, sb, sizeof sb), sizes_str(nd, sizes, sw, sizeof sw));
     }
     if (da) {
-        LT_TRY(check_out(da, name, "da"));
+        LT_TRY(lt_check_out(da, LT_OUT_F32_LOWP_CUDA, name, "da", dout, "dout"));
         LT_TRY(lt_check_same_shape(da, a, name, "da", "a"));
     }
     if (db) {
-        LT_TRY(check_out(db, name, "db"));
+        LT_TRY(lt_check_out(db, LT_OUT_F32_LOWP_CUDA, name, "db", dout, "dout"));
         LT_TRY(lt_check_same_shape(db, b, name, "db", "b"));
     }
     LT_TRY(lt_check_same_device(a, dout, name, "a", "dout"));
     LT_TRY(lt_check_same_device(b, dout, name, "b", "dout"));
-    LT_TRY(lt_check_same_device(da, dout, name, "da", "dout"));
-    LT_TRY(lt_check_same_device(db, dout, name, "db", "dout"));
     LT_DISPATCH_CUDA(dout, lt_cuda_binary_backward(da, db, dout, a, b, op));
     /* A gradient written over an input (in-place backward) must come last; when both do,
        da goes through a temporary. */
@@ -745,9 +727,8 @@ int lt_scalar_forward(lt_tensor *out, const lt_tensor *x, double s, int op, int 
     LT_TRY(check_binary_op(op, "scalar_forward"));
     const char *name = binary_names[op];
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(out, name, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
-    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_scalar_forward(out, x, s, op, reversed));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     float sv = (float)s;
@@ -773,10 +754,9 @@ int lt_scalar_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
     snprintf(name, sizeof name, "%s_backward", binary_names[op]);
     LT_TRY(check_in(dout, name, "dout"));
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(dx, name, "dx"));
+    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dout, x, name, "dout", "x"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
-    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_scalar_backward(dx, dout, x, s, op, reversed));
     if (lt_tensor_numel(x) == 0) return LT_OK;
@@ -835,7 +815,7 @@ static void axpby_run(const void *ctx, float *const *p, const int64_t *s, int64_
 
 int lt_axpby(lt_tensor *y, double alpha, const lt_tensor *x, double beta) {
     LT_TRY(check_in(x, "axpby", "x"));
-    LT_TRY(check_out(y, "axpby", "y"));
+    LT_TRY(lt_check_out(y, LT_OUT_F32_LOWP_CUDA, "axpby", "y", x, "x"));
     int nd;
     int64_t sizes[LT_MAX_DIMS];
     int st = broadcast_shape(y, x, "axpby", &nd, sizes);
@@ -844,7 +824,6 @@ int lt_axpby(lt_tensor *y, double alpha, const lt_tensor *x, double beta) {
         return lt_fail(LT_ERR_SHAPE, "axpby: x has shape %s, which does not broadcast to y's %s",
                        lt_shape_str(x, sx, sizeof sx), lt_shape_str(y, sy, sizeof sy));
     }
-    LT_TRY(lt_check_same_device(x, y, "axpby", "x", "y"));
     LT_DISPATCH_CUDA(y, lt_cuda_axpby(y, alpha, x, beta));
     if (lt_tensor_numel(y) == 0) return LT_OK;
     axpby_ctx ctx = {(float)alpha, (float)beta};
