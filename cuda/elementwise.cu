@@ -34,120 +34,13 @@
 // Aliasing: an output may be an input exactly (same pointer, shape, strides): each thread
 // reads an element (or a whole pack) before it writes that same element.
 #include "common.cuh"
+#include "ops/elementwise_math.h"
 
 namespace {
 
-// ---- the math, as src/ops/elementwise.c writes it ---------------------------------------
-
-#define GELU_K 0.7978845608028654f
-#define GELU_C 0.044715f
+// ---- the math: src/ops/elementwise_math.h, the CPU's formulas ---------------------------
 
 enum { K_UF = 0, K_UG = 1, K_BF = 2, K_BG = 3, K_AX = 4 };
-
-__device__ __forceinline__ float ew_sigmoid(float x) {
-    float e = expf(-fabsf(x));
-    float s = 1.0f / (1.0f + e);
-    return x >= 0.0f ? s : e * s;
-}
-
-__device__ __forceinline__ float unary_f(int op, float x) {
-    switch (op) {
-    case LT_UNARY_NEG: return -x;
-    case LT_UNARY_EXP: return expf(x);
-    case LT_UNARY_LOG: return logf(x);
-    case LT_UNARY_SQRT: return sqrtf(x);
-    case LT_UNARY_RSQRT: return 1.0f / sqrtf(x);
-    case LT_UNARY_ABS: return fabsf(x);
-    case LT_UNARY_SQUARE: return x * x;
-    case LT_UNARY_RECIPROCAL: return 1.0f / x;
-    case LT_UNARY_SIGMOID: return ew_sigmoid(x);
-    case LT_UNARY_SILU: return x * ew_sigmoid(x);
-    case LT_UNARY_TANH: return tanhf(x);
-    case LT_UNARY_RELU: return x < 0.0f ? 0.0f : x; // NaN passes through
-    case LT_UNARY_GELU: {
-        float t = tanhf(GELU_K * (x + GELU_C * x * x * x));
-        return 0.5f * x * (1.0f + t);
-    }
-    case LT_UNARY_SIN: return sinf(x);
-    case LT_UNARY_COS: return cosf(x);
-    default: return 0.0f;
-    }
-}
-
-__device__ __forceinline__ float unary_grad(int op, float d, float x) {
-    switch (op) {
-    case LT_UNARY_NEG: return -d;
-    case LT_UNARY_EXP: return d * expf(x);
-    case LT_UNARY_LOG: return d / x;
-    case LT_UNARY_SQRT: return 0.5f * d / sqrtf(x);
-    case LT_UNARY_RSQRT: {
-        float r = 1.0f / sqrtf(x);
-        return -0.5f * d * r * r * r;
-    }
-    case LT_UNARY_ABS: return x > 0.0f ? d : (x < 0.0f ? -d : 0.0f);
-    case LT_UNARY_SQUARE: return 2.0f * d * x;
-    case LT_UNARY_RECIPROCAL: {
-        float r = 1.0f / x;
-        return -d * r * r;
-    }
-    case LT_UNARY_SIGMOID: {
-        float s = ew_sigmoid(x);
-        return d * s * (1.0f - s);
-    }
-    case LT_UNARY_SILU: {
-        float s = ew_sigmoid(x);
-        return d * s * (1.0f + x * (1.0f - s));
-    }
-    case LT_UNARY_TANH: {
-        float t = tanhf(x);
-        return d * (1.0f - t * t);
-    }
-    case LT_UNARY_RELU: return x <= 0.0f ? 0.0f : d;
-    case LT_UNARY_GELU: {
-        float x2 = x * x;
-        float t = tanhf(GELU_K * (x + GELU_C * x2 * x));
-        float du = GELU_K * (1.0f + 3.0f * GELU_C * x2);
-        return d * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
-    }
-    case LT_UNARY_SIN: return d * cosf(x);
-    case LT_UNARY_COS: return -d * sinf(x);
-    default: return 0.0f;
-    }
-}
-
-__device__ __forceinline__ float binary_f(int op, float a, float b) {
-    switch (op) {
-    case LT_BINARY_ADD: return a + b;
-    case LT_BINARY_SUB: return a - b;
-    case LT_BINARY_MUL: return a * b;
-    case LT_BINARY_DIV: return a / b;
-    case LT_BINARY_MAX: return (a > b || a != a) ? a : b; // NaN wins either side
-    case LT_BINARY_MIN: return (a < b || a != a) ? a : b;
-    case LT_BINARY_POW: return b == 2.0f ? a * a : powf(a, b); // the CPU's square shortcut
-    default: return 0.0f;
-    }
-}
-
-__device__ __forceinline__ float binary_grad(int op, int wrt_b, float d, float a, float b) {
-    switch (op) {
-    case LT_BINARY_ADD: return d;
-    case LT_BINARY_SUB: return wrt_b ? -d : d;
-    case LT_BINARY_MUL: return wrt_b ? d * a : d * b;
-    case LT_BINARY_DIV: return wrt_b ? -d * ((a / b) / b) : d / b;
-    case LT_BINARY_MAX:
-    case LT_BINARY_MIN: {
-        // weight of a: 1 where the forward picked a, 1/2 at a tie (the sum stays d)
-        int a_wins = op == LT_BINARY_MAX ? (a > b || a != a) : (a < b || a != a);
-        float wa = a_wins ? 1.0f : (a == b ? 0.5f : 0.0f);
-        return d * (wrt_b ? 1.0f - wa : wa);
-    }
-    case LT_BINARY_POW:
-        if (!wrt_b) return b == 0.0f ? 0.0f : d * b * powf(a, b - 1.0f);
-        if (a == 0.0f && b >= 0.0f) return 0.0f;
-        return d * powf(a, b) * logf(a);
-    default: return 0.0f;
-    }
-}
 
 // One output value. y: the output's current value (axpby reads it); v1..v3: the inputs in
 // the CPU's operand order. A zero alpha or beta drops its term unread, as on the CPU, so a
@@ -155,10 +48,12 @@ __device__ __forceinline__ float binary_grad(int op, int wrt_b, float d, float a
 template <int KIND>
 __device__ __forceinline__ float ew_eval(int op, int wrt_b, float y, float v1, float v2, float v3,
                                          float alpha, float beta) {
-    if (KIND == K_UF) return unary_f(op, v1);
-    if (KIND == K_UG) return unary_grad(op, v1, v2);
-    if (KIND == K_BF) return binary_f(op, v1, v2);
-    if (KIND == K_BG) return binary_grad(op, wrt_b, v1, v2, v3);
+    if (KIND == K_UF) return lt_ew_unary(op, v1);
+    if (KIND == K_UG) return lt_ew_unary_grad(op, v1, v2);
+    // t ^ 2 is t * t, as the CPU takes a broadcast exponent of 2 (binary_run): the device's
+    // powf is not correctly rounded, and a square should not differ by an ulp
+    if (KIND == K_BF) return op == LT_BINARY_POW && v2 == 2.0f ? v1 * v1 : lt_ew_binary(op, v1, v2);
+    if (KIND == K_BG) return lt_ew_binary_grad(op, wrt_b, v1, v2, v3);
     if (alpha == 0.0f) return beta == 0.0f ? 0.0f : beta * y;
     if (beta == 0.0f) return alpha * v1;
     return alpha * v1 + beta * y;

@@ -45,7 +45,7 @@ local cfg = lt.config {
     eval_samples = { 0, "questions scored (0: all)", type = "int", min = 0 },
     output_dir = { "runs/rank_sweep", "where the results, charts and report go", nonempty = true },
     seed = { 1234, "seed (the same for every rank)", type = "int" },
-    threads = { 0, "CPU threads (0: all cores)", type = "int" },
+    threads = { 0, "CPU threads (0: one per CPU this process may run on)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N" },
 }
 

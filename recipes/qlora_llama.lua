@@ -58,7 +58,7 @@ local cfg = lt.config {
     max_new_tokens = { 16, "tokens generated per answer", type = "int", min = 1 },
     output_dir = { "runs/qlora", "where the adapter (and log.jsonl) go", nonempty = true },
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
-    threads = { 0, "CPU threads (0: all cores)", type = "int" },
+    threads = { 0, "CPU threads (0: one per CPU this process may run on)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
     precision = { "auto", "activations' dtype: f32, or bf16 with f32 master weights (CUDA only); auto: bf16 on a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16" } },

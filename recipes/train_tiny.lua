@@ -53,7 +53,7 @@ local cfg = lt.config {
     detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
         choices = { "step", "parameter" } },
     seed = { 1337, "seed for weights and batches", type = "int" },
-    threads = { 0, "CPU threads (0: all cores)", type = "int" },
+    threads = { 0, "CPU threads (0: one per CPU this process may run on)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N" },
     precision = { "auto", "activations' dtype: f32, or bf16 with f32 master weights (CUDA only); auto: bf16 on a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16" } },

@@ -57,9 +57,16 @@ const char *lt_version(void);
 /* Seconds on a monotonic clock (for timing steps; not wall-clock time of day). */
 double lt_now(void);
 
-/* Threads used by CPU kernels (OpenMP and BLAS). 0 or less means all cores. */
-void lt_set_num_threads(int n);
+/* Threads used by CPU kernels (OpenMP; BLAS runs single-threaded inside them). n = 0: one
+   per CPU in this process's affinity mask (lt_available_cpus); else 1..lt_max_threads(),
+   4 per online CPU. Anything else fails with LT_ERR_RANGE and changes nothing. */
+int lt_set_num_threads(int n);
 int lt_get_num_threads(void);
+/* CPUs this process may run on (its affinity mask, as taskset, cpusets or mpirun's binding
+   leave it), at least 1. */
+int lt_available_cpus(void);
+/* The largest thread count lt_set_num_threads accepts. */
+int lt_max_threads(void);
 
 /* ---- dtypes ----------------------------------------------------------------------- */
 

@@ -474,7 +474,30 @@ static int run_repl(lua_State *L, int code) {
     return code;
 }
 
+/* ---- OpenMP's waiting ---------------------------------------------------------------- */
+
+/* libgomp's threads spin for 300000 rounds at every barrier before they sleep. When another
+ * process wants the same CPUs (a second job, mpirun ranks bound to shared cores) the spinning
+ * takes the CPU from the thread everyone waits for: the QLoRA recipe ran 10x slower than on
+ * one thread. Passive waiting costs little when the CPUs are free (tools/bench/results/
+ * oversubscription.txt). libgomp reads OMP_WAIT_POLICY once, when it is loaded, before
+ * main: so unless the user chose a policy, the host sets it and runs itself again, marked
+ * so that the second run takes the variables out of the environment children inherit. */
+static void openmp_wait_passively(char **argv) {
+    if (getenv("LT_OMP_PASSIVE_SET")) {
+        unsetenv("LT_OMP_PASSIVE_SET");
+        unsetenv("OMP_WAIT_POLICY");
+        return;
+    }
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1) || setenv("LT_OMP_PASSIVE_SET", "1", 1)) return;
+    execv("/proc/self/exe", argv);
+    unsetenv("LT_OMP_PASSIVE_SET"); /* no /proc: run on as we are */
+    unsetenv("OMP_WAIT_POLICY");
+}
+
 int main(int argc, char **argv) {
+    openmp_wait_passively(argv);
     struct options opt;
     int code = 0;
     if (parse_options(argc, argv, &opt, &code) < 0) return code;

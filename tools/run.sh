@@ -18,6 +18,9 @@ packages=(build-essential cmake pkg-config luajit libluajit-5.1-dev libcjson-dev
 # (fetched from npm at test time) and Chromium renders the report pages. Each is installed
 # only when its command is missing, so a Node.js from elsewhere (which bundles npm) is kept.
 test_tools=(node:nodejs npm:npm chromium:chromium)
+# The clang tests (tests/clang) compile the core with clang and run it under clang's UBSan,
+# which needs clang's OpenMP runtime (libomp-dev) and its sanitizer runtimes (libclang-rt-dev).
+test_packages=(clang libomp-dev libclang-rt-dev)
 
 install_missing() {
     local missing=()
@@ -26,7 +29,9 @@ install_missing() {
             command -v "${t%%:*}" > /dev/null 2>&1 || missing+=("${t#*:}")
         done
     fi
-    for p in "${packages[@]}"; do
+    local wanted=("${packages[@]}")
+    [ "${want_test_tools:-0}" = 1 ] && wanted+=("${test_packages[@]}")
+    for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0

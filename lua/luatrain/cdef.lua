@@ -23,8 +23,12 @@ const char *lt_version(void);
 
 double lt_now(void);
 
-void lt_set_num_threads(int n);
+int lt_set_num_threads(int n);
 int lt_get_num_threads(void);
+
+int lt_available_cpus(void);
+
+int lt_max_threads(void);
 
 enum lt_dtype {
     LT_DTYPE_F32 = 0,

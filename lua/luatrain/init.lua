@@ -32,9 +32,18 @@ local lt = {
     set_rng_state = tensor.set_rng_state,
 }
 
--- Threads for CPU kernels (OpenMP and BLAS); n <= 0 means every core.
-function lt.set_num_threads(n) core.C.lt_set_num_threads(n) end
+-- Threads for CPU kernels (OpenMP; BLAS runs inside them). 0: one per CPU this process
+-- may run on (lt.available_cpus(), which taskset and mpirun's binding narrow); otherwise
+-- 1..lt.max_threads(). Anything else is an error naming the value and the range.
+function lt.set_num_threads(n)
+    if type(n) ~= "number" or n ~= math.floor(n) or n < -2 ^ 31 or n >= 2 ^ 31 then
+        error(("threads: %s is not an integer"):format(tostring(n)), 2)
+    end
+    core.check(core.C.lt_set_num_threads(n))
+end
 function lt.get_num_threads() return core.C.lt_get_num_threads() end
+function lt.available_cpus() return core.C.lt_available_cpus() end
+function lt.max_threads() return core.C.lt_max_threads() end
 
 -- lt.ops: every functional kernel (elementwise, reductions, nn ops).
 local ops = {}

@@ -54,9 +54,21 @@ static inline uint16_t lt_f32_to_bf16_inline(float f) {
 float lt_f16_to_f32_slow(uint16_t h);
 uint16_t lt_f32_to_f16_slow(float f);
 
+/* A half-precision scalar that F16C converts in one instruction either way (vcvtph2ps,
+   vcvtps2ph rounding to nearest even). GCC spells it _Float16; clang 14 accepts _Float16
+   on x86 only with AVX512-FP16, but its storage-only __fp16 compiles to the same two
+   instructions. */
+#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__clang__)
+typedef __fp16 lt_half_hw;
+#else
+typedef _Float16 lt_half_hw;
+#endif
+#endif
+
 static inline float lt_f16_to_f32_inline(uint16_t h) {
 #if defined(__F16C__) || defined(__AVX512F__)
-    _Float16 x;
+    lt_half_hw x;
     memcpy(&x, &h, 2);
     return (float)x;
 #else
@@ -66,7 +78,7 @@ static inline float lt_f16_to_f32_inline(uint16_t h) {
 
 static inline uint16_t lt_f32_to_f16_inline(float f) {
 #if defined(__F16C__) || defined(__AVX512F__)
-    _Float16 x = (_Float16)f;
+    lt_half_hw x = (lt_half_hw)f;
     uint16_t h;
     memcpy(&h, &x, 2);
     return h;
@@ -112,9 +124,19 @@ int lt_check_ndim(const lt_tensor *t, int ndim, const char *op, const char *name
 int lt_check_same_shape(const lt_tensor *a, const lt_tensor *b, const char *op, const char *na,
                         const char *nb);
 int lt_check_writable(const lt_tensor *t, const char *op, const char *name);
-/* An output of an elementwise kernel: on the CPU, of `dtype`, writable, and not a
-   broadcast view (a stride-0 dim would make several elements one). */
-int lt_check_output(const lt_tensor *t, int dtype, const char *op, const char *name);
+
+/* Dtype rules of lt_check_out other than one exact dtype (an LT_DTYPE_* value). */
+enum {
+    LT_OUT_ANY_DTYPE = -1,     /* the op checks the dtype itself, beside its inputs' */
+    LT_OUT_FLOAT = -2,         /* f32, bf16 or f16 on every device */
+    LT_OUT_F32_LOWP_CUDA = -3, /* f32 on the CPU; f32, bf16 or f16 on a CUDA device */
+};
+/* The one check of a tensor an op writes, on any device, before the op dispatches: a
+   tensor, of the dtype `dtype` asks for, writable, not a broadcast view (a stride-0 dim of
+   size > 1 makes several elements one), and, when `in` is not NULL, on the device of the
+   op's input `in` (lt_check_same_device(in, t, ...): "x is on cuda:0 but out is on cpu"). */
+int lt_check_out(const lt_tensor *t, int dtype, const char *op, const char *name,
+                 const lt_tensor *in, const char *in_name);
 /* Formats "(2, 3, 4)" into buf. */
 const char *lt_shape_str(const lt_tensor *t, char *buf, size_t len);
 

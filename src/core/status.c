@@ -4,10 +4,6 @@
 
 #include "core/internal.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 enum { LT_ERRBUF = 2048 };
 
 static _Thread_local char lt_errbuf[LT_ERRBUF];
@@ -72,18 +68,3 @@ const char *lt_status_name(int status) {
 }
 
 const char *lt_version(void) { return "0.1.0"; }
-
-void lt_set_num_threads(int n) {
-#ifdef _OPENMP
-    omp_set_num_threads(n > 0 ? n : omp_get_num_procs());
-#endif
-    lt_blas_set_threads(n);
-}
-
-int lt_get_num_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}

@@ -16,7 +16,7 @@ static int check_hyper(const lt_adamw_params *p, const char *op) {
 }
 
 /* Device-agnostic checks of one parameter's tensors: f32, contiguous, one shape, one
-   device, param writable. */
+   device (the loop), and the three updated in place writable outputs. */
 static int check_set(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_avg,
                      lt_tensor *exp_avg_sq, const char *op) {
     const lt_tensor *ts[4] = {param, grad, exp_avg, exp_avg_sq};
@@ -31,9 +31,9 @@ static int check_set(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_avg
             LT_TRY(lt_check_same_device(ts[i], param, op, names[i], "param"));
         }
     }
-    LT_TRY(lt_check_writable(param, op, "param"));
-    LT_TRY(lt_check_writable(exp_avg, op, "exp_avg"));
-    return lt_check_writable(exp_avg_sq, op, "exp_avg_sq");
+    LT_TRY(lt_check_out(param, LT_OUT_ANY_DTYPE, op, "param", grad, "grad"));
+    LT_TRY(lt_check_out(exp_avg, LT_OUT_ANY_DTYPE, op, "exp_avg", grad, "grad"));
+    return lt_check_out(exp_avg_sq, LT_OUT_ANY_DTYPE, op, "exp_avg_sq", grad, "grad");
 }
 
 int lt_adamw_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_avg,
@@ -43,7 +43,6 @@ int lt_adamw_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_avg,
     LT_TRY(check_set(param, grad, exp_avg, exp_avg_sq, op));
     LT_DISPATCH_CUDA(param, lt_cuda_adamw_step(param, grad, exp_avg, exp_avg_sq, p));
     LT_TRY(lt_check_f32_contig(param, op, "param"));
-    LT_TRY(lt_check_writable(param, op, "param"));
     LT_TRY(lt_check_f32_contig(grad, op, "grad"));
     LT_TRY(lt_check_f32_contig(exp_avg, op, "exp_avg"));
     LT_TRY(lt_check_f32_contig(exp_avg_sq, op, "exp_avg_sq"));

@@ -204,11 +204,20 @@ static int thread_id(void) {
 #endif
 }
 
-/* Transposes go 8 x 8 at a time through registers (GCC lowers the shuffles to AVX or SSE).
-   The backward transposes two BQ x BK tiles per tile pair; done element by element that
-   took 12% of its time on the train-step shape (4.62 -> 4.05 ms, 2-core dev box). */
+/* Transposes go 8 x 8 at a time through registers (the compiler lowers the shuffles to AVX
+   or SSE). The backward transposes two BQ x BK tiles per tile pair; done element by element
+   that took 12% of its time on the train-step shape (4.62 -> 4.05 ms, 2-core dev box). */
 typedef float f8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
 typedef int32_t i8 __attribute__((vector_size(8 * sizeof(float))));
+
+/* SHUFFLE8(a, b, i0, ..., i7): lane k of the result is lane ik of the 16 lanes a ++ b.
+   GCC's __builtin_shuffle takes the indices as a vector, clang's __builtin_shufflevector
+   as constant arguments; GCC keeps its own builtin so its code stays as it was measured. */
+#if defined(__clang__)
+#define SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, (i8){__VA_ARGS__})
+#endif
 
 /* dst rows 0..7 (stride ldd) = columns 0..7 of the 8 rows at src (stride lds). */
 static inline void transpose8(float *restrict dst, int64_t ldd, const float *restrict src,
@@ -216,19 +225,18 @@ static inline void transpose8(float *restrict dst, int64_t ldd, const float *res
     f8 r[8], t[8], u[8];
     for (int i = 0; i < 8; i++) r[i] = *(const f8 *)(src + i * lds);
     for (int i = 0; i < 8; i += 2) {
-        t[i] = __builtin_shuffle(r[i], r[i + 1], (i8){0, 8, 1, 9, 4, 12, 5, 13});
-        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], (i8){2, 10, 3, 11, 6, 14, 7, 15});
+        t[i] = SHUFFLE8(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = SHUFFLE8(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     }
     for (int i = 0; i < 8; i += 4)
         for (int k = 0; k < 2; k++) {
             f8 x = t[i + k], y = t[i + k + 2];
-            u[i + 2 * k] = __builtin_shuffle(x, y, (i8){0, 1, 8, 9, 4, 5, 12, 13});
-            u[i + 2 * k + 1] = __builtin_shuffle(x, y, (i8){2, 3, 10, 11, 6, 7, 14, 15});
+            u[i + 2 * k] = SHUFFLE8(x, y, 0, 1, 8, 9, 4, 5, 12, 13);
+            u[i + 2 * k + 1] = SHUFFLE8(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
         }
     for (int i = 0; i < 4; i++) {
-        *(f8 *)(dst + i * ldd) = __builtin_shuffle(u[i], u[i + 4], (i8){0, 1, 2, 3, 8, 9, 10, 11});
-        *(f8 *)(dst + (i + 4) * ldd) =
-            __builtin_shuffle(u[i], u[i + 4], (i8){4, 5, 6, 7, 12, 13, 14, 15});
+        *(f8 *)(dst + i * ldd) = SHUFFLE8(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        *(f8 *)(dst + (i + 4) * ldd) = SHUFFLE8(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     }
 }
 
@@ -261,6 +269,10 @@ static void transpose_tile(float *restrict dst, int64_t ld, const float *restric
 enum { LANES = 16 };
 _Static_assert(FWD_BK % LANES == 0 && BWD_BK % LANES == 0, "key tiles are whole lane vectors");
 
+/* Without AVX-512 a 64-byte vector argument is passed in memory, and both compilers warn
+   that this ABI differs from an AVX-512 build's (-Wpsabi). These vectors only cross static
+   functions of this file, so no call between differently built objects ever sees them. */
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float)), aligned(4)));
 typedef int32_t lanes_i __attribute__((vector_size(LANES * sizeof(float)), aligned(4)));
 
@@ -392,6 +404,8 @@ int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, con
     LT_DISPATCH_CUDA(q, lt_cuda_attention_forward(out, lse, q, k, v, cu_seqlens, scale, causal));
     attn_shape a;
     LT_TRY(check_like(out, q, op, "out", "q"));
+    LT_TRY(lt_check_out(out, LT_DTYPE_F32, op, "out", q, "q"));
+    if (lse) LT_TRY(lt_check_out(lse, LT_DTYPE_F32, op, "lse", q, "q"));
     LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
     int st = lse ? check_lse(lse, &a, op) : LT_OK;
     int64_t T = a.T, H = a.H, D = a.D, nseg = a.nseg;
@@ -537,6 +551,9 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
     LT_TRY(check_like(dq, q, op, "dq", "q"));
     LT_TRY(check_like(dk, k, op, "dk", "k"));
     LT_TRY(check_like(dv, v, op, "dv", "v"));
+    LT_TRY(lt_check_out(dq, LT_DTYPE_F32, op, "dq", dout, "dout"));
+    LT_TRY(lt_check_out(dk, LT_DTYPE_F32, op, "dk", dout, "dout"));
+    LT_TRY(lt_check_out(dv, LT_DTYPE_F32, op, "dv", dout, "dout"));
     LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
     int st = check_lse(lse, &a, op);
     if (st != LT_OK) {

@@ -88,6 +88,14 @@ static int same_device(const char *op, const lt_tensor *ref, const char *ref_nam
     return LT_OK;
 }
 
+/* Every output (NULL ones skipped) writable, no broadcast view, on the device of `ref`. */
+static int check_outs(const char *op, const lt_tensor *ref, const char *ref_name, int n,
+                      const lt_tensor *const *ts, const char *const *names) {
+    for (int i = 0; i < n; i++)
+        if (ts[i]) LT_TRY(lt_check_out(ts[i], LT_OUT_ANY_DTYPE, op, names[i], ref, ref_name));
+    return LT_OK;
+}
+
 /* h (N, C) and w (V, C) agree; the outputs have their shapes. */
 static int meta_lmhead(const lt_tensor *h, const lt_tensor *w, const lt_tensor *targets,
                        const lt_tensor *dh, const lt_tensor *dw, const char *op) {
@@ -101,12 +109,10 @@ static int meta_lmhead(const lt_tensor *h, const lt_tensor *w, const lt_tensor *
     LT_TRY(meta_targets(targets, h->sizes[0], op));
     if (dh) {
         LT_TRY(lt_check_tensor(dh, op, "dh"));
-        LT_TRY(lt_check_writable(dh, op, "dh"));
         LT_TRY(lt_check_same_shape(dh, h, op, "dh", "h"));
     }
     if (dw) {
         LT_TRY(lt_check_tensor(dw, op, "dw"));
-        LT_TRY(lt_check_writable(dw, op, "dw"));
         LT_TRY(lt_check_same_shape(dw, w, op, "dw", "w"));
     }
     return LT_OK;
@@ -181,10 +187,11 @@ int lt_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *row_los
     LT_TRY(meta_loss(loss, op));
     LT_TRY(meta_rows(lse, logits->sizes[0], op, "lse"));
     LT_TRY(meta_rows(row_loss, logits->sizes[0], op, "row_loss"));
+    LT_TRY(lt_check_same_device(targets, logits, op, "targets", "logits"));
     {
-        const lt_tensor *ts[] = {targets, loss, lse, row_loss};
-        const char *names[] = {"targets", "loss", "lse", "row_loss"};
-        LT_TRY(same_device(op, logits, "logits", 4, ts, names));
+        const lt_tensor *outs[] = {loss, lse, row_loss};
+        const char *names[] = {"loss", "lse", "row_loss"};
+        LT_TRY(check_outs(op, logits, "logits", 3, outs, names));
     }
     LT_DISPATCH_CUDA(logits, lt_cuda_cross_entropy_forward(loss, lse, row_loss, logits, targets,
                                                            ignore_index, normalizer));
@@ -209,15 +216,15 @@ int lt_cross_entropy_backward(lt_tensor *dlogits, const lt_tensor *logits,
     const char *op = "cross_entropy_backward";
     LT_TRY(lt_check_ndim(logits, 2, op, "logits"));
     LT_TRY(lt_check_tensor(dlogits, op, "dlogits"));
-    LT_TRY(lt_check_writable(dlogits, op, "dlogits"));
     LT_TRY(lt_check_same_shape(dlogits, logits, op, "dlogits", "logits"));
     LT_TRY(meta_targets(targets, logits->sizes[0], op));
     LT_TRY(meta_rows(lse, logits->sizes[0], op, "lse"));
     {
-        const lt_tensor *ts[] = {dlogits, targets, lse};
-        const char *names[] = {"dlogits", "targets", "lse"};
-        LT_TRY(same_device(op, logits, "logits", 3, ts, names));
+        const lt_tensor *ts[] = {targets, lse};
+        const char *names[] = {"targets", "lse"};
+        LT_TRY(same_device(op, logits, "logits", 2, ts, names));
     }
+    LT_TRY(lt_check_out(dlogits, LT_OUT_ANY_DTYPE, op, "dlogits", logits, "logits"));
     LT_DISPATCH_CUDA(logits, lt_cuda_cross_entropy_backward(dlogits, logits, targets, lse, dloss,
                                                             ignore_index, normalizer));
     LT_TRY(lt_check_f32_contig(logits, op, "logits"));
@@ -358,9 +365,10 @@ int lt_linear_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *
     LT_TRY(meta_rows(lse, h->sizes[0], op, "lse"));
     LT_TRY(meta_rows(row_loss, h->sizes[0], op, "row_loss"));
     {
-        const lt_tensor *ts[] = {w, targets, loss, lse, row_loss};
-        const char *names[] = {"w", "targets", "loss", "lse", "row_loss"};
-        LT_TRY(same_device(op, h, "h", 5, ts, names));
+        const lt_tensor *ts[] = {w, targets}, *outs[] = {loss, lse, row_loss};
+        const char *names[] = {"w", "targets"}, *out_names[] = {"loss", "lse", "row_loss"};
+        LT_TRY(same_device(op, h, "h", 2, ts, names));
+        LT_TRY(check_outs(op, h, "h", 3, outs, out_names));
     }
     LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_forward(loss, lse, row_loss, h, w, targets,
                                                              ignore_index, normalizer));
@@ -376,9 +384,10 @@ int lt_linear_cross_entropy_backward(lt_tensor *dh, lt_tensor *dw, const lt_tens
     LT_TRY(meta_lmhead(h, w, targets, dh, dw, op));
     LT_TRY(meta_rows(lse, h->sizes[0], op, "lse"));
     {
-        const lt_tensor *ts[] = {w, targets, lse, dh, dw};
-        const char *names[] = {"w", "targets", "lse", "dh", "dw"};
-        LT_TRY(same_device(op, h, "h", 5, ts, names));
+        const lt_tensor *ts[] = {w, targets, lse}, *outs[] = {dh, dw};
+        const char *names[] = {"w", "targets", "lse"}, *out_names[] = {"dh", "dw"};
+        LT_TRY(same_device(op, h, "h", 3, ts, names));
+        LT_TRY(check_outs(op, h, "h", 2, outs, out_names));
     }
     LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_backward(dh, dw, h, w, targets, lse, dloss,
                                                               ignore_index, normalizer));
@@ -396,9 +405,10 @@ int lt_linear_cross_entropy_fused(lt_tensor *loss, lt_tensor *row_loss, lt_tenso
     LT_TRY(meta_loss(loss, op));
     LT_TRY(meta_rows(row_loss, h->sizes[0], op, "row_loss"));
     {
-        const lt_tensor *ts[] = {w, targets, loss, row_loss, dh, dw};
-        const char *names[] = {"w", "targets", "loss", "row_loss", "dh", "dw"};
-        LT_TRY(same_device(op, h, "h", 6, ts, names));
+        const lt_tensor *ts[] = {w, targets}, *outs[] = {loss, row_loss, dh, dw};
+        const char *names[] = {"w", "targets"}, *out_names[] = {"loss", "row_loss", "dh", "dw"};
+        LT_TRY(same_device(op, h, "h", 2, ts, names));
+        LT_TRY(check_outs(op, h, "h", 4, outs, out_names));
     }
     LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_fused(loss, row_loss, dh, dw, h, w, targets,
                                                            dloss, ignore_index, normalizer));

@@ -19,10 +19,8 @@ int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, floa
         return lt_fail(LT_ERR_ARG, "%s: mask must be a contiguous u8 tensor with x's element count", op);
     if (!(p >= 0.0f && p < 1.0f)) return lt_fail(LT_ERR_ARG, "%s: p must be in [0, 1), got %g", op, (double)p);
     if (!rng) return lt_fail(LT_ERR_ARG, "%s: rng is NULL", op);
-    LT_TRY(lt_check_writable(out, op, "out"));
-    LT_TRY(lt_check_writable(mask, op, "mask"));
-    LT_TRY(lt_check_same_device(x, out, op, "x", "out"));
-    LT_TRY(lt_check_same_device(mask, out, op, "mask", "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", x, "x"));
+    LT_TRY(lt_check_out(mask, LT_OUT_ANY_DTYPE, op, "mask", x, "x"));
     LT_DISPATCH_CUDA(out, lt_cuda_dropout_forward(out, mask, x, p, rng));
     int64_t n = lt_tensor_numel(x);
     /* uniform draws in [0, 1) staged in out itself, then thresholded into the mask */
@@ -53,8 +51,7 @@ int lt_dropout_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *m
     if (mask->dtype_id != LT_DTYPE_U8 || lt_tensor_numel(mask) != lt_tensor_numel(dout))
         return lt_fail(LT_ERR_ARG, "%s: mask must be u8 with dout's element count", op);
     if (!(p >= 0.0f && p < 1.0f)) return lt_fail(LT_ERR_ARG, "%s: p must be in [0, 1), got %g", op, (double)p);
-    LT_TRY(lt_check_writable(dx, op, "dx"));
-    LT_TRY(lt_check_same_device(dout, dx, op, "dout", "dx"));
+    LT_TRY(lt_check_out(dx, LT_OUT_ANY_DTYPE, op, "dx", dout, "dout"));
     LT_TRY(lt_check_same_device(mask, dx, op, "mask", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_dropout_backward(dx, dout, mask, p));
     int64_t n = lt_tensor_numel(dout);

@@ -12,6 +12,9 @@
  * each element is read before the same element is written. Partial overlap is undefined.
  * An output must not be a broadcast view (stride 0 over a dim of size > 1): LT_ERR_ARG.
  *
+ * The per-element formulas and their derivatives are ops/elementwise_math.h, which
+ * cuda/elementwise.cu includes too.
+ *
  * Edge-case semantics (documented here, tested in tests/c/test_elementwise.c):
  *   - relu(NaN) = NaN; relu'(0) = 0; abs'(0) = 0.
  *   - maximum/minimum propagate NaN; their gradient goes to the larger/smaller operand and
@@ -25,12 +28,10 @@
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/elementwise_math.h"
 
-#if defined(__GNUC__)
-#define EW_INLINE static inline __attribute__((always_inline))
-#else
-#define EW_INLINE static inline
-#endif
+/* The loops around the formulas are inlined with them (LT_EW_INLINE, elementwise_math.h). */
+#define EW_INLINE LT_EW_INLINE
 
 /* Up to four operands (output first): dx, dout, a, b in the gradient maps. */
 enum { EW_MAX_OPS = 4 };
@@ -162,8 +163,9 @@ static void ew_execute(const ew_geom *g, ew_run_fn fn, const void *ctx) {
 
 /* These run before the device dispatch, so they hold on every device: an operand is f32 on
    the CPU, and f32, bf16 or f16 on a CUDA device (cuda/elementwise.cu computes in f32 and
-   rounds to each output's dtype). Which device a tensor is on is checked afterwards,
-   against the op's first tensor (lt_check_same_device). */
+   rounds to each output's dtype). Outputs go through lt_check_out (LT_OUT_F32_LOWP_CUDA),
+   which also puts them on the device of the op's first input; the other inputs are checked
+   against them with lt_check_same_device. */
 static int check_float_dtype(const lt_tensor *t, const char *op, const char *name) {
     if (!lt_is_float_dtype(t->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16 on a CUDA device, got %s", op,
@@ -175,20 +177,6 @@ static int check_in(const lt_tensor *t, const char *op, const char *name) {
     LT_TRY(lt_check_tensor(t, op, name));
     if (lt_on_cuda(t)) return check_float_dtype(t, op, name);
     return lt_check_dtype(t, LT_DTYPE_F32, op, name);
-}
-
-static int check_out(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) return lt_check_output(t, LT_DTYPE_F32, op, name);
-    LT_TRY(check_float_dtype(t, op, name));
-    LT_TRY(lt_check_writable(t, op, name));
-    for (int i = 0; i < t->ndim; i++)
-        if (t->sizes[i] > 1 && t->strides[i] == 0)
-            return lt_fail(LT_ERR_ARG,
-                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
-                           "alias; it cannot be written",
-                           op, name, i);
-    return LT_OK;
 }
 
 /* The numpy broadcast of a's and b's shapes into (nd, sizes). */
@@ -230,89 +218,12 @@ static const char *sizes_str(int nd, const int64_t *sizes, char *buf, size_t len
 
 /* ---- unary ops ---------------------------------------------------------------------- */
 
-/* sqrt(2 / pi) and the cubic coefficient of the tanh approximation of GELU. */
-#define GELU_K 0.7978845608028654f
-#define GELU_C 0.044715f
-
-EW_INLINE float sigmoid_f(float x) {
-    /* exp of a non-positive number only, so large |x| never overflows. */
-    float e = expf(-fabsf(x));
-    float s = 1.0f / (1.0f + e);
-    return x >= 0.0f ? s : e * s;
-}
-
-EW_INLINE float unary_f(int op, float x) {
-    switch (op) {
-    case LT_UNARY_NEG: return -x;
-    case LT_UNARY_EXP: return expf(x);
-    case LT_UNARY_LOG: return logf(x);
-    case LT_UNARY_SQRT: return sqrtf(x);
-    case LT_UNARY_RSQRT: return 1.0f / sqrtf(x);
-    case LT_UNARY_ABS: return fabsf(x);
-    case LT_UNARY_SQUARE: return x * x;
-    case LT_UNARY_RECIPROCAL: return 1.0f / x;
-    case LT_UNARY_SIGMOID: return sigmoid_f(x);
-    case LT_UNARY_SILU: return x * sigmoid_f(x);
-    case LT_UNARY_TANH: return tanhf(x);
-    case LT_UNARY_RELU: return x < 0.0f ? 0.0f : x; /* NaN passes through */
-    case LT_UNARY_GELU: {
-        float t = tanhf(GELU_K * (x + GELU_C * x * x * x));
-        return 0.5f * x * (1.0f + t);
-    }
-    case LT_UNARY_SIN: return sinf(x);
-    case LT_UNARY_COS: return cosf(x);
-    default: return 0.0f;
-    }
-}
-
-/* d f(x) times d. */
-EW_INLINE float unary_grad(int op, float d, float x) {
-    switch (op) {
-    case LT_UNARY_NEG: return -d;
-    case LT_UNARY_EXP: return d * expf(x);
-    case LT_UNARY_LOG: return d / x;
-    case LT_UNARY_SQRT: return 0.5f * d / sqrtf(x);
-    case LT_UNARY_RSQRT: {
-        float r = 1.0f / sqrtf(x);
-        return -0.5f * d * r * r * r;
-    }
-    case LT_UNARY_ABS: return x > 0.0f ? d : (x < 0.0f ? -d : 0.0f);
-    case LT_UNARY_SQUARE: return 2.0f * d * x;
-    case LT_UNARY_RECIPROCAL: {
-        float r = 1.0f / x;
-        return -d * r * r;
-    }
-    case LT_UNARY_SIGMOID: {
-        float s = sigmoid_f(x);
-        return d * s * (1.0f - s);
-    }
-    case LT_UNARY_SILU: {
-        float s = sigmoid_f(x);
-        return d * s * (1.0f + x * (1.0f - s));
-    }
-    case LT_UNARY_TANH: {
-        float t = tanhf(x);
-        return d * (1.0f - t * t);
-    }
-    case LT_UNARY_RELU: return x <= 0.0f ? 0.0f : d;
-    case LT_UNARY_GELU: {
-        float x2 = x * x;
-        float t = tanhf(GELU_K * (x + GELU_C * x2 * x));
-        float du = GELU_K * (1.0f + 3.0f * GELU_C * x2);
-        return d * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
-    }
-    case LT_UNARY_SIN: return d * cosf(x);
-    case LT_UNARY_COS: return -d * sinf(x);
-    default: return 0.0f;
-    }
-}
-
 EW_INLINE void unary_loop(int op, float *o, int64_t so, const float *x, int64_t sx, int64_t n) {
     if (so == 1 && sx == 1) {
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) o[i] = unary_f(op, x[i]);
+        for (int64_t i = 0; i < n; i++) o[i] = lt_ew_unary(op, x[i]);
     } else {
-        for (int64_t i = 0; i < n; i++) o[i * so] = unary_f(op, x[i * sx]);
+        for (int64_t i = 0; i < n; i++) o[i * so] = lt_ew_unary(op, x[i * sx]);
     }
 }
 
@@ -342,9 +253,9 @@ EW_INLINE void unary_grad_loop(int op, float *dx, int64_t sdx, const float *d, i
                                const float *x, int64_t sx, int64_t n) {
     if (sdx == 1 && sd == 1 && sx == 1) {
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) dx[i] = unary_grad(op, d[i], x[i]);
+        for (int64_t i = 0; i < n; i++) dx[i] = lt_ew_unary_grad(op, d[i], x[i]);
     } else {
-        for (int64_t i = 0; i < n; i++) dx[i * sdx] = unary_grad(op, d[i * sd], x[i * sx]);
+        for (int64_t i = 0; i < n; i++) dx[i * sdx] = lt_ew_unary_grad(op, d[i * sd], x[i * sx]);
     }
 }
 
@@ -382,9 +293,8 @@ int lt_unary_forward(lt_tensor *out, const lt_tensor *x, int op) {
     LT_TRY(check_unary_op(op, "unary_forward"));
     const char *name = unary_names[op];
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(out, name, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
-    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_unary_forward(out, x, op));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     ew_geom g;
@@ -402,10 +312,9 @@ int lt_unary_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x, 
     snprintf(name, sizeof name, "%s_backward", unary_names[op]);
     LT_TRY(check_in(dout, name, "dout"));
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(dx, name, "dx"));
+    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dout, x, name, "dout", "x"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
-    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_unary_backward(dx, dout, x, op));
     if (lt_tensor_numel(x) == 0) return LT_OK;
@@ -421,56 +330,21 @@ int lt_unary_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x, 
 
 /* ---- binary ops --------------------------------------------------------------------- */
 
-EW_INLINE float binary_f(int op, float a, float b) {
-    switch (op) {
-    case LT_BINARY_ADD: return a + b;
-    case LT_BINARY_SUB: return a - b;
-    case LT_BINARY_MUL: return a * b;
-    case LT_BINARY_DIV: return a / b;
-    case LT_BINARY_MAX: return (a > b || a != a) ? a : b; /* NaN wins either side */
-    case LT_BINARY_MIN: return (a < b || a != a) ? a : b;
-    case LT_BINARY_POW: return powf(a, b);
-    default: return 0.0f;
-    }
-}
-
-/* dout times the partial derivative of (a op b) by a (wrt_b = 0) or by b (wrt_b = 1). */
-EW_INLINE float binary_grad(int op, int wrt_b, float d, float a, float b) {
-    switch (op) {
-    case LT_BINARY_ADD: return d;
-    case LT_BINARY_SUB: return wrt_b ? -d : d;
-    case LT_BINARY_MUL: return wrt_b ? d * a : d * b;
-    case LT_BINARY_DIV: return wrt_b ? -d * ((a / b) / b) : d / b;
-    case LT_BINARY_MAX:
-    case LT_BINARY_MIN: {
-        /* Weight of a: 1 where the forward picked a, 1/2 at a tie (sum stays d). */
-        int a_wins = op == LT_BINARY_MAX ? (a > b || a != a) : (a < b || a != a);
-        float wa = a_wins ? 1.0f : (a == b ? 0.5f : 0.0f);
-        return d * (wrt_b ? 1.0f - wa : wa);
-    }
-    case LT_BINARY_POW:
-        if (!wrt_b) return b == 0.0f ? 0.0f : d * b * powf(a, b - 1.0f);
-        if (a == 0.0f && b >= 0.0f) return 0.0f;
-        return d * powf(a, b) * logf(a);
-    default: return 0.0f;
-    }
-}
-
 EW_INLINE void binary_loop(int op, float *o, int64_t so, const float *a, int64_t sa,
                            const float *b, int64_t sb, int64_t n) {
     if (so == 1 && sa == 1 && sb == 1) {
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) o[i] = binary_f(op, a[i], b[i]);
+        for (int64_t i = 0; i < n; i++) o[i] = lt_ew_binary(op, a[i], b[i]);
     } else if (so == 1 && sa == 1 && sb == 0) {
         float bv = b[0];
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) o[i] = binary_f(op, a[i], bv);
+        for (int64_t i = 0; i < n; i++) o[i] = lt_ew_binary(op, a[i], bv);
     } else if (so == 1 && sa == 0 && sb == 1) {
         float av = a[0];
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) o[i] = binary_f(op, av, b[i]);
+        for (int64_t i = 0; i < n; i++) o[i] = lt_ew_binary(op, av, b[i]);
     } else {
-        for (int64_t i = 0; i < n; i++) o[i * so] = binary_f(op, a[i * sa], b[i * sb]);
+        for (int64_t i = 0; i < n; i++) o[i * so] = lt_ew_binary(op, a[i * sa], b[i * sb]);
     }
 }
 
@@ -499,18 +373,18 @@ EW_INLINE void binary_grad_loop(int op, int wrt_b, float *dx, int64_t sdx, const
                                 int64_t sb, int64_t n) {
     if (sdx == 1 && sd == 1 && sa == 1 && sb == 1) {
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) dx[i] = binary_grad(op, wrt_b, d[i], a[i], b[i]);
+        for (int64_t i = 0; i < n; i++) dx[i] = lt_ew_binary_grad(op, wrt_b, d[i], a[i], b[i]);
     } else if (sdx == 1 && sd == 1 && sa == 1 && sb == 0) {
         float bv = b[0];
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) dx[i] = binary_grad(op, wrt_b, d[i], a[i], bv);
+        for (int64_t i = 0; i < n; i++) dx[i] = lt_ew_binary_grad(op, wrt_b, d[i], a[i], bv);
     } else if (sdx == 1 && sd == 1 && sa == 0 && sb == 1) {
         float av = a[0];
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) dx[i] = binary_grad(op, wrt_b, d[i], av, b[i]);
+        for (int64_t i = 0; i < n; i++) dx[i] = lt_ew_binary_grad(op, wrt_b, d[i], av, b[i]);
     } else {
         for (int64_t i = 0; i < n; i++)
-            dx[i * sdx] = binary_grad(op, wrt_b, d[i * sd], a[i * sa], b[i * sb]);
+            dx[i * sdx] = lt_ew_binary_grad(op, wrt_b, d[i * sd], a[i * sa], b[i * sb]);
     }
 }
 
@@ -548,7 +422,7 @@ int lt_binary_forward(lt_tensor *out, const lt_tensor *a, const lt_tensor *b, in
     const char *name = binary_names[op];
     LT_TRY(check_in(a, name, "a"));
     LT_TRY(check_in(b, name, "b"));
-    LT_TRY(check_out(out, name, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", a, "a"));
     int nd;
     int64_t sizes[LT_MAX_DIMS];
     LT_TRY(broadcast_shape(a, b, name, &nd, sizes));
@@ -558,7 +432,6 @@ int lt_binary_forward(lt_tensor *out, const lt_tensor *a, const lt_tensor *b, in
                        name, lt_shape_str(out, so, sizeof so), lt_shape_str(a, sa, sizeof sa),
                        lt_shape_str(b, sb, sizeof sb), sizes_str(nd, sizes, sw, sizeof sw));
     }
-    LT_TRY(lt_check_same_device(a, out, name, "a", "out"));
     LT_TRY(lt_check_same_device(b, out, name, "b", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_binary_forward(out, a, b, op));
     if (lt_tensor_numel(out) == 0) return LT_OK;
@@ -703,17 +576,15 @@ int lt_binary_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dout, cons
                        lt_shape_str(b, sb, sizeof sb), sizes_str(nd, sizes, sw, sizeof sw));
     }
     if (da) {
-        LT_TRY(check_out(da, name, "da"));
+        LT_TRY(lt_check_out(da, LT_OUT_F32_LOWP_CUDA, name, "da", dout, "dout"));
         LT_TRY(lt_check_same_shape(da, a, name, "da", "a"));
     }
     if (db) {
-        LT_TRY(check_out(db, name, "db"));
+        LT_TRY(lt_check_out(db, LT_OUT_F32_LOWP_CUDA, name, "db", dout, "dout"));
         LT_TRY(lt_check_same_shape(db, b, name, "db", "b"));
     }
     LT_TRY(lt_check_same_device(a, dout, name, "a", "dout"));
     LT_TRY(lt_check_same_device(b, dout, name, "b", "dout"));
-    LT_TRY(lt_check_same_device(da, dout, name, "da", "dout"));
-    LT_TRY(lt_check_same_device(db, dout, name, "db", "dout"));
     LT_DISPATCH_CUDA(dout, lt_cuda_binary_backward(da, db, dout, a, b, op));
     /* A gradient written over an input (in-place backward) must come last; when both do,
        da goes through a temporary. */
@@ -745,9 +616,8 @@ int lt_scalar_forward(lt_tensor *out, const lt_tensor *x, double s, int op, int 
     LT_TRY(check_binary_op(op, "scalar_forward"));
     const char *name = binary_names[op];
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(out, name, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
-    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_scalar_forward(out, x, s, op, reversed));
     if (lt_tensor_numel(x) == 0) return LT_OK;
     float sv = (float)s;
@@ -773,10 +643,9 @@ int lt_scalar_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
     snprintf(name, sizeof name, "%s_backward", binary_names[op]);
     LT_TRY(check_in(dout, name, "dout"));
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(dx, name, "dx"));
+    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dout, x, name, "dout", "x"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
-    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_scalar_backward(dx, dout, x, s, op, reversed));
     if (lt_tensor_numel(x) == 0) return LT_OK;
@@ -835,7 +704,7 @@ static void axpby_run(const void *ctx, float *const *p, const int64_t *s, int64_
 
 int lt_axpby(lt_tensor *y, double alpha, const lt_tensor *x, double beta) {
     LT_TRY(check_in(x, "axpby", "x"));
-    LT_TRY(check_out(y, "axpby", "y"));
+    LT_TRY(lt_check_out(y, LT_OUT_F32_LOWP_CUDA, "axpby", "y", x, "x"));
     int nd;
     int64_t sizes[LT_MAX_DIMS];
     int st = broadcast_shape(y, x, "axpby", &nd, sizes);
@@ -844,7 +713,6 @@ int lt_axpby(lt_tensor *y, double alpha, const lt_tensor *x, double beta) {
         return lt_fail(LT_ERR_SHAPE, "axpby: x has shape %s, which does not broadcast to y's %s",
                        lt_shape_str(x, sx, sizeof sx), lt_shape_str(y, sy, sizeof sy));
     }
-    LT_TRY(lt_check_same_device(x, y, "axpby", "x", "y"));
     LT_DISPATCH_CUDA(y, lt_cuda_axpby(y, alpha, x, beta));
     if (lt_tensor_numel(y) == 0) return LT_OK;
     axpby_ctx ctx = {(float)alpha, (float)beta};

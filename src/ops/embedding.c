@@ -40,7 +40,7 @@ int lt_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tenso
     if (!lt_is_float_dtype(weight->dtype_id) || weight->strides[1] != 1)
         return lt_fail(LT_ERR_ARG, "%s: weight must be f32/bf16/f16 with unit stride in its rows", op);
     LT_TRY(lt_check_contig_float(out, 1, op, "out"));
-    LT_TRY(lt_check_writable(out, op, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", weight, "weight"));
     int64_t V = weight->sizes[0], C = weight->sizes[1];
     if (lt_tensor_numel(out) != n * C || out->ndim == 0 || out->sizes[out->ndim - 1] != C) {
         char so[128], si[128];
@@ -48,7 +48,6 @@ int lt_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tenso
                        lt_shape_str(out, so, sizeof so), lt_shape_str(ids, si, sizeof si),
                        (long long)C);
     }
-    LT_TRY(lt_check_same_device(weight, out, op, "weight", "out"));
     LT_TRY(lt_check_same_device(ids, out, op, "ids", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_embedding_forward(out, weight, ids));
     const void *idp = lt_tensor_data(ids);
@@ -74,8 +73,8 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
     LT_TRY(check_ids(ids, op, &n));
     LT_TRY(lt_check_ndim(dweight, 2, op, "dweight"));
     LT_TRY(lt_check_contig_float(dweight, 0, op, "dweight"));
-    LT_TRY(lt_check_writable(dweight, op, "dweight"));
     LT_TRY(lt_check_contig_float(dout, 1, op, "dout"));
+    LT_TRY(lt_check_out(dweight, LT_OUT_ANY_DTYPE, op, "dweight", dout, "dout"));
     int64_t V = dweight->sizes[0], C = dweight->sizes[1];
     if (lt_tensor_numel(dout) != n * C) {
         char sd[128], si[128];
@@ -83,7 +82,6 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
                        lt_shape_str(dout, sd, sizeof sd), lt_shape_str(ids, si, sizeof si),
                        (long long)C);
     }
-    LT_TRY(lt_check_same_device(dout, dweight, op, "dout", "dweight"));
     LT_TRY(lt_check_same_device(ids, dweight, op, "ids", "dweight"));
     LT_DISPATCH_CUDA(dweight, lt_cuda_embedding_backward(dweight, dout, ids));
     const void *idp = lt_tensor_data(ids);

@@ -261,13 +261,13 @@ static float *dense_copy(const lt_tensor *t, int64_t off, int64_t *ld_out) {
 int lt_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a, int trans_b,
               float alpha, float beta) {
     LT_TRY(lt_check_tensor(c, "matmul", "out"));
-    LT_TRY(lt_check_writable(c, "matmul", "out"));
     /* f32 here; CUDA also writes bf16/f16 (lt_cuda_matmul checks the pairing) */
     if (c->dtype_id != LT_DTYPE_F32 && !(lt_on_cuda(c) && lt_is_float_dtype(c->dtype_id)))
         return lt_fail(LT_ERR_DTYPE, "matmul: the output must be f32, got %s",
                        lt_dtype_info(c->dtype_id)->name);
     LT_TRY(check_operand(a, "a"));
     LT_TRY(check_operand(b, "b"));
+    LT_TRY(lt_check_out(c, LT_OUT_ANY_DTYPE, "matmul", "out", a, "a"));
     if (c->ndim < 2) return lt_fail(LT_ERR_SHAPE, "matmul: the output must have at least 2 dims");
     int nd = c->ndim;
     int64_t M = c->sizes[nd - 2], N = c->sizes[nd - 1];
@@ -289,7 +289,6 @@ int lt_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a,
     LT_TRY(check_batch(b, c, "b"));
     if (c->strides[nd - 1] != 1 && N > 1)
         return lt_fail(LT_ERR_ARG, "matmul: the output needs unit stride in its last dim");
-    LT_TRY(lt_check_same_device(a, c, "matmul", "a", "out"));
     LT_TRY(lt_check_same_device(b, c, "matmul", "b", "out"));
     LT_DISPATCH_CUDA(c, lt_cuda_matmul(c, a, b, trans_a, trans_b, alpha, beta));
     LT_TRY(lt_check_cpu(c, "matmul", "out"));
@@ -383,14 +382,12 @@ int lt_matmul_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dc, const 
     LT_TRY(check_operand(a, "a"));
     LT_TRY(check_operand(b, "b"));
     if (dc->ndim < 2) return lt_fail(LT_ERR_SHAPE, "matmul_backward: dout must have >= 2 dims");
-    if (da) LT_TRY(lt_check_tensor(da, "matmul_backward", "da"));
-    if (db) LT_TRY(lt_check_tensor(db, "matmul_backward", "db"));
+    if (da) LT_TRY(lt_check_out(da, LT_OUT_ANY_DTYPE, "matmul_backward", "da", dc, "dout"));
+    if (db) LT_TRY(lt_check_out(db, LT_OUT_ANY_DTYPE, "matmul_backward", "db", dc, "dout"));
     if (da) LT_TRY(lt_check_same_shape(da, a, "matmul_backward", "da", "a"));
     if (db) LT_TRY(lt_check_same_shape(db, b, "matmul_backward", "db", "b"));
     LT_TRY(lt_check_same_device(a, dc, "matmul_backward", "a", "dout"));
     LT_TRY(lt_check_same_device(b, dc, "matmul_backward", "b", "dout"));
-    LT_TRY(lt_check_same_device(da, dc, "matmul_backward", "da", "dout"));
-    LT_TRY(lt_check_same_device(db, dc, "matmul_backward", "db", "dout"));
     /* Device-agnostic from here: every product is an lt_matmul, which runs where its
        operands are. */
     int batched = dc->ndim > 2;

@@ -666,12 +666,9 @@ int lt_quant_state_init(lt_quant_state *q, int type, int blocksize, int ndim, co
 
 /* ---- dequantization and accounting ------------------------------------------------------ */
 
-/* out must be a writable contiguous float tensor (on any device). */
-static int check_float_out(const lt_tensor *out, const char *op) {
-    LT_TRY(lt_check_writable(out, op, "out"));
-    if (!lt_is_float_dtype(out->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: out must be f32, bf16 or f16, got %s", op,
-                       lt_dtype_info(out->dtype_id)->name);
+/* out must be a writable contiguous float tensor on the quantized weight's device. */
+static int check_float_out(const lt_tensor *out, const lt_quant_state *q, const char *op) {
+    LT_TRY(lt_check_out(out, LT_OUT_FLOAT, op, "out", &q->packed, "the quantized weight"));
     if (!lt_tensor_is_contiguous(out)) return lt_fail(LT_ERR_ARG, "%s: out must be contiguous", op);
     return LT_OK;
 }
@@ -699,7 +696,7 @@ static void dequant_into(void *dst, int dtype, const lt_quant_state *q, int64_t 
 int lt_dequantize(lt_tensor *out, const lt_quant_state *q) {
     const char *op = "lt_dequantize";
     LT_TRY(lt_quant_check_state(q, op));
-    LT_TRY(check_float_out(out, op));
+    LT_TRY(check_float_out(out, q, op));
     int same = out->ndim == q->ndim;
     for (int i = 0; same && i < q->ndim; i++)
         same = out->sizes[i] == q->sizes[i];
@@ -712,7 +709,6 @@ int lt_dequantize(lt_tensor *out, const lt_quant_state *q) {
         return lt_fail(LT_ERR_SHAPE, "%s: out has shape %s but the weight is (%lld)", op,
                        lt_shape_str(out, b, sizeof b), (long long)q->sizes[0]);
     }
-    LT_TRY(lt_check_same_device(out, &q->packed, op, "out", "the quantized weight"));
     LT_DISPATCH_CUDA(out, lt_cuda_dequantize(out, q));
     LT_TRY(lt_quant_check_cpu(q, op));
     dequant_into(lt_tensor_data(out), out->dtype_id, q, 0, numel_of(q));
@@ -722,7 +718,7 @@ int lt_dequantize(lt_tensor *out, const lt_quant_state *q) {
 int lt_dequantize_rows(lt_tensor *out, const lt_quant_state *q, int64_t row0) {
     const char *op = "lt_dequantize_rows";
     LT_TRY(lt_quant_check_state(q, op));
-    LT_TRY(check_float_out(out, op));
+    LT_TRY(check_float_out(out, q, op));
     int64_t rows = lt_quant_rows(q), cols = lt_quant_cols(q);
     int64_t R = out->ndim == 2 ? out->sizes[0] : 1;
     if ((out->ndim != 1 && out->ndim != 2) || out->sizes[out->ndim - 1] != cols) {
@@ -735,7 +731,6 @@ int lt_dequantize_rows(lt_tensor *out, const lt_quant_state *q, int64_t row0) {
     if (row0 < 0 || row0 > rows || R > rows - row0)
         return lt_fail(LT_ERR_RANGE, "%s: rows %lld..%lld are outside the weight's %lld rows", op,
                        (long long)row0, (long long)(row0 + R - 1), (long long)rows);
-    LT_TRY(lt_check_same_device(out, &q->packed, op, "out", "the quantized weight"));
     LT_DISPATCH_CUDA(out, lt_cuda_dequantize_rows(out, q, row0));
     LT_TRY(lt_quant_check_cpu(q, op));
     dequant_into(lt_tensor_data(out), out->dtype_id, q, row0 * cols, R * cols);
@@ -745,7 +740,7 @@ int lt_dequantize_rows(lt_tensor *out, const lt_quant_state *q, int64_t row0) {
 int lt_quant_absmax(lt_tensor *out, const lt_quant_state *q) {
     const char *op = "lt_quant_absmax";
     LT_TRY(lt_quant_check_state(q, op));
-    LT_TRY(lt_check_writable(out, op, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", &q->packed, "the quantized weight"));
     int64_t nb = nblocks_of(q);
     if (out->dtype_id != LT_DTYPE_F32 || !lt_tensor_is_contiguous(out) ||
         lt_tensor_numel(out) != nb)
@@ -753,7 +748,6 @@ int lt_quant_absmax(lt_tensor *out, const lt_quant_state *q) {
                        "%s: out must be a contiguous f32 tensor of %lld elements "
                        "(one per block)",
                        op, (long long)nb);
-    LT_TRY(lt_check_same_device(out, &q->packed, op, "out", "the quantized weight"));
     LT_DISPATCH_CUDA(out, lt_cuda_quant_absmax(out, q));
     LT_TRY(lt_quant_check_cpu(q, op));
     float *o = lt_tensor_data(out);

@@ -48,16 +48,7 @@ static int rows_f32(lt_tensor *dst, const lt_tensor *t, int64_t rows, int64_t la
 static int check_args(const lt_tensor *out, const lt_tensor *in, int64_t n_out, int64_t n_in,
                       const lt_quant_state *w, const char *op, const char *out_name,
                       const char *in_name) {
-    LT_TRY(lt_check_writable(out, op, out_name));
-    if (!lt_is_float_dtype(out->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, out_name,
-                       lt_dtype_info(out->dtype_id)->name);
-    for (int i = 0; i < out->ndim; i++)
-        if (out->sizes[i] > 1 && out->strides[i] == 0)
-            return lt_fail(LT_ERR_ARG,
-                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
-                           "alias; it cannot be written",
-                           op, out_name, i);
+    LT_TRY(lt_check_out(out, LT_OUT_FLOAT, op, out_name, &w->packed, "the quantized weight"));
     LT_TRY(lt_check_tensor(in, op, in_name));
     if (!lt_is_float_dtype(in->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, in_name,
@@ -84,9 +75,7 @@ static int check_args(const lt_tensor *out, const lt_tensor *in, int64_t n_out, 
     }
     if (out->storage == in->storage)
         return lt_fail(LT_ERR_ARG, "%s: %s must not share storage with %s", op, out_name, in_name);
-    LT_TRY(lt_check_same_device(in, &w->packed, op, in_name, "the quantized weight"));
-    LT_TRY(lt_check_same_device(out, &w->packed, op, out_name, "the quantized weight"));
-    return LT_OK;
+    return lt_check_same_device(in, &w->packed, op, in_name, "the quantized weight");
 }
 
 /* The CPU side after check_args: `out` f32 on the CPU; fills the 2-D views of out and in. */
@@ -94,7 +83,7 @@ static int prepare(lt_tensor *out2, lt_tensor *in2, const lt_tensor *out, const 
                    int64_t n_out, int64_t n_in, const lt_quant_state *w, const char *op,
                    const char *out_name, const char *in_name) {
     LT_TRY(lt_quant_check_cpu(w, op));
-    LT_TRY(lt_check_output(out, LT_DTYPE_F32, op, out_name));
+    LT_TRY(lt_check_out(out, LT_DTYPE_F32, op, out_name, NULL, NULL));
     LT_TRY(lt_check_cpu(in, op, in_name));
     int nd = in->ndim;
     int64_t rows = 1;

@@ -413,7 +413,9 @@ static int red_execute(red_plan *p) {
 
 /* These run before the device dispatch, so they hold on every device: a float operand is
    f32 on the CPU, and f32, bf16 or f16 on a CUDA device (cuda/reduce.cu computes in f32,
-   sums in f64). Which device a tensor is on is checked afterwards (lt_check_same_device). */
+   sums in f64). Outputs go through lt_check_out with the same rule (LT_OUT_F32_LOWP_CUDA),
+   which also puts them on the device of the op's first input; the other inputs are checked
+   against them with lt_check_same_device. */
 static int check_in(const lt_tensor *t, const char *op, const char *name) {
     LT_TRY(lt_check_tensor(t, op, name));
     if (lt_on_cuda(t) && !lt_is_float_dtype(t->dtype_id))
@@ -421,27 +423,6 @@ static int check_in(const lt_tensor *t, const char *op, const char *name) {
                        name, lt_dtype_info(t->dtype_id) ? lt_dtype_info(t->dtype_id)->name : "?");
     if (lt_on_cuda(t)) return LT_OK;
     return lt_check_dtype(t, LT_DTYPE_F32, op, name);
-}
-
-/* An output: check_in's dtype rule (or exactly `dtype` when it is not a float dtype),
-   writable, and not a broadcast view. */
-static int check_out_dtype(const lt_tensor *t, int dtype, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) return lt_check_output(t, dtype, op, name);
-    if (lt_is_float_dtype(dtype)) LT_TRY(check_in(t, op, name));
-    else LT_TRY(lt_check_dtype(t, dtype, op, name));
-    LT_TRY(lt_check_writable(t, op, name));
-    for (int i = 0; i < t->ndim; i++)
-        if (t->sizes[i] > 1 && t->strides[i] == 0)
-            return lt_fail(LT_ERR_ARG,
-                           "%s: %s is a broadcast view (stride 0 in dim %d) whose elements "
-                           "alias; it cannot be written",
-                           op, name, i);
-    return LT_OK;
-}
-
-static int check_out(const lt_tensor *t, const char *op, const char *name) {
-    return check_out_dtype(t, LT_DTYPE_F32, op, name);
 }
 
 /* ---- reductions --------------------------------------------------------------------- */
@@ -457,7 +438,7 @@ int lt_reduce_forward(lt_tensor *out, const lt_tensor *x, int32_t ndims, const i
                        LT_REDUCE_COUNT - 1);
     const char *name = reduce_names[op];
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(out, name, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
     if (ndims < 0 || ndims > x->ndim || (ndims > 0 && !dims))
         return lt_fail(LT_ERR_ARG, "%s: %d dims given for a %d-dim tensor", name, (int)ndims,
                        x->ndim);
@@ -480,7 +461,6 @@ int lt_reduce_forward(lt_tensor *out, const lt_tensor *x, int32_t ndims, const i
                        "reduced dims set to 1)",
                        name, lt_shape_str(out, so, sizeof so), lt_shape_str(x, sx, sizeof sx));
     }
-    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
     int64_t M = lt_tensor_numel(out), R = 1;
     for (int d = 0; d < x->ndim; d++)
         if (flags[d]) R *= x->sizes[d];
@@ -547,7 +527,7 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
     snprintf(name, sizeof name, "%s_backward", reduce_names[op]);
     LT_TRY(check_in(x, name, "x"));
     LT_TRY(check_in(dout, name, "dout"));
-    LT_TRY(check_out(dx, name, "dx"));
+    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
     int ok = dout->ndim == x->ndim;
     for (int d = 0; ok && d < x->ndim; d++)
@@ -563,7 +543,6 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
         LT_TRY(check_in(out, name, "out"));
         LT_TRY(lt_check_same_shape(out, dout, name, "out", "dout"));
     }
-    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
     if (op == LT_REDUCE_MAX || op == LT_REDUCE_MIN)
         LT_TRY(lt_check_same_device(out, dx, name, "out", "dx"));
@@ -592,7 +571,7 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
 
 int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
     LT_TRY(check_in(x, "argmax", "x"));
-    LT_TRY(check_out_dtype(out, LT_DTYPE_I64, "argmax", "out"));
+    LT_TRY(lt_check_out(out, LT_DTYPE_I64, "argmax", "out", x, "x"));
     int d = dim < 0 ? dim + x->ndim : dim;
     if (d < 0 || d >= x->ndim)
         return lt_fail(LT_ERR_ARG, "argmax: dim %d out of range for a %d-dim tensor", dim,
@@ -611,7 +590,6 @@ int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
         return lt_fail(LT_ERR_SHAPE, "argmax: dim %d of x %s is empty", d,
                        lt_shape_str(x, sx, sizeof sx));
     }
-    LT_TRY(lt_check_same_device(x, out, "argmax", "x", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_argmax(out, x, dim));
     const float *px = lt_tensor_data(x);
     int64_t *po = lt_tensor_data(out);
@@ -758,9 +736,8 @@ static void log_softmax_grad_row(float *dx, int64_t sdx, const float *d, int64_t
 static int softmax_fwd(lt_tensor *out, const lt_tensor *x, int log_form) {
     const char *name = log_form ? "log_softmax" : "softmax";
     LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_out(out, name, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
-    LT_TRY(lt_check_same_device(x, out, name, "x", "out"));
     LT_DISPATCH_CUDA(out, log_form ? lt_cuda_log_softmax_forward(out, x)
                                    : lt_cuda_softmax_forward(out, x));
     int64_t rows, cols, sx, so;
@@ -784,10 +761,9 @@ static int softmax_bwd(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *y,
     const char *name = log_form ? "log_softmax_backward" : "softmax_backward";
     LT_TRY(check_in(dout, name, "dout"));
     LT_TRY(check_in(y, name, "out"));
-    LT_TRY(check_out(dx, name, "dx"));
+    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dout, y, name, "dout", "out"));
     LT_TRY(lt_check_same_shape(dx, y, name, "dx", "out"));
-    LT_TRY(lt_check_same_device(dout, dx, name, "dout", "dx"));
     LT_TRY(lt_check_same_device(y, dx, name, "out", "dx"));
     LT_DISPATCH_CUDA(dx, log_form ? lt_cuda_log_softmax_backward(dx, dout, y)
                                   : lt_cuda_softmax_backward(dx, dout, y));

@@ -63,11 +63,10 @@ int lt_rmsnorm_forward(lt_tensor *out, lt_tensor *rstd, const lt_tensor *x,
         if (lt_tensor_numel(rstd) != rows)
             return lt_fail(LT_ERR_SHAPE, "%s: rstd has %lld entries for %lld rows", op,
                            (long long)lt_tensor_numel(rstd), (long long)rows);
+        LT_TRY(lt_check_out(rstd, LT_OUT_ANY_DTYPE, op, "rstd", x, "x"));
     }
-    LT_TRY(lt_check_writable(out, op, "out"));
-    LT_TRY(lt_check_same_device(x, out, op, "x", "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", x, "x"));
     LT_TRY(lt_check_same_device(weight, out, op, "weight", "out"));
-    LT_TRY(lt_check_same_device(rstd, out, op, "rstd", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_rmsnorm_forward(out, rstd, x, weight, eps));
     float *wown;
     const float *w = weight_f32(weight, &wown);
@@ -109,17 +108,15 @@ int lt_rmsnorm_backward(lt_tensor *dx, lt_tensor *dweight, const lt_tensor *dout
                        (long long)lt_tensor_numel(rstd), (long long)rows);
     if (dweight) {
         LT_TRY(lt_check_contig_float(dweight, 0, op, "dweight"));
-        LT_TRY(lt_check_writable(dweight, op, "dweight"));
+        LT_TRY(lt_check_out(dweight, LT_OUT_ANY_DTYPE, op, "dweight", dout, "dout"));
         if (lt_tensor_numel(dweight) != C)
             return lt_fail(LT_ERR_SHAPE, "%s: dweight has %lld entries, expected %lld", op,
                            (long long)lt_tensor_numel(dweight), (long long)C);
     }
-    LT_TRY(lt_check_writable(dx, op, "dx"));
-    LT_TRY(lt_check_same_device(dout, dx, op, "dout", "dx"));
+    LT_TRY(lt_check_out(dx, LT_OUT_ANY_DTYPE, op, "dx", dout, "dout"));
     LT_TRY(lt_check_same_device(x, dx, op, "x", "dx"));
     LT_TRY(lt_check_same_device(weight, dx, op, "weight", "dx"));
     LT_TRY(lt_check_same_device(rstd, dx, op, "rstd", "dx"));
-    LT_TRY(lt_check_same_device(dweight, dx, op, "dweight", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_rmsnorm_backward(dx, dweight, dout, x, weight, rstd));
     float *wown;
     const float *w = weight_f32(weight, &wown);

@@ -78,14 +78,12 @@ int lt_rope_table(lt_tensor *cos_t, lt_tensor *sin_t, const lt_tensor *inv_freq)
     LT_TRY(lt_check_contig_float(cos_t, 0, op, "cos"));
     LT_TRY(lt_check_contig_float(sin_t, 0, op, "sin"));
     LT_TRY(lt_check_same_shape(sin_t, cos_t, op, "sin", "cos"));
-    LT_TRY(lt_check_writable(cos_t, op, "cos"));
-    LT_TRY(lt_check_writable(sin_t, op, "sin"));
+    LT_TRY(lt_check_out(cos_t, LT_OUT_ANY_DTYPE, op, "cos", inv_freq, "inv_freq"));
+    LT_TRY(lt_check_out(sin_t, LT_OUT_ANY_DTYPE, op, "sin", inv_freq, "inv_freq"));
     int64_t P = cos_t->sizes[0], half = cos_t->sizes[1];
     if (lt_tensor_numel(inv_freq) != half)
         return lt_fail(LT_ERR_SHAPE, "%s: tables have %lld columns but inv_freq has %lld", op,
                        (long long)half, (long long)lt_tensor_numel(inv_freq));
-    LT_TRY(lt_check_same_device(sin_t, cos_t, op, "sin", "cos"));
-    LT_TRY(lt_check_same_device(inv_freq, cos_t, op, "inv_freq", "cos"));
     LT_DISPATCH_CUDA(cos_t, lt_cuda_rope_table(cos_t, sin_t, inv_freq));
     const float *f = lt_tensor_data(inv_freq);
     float *c = lt_tensor_data(cos_t), *s = lt_tensor_data(sin_t);
@@ -106,7 +104,7 @@ static int rope_apply(lt_tensor *out, const lt_tensor *x, const lt_tensor *cos_t
     LT_TRY(lt_check_ndim(x, 4, op, "x"));
     LT_TRY(check_float_any(x, op, "x"));
     LT_TRY(check_float_any(out, op, "out"));
-    LT_TRY(lt_check_writable(out, op, "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
     LT_TRY(lt_check_contig_float(cos_t, 0, op, "cos"));
     LT_TRY(lt_check_contig_float(sin_t, 0, op, "sin"));
@@ -132,7 +130,6 @@ static int rope_apply(lt_tensor *out, const lt_tensor *x, const lt_tensor *cos_t
         return lt_fail(LT_ERR_RANGE, "%s: %lld positions but the table holds %lld", op,
                        (long long)T, (long long)P);
     }
-    LT_TRY(lt_check_same_device(x, out, op, "x", "out"));
     LT_TRY(lt_check_same_device(cos_t, out, op, "cos", "out"));
     LT_TRY(lt_check_same_device(sin_t, out, op, "sin", "out"));
     LT_TRY(lt_check_same_device(positions, out, op, "positions", "out"));

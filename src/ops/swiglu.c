@@ -30,8 +30,7 @@ int lt_swiglu_forward(lt_tensor *out, const lt_tensor *gate, const lt_tensor *up
     LT_TRY(rows2d(out, op, "out", &n3, &f3, &os));
     LT_TRY(lt_check_same_shape(up, gate, op, "up", "gate"));
     LT_TRY(lt_check_same_shape(out, gate, op, "out", "gate"));
-    LT_TRY(lt_check_writable(out, op, "out"));
-    LT_TRY(lt_check_same_device(gate, out, op, "gate", "out"));
+    LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", gate, "gate"));
     LT_TRY(lt_check_same_device(up, out, op, "up", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_swiglu_forward(out, gate, up));
     const float *g = lt_tensor_data(gate), *u = lt_tensor_data(up);
@@ -62,10 +61,8 @@ int lt_swiglu_backward(lt_tensor *dgate, lt_tensor *dup, const lt_tensor *dout,
     LT_TRY(lt_check_same_shape(dout, gate, op, "dout", "gate"));
     LT_TRY(lt_check_same_shape(dgate, gate, op, "dgate", "gate"));
     LT_TRY(lt_check_same_shape(dup, gate, op, "dup", "gate"));
-    LT_TRY(lt_check_writable(dgate, op, "dgate"));
-    LT_TRY(lt_check_writable(dup, op, "dup"));
-    LT_TRY(lt_check_same_device(dup, dgate, op, "dup", "dgate"));
-    LT_TRY(lt_check_same_device(dout, dgate, op, "dout", "dgate"));
+    LT_TRY(lt_check_out(dgate, LT_OUT_ANY_DTYPE, op, "dgate", dout, "dout"));
+    LT_TRY(lt_check_out(dup, LT_OUT_ANY_DTYPE, op, "dup", dout, "dout"));
     LT_TRY(lt_check_same_device(gate, dgate, op, "gate", "dgate"));
     LT_TRY(lt_check_same_device(up, dgate, op, "up", "dgate"));
     LT_DISPATCH_CUDA(dgate, lt_cuda_swiglu_backward(dgate, dup, dout, gate, up));

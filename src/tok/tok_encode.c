@@ -14,7 +14,6 @@
  * tokenizer keeps a few between calls (with their word caches) in a lock-free pool, and is
  * otherwise only ever read. */
 #define _GNU_SOURCE /* memmem */
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -544,8 +543,12 @@ static int cached_word(const lt_tokenizer *t, tok_ctx *c, const char *w, int64_t
              slot = (slot + 1) & c->cache_mask) {
             const tok_cache_slot *e = &c->cache[slot];
             if (e->hash == h && e->key_len == (uint32_t)n &&
-                memcmp(c->cache_keys.data + e->key_off, w, (size_t)n) == 0)
+                memcmp(c->cache_keys.data + e->key_off, w, (size_t)n) == 0) {
+                /* A word of no ids may be cached before cache_ids holds anything (data
+                   NULL), and NULL + 0 is undefined in C. */
+                if (e->ids_len == 0) return LT_OK;
                 return tok_ids_put(out, c->cache_ids.data + e->ids_off, e->ids_len);
+            }
         }
     }
     const char *word = w;
@@ -577,7 +580,8 @@ static int cached_word(const lt_tokenizer *t, tok_ctx *c, const char *w, int64_t
                         .ids_off = (uint32_t)c->cache_ids.len,
                         .ids_len = (uint32_t)(out->len - before)};
     LT_TRY(tok_text_put(&c->cache_keys, w, n));
-    LT_TRY(tok_ids_put(&c->cache_ids, out->data + before, out->len - before));
+    if (out->len > before) /* else out->data may be NULL */
+        LT_TRY(tok_ids_put(&c->cache_ids, out->data + before, out->len - before));
     c->cache[slot] = e;
     if ((uint64_t)(++c->cache_count) * 2 > c->cache_mask + 1) LT_TRY(cache_grow(c));
     return LT_OK;
