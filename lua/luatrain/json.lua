@@ -1,12 +1,29 @@
 --[[
-json.lua - JSON for the Lua side (config.json, adapter_config.json, JSONL logs).
+json.lua - JSON for the Lua side (config.json, adapter_config.json, state.json, JSONL logs
+and datasets).
 
 json.decode(text [, name]) -> value. Objects become tables, arrays become sequences with
-json.is_array(t) true, null becomes json.null. A malformed document raises an error naming
-`name`, the line and column, and what was expected. Nesting deeper than 512 is an error.
+json.is_array(t) true, null becomes json.null. The C core parses (src/io/json.c: a strict
+check, then cJSON) and hands back the values as a flat list of nodes, which are turned into
+tables here. Only RFC 8259 JSON is accepted (src/lt_io.h lists what is refused: invalid
+UTF-8, lone surrogates, "01", text after the value, ...); a malformed document raises
+"NAME:LINE:COL: what was expected", NAME being `name` or "JSON". Nesting deeper than 512
+and a key given twice in one object are errors. Numbers beyond the double range read as
++-inf or 0, as Python's json reads them.
+
 json.encode(value [, {indent = 2, sort_keys = true}]) -> text. Keys are sorted by default
 so output is deterministic; non-finite numbers are an error (JSON has none).
 ]]
+local ffi = require "ffi"
+local core = require "luatrain.core"
+
+local C = core.C
+local byte, find, format, gsub = string.byte, string.find, string.format, string.gsub
+local floor, abs, huge = math.floor, math.abs, math.huge
+local ffi_string = ffi.string
+local ok_tnew, table_new = pcall(require, "table.new")
+if not ok_tnew then table_new = function() return {} end end
+
 local M = {}
 
 M.null = setmetatable({}, { __tostring = function() return "null" end })
@@ -15,177 +32,92 @@ local array_mt = { __json_array = true }
 function M.is_array(t) return getmetatable(t) == array_mt end
 function M.array(t) return setmetatable(t or {}, array_mt) end
 
-local MAX_DEPTH = 512
+-- ---- decoding ---------------------------------------------------------------------------
 
-local function position(text, i)
-    local line, col = 1, 1
-    for j = 1, i - 1 do
-        if text:byte(j) == 10 then
-            line, col = line + 1, 1
-        else
-            col = col + 1
+local T_NULL, T_FALSE, T_TRUE = C.LT_JSON_NULL, C.LT_JSON_FALSE, C.LT_JSON_TRUE
+local T_NUMBER, T_STRING, T_ARRAY, T_OBJECT = C.LT_JSON_NUMBER, C.LT_JSON_STRING,
+    C.LT_JSON_ARRAY, C.LT_JSON_OBJECT
+
+local function new_doc()
+    local p = ffi.new("lt_json_doc*[1]")
+    core.check(C.lt_json_doc_new(p))
+    return ffi.gc(p[0], C.lt_json_doc_free)
+end
+
+-- One document at a time is parsed into `shared`, whose buffers are reused. `busy` is set
+-- while its nodes are being read: a decode that starts meanwhile (from a finaliser the
+-- garbage collector runs) parses into a document of its own.
+local shared = new_doc()
+local busy = false
+local nodes_out = ffi.new("const lt_json_node*[1]")
+local count_out = ffi.new("int64_t[1]")
+-- The document being read, for the duplicate-key message.
+local cur_doc, cur_text, cur_name
+
+-- 1-based line and column (in bytes) of 0-based byte offset `at`, as the C side counts.
+local function position(text, at)
+    local before = text:sub(1, at)
+    local _, newlines = gsub(before, "\n", "")
+    local last = before:match(".*()\n")
+    return newlines + 1, last and (at - last + 1) or (at + 1)
+end
+
+local function duplicate(key, at)
+    local line, col = position(cur_text, at)
+    local name, doc = cur_name, cur_doc
+    C.lt_json_doc_clear(doc)
+    if doc == shared then busy = false end
+    if #key > 64 then key = key:sub(1, 64) .. "..." end
+    error(format("%s:%d:%d: duplicate key %q", name, line, col, key), 0)
+end
+
+-- The value at node i and the index of the node after it (and its children).
+local function value(nodes, i)
+    local n = nodes[i]
+    local t = n.type
+    if t == T_STRING then return ffi_string(n.str, n.len), i + 1 end
+    if t == T_NUMBER then return n.number, i + 1 end
+    if t == T_OBJECT then
+        local count = tonumber(n.len)
+        local obj, j = table_new(0, count), i + 1
+        for _ = 1, count do
+            local m = nodes[j]
+            local key = ffi_string(m.key, m.key_len)
+            if obj[key] ~= nil then duplicate(key, tonumber(m.key_pos)) end
+            obj[key], j = value(nodes, j)
         end
+        return obj, j
     end
-    return line, col
+    if t == T_ARRAY then
+        local count = tonumber(n.len)
+        local arr, j = setmetatable(table_new(count, 0), array_mt), i + 1
+        for k = 1, count do arr[k], j = value(nodes, j) end
+        return arr, j
+    end
+    if t == T_TRUE then return true, i + 1 end
+    if t == T_FALSE then return false, i + 1 end
+    return M.null, i + 1
 end
 
 function M.decode(text, name)
     if type(text) ~= "string" then error("json.decode: expected a string", 2) end
-    name = name or "JSON"
-    local i = 1
-    local n = #text
-
-    local function fail(msg)
-        local line, col = position(text, i)
-        error(("%s:%d:%d: %s"):format(name, line, col, msg), 0)
+    name = name and tostring(name) or "JSON"
+    local doc = busy and new_doc() or shared
+    if C.lt_json_parse(doc, text, #text, name, nodes_out, count_out) ~= 0 then
+        error(ffi_string(C.lt_last_error()), 0)
     end
-
-    local function skip()
-        while i <= n do
-            local c = text:byte(i)
-            if c == 32 or c == 9 or c == 10 or c == 13 then i = i + 1 else break end
-        end
-    end
-
-    local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
-
-    local function utf8(cp)
-        if cp < 0x80 then return string.char(cp) end
-        if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
-        if cp < 0x10000 then
-            return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-        end
-        return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
-            0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-    end
-
-    local function parse_string()
-        i = i + 1 -- opening quote
-        local parts = {}
-        local start = i
-        while true do
-            if i > n then fail("unterminated string") end
-            local c = text:byte(i)
-            if c == 34 then
-                parts[#parts + 1] = text:sub(start, i - 1)
-                i = i + 1
-                return table.concat(parts)
-            elseif c == 92 then
-                parts[#parts + 1] = text:sub(start, i - 1)
-                local e = text:sub(i + 1, i + 1)
-                if e == "u" then
-                    local hex = text:sub(i + 2, i + 5)
-                    if not hex:match("^%x%x%x%x$") then fail("bad \\u escape") end
-                    local cp = tonumber(hex, 16)
-                    i = i + 6
-                    if cp >= 0xD800 and cp <= 0xDBFF and text:sub(i, i + 1) == "\\u" then
-                        local lo = tonumber(text:sub(i + 2, i + 5), 16)
-                        if lo and lo >= 0xDC00 and lo <= 0xDFFF then
-                            cp = 0x10000 + (cp - 0xD800) * 1024 + (lo - 0xDC00)
-                            i = i + 6
-                        end
-                    end
-                    parts[#parts + 1] = utf8(cp)
-                elseif escapes[e] then
-                    parts[#parts + 1] = escapes[e]
-                    i = i + 2
-                else
-                    fail("bad escape \\" .. e)
-                end
-                start = i
-            elseif c < 32 then
-                fail("control character in string")
-            else
-                i = i + 1
-            end
-        end
-    end
-
-    local parse_value
-
-    local function parse_number()
-        local s, e = text:find("^-?%d+%.?%d*[eE]?[-+]?%d*", i)
-        if not s then fail("bad number") end
-        local str = text:sub(s, e)
-        if str:match("^-?0%d") then fail("leading zero in number") end
-        local v = tonumber(str)
-        if v == nil then fail("bad number '" .. str .. "'") end
-        i = e + 1
-        return v
-    end
-
-    function parse_value(depth)
-        if depth > MAX_DEPTH then fail("nesting deeper than " .. MAX_DEPTH) end
-        skip()
-        if i > n then fail("unexpected end of input") end
-        local c = text:sub(i, i)
-        if c == "{" then
-            i = i + 1
-            local obj = {}
-            skip()
-            if text:sub(i, i) == "}" then
-                i = i + 1
-                return obj
-            end
-            while true do
-                skip()
-                if text:sub(i, i) ~= '"' then fail("expected a string key") end
-                local key = parse_string()
-                skip()
-                if text:sub(i, i) ~= ":" then fail("expected ':' after key \"" .. key .. "\"") end
-                i = i + 1
-                if obj[key] ~= nil then fail("duplicate key \"" .. key .. "\"") end
-                obj[key] = parse_value(depth + 1)
-                skip()
-                local d = text:sub(i, i)
-                i = i + 1
-                if d == "}" then return obj end
-                if d ~= "," then
-                    i = i - 1
-                    fail("expected ',' or '}' in object")
-                end
-            end
-        elseif c == "[" then
-            i = i + 1
-            local arr = M.array({})
-            skip()
-            if text:sub(i, i) == "]" then
-                i = i + 1
-                return arr
-            end
-            while true do
-                arr[#arr + 1] = parse_value(depth + 1)
-                skip()
-                local d = text:sub(i, i)
-                i = i + 1
-                if d == "]" then return arr end
-                if d ~= "," then
-                    i = i - 1
-                    fail("expected ',' or ']' in array")
-                end
-            end
-        elseif c == '"' then
-            return parse_string()
-        elseif c == "-" or c:match("%d") then
-            return parse_number()
-        elseif text:sub(i, i + 3) == "true" then
-            i = i + 4
-            return true
-        elseif text:sub(i, i + 4) == "false" then
-            i = i + 5
-            return false
-        elseif text:sub(i, i + 3) == "null" then
-            i = i + 4
-            return M.null
-        end
-        fail("unexpected character '" .. c .. "'")
-    end
-
-    local v = parse_value(1)
-    skip()
-    if i <= n then fail("trailing characters after the document") end
+    local nodes = nodes_out[0]
+    if doc == shared then busy = true end
+    local saved_doc, saved_text, saved_name = cur_doc, cur_text, cur_name
+    cur_doc, cur_text, cur_name = doc, text, name
+    local v = value(nodes, 0)
+    cur_doc, cur_text, cur_name = saved_doc, saved_text, saved_name
+    C.lt_json_doc_clear(doc)
+    if doc == shared then busy = false end
     return v
 end
+
+-- ---- encoding ---------------------------------------------------------------------------
 
 local function encode_string(s)
     return '"' .. s:gsub('[%c"\\]', function(c)
