@@ -12,7 +12,10 @@ and a key given twice in one object are errors. Numbers beyond the double range 
 +-inf or 0, as Python's json reads them.
 
 json.encode(value [, {indent = 2, sort_keys = true}]) -> text. Keys are sorted by default
-so output is deterministic; non-finite numbers are an error (JSON has none).
+so output is deterministic. An integral number below 2^53 in magnitude is written as an
+integer; any other number in the fewest significant digits (of 15, 16 and 17; from 1 for
+subnormals) that read back as the same double, so decode(encode(x)) == x. Non-finite
+numbers and strings that are not valid UTF-8 are errors naming where they are.
 ]]
 local ffi = require "ffi"
 local core = require "luatrain.core"
@@ -119,12 +122,69 @@ end
 
 -- ---- encoding ---------------------------------------------------------------------------
 
-local function encode_string(s)
-    return '"' .. s:gsub('[%c"\\]', function(c)
-        local map = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
-            ["\b"] = "\\b", ["\f"] = "\\f" }
-        return map[c] or string.format("\\u%04x", c:byte())
-    end) .. '"'
+local escapes = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
+    ["\b"] = "\\b", ["\f"] = "\\f" }
+local function escape(c) return escapes[c] or format("\\u%04x", byte(c)) end
+
+-- 1-based index of the first byte of s that does not start a valid UTF-8 sequence (no
+-- overlong forms, surrogates or code points above U+10FFFF, as the decoder requires), or nil.
+local function utf8_fault(s)
+    local i = find(s, "[\128-\255]")
+    while i do
+        local c = byte(s, i)
+        local len, lo, hi = 2, 0x80, 0xBF
+        if c >= 0xC2 and c <= 0xDF then
+            len = 2
+        elseif c >= 0xE0 and c <= 0xEF then
+            len = 3
+            if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+        elseif c >= 0xF0 and c <= 0xF4 then
+            len = 4
+            if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+        else
+            return i
+        end
+        local c1 = byte(s, i + 1)
+        if not c1 or c1 < lo or c1 > hi then return i end
+        for k = 2, len - 1 do
+            local ck = byte(s, i + k)
+            if not ck or ck < 0x80 or ck > 0xBF then return i end
+        end
+        i = find(s, "[\128-\255]", i + len)
+    end
+    return nil
+end
+
+-- path: where s is (is_key: s is a key of the object there), for the message.
+local function encode_string(s, path, is_key)
+    local bad = utf8_fault(s)
+    if bad then
+        error(format("json.encode: %s%s is not valid UTF-8 (byte %d is 0x%02x)", is_key and "a key of " or "",
+            path, bad, byte(s, bad)), 0)
+    end
+    return '"' .. gsub(s, '[%c"\\]', escape) .. '"'
+end
+
+local G = {}
+for p = 1, 17 do G[p] = "%." .. p .. "g" end
+local MIN_NORMAL = 2.2250738585072014e-308
+
+-- The text of a finite number (see the top of the file).
+local function encode_number(x)
+    if x == floor(x) and abs(x) < 9007199254740992 then
+        if x == 0 and 1 / x < 0 then return "-0" end
+        return format("%d", x)
+    end
+    -- A normal double carries more than 15 significant digits, so %.15g already gives the
+    -- fewest digits when at most 15 read back; a subnormal carries fewer. %.17g always reads
+    -- back, and wins when fewer digits would need an exponent (19841818857864420 rather
+    -- than 1.984181885786442e+16).
+    local full = format(G[17], x)
+    for p = abs(x) < MIN_NORMAL and 1 or 15, 16 do
+        local s = format(G[p], x)
+        if tonumber(s) == x then return #s <= #full and s or full end
+    end
+    return full
 end
 
 local function is_sequence(t)
@@ -146,16 +206,12 @@ function M.encode(v, opts)
         elseif t == "boolean" then
             out[#out + 1] = tostring(x)
         elseif t == "number" then
-            if x ~= x or x == math.huge or x == -math.huge then
+            if x ~= x or x == huge or x == -huge then
                 error(("json.encode: %s is %s, which JSON cannot represent"):format(path, tostring(x)), 0)
             end
-            if x == math.floor(x) and math.abs(x) < 1e15 then
-                out[#out + 1] = string.format("%d", x)
-            else
-                out[#out + 1] = string.format("%.17g", x)
-            end
+            out[#out + 1] = encode_number(x)
         elseif t == "string" then
-            out[#out + 1] = encode_string(x)
+            out[#out + 1] = encode_string(x, path)
         elseif t == "table" then
             local nl = indent and ("\n" .. string.rep(" ", indent * (level + 1))) or ""
             local close = indent and ("\n" .. string.rep(" ", indent * level)) or ""
@@ -185,7 +241,8 @@ function M.encode(v, opts)
                 end
                 out[#out + 1] = "{"
                 for idx, k in ipairs(keys) do
-                    out[#out + 1] = (idx > 1 and "," or "") .. nl .. encode_string(k) .. (indent and ": " or ":")
+                    out[#out + 1] = (idx > 1 and "," or "") .. nl ..
+                        encode_string(k, path, true) .. (indent and ": " or ":")
                     enc(x[k], level + 1, path .. "." .. k)
                 end
                 out[#out + 1] = close .. "}"

@@ -1,9 +1,134 @@
--- test_json.lua - luatrain.json's decoder (C check + cJSON): error positions and refusals,
--- unicode escapes, the depth limit, numbers beyond the double range.
+-- test_json.lua - luatrain.json: numbers that round-trip bit for bit in their shortest text,
+-- the strict decoder (C check + cJSON) with its error positions and refusals, unicode
+-- escapes, the depth limit, the encoder's layout and escaping, and the callers' files.
 package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
 local ffi = require "ffi"
+local lt = require "luatrain"
 local json = require "luatrain.json"
+
+local bits_box = ffi.new("union { double d; uint64_t u; struct { uint32_t lo, hi; } w; }")
+
+local function bits(x)
+    bits_box.d = x
+    return bits_box.u
+end
+
+local function from_words(hi, lo)
+    bits_box.w.hi, bits_box.w.lo = hi, lo
+    return bits_box.d
+end
+
+-- decode(encode(x)) is x, bit for bit, and the text is no longer than %.17g's.
+local function round_trips(x)
+    local s = json.encode(x)
+    local y = json.decode(s)
+    if bits(y) ~= bits(x) then
+        error(("%.17g encodes as %s, which decodes to %.17g"):format(x, s, y), 2)
+    end
+    if #s > #string.format("%.17g", x) then
+        error(("%.17g encodes as %s, longer than %%.17g"):format(x, s), 2)
+    end
+    if s:find("inf") or s:find("nan") or s:find("^%-?%.") then
+        error(("%.17g encodes as %s, which is not JSON"):format(x, s), 2)
+    end
+    return s
+end
+
+-- The significant digits of a number's text ("1.25e-07" -> 3, "1200" -> 2, "-0" -> 1).
+local function digits(s)
+    local mant = s:gsub("^%-", ""):gsub("[eE].*$", ""):gsub("%.", "")
+    mant = mant:gsub("^0+", ""):gsub("0+$", "")
+    return math.max(#mant, 1)
+end
+
+T.test("numbers: chosen values encode as the shortest text and round-trip", function()
+    local want = {
+        { 0.1, "0.1" }, { 1 / 3, "0.3333333333333333" }, { 2 / 3, "0.6666666666666666" },
+        { 1e-300, "1e-300" }, { -0.0, "-0" }, { 0, "0" }, { 2 ^ 53, "9007199254740992" },
+        { 2 ^ 53 - 1, "9007199254740991" }, { -(2 ^ 53 - 1), "-9007199254740991" },
+        { 2 ^ 53 + 2, "9007199254740994" }, { 2 ^ 63, "9.223372036854776e+18" },
+        { 1e15, "1000000000000000" }, { 1e21, "1e+21" }, { 1e22, "1e+22" }, { 1e300, "1e+300" },
+        { 5e-324, "5e-324" }, { 2.2250738585072014e-308, "2.2250738585072014e-308" },
+        { 1.7976931348623157e308, "1.7976931348623157e+308" }, { 3e-4, "0.0003" },
+        { 0.5, "0.5" }, { -2.5, "-2.5" }, { 100, "100" }, { 1e-7, "1e-07" },
+        { 123.456, "123.456" }, { 0.1 + 0.2, "0.30000000000000004" },
+        { 1000000000000000.5, "1000000000000000.5" },
+        { 2.345678806304931640625, "2.3456788063049316" }, -- an f32 loss widened to a double
+    }
+    for _, c in ipairs(want) do
+        T.eq(round_trips(c[1]), c[2], ("%.17g"):format(c[1]))
+    end
+    T.eq(1 / json.decode("-0"), -math.huge, "-0 keeps its sign")
+end)
+
+T.test("numbers: random doubles, subnormals and integers round-trip bit for bit", function()
+    math.randomseed(1234)
+    local n = 0
+    local function word() return math.random(0, 2 ^ 32 - 1) end
+    for _ = 1, 20000 do
+        local x = from_words(word(), word())
+        if x == x and math.abs(x) ~= math.huge then
+            round_trips(x)
+            n = n + 1
+        end
+    end
+    T.ok(n > 19000, "enough finite doubles")
+    for _ = 1, 3000 do -- subnormals: exponent bits zero
+        round_trips(from_words(math.random(0, 2 ^ 20 - 1) + (math.random(0, 1) * 2 ^ 31), word()))
+    end
+    for e = -1074, 1023 do -- every power of two, and its neighbours
+        local p = 2 ^ e
+        round_trips(p)
+        round_trips(-p)
+        if e < 1023 then
+            round_trips(p * (1 + 2 ^ -52))
+            round_trips(p * (1 - 2 ^ -53))
+        end
+    end
+    for e = -323, 308 do round_trips(tonumber("1e" .. e)) end
+    for _ = 1, 5000 do
+        local i = math.random(-2 ^ 53 + 1, 2 ^ 53 - 1)
+        local s = round_trips(i)
+        T.ok(s:match("^%-?%d+$"), "integer " .. s .. " written as one")
+    end
+end)
+
+T.test("numbers: no precision of %g gives a shorter text that reads back", function()
+    math.randomseed(99)
+    local function check(x)
+        local s = round_trips(x)
+        if s:match("^%-?%d+$") then return end -- integers are written whole
+        local d = digits(s)
+        for p = 1, d - 1 do
+            local shorter = ("%." .. p .. "g"):format(x)
+            if tonumber(shorter) == x then
+                error(("%s has %d digits but %s reads back too"):format(s, d, shorter), 2)
+            end
+        end
+    end
+    for _ = 1, 3000 do
+        local x = from_words(math.random(0, 2 ^ 32 - 1), math.random(0, 2 ^ 32 - 1))
+        if x == x and math.abs(x) ~= math.huge then check(x) end
+    end
+    for _ = 1, 3000 do -- decimals of a few digits, as configs hold, come back as written
+        local k = math.random(1, 15)
+        local mant = { math.random(1, 9) }
+        for i = 2, k do mant[i] = math.random(0, 9) end
+        local x = tonumber(table.concat(mant) .. "e" .. math.random(-330, 300))
+        if x ~= 0 and x == x and math.abs(x) ~= math.huge then
+            check(x)
+            T.ok(digits(json.encode(x)) <= k, "a " .. k .. "-digit decimal " .. json.encode(x))
+        end
+    end
+    for _ = 1, 2000 do check(from_words(math.random(0, 2 ^ 20 - 1), math.random(0, 2 ^ 32 - 1))) end
+end)
+
+T.test("numbers: non-finite values are an error naming where they are", function()
+    T.raises(function() json.encode({ a = { 1, 0 / 0 } }) end, "json.encode: value.a[2] is nan", true)
+    T.raises(function() json.encode({ b = math.huge }) end, "value.b is inf", true)
+    T.raises(function() json.encode(-math.huge) end, "value is -inf", true)
+end)
 
 T.test("numbers: beyond the double range and long integers decode as numbers", function()
     T.eq(json.decode("1e400"), math.huge)
@@ -202,6 +327,115 @@ T.test("decode: a decode from a finaliser during a decode parses on its own", fu
     end
     T.eq(#inner, 200)
     T.eq(json.decode('{"after": [1]}').after, { 1 })
+end)
+
+T.test("encode: layout, sorted keys and indent as before", function()
+    local v = { b = 1, a = json.array({ 1, "x", json.null, true }), c = { d = {}, e = json.array() } }
+    T.eq(json.encode(v), '{"a":[1,"x",null,true],"b":1,"c":{"d":{},"e":[]}}')
+    T.eq(json.encode(v, { indent = 2 }),
+        '{\n  "a": [\n    1,\n    "x",\n    null,\n    true\n  ],\n  "b": 1,\n  "c": {\n    "d": {},\n    "e": []\n  }\n}')
+    T.eq(json.encode({ 1, 2, 3 }), "[1,2,3]", "a Lua sequence is an array")
+    T.eq(json.encode({}), "{}", "an empty table is an object")
+    T.eq(json.encode({ z = 1, y = 2 }, { sort_keys = false }):len(), 13)
+    T.raises(function() json.encode({ [1] = 1, x = 2 }) end, "json.encode: value has a non-string key 1", true)
+    T.raises(function() json.encode({ f = print }) end, "json.encode: value.f is a function", true)
+end)
+
+T.test("encode: strings are escaped as before; text that is not UTF-8 is an error", function()
+    T.eq(json.encode('q" b\\ s/ \n\r\t\b\f'), '"q\\" b\\\\ s/ \\n\\r\\t\\b\\f"')
+    T.eq(json.encode("\0\1\31\127"), '"\\u0000\\u0001\\u001f\\u007f"')
+    T.eq(json.encode("é € 😀"), '"é € 😀"', "non-ASCII is written as UTF-8")
+    for c = 0, 127 do
+        local s = string.char(c)
+        T.eq(json.decode(json.encode(s)), s, "byte " .. c)
+    end
+    T.eq(json.encode({ ["k\n"] = 1 }), '{"k\\n":1}')
+    T.raises(function() json.encode({ a = { "ok", "bad\255" } }) end,
+        "json.encode: value.a[2] is not valid UTF-8 (byte 4 is 0xff)", true)
+    T.raises(function() json.encode({ ["\192\128"] = 1 }) end,
+        "json.encode: a key of value is not valid UTF-8 (byte 1 is 0xc0)", true)
+    T.raises(function() json.encode("\237\160\128") end, "not valid UTF-8", true)
+    T.raises(function() json.encode("\244\144\128\128") end, "not valid UTF-8", true)
+    T.raises(function() json.encode("ab\226\130") end, "byte 3 is 0xe2", true)
+end)
+
+T.test("round trip: documents with every kind of value", function()
+    math.randomseed(7)
+    local function rnd_string()
+        local parts = {}
+        for i = 1, math.random(0, 12) do
+            local r = math.random()
+            if r < 0.6 then
+                parts[i] = string.char(math.random(0, 127))
+            elseif r < 0.8 then
+                parts[i] = "é"
+            elseif r < 0.9 then
+                parts[i] = "€"
+            else
+                parts[i] = "😀"
+            end
+        end
+        return table.concat(parts)
+    end
+    local function rnd(depth)
+        local r = math.random()
+        if depth > 4 or r < 0.3 then
+            local k = math.random(1, 5)
+            if k == 1 then return rnd_string() end
+            if k == 2 then return from_words(math.random(0, 0x7fefffff), math.random(0, 2 ^ 32 - 1)) end
+            if k == 3 then return math.random(-1000, 1000) end
+            if k == 4 then return math.random() < 0.5 end
+            return json.null
+        elseif r < 0.65 then
+            local a = json.array()
+            for i = 1, math.random(0, 5) do a[i] = rnd(depth + 1) end
+            return a
+        end
+        local o = {}
+        for _ = 1, math.random(0, 5) do o[rnd_string()] = rnd(depth + 1) end
+        return o
+    end
+    local function same(a, b)
+        if type(a) ~= type(b) then return false end
+        if type(a) == "number" then return bits(a) == bits(b) end
+        if type(a) ~= "table" then return a == b end
+        if json.is_array(a) ~= json.is_array(b) then return false end
+        for k, x in pairs(a) do if not same(x, b[k]) then return false end end
+        for k in pairs(b) do if a[k] == nil then return false end end
+        return true
+    end
+    for i = 1, 300 do
+        local v = rnd(0)
+        local text = json.encode(v, { indent = i % 2 == 0 and 2 or nil })
+        T.ok(same(json.decode(text), v), text)
+        T.eq(json.encode(json.decode(text), { indent = i % 2 == 0 and 2 or nil }), text)
+    end
+end)
+
+T.test("callers: log.jsonl and state.json keep their numbers exactly", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    lt.fs.make_dirs(dir)
+    local loss = ffi.new("float[1]", 2.3456789)[0] -- a loss as the f32 kernels give it
+    local log = lt.log.open(dir .. "/log.jsonl")
+    log:write({ step = 1, loss = loss, lr = 3e-4, tokens = 2 ^ 40 })
+    log:close()
+    local line = T.slurp(dir .. "/log.jsonl")
+    T.eq(line, '{"loss":2.3456788063049316,"lr":0.0003,"step":1,"tokens":1099511627776}\n')
+    local rec = json.decode(line)
+    T.eq(bits(rec.loss), bits(loss))
+    T.eq(rec.lr, 3e-4)
+    local state = { step = 12, extra = { best = 0.1 + 0.2, lrs = json.array({ 1e-5, 2.5e-4 }) } }
+    lt.fs.write_atomic(dir .. "/state.json", json.encode(state, { indent = 2 }) .. "\n")
+    T.eq(T.slurp(dir .. "/state.json"),
+        '{\n  "extra": {\n    "best": 0.30000000000000004,\n    "lrs": [\n      1e-05,\n      0.00025\n    ]\n  },\n  "step": 12\n}\n')
+    local back = json.read_file(dir .. "/state.json")
+    T.eq(back.extra.best, 0.1 + 0.2)
+    T.ok(json.is_array(back.extra.lrs))
+    lt.fs.write_atomic(dir .. "/bad.json", '{"a": 1,\n  "b": }\n')
+    T.raises(function() json.read_file(dir .. "/bad.json") end, dir .. "/bad.json:2:8: expected a value, found '}'", true)
+    T.raises(function() json.read_file(dir .. "/missing.json") end, "cannot open " .. dir .. "/missing.json", true)
+    os.execute("rm -rf " .. dir)
 end)
 
 T.done()
