@@ -20,7 +20,7 @@ numbers and strings that are not valid UTF-8 are errors naming where they are.
 local ffi = require "ffi"
 local core = require "luatrain.core"
 
-local C = core.C
+local C, check = core.C, core.check
 local byte, find, format, gsub = string.byte, string.find, string.format, string.gsub
 local floor, abs, huge = math.floor, math.abs, math.huge
 local ffi_string = ffi.string
@@ -43,7 +43,7 @@ local T_NUMBER, T_STRING, T_ARRAY, T_OBJECT = C.LT_JSON_NUMBER, C.LT_JSON_STRING
 
 local function new_doc()
     local p = ffi.new("lt_json_doc*[1]")
-    core.check(C.lt_json_doc_new(p))
+    check(C.lt_json_doc_new(p))
     return ffi.gc(p[0], C.lt_json_doc_free)
 end
 
@@ -54,8 +54,6 @@ local shared = new_doc()
 local busy = false
 local nodes_out = ffi.new("const lt_json_node*[1]")
 local count_out = ffi.new("int64_t[1]")
--- The document being read, for the duplicate-key message.
-local cur_doc, cur_text, cur_name
 
 -- 1-based line and column (in bytes) of 0-based byte offset `at`, as the C side counts.
 local function position(text, at)
@@ -65,17 +63,18 @@ local function position(text, at)
     return newlines + 1, last and (at - last + 1) or (at + 1)
 end
 
-local function duplicate(key, at)
-    local line, col = position(cur_text, at)
-    local name, doc = cur_name, cur_doc
+-- A key given twice: drop the document, then raise "NAME:LINE:COL: duplicate key".
+local function duplicate(key, at, doc, text, name)
+    local line, col = position(text, at)
     C.lt_json_doc_clear(doc)
     if doc == shared then busy = false end
     if #key > 64 then key = key:sub(1, 64) .. "..." end
     error(format("%s:%d:%d: duplicate key %q", name, line, col, key), 0)
 end
 
--- The value at node i and the index of the node after it (and its children).
-local function value(nodes, i)
+-- The value at node i and the index of the node after it (and its children); doc, text and
+-- name are for the duplicate-key message.
+local function value(nodes, i, doc, text, name)
     local n = nodes[i]
     local t = n.type
     if t == T_STRING then return ffi_string(n.str, n.len), i + 1 end
@@ -86,15 +85,15 @@ local function value(nodes, i)
         for _ = 1, count do
             local m = nodes[j]
             local key = ffi_string(m.key, m.key_len)
-            if obj[key] ~= nil then duplicate(key, tonumber(m.key_pos)) end
-            obj[key], j = value(nodes, j)
+            if obj[key] ~= nil then duplicate(key, tonumber(m.key_pos), doc, text, name) end
+            obj[key], j = value(nodes, j, doc, text, name)
         end
         return obj, j
     end
     if t == T_ARRAY then
         local count = tonumber(n.len)
         local arr, j = setmetatable(table_new(count, 0), array_mt), i + 1
-        for k = 1, count do arr[k], j = value(nodes, j) end
+        for k = 1, count do arr[k], j = value(nodes, j, doc, text, name) end
         return arr, j
     end
     if t == T_TRUE then return true, i + 1 end
@@ -106,15 +105,10 @@ function M.decode(text, name)
     if type(text) ~= "string" then error("json.decode: expected a string", 2) end
     name = name and tostring(name) or "JSON"
     local doc = busy and new_doc() or shared
-    if C.lt_json_parse(doc, text, #text, name, nodes_out, count_out) ~= 0 then
-        error(ffi_string(C.lt_last_error()), 0)
-    end
+    check(C.lt_json_parse(doc, text, #text, name, nodes_out, count_out))
     local nodes = nodes_out[0]
     if doc == shared then busy = true end
-    local saved_doc, saved_text, saved_name = cur_doc, cur_text, cur_name
-    cur_doc, cur_text, cur_name = doc, text, name
-    local v = value(nodes, 0)
-    cur_doc, cur_text, cur_name = saved_doc, saved_text, saved_name
+    local v = value(nodes, 0, doc, text, name)
     C.lt_json_doc_clear(doc)
     if doc == shared then busy = false end
     return v
