@@ -13,8 +13,8 @@ and a key given twice in one object are errors. Numbers beyond the double range 
 
 json.encode(value [, {indent = 2, sort_keys = true}]) -> text. Keys are sorted by default
 so output is deterministic. An integral number below 2^53 in magnitude is written as an
-integer; any other number in the fewest significant digits (of 15, 16 and 17; from 1 for
-subnormals) that read back as the same double, so decode(encode(x)) == x. Non-finite
+integer; any other in the fewest significant digits that read back as the same double
+(shortest round trip, as Python's repr), so decode(encode(x)) == x. Non-finite
 numbers and strings that are not valid UTF-8 are errors naming where they are.
 ]]
 local ffi = require "ffi"
@@ -22,7 +22,7 @@ local core = require "luatrain.core"
 
 local C, check = core.C, core.check
 local byte, find, format, gsub = string.byte, string.find, string.format, string.gsub
-local floor, abs, huge = math.floor, math.abs, math.huge
+local floor, abs, frexp, huge = math.floor, math.abs, math.frexp, math.huge
 local ffi_string = ffi.string
 local ok_tnew, table_new = pcall(require, "table.new")
 if not ok_tnew then table_new = function() return {} end end
@@ -163,6 +163,29 @@ local G = {}
 for p = 1, 17 do G[p] = "%." .. p .. "g" end
 local MIN_NORMAL = 2.2250738585072014e-308
 
+-- The 16-digit decimal one step above x's nearest (in magnitude), as %.16g writes a number
+-- with an exponent. A power of two reads back from twice as far above it as below, so
+-- this one can read back when the nearest does not: 2^-1017 is 7.120236347223045e-307,
+-- where %.16g gives ...044e-307, another double.
+local function above16(x)
+    local sign, lead, frac, exp = format("%.15e", x):match("^(%-?)(%d)%.(%d+)e([-+]%d+)$")
+    local d = { byte(lead .. frac, 1, -1) }
+    local i = #d
+    while i > 0 and d[i] == 57 do -- '9' carries
+        d[i] = 48
+        i = i - 1
+    end
+    exp = tonumber(exp)
+    if i == 0 then
+        d[1], exp = 49, exp + 1
+    else
+        d[i] = d[i] + 1
+    end
+    local digits = string.char(unpack(d))
+    local mant = (digits:sub(1, 1) .. "." .. digits:sub(2)):gsub("%.?0+$", "")
+    return format("%s%se%s%02d", sign, mant, exp < 0 and "-" or "+", abs(exp))
+end
+
 -- The text of a finite number (see the top of the file).
 local function encode_number(x)
     if x == floor(x) and abs(x) < 9007199254740992 then
@@ -177,6 +200,12 @@ local function encode_number(x)
     for p = abs(x) < MIN_NORMAL and 1 or 15, 16 do
         local s = format(G[p], x)
         if tonumber(s) == x then return #s <= #full and s or full end
+    end
+    -- Powers of two between 1e-4 and 1e16 have exact forms of at most 16 digits, so only
+    -- those written with an exponent can need the decimal above the nearest.
+    if abs(frexp(x)) == 0.5 and (abs(x) < 1e-4 or abs(x) >= 1e16) then
+        local s = above16(x)
+        if tonumber(s) == x then return s end
     end
     return full
 end
