@@ -1,6 +1,7 @@
 /*
- * lt_io.h - files: safetensors reading (mmap, validated) and writing (atomic), and the
- * atomic-write primitives every saved file goes through.
+ * lt_io.h - files: safetensors reading (mmap, validated) and writing (atomic), the
+ * atomic-write primitives every saved file goes through, dataset lines, and the JSON parser
+ * behind lua/luatrain/json.lua.
  *
  * A safetensors file is: an 8-byte little-endian header length n, n bytes of JSON
  * ({"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
@@ -226,5 +227,53 @@ int lt_file_info(const char *path, int64_t *size, int64_t *mtime_ns);
 /* mkdir -p: create `path` and any missing parents (mode 0755). An existing directory is
    fine; an existing non-directory is an LT_ERR_IO naming it. */
 int lt_make_dirs(const char *path);
+
+/* ---- JSON ------------------------------------------------------------------------- */
+
+/* JSON documents are parsed here for the Lua side (lua/luatrain/json.lua), which turns the
+   nodes into Lua values. Only RFC 8259 JSON is accepted: whitespace is space, tab, CR and
+   LF; no byte order mark; numbers as the grammar has them ("01", "1.", ".5", "+1" are
+   refused) and at most 63 characters long; strings valid UTF-8 with no raw control
+   characters, known escapes only, and no lone surrogate in a \u escape; nothing after the
+   value; at most LT_JSON_MAX_DEPTH nested arrays and objects. A number beyond the double
+   range reads as +-inf (1e400) or 0 (1e-400), as Python's json reads it. Duplicate keys
+   are left to the caller (the Lua side refuses them). A malformed document is an
+   LT_ERR_FORMAT "NAME:LINE:COL: what was expected" (LINE and COLUMN 1-based, columns
+   counting bytes). */
+enum { LT_JSON_MAX_DEPTH = 512 };
+
+enum lt_json_type {
+    LT_JSON_NULL = 0,
+    LT_JSON_FALSE = 1,
+    LT_JSON_TRUE = 2,
+    LT_JSON_NUMBER = 3,
+    LT_JSON_STRING = 4,
+    LT_JSON_ARRAY = 5,
+    LT_JSON_OBJECT = 6
+};
+
+/* One value. A document is its values in document order (pre-order): an array or object
+   is followed by its `len` children, each followed by its own. */
+typedef struct lt_json_node {
+    const char *str;  /* LT_JSON_STRING: the decoded bytes, len of them (NUL may be one) */
+    const char *key;  /* a member of an object: its decoded name, key_len bytes; else NULL */
+    double number;    /* LT_JSON_NUMBER */
+    int64_t len;      /* LT_JSON_STRING: bytes at str; LT_JSON_ARRAY, LT_JSON_OBJECT: children */
+    int64_t key_len;
+    int64_t key_pos;  /* a member: byte offset of its name's opening quote in the text; else -1 */
+    int32_t type;     /* lt_json_type */
+    int32_t reserved; /* explicit padding, zero */
+} lt_json_node;
+
+/* A parsed document and the buffers reused from one parse to the next. */
+typedef struct lt_json_doc lt_json_doc;
+int lt_json_doc_new(lt_json_doc **out);
+void lt_json_doc_free(lt_json_doc *d);
+/* Parse text[0..len) into d, dropping what d held. *nodes (*count of them) stay valid until
+   the next parse, clear or free of d. `name` (NULL: "JSON") starts error messages. */
+int lt_json_parse(lt_json_doc *d, const char *text, int64_t len, const char *name,
+                  const lt_json_node **nodes, int64_t *count);
+/* Drop the parsed document (the nodes and their strings); d can parse again. */
+void lt_json_doc_clear(lt_json_doc *d);
 
 #endif

@@ -462,6 +462,38 @@ void lt_spool_abort(lt_spool *s);
 int lt_file_info(const char *path, int64_t *size, int64_t *mtime_ns);
 
 int lt_make_dirs(const char *path);
+
+enum { LT_JSON_MAX_DEPTH = 512 };
+
+enum lt_json_type {
+    LT_JSON_NULL = 0,
+    LT_JSON_FALSE = 1,
+    LT_JSON_TRUE = 2,
+    LT_JSON_NUMBER = 3,
+    LT_JSON_STRING = 4,
+    LT_JSON_ARRAY = 5,
+    LT_JSON_OBJECT = 6
+};
+
+typedef struct lt_json_node {
+    const char *str;
+    const char *key;
+    double number;
+    int64_t len;
+    int64_t key_len;
+    int64_t key_pos;
+    int32_t type;
+    int32_t reserved;
+} lt_json_node;
+
+typedef struct lt_json_doc lt_json_doc;
+int lt_json_doc_new(lt_json_doc **out);
+void lt_json_doc_free(lt_json_doc *d);
+
+int lt_json_parse(lt_json_doc *d, const char *text, int64_t len, const char *name,
+                  const lt_json_node **nodes, int64_t *count);
+
+void lt_json_doc_clear(lt_json_doc *d);
 /* lt_tok.h */
 typedef struct lt_ids {
     int32_t *data;

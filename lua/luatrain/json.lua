@@ -1,12 +1,32 @@
 --[[
-json.lua - JSON for the Lua side (config.json, adapter_config.json, JSONL logs).
+json.lua - JSON for the Lua side (config.json, adapter_config.json, state.json, JSONL logs
+and datasets).
 
 json.decode(text [, name]) -> value. Objects become tables, arrays become sequences with
-json.is_array(t) true, null becomes json.null. A malformed document raises an error naming
-`name`, the line and column, and what was expected. Nesting deeper than 512 is an error.
+json.is_array(t) true, null becomes json.null. The C core parses (src/io/json.c: a strict
+check, then cJSON) and hands back the values as a flat list of nodes, which are turned into
+tables here. Only RFC 8259 JSON is accepted (src/lt_io.h lists what is refused: invalid
+UTF-8, lone surrogates, "01", text after the value, ...); a malformed document raises
+"NAME:LINE:COL: what was expected", NAME being `name` or "JSON". Nesting deeper than 512
+and a key given twice in one object are errors. Numbers beyond the double range read as
++-inf or 0, as Python's json reads them.
+
 json.encode(value [, {indent = 2, sort_keys = true}]) -> text. Keys are sorted by default
-so output is deterministic; non-finite numbers are an error (JSON has none).
+so output is deterministic. An integral number below 2^53 in magnitude is written as an
+integer; any other in the fewest significant digits that read back as the same double
+(shortest round trip, as Python's repr), so decode(encode(x)) == x. Non-finite
+numbers and strings that are not valid UTF-8 are errors naming where they are.
 ]]
+local ffi = require "ffi"
+local core = require "luatrain.core"
+
+local C, check = core.C, core.check
+local byte, find, format, gsub = string.byte, string.find, string.format, string.gsub
+local floor, abs, frexp, huge = math.floor, math.abs, math.frexp, math.huge
+local ffi_string = ffi.string
+local ok_tnew, table_new = pcall(require, "table.new")
+if not ok_tnew then table_new = function() return {} end end
+
 local M = {}
 
 M.null = setmetatable({}, { __tostring = function() return "null" end })
@@ -15,184 +35,179 @@ local array_mt = { __json_array = true }
 function M.is_array(t) return getmetatable(t) == array_mt end
 function M.array(t) return setmetatable(t or {}, array_mt) end
 
-local MAX_DEPTH = 512
+-- ---- decoding ---------------------------------------------------------------------------
 
-local function position(text, i)
-    local line, col = 1, 1
-    for j = 1, i - 1 do
-        if text:byte(j) == 10 then
-            line, col = line + 1, 1
-        else
-            col = col + 1
+local T_NULL, T_FALSE, T_TRUE = C.LT_JSON_NULL, C.LT_JSON_FALSE, C.LT_JSON_TRUE
+local T_NUMBER, T_STRING, T_ARRAY, T_OBJECT = C.LT_JSON_NUMBER, C.LT_JSON_STRING,
+    C.LT_JSON_ARRAY, C.LT_JSON_OBJECT
+
+local function new_doc()
+    local p = ffi.new("lt_json_doc*[1]")
+    check(C.lt_json_doc_new(p))
+    return ffi.gc(p[0], C.lt_json_doc_free)
+end
+
+-- One document at a time is parsed into `shared`, whose buffers are reused. `busy` is set
+-- while its nodes are being read: a decode that starts meanwhile (from a finaliser the
+-- garbage collector runs) parses into a document of its own.
+local shared = new_doc()
+local busy = false
+local nodes_out = ffi.new("const lt_json_node*[1]")
+local count_out = ffi.new("int64_t[1]")
+
+-- 1-based line and column (in bytes) of 0-based byte offset `at`, as the C side counts.
+local function position(text, at)
+    local before = text:sub(1, at)
+    local _, newlines = gsub(before, "\n", "")
+    local last = before:match(".*()\n")
+    return newlines + 1, last and (at - last + 1) or (at + 1)
+end
+
+-- A key given twice: drop the document, then raise "NAME:LINE:COL: duplicate key".
+local function duplicate(key, at, doc, text, name)
+    local line, col = position(text, at)
+    C.lt_json_doc_clear(doc)
+    if doc == shared then busy = false end
+    if #key > 64 then key = key:sub(1, 64) .. "..." end
+    error(format("%s:%d:%d: duplicate key %q", name, line, col, key), 0)
+end
+
+-- The value at node i and the index of the node after it (and its children); doc, text and
+-- name are for the duplicate-key message.
+local function value(nodes, i, doc, text, name)
+    local n = nodes[i]
+    local t = n.type
+    if t == T_STRING then return ffi_string(n.str, n.len), i + 1 end
+    if t == T_NUMBER then return n.number, i + 1 end
+    if t == T_OBJECT then
+        local count = tonumber(n.len)
+        local obj, j = table_new(0, count), i + 1
+        for _ = 1, count do
+            local m = nodes[j]
+            local key = ffi_string(m.key, m.key_len)
+            if obj[key] ~= nil then duplicate(key, tonumber(m.key_pos), doc, text, name) end
+            obj[key], j = value(nodes, j, doc, text, name)
         end
+        return obj, j
     end
-    return line, col
+    if t == T_ARRAY then
+        local count = tonumber(n.len)
+        local arr, j = setmetatable(table_new(count, 0), array_mt), i + 1
+        for k = 1, count do arr[k], j = value(nodes, j, doc, text, name) end
+        return arr, j
+    end
+    if t == T_TRUE then return true, i + 1 end
+    if t == T_FALSE then return false, i + 1 end
+    return M.null, i + 1
 end
 
 function M.decode(text, name)
     if type(text) ~= "string" then error("json.decode: expected a string", 2) end
-    name = name or "JSON"
-    local i = 1
-    local n = #text
-
-    local function fail(msg)
-        local line, col = position(text, i)
-        error(("%s:%d:%d: %s"):format(name, line, col, msg), 0)
-    end
-
-    local function skip()
-        while i <= n do
-            local c = text:byte(i)
-            if c == 32 or c == 9 or c == 10 or c == 13 then i = i + 1 else break end
-        end
-    end
-
-    local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
-
-    local function utf8(cp)
-        if cp < 0x80 then return string.char(cp) end
-        if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
-        if cp < 0x10000 then
-            return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-        end
-        return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
-            0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-    end
-
-    local function parse_string()
-        i = i + 1 -- opening quote
-        local parts = {}
-        local start = i
-        while true do
-            if i > n then fail("unterminated string") end
-            local c = text:byte(i)
-            if c == 34 then
-                parts[#parts + 1] = text:sub(start, i - 1)
-                i = i + 1
-                return table.concat(parts)
-            elseif c == 92 then
-                parts[#parts + 1] = text:sub(start, i - 1)
-                local e = text:sub(i + 1, i + 1)
-                if e == "u" then
-                    local hex = text:sub(i + 2, i + 5)
-                    if not hex:match("^%x%x%x%x$") then fail("bad \\u escape") end
-                    local cp = tonumber(hex, 16)
-                    i = i + 6
-                    if cp >= 0xD800 and cp <= 0xDBFF and text:sub(i, i + 1) == "\\u" then
-                        local lo = tonumber(text:sub(i + 2, i + 5), 16)
-                        if lo and lo >= 0xDC00 and lo <= 0xDFFF then
-                            cp = 0x10000 + (cp - 0xD800) * 1024 + (lo - 0xDC00)
-                            i = i + 6
-                        end
-                    end
-                    parts[#parts + 1] = utf8(cp)
-                elseif escapes[e] then
-                    parts[#parts + 1] = escapes[e]
-                    i = i + 2
-                else
-                    fail("bad escape \\" .. e)
-                end
-                start = i
-            elseif c < 32 then
-                fail("control character in string")
-            else
-                i = i + 1
-            end
-        end
-    end
-
-    local parse_value
-
-    local function parse_number()
-        local s, e = text:find("^-?%d+%.?%d*[eE]?[-+]?%d*", i)
-        if not s then fail("bad number") end
-        local str = text:sub(s, e)
-        if str:match("^-?0%d") then fail("leading zero in number") end
-        local v = tonumber(str)
-        if v == nil then fail("bad number '" .. str .. "'") end
-        i = e + 1
-        return v
-    end
-
-    function parse_value(depth)
-        if depth > MAX_DEPTH then fail("nesting deeper than " .. MAX_DEPTH) end
-        skip()
-        if i > n then fail("unexpected end of input") end
-        local c = text:sub(i, i)
-        if c == "{" then
-            i = i + 1
-            local obj = {}
-            skip()
-            if text:sub(i, i) == "}" then
-                i = i + 1
-                return obj
-            end
-            while true do
-                skip()
-                if text:sub(i, i) ~= '"' then fail("expected a string key") end
-                local key = parse_string()
-                skip()
-                if text:sub(i, i) ~= ":" then fail("expected ':' after key \"" .. key .. "\"") end
-                i = i + 1
-                if obj[key] ~= nil then fail("duplicate key \"" .. key .. "\"") end
-                obj[key] = parse_value(depth + 1)
-                skip()
-                local d = text:sub(i, i)
-                i = i + 1
-                if d == "}" then return obj end
-                if d ~= "," then
-                    i = i - 1
-                    fail("expected ',' or '}' in object")
-                end
-            end
-        elseif c == "[" then
-            i = i + 1
-            local arr = M.array({})
-            skip()
-            if text:sub(i, i) == "]" then
-                i = i + 1
-                return arr
-            end
-            while true do
-                arr[#arr + 1] = parse_value(depth + 1)
-                skip()
-                local d = text:sub(i, i)
-                i = i + 1
-                if d == "]" then return arr end
-                if d ~= "," then
-                    i = i - 1
-                    fail("expected ',' or ']' in array")
-                end
-            end
-        elseif c == '"' then
-            return parse_string()
-        elseif c == "-" or c:match("%d") then
-            return parse_number()
-        elseif text:sub(i, i + 3) == "true" then
-            i = i + 4
-            return true
-        elseif text:sub(i, i + 4) == "false" then
-            i = i + 5
-            return false
-        elseif text:sub(i, i + 3) == "null" then
-            i = i + 4
-            return M.null
-        end
-        fail("unexpected character '" .. c .. "'")
-    end
-
-    local v = parse_value(1)
-    skip()
-    if i <= n then fail("trailing characters after the document") end
+    name = name and tostring(name) or "JSON"
+    local doc = busy and new_doc() or shared
+    check(C.lt_json_parse(doc, text, #text, name, nodes_out, count_out))
+    local nodes = nodes_out[0]
+    if doc == shared then busy = true end
+    local v = value(nodes, 0, doc, text, name)
+    C.lt_json_doc_clear(doc)
+    if doc == shared then busy = false end
     return v
 end
 
-local function encode_string(s)
-    return '"' .. s:gsub('[%c"\\]', function(c)
-        local map = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
-            ["\b"] = "\\b", ["\f"] = "\\f" }
-        return map[c] or string.format("\\u%04x", c:byte())
-    end) .. '"'
+-- ---- encoding ---------------------------------------------------------------------------
+
+local escapes = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
+    ["\b"] = "\\b", ["\f"] = "\\f" }
+local function escape(c) return escapes[c] or format("\\u%04x", byte(c)) end
+
+-- 1-based index of the first byte of s that does not start a valid UTF-8 sequence (no
+-- overlong forms, surrogates or code points above U+10FFFF, as the decoder requires), or nil.
+local function utf8_fault(s)
+    local i = find(s, "[\128-\255]")
+    while i do
+        local c = byte(s, i)
+        local len, lo, hi = 2, 0x80, 0xBF
+        if c >= 0xC2 and c <= 0xDF then
+            len = 2
+        elseif c >= 0xE0 and c <= 0xEF then
+            len = 3
+            if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+        elseif c >= 0xF0 and c <= 0xF4 then
+            len = 4
+            if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+        else
+            return i
+        end
+        local c1 = byte(s, i + 1)
+        if not c1 or c1 < lo or c1 > hi then return i end
+        for k = 2, len - 1 do
+            local ck = byte(s, i + k)
+            if not ck or ck < 0x80 or ck > 0xBF then return i end
+        end
+        i = find(s, "[\128-\255]", i + len)
+    end
+    return nil
+end
+
+-- path: where s is (is_key: s is a key of the object there), for the message.
+local function encode_string(s, path, is_key)
+    local bad = utf8_fault(s)
+    if bad then
+        error(format("json.encode: %s%s is not valid UTF-8 (byte %d is 0x%02x)", is_key and "a key of " or "",
+            path, bad, byte(s, bad)), 0)
+    end
+    return '"' .. gsub(s, '[%c"\\]', escape) .. '"'
+end
+
+local G = {}
+for p = 1, 17 do G[p] = "%." .. p .. "g" end
+local MIN_NORMAL = 2.2250738585072014e-308
+
+-- The 16-digit decimal one step above x's nearest (in magnitude), as %.16g writes a number
+-- with an exponent. A power of two reads back from twice as far above it as below, so
+-- this one can read back when the nearest does not: 2^-1017 is 7.120236347223045e-307,
+-- where %.16g gives ...044e-307, another double.
+local function above16(x)
+    local sign, lead, frac, exp = format("%.15e", x):match("^(%-?)(%d)%.(%d+)e([-+]%d+)$")
+    local d = { byte(lead .. frac, 1, -1) }
+    local i = #d
+    while i > 0 and d[i] == 57 do -- '9' carries
+        d[i] = 48
+        i = i - 1
+    end
+    exp = tonumber(exp)
+    if i == 0 then
+        d[1], exp = 49, exp + 1
+    else
+        d[i] = d[i] + 1
+    end
+    local digits = string.char(unpack(d))
+    local mant = (digits:sub(1, 1) .. "." .. digits:sub(2)):gsub("%.?0+$", "")
+    return format("%s%se%s%02d", sign, mant, exp < 0 and "-" or "+", abs(exp))
+end
+
+-- The text of a finite number (see the top of the file).
+local function encode_number(x)
+    if x == floor(x) and abs(x) < 9007199254740992 then
+        if x == 0 and 1 / x < 0 then return "-0" end
+        return format("%d", x)
+    end
+    -- A normal double carries more than 15 significant digits, so %.15g already gives the
+    -- fewest digits when at most 15 read back; a subnormal carries fewer. %.17g always reads
+    -- back, and wins when fewer digits would need an exponent (19841818857864420 rather
+    -- than 1.984181885786442e+16).
+    local full = format(G[17], x)
+    for p = abs(x) < MIN_NORMAL and 1 or 15, 16 do
+        local s = format(G[p], x)
+        if tonumber(s) == x then return #s <= #full and s or full end
+    end
+    -- Powers of two between 1e-4 and 1e16 have exact forms of at most 16 digits, so only
+    -- those written with an exponent can need the decimal above the nearest.
+    if abs(frexp(x)) == 0.5 and (abs(x) < 1e-4 or abs(x) >= 1e16) then
+        local s = above16(x)
+        if tonumber(s) == x then return s end
+    end
+    return full
 end
 
 local function is_sequence(t)
@@ -214,16 +229,12 @@ function M.encode(v, opts)
         elseif t == "boolean" then
             out[#out + 1] = tostring(x)
         elseif t == "number" then
-            if x ~= x or x == math.huge or x == -math.huge then
+            if x ~= x or x == huge or x == -huge then
                 error(("json.encode: %s is %s, which JSON cannot represent"):format(path, tostring(x)), 0)
             end
-            if x == math.floor(x) and math.abs(x) < 1e15 then
-                out[#out + 1] = string.format("%d", x)
-            else
-                out[#out + 1] = string.format("%.17g", x)
-            end
+            out[#out + 1] = encode_number(x)
         elseif t == "string" then
-            out[#out + 1] = encode_string(x)
+            out[#out + 1] = encode_string(x, path)
         elseif t == "table" then
             local nl = indent and ("\n" .. string.rep(" ", indent * (level + 1))) or ""
             local close = indent and ("\n" .. string.rep(" ", indent * level)) or ""
@@ -253,7 +264,8 @@ function M.encode(v, opts)
                 end
                 out[#out + 1] = "{"
                 for idx, k in ipairs(keys) do
-                    out[#out + 1] = (idx > 1 and "," or "") .. nl .. encode_string(k) .. (indent and ": " or ":")
+                    out[#out + 1] = (idx > 1 and "," or "") .. nl ..
+                        encode_string(k, path, true) .. (indent and ": " or ":")
                     enc(x[k], level + 1, path .. "." .. k)
                 end
                 out[#out + 1] = close .. "}"
