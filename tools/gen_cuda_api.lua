@@ -108,7 +108,8 @@ end
 local function functions_of(path)
     local list = {}
     for ret, name, params in code_of(read(path)):gmatch("([%w_]+) (lt_[%w_]+) ?(%b()) ?;") do
-        list[#list + 1] = { ret = ret, name = name, params = params_of(params, path .. ": " .. name) }
+        local where = path .. ": " .. name
+        list[#list + 1] = { ret = ret, name = name, params = params_of(params, where) }
     end
     return list
 end
@@ -175,7 +176,9 @@ local function collect(root)
         for _, n in ipairs(CUDA_OPS[h]) do wanted["lt_" .. n] = true end
         for _, f in ipairs(functions_of(root .. h)) do
             if wanted[f.name] then
-                if f.ret ~= "int" then die(("%s: %s does not return an int status"):format(h, f.name)) end
+                if f.ret ~= "int" then
+                    die(("%s: %s does not return an int status"):format(h, f.name))
+                end
                 f.field = f.name:sub(#"lt_" + 1)
                 f.name = "lt_cuda_" .. f.field
                 f.group = h:match("[^/]+$")
@@ -185,7 +188,9 @@ local function collect(root)
             end
         end
         for _, n in ipairs(CUDA_OPS[h]) do
-            if not found["lt_cuda_" .. n] then die(("CUDA_OPS names %s, which %s does not declare"):format(n, h)) end
+            if not found["lt_cuda_" .. n] then
+                die(("CUDA_OPS names %s, which %s does not declare"):format(n, h))
+            end
         end
     end
     local seen = {}
@@ -197,7 +202,8 @@ local function collect(root)
     -- layout crosses the table
     local canon = {}
     for _, e in ipairs(entries) do
-        canon[#canon + 1] = ("%s %s(%s);"):format(e.ret, e.name, table.concat(decls(e.params), ", "))
+        local params = table.concat(decls(e.params), ", ")
+        canon[#canon + 1] = ("%s %s(%s);"):format(e.ret, e.name, params)
     end
     for _, h in ipairs(TYPE_HEADERS) do
         local code = code_of(read(root .. h))
@@ -238,7 +244,9 @@ local function gen_ops_h(ops)
         .. "#ifndef LT_CUDA_API_OPS_H\n#define LT_CUDA_API_OPS_H\n\n"
         .. "#include \"lt_ops.h\"\n#include \"lt_quant.h\"\n\n"
         .. "#ifdef __cplusplus\nextern \"C\" {\n#endif\n"
-        .. by_group(ops, function(e) return wrap("int " .. e.name .. "(", decls(e.params), ");") end)
+        .. by_group(ops, function(e)
+            return wrap("int " .. e.name .. "(", decls(e.params), ");")
+        end)
         .. "\n\n#ifdef __cplusplus\n}\n#endif\n\n#endif\n"
 end
 

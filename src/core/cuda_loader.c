@@ -70,9 +70,10 @@ static void load_backend(void) {
         snprintf(path, sizeof path, "%s", env);
     } else {
         char folder[PATH_MAX];
-        if (core_folder(folder, sizeof folder) != 0 ||
-            snprintf(path, sizeof path, "%s/%s", folder, LT_CUDA_BACKEND_FILE) >= (int)sizeof path ||
-            access(path, F_OK) != 0) {
+        int n = core_folder(folder, sizeof folder) == 0
+                    ? snprintf(path, sizeof path, "%s/%s", folder, LT_CUDA_BACKEND_FILE)
+                    : -1;
+        if (n < 0 || n >= (int)sizeof path || access(path, F_OK) != 0) {
             refuse(LT_ERR_UNSUPPORTED, "built without CUDA");
             return;
         }
