@@ -1,5 +1,5 @@
 // context.cu - devices, their contexts (stream, cuBLASLt, workspace, caching allocator),
-// and pinned host memory.
+// pinned host memory, and the backend's entry point (the table the core calls through).
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -261,3 +261,12 @@ extern "C" int lt_cuda_host_alloc(void **out, int64_t nbytes) {
 extern "C" void lt_cuda_host_free(void *p) {
     if (p) cudaFreeHost(p);
 }
+
+// ---- the backend's entry point --------------------------------------------------------------
+
+// The one symbol this library exports (it is built with hidden visibility): the table through
+// which the core calls every function of core/lt_cuda.h and every op twin
+// (src/core/cuda_loader.c loads the library and checks the table's version).
+#include "core/cuda_api/table_init.h"
+
+extern "C" const lt_cuda_api *lt_cuda_backend_api(void) { return &lt_cuda_api_table; }

@@ -111,7 +111,7 @@ enum lt_storage_kind {
     LT_STORAGE_OWNED = 0,   /* allocated by the device allocator, counted in memory stats */
     LT_STORAGE_MAPPED = 1,  /* a window of a memory-mapped file; `owner` keeps the map alive */
     LT_STORAGE_BORROWED = 2, /* memory owned by someone else; never freed here */
-    LT_STORAGE_PINNED = 3    /* page-locked host memory (CUDA builds): copies to and from a
+    LT_STORAGE_PINNED = 3    /* page-locked host memory (the CUDA backend): copies to and from a
                                 device run asynchronously on the device's stream */
 };
 
@@ -241,9 +241,15 @@ void *lt_scratch_alloc(int64_t nbytes);
 void lt_scratch_free(void *p);
 
 /* ---- CUDA ----------------------------------------------------------------------------
-   In a build without CUDA every function here fails with LT_ERR_UNSUPPORTED and the message
-   "built without CUDA". lt_cuda_device_count succeeds with 0 on a CUDA build when no device
-   (or no driver) is present.
+   The CUDA backend is a library of its own (libluatrain_cuda.so, beside libluatrain.so, or
+   the file LT_CUDA_LIBRARY names), loaded by the first call that needs it: any function
+   here, a CUDA tensor, pinned memory. Until then no CUDA library is in the process, so a
+   run that uses no GPU starts as a CPU-only build does and needs no CUDA runtime.
+   Where the backend cannot be used every function here fails with LT_ERR_UNSUPPORTED and
+   the reason: "built without CUDA" (no backend was built), or "CUDA runtime not found: "
+   with the dynamic loader's message (it or a library it needs cannot load; a backend built
+   from other headers is refused as well). lt_cuda_device_count succeeds with 0 when the
+   backend loads but no device (or no driver) is present.
 
    Each device has one context, made on first use: a non-blocking stream that every kernel,
    copy and cuBLASLt call for the device runs on (never the default stream), a cuBLASLt

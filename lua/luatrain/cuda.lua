@@ -1,7 +1,7 @@
 --[[
 cuda.lua - the GPUs from Lua.
 
-    lt.cuda.is_available()          -- false on a build without CUDA or a machine without a GPU
+    lt.cuda.is_available()          -- false without a CUDA build, runtime or GPU; never raises
     lt.cuda.device_count()
     lt.cuda.set_device(1)           -- where a bare "cuda" (t:cuda(), device = "cuda") goes
     lt.cuda.current_device()
@@ -13,8 +13,11 @@ cuda.lua - the GPUs from Lua.
     lt.cuda.reset_peak([i])
 
 Tensors move with t:cuda([i]), t:cpu(), t:to("cuda:1"); modules with model:to("cuda").
-Every call on a build without CUDA raises "built without CUDA" (is_available and
-device_count answer false and 0 instead).
+The CUDA backend (libluatrain_cuda.so and the CUDA runtime) is loaded by the first of these
+calls, not by require "luatrain": a script that never asks for a GPU never loads it. Where
+it cannot be used, every call raises the reason, "built without CUDA" or "CUDA runtime not
+found: ..." (LT_CUDA_LIBRARY names another backend file); is_available and device_count
+answer false and 0 instead.
 ]]
 local ffi = require "ffi"
 local core = require "luatrain.core"

@@ -1,40 +1,35 @@
-/* device.c - the public CUDA entry points: the runtime calls live in cuda/context.cu; a build
- * without CUDA answers every one with "built without CUDA". */
+/* device.c - the public CUDA entry points. Each goes to the CUDA backend (cuda/context.cu),
+ * which the first of them loads (core/cuda_loader.c); where it cannot load, each fails with
+ * the reason: "built without CUDA", or "CUDA runtime not found: ..." with the loader's. */
 #include <stdio.h>
 
 #include "core/internal.h"
 
-#ifdef LT_WITH_CUDA
-#define LT_CUDA_OR_FAIL(call) return (call)
-#else
-#define LT_CUDA_OR_FAIL(call) return lt_fail(LT_ERR_UNSUPPORTED, "built without CUDA")
-#endif
-
 int lt_cuda_device_count(int32_t *out) {
     if (!out) return lt_fail(LT_ERR_ARG, "lt_cuda_device_count: out is NULL");
     *out = 0;
-    LT_CUDA_OR_FAIL(lt_cuda_runtime_device_count(out));
+    return lt_cuda_runtime_device_count(out);
 }
 
-int lt_cuda_set_device(int32_t index) { LT_CUDA_OR_FAIL(lt_cuda_runtime_set_device(index)); }
+int lt_cuda_set_device(int32_t index) { return lt_cuda_runtime_set_device(index); }
 
 int lt_cuda_get_device(int32_t *out) {
     if (!out) return lt_fail(LT_ERR_ARG, "lt_cuda_get_device: out is NULL");
     *out = 0;
-    LT_CUDA_OR_FAIL(lt_cuda_runtime_get_device(out));
+    return lt_cuda_runtime_get_device(out);
 }
 
-int lt_cuda_synchronize(int32_t index) { LT_CUDA_OR_FAIL(lt_cuda_runtime_synchronize(index)); }
+int lt_cuda_synchronize(int32_t index) { return lt_cuda_runtime_synchronize(index); }
 
 int lt_cuda_empty_cache(int32_t index, int64_t *released_bytes) {
     if (released_bytes) *released_bytes = 0;
-    LT_CUDA_OR_FAIL(lt_cuda_runtime_empty_cache(index, released_bytes));
+    return lt_cuda_runtime_empty_cache(index, released_bytes);
 }
 
 int lt_cuda_get_device_info(int32_t index, lt_cuda_device_info *out) {
     if (!out) return lt_fail(LT_ERR_ARG, "lt_cuda_get_device_info: out is NULL");
     memset(out, 0, sizeof *out);
-    LT_CUDA_OR_FAIL(lt_cuda_runtime_device_info(index, out));
+    return lt_cuda_runtime_device_info(index, out);
 }
 
 int lt_check_same_device(const lt_tensor *t, const lt_tensor *ref, const char *op,

@@ -193,22 +193,25 @@ static inline int lt_on_cuda(const lt_tensor *t) {
 int lt_check_same_device(const lt_tensor *t, const lt_tensor *ref, const char *op,
                          const char *name, const char *ref_name);
 
-/* Hand an op to its CUDA version when `t` is on a device (after the device-agnostic
-   checks). In a build without CUDA there are no device tensors and this is nothing. */
-#ifdef LT_WITH_CUDA
+/* Hand an op to its CUDA twin when `t` is on a device (after the device-agnostic checks).
+   Every build compiles this in: device tensors exist only once the CUDA backend has loaded
+   (core/cuda_loader.c), so a run without them never reaches it. */
 #include "core/lt_cuda.h"
 #define LT_DISPATCH_CUDA(t, call)                                                        \
     do {                                                                                 \
         if (lt_on_cuda(t)) return (call);                                                \
     } while (0)
-#else
-#define LT_DISPATCH_CUDA(t, call)                                                        \
-    do {                                                                                 \
-        (void)(t);                                                                       \
-    } while (0)
-#endif
 
-/* Page-locked host storage (storage.c; CUDA builds). */
+/* The CUDA backend's table (core/cuda_loader.c). lt_cuda_backend_get loads the backend on
+   its first call (once per process, thread-safe) and fails with the reason when it cannot
+   ("built without CUDA", "CUDA runtime not found: ..."); lt_cuda_backend_quiet does the
+   same but returns NULL and leaves the last error alone; lt_cuda_backend_loaded never
+   loads (NULL until something else has). */
+int lt_cuda_backend_get(const lt_cuda_api **out);
+const lt_cuda_api *lt_cuda_backend_quiet(void);
+const lt_cuda_api *lt_cuda_backend_loaded(void);
+
+/* Page-locked host storage (storage.c; needs the CUDA backend). */
 int lt_storage_new_pinned(lt_storage **out, int64_t nbytes);
 
 /* ---- file mappings (storage.c) ------------------------------------------------------ */

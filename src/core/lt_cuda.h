@@ -1,10 +1,26 @@
-/* lt_cuda.h - what the C core calls in cuda/ (internal; not FFI-visible).
+/* lt_cuda.h - what the C core calls in the CUDA backend (internal; not FFI-visible).
  *
- * Built only with LT_WITH_CUDA. The C op functions in src/ops/ check their arguments
- * (shapes, dtypes, that every tensor is on one device) and then hand CUDA tensors to the
- * lt_cuda_* function of the same name, declared in the per-family headers included at the
- * end, so the CPU function stays the single place an op's contract is checked. Every
- * function here returns an lt_status and sets the message through lt_fail, like the core. */
+ * The backend (cuda/, built as libluatrain_cuda.so) is loaded on the first call that needs
+ * it (src/core/cuda_loader.c), so a run that never touches a GPU never maps the CUDA
+ * runtime (ARCHITECTURE.md, contract 12). The core reaches it through one table of
+ * function pointers (cuda_api/table.h): for every function declared here and for every op
+ * with a CUDA twin (cuda_api/ops.h), the core has a forwarding function of the same name
+ * (cuda_api/forward.c) that loads the backend when needed and calls through the table,
+ * and the backend has the implementation, hidden inside its library. So the core's call
+ * sites read as direct calls (LT_DISPATCH_CUDA(t, lt_cuda_fill(t, 0.0))), and the backend's
+ * own calls to these names bind to its own definitions.
+ *
+ * The C op functions in src/ops/ check their arguments (shapes, dtypes, that every tensor
+ * is on one device) and then hand CUDA tensors to the lt_cuda_* function of the same name,
+ * so the CPU function stays the single place an op's contract is checked.
+ *
+ * tools/gen_cuda_api.lua reads the declarations below (one table entry each, in this
+ * order) and src/lt_ops.h and src/lt_quant.h (the ops it lists as having a CUDA twin), and
+ * writes cuda_api/ops.h, table.h, table_init.h and forward.c. Every int function here
+ * returns an lt_status and sets the message through lt_fail, like the core; a forwarder
+ * returns the loader's failure ("built without CUDA", "CUDA runtime not found: ...") when
+ * the backend cannot load. A void function does nothing then. Declarations here must stay
+ * one per statement, without macros. */
 #ifndef LT_CUDA_H
 #define LT_CUDA_H
 
@@ -16,6 +32,9 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The GEMM's argument record: opaque to the core, defined in cuda/matmul.cuh. */
+typedef struct lt_gemm_args lt_gemm_args;
 
 /* ---- context and memory (cuda/context.cu) ------------------------------------------ */
 
@@ -51,12 +70,26 @@ int lt_cuda_equal(const lt_tensor *a, const lt_tensor *b, int *out);
    1 normal (mean a, std b), 2 integers in [a, b). */
 int lt_cuda_rng_fill(lt_tensor *t, int kind, double a, double b, uint64_t seed, uint64_t offset);
 
+/* ---- process-wide settings, and a test hook (cuda/matmul.cu, cuda/attention.cu) ------ */
+
+/* TF32 tensor cores for f32 GEMMs (default on, as PyTorch's float32 matmul precision
+   "high"). */
+void lt_cuda_gemm_allow_tf32(int on);
+/* The backend's one GEMM on `device`'s context, for the C tests (the bias epilogue and
+   bf16/f16 outputs are reachable only this way). args_size is the caller's
+   sizeof(lt_gemm_args); a mismatch is refused. */
+int lt_cuda_gemm_device(int32_t device, const lt_gemm_args *g, int64_t args_size);
+/* on != 0: later lt_cuda_attention_backward calls are deterministic (cuda_api/attention.h
+   says what that costs). */
+void lt_cuda_attention_set_deterministic(int on);
+
 #ifdef __cplusplus
 }
 #endif
 
-/* The op families, one header each (prototypes identical to the CPU functions, with the
-   lt_cuda_ prefix in place of lt_). */
+/* The op twins (prototypes identical to the CPU functions, with the lt_cuda_ prefix in
+   place of lt_) and the table, both generated. */
 #include "core/cuda_api/ops.h"
+#include "core/cuda_api/table.h"
 
 #endif

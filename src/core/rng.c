@@ -47,14 +47,12 @@ static int rng_fill(lt_tensor *t, fill_kind kind, double a, double b, lt_rng *rn
     if (kind == FILL_INT && lt_dtype_info(t->dtype_id)->is_packed)
         return lt_fail(LT_ERR_DTYPE, "%s: packed dtypes cannot be filled", op);
     int64_t n = lt_tensor_numel(t);
-#ifdef LT_WITH_CUDA
     if (lt_on_cuda(t)) {
         /* the same Philox stream as the CPU's, drawn on the device */
         LT_TRY(lt_cuda_rng_fill(t, (int)kind, a, b, rng->seed, rng->offset));
         rng->offset += (uint64_t)((n + 3) / 4);
         return LT_OK;
     }
-#endif
     if (n == 0) return LT_OK;
     /* Draw into a contiguous f32 (or i64) buffer, then copy (handles strides, dtypes). */
     int direct_dtype = kind == FILL_INT ? LT_DTYPE_I64 : LT_DTYPE_F32;

@@ -9,9 +9,6 @@
 #include <unistd.h>
 
 #include "core/internal.h"
-#ifdef LT_WITH_CUDA
-#include "core/lt_cuda.h"
-#endif
 
 enum { LT_MAX_DEVICES = 16, LT_ALIGN = 64 };
 
@@ -50,13 +47,13 @@ int lt_memory_get_stats(int device_type, int device_index, lt_memory_stats *out)
     out->current_bytes = atomic_load(&c->current);
     out->peak_bytes = atomic_load(&c->peak);
     out->reserved_bytes = out->current_bytes;
-#ifdef LT_WITH_CUDA
-    if (device_type == LT_DEVICE_CUDA) {
+    /* Without a loaded backend no device memory was ever reserved, and asking must not
+       load it (reading statistics is not using a GPU). */
+    if (device_type == LT_DEVICE_CUDA && lt_cuda_backend_loaded()) {
         lt_cache_stats cs;
         LT_TRY(lt_cuda_cache_stats(device_index, &cs));
         out->reserved_bytes = cs.reserved; /* segments the cache holds from cudaMalloc */
     }
-#endif
     out->mapped_bytes = atomic_load(&c->mapped);
     out->num_allocs = atomic_load(&c->allocs);
     out->num_frees = atomic_load(&c->frees);
@@ -68,9 +65,8 @@ int lt_memory_reset_peak(int device_type, int device_index) {
     if (!c) return lt_fail(LT_ERR_DEVICE, "no such device (type %d, index %d)", device_type,
                            device_index);
     atomic_store(&c->peak, atomic_load(&c->current));
-#ifdef LT_WITH_CUDA
-    if (device_type == LT_DEVICE_CUDA) LT_TRY(lt_cuda_cache_reset_peak(device_index));
-#endif
+    if (device_type == LT_DEVICE_CUDA && lt_cuda_backend_loaded())
+        LT_TRY(lt_cuda_cache_reset_peak(device_index));
     return LT_OK;
 }
 
@@ -78,10 +74,12 @@ int lt_storage_new_pinned(lt_storage **out, int64_t nbytes) {
     if (!out) return lt_fail(LT_ERR_ARG, "lt_storage_new_pinned: out is NULL");
     *out = NULL;
     if (nbytes < 0) return lt_fail(LT_ERR_ARG, "negative storage size %lld", (long long)nbytes);
-#ifdef LT_WITH_CUDA
+    const lt_cuda_api *api;
+    int st = lt_cuda_backend_get(&api);
+    if (st != LT_OK) return lt_fail_prefix(st, "pinned memory: ");
     lt_storage *s = calloc(1, sizeof *s);
     if (!s) return lt_fail(LT_ERR_NOMEM, "could not allocate a storage record");
-    int st = lt_cuda_host_alloc(&s->data, nbytes);
+    st = lt_cuda_host_alloc(&s->data, nbytes);
     if (st != LT_OK) {
         free(s);
         return st;
@@ -93,9 +91,6 @@ int lt_storage_new_pinned(lt_storage **out, int64_t nbytes) {
     s->kind = LT_STORAGE_PINNED;
     *out = s;
     return LT_OK;
-#else
-    return lt_fail(LT_ERR_UNSUPPORTED, "pinned memory: built without CUDA");
-#endif
 }
 
 /* Host allocations carry their size in a 64-byte prefix so frees can be counted. */
@@ -132,12 +127,14 @@ int lt_storage_new(lt_storage **out, int64_t nbytes, int device_type, int device
     *out = NULL;
     if (nbytes < 0) return lt_fail(LT_ERR_ARG, "negative storage size %lld", (long long)nbytes);
     if (device_type == LT_DEVICE_CUDA) {
-#ifdef LT_WITH_CUDA
+        const lt_cuda_api *api;
+        int st = lt_cuda_backend_get(&api);
+        if (st != LT_OK) return lt_fail_prefix(st, "CUDA tensors: ");
         if (device_index < 0 || device_index >= LT_MAX_DEVICES)
             return lt_fail(LT_ERR_DEVICE, "CUDA device index %d is out of range", device_index);
         lt_storage *s = calloc(1, sizeof *s);
         if (!s) return lt_fail(LT_ERR_NOMEM, "could not allocate a storage record");
-        int st = lt_cuda_alloc(&s->data, nbytes, device_index);
+        st = lt_cuda_alloc(&s->data, nbytes, device_index);
         if (st != LT_OK) {
             free(s);
             return st;
@@ -150,10 +147,6 @@ int lt_storage_new(lt_storage **out, int64_t nbytes, int device_type, int device
         s->kind = LT_STORAGE_OWNED;
         *out = s;
         return LT_OK;
-#else
-        (void)device_index;
-        return lt_fail(LT_ERR_UNSUPPORTED, "CUDA tensors: built without CUDA");
-#endif
     }
     if (device_type != LT_DEVICE_CPU)
         return lt_fail(LT_ERR_DEVICE, "unknown device type %d", device_type);
@@ -187,21 +180,17 @@ void lt_storage_release(lt_storage *s) {
     if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
     switch (s->kind) {
     case LT_STORAGE_OWNED:
-#ifdef LT_WITH_CUDA
         if (s->device_type == LT_DEVICE_CUDA) {
             lt_cuda_free(s->data, s->device_index);
             lt_count_free(&lt_mem[1 + s->device_index], s->nbytes);
             break;
         }
-#endif
         lt_host_free(s->data);
         break;
-#ifdef LT_WITH_CUDA
     case LT_STORAGE_PINNED:
         lt_cuda_host_free(s->data);
         lt_count_free(&lt_mem[0], s->nbytes);
         break;
-#endif
     case LT_STORAGE_MAPPED: lt_mapping_release(s->owner); break;
     default: break;
     }

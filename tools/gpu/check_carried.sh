@@ -81,7 +81,10 @@ cmake --build "$build" -j "$(nproc)" > "$ovl/build.log" 2>&1 || { tail -40 "$ovl
 
 # every library found, the hidden ones from the carried tree
 missing=0
-for bin in "$build/luatrain" "$build/libluatrain.so"; do
+bins=("$build/luatrain" "$build/libluatrain.so")
+# a CUDA build's backend, loaded by libluatrain.so on first use, must find its libraries too
+[ -f "$build/libluatrain_cuda.so" ] && bins+=("$build/libluatrain_cuda.so")
+for bin in "${bins[@]}"; do
     out="$(ldd "$bin")"
     if grep -q "not found" <<< "$out"; then
         echo "check_carried: ldd $bin: $(grep 'not found' <<< "$out")" >&2

@@ -6,7 +6,8 @@
 #
 #   tools/gpu/run.sh quick   ONE call from a bare machine, about 7 minutes on 16 cores:
 #     1 preflight   nvidia-smi, nvcc, compute-sanitizer, the Python packages; after the
-#                   build, ldd of the binary and the library with no "not found"
+#                   build, ldd of the binary and the libraries with no "not found", and
+#                   no CUDA library in libluatrain.so's (the backend is loaded on use)
 #     2 build       only what the phases need, for sm_90 only (LT_CUDA_ARCHS=90)
 #     3 tests       every GPU test: ctest -R cuda (the C op tests and the Lua GPU test)
 #     4 sanitize    compute-sanitizer memcheck of the CUDA C tests with LT_CUDA_NO_CACHE=1
@@ -97,6 +98,8 @@ fi
 
 # ---- 2 build ---------------------------------------------------------------------------------
 cuda_tests=(test_cuda_attention test_cuda_elementwise test_cuda_gemm test_cuda_loss_optim test_cuda_quant)
+# the libraries tests/lua/test_cuda_loader.lua (in ctest -R cuda) loads and must refuse
+loader_fakes=(fake_cuda_backend_old_version fake_cuda_backend_no_entry)
 build_phase() {
     local gen=() t0
     t0="$(now)"
@@ -113,7 +116,7 @@ build_phase() {
         return 1
     fi
     echo "== build" >> "$out/build.log"
-    if ! timeout "$(limit 300 200)" cmake --build "$build" -j "$jobs" --target luatrain-host "${cuda_tests[@]}" \
+    if ! timeout "$(limit 300 200)" cmake --build "$build" -j "$jobs" --target luatrain-host "${cuda_tests[@]}" "${loader_fakes[@]}" \
         >> "$out/build.log" 2>&1; then
         note "2 build: FAILED after $(($(now) - t0)) s: $(grep -m1 -E 'error|Error' "$out/build.log" | cut -c1-200)"
         problem "build failed"
@@ -122,15 +125,21 @@ build_phase() {
     note "2 build: luatrain and ${#cuda_tests[@]} CUDA tests for sm_90 in $(($(now) - t0)) s (${gen[*]:-make}, $jobs jobs)"
     # 1 preflight, continued: every library the binary needs is found
     local nf=""
-    for b in "$build/luatrain" "$build/libluatrain.so"; do
+    for b in "$build/luatrain" "$build/libluatrain.so" "$build/libluatrain_cuda.so"; do
         { echo "== ldd $b"; ldd "$b"; } >> "$out/build.log" 2>&1
         nf="$nf$(ldd "$b" 2>&1 | grep 'not found' | tr -s ' \t' ' ')"
     done
+    # the core loads the CUDA backend on first use: it must not need the CUDA libraries
+    local eager
+    eager="$(ldd "$build/libluatrain.so" 2>&1 | grep -oE 'lib(cudart|cublas|cublasLt|cuda)\.so[^ ]*' | tr '\n' ' ')"
     if [ -n "$nf" ]; then
         note "1 preflight (ldd): NOT FOUND:$nf"
         problem "ldd: libraries not found"
+    elif [ -n "$eager" ]; then
+        note "1 preflight (ldd): libluatrain.so links CUDA libraries: $eager"
+        problem "ldd: libluatrain.so links CUDA libraries"
     else
-        note "1 preflight (ldd): luatrain and libluatrain.so find every library ($(ldd "$build/libluatrain.so" | grep -o 'libcudart[^ ]* => [^ ]*' | head -1))"
+        note "1 preflight (ldd): luatrain, libluatrain.so and libluatrain_cuda.so find every library ($(ldd "$build/libluatrain_cuda.so" | grep -o 'libcudart[^ ]* => [^ ]*' | head -1))"
     fi
 }
 if [ "$what" = more ] && [ -x "$build/luatrain" ]; then

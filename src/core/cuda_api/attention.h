@@ -1,6 +1,6 @@
-/* cuda_api/attention.h - process-wide settings of the CUDA attention kernels
- * (cuda/attention.cu). Internal: only CUDA builds have these symbols; the Lua side will
- * reach them through an FFI hook of its own.
+/* cuda_api/attention.h - the CUDA attention kernels' one process-wide setting, as the
+ * backend reads it (cuda/attention.cu). The core sets it with
+ * lt_cuda_attention_set_deterministic (core/lt_cuda.h, through the backend's table).
  *
  * Deterministic backward. By default the backward accumulates dQ with f32 atomic adds
  * from every key block (one pass over the keys and queries, as FlashAttention-2 does), so
@@ -15,8 +15,6 @@
 extern "C" {
 #endif
 
-/* on != 0: later lt_cuda_attention_backward calls are deterministic. */
-void lt_cuda_attention_set_deterministic(int on);
 /* 1 when the deterministic backward is selected, else 0. */
 int lt_cuda_attention_get_deterministic(void);
 
