@@ -12,8 +12,9 @@
 if(NOT CLANG OR NOT ROOT OR NOT OUT)
   message(FATAL_ERROR "usage: cmake -DCLANG=... -DROOT=... -DOUT=... [-DMARCHS=...] -P compile_check.cmake")
 endif()
-file(GLOB sources ${ROOT}/src/*.c ${ROOT}/src/core/*.c ${ROOT}/src/io/*.c ${ROOT}/src/tok/*.c
-     ${ROOT}/src/ops/*.c)
+include(${ROOT}/cmake/lt_sources.cmake)
+lt_core_sources(sources ${ROOT})
+list(APPEND sources ${ROOT}/src/main.c)
 set(levels ${MARCHS})
 if(NOT levels)
   set(levels default) # clang's default target
