@@ -99,7 +99,6 @@ static int device_temp(lt_tensor *t, int dtype, const lt_tensor *like, int dev) 
 }
 
 extern "C" int lt_cuda_copy(lt_tensor *dst, const lt_tensor *src) {
-    const lt_dtype_traits *dtr = lt_dtype_info(dst->dtype_id), *str = lt_dtype_info(src->dtype_id);
     // the source broadcast to the destination's shape (a borrowed header when equal)
     lt_tensor s = {0};
     bool same = dst->ndim == src->ndim;
@@ -113,20 +112,6 @@ extern "C" int lt_cuda_copy(lt_tensor *dst, const lt_tensor *src) {
     }
     int st = LT_OK;
     int64_t n = lt_numel(dst);
-    if (dtr->is_packed || str->is_packed) {
-        // packed 4-bit data: bytes only, contiguous, same dtype (checked by the caller)
-        int64_t nb = 0;
-        lt_dtype_nbytes(dst->dtype_id, n, &nb);
-        int dev = on_cuda(dst) ? lt_device_of(dst) : lt_device_of(&s);
-        lt_cuda_context *c = lt_cuda_ctx(dev);
-        if (!c) st = lt_last_status();
-        else if (cudaMemcpyAsync(lt_tensor_data(dst), lt_tensor_data(&s), (size_t)nb, cudaMemcpyDefault,
-                                 c->stream) != cudaSuccess ||
-                 (!on_cuda(dst) && cudaStreamSynchronize(c->stream) != cudaSuccess))
-            st = lt_fail(LT_ERR_DEVICE, "copy: cudaMemcpyAsync failed: %s",
-                         cudaGetErrorString(cudaGetLastError()));
-        goto done;
-    }
     if (n == 0) goto done;
     if (on_cuda(dst) && on_cuda(&s)) {
         int dev = lt_device_of(dst);

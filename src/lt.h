@@ -78,19 +78,21 @@ enum lt_dtype {
     LT_DTYPE_I64 = 4,
     LT_DTYPE_U8 = 5,
     LT_DTYPE_I8 = 6,
-    LT_DTYPE_NF4 = 7, /* packed 4-bit NormalFloat, two codes per byte, high nibble first */
-    LT_DTYPE_FP4 = 8, /* packed 4-bit float, same packing */
-    LT_DTYPE_COUNT = 9
+    LT_DTYPE_COUNT = 7
 };
+/* 4-bit weights (NF4, FP4) are not a tensor dtype: a quantized weight is one record,
+   lt_quant_state (lt_quant.h), whose packed codes, block scales and double-quantization
+   constants are plain u8 / f32 tensors in bitsandbytes' layout. Everything that moves or
+   shards a quantized weight (devices, checkpoints, ZeRO) moves those tensors, and a packed
+   tensor can never be read as numbers without its state. */
 
 /* One row per dtype: the traits table every size computation goes through. */
 typedef struct lt_dtype_traits {
     const char *name;    /* "f32", "bf16", ... (the names Lua uses) */
     const char *st_name; /* safetensors name: "F32", "BF16", ... ; NULL if none */
-    int32_t bits;        /* bits per element: 32, 16, 8 or 4 */
+    int32_t bits;        /* bits per element: 64, 32, 16 or 8 */
     int32_t is_float;
     int32_t is_signed;
-    int32_t is_packed; /* sub-byte, quantized: needs a quantization state to mean numbers */
 } lt_dtype_traits;
 
 const lt_dtype_traits *lt_dtype_info(int dtype); /* NULL when dtype is out of range */
@@ -136,14 +138,11 @@ enum { LT_MAX_DIMS = 8 };
 
 typedef struct lt_tensor {
     lt_storage *storage; /* NULL in an empty header */
-    void *qstate;        /* quantization state of packed dtypes; NULL otherwise */
     int64_t offset;      /* elements from the start of storage */
     int64_t sizes[LT_MAX_DIMS];
     int64_t strides[LT_MAX_DIMS];
     int32_t ndim;
     int32_t dtype_id; /* an lt_dtype (Lua reads the name as t.dtype) */
-    int32_t flags;
-    int32_t reserved;
 } lt_tensor;
 
 /* Drop the storage reference and clear the header. Safe on an empty header. */

@@ -38,9 +38,7 @@ enum lt_dtype {
     LT_DTYPE_I64 = 4,
     LT_DTYPE_U8 = 5,
     LT_DTYPE_I8 = 6,
-    LT_DTYPE_NF4 = 7,
-    LT_DTYPE_FP4 = 8,
-    LT_DTYPE_COUNT = 9
+    LT_DTYPE_COUNT = 7
 };
 
 typedef struct lt_dtype_traits {
@@ -49,7 +47,6 @@ typedef struct lt_dtype_traits {
     int32_t bits;
     int32_t is_float;
     int32_t is_signed;
-    int32_t is_packed;
 } lt_dtype_traits;
 
 const lt_dtype_traits *lt_dtype_info(int dtype);
@@ -90,14 +87,11 @@ enum { LT_MAX_DIMS = 8 };
 
 typedef struct lt_tensor {
     lt_storage *storage;
-    void *qstate;
     int64_t offset;
     int64_t sizes[LT_MAX_DIMS];
     int64_t strides[LT_MAX_DIMS];
     int32_t ndim;
     int32_t dtype_id;
-    int32_t flags;
-    int32_t reserved;
 } lt_tensor;
 
 void lt_tensor_release(lt_tensor *t);

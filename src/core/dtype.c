@@ -6,15 +6,13 @@
 #include "core/internal.h"
 
 static const lt_dtype_traits lt_traits[LT_DTYPE_COUNT] = {
-    [LT_DTYPE_F32] = {"f32", "F32", 32, 1, 1, 0},
-    [LT_DTYPE_BF16] = {"bf16", "BF16", 16, 1, 1, 0},
-    [LT_DTYPE_F16] = {"f16", "F16", 16, 1, 1, 0},
-    [LT_DTYPE_I32] = {"i32", "I32", 32, 0, 1, 0},
-    [LT_DTYPE_I64] = {"i64", "I64", 64, 0, 1, 0},
-    [LT_DTYPE_U8] = {"u8", "U8", 8, 0, 0, 0},
-    [LT_DTYPE_I8] = {"i8", "I8", 8, 0, 1, 0},
-    [LT_DTYPE_NF4] = {"nf4", NULL, 4, 1, 1, 1},
-    [LT_DTYPE_FP4] = {"fp4", NULL, 4, 1, 1, 1},
+    [LT_DTYPE_F32] = {"f32", "F32", 32, 1, 1},
+    [LT_DTYPE_BF16] = {"bf16", "BF16", 16, 1, 1},
+    [LT_DTYPE_F16] = {"f16", "F16", 16, 1, 1},
+    [LT_DTYPE_I32] = {"i32", "I32", 32, 0, 1},
+    [LT_DTYPE_I64] = {"i64", "I64", 64, 0, 1},
+    [LT_DTYPE_U8] = {"u8", "U8", 8, 0, 0},
+    [LT_DTYPE_I8] = {"i8", "I8", 8, 0, 1},
 };
 
 _Static_assert(sizeof(lt_traits) / sizeof(lt_traits[0]) == LT_DTYPE_COUNT,
@@ -46,10 +44,6 @@ int lt_dtype_nbytes(int dtype, int64_t numel, int64_t *out) {
     const lt_dtype_traits *tr = lt_dtype_info(dtype);
     if (!tr) return lt_fail(LT_ERR_DTYPE, "unknown dtype %d", dtype);
     if (numel < 0) return lt_fail(LT_ERR_ARG, "negative element count %lld", (long long)numel);
-    if (tr->bits == 4) {
-        *out = numel / 2 + (numel & 1);
-        return LT_OK;
-    }
     int64_t size = tr->bits / 8;
     if (numel > INT64_MAX / size)
         return lt_fail(LT_ERR_RANGE, "%lld elements of %s overflow a 64-bit byte count",

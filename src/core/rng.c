@@ -44,8 +44,6 @@ static int rng_fill(lt_tensor *t, fill_kind kind, double a, double b, lt_rng *rn
     if (!rng) return lt_fail(LT_ERR_ARG, "%s: rng is NULL", op);
     if (kind != FILL_INT && !lt_is_float_dtype(t->dtype_id))
         return lt_fail(LT_ERR_DTYPE, "%s: needs a float tensor", op);
-    if (kind == FILL_INT && lt_dtype_info(t->dtype_id)->is_packed)
-        return lt_fail(LT_ERR_DTYPE, "%s: packed dtypes cannot be filled", op);
     int64_t n = lt_tensor_numel(t);
     if (lt_on_cuda(t)) {
         /* the same Philox stream as the CPU's, drawn on the device */

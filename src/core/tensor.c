@@ -227,7 +227,6 @@ int lt_tensor_resize(lt_tensor *t, int dtype, int ndim, const int64_t *sizes, in
         t->offset = 0;
         t->ndim = ndim;
         t->dtype_id = dtype;
-        t->qstate = NULL;
         for (int i = 0; i < ndim; i++) t->sizes[i] = sizes[i];
         set_contiguous_strides(t);
         return LT_OK;
@@ -269,9 +268,7 @@ static int make_view(lt_tensor *dst, const lt_tensor *src, int ndim, const int64
                      const int64_t *strides, int64_t offset) {
     lt_tensor tmp = {0};
     tmp.storage = src->storage;
-    tmp.qstate = src->qstate;
     tmp.dtype_id = src->dtype_id;
-    tmp.flags = src->flags;
     tmp.ndim = ndim;
     tmp.offset = offset;
     for (int i = 0; i < ndim; i++) {
@@ -294,14 +291,6 @@ static int check_dim(const lt_tensor *t, int *dim, const char *op) {
     return LT_OK;
 }
 
-static int check_unpacked(const lt_tensor *t, const char *op) {
-    const lt_dtype_traits *tr = lt_dtype_info(t->dtype_id);
-    if (tr && tr->is_packed)
-        return lt_fail(LT_ERR_DTYPE, "%s: packed %s tensors cannot be viewed; dequantize first",
-                       op, tr->name);
-    return LT_OK;
-}
-
 int lt_tensor_share(lt_tensor *dst, const lt_tensor *src) {
     LT_TRY(lt_check_tensor(src, "share", "src"));
     if (!dst) return lt_fail(LT_ERR_ARG, "share: dst is NULL");
@@ -312,7 +301,6 @@ int lt_tensor_share(lt_tensor *dst, const lt_tensor *src) {
 int lt_tensor_as_strided(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes,
                          const int64_t *strides, int64_t offset) {
     LT_TRY(lt_check_tensor(src, "as_strided", "src"));
-    LT_TRY(check_unpacked(src, "as_strided"));
     if (ndim < 0 || ndim > LT_MAX_DIMS)
         return lt_fail(LT_ERR_SHAPE, "as_strided: %d dims (at most %d)", ndim, LT_MAX_DIMS);
     LT_TRY(check_view_bounds(src->storage, src->dtype_id, ndim, sizes, strides, offset));
@@ -354,9 +342,6 @@ int lt_tensor_reshape(lt_tensor *dst, const lt_tensor *src, int ndim, const int6
         return lt_fail(LT_ERR_SHAPE, "reshape: shape %s has %lld elements, new shape has %lld",
                        lt_shape_str(src, b, sizeof b), (long long)numel, (long long)known);
     }
-    const lt_dtype_traits *tr = lt_dtype_info(src->dtype_id);
-    if (tr->is_packed && !lt_tensor_is_contiguous(src))
-        return lt_fail(LT_ERR_DTYPE, "reshape: non-contiguous packed tensor");
     /* Find strides: walk the old dims in chunks that are contiguous among themselves and
        split each chunk over the new dims it covers (the algorithm torch calls computeStride). */
     int64_t strides[LT_MAX_DIMS];
@@ -398,7 +383,6 @@ int lt_tensor_reshape(lt_tensor *dst, const lt_tensor *src, int ndim, const int6
 
 int lt_tensor_permute(lt_tensor *dst, const lt_tensor *src, const int32_t *perm) {
     LT_TRY(lt_check_tensor(src, "permute", "src"));
-    LT_TRY(check_unpacked(src, "permute"));
     int64_t sizes[LT_MAX_DIMS], strides[LT_MAX_DIMS];
     int seen[LT_MAX_DIMS] = {0};
     for (int i = 0; i < src->ndim; i++) {
@@ -416,7 +400,6 @@ int lt_tensor_permute(lt_tensor *dst, const lt_tensor *src, const int32_t *perm)
 
 int lt_tensor_transpose(lt_tensor *dst, const lt_tensor *src, int dim0, int dim1) {
     LT_TRY(lt_check_tensor(src, "transpose", "src"));
-    LT_TRY(check_unpacked(src, "transpose"));
     LT_TRY(check_dim(src, &dim0, "transpose"));
     LT_TRY(check_dim(src, &dim1, "transpose"));
     int64_t sizes[LT_MAX_DIMS], strides[LT_MAX_DIMS];
@@ -432,7 +415,6 @@ int lt_tensor_transpose(lt_tensor *dst, const lt_tensor *src, int dim0, int dim1
 int lt_tensor_slice(lt_tensor *dst, const lt_tensor *src, int dim, int64_t start, int64_t stop,
                     int64_t step) {
     LT_TRY(lt_check_tensor(src, "slice", "src"));
-    LT_TRY(check_unpacked(src, "slice"));
     LT_TRY(check_dim(src, &dim, "slice"));
     if (step < 1) return lt_fail(LT_ERR_ARG, "slice: step must be >= 1, got %lld", (long long)step);
     int64_t n = src->sizes[dim];
@@ -464,7 +446,6 @@ int lt_tensor_narrow(lt_tensor *dst, const lt_tensor *src, int dim, int64_t star
 
 int lt_tensor_select(lt_tensor *dst, const lt_tensor *src, int dim, int64_t index) {
     LT_TRY(lt_check_tensor(src, "select", "src"));
-    LT_TRY(check_unpacked(src, "select"));
     LT_TRY(check_dim(src, &dim, "select"));
     int64_t n = src->sizes[dim];
     if (index < 0) index += n;
@@ -485,7 +466,6 @@ int lt_tensor_select(lt_tensor *dst, const lt_tensor *src, int dim, int64_t inde
 
 int lt_tensor_expand(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes) {
     LT_TRY(lt_check_tensor(src, "expand", "src"));
-    LT_TRY(check_unpacked(src, "expand"));
     if (ndim < src->ndim || ndim > LT_MAX_DIMS)
         return lt_fail(LT_ERR_SHAPE, "expand: cannot expand %d dims to %d", src->ndim, ndim);
     int64_t out_sizes[LT_MAX_DIMS], strides[LT_MAX_DIMS];
@@ -649,21 +629,6 @@ int lt_tensor_copy(lt_tensor *dst, const lt_tensor *src) {
                            "copy: the destination is a broadcast view (stride 0 in dim %d): "
                            "several of its elements are one memory location",
                            i);
-    const lt_dtype_traits *dtr = lt_dtype_info(dst->dtype_id), *str = lt_dtype_info(src->dtype_id);
-    if (dtr->is_packed || str->is_packed) {
-        if (dst->dtype_id != src->dtype_id || !lt_tensor_is_contiguous(dst) ||
-            !lt_tensor_is_contiguous(src))
-            return lt_fail(LT_ERR_DTYPE, "copy: packed %s tensors copy only to contiguous "
-                                         "tensors of the same dtype",
-                           dtr->is_packed ? dtr->name : str->name);
-        LT_TRY(lt_check_same_shape(dst, src, "copy", "dst", "src"));
-        LT_DISPATCH_CUDA(dst, lt_cuda_copy(dst, src));
-        LT_DISPATCH_CUDA(src, lt_cuda_copy(dst, src));
-        int64_t nb;
-        LT_TRY(lt_dtype_nbytes(dst->dtype_id, lt_tensor_numel(dst), &nb));
-        memmove(lt_tensor_data(dst), lt_tensor_data(src), (size_t)nb);
-        return LT_OK;
-    }
     LT_DISPATCH_CUDA(dst, lt_cuda_copy(dst, src));
     LT_DISPATCH_CUDA(src, lt_cuda_copy(dst, src));
     lt_tensor s = {0};
@@ -725,7 +690,6 @@ int lt_tensor_contiguous(lt_tensor *dst, const lt_tensor *src, int dtype) {
 
 int lt_tensor_fill(lt_tensor *t, double value) {
     LT_TRY(lt_check_writable(t, "fill", "tensor"));
-    LT_TRY(check_unpacked(t, "fill"));
     for (int i = 0; i < t->ndim; i++)
         if (t->sizes[i] > 1 && t->strides[i] == 0 && lt_on_cuda(t))
             return lt_fail(LT_ERR_ARG, "fill: a broadcast view (stride 0 in dim %d) cannot be "
@@ -769,7 +733,6 @@ static char *element_ptr(const lt_tensor *t, int64_t index) {
 
 int lt_tensor_get(const lt_tensor *t, int64_t index, double *out) {
     LT_TRY(lt_check_tensor(t, "get", "tensor"));
-    LT_TRY(check_unpacked(t, "get"));
     int64_t n = lt_tensor_numel(t);
     if (index < 0 || index >= n)
         return lt_fail(LT_ERR_RANGE, "get: flat index %lld out of range for %lld elements",
@@ -781,7 +744,6 @@ int lt_tensor_get(const lt_tensor *t, int64_t index, double *out) {
 
 int lt_tensor_set(lt_tensor *t, int64_t index, double value) {
     LT_TRY(lt_check_writable(t, "set", "tensor"));
-    LT_TRY(check_unpacked(t, "set"));
     int64_t n = lt_tensor_numel(t);
     if (index < 0 || index >= n)
         return lt_fail(LT_ERR_RANGE, "set: flat index %lld out of range for %lld elements",
@@ -794,8 +756,6 @@ int lt_tensor_set(lt_tensor *t, int64_t index, double value) {
 int lt_tensor_equal(const lt_tensor *a, const lt_tensor *b, int *out) {
     LT_TRY(lt_check_tensor(a, "equal", "a"));
     LT_TRY(lt_check_tensor(b, "equal", "b"));
-    LT_TRY(check_unpacked(a, "equal"));
-    LT_TRY(check_unpacked(b, "equal"));
     LT_DISPATCH_CUDA(a, lt_cuda_equal(a, b, out));
     LT_DISPATCH_CUDA(b, lt_cuda_equal(a, b, out));
     *out = 0;

@@ -137,7 +137,7 @@ void lt_lines_close(lt_lines *r) {
 int lt_tensor_map_file(lt_tensor *out, const char *path, int dtype) {
     if (!out || !path) return lt_fail(LT_ERR_ARG, "tensor_map_file: NULL argument");
     const lt_dtype_traits *tr = lt_dtype_info(dtype);
-    if (!tr || tr->is_packed) return lt_fail(LT_ERR_DTYPE, "tensor_map_file: unsupported dtype %d", dtype);
+    if (!tr) return lt_fail(LT_ERR_DTYPE, "tensor_map_file: unsupported dtype %d", dtype);
     lt_mapping *m;
     int64_t size;
     LT_TRY(lt_mapping_open(&m, path, &size));

@@ -817,10 +817,9 @@ static int save_prepare(const char *path, const lt_safetensors_entry *entries, i
         st = lt_check_cpu(t, "safetensors save", "tensor");
         if (st != LT_OK) return lt_fail_prefix(st, "%s: tensor '%.200s': ", path, name);
         const lt_dtype_traits *tr = lt_dtype_info(t->dtype_id);
-        if (!tr || !tr->st_name || tr->is_packed)
+        if (!tr || !tr->st_name)
             return lt_fail(LT_ERR_DTYPE,
-                           "%s: tensor '%.200s': dtype %s has no safetensors form (dequantize "
-                           "it or save its packed bytes as U8)",
+                           "%s: tensor '%.200s': dtype %s has no safetensors form",
                            path, name, tr ? tr->name : "?");
         st = lt_dtype_nbytes(t->dtype_id, lt_tensor_numel(t), &items[i].nbytes);
         if (st != LT_OK) return lt_fail_prefix(st, "%s: tensor '%.200s': ", path, name);

@@ -153,7 +153,7 @@ int lt_spool_finish(lt_spool *s, lt_tensor *out, int dtype) {
     int st = LT_OK;
     if (!out)
         st = lt_fail(LT_ERR_ARG, "%s: finish needs an output tensor", s->what);
-    else if (!tr || tr->is_packed)
+    else if (!tr)
         st = lt_fail(LT_ERR_DTYPE, "%s: cannot map as dtype %d", s->what, dtype);
     else if (s->failed)
         st = lt_fail(LT_ERR_IO, "%s: not finished: an earlier write failed", s->what);

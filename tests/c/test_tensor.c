@@ -69,11 +69,14 @@ static void test_dtypes(void) {
     CHECK(lt_dtype_from_name("BF16") == LT_DTYPE_BF16);
     CHECK(lt_dtype_from_name("float16") == LT_DTYPE_F16);
     CHECK(lt_dtype_from_name("F64") == -1);
-    CHECK(lt_dtype_info(LT_DTYPE_NF4)->is_packed == 1);
+    /* 4-bit weights are quantization states (lt_quant.h), never tensor dtypes */
+    CHECK(lt_dtype_from_name("nf4") == -1);
+    CHECK(lt_dtype_from_name("fp4") == -1);
     CHECK(lt_dtype_info(LT_DTYPE_COUNT) == NULL);
+    for (int d = 0; d < LT_DTYPE_COUNT; d++) CHECK(lt_dtype_info(d)->bits % 8 == 0);
     int64_t nb = 0;
-    CHECK_OK(lt_dtype_nbytes(LT_DTYPE_NF4, 7, &nb));
-    CHECK(nb == 4);
+    CHECK_OK(lt_dtype_nbytes(LT_DTYPE_I8, 7, &nb));
+    CHECK(nb == 7);
     CHECK_FAILS(lt_dtype_nbytes(LT_DTYPE_I64, INT64_MAX / 4, &nb), LT_ERR_RANGE, "overflow");
 
     /* bf16: round to nearest even, NaN stays NaN, exact for representable values */

@@ -34,7 +34,7 @@ end)
 
 T.test("enum constants are visible to Lua", function()
     local C = require("luatrain.core").C
-    T.eq(C.LT_DTYPE_COUNT, 9)
+    T.eq(C.LT_DTYPE_COUNT, 7)
     T.eq(C.LT_MAX_DIMS, 8)
     T.eq(C.LT_ERR_INTERNAL, 10)
 end)
