@@ -51,7 +51,6 @@ local cfg = lt.config {
 
 lt.set_num_threads(cfg.threads)
 local report = lt.report
-local mb = lt.memory.format_bytes
 
 local ranks = {}
 for r in cfg.ranks:gmatch("[^,%s]+") do

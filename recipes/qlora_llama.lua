@@ -72,8 +72,8 @@ need(cfg.steps > 0 or cfg.epochs > 0, "give steps or epochs a positive value")
 local model_cfg = lt.llama.read_config(cfg.model .. "/config.json")
 local smallest = math.min(model_cfg.hidden_size, model_cfg.intermediate_size,
     model_cfg.num_key_value_heads * model_cfg.head_dim)
-need(cfg.r <= smallest, ("r=%d is larger than the model's smallest linear dimension (%d): a rank above it adds parameters, not expressiveness"):format(
-    cfg.r, smallest))
+need(cfg.r <= smallest, ("r=%d is larger than the model's smallest linear dimension (%d): a rank above it "
+    .. "adds parameters, not expressiveness"):format(cfg.r, smallest))
 
 lt.set_num_threads(cfg.threads)
 lt.manual_seed(cfg.seed)

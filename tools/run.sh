@@ -19,8 +19,9 @@ packages=(build-essential cmake pkg-config luajit libluajit-5.1-dev libcjson-dev
 # only when its command is missing, so a Node.js from elsewhere (which bundles npm) is kept.
 test_tools=(node:nodejs npm:npm chromium:chromium)
 # The clang tests (tests/clang) compile the core with clang and run it under clang's UBSan,
-# which needs clang's OpenMP runtime (libomp-dev) and its sanitizer runtimes (libclang-rt-dev).
-test_packages=(clang libomp-dev libclang-rt-dev)
+# which needs clang's OpenMP runtime (libomp-dev) and its sanitizer runtimes (libclang-rt-dev);
+# the lint test runs luacheck (lua-check) over every Lua file.
+test_packages=(clang libomp-dev libclang-rt-dev lua-check)
 
 install_missing() {
     local missing=()

@@ -37,7 +37,7 @@ function M.array(t) return setmetatable(t or {}, array_mt) end
 
 -- ---- decoding ---------------------------------------------------------------------------
 
-local T_NULL, T_FALSE, T_TRUE = C.LT_JSON_NULL, C.LT_JSON_FALSE, C.LT_JSON_TRUE
+local T_FALSE, T_TRUE = C.LT_JSON_FALSE, C.LT_JSON_TRUE
 local T_NUMBER, T_STRING, T_ARRAY, T_OBJECT = C.LT_JSON_NUMBER, C.LT_JSON_STRING,
     C.LT_JSON_ARRAY, C.LT_JSON_OBJECT
 
@@ -126,7 +126,8 @@ local function utf8_fault(s)
     local i = find(s, "[\128-\255]")
     while i do
         local c = byte(s, i)
-        local len, lo, hi = 2, 0x80, 0xBF
+        local len, lo, hi
+        lo, hi = 0x80, 0xBF
         if c >= 0xC2 and c <= 0xDF then
             len = 2
         elseif c >= 0xE0 and c <= 0xEF then

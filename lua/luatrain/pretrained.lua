@@ -11,12 +11,10 @@ model.safetensors.index.json. Weights are read through mmap and copied (converti
 into the model's parameters one tensor at a time, so loading needs the model's size plus
 one tensor.
 ]]
-local core = require "luatrain.core"
 local json = require "luatrain.json"
 local safetensors = require "luatrain.safetensors"
 local nnllama = require "luatrain.nn.llama"
 
-local C, check = core.C, core.check
 
 local M = {}
 
@@ -64,9 +62,9 @@ function M.read_config(path)
             if not ok then
                 local shown = type(v) == "number" and tostring(v) or
                     (type(v) == "table" and (json.is_array(v) and "an array" or "an object")) or json.encode(v)
-                local want = ({ integer = "a positive integer", number = "a number", boolean = "true or false",
+                local wanted = ({ integer = "a positive integer", number = "a number", boolean = "true or false",
                     object = "an object" })[kind]
-                error(("%s: field %q must be %s, got %s"):format(path, key, want, shown), 0)
+                error(("%s: field %q must be %s, got %s"):format(path, key, wanted, shown), 0)
             end
             cfg[key] = v
         end
@@ -282,12 +280,12 @@ function M.load_weights(model, folder)
                 end
                 qm:set_qweight(q)
                 loaded[name] = true
-            elseif bnb_owner(name) and qmods[bnb_owner(name)] then
-                -- read with its weight
-            elseif bnb_owner(name) and params[bnb_owner(name)] then
-                error(("%s: %s is a bitsandbytes-quantized layer; load it with quant options (the folder's config.json has no quantization_config)"):format(
-                    where[name], bnb_owner(name)), 0)
-            elseif not (ignorable(name) or (tied and name == "lm_head.weight")) then
+            elseif bnb_owner(name) and params[bnb_owner(name)] and not qmods[bnb_owner(name)] then
+                error(("%s: %s is a bitsandbytes-quantized layer; load it with quant options (the folder's "
+                    .. "config.json has no quantization_config)"):format(where[name], bnb_owner(name)), 0)
+            -- (a bitsandbytes layer's pieces beside a quantized module were read with its weight)
+            elseif not (ignorable(name) or (tied and name == "lm_head.weight") or
+                (bnb_owner(name) and qmods[bnb_owner(name)])) then
                 error(("%s: unexpected tensor %s (not a parameter of this Llama config)"):format(where[name], name), 0)
             end
         end

@@ -20,7 +20,6 @@ M.methods = methods
 
 -- Scratch arrays for passing shapes to C (the C side copies what it needs).
 local sizes_buf = ffi.new("int64_t[?]", C.LT_MAX_DIMS)
-local strides_buf = ffi.new("int64_t[?]", C.LT_MAX_DIMS)
 local perm_buf = ffi.new("int32_t[?]", C.LT_MAX_DIMS)
 
 local Tensor -- the ctype, set below
@@ -565,7 +564,6 @@ function methods.totable(t)
         c = M.empty(methods.shape(t), { dtype = "f32" })
         if t.dtype_id == C.LT_DTYPE_I64 then
             -- i64 above 2^24 does not survive f32; go through get().
-            local out = {}
             local shape = methods.shape(t)
             local idx = 0
             local function build(d)
@@ -581,7 +579,7 @@ function methods.totable(t)
                 end
                 return r
             end
-            out = build(1)
+            local out = build(1)
             c:free()
             return out
         end

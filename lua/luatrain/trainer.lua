@@ -324,7 +324,8 @@ function Trainer:_hold(i, b)
     return out
 end
 
-function stages.reduce_gradients(self, st) end
+-- Nothing to reduce in one process: data parallelism hooks in here.
+function stages.reduce_gradients() end
 
 -- The first trainable parameter whose gradient holds a NaN or an infinity.
 function Trainer:first_nonfinite_gradient()
@@ -343,7 +344,7 @@ function stages.unscale_check(self, st)
     if finite(st.loss) and finite(norm) then return end
     local what = not finite(st.loss) and ("the loss is %s"):format(tostring(st.loss))
         or ("the gradient norm is %s"):format(tostring(norm))
-    local where = ""
+    local where
     if self.detect == "parameter" then
         local name = self:first_nonfinite_gradient()
         where = name and ("; the first non-finite gradient is %s's"):format(name) or

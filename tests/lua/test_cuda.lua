@@ -230,7 +230,7 @@ T.test("a Llama on the GPU: forward, gradients and 20 AdamW steps track the CPU"
     local oc = lt.optim.AdamW(cpu:parameters(), { lr = 3e-3 })
     local og = lt.optim.AdamW(gpu:parameters(), { lr = 3e-3 })
     local worst = 0
-    for step = 1, 20 do
+    for _ = 1, 20 do
         oc:zero_grad()
         og:zero_grad()
         local lc = cpu:forward_backward(ids, targets)

@@ -10,7 +10,6 @@ keeps these tests independent of the real tokenizers, which have their own tests
 package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
 local lt = require "luatrain"
-local ffi = require "ffi"
 
 -- ---- a byte-level stand-in tokenizer ----------------------------------------------------
 
@@ -87,7 +86,8 @@ T.test("records: every shape, auto detection, gzip, field remaps", function()
     local rg = lt.data.records.open(gz)
     T.eq(rg:next().completion, "5")
     rg:close()
-    local sharegpt = tmpfile('{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}\n')
+    local sharegpt = tmpfile('{"conversations": [{"from": "system", "value": "Be brief."}, '
+        .. '{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}\n')
     local rs = lt.data.records.open(sharegpt, { fields = { messages = "conversations", role = "from", content = "value" } })
     local c = rs:next()
     T.eq({ c.kind, c.messages[1].role, c.messages[2].role, c.messages[3].role }, { "chat", "system", "user", "assistant" })
@@ -127,7 +127,9 @@ end)
 -- ---- templates and masks -------------------------------------------------------------------
 
 T.test("templates: the trained tokens are the assistant's words and the end token", function()
-    local p = tmpfile('{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Ok"}]}\n')
+    local p = tmpfile('{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}, '
+        .. '{"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Again"}, '
+        .. '{"role": "assistant", "content": "Ok"}]}\n')
     local pc = tmpfile('{"prompt": "P", "completion": "C"}\n')
     local ds3 = lt.data.build(p, tok, { template = "llama3" })
     T.eq(trained_text(ds3, 1), "Yo<|eot_id|>Ok<|eot_id|>")

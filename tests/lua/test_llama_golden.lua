@@ -149,8 +149,10 @@ T.test("transformers 5's rope_parameters give the same model as rope_theta and r
     local base = '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, '
     local cases = {
         { base .. '"rope_theta": 500000}', base .. '"rope_parameters": {"rope_type": "default", "rope_theta": 500000}}' },
-        { base .. '"rope_theta": 500000, "rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 16}}',
-          base .. '"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000, "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 16}}' },
+        { base .. '"rope_theta": 500000, "rope_scaling": {"rope_type": "llama3", "factor": 8, '
+            .. '"low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 16}}',
+          base .. '"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000, "factor": 8, '
+            .. '"low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 16}}' },
         { base .. '"rope_theta": 10000, "rope_scaling": {"type": "linear", "factor": 2}}',
           base .. '"rope_parameters": {"rope_type": "linear", "rope_theta": 10000, "factor": 2}}' },
     }
@@ -186,7 +188,8 @@ T.test("config and weight errors name the file and the field", function()
     T.raises(function() lt.llama.from_pretrained(dir) end, "hidden_size (8) is not a multiple of num_attention_heads (3)", true)
     write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,')
     T.raises(function() lt.llama.from_pretrained(dir) end, "config.json:1:", true)
-    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4}}')
+    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, '
+        .. '"num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4}}')
     T.raises(function() lt.llama.from_pretrained(dir) end, "rope_scaling type \"yarn\" is not supported", true)
     local base = '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, '
     write("config.json", base .. '"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000, "factor": 4}}')
@@ -203,8 +206,10 @@ T.test("config and weight errors name the file and the field", function()
     T.raises(function() lt.llama.from_pretrained(dir) end, "rope_theta must be a positive finite number, got 0", true)
     write("config.json", base .. '"rope_scaling": {"rope_type": "llama3", "factor": "8"}}')
     T.raises(function() lt.llama.from_pretrained(dir) end, 'rope_scaling.factor must be a positive number, got "8"', true)
-    write("config.json", base .. '"rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": "4", "original_max_position_embeddings": 16}}')
-    T.raises(function() lt.llama.from_pretrained(dir) end, 'rope_scaling.high_freq_factor must be a positive number for llama3 scaling, got "4"', true)
+    write("config.json", base .. '"rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, '
+        .. '"high_freq_factor": "4", "original_max_position_embeddings": 16}}')
+    T.raises(function() lt.llama.from_pretrained(dir) end,
+        'rope_scaling.high_freq_factor must be a positive number for llama3 scaling, got "4"', true)
     write("config.json", base .. '"rope_scaling": {"rope_type": 3, "factor": 8}}')
     T.raises(function() lt.llama.from_pretrained(dir) end, "rope_scaling.rope_type must be a string, got 3", true)
     write("config.json", base .. '"attention_bias": true}')
@@ -219,7 +224,8 @@ T.test("config and weight errors name the file and the field", function()
     T.raises(function() lt.llama.from_pretrained(dir) end, 'field "vocab_size" must be a positive integer', true)
     write("config.json", '{"vocab_size": 10, "rope_scaling": ' .. string.rep("[", 5000) .. '}')
     T.raises(function() lt.llama.from_pretrained(dir) end, "config.json:1:", true)
-    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": [1, 2]}')
+    write("config.json", '{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, '
+        .. '"num_attention_heads": 2, "rope_scaling": [1, 2]}')
     T.raises(function() lt.llama.from_pretrained(dir) end, 'field "rope_scaling" must be an object, got an array', true)
     write("config.json", '[1, 2, 3]')
     T.raises(function() lt.llama.from_pretrained(dir) end, "config.json: expected a JSON object", true)

@@ -44,7 +44,7 @@ T.test("sharded bf16 save: index, shards, and values rounded to bf16", function(
     lt.llama.save_pretrained(m, dir, { dtype = "bf16", max_shard_bytes = 3000 })
     local idx = lt.json.read_file(dir .. "/model.safetensors.index.json")
     local files, n = {}, 0
-    for name, file in pairs(idx.weight_map) do
+    for _, file in pairs(idx.weight_map) do
         files[file] = true
         n = n + 1
         T.ok(file:match("^model%-%d%d%d%d%d%-of%-%d%d%d%d%d%.safetensors$"), file)

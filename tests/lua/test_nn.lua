@@ -19,16 +19,6 @@ lt.manual_seed(21)
 -- Nested tables of a 2-D tensor (rows) as Lua doubles.
 local function rows(t) return t:contiguous():totable() end
 
--- A tensor from a function of (i, j), 1-based.
-local function from_fn(n, m, fn)
-    local tbl = {}
-    for i = 1, n do
-        tbl[i] = {}
-        for j = 1, m do tbl[i][j] = fn(i, j) end
-    end
-    return lt.tensor(tbl)
-end
-
 -- Memory growth of fn() run `times` times after one warm-up run, with the collector off
 -- (so nothing is freed behind the test's back).
 local function growth(fn, times)

@@ -70,7 +70,7 @@ T.test("QLoRA: LoRA on the 4-bit base trains, only adapters change, adapter roun
     local embed_before = m.model.embed_tokens.weight:clone()
     local opt = lt.optim.AdamW(m:parameters(), { lr = 1e-2, weight_decay = 0 })
     local first, last
-    for step = 1, 25 do
+    for _ = 1, 25 do
         opt:zero_grad()
         local loss = m:forward_backward(g.input_ids, g.targets)
         first = first or loss

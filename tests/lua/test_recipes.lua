@@ -82,7 +82,7 @@ T.test("qlora_llama.lua: bad arguments name the problem and write nothing", func
     for _, c in ipairs(cases) do
         local args = { "recipes/qlora_llama.lua", "output_dir=" .. dir }
         for _, a in ipairs(c[1]) do args[#args + 1] = a end
-        local rc, out, err = recipe(args)
+        local rc, _, err = recipe(args)
         T.ok(rc ~= 0, table.concat(c[1], " ") .. " should fail")
         -- the first line of the error says what is wrong
         local first = err:match("luatrain: [^\n]*") or ""

@@ -9,7 +9,6 @@ the DOM and the screenshot there instead of in a temporary directory.
 ]]
 package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
-local ffi = require "ffi"
 local report = require "luatrain.report"
 local json = require "luatrain.json"
 
@@ -105,7 +104,7 @@ local function xml_check(doc)
 end
 
 local B = require "browser"
-local unescape, elements, classes = B.unescape, B.elements, B.classes
+local elements, classes = B.elements, B.classes
 local which, chromium, decode_png = B.which, B.chromium, B.decode_png
 
 local function count(s, plain)
@@ -519,7 +518,7 @@ local SERIES_NAMES = { "r=4", "r=16", 'r=64 <"wide" & deep>' }
 
 local function sweep_page()
     local series = {}
-    for i, r in ipairs(RANKS) do
+    for i in ipairs(RANKS) do
         local pts = loss_curve(3000, 1.6 - 0.12 * i, 0.002 + 0.0005 * i, 100 + i)
         pts[1500 + i] = { 1500 + i, 0 / 0 } -- a NaN the chart must step over
         series[i] = { name = SERIES_NAMES[i], points = pts }
@@ -617,13 +616,13 @@ local function browser_test()
     T.eq({ w, h }, { 1280, 2000 }, "screenshot size")
 
     -- Most common colour = the page background; a blank render would be nearly all of it.
-    local hist, best, best_n = {}, 0, 0
+    local hist, best_n = {}, 0
     for i = 0, w * h - 1 do
         local o = i * ch
         local k = (px[o] * 256 + px[o + 1]) * 256 + px[o + 2]
         local c = (hist[k] or 0) + 1
         hist[k] = c
-        if c > best_n then best, best_n = k, c end
+        if c > best_n then best_n = c end
     end
     local other = 1 - best_n / (w * h)
     T.ok(other > 0.05, ("only %.1f%% of pixels differ from the background"):format(other * 100))

@@ -8,7 +8,6 @@ package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
 local lt = require "luatrain"
 local tokenizer = require "luatrain.tokenizer"
-local tensor = require "luatrain.tensor"
 
 local FX = "tests/fixtures/tokenizers/"
 

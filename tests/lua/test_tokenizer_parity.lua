@@ -386,8 +386,8 @@ for _, spec in ipairs(TOKENIZERS) do
                     if tok.id_to_token then
                         local function pieces(ids)
                             local p = {}
-                            for i = math.max(1, d - 3), math.min(#ids, d + 12) do
-                                local okp, s = pcall(tok.id_to_token, tok, ids[i])
+                            for j = math.max(1, d - 3), math.min(#ids, d + 12) do
+                                local okp, s = pcall(tok.id_to_token, tok, ids[j])
                                 p[#p + 1] = okp and show(s, 40) or "?"
                             end
                             return table.concat(p, " ")

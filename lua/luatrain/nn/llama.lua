@@ -12,7 +12,6 @@ row restart their positions and never attend to each other.
 ]]
 local ffi = require "ffi"
 local core = require "luatrain.core"
-local tensor = require "luatrain.tensor"
 local F = require "luatrain.ops.nn"
 local modmod = require "luatrain.nn.module"
 local layers = require "luatrain.nn.layers"
@@ -274,7 +273,7 @@ function LlamaModel:rope_reserve(n)
 end
 
 -- model:to(device): the rotary tables every attention layer shares move too.
-function LlamaModel:_move_extras(device, move)
+function LlamaModel:_move_extras(_, move)
     self.rope.cos = move(self.rope.cos)
     self.rope.sin = move(self.rope.sin)
 end
@@ -306,8 +305,8 @@ function LlamaModel:forward(ids, opts)
     local need = M.positions_needed(ids, opts)
     local window = self.config.sliding_window
     if window and need > window then
-        error(("llama: positions up to %d exceed config.json's sliding_window (%d), which luatrain's attention does not implement: keep sequences within %d tokens"):format(
-            need - 1, window, window), 2)
+        error(("llama: positions up to %d exceed config.json's sliding_window (%d), which luatrain's "
+            .. "attention does not implement: keep sequences within %d tokens"):format(need - 1, window, window), 2)
     end
     self:rope_reserve(need)
     self.rope.positions = opts and opts.positions or nil
@@ -451,6 +450,7 @@ end
 -- ids (B, T) -> logits (B, T, V) in f32. For inference and tests: training goes through
 -- forward_backward, which never holds the full logits.
 function LlamaForCausalLM:forward(ids, opts)
+    local _
     ids, _, opts = self:_inputs(ids, nil, opts)
     local h = self.model:forward(ids, opts)
     local logits = self.lm_head:forward(h)

@@ -570,11 +570,12 @@ end
 
 -- ---- defaults ------------------------------------------------------------------------
 
-function Module:forward(input)
+-- forward(input) and backward(input, grad_output): every module defines its own.
+function Module:forward()
     error(self.__name .. ":forward is not implemented", 2)
 end
 
-function Module:backward(input, grad_output)
+function Module:backward()
     error(self.__name .. ":backward is not implemented", 2)
 end
 
@@ -616,7 +617,7 @@ function Sequential:forward(input)
     return x
 end
 
-function Sequential:backward(input, grad_output)
+function Sequential:backward(_, grad_output)
     local kids = self:children()
     local g = grad_output
     for i = #kids, 1, -1 do

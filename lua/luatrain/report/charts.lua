@@ -170,14 +170,14 @@ local function xy_chart(opts, kind, who)
         parts[#parts + 1] = '<g class="lt-point-labels" font-size="11" fill="#1f2328" text-anchor="middle">'
         for i in ipairs(series) do
             for _, p in ipairs(all[i]) do
-                local text = p.label
-                if opts.value_labels then text = (text and (text .. ": ") or "") .. vf(p[2]) end
-                if text then
+                local label = p.label
+                if opts.value_labels then label = (label and (label .. ": ") or "") .. vf(p[2]) end
+                if label then
                     local x, y = xa:map(p[1]), ya:map(p[2])
-                    local half = text_width(text, 11) / 2
+                    local half = text_width(label, 11) / 2
                     x = math.max(box.x0 + half + 4, math.min(box.x1 - half, x))
                     local ly = y - 10 < box.y0 + 10 and y + 18 or y - 10
-                    parts[#parts + 1] = fmt('<text x="%s" y="%s">%s</text>', num(x), num(ly), esc(text))
+                    parts[#parts + 1] = fmt('<text x="%s" y="%s">%s</text>', num(x), num(ly), esc(label))
                 end
             end
         end

@@ -144,10 +144,10 @@ local function draw_axes(parts, xa, ya, box, opts, x_categorical)
 end
 
 -- A grey line of small print under the plot: dropped points and the like.
-local function footnote(parts, text, width, height)
-    if text then
+local function footnote(parts, note, width, height)
+    if note then
         parts[#parts + 1] = fmt('<text class="lt-note" x="%d" y="%d" text-anchor="end" font-size="10" ' ..
-            'fill="#6e7781">%s</text>', width - 12, height - 6, esc(text))
+            'fill="#6e7781">%s</text>', width - 12, height - 6, esc(note))
     end
 end
 
