@@ -205,21 +205,34 @@ function Module:replace(fn)
     return replaced
 end
 
--- Every parameter below this module as records { name, param, grad, module, key },
--- depth first in registration order. Tied parameters appear once, under their first name.
-function Module:named_parameters(prefix, out, seen)
-    out, seen = out or {}, seen or {}
-    prefix = prefix or ""
-    for _, n in ipairs(self._param_names) do
-        local p = self._params[n]
-        local key = tostring(p.storage) .. ":" .. tostring(p.offset)
-        if not seen[key] then
-            seen[key] = true
-            out[#out + 1] = { name = prefix .. n, param = p, grad = self._grads[n], module = self, key = n }
+-- The modules of the tree that hold parameters, once each, as { module, prefix = its name
+-- and "." }: a wrapper and the module it wraps share one parameter table, seen once.
+local function param_holders(root)
+    local out, seen = {}, {}
+    for _, r in ipairs(root:named_modules()) do
+        local m = r.module
+        if not seen[m._params] then
+            seen[m._params] = true
+            out[#out + 1] = { module = m, prefix = r.name == "" and "" or (r.name .. ".") }
         end
     end
-    for _, n in ipairs(self._child_names) do
-        self._children[n]:named_parameters(prefix .. n .. ".", out, seen)
+    return out
+end
+
+-- Every parameter below this module as records { name, param, grad, module, key },
+-- depth first in registration order. Tied parameters appear once, under their first name.
+function Module:named_parameters()
+    local out, seen = {}, {}
+    for _, h in ipairs(param_holders(self)) do
+        local m = h.module
+        for _, n in ipairs(m._param_names) do
+            local p = m._params[n]
+            local key = tostring(p.storage) .. ":" .. tostring(p.offset)
+            if not seen[key] then
+                seen[key] = true
+                out[#out + 1] = { name = h.prefix .. n, param = p, grad = m._grads[n], module = m, key = n }
+            end
+        end
     end
     return out
 end
@@ -242,10 +255,11 @@ function Module:num_parameters(trainable_only)
 end
 
 -- Every (module, key) slot holding a parameter below this module, tied copies included.
-function Module:_param_slots(out)
-    out = out or {}
-    for _, n in ipairs(self._param_names) do out[#out + 1] = { module = self, key = n } end
-    for _, n in ipairs(self._child_names) do self._children[n]:_param_slots(out) end
+function Module:_param_slots()
+    local out = {}
+    for _, h in ipairs(param_holders(self)) do
+        for _, n in ipairs(h.module._param_names) do out[#out + 1] = { module = h.module, key = n } end
+    end
     return out
 end
 
@@ -379,13 +393,12 @@ function Module:eval() return self:train(false) end
 -- with the names Hugging Face uses for the same model.
 function Module:state_list()
     local list = {}
-    local function walk(m, prefix)
+    for _, h in ipairs(param_holders(self)) do
+        local m = h.module
         for _, n in ipairs(m._param_names) do
-            if not (m._tied and m._tied[n]) then list[#list + 1] = { prefix .. n, m._params[n] } end
+            if not (m._tied and m._tied[n]) then list[#list + 1] = { h.prefix .. n, m._params[n] } end
         end
-        for _, n in ipairs(m._child_names) do walk(m._children[n], prefix .. n .. ".") end
     end
-    walk(self, "")
     return list
 end
 
