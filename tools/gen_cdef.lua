@@ -73,7 +73,7 @@ local function structs(headers)
     local list = {}
     for _, h in ipairs(headers) do
         local text = declarations(read(h), h)
-        for name, body, alias in text:gmatch("typedef%s+struct%s+([%w_]+)%s*(%b{})%s*([%w_]+)%s*;") do
+        for _, body, alias in text:gmatch("typedef%s+struct%s+([%w_]+)%s*(%b{})%s*([%w_]+)%s*;") do
             local fields = {}
             for decl in body:sub(2, -2):gmatch("([^;]+);") do
                 local field = decl:match("([%w_]+)%s*%[[^%]]*%]%s*$") or decl:match("([%w_]+)%s*$")
