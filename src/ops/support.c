@@ -167,8 +167,7 @@ int32_t lt_op_count(void) { return LT_OP_COUNT; }
 
 const char *lt_op_name(int32_t i) { return i >= 0 && i < LT_OP_COUNT ? table[i].name : NULL; }
 
-int lt_op_supports(const char *op, int32_t device_type, int32_t dtype, int32_t role,
-                   int32_t *out) {
+int lt_op_supports(const char *op, int32_t device_type, int32_t dtype, int32_t role, int32_t *out) {
     if (!op || !out) return lt_fail(LT_ERR_ARG, "op_supports: op or out is NULL");
     int id = -1;
     for (int i = 0; i < LT_OP_COUNT && id < 0; i++)
@@ -176,7 +175,8 @@ int lt_op_supports(const char *op, int32_t device_type, int32_t dtype, int32_t r
     if (id < 0) return lt_fail(LT_ERR_ARG, "op_supports: unknown op \"%s\"", op);
     if (device_type != LT_DEVICE_CPU && device_type != LT_DEVICE_CUDA)
         return lt_fail(LT_ERR_ARG,
-                       "op_supports: unknown device type %d (LT_DEVICE_CPU = 0, LT_DEVICE_CUDA = 1)",
+                       "op_supports: unknown device type %d (LT_DEVICE_CPU = 0, "
+                       "LT_DEVICE_CUDA = 1)",
                        (int)device_type);
     if (dtype < 0 || dtype >= LT_DTYPE_COUNT)
         return lt_fail(LT_ERR_ARG, "op_supports: unknown dtype %d", (int)dtype);
