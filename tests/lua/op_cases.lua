@@ -397,13 +397,14 @@ add {
 }
 
 -- The fused LM head. dh and dw are f32 (the device computes them in w's dtype from logit
--- gradients rounded to it: the low-precision rule measures that).
+-- gradients rounded to it: the low-precision rule measures that). dw accumulates: from zero,
+-- and into random values (dw0, kept in f32).
 local LM_SHAPES = { big { N = 37, C = 48, V = 1000 }, big { N = 37, C = 48, V = 1000, normalizer = 30 },
     big { N = 1, C = 7, V = 1 }, big { N = 64, C = 40, V = 777 } }
 
 local function lm_inputs(s)
     return { h = lt.randn(s.N, s.C), w = lt.randn(s.V, s.C) * 0.5, y = targets(s.N, s.V),
-        norm = s.normalizer or 0 }
+        norm = s.normalizer or 0, dw0 = lt.randn(s.V, s.C) }
 end
 
 local function lm_forward(inp)
@@ -426,9 +427,13 @@ add {
         local dh, dw = F.linear_cross_entropy_backward(inp.h, inp.w, inp.y, saved.lse, d:item(), o)
         local alone = F.linear_cross_entropy_backward(inp.h, inp.w, inp.y, nil, d:item(),
             { normalizer = inp.norm, dh = f32_like(inp.h), dw = false })
-        return { h = dh, w = dw, ["h alone, lse recomputed"] = alone }
+        local acc = inp.dw0:clone()
+        F.linear_cross_entropy_backward(inp.h, inp.w, inp.y, saved.lse, d:item(),
+            { normalizer = inp.norm, dh = false, dw = acc })
+        return { h = dh, w = dw, ["h alone, lse recomputed"] = alone, ["w, accumulated"] = acc }
     end,
     wrt = { "h", "w" },
+    keep = { "dw0" },
     f32_outputs = { "out", "lse", "row_loss" },
 }
 
@@ -445,11 +450,13 @@ add {
             { normalizer = inp.norm, dh = f32_like(h) })
         local rl = lt.empty({ h:size(1) }, { device = h.device })
         local loss2, dh2, dw2 = F.linear_cross_entropy_fused(h, inp.w, inp.y, d:item(),
-            { normalizer = inp.norm, dh = f32_like(h), row_loss = rl })
+            { normalizer = inp.norm, dh = f32_like(h), dw = inp.dw0:clone(), row_loss = rl })
         return { h = dh, w = dw, ["fused loss"] = loss, ["h, with row_loss"] = dh2,
-            ["w, with row_loss"] = dw2, ["fused loss, with row_loss"] = loss2, ["fused row_loss"] = rl }
+            ["w, with row_loss, accumulated"] = dw2, ["fused loss, with row_loss"] = loss2,
+            ["fused row_loss"] = rl }
     end,
     wrt = { "h", "w" },
+    keep = { "dw0" },
     f32_outputs = { "out", "lse", "row_loss", "fused loss", "fused loss, with row_loss", "fused row_loss" },
 }
 
