@@ -27,8 +27,9 @@ test_op_table_cuda.lua - the op table (op_cases.lua) on every backend.
    Without a device this part prints one "skipped: GPU part" line, and runs once with the
    CPU standing in for the device (f32 only, the small shapes): a dry run of the
    comparison's own plumbing, so that a row that cannot run that way fails here first.
-   LT_OP_TABLE_BIG=1 adds the big shapes to that dry run (a minute or two on 2 cores), to
-   try new device shapes out before a GPU session.
+   LT_OP_TABLE_BIG=1 adds the big shapes to that dry run (seconds on 2 cores), to try new
+   device shapes out before a GPU session. LT_OP_TABLE_SMALL=1 keeps the device runs to the
+   small shapes, for compute-sanitizer (which slows kernels down a hundredfold).
 
 3. The table itself: every op it lists has rows or names where it is tested, and the CPU
    refuses a dtype the table does not list for it in the table's words.
@@ -265,6 +266,7 @@ end
 local ndev = lt.cuda.device_count()
 local devices, dry_run = {}, ndev == 0
 local dry_big = os.getenv("LT_OP_TABLE_BIG") == "1"
+local small_only = os.getenv("LT_OP_TABLE_SMALL") == "1"
 for i = 0, ndev - 1 do devices[#devices + 1] = "cuda:" .. i end
 if dry_run then
     local _, why = pcall(lt.cuda.device_info, 0)
@@ -283,7 +285,8 @@ for _, device in ipairs(devices) do
                     set_tf32(device, case.tf32)
                     local ok, err = pcall(function()
                         for _, shape in ipairs(shapes_of(case)) do
-                            if not (dry_run and shape.big and not dry_big) then
+                            local skip = shape.big and (small_only or (dry_run and not dry_big))
+                            if not skip then
                                 device_run(case, shape, device, dtype)
                                 local key = device .. " " .. dtype
                                 runs[key] = (runs[key] or 0) + 1
