@@ -288,6 +288,7 @@ for _, device in ipairs(devices) do
                             local skip = shape.big and (small_only or (dry_run and not dry_big))
                             if not skip then
                                 device_run(case, shape, device, dtype)
+                                if not dry_run then collectgarbage() end
                                 local key = device .. " " .. dtype
                                 runs[key] = (runs[key] or 0) + 1
                             end
