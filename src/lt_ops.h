@@ -17,6 +17,31 @@
 
 #include "lt.h"
 
+/* ---- what each backend takes --------------------------------------------------------- */
+
+/* One table (src/ops/support.c) states, for every op and device type, the dtypes the op
+   takes; the ops' own argument checks consult it, so an unsupported (op, device, dtype)
+   fails as "<function>: <tensor> must be <dtypes>, got <dtype> on <device>", and the op
+   table's tests (tests/lua/test_op_table_cuda.lua) ask it which rows run where. Ops are
+   named as the table names them: the unary, binary and reduction ops by their own names
+   ("exp", "maximum", "sum"; a binary op's scalar form shares its entry), then "axpby",
+   "argmax", "sum_squares", "has_nonfinite", "softmax", "log_softmax", "matmul",
+   "embedding", "rmsnorm", "rope", "swiglu", "attention", "dropout", "sample_logits",
+   "cross_entropy", "linear_cross_entropy", "adamw", "global_norm", "quantize",
+   "dequantize", "quant_linear". A role says which of an op's tensors a rule is about:
+   MAIN the tensors it computes in (activations, their gradients, its outputs; f32
+   statistics, masks and indices have fixed dtypes), READ the operands it reads through a
+   conversion to f32 (weights, matmul's a and b). */
+enum lt_op_role { LT_OP_ROLE_MAIN = 0, LT_OP_ROLE_READ = 1 };
+
+/* The number of ops in the table, and the name of op i (NULL outside 0..count-1). */
+int32_t lt_op_count(void);
+const char *lt_op_name(int32_t i);
+/* *out = 1 when `op` takes `dtype` in `role` on devices of `device_type`, else 0. An
+   unknown op, device type, dtype or role is an LT_ERR_ARG. */
+int lt_op_supports(const char *op, int32_t device_type, int32_t dtype, int32_t role,
+                   int32_t *out);
+
 /* ---- elementwise ------------------------------------------------------------------ */
 
 enum lt_unary_op {

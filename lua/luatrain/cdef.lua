@@ -189,6 +189,14 @@ int lt_cuda_get_device_info(int32_t index, lt_cuda_device_info *out);
 
 int lt_tensor_empty_pinned(lt_tensor *t, int dtype, int ndim, const int64_t *sizes);
 /* lt_ops.h */
+enum lt_op_role { LT_OP_ROLE_MAIN = 0, LT_OP_ROLE_READ = 1 };
+
+int32_t lt_op_count(void);
+const char *lt_op_name(int32_t i);
+
+int lt_op_supports(const char *op, int32_t device_type, int32_t dtype, int32_t role,
+                   int32_t *out);
+
 enum lt_unary_op {
     LT_UNARY_NEG = 0,
     LT_UNARY_EXP = 1,

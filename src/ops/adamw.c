@@ -1,6 +1,7 @@
 /* adamw.c - the AdamW update (PyTorch's arithmetic) and the global gradient norm. */
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 /* Device-agnostic checks of the hyperparameters. */
 static int check_hyper(const lt_adamw_params *p, const char *op) {
@@ -15,14 +16,15 @@ static int check_hyper(const lt_adamw_params *p, const char *op) {
     return LT_OK;
 }
 
-/* Device-agnostic checks of one parameter's tensors: f32, contiguous, one shape, one
-   device (the loop), and the three updated in place writable outputs. */
+/* Device-agnostic checks of one parameter's tensors: the support table's dtype (f32 on
+   every device: master weights and moments), contiguous, one shape, one device (the loop),
+   and the three updated in place writable outputs. */
 static int check_set(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_avg,
                      lt_tensor *exp_avg_sq, const char *op) {
     const lt_tensor *ts[4] = {param, grad, exp_avg, exp_avg_sq};
     const char *names[4] = {"param", "grad", "exp_avg", "exp_avg_sq"};
     for (int i = 0; i < 4; i++) {
-        LT_TRY(lt_check_dtype(ts[i], LT_DTYPE_F32, op, names[i]));
+        LT_TRY(lt_op_check_dtype(LT_OP_ADAMW, LT_OP_ROLE_MAIN, ts[i], op, names[i]));
         if (!lt_tensor_is_contiguous(ts[i]))
             return lt_fail(LT_ERR_ARG, "%s: %s must be contiguous (call :contiguous())", op,
                            names[i]);
@@ -106,7 +108,8 @@ int lt_global_norm(const lt_tensor *const *tensors, int32_t n, double *out) {
     if (!out) return lt_fail(LT_ERR_ARG, "global_norm: out is NULL");
     if (n < 0 || (n > 0 && !tensors)) return lt_fail(LT_ERR_ARG, "global_norm: bad tensor list");
     for (int32_t i = 0; i < n; i++) {
-        int st = lt_check_tensor(tensors[i], "global_norm", "tensor");
+        int st = lt_op_check_dtype(LT_OP_GLOBAL_NORM, LT_OP_ROLE_MAIN, tensors[i], "global_norm",
+                                   "tensor");
         if (st == LT_OK)
             st = lt_check_same_device(tensors[i], tensors[0], "global_norm", "tensor", "tensor 1");
         if (st != LT_OK) return lt_fail_prefix(st, "tensor %d: ", i + 1);

@@ -32,6 +32,7 @@
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -132,7 +133,7 @@ static int make_segments(attn_shape *a, const lt_tensor *cu, const char *op) {
 static int check_qkv(const lt_tensor *t, const char *op, const char *name) {
     LT_TRY(lt_check_ndim(t, 4, op, name));
     LT_TRY(lt_check_cpu(t, op, name));
-    LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
+    LT_TRY(lt_op_check_dtype(LT_OP_ATTENTION, LT_OP_ROLE_MAIN, t, op, name));
     if (t->strides[3] != 1 && t->sizes[3] > 1)
         return lt_fail(LT_ERR_ARG, "%s: %s needs unit stride in the head dim", op, name);
     return LT_OK;
@@ -400,11 +401,13 @@ int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, con
                          const lt_tensor *v, const lt_tensor *cu_seqlens, float scale,
                          int causal) {
     const char *op = "attention_forward";
-    /* CUDA tensors: cuda/attention.cu, which makes the same checks (and takes bf16/f16) */
+    /* q's dtype against the support table on every device; CUDA tensors then go to
+       cuda/attention.cu, which makes the other checks (k, v and out share q's dtype) */
+    LT_TRY(lt_op_check_dtype(LT_OP_ATTENTION, LT_OP_ROLE_MAIN, q, op, "q"));
     LT_DISPATCH_CUDA(q, lt_cuda_attention_forward(out, lse, q, k, v, cu_seqlens, scale, causal));
     attn_shape a;
     LT_TRY(check_like(out, q, op, "out", "q"));
-    LT_TRY(lt_check_out(out, LT_DTYPE_F32, op, "out", q, "q"));
+    LT_TRY(lt_op_check_out(LT_OP_ATTENTION, out, op, "out", q, "q"));
     if (lse) LT_TRY(lt_check_out(lse, LT_DTYPE_F32, op, "lse", q, "q"));
     LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
     int st = lse ? check_lse(lse, &a, op) : LT_OK;
@@ -543,6 +546,7 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
                           const lt_tensor *out, const lt_tensor *lse,
                           const lt_tensor *cu_seqlens, float scale, int causal) {
     const char *op = "attention_backward";
+    LT_TRY(lt_op_check_dtype(LT_OP_ATTENTION, LT_OP_ROLE_MAIN, q, op, "q"));
     LT_DISPATCH_CUDA(q, lt_cuda_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens,
                                                    scale, causal));
     attn_shape a;
@@ -551,9 +555,9 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
     LT_TRY(check_like(dq, q, op, "dq", "q"));
     LT_TRY(check_like(dk, k, op, "dk", "k"));
     LT_TRY(check_like(dv, v, op, "dv", "v"));
-    LT_TRY(lt_check_out(dq, LT_DTYPE_F32, op, "dq", dout, "dout"));
-    LT_TRY(lt_check_out(dk, LT_DTYPE_F32, op, "dk", dout, "dout"));
-    LT_TRY(lt_check_out(dv, LT_DTYPE_F32, op, "dv", dout, "dout"));
+    LT_TRY(lt_op_check_out(LT_OP_ATTENTION, dq, op, "dq", dout, "dout"));
+    LT_TRY(lt_op_check_out(LT_OP_ATTENTION, dk, op, "dk", dout, "dout"));
+    LT_TRY(lt_op_check_out(LT_OP_ATTENTION, dv, op, "dv", dout, "dout"));
     LT_TRY(setup(&a, q, k, v, cu_seqlens, scale, causal, op));
     int st = check_lse(lse, &a, op);
     if (st != LT_OK) {

@@ -8,6 +8,7 @@
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 /* Logit buffer budget for the fused LM head: 8M floats (32 MB) per block of rows. */
 enum { LT_CE_BLOCK_FLOATS = 1 << 23 };
@@ -53,7 +54,10 @@ static int check_scalar_out(const lt_tensor *loss, const char *op) {
     return LT_OK;
 }
 
-/* ---- device-agnostic checks (before the CUDA dispatch; dtypes are each side's own) ---- */
+/* ---- device-agnostic checks (before the CUDA dispatch) ------------------------------------
+   The float tensors' dtypes are the support table's (ops/support.c): logits, dlogits, h, dh
+   and dw f32 here and also bf16/f16 on CUDA (where dh and dw are f32 or w's dtype), w any
+   float dtype. loss, lse and row_loss are f32 on both sides, each side checking its own. */
 
 static int meta_targets(const lt_tensor *targets, int64_t N, const char *op) {
     LT_TRY(lt_check_tensor(targets, op, "targets"));
@@ -100,7 +104,9 @@ static int check_outs(const char *op, const lt_tensor *ref, const char *ref_name
 static int meta_lmhead(const lt_tensor *h, const lt_tensor *w, const lt_tensor *targets,
                        const lt_tensor *dh, const lt_tensor *dw, const char *op) {
     LT_TRY(lt_check_ndim(h, 2, op, "h"));
+    LT_TRY(lt_op_check_dtype(LT_OP_LINEAR_CROSS_ENTROPY, LT_OP_ROLE_MAIN, h, op, "h"));
     LT_TRY(lt_check_ndim(w, 2, op, "w"));
+    LT_TRY(lt_op_check_dtype(LT_OP_LINEAR_CROSS_ENTROPY, LT_OP_ROLE_READ, w, op, "w"));
     if (w->sizes[1] != h->sizes[1]) {
         char sh[128], sw[128];
         return lt_fail(LT_ERR_SHAPE, "%s: h %s and w %s disagree on the hidden size", op,
@@ -108,11 +114,11 @@ static int meta_lmhead(const lt_tensor *h, const lt_tensor *w, const lt_tensor *
     }
     LT_TRY(meta_targets(targets, h->sizes[0], op));
     if (dh) {
-        LT_TRY(lt_check_tensor(dh, op, "dh"));
+        LT_TRY(lt_op_check_dtype(LT_OP_LINEAR_CROSS_ENTROPY, LT_OP_ROLE_MAIN, dh, op, "dh"));
         LT_TRY(lt_check_same_shape(dh, h, op, "dh", "h"));
     }
     if (dw) {
-        LT_TRY(lt_check_tensor(dw, op, "dw"));
+        LT_TRY(lt_op_check_dtype(LT_OP_LINEAR_CROSS_ENTROPY, LT_OP_ROLE_MAIN, dw, op, "dw"));
         LT_TRY(lt_check_same_shape(dw, w, op, "dw", "w"));
     }
     return LT_OK;
@@ -183,6 +189,7 @@ int lt_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *row_los
                              int64_t ignore_index, double normalizer) {
     const char *op = "cross_entropy_forward";
     LT_TRY(lt_check_ndim(logits, 2, op, "logits"));
+    LT_TRY(lt_op_check_dtype(LT_OP_CROSS_ENTROPY, LT_OP_ROLE_MAIN, logits, op, "logits"));
     LT_TRY(meta_targets(targets, logits->sizes[0], op));
     LT_TRY(meta_loss(loss, op));
     LT_TRY(meta_rows(lse, logits->sizes[0], op, "lse"));
@@ -215,6 +222,7 @@ int lt_cross_entropy_backward(lt_tensor *dlogits, const lt_tensor *logits,
                               int64_t ignore_index, double normalizer) {
     const char *op = "cross_entropy_backward";
     LT_TRY(lt_check_ndim(logits, 2, op, "logits"));
+    LT_TRY(lt_op_check_dtype(LT_OP_CROSS_ENTROPY, LT_OP_ROLE_MAIN, logits, op, "logits"));
     LT_TRY(lt_check_tensor(dlogits, op, "dlogits"));
     LT_TRY(lt_check_same_shape(dlogits, logits, op, "dlogits", "logits"));
     LT_TRY(meta_targets(targets, logits->sizes[0], op));
@@ -224,7 +232,7 @@ int lt_cross_entropy_backward(lt_tensor *dlogits, const lt_tensor *logits,
         const char *names[] = {"targets", "lse"};
         LT_TRY(same_device(op, logits, "logits", 2, ts, names));
     }
-    LT_TRY(lt_check_out(dlogits, LT_OUT_ANY_DTYPE, op, "dlogits", logits, "logits"));
+    LT_TRY(lt_op_check_out(LT_OP_CROSS_ENTROPY, dlogits, op, "dlogits", logits, "logits"));
     LT_DISPATCH_CUDA(logits, lt_cuda_cross_entropy_backward(dlogits, logits, targets, lse, dloss,
                                                             ignore_index, normalizer));
     LT_TRY(lt_check_f32_contig(logits, op, "logits"));
@@ -266,8 +274,6 @@ static int lmhead_setup(lmhead_shape *s, const lt_tensor *h, const lt_tensor *w,
     LT_TRY(lt_check_f32_contig(h, op, "h"));
     LT_TRY(lt_check_ndim(w, 2, op, "w"));
     LT_TRY(lt_check_cpu(w, op, "w"));
-    if (!lt_is_float_dtype(w->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: w must be f32, bf16 or f16", op);
     s->N = h->sizes[0];
     s->C = h->sizes[1];
     s->V = w->sizes[0];

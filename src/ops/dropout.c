@@ -1,17 +1,19 @@
 /* dropout.c - inverted dropout with a stored mask, and token sampling from logits.
  *
  * The checks below hold on every device; CUDA tensors then go to cuda/dropout.cu, which
- * draws the same Philox stream as the CPU (the same seed drops the same elements) and
- * accepts bf16/f16 x/out/dout/dx. */
+ * draws the same Philox stream as the CPU (the same seed drops the same elements). Dtypes
+ * are the support table's (ops/support.c): x, out, dout and dx f32 here, also bf16/f16
+ * there; the mask u8. */
 #include <stdlib.h>
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, float p, lt_rng *rng) {
     const char *op = "dropout_forward";
-    LT_TRY(lt_check_contig_float(x, 1, op, "x"));
-    LT_TRY(lt_check_contig_float(out, 1, op, "out"));
+    LT_TRY(lt_op_check_contig(LT_OP_DROPOUT, LT_OP_ROLE_MAIN, x, op, "x"));
+    LT_TRY(lt_op_check_contig(LT_OP_DROPOUT, LT_OP_ROLE_MAIN, out, op, "out"));
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
     LT_TRY(lt_check_tensor(mask, op, "mask"));
     if (mask->dtype_id != LT_DTYPE_U8 || !lt_tensor_is_contiguous(mask) ||
@@ -44,8 +46,8 @@ int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, floa
 
 int lt_dropout_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *mask, float p) {
     const char *op = "dropout_backward";
-    LT_TRY(lt_check_contig_float(dout, 1, op, "dout"));
-    LT_TRY(lt_check_contig_float(dx, 1, op, "dx"));
+    LT_TRY(lt_op_check_contig(LT_OP_DROPOUT, LT_OP_ROLE_MAIN, dout, op, "dout"));
+    LT_TRY(lt_op_check_contig(LT_OP_DROPOUT, LT_OP_ROLE_MAIN, dx, op, "dx"));
     LT_TRY(lt_check_same_shape(dx, dout, op, "dx", "dout"));
     LT_TRY(lt_check_tensor(mask, op, "mask"));
     if (mask->dtype_id != LT_DTYPE_U8 || lt_tensor_numel(mask) != lt_tensor_numel(dout))
@@ -80,9 +82,7 @@ int lt_sample_logits(const lt_tensor *logits, float temperature, int32_t top_k, 
     const char *op = "sample_logits";
     LT_TRY(lt_check_tensor(logits, op, "logits"));
     if (!out) return lt_fail(LT_ERR_ARG, "%s: out is NULL", op);
-    if (lt_on_cuda(logits) && !lt_is_float_dtype(logits->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: logits must be f32, bf16 or f16, got %s", op,
-                       lt_dtype_info(logits->dtype_id)->name);
+    LT_TRY(lt_op_check_dtype(LT_OP_SAMPLE_LOGITS, LT_OP_ROLE_MAIN, logits, op, "logits"));
     LT_DISPATCH_CUDA(logits, lt_cuda_sample_logits(logits, temperature, top_k, top_p, rng, out));
     LT_TRY(lt_check_f32_contig(logits, op, "logits"));
     int64_t V = lt_tensor_numel(logits);

@@ -29,6 +29,7 @@
 #include "core/internal.h"
 #include "lt_ops.h"
 #include "ops/elementwise_math.h"
+#include "ops/support.h"
 
 /* The loops around the formulas are inlined with them (LT_EW_INLINE, elementwise_math.h). */
 #define EW_INLINE LT_EW_INLINE
@@ -38,13 +39,6 @@ enum { EW_MAX_OPS = 4 };
 /* Elements per task of a flat run: 32 KB of f32, large enough that the per-task index
    arithmetic is noise and small enough to balance threads. */
 enum { EW_CHUNK = 8192 };
-
-static const char *const unary_names[LT_UNARY_COUNT] = {
-    "neg",  "exp",  "log",  "sqrt", "rsqrt", "abs",  "square", "reciprocal",
-    "sigmoid", "silu", "tanh", "relu", "gelu", "sin", "cos"};
-
-static const char *const binary_names[LT_BINARY_COUNT] = {"add",     "sub",     "mul", "div",
-                                                          "maximum", "minimum", "pow"};
 
 /* ---- the strided driver ------------------------------------------------------------- */
 
@@ -161,23 +155,11 @@ static void ew_execute(const ew_geom *g, ew_run_fn fn, const void *ctx) {
 
 /* ---- argument checks ---------------------------------------------------------------- */
 
-/* These run before the device dispatch, so they hold on every device: an operand is f32 on
-   the CPU, and f32, bf16 or f16 on a CUDA device (cuda/elementwise.cu computes in f32 and
-   rounds to each output's dtype). Outputs go through lt_check_out (LT_OUT_F32_LOWP_CUDA),
-   which also puts them on the device of the op's first input; the other inputs are checked
-   against them with lt_check_same_device. */
-static int check_float_dtype(const lt_tensor *t, const char *op, const char *name) {
-    if (!lt_is_float_dtype(t->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16 on a CUDA device, got %s", op,
-                       name, lt_dtype_info(t->dtype_id) ? lt_dtype_info(t->dtype_id)->name : "?");
-    return LT_OK;
-}
-
-static int check_in(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (lt_on_cuda(t)) return check_float_dtype(t, op, name);
-    return lt_check_dtype(t, LT_DTYPE_F32, op, name);
-}
+/* These run before the device dispatch, so they hold on every device. Dtypes are the
+   support table's (ops/support.c: f32 on the CPU; f32, bf16 or f16 on a CUDA device, where
+   cuda/elementwise.cu computes in f32 and rounds to each output's dtype). Outputs go
+   through lt_op_check_out, which also puts them on the device of the op's first input; the
+   other inputs are checked against them with lt_check_same_device. */
 
 /* The numpy broadcast of a's and b's shapes into (nd, sizes). */
 static int broadcast_shape(const lt_tensor *a, const lt_tensor *b, const char *op, int *nd,
@@ -291,9 +273,10 @@ static int check_unary_op(int op, const char *fn) {
 
 int lt_unary_forward(lt_tensor *out, const lt_tensor *x, int op) {
     LT_TRY(check_unary_op(op, "unary_forward"));
-    const char *name = unary_names[op];
-    LT_TRY(check_in(x, name, "x"));
-    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
+    const int id = LT_OP_NEG + op;
+    const char *name = lt_op_name(id);
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, x, name, "x"));
+    LT_TRY(lt_op_check_out(id, out, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
     LT_DISPATCH_CUDA(out, lt_cuda_unary_forward(out, x, op));
     if (lt_tensor_numel(x) == 0) return LT_OK;
@@ -309,10 +292,11 @@ int lt_unary_forward(lt_tensor *out, const lt_tensor *x, int op) {
 int lt_unary_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x, int op) {
     LT_TRY(check_unary_op(op, "unary_backward"));
     char name[64];
-    snprintf(name, sizeof name, "%s_backward", unary_names[op]);
-    LT_TRY(check_in(dout, name, "dout"));
-    LT_TRY(check_in(x, name, "x"));
-    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
+    const int id = LT_OP_NEG + op;
+    snprintf(name, sizeof name, "%s_backward", lt_op_name(id));
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, dout, name, "dout"));
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, x, name, "x"));
+    LT_TRY(lt_op_check_out(id, dx, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dout, x, name, "dout", "x"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
@@ -419,10 +403,11 @@ static int check_binary_op(int op, const char *fn) {
 
 int lt_binary_forward(lt_tensor *out, const lt_tensor *a, const lt_tensor *b, int op) {
     LT_TRY(check_binary_op(op, "binary_forward"));
-    const char *name = binary_names[op];
-    LT_TRY(check_in(a, name, "a"));
-    LT_TRY(check_in(b, name, "b"));
-    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", a, "a"));
+    const int id = LT_OP_ADD + op;
+    const char *name = lt_op_name(id);
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, a, name, "a"));
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, b, name, "b"));
+    LT_TRY(lt_op_check_out(id, out, name, "out", a, "a"));
     int nd;
     int64_t sizes[LT_MAX_DIMS];
     LT_TRY(broadcast_shape(a, b, name, &nd, sizes));
@@ -562,10 +547,11 @@ int lt_binary_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dout, cons
                        const lt_tensor *b, int op) {
     LT_TRY(check_binary_op(op, "binary_backward"));
     char name[64];
-    snprintf(name, sizeof name, "%s_backward", binary_names[op]);
-    LT_TRY(check_in(a, name, "a"));
-    LT_TRY(check_in(b, name, "b"));
-    LT_TRY(check_in(dout, name, "dout"));
+    const int id = LT_OP_ADD + op;
+    snprintf(name, sizeof name, "%s_backward", lt_op_name(id));
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, a, name, "a"));
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, b, name, "b"));
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, dout, name, "dout"));
     int nd;
     int64_t sizes[LT_MAX_DIMS];
     LT_TRY(broadcast_shape(a, b, name, &nd, sizes));
@@ -576,11 +562,11 @@ int lt_binary_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dout, cons
                        lt_shape_str(b, sb, sizeof sb), sizes_str(nd, sizes, sw, sizeof sw));
     }
     if (da) {
-        LT_TRY(lt_check_out(da, LT_OUT_F32_LOWP_CUDA, name, "da", dout, "dout"));
+        LT_TRY(lt_op_check_out(id, da, name, "da", dout, "dout"));
         LT_TRY(lt_check_same_shape(da, a, name, "da", "a"));
     }
     if (db) {
-        LT_TRY(lt_check_out(db, LT_OUT_F32_LOWP_CUDA, name, "db", dout, "dout"));
+        LT_TRY(lt_op_check_out(id, db, name, "db", dout, "dout"));
         LT_TRY(lt_check_same_shape(db, b, name, "db", "b"));
     }
     LT_TRY(lt_check_same_device(a, dout, name, "a", "dout"));
@@ -614,9 +600,10 @@ int lt_binary_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dout, cons
 
 int lt_scalar_forward(lt_tensor *out, const lt_tensor *x, double s, int op, int reversed) {
     LT_TRY(check_binary_op(op, "scalar_forward"));
-    const char *name = binary_names[op];
-    LT_TRY(check_in(x, name, "x"));
-    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
+    const int id = LT_OP_ADD + op;
+    const char *name = lt_op_name(id);
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, x, name, "x"));
+    LT_TRY(lt_op_check_out(id, out, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
     LT_DISPATCH_CUDA(out, lt_cuda_scalar_forward(out, x, s, op, reversed));
     if (lt_tensor_numel(x) == 0) return LT_OK;
@@ -640,10 +627,11 @@ int lt_scalar_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
                        int op, int reversed) {
     LT_TRY(check_binary_op(op, "scalar_backward"));
     char name[64];
-    snprintf(name, sizeof name, "%s_backward", binary_names[op]);
-    LT_TRY(check_in(dout, name, "dout"));
-    LT_TRY(check_in(x, name, "x"));
-    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
+    const int id = LT_OP_ADD + op;
+    snprintf(name, sizeof name, "%s_backward", lt_op_name(id));
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, dout, name, "dout"));
+    LT_TRY(lt_op_check_dtype(id, LT_OP_ROLE_MAIN, x, name, "x"));
+    LT_TRY(lt_op_check_out(id, dx, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dout, x, name, "dout", "x"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
@@ -703,8 +691,8 @@ static void axpby_run(const void *ctx, float *const *p, const int64_t *s, int64_
 }
 
 int lt_axpby(lt_tensor *y, double alpha, const lt_tensor *x, double beta) {
-    LT_TRY(check_in(x, "axpby", "x"));
-    LT_TRY(lt_check_out(y, LT_OUT_F32_LOWP_CUDA, "axpby", "y", x, "x"));
+    LT_TRY(lt_op_check_dtype(LT_OP_AXPBY, LT_OP_ROLE_MAIN, x, "axpby", "x"));
+    LT_TRY(lt_op_check_out(LT_OP_AXPBY, y, "axpby", "y", x, "x"));
     int nd;
     int64_t sizes[LT_MAX_DIMS];
     int st = broadcast_shape(y, x, "axpby", &nd, sizes);

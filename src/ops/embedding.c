@@ -1,9 +1,12 @@
 /* embedding.c - token embedding lookup and its scatter-add gradient.
  *
  * CUDA tensors go to cuda/embedding.cu after the checks below, which hold on every device;
- * there out and dout may also be bf16/f16, and ids are range-checked on the device. */
+ * the dtypes are the support table's (ops/support.c: out and dout f32 here, also bf16/f16
+ * there; the weight any float dtype; dweight f32), and ids are range-checked on the
+ * device. */
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -37,10 +40,11 @@ int lt_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tenso
     int64_t n;
     LT_TRY(check_ids(ids, op, &n));
     LT_TRY(lt_check_ndim(weight, 2, op, "weight"));
-    if (!lt_is_float_dtype(weight->dtype_id) || weight->strides[1] != 1)
-        return lt_fail(LT_ERR_ARG, "%s: weight must be f32/bf16/f16 with unit stride in its rows", op);
-    LT_TRY(lt_check_contig_float(out, 1, op, "out"));
-    LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", weight, "weight"));
+    LT_TRY(lt_op_check_dtype(LT_OP_EMBEDDING, LT_OP_ROLE_READ, weight, op, "weight"));
+    if (weight->strides[1] != 1)
+        return lt_fail(LT_ERR_ARG, "%s: weight must have unit stride in its rows", op);
+    LT_TRY(lt_op_check_contig(LT_OP_EMBEDDING, LT_OP_ROLE_MAIN, out, op, "out"));
+    LT_TRY(lt_op_check_out(LT_OP_EMBEDDING, out, op, "out", weight, "weight"));
     int64_t V = weight->sizes[0], C = weight->sizes[1];
     if (lt_tensor_numel(out) != n * C || out->ndim == 0 || out->sizes[out->ndim - 1] != C) {
         char so[128], si[128];
@@ -73,7 +77,7 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
     LT_TRY(check_ids(ids, op, &n));
     LT_TRY(lt_check_ndim(dweight, 2, op, "dweight"));
     LT_TRY(lt_check_contig_float(dweight, 0, op, "dweight"));
-    LT_TRY(lt_check_contig_float(dout, 1, op, "dout"));
+    LT_TRY(lt_op_check_contig(LT_OP_EMBEDDING, LT_OP_ROLE_MAIN, dout, op, "dout"));
     LT_TRY(lt_check_out(dweight, LT_OUT_ANY_DTYPE, op, "dweight", dout, "dout"));
     int64_t V = dweight->sizes[0], C = dweight->sizes[1];
     if (lt_tensor_numel(dout) != n * C) {

@@ -17,6 +17,7 @@
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -199,12 +200,11 @@ static int gemm2d(float *c, int64_t ldc, const mat *a, const mat *b, float alpha
     return LT_OK;
 }
 
-/* Device-agnostic: a float operand with at least 2 dims (the device is checked later). */
+/* Device-agnostic: an operand of a dtype the support table takes for matmul's inputs (any
+   float dtype, converted as it is read), with at least 2 dims (the device is checked
+   later). */
 static int check_operand(const lt_tensor *t, const char *name) {
-    LT_TRY(lt_check_tensor(t, "matmul", name));
-    if (!lt_is_float_dtype(t->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "matmul: %s must be f32, bf16 or f16, got %s", name,
-                       lt_dtype_info(t->dtype_id)->name);
+    LT_TRY(lt_op_check_dtype(LT_OP_MATMUL, LT_OP_ROLE_READ, t, "matmul", name));
     if (t->ndim < 2) {
         char b[64];
         return lt_fail(LT_ERR_SHAPE, "matmul: %s must have at least 2 dims, got shape %s", name,
@@ -260,14 +260,12 @@ static float *dense_copy(const lt_tensor *t, int64_t off, int64_t *ld_out) {
 
 int lt_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a, int trans_b,
               float alpha, float beta) {
-    LT_TRY(lt_check_tensor(c, "matmul", "out"));
-    /* f32 here; CUDA also writes bf16/f16 (lt_cuda_matmul checks the pairing) */
-    if (c->dtype_id != LT_DTYPE_F32 && !(lt_on_cuda(c) && lt_is_float_dtype(c->dtype_id)))
-        return lt_fail(LT_ERR_DTYPE, "matmul: the output must be f32, got %s",
-                       lt_dtype_info(c->dtype_id)->name);
+    /* the support table's output dtypes: f32 here; CUDA also writes bf16/f16
+       (lt_cuda_matmul checks the pairing with a and b) */
+    LT_TRY(lt_op_check_dtype(LT_OP_MATMUL, LT_OP_ROLE_MAIN, c, "matmul", "out"));
     LT_TRY(check_operand(a, "a"));
     LT_TRY(check_operand(b, "b"));
-    LT_TRY(lt_check_out(c, LT_OUT_ANY_DTYPE, "matmul", "out", a, "a"));
+    LT_TRY(lt_op_check_out(LT_OP_MATMUL, c, "matmul", "out", a, "a"));
     if (c->ndim < 2) return lt_fail(LT_ERR_SHAPE, "matmul: the output must have at least 2 dims");
     int nd = c->ndim;
     int64_t M = c->sizes[nd - 2], N = c->sizes[nd - 1];
@@ -378,12 +376,12 @@ static int matmul_sum_batches(lt_tensor *out, const lt_tensor *x, const lt_tenso
 int lt_matmul_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dc, const lt_tensor *a,
                        const lt_tensor *b, int trans_a, int trans_b, float beta_a,
                        float beta_b) {
-    LT_TRY(lt_check_tensor(dc, "matmul_backward", "dout"));
+    LT_TRY(lt_op_check_dtype(LT_OP_MATMUL, LT_OP_ROLE_READ, dc, "matmul_backward", "dout"));
     LT_TRY(check_operand(a, "a"));
     LT_TRY(check_operand(b, "b"));
     if (dc->ndim < 2) return lt_fail(LT_ERR_SHAPE, "matmul_backward: dout must have >= 2 dims");
-    if (da) LT_TRY(lt_check_out(da, LT_OUT_ANY_DTYPE, "matmul_backward", "da", dc, "dout"));
-    if (db) LT_TRY(lt_check_out(db, LT_OUT_ANY_DTYPE, "matmul_backward", "db", dc, "dout"));
+    if (da) LT_TRY(lt_op_check_out(LT_OP_MATMUL, da, "matmul_backward", "da", dc, "dout"));
+    if (db) LT_TRY(lt_op_check_out(LT_OP_MATMUL, db, "matmul_backward", "db", dc, "dout"));
     if (da) LT_TRY(lt_check_same_shape(da, a, "matmul_backward", "da", "a"));
     if (db) LT_TRY(lt_check_same_shape(db, b, "matmul_backward", "db", "b"));
     LT_TRY(lt_check_same_device(a, dc, "matmul_backward", "a", "dout"));

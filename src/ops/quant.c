@@ -27,6 +27,7 @@
 #include "core/internal.h"
 #include "lt_quant.h"
 #include "ops/quant_internal.h"
+#include "ops/support.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -480,10 +481,7 @@ static int quantize_int8(lt_quant_state *s, const lt_tensor *w, int64_t rows, in
 int lt_quantize(lt_quant_state *q, const lt_tensor *w, int type, int blocksize, int double_quant) {
     const char *op = "lt_quantize";
     if (!q) return lt_fail(LT_ERR_ARG, "%s: the state q is NULL", op);
-    LT_TRY(lt_check_tensor(w, op, "weight"));
-    if (!lt_is_float_dtype(w->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: the weight must be f32, bf16 or f16, got %s", op,
-                       lt_dtype_info(w->dtype_id)->name);
+    LT_TRY(lt_op_check_dtype(LT_OP_QUANTIZE, LT_OP_ROLE_MAIN, w, op, "weight"));
     if (w->ndim != 1 && w->ndim != 2) {
         char b[128];
         return lt_fail(LT_ERR_SHAPE, "%s: the weight must have 1 or 2 dims, got shape %s", op,
@@ -666,9 +664,10 @@ int lt_quant_state_init(lt_quant_state *q, int type, int blocksize, int ndim, co
 
 /* ---- dequantization and accounting ------------------------------------------------------ */
 
-/* out must be a writable contiguous float tensor on the quantized weight's device. */
+/* out must be a writable contiguous tensor of a dtype the support table takes (any float
+   dtype), on the quantized weight's device. */
 static int check_float_out(const lt_tensor *out, const lt_quant_state *q, const char *op) {
-    LT_TRY(lt_check_out(out, LT_OUT_FLOAT, op, "out", &q->packed, "the quantized weight"));
+    LT_TRY(lt_op_check_out(LT_OP_DEQUANTIZE, out, op, "out", &q->packed, "the quantized weight"));
     if (!lt_tensor_is_contiguous(out)) return lt_fail(LT_ERR_ARG, "%s: out must be contiguous", op);
     return LT_OK;
 }

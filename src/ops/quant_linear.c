@@ -19,6 +19,7 @@
 #include "core/internal.h"
 #include "lt_quant.h"
 #include "ops/quant_internal.h"
+#include "ops/support.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -43,16 +44,16 @@ static int rows_f32(lt_tensor *dst, const lt_tensor *t, int64_t rows, int64_t la
 }
 
 /* Checks that hold on every device, shared by forward and backward: `out` (..., n_out) and
-   `in` (..., n_in) float tensors with equal leading dims, out writable, no broadcast view and
-   not sharing in's storage, both on the quantized weight's device. */
+   `in` (..., n_in) with equal leading dims and the support table's dtypes (out f32 here,
+   also bf16/f16 on CUDA, where it must be f32 or in's dtype; in any float dtype), out
+   writable, no broadcast view and not sharing in's storage, both on the quantized weight's
+   device. */
 static int check_args(const lt_tensor *out, const lt_tensor *in, int64_t n_out, int64_t n_in,
                       const lt_quant_state *w, const char *op, const char *out_name,
                       const char *in_name) {
-    LT_TRY(lt_check_out(out, LT_OUT_FLOAT, op, out_name, &w->packed, "the quantized weight"));
-    LT_TRY(lt_check_tensor(in, op, in_name));
-    if (!lt_is_float_dtype(in->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, in_name,
-                       lt_dtype_info(in->dtype_id)->name);
+    LT_TRY(lt_op_check_out(LT_OP_QUANT_LINEAR, out, op, out_name, &w->packed,
+                           "the quantized weight"));
+    LT_TRY(lt_op_check_dtype(LT_OP_QUANT_LINEAR, LT_OP_ROLE_READ, in, op, in_name));
     if (in->ndim < 1 || out->ndim != in->ndim) {
         char a[128], b[128];
         return lt_fail(LT_ERR_SHAPE,

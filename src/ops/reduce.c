@@ -23,6 +23,7 @@
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 enum red_kind {
     RED_LOAD = 0,      /* x */
@@ -39,7 +40,6 @@ enum {
     RED_FEW_TASKS = 64    /* below this many tasks, the reduced range is chunked too */
 };
 
-static const char *const reduce_names[LT_REDUCE_COUNT] = {"sum", "mean", "max", "min"};
 
 typedef struct red_plan {
     int kind, acc;
@@ -411,18 +411,13 @@ static int red_execute(red_plan *p) {
 
 /* ---- argument checks ---------------------------------------------------------------- */
 
-/* These run before the device dispatch, so they hold on every device: a float operand is
-   f32 on the CPU, and f32, bf16 or f16 on a CUDA device (cuda/reduce.cu computes in f32,
-   sums in f64). Outputs go through lt_check_out with the same rule (LT_OUT_F32_LOWP_CUDA),
+/* These run before the device dispatch, so they hold on every device. Dtypes are the
+   support table's (ops/support.c: f32 on the CPU; f32, bf16 or f16 on a CUDA device, where
+   cuda/reduce.cu computes in f32 and sums in f64). Outputs go through lt_op_check_out,
    which also puts them on the device of the op's first input; the other inputs are checked
    against them with lt_check_same_device. */
-static int check_in(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (lt_on_cuda(t) && !lt_is_float_dtype(t->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16 on a CUDA device, got %s", op,
-                       name, lt_dtype_info(t->dtype_id) ? lt_dtype_info(t->dtype_id)->name : "?");
-    if (lt_on_cuda(t)) return LT_OK;
-    return lt_check_dtype(t, LT_DTYPE_F32, op, name);
+static int check_in(int id, const lt_tensor *t, const char *fn, const char *name) {
+    return lt_op_check_dtype(id, LT_OP_ROLE_MAIN, t, fn, name);
 }
 
 /* ---- reductions --------------------------------------------------------------------- */
@@ -436,9 +431,10 @@ int lt_reduce_forward(lt_tensor *out, const lt_tensor *x, int32_t ndims, const i
     if (op < 0 || op >= LT_REDUCE_COUNT)
         return lt_fail(LT_ERR_ARG, "reduce_forward: unknown op %d (0..%d)", op,
                        LT_REDUCE_COUNT - 1);
-    const char *name = reduce_names[op];
-    LT_TRY(check_in(x, name, "x"));
-    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
+    const int id = LT_OP_SUM + op;
+    const char *name = lt_op_name(id);
+    LT_TRY(check_in(id, x, name, "x"));
+    LT_TRY(lt_op_check_out(id, out, name, "out", x, "x"));
     if (ndims < 0 || ndims > x->ndim || (ndims > 0 && !dims))
         return lt_fail(LT_ERR_ARG, "%s: %d dims given for a %d-dim tensor", name, (int)ndims,
                        x->ndim);
@@ -524,10 +520,11 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
         return lt_fail(LT_ERR_ARG, "reduce_backward: unknown op %d (0..%d)", op,
                        LT_REDUCE_COUNT - 1);
     char name[64];
-    snprintf(name, sizeof name, "%s_backward", reduce_names[op]);
-    LT_TRY(check_in(x, name, "x"));
-    LT_TRY(check_in(dout, name, "dout"));
-    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
+    const int id = LT_OP_SUM + op;
+    snprintf(name, sizeof name, "%s_backward", lt_op_name(id));
+    LT_TRY(check_in(id, x, name, "x"));
+    LT_TRY(check_in(id, dout, name, "dout"));
+    LT_TRY(lt_op_check_out(id, dx, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
     int ok = dout->ndim == x->ndim;
     for (int d = 0; ok && d < x->ndim; d++)
@@ -540,7 +537,7 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
                        name, lt_shape_str(dout, sd, sizeof sd), lt_shape_str(x, sx, sizeof sx));
     }
     if (op == LT_REDUCE_MAX || op == LT_REDUCE_MIN) {
-        LT_TRY(check_in(out, name, "out"));
+        LT_TRY(check_in(id, out, name, "out"));
         LT_TRY(lt_check_same_shape(out, dout, name, "out", "dout"));
     }
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
@@ -570,7 +567,7 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
 }
 
 int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
-    LT_TRY(check_in(x, "argmax", "x"));
+    LT_TRY(check_in(LT_OP_ARGMAX, x, "argmax", "x"));
     LT_TRY(lt_check_out(out, LT_DTYPE_I64, "argmax", "out", x, "x"));
     int d = dim < 0 ? dim + x->ndim : dim;
     if (d < 0 || d >= x->ndim)
@@ -621,7 +618,7 @@ int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
 }
 
 int lt_sum_squares(const lt_tensor *x, double *out) {
-    LT_TRY(check_in(x, "sum_squares", "x"));
+    LT_TRY(check_in(LT_OP_SUM_SQUARES, x, "sum_squares", "x"));
     if (!out) return lt_fail(LT_ERR_ARG, "sum_squares: out is NULL");
     LT_DISPATCH_CUDA(x, lt_cuda_sum_squares(x, out));
     *out = 0.0;
@@ -635,7 +632,7 @@ int lt_sum_squares(const lt_tensor *x, double *out) {
 }
 
 int lt_has_nonfinite(const lt_tensor *x, int32_t *out) {
-    LT_TRY(check_in(x, "has_nonfinite", "x"));
+    LT_TRY(check_in(LT_OP_HAS_NONFINITE, x, "has_nonfinite", "x"));
     if (!out) return lt_fail(LT_ERR_ARG, "has_nonfinite: out is NULL");
     LT_DISPATCH_CUDA(x, lt_cuda_has_nonfinite(x, out));
     *out = 0;
@@ -734,9 +731,10 @@ static void log_softmax_grad_row(float *dx, int64_t sdx, const float *d, int64_t
 }
 
 static int softmax_fwd(lt_tensor *out, const lt_tensor *x, int log_form) {
-    const char *name = log_form ? "log_softmax" : "softmax";
-    LT_TRY(check_in(x, name, "x"));
-    LT_TRY(lt_check_out(out, LT_OUT_F32_LOWP_CUDA, name, "out", x, "x"));
+    const int id = log_form ? LT_OP_LOG_SOFTMAX : LT_OP_SOFTMAX;
+    const char *name = lt_op_name(id);
+    LT_TRY(check_in(id, x, name, "x"));
+    LT_TRY(lt_op_check_out(id, out, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
     LT_DISPATCH_CUDA(out, log_form ? lt_cuda_log_softmax_forward(out, x)
                                    : lt_cuda_softmax_forward(out, x));
@@ -759,9 +757,10 @@ static int softmax_fwd(lt_tensor *out, const lt_tensor *x, int log_form) {
 
 static int softmax_bwd(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *y, int log_form) {
     const char *name = log_form ? "log_softmax_backward" : "softmax_backward";
-    LT_TRY(check_in(dout, name, "dout"));
-    LT_TRY(check_in(y, name, "out"));
-    LT_TRY(lt_check_out(dx, LT_OUT_F32_LOWP_CUDA, name, "dx", dout, "dout"));
+    const int id = log_form ? LT_OP_LOG_SOFTMAX : LT_OP_SOFTMAX;
+    LT_TRY(check_in(id, dout, name, "dout"));
+    LT_TRY(check_in(id, y, name, "out"));
+    LT_TRY(lt_op_check_out(id, dx, name, "dx", dout, "dout"));
     LT_TRY(lt_check_same_shape(dout, y, name, "dout", "out"));
     LT_TRY(lt_check_same_shape(dx, y, name, "dx", "out"));
     LT_TRY(lt_check_same_device(y, dx, name, "out", "dx"));

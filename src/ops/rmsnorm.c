@@ -1,12 +1,14 @@
 /* rmsnorm.c - RMSNorm over the last dim, as Hugging Face's LlamaRMSNorm computes it:
  * y = x * rsqrt(mean(x^2) + eps) * weight.
  *
- * The checks below hold on every device; CUDA tensors then go to cuda/rmsnorm.cu, where x,
- * out, dout and dx may also be bf16/f16 (math in f32). */
+ * The checks below hold on every device; CUDA tensors then go to cuda/rmsnorm.cu. Dtypes
+ * are the support table's (ops/support.c): x, out, dout and dx f32 here and also bf16/f16
+ * there (math in f32), the weight any float dtype, rstd and dweight f32. */
 #include <stdlib.h>
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -15,11 +17,7 @@
 /* x viewed as (rows, C) with a row stride; fails when the leading dims do not nest. */
 static int rows_view(const lt_tensor *t, const char *op, const char *name, int64_t *rows,
                      int64_t *C, int64_t *rs) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
-    else if (!lt_is_float_dtype(t->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, name,
-                       lt_dtype_info(t->dtype_id)->name);
+    LT_TRY(lt_op_check_dtype(LT_OP_RMSNORM, LT_OP_ROLE_MAIN, t, op, name));
     if (t->ndim < 1) return lt_fail(LT_ERR_SHAPE, "%s: %s must have at least 1 dim", op, name);
     *C = t->sizes[t->ndim - 1];
     *rows = *C ? lt_tensor_numel(t) / *C : 0;
@@ -32,8 +30,7 @@ static int rows_view(const lt_tensor *t, const char *op, const char *name, int64
 
 static int check_weight(const lt_tensor *w, int64_t C, const char *op) {
     LT_TRY(lt_check_ndim(w, 1, op, "weight"));
-    if (!lt_is_float_dtype(w->dtype_id) || !lt_tensor_is_contiguous(w))
-        return lt_fail(LT_ERR_ARG, "%s: weight must be a contiguous f32/bf16/f16 vector", op);
+    LT_TRY(lt_op_check_contig(LT_OP_RMSNORM, LT_OP_ROLE_READ, w, op, "weight"));
     if (w->sizes[0] != C)
         return lt_fail(LT_ERR_SHAPE, "%s: weight has %lld entries but the last dim is %lld", op,
                        (long long)w->sizes[0], (long long)C);

@@ -4,11 +4,13 @@
  * the angle pos * inv_freq[i] (rotate_half): y_i = x_i cos - x_{i+D/2} sin and
  * y_{i+D/2} = x_{i+D/2} cos + x_i sin.
  *
- * The checks below hold on every device; CUDA tensors then go to cuda/rope.cu (x and out
- * may be bf16/f16 there; positions are range-checked on the device). lt_rope_inv_freq is
- * CPU only: the table is made once and copied. */
+ * The checks below hold on every device; CUDA tensors then go to cuda/rope.cu (positions
+ * are range-checked on the device). Dtypes are the support table's (ops/support.c): x and
+ * out f32 here, also bf16/f16 there; the cos/sin tables f32. lt_rope_inv_freq is CPU only:
+ * the table is made once and copied. */
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 int lt_rope_inv_freq(lt_tensor *inv_freq, int32_t head_dim, const lt_rope_config *cfg) {
     const char *op = "rope_inv_freq";
@@ -61,15 +63,6 @@ int lt_rope_inv_freq(lt_tensor *inv_freq, int32_t head_dim, const lt_rope_config
     return LT_OK;
 }
 
-/* A float tensor: f32 on the CPU, f32/bf16/f16 on a CUDA device. */
-static int check_float_any(const lt_tensor *t, const char *op, const char *name) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) return lt_check_dtype(t, LT_DTYPE_F32, op, name);
-    if (!lt_is_float_dtype(t->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, name,
-                       lt_dtype_info(t->dtype_id)->name);
-    return LT_OK;
-}
 
 int lt_rope_table(lt_tensor *cos_t, lt_tensor *sin_t, const lt_tensor *inv_freq) {
     const char *op = "rope_table";
@@ -102,9 +95,8 @@ static int rope_apply(lt_tensor *out, const lt_tensor *x, const lt_tensor *cos_t
                       const lt_tensor *sin_t, const lt_tensor *positions, float sign,
                       const char *op) {
     LT_TRY(lt_check_ndim(x, 4, op, "x"));
-    LT_TRY(check_float_any(x, op, "x"));
-    LT_TRY(check_float_any(out, op, "out"));
-    LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", x, "x"));
+    LT_TRY(lt_op_check_dtype(LT_OP_ROPE, LT_OP_ROLE_MAIN, x, op, "x"));
+    LT_TRY(lt_op_check_out(LT_OP_ROPE, out, op, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, op, "out", "x"));
     LT_TRY(lt_check_contig_float(cos_t, 0, op, "cos"));
     LT_TRY(lt_check_contig_float(sin_t, 0, op, "sin"));

@@ -1,18 +1,15 @@
 /* swiglu.c - the SiLU-gated unit of the Llama MLP: out = silu(gate) * up.
  *
- * The checks below hold on every device; CUDA tensors then go to cuda/swiglu.cu, where
- * every operand may also be bf16/f16 (math in f32). */
+ * The checks below hold on every device; CUDA tensors then go to cuda/swiglu.cu. Dtypes are
+ * the support table's (ops/support.c): f32 here, also bf16/f16 there (math in f32). */
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/support.h"
 
 /* A (N, F) f32 operand with unit stride in F; rows may be strided. */
 static int rows2d(const lt_tensor *t, const char *op, const char *name, int64_t *N, int64_t *F,
                   int64_t *rs) {
-    LT_TRY(lt_check_tensor(t, op, name));
-    if (!lt_on_cuda(t)) LT_TRY(lt_check_dtype(t, LT_DTYPE_F32, op, name));
-    else if (!lt_is_float_dtype(t->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16, got %s", op, name,
-                       lt_dtype_info(t->dtype_id)->name);
+    LT_TRY(lt_op_check_dtype(LT_OP_SWIGLU, LT_OP_ROLE_MAIN, t, op, name));
     if (t->ndim < 1) return lt_fail(LT_ERR_SHAPE, "%s: %s must have at least 1 dim", op, name);
     *F = t->sizes[t->ndim - 1];
     *N = *F ? lt_tensor_numel(t) / *F : 0;

@@ -9,7 +9,8 @@
  *   f32 kernels: ||gpu - cpu|| / ||cpu|| <= 1e-5 (cuda_close_f32);
  *   bf16 / f16 kernels: the error of the GPU result against the f32 CPU result on the same
  *   (rounded) inputs must be at most twice the error of the naive low-precision result,
- *   which is the CPU result rounded to the low-precision dtype (cuda_close_lowp). */
+ *   which is the CPU result rounded to the low-precision dtype (cuda_close_lowp).
+ * tests/lua/test_op_table_cuda.lua holds the op table's rows to the same two rules. */
 #ifndef LT_TEST_CUDA_CHECK_H
 #define LT_TEST_CUDA_CHECK_H
 

@@ -1,18 +1,18 @@
 /* test_cuda_elementwise.c - the CUDA elementwise and reduction ops (cuda/elementwise.cu,
- * cuda/reduce.cu) against the CPU ops on the same inputs.
+ * cuda/reduce.cu) against the CPU ops, in the cases the op table cannot state.
  *
- * Every op, forward and backward: unary (all 15), binary (all 7, broadcasting both ways,
- * with the broadcast gradients summed, ties of max/min, and one case large enough to take
- * the slabbed gradient path), scalar (both operand orders, the square shortcut), axpby
- * (broadcast x, zero coefficients that must not let a NaN through), reductions over many
- * sets of dims (permuted views, the row and column shapes, sizes that need chunking, empty
- * dims), max/min backward with ties, argmax (ties, NaN, long rows), sum of squares,
- * has_nonfinite, softmax and log-softmax (warp and block rows, strided rows, the special
- * rows holding NaN, inf and -inf), in f32, bf16 and f16, on sizes that are 1, odd, not
- * multiples of any block, and large enough for many blocks; transposed, in-place,
- * misaligned and mixed-dtype operands. f32 within 1e-5 relative (cuda_close_f32), bf16 and
- * f16 per cuda_close_lowp against the CPU result on the same rounded inputs; integer and
- * special-value results exactly.
+ * The op table (tests/lua/op_cases*.lua, run by tests/lua/test_op_table_cuda.lua) compares
+ * every unary, binary, scalar, reduction and softmax kernel, forward and backward, with the
+ * CPU on contiguous inputs of awkward sizes in f32, bf16 and f16 (broadcasting both ways,
+ * max/min ties, the slabbed broadcast gradient, reductions over every set of dims and sizes
+ * that need chunking, softmax rows of every length and their in-place forms). What stays
+ * here: views and dtypes the flat paths do not take (transposed, in-place, misaligned,
+ * mixed input/output dtypes, in-place binary gradients, permuted reductions), the ops
+ * without a gradient (axpby with zero coefficients that must not let a NaN through,
+ * argmax with ties, NaN and long rows, sum of squares, has_nonfinite), special values
+ * (empty dims; softmax rows holding NaN, inf and -inf) and refusals. f32 within 1e-5
+ * relative (cuda_close_f32), bf16 and f16 per cuda_close_lowp against the CPU result on the
+ * same rounded inputs; integer and special-value results exactly.
  *
  * Built with -DLT_CUDA_TEST_ON_CPU the "device" tensors are CPU tensors and only f32 runs:
  * that dry-runs this file's own set-up (shapes, views, references) on a machine without a
@@ -83,7 +83,6 @@ static void apply(lt_tensor *t, float (*f)(float)) {
     for (int64_t i = 0; i < n; i++) p[i] = f(p[i]);
 }
 
-static float positive(float x) { return fabsf(x) + 0.5f; }
 static float away_from_0(float x) { return x >= 0.0f ? x + 0.5f : x - 0.5f; }
 static float quarter_steps(float x) { return roundf(x * 4.0f) / 4.0f; } /* many ties */
 
@@ -138,68 +137,7 @@ static int same_i64(const char *what, const lt_tensor *gpu, const lt_tensor *cpu
     return eq;
 }
 
-/* The numpy broadcast of two shapes (they are chosen to broadcast). */
-static int bshape(int na, const int64_t *a, int nb, const int64_t *b, int64_t *out) {
-    int n = na > nb ? na : nb;
-    for (int i = 0; i < n; i++) {
-        int ia = na - n + i, ib = nb - n + i;
-        int64_t sa = ia >= 0 ? a[ia] : 1, sb = ib >= 0 ? b[ib] : 1;
-        out[i] = sa == 1 ? sb : sa;
-    }
-    return n;
-}
-
 /* ---- unary ----------------------------------------------------------------------------- */
-
-static const char *const unary_names[LT_UNARY_COUNT] = {
-    "neg", "exp", "log", "sqrt", "rsqrt", "abs", "square", "reciprocal",
-    "sigmoid", "silu", "tanh", "relu", "gelu", "sin", "cos"};
-
-static lt_tensor unary_input(int op, int nd, const int64_t *s) {
-    lt_tensor x = randn(nd, s, 1.0);
-    if (op == LT_UNARY_LOG || op == LT_UNARY_SQRT || op == LT_UNARY_RSQRT) apply(&x, positive);
-    if (op == LT_UNARY_RECIPROCAL) apply(&x, away_from_0);
-    return x;
-}
-
-static void test_unary(void) {
-    static const int64_t shapes[][4] = {{1}, {7}, {33}, {1000}, {257, 33}, {3, 1, 5, 7}, {70001}};
-    static const int nds[] = {1, 1, 1, 1, 2, 4, 1};
-    char what[200], sb[64];
-    for (int op = 0; op < LT_UNARY_COUNT; op++)
-        for (int si = 0; si < (int)(sizeof nds / sizeof nds[0]); si++) {
-            int nd = nds[si];
-            const int64_t *s = shapes[si];
-            lt_tensor x = unary_input(op, nd, s), d = randn(nd, s, 1.0);
-            for (int k = 0; k < NDT; k++) {
-                int dt = dtypes[k];
-                lt_tensor xr = rounded(&x, dt), dr = rounded(&d, dt);
-                lt_tensor co = cpu_empty(LT_DTYPE_F32, nd, s), cg = cpu_empty(LT_DTYPE_F32, nd, s);
-                CHECK_OK(lt_unary_forward(&co, &xr, op));
-                CHECK_OK(lt_unary_backward(&cg, &dr, &xr, op));
-                lt_tensor xd = to_dev(&xr, dt), dd = to_dev(&dr, dt);
-                lt_tensor od = dev_empty(dt, nd, s), gd = dev_empty(dt, nd, s);
-                CHECK_OK(lt_unary_forward(&od, &xd, op));
-                snprintf(what, sizeof what, "%s %s %s", unary_names[op], dtn(dt),
-                         shape_str(nd, s, sb, sizeof sb));
-                close_dt(what, &od, &co, dt);
-                CHECK_OK(lt_unary_backward(&gd, &dd, &xd, op));
-                snprintf(what, sizeof what, "%s_backward %s %s", unary_names[op], dtn(dt),
-                         shape_str(nd, s, sb, sizeof sb));
-                close_dt(what, &gd, &cg, dt);
-                lt_tensor_release(&xr);
-                lt_tensor_release(&dr);
-                lt_tensor_release(&co);
-                lt_tensor_release(&cg);
-                lt_tensor_release(&xd);
-                lt_tensor_release(&dd);
-                lt_tensor_release(&od);
-                lt_tensor_release(&gd);
-            }
-            lt_tensor_release(&x);
-            lt_tensor_release(&d);
-        }
-}
 
 /* Views and dtypes the flat path does not take: transposed input, in place, misaligned
    (offset by one element), mixed input/output dtypes. */
@@ -275,93 +213,6 @@ static void test_unary_layouts(void) {
 
 /* ---- binary ---------------------------------------------------------------------------- */
 
-static const char *const binary_names[LT_BINARY_COUNT] = {"add", "sub", "mul", "div",
-                                                          "maximum", "minimum", "pow"};
-
-/* One forward + backward comparison of op on a (na, sa) and b (nb, sb). */
-static void binary_case(int op, const lt_tensor *a, const lt_tensor *b, int dt) {
-    char what[200], s1[64], s2[64];
-    int64_t os[LT_MAX_DIMS];
-    int nd = bshape(a->ndim, a->sizes, b->ndim, b->sizes, os);
-    lt_tensor d = randn(nd, os, 1.0);
-    lt_tensor ar = rounded(a, dt), br = rounded(b, dt), dr = rounded(&d, dt);
-    lt_tensor co = cpu_empty(LT_DTYPE_F32, nd, os);
-    lt_tensor cda = cpu_empty(LT_DTYPE_F32, a->ndim, a->sizes);
-    lt_tensor cdb = cpu_empty(LT_DTYPE_F32, b->ndim, b->sizes);
-    CHECK_OK(lt_binary_forward(&co, &ar, &br, op));
-    CHECK_OK(lt_binary_backward(&cda, &cdb, &dr, &ar, &br, op));
-    lt_tensor ad = to_dev(&ar, dt), bd = to_dev(&br, dt), dd = to_dev(&dr, dt);
-    lt_tensor od = dev_empty(dt, nd, os), gda = dev_empty(dt, a->ndim, a->sizes);
-    lt_tensor gdb = dev_empty(dt, b->ndim, b->sizes);
-    CHECK_OK(lt_binary_forward(&od, &ad, &bd, op));
-    CHECK_OK(lt_binary_backward(&gda, &gdb, &dd, &ad, &bd, op));
-    shape_str(a->ndim, a->sizes, s1, sizeof s1);
-    shape_str(b->ndim, b->sizes, s2, sizeof s2);
-    snprintf(what, sizeof what, "%s %s %s %s", binary_names[op], dtn(dt), s1, s2);
-    close_dt(what, &od, &co, dt);
-    snprintf(what, sizeof what, "%s_backward da %s %s %s", binary_names[op], dtn(dt), s1, s2);
-    close_dt(what, &gda, &cda, dt);
-    snprintf(what, sizeof what, "%s_backward db %s %s %s", binary_names[op], dtn(dt), s1, s2);
-    close_dt(what, &gdb, &cdb, dt);
-    /* one gradient alone */
-    lt_tensor gdb2 = dev_empty(dt, b->ndim, b->sizes);
-    CHECK_OK(lt_binary_backward(NULL, &gdb2, &dd, &ad, &bd, op));
-    snprintf(what, sizeof what, "%s_backward db alone %s %s %s", binary_names[op], dtn(dt), s1, s2);
-    close_dt(what, &gdb2, &cdb, dt);
-    lt_tensor *all[] = {&d, &ar, &br, &dr, &co, &cda, &cdb, &ad, &bd, &dd, &od, &gda, &gdb, &gdb2};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) lt_tensor_release(all[i]);
-}
-
-static void test_binary(void) {
-    static const int64_t sa[][4] = {{257, 33}, {257, 33}, {3, 1, 5}, {1}, {6, 1, 7}, {70001}, {2, 3, 4, 5}, {33}};
-    static const int na[] = {2, 2, 3, 1, 3, 1, 4, 1};
-    static const int64_t sb[][4] = {{257, 33}, {33}, {4, 1}, {1000}, {1, 5, 1}, {1}, {3, 1, 5}, {257, 33}};
-    static const int nb[] = {2, 1, 2, 1, 3, 1, 3, 2};
-    for (int op = 0; op < LT_BINARY_COUNT; op++)
-        for (int ci = 0; ci < (int)(sizeof na / sizeof na[0]); ci++) {
-            lt_tensor a = randn(na[ci], sa[ci], 1.0), b = randn(nb[ci], sb[ci], 1.0);
-            if (op == LT_BINARY_POW) {
-                apply(&a, positive);
-                lt_tensor_release(&b);
-                b = randn(nb[ci], sb[ci], 0.5);
-            }
-            if (op == LT_BINARY_DIV) apply(&b, away_from_0);
-            for (int k = 0; k < NDT; k++) binary_case(op, &a, &b, dtypes[k]);
-            lt_tensor_release(&a);
-            lt_tensor_release(&b);
-        }
-    /* max/min with ties (the gradient splits half/half) */
-    int64_t s[2] = {65, 33}, sv[1] = {33};
-    for (int op = LT_BINARY_MAX; op <= LT_BINARY_MIN; op++) {
-        lt_tensor a = randn(2, s, 1.0), b = randn(2, s, 1.0), v = randn(1, sv, 1.0);
-        apply(&a, quarter_steps);
-        apply(&b, quarter_steps);
-        apply(&v, quarter_steps);
-        for (int k = 0; k < NDT; k++) {
-            binary_case(op, &a, &b, dtypes[k]);
-            binary_case(op, &a, &v, dtypes[k]);
-        }
-        lt_tensor_release(&a);
-        lt_tensor_release(&b);
-        lt_tensor_release(&v);
-    }
-}
-
-/* Gradients large enough for several slabs of the temporary (over 2^24 elements): b
-   broadcast along the slabbed dim (partials added) and a broadcast along another dim. */
-static void test_binary_slabs(void) {
-    int64_t sa[2] = {4100, 4096}, sv[1] = {4096}, sc[2] = {4100, 1};
-    lt_tensor a = randn(2, sa, 1.0), v = randn(1, sv, 1.0), c = randn(2, sc, 1.0);
-    binary_case(LT_BINARY_MUL, &a, &v, LT_DTYPE_F32);
-    binary_case(LT_BINARY_MUL, &c, &a, LT_DTYPE_F32);
-#ifndef LT_CUDA_TEST_ON_CPU
-    binary_case(LT_BINARY_MUL, &a, &v, LT_DTYPE_BF16);
-#endif
-    lt_tensor_release(&a);
-    lt_tensor_release(&v);
-    lt_tensor_release(&c);
-}
-
 /* In-place backward: da written over a, db over b (the CPU routes one through a
    temporary), and mixed dtypes. */
 static void test_binary_aliasing(void) {
@@ -395,61 +246,6 @@ static void test_binary_aliasing(void) {
 #endif
     lt_tensor *all[] = {&a, &b, &d, &cda, &cdb, &ad, &bd, &dd, &ad2, &bd2, &dd2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) lt_tensor_release(all[i]);
-}
-
-/* ---- scalar ---------------------------------------------------------------------------- */
-
-static void test_scalar(void) {
-    static const int64_t shapes[][2] = {{1}, {1001}, {257, 33}};
-    static const int nds[] = {1, 1, 2};
-    char what[200], sb[64];
-    for (int op = 0; op < LT_BINARY_COUNT; op++)
-        for (int rev = 0; rev <= 1; rev++)
-            for (int si = 0; si < 3; si++) {
-                int nd = nds[si];
-                const int64_t *s = shapes[si];
-                double svals[2] = {-1.25, 0.75};
-                int nsv = 2;
-                lt_tensor x = randn(nd, s, 1.0), d = randn(nd, s, 1.0);
-                if (op == LT_BINARY_POW && !rev) {
-                    apply(&x, positive);
-                    svals[0] = 2.0; /* the square shortcut */
-                    svals[1] = 1.5;
-                } else if (op == LT_BINARY_POW) {
-                    svals[0] = 1.7;
-                    svals[1] = 0.6;
-                    lt_tensor_release(&x);
-                    x = randn(nd, s, 0.5);
-                } else if (op == LT_BINARY_DIV && rev) {
-                    apply(&x, away_from_0);
-                }
-                for (int vi = 0; vi < nsv; vi++)
-                    for (int k = 0; k < NDT; k++) {
-                        int dt = dtypes[k];
-                        double sv = svals[vi];
-                        lt_tensor xr = rounded(&x, dt), dr = rounded(&d, dt);
-                        lt_tensor co = cpu_empty(LT_DTYPE_F32, nd, s);
-                        lt_tensor cg = cpu_empty(LT_DTYPE_F32, nd, s);
-                        CHECK_OK(lt_scalar_forward(&co, &xr, sv, op, rev));
-                        CHECK_OK(lt_scalar_backward(&cg, &dr, &xr, sv, op, rev));
-                        lt_tensor xd = to_dev(&xr, dt), dd = to_dev(&dr, dt);
-                        lt_tensor od = dev_empty(dt, nd, s), gd = dev_empty(dt, nd, s);
-                        CHECK_OK(lt_scalar_forward(&od, &xd, sv, op, rev));
-                        CHECK_OK(lt_scalar_backward(&gd, &dd, &xd, sv, op, rev));
-                        snprintf(what, sizeof what, "scalar %s%s %g %s %s", binary_names[op],
-                                 rev ? " reversed" : "", sv, dtn(dt), shape_str(nd, s, sb, sizeof sb));
-                        close_dt(what, &od, &co, dt);
-                        snprintf(what, sizeof what, "scalar %s_backward%s %g %s %s",
-                                 binary_names[op], rev ? " reversed" : "", sv, dtn(dt),
-                                 shape_str(nd, s, sb, sizeof sb));
-                        close_dt(what, &gd, &cg, dt);
-                        lt_tensor *all[] = {&xr, &dr, &co, &cg, &xd, &dd, &od, &gd};
-                        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-                            lt_tensor_release(all[i]);
-                    }
-                lt_tensor_release(&x);
-                lt_tensor_release(&d);
-            }
 }
 
 /* ---- axpby ----------------------------------------------------------------------------- */
@@ -500,42 +296,6 @@ static void test_axpby(void) {
 
 static const char *const reduce_names[LT_REDUCE_COUNT] = {"sum", "mean", "max", "min"};
 
-/* Forward and backward of every reduce op over dims of x (any view), in every dtype. */
-static void reduce_case(const lt_tensor *x, int nd, const int32_t *dims, int ties) {
-    char what[240], sb[64];
-    int64_t os[LT_MAX_DIMS];
-    for (int i = 0; i < x->ndim; i++) os[i] = x->sizes[i];
-    for (int i = 0; i < nd; i++) os[dims[i] < 0 ? dims[i] + x->ndim : dims[i]] = 1;
-    char dl[64] = "{";
-    for (int i = 0; i < nd; i++)
-        snprintf(dl + strlen(dl), sizeof dl - strlen(dl), i ? ",%d" : "%d", (int)dims[i]);
-    strncat(dl, "}", sizeof dl - strlen(dl) - 1);
-    shape_str(x->ndim, x->sizes, sb, sizeof sb);
-    lt_tensor d = randn(x->ndim, os, 1.0);
-    for (int op = 0; op < LT_REDUCE_COUNT; op++)
-        for (int k = 0; k < NDT; k++) {
-            int dt = dtypes[k];
-            lt_tensor xr = rounded(x, dt), dr = rounded(&d, dt);
-            lt_tensor co = cpu_empty(LT_DTYPE_F32, x->ndim, os);
-            lt_tensor cg = cpu_empty(LT_DTYPE_F32, x->ndim, x->sizes);
-            CHECK_OK(lt_reduce_forward(&co, &xr, nd, dims, op));
-            CHECK_OK(lt_reduce_backward(&cg, &dr, &xr, &co, op));
-            lt_tensor xd = to_dev(&xr, dt), dd = to_dev(&dr, dt);
-            lt_tensor od = dev_empty(dt, x->ndim, os), gd = dev_empty(dt, x->ndim, x->sizes);
-            CHECK_OK(lt_reduce_forward(&od, &xd, nd, dims, op));
-            snprintf(what, sizeof what, "%s %s over %s of %s%s", reduce_names[op], dtn(dt), dl, sb,
-                     ties ? " (ties)" : "");
-            close_dt(what, &od, &co, dt);
-            CHECK_OK(lt_reduce_backward(&gd, &dd, &xd, &od, op));
-            snprintf(what, sizeof what, "%s_backward %s over %s of %s%s", reduce_names[op], dtn(dt),
-                     dl, sb, ties ? " (ties)" : "");
-            close_dt(what, &gd, &cg, dt);
-            lt_tensor *all[] = {&xr, &dr, &co, &cg, &xd, &dd, &od, &gd};
-            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) lt_tensor_release(all[i]);
-        }
-    lt_tensor_release(&d);
-}
-
 /* The same reduction on a strided device view (a permutation of a contiguous buffer). */
 static void reduce_permuted(void) {
     int64_t s[3] = {7, 33, 257};
@@ -565,28 +325,10 @@ static void reduce_permuted(void) {
     lt_tensor_release(&xp);
 }
 
+/* Permuted views, and empty dims (the op table's reductions are over contiguous inputs). */
 static void test_reduce(void) {
-    int64_t s3[3] = {7, 33, 257};
-    lt_tensor x = randn(3, s3, 1.0), xt = randn(3, s3, 1.0);
-    apply(&xt, quarter_steps);
-    static const int32_t dsets[][3] = {{0}, {1}, {2}, {-1}, {0, 2}, {1, 2}, {0, 1, 2}, {2, 0}, {0}};
-    static const int dn[] = {1, 1, 1, 1, 2, 2, 3, 2, 0};
-    for (int i = 0; i < 9; i++) {
-        reduce_case(&x, dn[i], dsets[i], 0);
-        reduce_case(&xt, dn[i], dsets[i], 1);
-    }
     reduce_permuted();
-    /* sizes that need chunking: the column shape with few outputs, long rows, everything */
-    int64_t sc[2] = {4096, 1000}, sr[2] = {3, 300001}, sa[1] = {2000001}, sm[3] = {64, 3, 5000};
-    lt_tensor c = randn(2, sc, 1.0), r = randn(2, sr, 1.0), a = randn(1, sa, 1.0);
-    lt_tensor m = randn(3, sm, 1.0);
-    int32_t d0[1] = {0}, d1[1] = {1}, d02[2] = {0, 2};
-    reduce_case(&c, 1, d0, 0);
-    reduce_case(&c, 1, d1, 0);
-    reduce_case(&r, 1, d1, 0);
-    reduce_case(&r, 1, d0, 0);
-    reduce_case(&a, 1, d0, 0);
-    reduce_case(&m, 2, d02, 0);
+    int32_t d0[1] = {0};
     /* empty dims: a sum of nothing is 0, a mean NaN, a max an error; no outputs at all */
     int64_t se[2] = {0, 5}, so[2] = {1, 5}, sz[2] = {3, 0}, szo[2] = {1, 0};
     lt_tensor e = dev_empty(LT_DTYPE_F32, 2, se), eo = dev_empty(LT_DTYPE_F32, 2, so);
@@ -600,7 +342,7 @@ static void test_reduce(void) {
     CHECK_FAILS(lt_reduce_forward(&eo, &e, 1, d0, LT_REDUCE_MAX), LT_ERR_SHAPE, "size 0");
     lt_tensor z = dev_empty(LT_DTYPE_F32, 2, sz), zo = dev_empty(LT_DTYPE_F32, 2, szo);
     CHECK_OK(lt_reduce_forward(&zo, &z, 1, d0, LT_REDUCE_MAX));
-    lt_tensor *all[] = {&x, &xt, &c, &r, &a, &m, &e, &eo, &zero, &nan5, &z, &zo};
+    lt_tensor *all[] = {&e, &eo, &zero, &nan5, &z, &zo};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) lt_tensor_release(all[i]);
 }
 
@@ -707,60 +449,6 @@ static void test_sum_squares_nonfinite(void) {
 
 /* ---- softmax --------------------------------------------------------------------------- */
 
-static void softmax_case(int nd, const int64_t *s, int log_form, int transposed) {
-    char what[200], sb[64];
-    int (*fwd)(lt_tensor *, const lt_tensor *) = log_form ? lt_log_softmax_forward : lt_softmax_forward;
-    int (*bwd)(lt_tensor *, const lt_tensor *, const lt_tensor *) =
-        log_form ? lt_log_softmax_backward : lt_softmax_backward;
-    const char *name = log_form ? "log_softmax" : "softmax";
-    lt_tensor x = randn(nd, s, 2.0), d = randn(nd, s, 1.0);
-    shape_str(nd, s, sb, sizeof sb);
-    for (int k = 0; k < NDT; k++) {
-        int dt = dtypes[k];
-        lt_tensor xr = rounded(&x, dt), dr = rounded(&d, dt);
-        lt_tensor co = cpu_empty(LT_DTYPE_F32, nd, s);
-        lt_tensor xd = to_dev(&xr, dt), od = dev_empty(dt, nd, s);
-        if (!transposed) {
-            CHECK_OK(fwd(&co, &xr));
-            CHECK_OK(fwd(&od, &xd));
-        } else { /* input and output transposed views: strided rows and columns */
-            lt_tensor xv = {0}, cv = {0}, xdv = {0}, odv = {0};
-            CHECK_OK(lt_tensor_transpose(&xv, &xr, 0, 1));
-            CHECK_OK(lt_tensor_transpose(&cv, &co, 0, 1));
-            CHECK_OK(lt_tensor_transpose(&xdv, &xd, 0, 1));
-            CHECK_OK(lt_tensor_transpose(&odv, &od, 0, 1));
-            CHECK_OK(fwd(&cv, &xv));
-            CHECK_OK(fwd(&odv, &xdv));
-            lt_tensor_release(&xv);
-            lt_tensor_release(&cv);
-            lt_tensor_release(&xdv);
-            lt_tensor_release(&odv);
-        }
-        snprintf(what, sizeof what, "%s %s %s%s", name, dtn(dt), sb, transposed ? " transposed" : "");
-        close_dt(what, &od, &co, dt);
-        /* backward on the same y for both */
-        lt_tensor yr = rounded(&co, dt), cg = cpu_empty(LT_DTYPE_F32, nd, s);
-        lt_tensor yd = to_dev(&yr, dt), dd = to_dev(&dr, dt), gd = dev_empty(dt, nd, s);
-        CHECK_OK(bwd(&cg, &dr, &yr));
-        CHECK_OK(bwd(&gd, &dd, &yd));
-        snprintf(what, sizeof what, "%s_backward %s %s", name, dtn(dt), sb);
-        close_dt(what, &gd, &cg, dt);
-        /* in place: out over x, dx over dout */
-        if (!transposed) {
-            CHECK_OK(fwd(&xd, &xd));
-            snprintf(what, sizeof what, "%s in place %s %s", name, dtn(dt), sb);
-            close_dt(what, &xd, &co, dt);
-            CHECK_OK(bwd(&dd, &dd, &yd));
-            snprintf(what, sizeof what, "%s_backward in place %s %s", name, dtn(dt), sb);
-            close_dt(what, &dd, &cg, dt);
-        }
-        lt_tensor *all[] = {&xr, &dr, &co, &xd, &od, &yr, &cg, &yd, &dd, &gd};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) lt_tensor_release(all[i]);
-    }
-    lt_tensor_release(&x);
-    lt_tensor_release(&d);
-}
-
 /* Rows holding NaN, inf and -inf: the CPU's NaN rows, zeros and -inf exactly. */
 static void softmax_special(int64_t cols) {
     int64_t s[2] = {6, cols};
@@ -787,15 +475,9 @@ static void softmax_special(int64_t cols) {
     lt_tensor_release(&x);
 }
 
+/* Special rows, and a low-precision input into an f32 output (the op table's rows keep
+   each output in its input's dtype). */
 static void test_softmax(void) {
-    static const int64_t shapes[][3] = {{1, 1}, {5, 7}, {33, 1000}, {4, 1025}, {3, 50001}, {2, 3, 257}, {1, 1024}};
-    static const int nds[] = {2, 2, 2, 2, 2, 3, 2};
-    for (int lf = 0; lf <= 1; lf++) {
-        for (int si = 0; si < 7; si++) softmax_case(nds[si], shapes[si], lf, 0);
-        int64_t st[2] = {1000, 33}, st2[2] = {1500, 7};
-        softmax_case(2, st, lf, 1);
-        softmax_case(2, st2, lf, 1);
-    }
     softmax_special(9);
     softmax_special(2000);
 #ifndef LT_CUDA_TEST_ON_CPU
@@ -836,12 +518,8 @@ int main(void) {
 #ifndef LT_CUDA_TEST_ON_CPU
     cuda_require();
 #endif
-    test_unary();
     test_unary_layouts();
-    test_binary();
-    test_binary_slabs();
     test_binary_aliasing();
-    test_scalar();
     test_axpby();
     test_reduce();
     test_argmax();

@@ -1,11 +1,17 @@
-/* test_cuda_gemm.c - the CUDA GEMM (cuda/matmul.cu) against the CPU matmul on the same inputs.
+/* test_cuda_gemm.c - the CUDA GEMM (cuda/matmul.cu) against the CPU matmul, in the cases the
+ * op table cannot state.
  *
- * lt_matmul / lt_matmul_backward on device tensors: every trans_a x trans_b layout, odd M,
- * N, K (1, 7, 33, 257, 1000), alpha/beta, transposed and strided views, batched (strided,
- * broadcast b folded into M, broadcast b with trans_a, batch dims that do not collapse),
- * K = 0, an output with a row stride, f32 with TF32 off (1e-5 relative) and on (TF32's
- * 5e-3), bf16/f16 inputs with f32 and low-precision outputs (cuda_close_lowp). The bias
- * epilogue and the TF32 switch are reached through lt_cuda_gemm_device and
+ * The op table (tests/lua/op_cases.lua, run by tests/lua/test_op_table_cuda.lua) compares
+ * lt_matmul and lt_matmul_backward with the CPU on contiguous operands: every trans_a x
+ * trans_b layout over every M, N, K in {1, 7, 33, 257, 1000}, alpha and beta, TF32 at its
+ * own tolerance, bf16/f16 inputs into f32 and low-precision outputs, strided and shared-b
+ * batches. What stays here: a and b of different dtypes and the refused bf16 output
+ * for them; views (a transposed view with trans flags, a step-2 slice, an output with a row
+ * stride, K = 0); batch dims that do not collapse (a permuted view); gradients that
+ * accumulate (beta_a, beta_b) or come one side alone, b or a shared over the batch; the
+ * bias epilogue and bf16/f16 outputs of the raw GEMM (lt_cuda_gemm_device); and a refused
+ * host output. f32 with TF32 off within 1e-5 relative, low precision per cuda_close_lowp.
+ * The bias epilogue and the TF32 switch are reached through lt_cuda_gemm_device and
  * lt_cuda_gemm_allow_tf32, looked up at run time (they exist only in CUDA builds; this
  * test skips before the lookup otherwise). */
 #define _GNU_SOURCE
@@ -42,8 +48,6 @@ typedef void (*tf32_fn)(int);
 
 static gemm_device_fn gemm_device;
 static tf32_fn set_tf32;
-
-static const int64_t odd[] = {1, 7, 33, 257, 1000};
 
 static lt_tensor empty_dev(int dtype, int nd, const int64_t *sizes) {
     lt_tensor t = {0};
@@ -83,73 +87,8 @@ static int close_tol(const char *what, const lt_tensor *gpu, const lt_tensor *cp
     return ok;
 }
 
-/* c = alpha op(a) op(b) + beta c for 2-D operands of `dtype`, c of c_dtype, on both sides. */
-static void one_matmul(int ta, int tb, int64_t M, int64_t N, int64_t K, int dtype, int c_dtype,
-                       float alpha, float beta, double tol) {
-    int64_t sa[2] = {ta ? K : M, ta ? M : K}, sb[2] = {tb ? N : K, tb ? K : N}, sc[2] = {M, N};
-    lt_tensor a = cuda_randn(dtype, 2, sa, 1.0), b = cuda_randn(dtype, 2, sb, 1.0);
-    lt_tensor c0 = cuda_randn(c_dtype, 2, sc, 1.0); /* rounded to c's dtype on both sides */
-    lt_tensor cc = {0};
-    lt_tensor_empty(&cc, LT_DTYPE_F32, 2, sc, LT_DEVICE_CPU, 0);
-    lt_tensor_copy(&cc, &c0);
-    CHECK_OK(lt_matmul(&cc, &a, &b, ta, tb, alpha, beta));
-    lt_tensor ag = to_dev(&a, dtype), bg = to_dev(&b, dtype), cg = to_dev(&c0, c_dtype);
-    CHECK_OK(lt_matmul(&cg, &ag, &bg, ta, tb, alpha, beta));
-    char what[160];
-    snprintf(what, sizeof what, "matmul %s%s %lldx%lldx%lld %s->%s alpha %g beta %g",
-             ta ? "T" : "N", tb ? "T" : "N", (long long)M, (long long)N, (long long)K,
-             lt_dtype_info(dtype)->name, lt_dtype_info(c_dtype)->name, alpha, beta);
-    if (c_dtype != LT_DTYPE_F32)
-        cuda_close_lowp(what, &cg, &cc, c_dtype);
-    else if (dtype != LT_DTYPE_F32)
-        cuda_close_lowp(what, &cg, &cc, dtype);
-    else
-        close_tol(what, &cg, &cc, tol);
-    lt_tensor_release(&a);
-    lt_tensor_release(&b);
-    lt_tensor_release(&c0);
-    lt_tensor_release(&cc);
-    lt_tensor_release(&ag);
-    lt_tensor_release(&bg);
-    lt_tensor_release(&cg);
-}
-
-static void test_layouts_f32(void) {
-    set_tf32(0);
-    for (int ta = 0; ta < 2; ta++)
-        for (int tb = 0; tb < 2; tb++)
-            for (int i = 0; i < 5; i++)
-                for (int j = 0; j < 5; j++)
-                    for (int k = 0; k < 5; k++)
-                        one_matmul(ta, tb, odd[i], odd[j], odd[k], LT_DTYPE_F32, LT_DTYPE_F32,
-                                   1.0f, 0.0f, 1e-5);
-    /* alpha, beta (beta reads c) */
-    for (int ta = 0; ta < 2; ta++)
-        for (int tb = 0; tb < 2; tb++) {
-            one_matmul(ta, tb, 33, 257, 7, LT_DTYPE_F32, LT_DTYPE_F32, 0.5f, -1.25f, 1e-5);
-            one_matmul(ta, tb, 1000, 1, 33, LT_DTYPE_F32, LT_DTYPE_F32, -2.0f, 1.0f, 1e-5);
-        }
-    /* TF32: its own tolerance */
-    set_tf32(1);
-    for (int ta = 0; ta < 2; ta++)
-        for (int tb = 0; tb < 2; tb++) {
-            one_matmul(ta, tb, 257, 1000, 257, LT_DTYPE_F32, LT_DTYPE_F32, 1.0f, 0.0f, 5e-3);
-            one_matmul(ta, tb, 7, 33, 1000, LT_DTYPE_F32, LT_DTYPE_F32, 0.75f, 0.5f, 5e-3);
-        }
-    set_tf32(0);
-}
-
-static void test_lowp(void) {
-    int dts[2] = {LT_DTYPE_BF16, LT_DTYPE_F16};
-    for (int d = 0; d < 2; d++)
-        for (int ta = 0; ta < 2; ta++)
-            for (int tb = 0; tb < 2; tb++) {
-                one_matmul(ta, tb, 33, 257, 1000, dts[d], LT_DTYPE_F32, 1.0f, 0.0f, 0);
-                one_matmul(ta, tb, 257, 7, 33, dts[d], LT_DTYPE_F32, 1.0f, 1.0f, 0);
-                one_matmul(ta, tb, 1000, 33, 257, dts[d], dts[d], 1.0f, 0.0f, 0);
-                one_matmul(ta, tb, 1, 257, 7, dts[d], dts[d], 1.0f, 0.0f, 0);
-            }
-    /* mixed a and b dtypes: run in f32 on the device, as the CPU converts */
+/* a and b of different dtypes: run in f32 on the device, as the CPU converts them. */
+static void test_mixed(void) {
     set_tf32(0);
     int64_t sa[2] = {33, 257}, sb[2] = {257, 7}, sc[2] = {33, 7};
     lt_tensor a = cuda_randn(LT_DTYPE_F32, 2, sa, 1.0), b = cuda_randn(LT_DTYPE_BF16, 2, sb, 1.0);
@@ -214,75 +153,25 @@ static void test_views(void) {
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) lt_tensor_release(all[i]);
 }
 
-/* Batched: strided, b shared (folded), b shared with trans_a (per-batch calls), batch
-   dims that do not collapse (a permuted view). */
+/* Batch dims that do not collapse: a stored (3, 2, M, K) viewed as (2, 3, M, K). */
 static void test_batched(void) {
     set_tf32(0);
     int64_t M = 33, N = 7, K = 257;
-    int64_t sa[4] = {2, 3, M, K}, sb[4] = {2, 3, K, N}, sc[4] = {2, 3, M, N};
-    for (int tb = 0; tb < 2; tb++) {
-        int64_t sbt[4] = {2, 3, tb ? N : K, tb ? K : N};
-        lt_tensor a = cuda_randn(LT_DTYPE_F32, 4, sa, 1.0), b = cuda_randn(LT_DTYPE_F32, 4, sbt, 1.0);
-        lt_tensor cc = {0};
-        lt_tensor_empty(&cc, LT_DTYPE_F32, 4, sc, LT_DEVICE_CPU, 0);
-        CHECK_OK(lt_matmul(&cc, &a, &b, 0, tb, 1.0f, 0.0f));
-        lt_tensor ag = to_dev(&a, LT_DTYPE_F32), bg = to_dev(&b, LT_DTYPE_F32);
-        lt_tensor cg = empty_dev(LT_DTYPE_F32, 4, sc);
-        CHECK_OK(lt_matmul(&cg, &ag, &bg, 0, tb, 1.0f, 0.0f));
-        close_tol("batched strided matmul", &cg, &cc, 1e-5);
-        lt_tensor_release(&a);
-        lt_tensor_release(&b);
-        lt_tensor_release(&ag);
-        lt_tensor_release(&bg);
-        lt_tensor_release(&cc);
-        lt_tensor_release(&cg);
-    }
-    /* b shared: folded (trans_a 0) and per batch (trans_a 1) */
-    for (int ta = 0; ta < 2; ta++) {
-        int64_t sat[4] = {2, 3, ta ? K : M, ta ? M : K}, sb2[2] = {K, N};
-        lt_tensor a = cuda_randn(LT_DTYPE_F32, 4, sat, 1.0), b = cuda_randn(LT_DTYPE_F32, 2, sb2, 1.0);
-        lt_tensor c0 = cuda_randn(LT_DTYPE_F32, 4, sc, 1.0);
-        lt_tensor cc = clone_cpu(&c0);
-        CHECK_OK(lt_matmul(&cc, &a, &b, ta, 0, 1.0f, 1.0f));
-        lt_tensor ag = to_dev(&a, LT_DTYPE_F32), bg = to_dev(&b, LT_DTYPE_F32);
-        lt_tensor cg = to_dev(&c0, LT_DTYPE_F32);
-        CHECK_OK(lt_matmul(&cg, &ag, &bg, ta, 0, 1.0f, 1.0f));
-        close_tol(ta ? "batched a^T with shared b" : "batched a with shared b (folded)", &cg, &cc,
-                  1e-5);
-        lt_tensor *all[] = {&a, &b, &c0, &cc, &ag, &bg, &cg};
-        for (size_t i = 0; i < sizeof all / sizeof *all; i++) lt_tensor_release(all[i]);
-    }
-    /* batch dims that do not collapse: a stored (3, 2, M, K) viewed as (2, 3, M, K) */
-    {
-        int64_t sp[4] = {3, 2, M, K};
-        int32_t perm[4] = {1, 0, 2, 3};
-        lt_tensor a = cuda_randn(LT_DTYPE_F32, 4, sp, 1.0), b = cuda_randn(LT_DTYPE_F32, 4, sb, 1.0);
-        lt_tensor ap = {0};
-        CHECK_OK(lt_tensor_permute(&ap, &a, perm));
-        lt_tensor cc = {0};
-        lt_tensor_empty(&cc, LT_DTYPE_F32, 4, sc, LT_DEVICE_CPU, 0);
-        CHECK_OK(lt_matmul(&cc, &ap, &b, 0, 0, 1.0f, 0.0f));
-        lt_tensor ag = to_dev(&a, LT_DTYPE_F32), bg = to_dev(&b, LT_DTYPE_F32), apg = {0};
-        CHECK_OK(lt_tensor_permute(&apg, &ag, perm));
-        lt_tensor cg = empty_dev(LT_DTYPE_F32, 4, sc);
-        CHECK_OK(lt_matmul(&cg, &apg, &bg, 0, 0, 1.0f, 0.0f));
-        close_tol("batched matmul over permuted batch dims", &cg, &cc, 1e-5);
-        lt_tensor *all[] = {&a, &b, &ap, &cc, &ag, &bg, &apg, &cg};
-        for (size_t i = 0; i < sizeof all / sizeof *all; i++) lt_tensor_release(all[i]);
-    }
-    /* bf16 batched with a bf16 output */
-    {
-        lt_tensor a = cuda_randn(LT_DTYPE_BF16, 4, sa, 1.0), b = cuda_randn(LT_DTYPE_BF16, 4, sb, 1.0);
-        lt_tensor cc = {0};
-        lt_tensor_empty(&cc, LT_DTYPE_F32, 4, sc, LT_DEVICE_CPU, 0);
-        CHECK_OK(lt_matmul(&cc, &a, &b, 0, 0, 1.0f, 0.0f));
-        lt_tensor ag = to_dev(&a, LT_DTYPE_BF16), bg = to_dev(&b, LT_DTYPE_BF16);
-        lt_tensor cg = empty_dev(LT_DTYPE_BF16, 4, sc);
-        CHECK_OK(lt_matmul(&cg, &ag, &bg, 0, 0, 1.0f, 0.0f));
-        cuda_close_lowp("batched bf16 matmul", &cg, &cc, LT_DTYPE_BF16);
-        lt_tensor *all[] = {&a, &b, &cc, &ag, &bg, &cg};
-        for (size_t i = 0; i < sizeof all / sizeof *all; i++) lt_tensor_release(all[i]);
-    }
+    int64_t sp[4] = {3, 2, M, K}, sb[4] = {2, 3, K, N}, sc[4] = {2, 3, M, N};
+    int32_t perm[4] = {1, 0, 2, 3};
+    lt_tensor a = cuda_randn(LT_DTYPE_F32, 4, sp, 1.0), b = cuda_randn(LT_DTYPE_F32, 4, sb, 1.0);
+    lt_tensor ap = {0};
+    CHECK_OK(lt_tensor_permute(&ap, &a, perm));
+    lt_tensor cc = {0};
+    lt_tensor_empty(&cc, LT_DTYPE_F32, 4, sc, LT_DEVICE_CPU, 0);
+    CHECK_OK(lt_matmul(&cc, &ap, &b, 0, 0, 1.0f, 0.0f));
+    lt_tensor ag = to_dev(&a, LT_DTYPE_F32), bg = to_dev(&b, LT_DTYPE_F32), apg = {0};
+    CHECK_OK(lt_tensor_permute(&apg, &ag, perm));
+    lt_tensor cg = empty_dev(LT_DTYPE_F32, 4, sc);
+    CHECK_OK(lt_matmul(&cg, &apg, &bg, 0, 0, 1.0f, 0.0f));
+    close_tol("batched matmul over permuted batch dims", &cg, &cc, 1e-5);
+    lt_tensor *all[] = {&a, &b, &ap, &cc, &ag, &bg, &apg, &cg};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) lt_tensor_release(all[i]);
 }
 
 /* da and db accumulate (beta_a, beta_b) as on the CPU. */
@@ -423,8 +312,7 @@ int main(void) {
         fprintf(stderr, "lt_cuda_gemm_device / lt_cuda_gemm_allow_tf32 are not exported\n");
         return check_summary();
     }
-    test_layouts_f32();
-    test_lowp();
+    test_mixed();
     test_views();
     test_batched();
     test_backward();
