@@ -125,12 +125,9 @@ int lt_check_same_shape(const lt_tensor *a, const lt_tensor *b, const char *op, 
                         const char *nb);
 int lt_check_writable(const lt_tensor *t, const char *op, const char *name);
 
-/* Dtype rules of lt_check_out other than one exact dtype (an LT_DTYPE_* value). */
-enum {
-    LT_OUT_ANY_DTYPE = -1,     /* the op checks the dtype itself, beside its inputs' */
-    LT_OUT_FLOAT = -2,         /* f32, bf16 or f16 on every device */
-    LT_OUT_F32_LOWP_CUDA = -3, /* f32 on the CPU; f32, bf16 or f16 on a CUDA device */
-};
+/* lt_check_out's dtype when the op checks an output's dtype itself: through the support
+   table (src/ops/support.c), beside its inputs' dtypes. */
+enum { LT_OUT_ANY_DTYPE = -1 };
 /* The one check of a tensor an op writes, on any device, before the op dispatches: a
    tensor, of the dtype `dtype` asks for, writable, not a broadcast view (a stride-0 dim of
    size > 1 makes several elements one), and, when `in` is not NULL, on the device of the

@@ -112,12 +112,7 @@ int lt_check_writable(const lt_tensor *t, const char *op, const char *name) {
 int lt_check_out(const lt_tensor *t, int dtype, const char *op, const char *name,
                  const lt_tensor *in, const char *in_name) {
     LT_TRY(lt_check_tensor(t, op, name));
-    int lowp_ok = dtype == LT_OUT_FLOAT || (dtype == LT_OUT_F32_LOWP_CUDA && lt_on_cuda(t));
-    if (lowp_ok && !lt_is_float_dtype(t->dtype_id))
-        return lt_fail(LT_ERR_DTYPE, "%s: %s must be f32, bf16 or f16%s, got %s", op, name,
-                       dtype == LT_OUT_FLOAT ? "" : " on a CUDA device", dtname(t->dtype_id));
-    if (!lowp_ok && dtype != LT_OUT_ANY_DTYPE)
-        LT_TRY(lt_check_dtype(t, dtype == LT_OUT_F32_LOWP_CUDA ? LT_DTYPE_F32 : dtype, op, name));
+    if (dtype != LT_OUT_ANY_DTYPE) LT_TRY(lt_check_dtype(t, dtype, op, name));
     LT_TRY(lt_check_writable(t, op, name));
     for (int i = 0; i < t->ndim; i++)
         if (t->sizes[i] > 1 && t->strides[i] == 0)

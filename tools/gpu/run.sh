@@ -10,9 +10,10 @@
 #                   no CUDA library in libluatrain.so's (the backend is loaded on use)
 #     2 build       only what the phases need, for sm_90 only (LT_CUDA_ARCHS=90)
 #     3 tests       every GPU test: ctest -R cuda (the C op tests and the Lua GPU test)
-#     4 sanitize    compute-sanitizer memcheck of the CUDA C tests with LT_CUDA_NO_CACHE=1
-#                   (every allocation a real cudaMalloc, so overruns are seen), attention
-#                   with ATTN_QUICK=1; racecheck of attention with ATTN_QUICK=1
+#     4 sanitize    compute-sanitizer memcheck of the CUDA C tests and of the op table's device
+#                   rows (small shapes) with LT_CUDA_NO_CACHE=1 (every allocation a real
+#                   cudaMalloc, so overruns are seen), attention with ATTN_QUICK=1; racecheck
+#                   of attention with ATTN_QUICK=1
 #     5 flash       FlashAttention against PyTorch SDPA (flash, cuDNN): T 1k, 4k, 16k, D 128,
 #                   causal and not, forward and backward TFLOP/s (tools/bench/flash_attn.sh)
 #     6 lora        one LoRA step at the Llama-3.2-1B shape, 4 x 2048 tokens, r 16, all
@@ -172,13 +173,18 @@ tests_phase() { # $1: time limit
     fi
 }
 
-# one compute-sanitizer run: $1 tool, $2 test, $3 time limit, $4 log, then VAR=value settings
+# one compute-sanitizer run: $1 tool, $2 test (a C test's name, or a tests/lua/*.lua file
+# that the luatrain host runs), $3 time limit, $4 log, then VAR=value settings
 sanitize_one() {
-    local tool="$1" t="$2" lim="$3" log="$4" t0 rc found
+    local tool="$1" t="$2" lim="$3" log="$4" t0 rc found cmd
     shift 4
     t0="$(now)"
+    case "$t" in
+    *.lua) cmd=("$build/luatrain" "$t") ;;
+    *) cmd=("$build/tests/$t") ;;
+    esac
     env "$@" timeout "$lim" "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 30 \
-        "$build/tests/$t" > "$log" 2>&1
+        "${cmd[@]}" > "$log" 2>&1
     rc=$?
     found="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1 | sed 's/^========= //')"
     case "$rc" in
@@ -206,6 +212,11 @@ sanitize_phase() { # $1: time limit; $2: quick|full
         i=$((i + 1))
     done
     sanitize_one racecheck test_cuda_attention "$1" "$dir/m$i.log" "${attn_env[@]}" > "$dir/r$i" &
+    pids+=($!)
+    # the op table's device rows (most of the CUDA comparisons), at their small shapes
+    i=$((i + 1))
+    sanitize_one memcheck tests/lua/test_op_table_cuda.lua "$1" "$dir/m$i.log" LT_CUDA_NO_CACHE=1 \
+        LT_OP_TABLE_SMALL=1 > "$dir/r$i" &
     pids+=($!)
     wait "${pids[@]}"
     : > "$out/sanitizer.log"
