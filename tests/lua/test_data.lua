@@ -346,6 +346,74 @@ end)
 
 -- ---- packed batches and the model ---------------------------------------------------------------
 
+T.test("ranks share one global stream of batches; positions stay global across world sizes", function()
+    lt.manual_seed(21)
+    local samples = {}
+    for i = 1, 37 do
+        local n = 2 + (i * 7) % 11
+        local ids, train = {}, {}
+        for j = 1, n do
+            ids[j] = (i * 31 + j) % 50 + 1
+            train[j] = (i + j) % 3 ~= 0
+        end
+        samples[i] = { ids = ids, train = train }
+    end
+    local ds = lt.data.tokens.from_samples(samples)
+    for _, packing in ipairs({ true, false }) do
+        for _, world in ipairs({ 2, 3 }) do
+            local opts = { batch_size = 2, seq_len = 12, packing = packing, seed = 5, epochs = 2 }
+            local one = lt.data.loader(ds, opts)
+            local ranks = {}
+            for r = 0, world - 1 do
+                local o = {}
+                for k, v in pairs(opts) do o[k] = v end
+                o.rank, o.world = r, world
+                ranks[r] = lt.data.loader(ds, o)
+            end
+            local rounds = 0
+            while true do
+                local want, trained = {}, 0
+                for k = 0, world - 1 do
+                    local b = one:next()
+                    if not b then want = nil break end
+                    want[k] = { b.ids:clone(), b.targets:clone(), b.positions:clone(),
+                        b.cu_seqlens and b.cu_seqlens:clone() }
+                    trained = trained + b.trained
+                end
+                local got = {}
+                for r = 0, world - 1 do got[r] = ranks[r]:next() end
+                if want == nil then
+                    -- a round the data cannot fill ends the stream on every rank
+                    for r = 0, world - 1 do T.ok(got[r] == nil, ("rank %d still has a batch"):format(r)) end
+                    break
+                end
+                rounds = rounds + 1
+                for r = 0, world - 1 do
+                    local b, w = got[r], want[r]
+                    T.ok(b ~= nil, "rank " .. r)
+                    T.ok(b.ids:equal(w[1]) and b.targets:equal(w[2]) and b.positions:equal(w[3]),
+                        ("world %d rank %d round %d: the global stream's batch"):format(world, r, rounds))
+                    if w[4] then T.ok(b.cu_seqlens:equal(w[4])) end
+                    T.eq(b.round_trained, trained, "every rank knows the round's trained targets")
+                    T.eq(ranks[r]:state(), one:state(), "the position is global")
+                end
+            end
+            T.ok(rounds > 5, "several rounds")
+        end
+    end
+    -- a position saved at world 2 resumes at world 3 and in one process
+    local opts = { batch_size = 2, seq_len = 12, seed = 9 }
+    local a = lt.data.loader(ds, { batch_size = 2, seq_len = 12, seed = 9, rank = 1, world = 2 })
+    for _ = 1, 3 do a:next() end
+    local st = a:state()
+    local single = lt.data.loader(ds, opts)
+    single:set_state(st)
+    local three = lt.data.loader(ds, { batch_size = 2, seq_len = 12, seed = 9, rank = 0, world = 3 })
+    three:set_state(st)
+    T.ok(three:next().ids:equal(single:next().ids), "world 3 continues where world 2 stopped")
+    T.raises(function() lt.data.loader(ds, { seq_len = 4, rank = 2, world = 2 }) end, "need 0 <= rank < world", true)
+end)
+
 T.test("packed attention equals attention on each sequence alone", function()
     lt.manual_seed(3)
     local q, k, v = lt.randn(1, 13, 4, 8), lt.randn(1, 13, 2, 8), lt.randn(1, 13, 2, 8)

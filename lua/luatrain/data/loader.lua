@@ -24,6 +24,15 @@ The order is a permutation of the samples per epoch drawn from (seed, epoch); th
 is { epoch, position, seed }, and every batch starts at a sample boundary, so restoring
 the state reproduces the remaining batches exactly. Batch tensors are owned by the
 loader and refilled, so iterating allocates nothing.
+
+Data parallelism (opts.rank, opts.world): the ranks of a job read one global stream of
+batches, the stream a lone loader gives, in rounds of `world` batches; rank r gets batch r
+of every round and passes over the others (counting their samples, not copying them), so
+world ranks with grad_accum A see exactly the batches of one process with grad_accum
+A x world, and the saved position is global: a run resumes at any world size. Every batch
+carries round_trained, the trained targets of its whole round (what the step's loss is
+divided by), which every rank knows without communicating. A round the data cannot fill
+ends the stream on every rank at once.
 ]]
 local ffi = require "ffi"
 local core = require "luatrain.core"
@@ -43,11 +52,16 @@ function M.new(ds, opts)
     if type(T) ~= "number" or T < 2 then error("loader: seq_len must be at least 2", 2) end
     if type(B) ~= "number" or B < 1 then error("loader: batch_size must be at least 1", 2) end
     local packing = opts.packing ~= false
+    local rank, world = opts.rank or 0, opts.world or 1
+    if type(world) ~= "number" or world < 1 or world ~= math.floor(world) or type(rank) ~= "number" or
+        rank < 0 or rank >= world or rank ~= math.floor(rank) then
+        error(("loader: rank %s of world %s: need 0 <= rank < world"):format(tostring(rank), tostring(world)), 2)
+    end
     local self = setmetatable({
         ds = ds, B = B, T = T, packing = packing, shuffle = opts.shuffle ~= false,
         seed = opts.seed or 0, epochs = opts.epochs, pad_id = opts.pad_id or 0,
         epoch = 1, pos = 0, order = tensor.empty({ ds.n }, { dtype = "i64" }),
-        rng = ffi.new("lt_rng"), order_epoch = nil,
+        rng = ffi.new("lt_rng"), order_epoch = nil, rank = rank, world = world,
     }, Loader)
     local rows, cols = packing and 1 or B, packing and B * T or T
     self.ids = tensor.empty({ rows, cols }, { dtype = "i64" })
@@ -101,17 +115,85 @@ local function pad(self, ids, tg, pos, from, to)
     end
 end
 
--- The next batch, or nil when the last epoch is done. A batch is
--- { ids, targets, positions (B, T) or (1, B*T) i64; cu_seqlens (i32) when packed;
---   samples = how many samples it holds; tokens = positions holding sample tokens;
---   trained = how many targets are not -100; epoch }.
-function Loader:next()
-    if self.ds.n == 0 then return nil end
+-- Trained targets of sample s (0-based) cut to n tokens: positions j < n - 1 whose next
+-- token is trained (the last position predicts nothing).
+local function sample_trained(self, s, n)
+    local _, tr = self.ds:sample(s + 1)
+    local k = 0
+    for j = 1, n - 1 do
+        if tr[j] ~= 0 then k = k + 1 end
+    end
+    return k
+end
+
+-- Pass over the next batch without filling it: the samples it would take and the targets
+-- it would train, or nil at the end of the data.
+function Loader:_skip()
+    if not self:_roll() then return nil end
+    local order = self:_order()
+    local trained = 0
+    if self.packing then
+        local cap, filled = self.B * self.T, 0
+        while self.pos < self.ds.n do
+            local s = order[self.pos]
+            local len = math.min(self.ds:sample_len(s + 1), self.T)
+            if filled + len > cap then break end
+            trained = trained + sample_trained(self, s, len)
+            filled = filled + len
+            self.pos = self.pos + 1
+        end
+    else
+        for _ = 1, self.B do
+            if self.pos >= self.ds.n then break end
+            local s = order[self.pos]
+            trained = trained + sample_trained(self, s, math.min(self.ds:sample_len(s + 1), self.T))
+            self.pos = self.pos + 1
+        end
+    end
+    return trained
+end
+
+-- At the end of an epoch, start the next one; false when the last epoch is done.
+function Loader:_roll()
+    if self.ds.n == 0 then return false end
     if self.pos >= self.ds.n then
-        if self.epochs and self.epoch >= self.epochs then return nil end
+        if self.epochs and self.epoch >= self.epochs then return false end
         self.epoch = self.epoch + 1
         self.pos = 0
     end
+    return true
+end
+
+-- The next batch, or nil when the last epoch is done. A batch is
+-- { ids, targets, positions (B, T) or (1, B*T) i64; cu_seqlens (i32) when packed;
+--   samples = how many samples it holds; tokens = positions holding sample tokens;
+--   trained = how many targets are not -100; round_trained = the trained targets of the
+--   round of `world` batches it belongs to (= trained in one process); epoch }.
+function Loader:next()
+    if self.world == 1 then
+        local b = self:_fill()
+        if b then b.round_trained = b.trained end
+        return b
+    end
+    local batch, round = nil, 0
+    for k = 0, self.world - 1 do
+        if k == self.rank then
+            batch = self:_fill()
+            if not batch then return nil end
+            round = round + batch.trained
+        else
+            local t = self:_skip()
+            if not t then return nil end
+            round = round + t
+        end
+    end
+    batch.round_trained = round
+    return batch
+end
+
+-- Fill the batch tensors with the next batch (see next()), or nil at the end of the data.
+function Loader:_fill()
+    if not self:_roll() then return nil end
     local order = self:_order()
     local ids = ffi.cast("int64_t*", self.ids:data_ptr())
     local tg = ffi.cast("int64_t*", self.targets:data_ptr())
