@@ -75,6 +75,7 @@ local lazy = {
     report = "luatrain.report",
     quant = "luatrain.quant",
     cuda = "luatrain.cuda",
+    dist = "luatrain.dist",
 }
 
 setmetatable(lt, {

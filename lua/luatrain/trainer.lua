@@ -61,10 +61,14 @@ for _, s in ipairs(M.STAGES) do STAGE_SET[s] = true end
 local IGNORE = -100
 
 -- Mean loss over every trained token of `ds` (eval mode, no gradients).
+-- opts.group: a process group (lt.dist) whose ranks share the batches; every rank gets
+-- the same mean.
 function M.eval_loss(model, ds, opts)
     opts = opts or {}
+    local pg = opts.group
     local l = loader_mod.new(ds, { batch_size = opts.batch_size or 8, seq_len = opts.seq_len or 128,
-        shuffle = false, epochs = 1, pad_id = opts.pad_id or 0 })
+        shuffle = false, epochs = 1, pad_id = opts.pad_id or 0, rank = pg and pg.rank or 0,
+        world = pg and pg.world or 1, whole_rounds = false })
     local was = model.training
     model:eval()
     local sum, count = 0, 0
@@ -76,6 +80,10 @@ function M.eval_loss(model, ds, opts)
         count = count + b.trained
     end
     if was then model:train() end
+    if pg and pg.world > 1 then
+        local t = pg:sum_numbers({ sum, count })
+        sum, count = t[1], t[2]
+    end
     return count > 0 and sum / count or 0
 end
 
@@ -147,9 +155,13 @@ end
 -- A batch source gives batches { ids, targets, positions?, cu_seqlens?, trained?, tokens? }
 -- from next(); a tokenized dataset gets a packing loader. Sources whose next() returns
 -- (ids, targets) (lt.data.windows) are wrapped.
-local function batch_source(opts)
+local function batch_source(opts, pg)
     local src = opts.train
     if src.next and src.sample == nil then
+        if (src.world or 1) ~= pg.world then
+            error(("trainer: a job of %d processes needs a batch source sharded over them (made with rank and "
+                .. "world; this one has world %s)"):format(pg.world, tostring(src.world or 1)), 3)
+        end
         return {
             inner = src,
             next = function(self)
@@ -166,7 +178,8 @@ local function batch_source(opts)
         }
     end
     return loader_mod.new(src, { batch_size = opts.batch_size or 8, seq_len = opts.seq_len or 128,
-        seed = opts.seed or 0, pad_id = opts.pad_id or 0, packing = opts.packing, shuffle = opts.shuffle })
+        seed = opts.seed or 0, pad_id = opts.pad_id or 0, packing = opts.packing, shuffle = opts.shuffle,
+        rank = pg.rank, world = pg.world })
 end
 
 local function need(ok, msg)
@@ -187,7 +200,13 @@ function M.new(opts)
         hooks_after = {}, hooks_before = {}, detect = opts.detect_nonfinite or "step" }, Trainer)
     need(self.detect == "step" or self.detect == "parameter",
         ("detect_nonfinite must be \"step\" or \"parameter\", got %s"):format(tostring(self.detect)))
-    self.batches = batch_source(opts)
+    -- the job's processes (a world of 1 without a launcher): data parallelism, DDP or ZeRO
+    local pg = opts.group or require("luatrain.dist").group()
+    self.pg = pg
+    self.zero = opts.zero or 0
+    need(self.zero == 0 or self.zero == 1 or self.zero == 2, ("zero must be 0, 1 or 2, got %s"):format(tostring(self.zero)))
+    self.is_main = pg:is_main()
+    self.batches = batch_source(opts, pg)
     local steps = opts.steps or 0
     if steps <= 0 then
         local epochs = opts.epochs or 1
@@ -196,7 +215,9 @@ function M.new(opts)
         steps = math.max(1, epochs * math.ceil(per_epoch / grad_accum))
     end
     self.steps = steps
-    if opts.flatten ~= false then model:flatten_parameters({ trainable_only = true }) end
+    local parallel = pg.world > 1 or self.zero > 0
+    need(opts.flatten ~= false or not parallel, "data parallelism and ZeRO need flat parameters (flatten = false given)")
+    if opts.flatten ~= false then model:flatten_parameters({ trainable_only = true, pad_multiple = pg.world }) end
     self.params = model:parameters()
     need(#self.params > 0, "the model has no trainable parameters")
     -- the gradient norm over the flat gradient buffers when they hold every gradient (one
@@ -212,6 +233,11 @@ function M.new(opts)
     for _, r in ipairs(self.params) do all = all and in_flat[r.grad] == true end
     self.norm_tensors = all and list or nil
     self.optimizer = opts.optimizer or M.default_optimizer(model, opts)
+    if self.zero > 0 then
+        self.optimizer = require("luatrain.dist.zero").new(model, pg, self.optimizer, { stage = self.zero })
+    elseif pg.world > 1 then
+        self.ddp = require("luatrain.dist.ddp").new(model, pg, { bucket_mb = opts.bucket_mb })
+    end
     self.lr_factor = optim.schedule(opts.schedule or "cosine", { warmup_steps = opts.warmup or 0,
         total_steps = steps, min_factor = opts.min_lr_factor })
     self.first_step = 1
@@ -276,7 +302,8 @@ function stages.forward_backward(self, st)
     for i = 1, self.grad_accum do
         local b = self.batches:next()
         if not b then break end
-        local n = trained_of(b)
+        -- the trained targets of the step on every rank (the loader's rounds count them)
+        local n = b.round_trained or trained_of(b)
         -- a source refills the same tensors on every call: with several micro-batches in
         -- hand, each is kept in buffers of its own
         if self.grad_accum > 1 then b = self:_hold(i, b) end
@@ -294,10 +321,15 @@ function stages.forward_backward(self, st)
         return
     end
     local loss = 0
-    for _, e in ipairs(batches) do
+    for k, e in ipairs(batches) do
         local b = e.b
+        local last = k == #batches
+        -- DDP: only the last micro-batch's backward communicates (its buckets start as it goes)
+        if self.ddp and last then self.ddp:arm() end
         loss = loss + model:forward_backward(b.ids, b.targets, { positions = b.positions,
             cu_seqlens = b.cu_seqlens, normalizer = trained })
+        -- ZeRO-2: every micro-batch but the last is reduce-scattered into the shards at once
+        if self.zero == 2 and not last then self.optimizer:reduce(false) end
     end
     st.loss = loss
 end
@@ -324,8 +356,28 @@ function Trainer:_hold(i, b)
     return out
 end
 
--- Nothing to reduce in one process: data parallelism hooks in here.
-function stages.reduce_gradients() end
+-- DDP: the buckets still running are waited for; ZeRO: the last micro-batch's gradients are
+-- reduce-scattered into the shards. Nothing in a world of 1.
+function stages.reduce_gradients(self)
+    if self.ddp then self.ddp:finish() end
+    if self.zero > 0 then self.optimizer:reduce(true) end
+end
+
+-- This rank's part of the gradient's sum of squares, for a norm every rank computes the
+-- same: ZeRO's shard; DDP's equal partition of the whole buffers in deterministic mode (so
+-- DDP and ZeRO round alike), else nil (every rank holds the whole summed gradient).
+function Trainer:_partition_sum_squares()
+    if self.zero > 0 then return self.optimizer:shard_sum_squares() end
+    if not self.pg.deterministic then return nil end
+    local s, W, r = 0, self.pg.world, self.pg.rank
+    for _, g in ipairs(self.model:flat_parameters()) do
+        if g.grads then
+            local S = g.numel / W
+            s = s + g.grads:narrow(1, r * S + 1, S):sum_squares()
+        end
+    end
+    return s
+end
 
 -- The first trainable parameter whose gradient holds a NaN or an infinity.
 function Trainer:first_nonfinite_gradient()
@@ -337,8 +389,20 @@ end
 
 function stages.unscale_check(self, st)
     st.grad_scale = st.grad_scale or 1
-    local norm = self.norm_tensors and require("luatrain.ops.nn").global_norm(self.norm_tensors)
-        or optim.grad_norm(self.params)
+    local norm
+    if self.pg.world > 1 then
+        -- the job's loss, tokens and (partitioned) sum of squares in one reduction: every
+        -- rank sees the same numbers, so a non-finite one stops every rank at this step
+        local part = self:_partition_sum_squares()
+        local t = self.pg:sum_numbers({ st.loss, st.tokens, part or 0 })
+        st.local_loss, st.local_tokens = st.loss, st.tokens
+        st.loss, st.tokens = t[1], t[2]
+        if part then norm = math.sqrt(t[3]) end
+    elseif self.zero > 0 then
+        norm = math.sqrt(self.optimizer:shard_sum_squares())
+    end
+    norm = norm or (self.norm_tensors and require("luatrain.ops.nn").global_norm(self.norm_tensors)
+        or optim.grad_norm(self.params))
     if st.grad_scale ~= 1 then norm = norm * st.grad_scale end
     st.grad_norm = norm
     if finite(st.loss) and finite(norm) then return end
@@ -379,6 +443,11 @@ function stages.log(self, st)
         step_ms = st.dt * 1000 }
     local mem = memory.stats(self.device)
     rec.peak_bytes, rec.current_bytes = mem.peak, mem.current
+    if self.pg.world > 1 then
+        -- peak_bytes is this rank's (rank 0); the largest over the ranks beside it
+        rec.peak_bytes_max = self.pg:max_numbers({ mem.peak })[1]
+        rec.world = self.pg.world
+    end
     if st.skipped then rec.skipped = true end
     if opts.eval and (opts.eval_every or 0) > 0 and st.step % opts.eval_every == 0 and st.step < self.steps then
         rec.eval_loss = M.eval_loss(self.model, opts.eval, self.eval_opts)
@@ -387,13 +456,28 @@ function stages.log(self, st)
     st.record = rec
     if self.log then self.log:write(rec) end
     if opts.checkpoint_dir and (opts.save_every or 0) > 0 and st.step % opts.save_every == 0 then
-        require("luatrain.checkpoint").save(opts.checkpoint_dir, { model = self.model, optimizer = self.optimizer,
-            loader = self.batches, step = st.step, keep_last = opts.keep_last })
+        self:save_checkpoint(st.step)
     end
-    if opts.on_step then opts.on_step(rec, self.steps) end
+    if opts.on_step and self.is_main then opts.on_step(rec, self.steps) end
 end
 
 M.stages = stages
+
+-- A run checkpoint in checkpoint_dir, in the single-process layout, written by rank 0; every
+-- rank takes part (ZeRO's shards travel to rank 0), and the others wait until it is written.
+function Trainer:save_checkpoint(step)
+    local opts = self.opts
+    local opt = self.optimizer
+    if self.pg.world > 1 then
+        local sd = opt:state_dict() -- collective under ZeRO; nil on ranks but 0
+        opt = { state_dict = function() return sd end }
+    end
+    if self.is_main then
+        require("luatrain.checkpoint").save(opts.checkpoint_dir, { model = self.model, optimizer = opt,
+            loader = self.batches, step = step, keep_last = opts.keep_last })
+    end
+    self.pg:barrier()
+end
 
 local function run_stage(self, name, st)
     for _, fn in ipairs(self.hooks_before[name] or {}) do fn(self, st) end
@@ -423,11 +507,13 @@ end
 -- Train from first_step to steps. Returns the measurements.
 function Trainer:run()
     local opts, model = self.opts, self.model
-    self.log = opts.log and log_mod.open(opts.log, self.first_step > 1) or nil
+    -- rank 0 writes the log (its records hold the job's numbers)
+    self.log = opts.log and self.is_main and log_mod.open(opts.log, self.first_step > 1) or nil
     local result = { steps = self.steps, loss_curve = {}, eval_curve = {}, step_times = {},
         first_step = self.first_step, skipped_steps = 0 }
     self.result = result
-    self.eval_opts = { batch_size = opts.batch_size, seq_len = opts.seq_len, pad_id = opts.pad_id }
+    self.eval_opts = { batch_size = opts.batch_size, seq_len = opts.seq_len, pad_id = opts.pad_id,
+        group = self.pg }
     -- peak memory of the device the model trains on (the host for a CPU model)
     self.device = model.device and model:device() or "cpu"
     memory.reset_peak(self.device)

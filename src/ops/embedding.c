@@ -1,9 +1,17 @@
 /* embedding.c - token embedding lookup and its scatter-add gradient.
  *
+ * The gradient of a row is added to dweight once per call: the contributions of every token
+ * with that id are summed first, in token order, then added. So the gradient of several
+ * calls (micro-batches, or ranks whose gradients are summed afterwards) is the sum of each
+ * call's gradient, rounded the same whichever way the calls are split or added: one
+ * process accumulating two micro-batches and two ranks summing one each agree bit for bit.
+ *
  * CUDA tensors go to cuda/embedding.cu after the checks below, which hold on every device;
  * the dtypes are the support table's (ops/support.c: out and dout f32 here, also bf16/f16
  * there; the weight any float dtype; dweight f32), and ids are range-checked on the
  * device. */
+#include <stdlib.h>
+
 #include "core/internal.h"
 #include "lt_ops.h"
 #include "ops/support.h"
@@ -92,7 +100,33 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
     LT_TRY(check_id_range(idp, ids->dtype_id, n, V, op));
     float *dw = lt_tensor_data(dweight);
     const float *d = lt_tensor_data(dout);
-#pragma omp parallel if (n * C >= LT_PAR_MIN_WORK)
+    if (n == 0 || C == 0) return LT_OK;
+    /* the tokens of each id as a chain in token order: first[id] (V), then next[i] (n);
+       the chain of an id is summed into a row of scratch before dweight's row is touched */
+    int nthr = 1;
+#ifdef _OPENMP
+    nthr = omp_get_max_threads();
+#endif
+    int64_t *first = malloc((size_t)V * sizeof *first), *next = malloc((size_t)n * sizeof *next),
+            *last = malloc((size_t)V * sizeof *last);
+    float *accs = malloc((size_t)nthr * (size_t)C * sizeof *accs); /* a row per thread */
+    if (!first || !next || !last || !accs) {
+        free(first);
+        free(next);
+        free(last);
+        free(accs);
+        return lt_fail(LT_ERR_NOMEM, "%s: cannot allocate the token chains of %lld ids", op,
+                       (long long)V);
+    }
+    for (int64_t v = 0; v < V; v++) first[v] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t id = lt_load_index(idp, ids->dtype_id, i);
+        next[i] = -1;
+        if (first[id] < 0) first[id] = i;
+        else next[last[id]] = i;
+        last[id] = i;
+    }
+#pragma omp parallel num_threads(nthr) if (n * C >= LT_PAR_MIN_WORK)
     {
         int nt = 1, tid = 0;
 #ifdef _OPENMP
@@ -100,13 +134,23 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
         tid = omp_get_thread_num();
 #endif
         int64_t lo = V * tid / nt, hi = V * (tid + 1) / nt;
+        float *acc = accs + (size_t)tid * (size_t)C;
         for (int64_t i = 0; i < n; i++) {
             int64_t id = lt_load_index(idp, ids->dtype_id, i);
-            if (id < lo || id >= hi) continue;
-            float *row = dw + id * C;
+            if (id < lo || id >= hi || first[id] != i) continue;
             const float *src = d + i * C;
-            for (int64_t c = 0; c < C; c++) row[c] += src[c];
+            for (int64_t c = 0; c < C; c++) acc[c] = src[c];
+            for (int64_t j = next[i]; j >= 0; j = next[j]) {
+                const float *more = d + j * C;
+                for (int64_t c = 0; c < C; c++) acc[c] += more[c];
+            }
+            float *row = dw + id * C;
+            for (int64_t c = 0; c < C; c++) row[c] += acc[c];
         }
     }
+    free(first);
+    free(next);
+    free(last);
+    free(accs);
     return LT_OK;
 }

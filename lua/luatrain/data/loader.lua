@@ -32,7 +32,8 @@ world ranks with grad_accum A see exactly the batches of one process with grad_a
 A x world, and the saved position is global: a run resumes at any world size. Every batch
 carries round_trained, the trained targets of its whole round (what the step's loss is
 divided by), which every rank knows without communicating. A round the data cannot fill
-ends the stream on every rank at once.
+ends the stream on every rank at once; with opts.whole_rounds = false (evaluation, where
+every batch counts) the ranks of a last, partial round still get their batches.
 ]]
 local ffi = require "ffi"
 local core = require "luatrain.core"
@@ -62,6 +63,7 @@ function M.new(ds, opts)
         seed = opts.seed or 0, epochs = opts.epochs, pad_id = opts.pad_id or 0,
         epoch = 1, pos = 0, order = tensor.empty({ ds.n }, { dtype = "i64" }),
         rng = ffi.new("lt_rng"), order_epoch = nil, rank = rank, world = world,
+        whole_rounds = opts.whole_rounds ~= false,
     }, Loader)
     local rows, cols = packing and 1 or B, packing and B * T or T
     self.ids = tensor.empty({ rows, cols }, { dtype = "i64" })
@@ -183,7 +185,10 @@ function Loader:next()
             round = round + batch.trained
         else
             local t = self:_skip()
-            if not t then return nil end
+            if not t then
+                if batch and not self.whole_rounds then break end
+                return nil
+            end
             round = round + t
         end
     end

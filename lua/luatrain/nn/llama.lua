@@ -280,6 +280,10 @@ end
 
 -- The largest position a forward will use, plus one: opts.max_position when the caller
 -- knows it, else the positions' maximum (read on the host), else T (+ the cache's start).
+local function fire(list, i, layer)
+    for _, fn in ipairs(list) do fn(i, layer) end
+end
+
 function M.positions_needed(ids, opts)
     if opts and opts.max_position then return opts.max_position end
     local pos = opts and opts.positions
@@ -314,9 +318,12 @@ function LlamaModel:forward(ids, opts)
     self.rope.kv = opts and opts.kv or nil
     local h = self.embed_tokens:forward(ids)
     self._layer_inputs = self._layer_inputs or {}
+    local hooks = self._layer_hooks
     for i, layer in ipairs(self.layers:children()) do
         self._layer_inputs[i] = h
+        if hooks then fire(hooks.pre_forward, i, layer) end
         h = layer:forward(h)
+        if hooks then fire(hooks.post_forward, i, layer) end
     end
     self._last = h
     self.output = self.norm:forward(h)
@@ -326,9 +333,42 @@ end
 function LlamaModel:backward(ids, dy)
     local g = self.norm:backward(self._last, dy)
     local kids = self.layers:children()
-    for i = #kids, 1, -1 do g = kids[i]:backward(self._layer_inputs[i], g) end
+    local hooks = self._layer_hooks
+    for i = #kids, 1, -1 do
+        -- around the layer's whole backward, recomputation included (gradient
+        -- checkpointing): a hook that gathers sharded weights sees them used there too
+        if hooks then fire(hooks.pre_backward, i, kids[i]) end
+        g = kids[i]:backward(self._layer_inputs[i], g)
+        if hooks then fire(hooks.post_backward, i, kids[i]) end
+    end
     self.embed_tokens:backward(ids, g)
     return nil
+end
+
+-- Hooks around each decoder layer: fn(i, layer) with the 1-based layer index, for kind
+-- "pre_forward", "post_forward", "pre_backward" or "post_backward" (post_backward of layer
+-- i: every gradient of layers i..L, the final norm and the head is complete). Data
+-- parallelism starts a bucket's reduction there; ZeRO-3 gathers and frees a layer's
+-- weights around it. Returns a function that removes the hook.
+local HOOK_KINDS = { pre_forward = true, post_forward = true, pre_backward = true, post_backward = true }
+
+function LlamaModel:add_layer_hook(kind, fn)
+    if not HOOK_KINDS[kind] then
+        error(("add_layer_hook: unknown kind %q (pre_forward, post_forward, pre_backward, post_backward)"):format(
+            tostring(kind)), 2)
+    end
+    self._layer_hooks = self._layer_hooks or { pre_forward = {}, post_forward = {}, pre_backward = {},
+        post_backward = {} }
+    local list = self._layer_hooks[kind]
+    list[#list + 1] = fn
+    return function()
+        for i, f in ipairs(list) do
+            if f == fn then
+                table.remove(list, i)
+                break
+            end
+        end
+    end
 end
 
 -- GradCheckpoint every decoder layer (flag true) or stop (false). The layers share one arena

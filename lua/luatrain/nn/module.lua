@@ -312,6 +312,8 @@ end
 --
 -- opts.trainable_only: flatten only the trainable groups (a frozen base, which needs no
 -- gradient traffic, is left as it is; flattening a group briefly holds it twice).
+-- opts.pad_multiple = W: each buffer's length is a multiple of W x 64 elements (zeros at
+-- the end), so it splits into W equal, aligned shards (ZeRO; data parallelism over W ranks).
 -- Returns the groups, also kept as model:flat_parameters():
 --   { key = "f32:cpu:trainable", dtype, device, trainable, numel (with the gaps),
 --     params = (numel) buffer, grads = (numel) f32 buffer or nil,
@@ -321,8 +323,8 @@ end
 
 local FLAT_ALIGN = 64 -- elements: 256 bytes of f32, 16-byte aligned for vector loads in any dtype
 
-local function flat_signature(records, trainable_only)
-    local parts = { trainable_only and "t" or "a" }
+local function flat_signature(records, trainable_only, pad)
+    local parts = { trainable_only and "t" or "a", tostring(pad) }
     for _, r in ipairs(records) do
         parts[#parts + 1] = tostring(r.param.storage) .. ":" .. tostring(r.grad and r.grad.storage)
     end
@@ -337,8 +339,12 @@ function Module:flatten_parameters(opts)
     for _, r in ipairs(self:named_parameters()) do
         if r.grad or not opts.trainable_only then records[#records + 1] = r end
     end
+    local pad = opts.pad_multiple or 1
+    if type(pad) ~= "number" or pad < 1 or pad ~= math.floor(pad) then
+        error(("flatten_parameters: pad_multiple must be a positive integer, got %s"):format(tostring(pad)), 2)
+    end
     local old = rawget(self, "_flat")
-    if old and old.signature == flat_signature(records, opts.trainable_only) then return old end
+    if old and old.signature == flat_signature(records, opts.trainable_only, pad) then return old end
     local groups, by_key = {}, {}
     for _, r in ipairs(records) do
         local p = r.param
@@ -355,6 +361,8 @@ function Module:flatten_parameters(opts)
         g.numel = g.numel + math.ceil(math.max(n, 1) / FLAT_ALIGN) * FLAT_ALIGN
     end
     for _, g in ipairs(groups) do
+        local unit = pad * FLAT_ALIGN
+        g.numel = math.ceil(g.numel / unit) * unit
         g.params = tensor.zeros({ g.numel }, { dtype = g.dtype, device = g.device })
         if g.trainable then g.grads = tensor.zeros({ g.numel }, { device = g.device }) end
         for _, e in ipairs(g.entries) do
@@ -372,7 +380,7 @@ function Module:flatten_parameters(opts)
             end
         end
     end
-    groups.signature = flat_signature(records, opts.trainable_only)
+    groups.signature = flat_signature(records, opts.trainable_only, pad)
     groups.trainable_only = opts.trainable_only and true or false
     rawset(self, "_flat", groups)
     return groups

@@ -1,0 +1,249 @@
+--[[
+dist/zero.lua - ZeRO stages 1 and 2: the optimizer's state sharded over the ranks.
+
+    local opt = require("luatrain.dist.zero").new(model, pg, caller_adamw, { stage = 2 })
+    -- opt has the optimizer interface: zero_grad, step{grad_scale}, set_lr_factor, get_lr,
+    -- state_dict, load_state_dict; the trainer drives it like any optimizer
+
+Each flat trainable buffer (Module:flatten_parameters, padded to a multiple of world x 64
+elements) is cut into `world` equal shards; rank r owns elements [r*S, (r+1)*S). AdamW's
+moments (8 bytes per element) exist only for the rank's shard: 1/world of them, plus the
+padding. After the backward the gradients are reduce-scattered, so rank r holds the sum
+over all ranks of its shard: stage 1 once per step, after the last micro-batch; stage 2
+after every micro-batch, into a shard accumulator. Rank r then updates its shard of the
+parameters with the caller's AdamW hyperparameters (each parameter group's own lr, betas,
+eps and weight decay, applied to the pieces of that group's parameters the shard holds),
+and the updated shards are all-gathered into every rank's parameters.
+
+The trainable f32 parameters are luatrain's master weights and every rank keeps them
+whole (the forward needs them); sharding them needs a lower-precision working copy of the
+parameters (the precision policy, a later stage). Checkpoints: state_dict gathers the
+shards to rank 0 in the single-process layout (the caller's optimizer's groups and
+positions); load_state_dict takes that layout and every rank copies out its shard, so a
+checkpoint saved at one world size loads at any other.
+]]
+local optim = require "luatrain.optim"
+local tensor = require "luatrain.tensor"
+
+local M = {}
+local Zero = {}
+Zero.__index = Zero
+
+-- opts: stage (1 or 2).
+function M.new(model, pg, base, opts)
+    opts = opts or {}
+    local stage = opts.stage or 1
+    if stage ~= 1 and stage ~= 2 then error(("zero: stage must be 1 or 2, got %s"):format(tostring(stage)), 2) end
+    if type(base) ~= "table" or not base.groups or not base.state then
+        error("zero: needs the AdamW optimizer to shard (lt.optim.AdamW)", 2)
+    end
+    local flat = model:flat_parameters()
+    if not flat then error("zero: flatten the model's parameters first (Module:flatten_parameters)", 2) end
+    local W, r = pg.world, pg.rank
+    local self = setmetatable({ model = model, pg = pg, base = base, stage = stage, shards = {},
+        micro = 0 }, Zero)
+    -- the caller's groups, by parameter tensor (records are made afresh by every
+    -- parameters() call; the tensors are the same objects): where each parameter's
+    -- hyperparameters live
+    local group_of = {}
+    for gi, g in ipairs(base.groups) do
+        for pi, rec in ipairs(g.params) do group_of[rec.param] = { gi = gi, pi = pi } end
+    end
+    local seg_groups = {}
+    for gi in ipairs(base.groups) do seg_groups[gi] = {} end
+    for _, g in ipairs(flat) do
+        if g.grads then
+            if g.numel % W ~= 0 then
+                error(("zero: a flat buffer of %d elements does not split into %d shards (flatten with pad_multiple = %d)"):format(
+                    g.numel, W, W), 2)
+            end
+            local S = g.numel / W
+            local lo, hi = r * S, (r + 1) * S
+            local sh = { group = g, lo = lo, hi = hi, S = S,
+                grad = tensor.zeros({ S }, { device = g.grads.device }),
+                param = g.params:narrow(1, lo + 1, S),
+                send = tensor.empty({ S }, { dtype = g.params.dtype, device = g.params.device }),
+                segments = {} }
+            if stage == 2 then sh.scratch = tensor.zeros({ S }, { device = g.grads.device }) end
+            for _, e in ipairs(g.entries) do
+                local a, b = math.max(lo, e.offset), math.min(hi, e.offset + e.numel)
+                local where = group_of[e.record.param]
+                if b > a then
+                    if not where then
+                        error(("zero: parameter %s is trainable but not in the optimizer"):format(e.name), 2)
+                    end
+                    local seg = { entry = e, gi = where.gi, pi = where.pi, start = a - e.offset, n = b - a,
+                        record = { name = ("%s[%d:%d]"):format(e.name, a - e.offset, b - e.offset),
+                            param = g.params:narrow(1, a + 1, b - a), grad = sh.grad:narrow(1, a - lo + 1, b - a) } }
+                    sh.segments[#sh.segments + 1] = seg
+                    local list = seg_groups[where.gi]
+                    list[#list + 1] = seg
+                end
+            end
+            self.shards[#self.shards + 1] = sh
+        end
+    end
+    -- the rank's optimizer: AdamW over its segments, group by group as the caller's
+    local groups = {}
+    for gi, g in ipairs(base.groups) do
+        local recs = {}
+        for i, seg in ipairs(seg_groups[gi]) do recs[i] = seg.record end
+        groups[gi] = { params = recs, lr = g.initial_lr, beta1 = g.beta1, beta2 = g.beta2, eps = g.eps,
+            weight_decay = g.weight_decay }
+    end
+    self.inner = optim.AdamW(groups, {})
+    -- the moments the caller's optimizer allocated for whole parameters are not needed
+    for rec, st in pairs(base.state) do
+        st.exp_avg:free()
+        st.exp_avg_sq:free()
+        base.state[rec] = nil
+    end
+    self.segments_by_group = seg_groups
+    self.group_of = group_of
+    return self
+end
+
+-- The optimizer interface -------------------------------------------------------------------
+
+function Zero:zero_grad()
+    self.model:zero_grad()
+    for _, sh in ipairs(self.shards) do sh.grad:zero_() end
+    self.micro = 0
+end
+
+function Zero:set_lr_factor(f)
+    self.inner:set_lr_factor(f)
+    self.base:set_lr_factor(f)
+end
+
+function Zero:get_lr() return self.inner:get_lr() end
+
+-- Reduce-scatter the micro-batch's gradients into the shards. Stage 1 calls it once, after
+-- the last micro-batch; stage 2 after every one (and clears the whole-model gradients the
+-- next micro-batch accumulates into).
+function Zero:reduce(last)
+    for _, sh in ipairs(self.shards) do
+        local g = sh.group
+        if self.stage == 1 then
+            self.pg:reduce_scatter(sh.grad, g.grads, "sum"):wait()
+        elseif self.micro == 0 then
+            self.pg:reduce_scatter(sh.grad, g.grads, "sum"):wait()
+        else
+            self.pg:reduce_scatter(sh.scratch, g.grads, "sum"):wait()
+            sh.grad:add_(sh.scratch)
+        end
+        if self.stage == 2 and not last then g.grads:zero_() end
+    end
+    self.micro = self.micro + 1
+end
+
+-- Sum of squares of this rank's shard of the gradients (f64 on the host).
+function Zero:shard_sum_squares()
+    local s = 0
+    for _, sh in ipairs(self.shards) do s = s + sh.grad:sum_squares() end
+    return s
+end
+
+-- AdamW on the rank's shard, then every rank's parameters made whole again.
+function Zero:step(opts)
+    self.inner:step(opts)
+    for _, sh in ipairs(self.shards) do
+        sh.send:copy_(sh.param)
+        self.pg:all_gather(sh.group.params, sh.send):wait()
+    end
+end
+
+-- Bytes of optimizer state this rank holds (the moments of its shard).
+function Zero:state_bytes()
+    local n = 0
+    for _, st in pairs(self.inner.state) do n = n + st.exp_avg:nbytes() + st.exp_avg_sq:nbytes() end
+    return n
+end
+
+-- Checkpoints ---------------------------------------------------------------------------------
+
+-- The moments of flat buffer `sh` (one per kind), gathered to rank 0 shard by shard: returns
+-- on rank 0 a whole-buffer tensor per kind, elsewhere nil.
+local function gather_moments(self, sh, kind)
+    local S, W = sh.S, self.pg.world
+    local mine = tensor.zeros({ S }, { device = sh.grad.device })
+    for _, seg in ipairs(sh.segments) do
+        local st = self.inner.state[seg.record]
+        mine:narrow(1, seg.entry.offset + seg.start - sh.lo + 1, seg.n):copy_(st[kind])
+    end
+    local full = self.pg:is_main() and tensor.zeros({ sh.group.numel }, { device = sh.grad.device }) or nil
+    local buf = tensor.empty({ S }, { device = sh.grad.device })
+    for root = 0, W - 1 do
+        buf:copy_(mine)
+        self.pg:broadcast(buf, root):wait()
+        if full then full:narrow(1, root * S + 1, S):copy_(buf) end
+    end
+    mine:free()
+    buf:free()
+    return full
+end
+
+-- The single-process layout of the caller's optimizer, on rank 0 (nil elsewhere); every rank
+-- must call it (the shards travel to rank 0).
+function Zero:state_dict()
+    local tensors, params, groups = {}, {}, {}
+    local is_main = self.pg:is_main()
+    local steps = {}
+    for _, st in pairs(self.inner.state) do steps[#steps + 1] = st.step end
+    local step = steps[1] or 0
+    for _, sh in ipairs(self.shards) do
+        local m = gather_moments(self, sh, "exp_avg")
+        local v = gather_moments(self, sh, "exp_avg_sq")
+        if is_main then
+            for _, e in ipairs(sh.group.entries) do
+                local w = self.group_of[e.record.param]
+                local where = w.gi .. "." .. w.pi
+                local shape = e.record.param:shape()
+                tensors[where .. ".exp_avg"] = m:narrow(1, e.offset + 1, e.numel):view(shape):clone()
+                tensors[where .. ".exp_avg_sq"] = v:narrow(1, e.offset + 1, e.numel):view(shape):clone()
+                params[where] = { name = e.name, step = step, shape = shape }
+            end
+            m:free()
+            v:free()
+        end
+    end
+    if not is_main then return nil end
+    for gi, g in ipairs(self.inner.groups) do
+        groups[gi] = { lr = g.lr, initial_lr = g.initial_lr, beta1 = g.beta1, beta2 = g.beta2, eps = g.eps,
+            weight_decay = g.weight_decay }
+    end
+    return { tensors = tensors, params = params, groups = groups }
+end
+
+-- Restore from the single-process layout: every rank copies out the pieces of its shard.
+function Zero:load_state_dict(sd)
+    if type(sd) ~= "table" or type(sd.tensors) ~= "table" or type(sd.params) ~= "table" then
+        error("zero:load_state_dict: not an AdamW state (need tensors and params)", 2)
+    end
+    for gi, list in ipairs(self.segments_by_group) do
+        for _, seg in ipairs(list) do
+            local key = gi .. "." .. seg.pi
+            local meta, m, v = sd.params[key], sd.tensors[key .. ".exp_avg"], sd.tensors[key .. ".exp_avg_sq"]
+            if not (meta and m and v) then
+                error(("zero:load_state_dict: no state for group %d parameter %d (%s)"):format(gi, seg.pi,
+                    seg.entry.name), 2)
+            end
+            if m:numel() ~= seg.entry.numel then
+                error(("zero:load_state_dict: parameter %s has %d elements but the saved state %d"):format(
+                    seg.entry.name, seg.entry.numel, m:numel()), 2)
+            end
+            local st = self.inner.state[seg.record]
+            st.exp_avg:copy_(m:contiguous():view(m:numel()):narrow(1, seg.start + 1, seg.n))
+            st.exp_avg_sq:copy_(v:contiguous():view(v:numel()):narrow(1, seg.start + 1, seg.n))
+            st.step = meta.step
+        end
+    end
+    for gi, g in ipairs(self.inner.groups) do
+        local sg = sd.groups and sd.groups[gi]
+        if sg then
+            for k, val in pairs(sg) do g[k] = val end
+        end
+    end
+end
+
+return M
