@@ -871,4 +871,20 @@ T.test("flat parameters stay flat across to() and are redone after adapters are 
     T.eq(n, 2 * CFG.num_hidden_layers)
 end)
 
+T.test("the embedding's gradient of two calls is the sum of each call's, bit for bit", function()
+    -- what makes one process accumulating micro-batches agree with ranks that sum theirs
+    lt.manual_seed(12)
+    local V, C = 7, 33
+    local ids1 = lt.tensor({ { 1, 3, 3, 5, 3, 0 } }, { dtype = "i64" })
+    local ids2 = lt.tensor({ { 3, 5, 5, 6, 1, 3 } }, { dtype = "i64" })
+    local d1, d2 = lt.randn(1, 6, C), lt.randn(1, 6, C)
+    local acc = lt.zeros(V, C)
+    lt.ops.embedding_backward(d1, ids1, acc)
+    lt.ops.embedding_backward(d2, ids2, acc)
+    local a, b = lt.zeros(V, C), lt.zeros(V, C)
+    lt.ops.embedding_backward(d1, ids1, a)
+    lt.ops.embedding_backward(d2, ids2, b)
+    T.ok(acc:equal(a:add_(b)), "accumulated == added")
+end)
+
 T.done()
