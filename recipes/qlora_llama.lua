@@ -18,6 +18,11 @@ The run: load and quantize the base layer by layer, put LoRA on the chosen linea
 show a sample answer and the accuracy before training, train (packed batches, gradient
 accumulation, warm-up + cosine schedule, clipping), report the held-out loss, show the
 sample and accuracy after, and save the adapter (atomically) with a summary.
+
+Under mpirun (mpirun -np N luatrain recipes/qlora_llama.lua ...) it trains data-parallel:
+every rank holds the model, the batches are shared out, gradients are summed (zero=0: DDP)
+or the optimizer state is sharded (zero=1, zero=2); rank 0 alone prints, evaluates answers
+and writes the adapter and the log.
 ]]
 local lt = require "luatrain"
 
@@ -60,6 +65,8 @@ local cfg = lt.config {
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
     threads = { 0, "CPU threads (0: one per CPU this process may run on)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
+    zero = { 0, "data parallelism under mpirun: 0 DDP (every rank holds the optimizer state), 1 or 2 ZeRO stages "
+        .. "(state sharded; 2 also shards the accumulated gradients)", type = "int", choices = { 0, 1, 2 } },
     precision = { "auto", "activations' dtype: f32, or bf16 with f32 master weights (CUDA only); auto: bf16 on a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16" } },
 }
@@ -74,6 +81,11 @@ local smallest = math.min(model_cfg.hidden_size, model_cfg.intermediate_size,
     model_cfg.num_key_value_heads * model_cfg.head_dim)
 need(cfg.r <= smallest, ("r=%d is larger than the model's smallest linear dimension (%d): a rank above it "
     .. "adds parameters, not expressiveness"):format(cfg.r, smallest))
+
+-- the job's processes (one without mpirun): rank 0 prints and writes
+local pg = lt.dist.init()
+local main = pg:is_main()
+local function say(...) if main then print(...) end end
 
 lt.set_num_threads(cfg.threads)
 lt.manual_seed(cfg.seed)
@@ -116,13 +128,13 @@ model:to(cfg.device)
 model:set_compute_dtype(cfg.precision ~= "auto" and cfg.precision or (cfg.device == "cpu" and "f32" or "bf16"))
 local n_train = model:num_parameters(true)
 
-print(("qlora_llama: %s on %s"):format(cfg.model, cfg.device))
-print(("  %s; %d decoder layers, hidden %d, vocabulary %d"):format(model:extra_repr(), c.num_hidden_layers,
+say(("qlora_llama: %s on %s"):format(cfg.model, cfg.device))
+say(("  %s; %d decoder layers, hidden %d, vocabulary %d"):format(model:extra_repr(), c.num_hidden_layers,
     c.hidden_size, c.vocab_size))
-print(("  parameters: %.2fM, trainable %.3fM (%.2f%%) in %d LoRA layers (r=%d, alpha=%g%s%s)"):format(
+say(("  parameters: %.2fM, trainable %.3fM (%.2f%%) in %d LoRA layers (r=%d, alpha=%g%s%s)"):format(
     n_total / 1e6, n_train / 1e6, 100 * n_train / n_total, #adapted, cfg.r, cfg.alpha,
     cfg.rslora and ", rsLoRA" or "", cfg.dora and ", DoRA" or ""))
-print(("  memory plan: base %s as f32 -> %s %s (%.3f bits/weight) + %s unquantized; adapters, gradients and AdamW %s; loading peaked at %s"):format(
+say(("  memory plan: base %s as f32 -> %s %s (%.3f bits/weight) + %s unquantized; adapters, gradients and AdamW %s; loading peaked at %s"):format(
     mb(4 * n_total), mb(n_quant_bytes + n_plain_bytes), quant and cfg.quant or "f32",
     n_quant_bytes > 0 and 8 * n_quant_bytes / (n_total - n_plain_bytes / 2) or 32,
     mb(n_plain_bytes), mb(16 * n_train), mb(load_peak)))
@@ -144,20 +156,33 @@ if eval_path == "" then
         end
     end
     train_path, eval_path = tmp .. "/train.jsonl", tmp .. "/eval.jsonl"
-    lt.fs.write_atomic(train_path, table.concat(tr, "\n") .. "\n")
-    lt.fs.write_atomic(eval_path, table.concat(ev, "\n") .. "\n")
+    if main then
+        lt.fs.write_atomic(train_path, table.concat(tr, "\n") .. "\n")
+        lt.fs.write_atomic(eval_path, table.concat(ev, "\n") .. "\n")
+    end
+    pg:barrier()
 end
-local train_ds = lt.data.build(train_path, tok, data_opts)
-local eval_ds = lt.data.build(eval_path, tok, data_opts)
-print(("  data: %d training samples (%d tokens), %d held out; template %s, trained on %s"):format(
+-- several ranks: rank 0 tokenizes into a cache the others then map
+if pg.world > 1 then data_opts.cache_dir = cfg.output_dir .. "/.token_cache" end
+local function build(path)
+    if pg.world == 1 then return lt.data.build(path, tok, data_opts) end
+    local ds
+    if main then ds = lt.data.load(path, tok, data_opts) end
+    pg:barrier()
+    return ds or lt.data.load(path, tok, data_opts)
+end
+local train_ds = build(train_path)
+local eval_ds = build(eval_path)
+say(("  data: %d training samples (%d tokens), %d held out; template %s, trained on %s"):format(
     train_ds.n, train_ds.total, eval_ds.n, cfg.template, cfg.train_on))
 
 -- ---- evaluation -------------------------------------------------------------------------------
 local questions = lt.trainer.questions(eval_path, cfg.template, cfg.eval_samples)
 local gen_opts = { max_new_tokens = cfg.max_new_tokens, stop_ids = { lt.data.templates.end_of_turn(cfg.template, tok) } }
-local eval_opts = { batch_size = cfg.batch_size, seq_len = cfg.seq_len, pad_id = tok.pad_id or tok.eos_id or 0 }
+local eval_opts = { batch_size = cfg.batch_size, seq_len = cfg.seq_len, pad_id = tok.pad_id or tok.eos_id or 0,
+    group = pg }
 local function show(when, q)
-    if not q then return end
+    if not q or not main then return end
     io.write(("\n%s training, %q\n  -> "):format(when, q.question))
     lt.trainer.answer(model, tok, q, { max_new_tokens = cfg.max_new_tokens, stop_ids = gen_opts.stop_ids,
         on_text = function(piece) io.write(piece) io.flush() end })
@@ -165,36 +190,44 @@ local function show(when, q)
 end
 
 show("before", questions[1])
-local acc_before, right_before = lt.trainer.accuracy(model, tok, questions, gen_opts)
+-- generated answers are scored on rank 0 (the others go on to the held-out loss, shared out)
+local acc_before, right_before = 0, 0
+if main then acc_before, right_before = lt.trainer.accuracy(model, tok, questions, gen_opts) end
 local loss_before = lt.trainer.eval_loss(model, eval_ds, eval_opts)
-print(("held-out: loss %.4f, exact-match accuracy %.1f%% (%d/%d)\n"):format(loss_before, 100 * acc_before,
+say(("held-out: loss %.4f, exact-match accuracy %.1f%% (%d/%d)\n"):format(loss_before, 100 * acc_before,
     right_before, #questions))
 
 -- ---- training --------------------------------------------------------------------------------
-local bar = lt.log.progress("training")
+local bar = main and lt.log.progress("training")
 local result = lt.trainer.finetune{
     model = model, train = train_ds, eval = eval_ds, batch_size = cfg.batch_size, seq_len = cfg.seq_len,
     grad_accum = cfg.grad_accum, lr = cfg.lr, weight_decay = cfg.weight_decay, schedule = cfg.schedule,
     lora_plus_ratio = cfg.lora_plus_ratio, detect_nonfinite = cfg.detect_nonfinite,
     warmup = cfg.warmup, steps = cfg.steps, epochs = cfg.epochs, grad_clip = cfg.grad_clip, seed = cfg.seed,
-    pad_id = eval_opts.pad_id, eval_every = cfg.eval_every, log = cfg.output_dir .. "/log.jsonl",
+    pad_id = eval_opts.pad_id, eval_every = cfg.eval_every, log = cfg.output_dir .. "/log.jsonl", zero = cfg.zero,
     on_step = function(rec, total)
         bar:update(rec.step / total, ("step %d loss %.4f lr %.2e %.0f tok/s peak %s%s"):format(rec.step, rec.loss,
             rec.lr, rec.tokens_per_s, mb(rec.peak_bytes), rec.eval_loss and (" eval %.4f"):format(rec.eval_loss) or ""))
     end,
 }
-bar:finish(("%d steps, loss %.4f -> %.4f"):format(result.steps, result.first_loss, result.last_loss))
+if bar then bar:finish(("%d steps, loss %.4f -> %.4f"):format(result.steps, result.first_loss, result.last_loss)) end
 
 -- ---- after ------------------------------------------------------------------------------------
 show("after", questions[1])
-local acc_after, right_after = lt.trainer.accuracy(model, tok, questions, gen_opts)
-lt.lora.save(model, cfg.output_dir, { base_model_name_or_path = cfg.model })
+local acc_after, right_after = 0, 0
+if main then
+    acc_after, right_after = lt.trainer.accuracy(model, tok, questions, gen_opts)
+    lt.lora.save(model, cfg.output_dir, { base_model_name_or_path = cfg.model })
+end
+pg:barrier()
 
-print("\nsummary")
-print(("  held-out loss       %.4f -> %.4f"):format(loss_before, result.eval_loss))
-print(("  exact-match         %.1f%% -> %.1f%% (%d -> %d of %d)"):format(100 * acc_before, 100 * acc_after,
+say("\nsummary")
+say(("  held-out loss       %.4f -> %.4f"):format(loss_before, result.eval_loss))
+say(("  exact-match         %.1f%% -> %.1f%% (%d -> %d of %d)"):format(100 * acc_before, 100 * acc_after,
     right_before, right_after, #questions))
-print(("  training            %d steps in %.1f s, %.0f tokens/s, peak memory %s"):format(result.steps,
+say(("  training            %d steps in %.1f s, %.0f tokens/s, peak memory %s"):format(result.steps,
     result.train_time, result.tokens_per_s, mb(result.peak_bytes)))
-print(("  adapter             %s (PEFT: adapter_config.json, adapter_model.safetensors)"):format(cfg.output_dir))
-print(("  total time          %.1f s"):format(wall() - t_start))
+say(("  adapter             %s (PEFT: adapter_config.json, adapter_model.safetensors)"):format(cfg.output_dir))
+say(("  total time          %.1f s"):format(wall() - t_start))
+if pg.world > 1 then say(("  ranks               %d (zero=%d)"):format(pg.world, cfg.zero)) end
+lt.dist.shutdown()

@@ -24,6 +24,11 @@ norm, tokens/s and peak memory to the console and to <out>/log.jsonl, writes a c
 (model, optimizer, data position, RNG) to <out>/checkpoint-<step> every `save_every` steps,
 keeping the `keep_last` newest, and saves the model to <out>/model as a Hugging Face folder.
 `resume` continues a run from a checkpoint on exactly the trajectory it would have followed.
+
+Under mpirun it trains data-parallel (zero=0 DDP, zero=1/2 ZeRO): the ranks share the
+batches, rank 0 prints and writes the log, checkpoints and the model; a checkpoint resumes
+at any number of ranks (keep batch_size x ranks x grad_accum the same to continue the same
+trajectory).
 ]]
 local lt = require "luatrain"
 
@@ -55,6 +60,9 @@ local cfg = lt.config {
     seed = { 1337, "seed for weights and batches", type = "int" },
     threads = { 0, "CPU threads (0: one per CPU this process may run on)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N" },
+    grad_accum = { 1, "micro-batches per optimizer step", type = "int", min = 1 },
+    zero = { 0, "data parallelism under mpirun: 0 DDP, 1 or 2 ZeRO stages (optimizer state sharded)",
+        type = "int", choices = { 0, 1, 2 } },
     precision = { "auto", "activations' dtype: f32, or bf16 with f32 master weights (CUDA only); auto: bf16 on a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16" } },
     log_every = { 10, "print a line every this many steps", type = "int", min = 1 },
@@ -70,6 +78,11 @@ local cfg = lt.config {
     ffn_dim = { 768, "MLP width of a new model", type = "int", min = 1 },
 }
 
+-- the job's processes (one without mpirun): rank 0 prints and writes
+local pg = lt.dist.init()
+local main = pg:is_main()
+local function say(...) if main then print(...) end end
+
 lt.set_num_threads(cfg.threads)
 lt.manual_seed(cfg.seed)
 
@@ -81,11 +94,16 @@ if cfg.dataset ~= "" then
         error("train_tiny: dataset= needs a tokenizer: give tokenizer= or model=", 0)
     end
     tok = lt.tokenizer.load(tpath)
-    ds = lt.data.load(cfg.dataset, tok, { template = cfg.template, train_on = cfg.train_on,
-        max_len = cfg.seq_len, cache_dir = cfg.cache_dir ~= "" and cfg.cache_dir or nil })
+    local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len,
+        cache_dir = cfg.cache_dir ~= "" and cfg.cache_dir or nil }
+    -- several ranks: rank 0 tokenizes into a cache the others then map
+    if pg.world > 1 and not data_opts.cache_dir then data_opts.cache_dir = cfg.out .. "/.token_cache" end
+    if main then ds = lt.data.load(cfg.dataset, tok, data_opts) end
+    pg:barrier()
+    ds = ds or lt.data.load(cfg.dataset, tok, data_opts)
     batches = lt.data.loader(ds, { batch_size = cfg.batch_size, seq_len = cfg.seq_len,
         packing = cfg.packing, seed = cfg.seed, epochs = cfg.epochs > 0 and cfg.epochs or nil,
-        pad_id = tok.pad_id or tok.eos_id or 0 })
+        pad_id = tok.pad_id or tok.eos_id or 0, rank = pg.rank, world = pg.world })
 end
 
 -- ---- model -------------------------------------------------------------------------------
@@ -115,7 +133,8 @@ if not ds then
             model.config.vocab_size), 0)
     end
     text = cfg.text ~= "" and lt.data.read_file(cfg.text) or lt.data.tiny_stories(4000, cfg.seed)
-    batches = lt.data.windows(lt.data.byte_stream(text), cfg.batch_size, cfg.seq_len, cfg.seed)
+    batches = lt.data.windows(lt.data.byte_stream(text), cfg.batch_size, cfg.seq_len, cfg.seed,
+        { rank = pg.rank, world = pg.world })
 end
 
 -- ---- optimizer: weight decay on matrices only ------------------------------------------
@@ -130,14 +149,14 @@ local opt = lt.optim.AdamW({
 }, { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-8 })
 
 local n_params = model:num_parameters()
-print(("train_tiny: %s"):format(model:extra_repr()))
+say(("train_tiny: %s"):format(model:extra_repr()))
 if ds then
-    print(("  %.2fM parameters, %d threads, %s: %d samples, %d tokens (%d trained per epoch), %s template, batch %d x %d%s"):format(
+    say(("  %.2fM parameters, %d threads, %s: %d samples, %d tokens (%d trained per epoch), %s template, batch %d x %d%s"):format(
         n_params / 1e6, lt.get_num_threads(), cfg.dataset, ds.n, ds.total, ds.total, cfg.template,
         cfg.batch_size, cfg.seq_len, cfg.packing and " packed" or ""))
-    if (ds.meta.bad_lines or 0) > 0 then print(("  %d bad lines skipped"):format(ds.meta.bad_lines)) end
+    if (ds.meta.bad_lines or 0) > 0 then say(("  %d bad lines skipped"):format(ds.meta.bad_lines)) end
 else
-    print(("  %.2fM parameters, %d threads, %d bytes of text, batch %d x %d"):format(n_params / 1e6,
+    say(("  %.2fM parameters, %d threads, %d bytes of text, batch %d x %d"):format(n_params / 1e6,
         lt.get_num_threads(), #text, cfg.batch_size, cfg.seq_len))
 end
 
@@ -147,30 +166,31 @@ local t_start = wall()
 local trainer = lt.trainer.new{
     model = model, train = batches, optimizer = opt, steps = cfg.steps, schedule = cfg.schedule,
     warmup = cfg.warmup, min_lr_factor = cfg.min_lr_factor, grad_clip = cfg.grad_clip,
-    detect_nonfinite = cfg.detect_nonfinite,
+    detect_nonfinite = cfg.detect_nonfinite, grad_accum = cfg.grad_accum, zero = cfg.zero,
     log = cfg.out ~= "" and (cfg.out .. "/log.jsonl") or nil,
     checkpoint_dir = cfg.out ~= "" and cfg.out or nil, save_every = cfg.save_every, keep_last = cfg.keep_last,
     resume = cfg.resume ~= "" and cfg.resume or nil,
     on_step = function(rec, total)
         if rec.step == trainer_first or rec.step % cfg.log_every == 0 or rec.step == total then
-            print(lt.log.line({ { "step", rec.step, "%5d" }, { "loss", rec.loss, "%.4f" }, { "lr", rec.lr, "%.2e" },
+            say(lt.log.line({ { "step", rec.step, "%5d" }, { "loss", rec.loss, "%.4f" }, { "lr", rec.lr, "%.2e" },
                 { "grad norm", rec.grad_norm or 0, "%.3f" }, { "tok/s", rec.tokens_per_s, "%.0f" },
                 { "peak", lt.memory.format_bytes(rec.peak_bytes), "%s" } }))
         end
     end,
 }
 trainer_first = trainer.first_step
-if trainer.resumed_from then print(("resumed from %s at step %d"):format(trainer.resumed_from, trainer.first_step - 1)) end
+if trainer.resumed_from then say(("resumed from %s at step %d"):format(trainer.resumed_from, trainer.first_step - 1)) end
 local result = trainer:run()
 if ds and result.steps < cfg.steps then
-    print(("the dataset's %d epochs are done at step %d"):format(cfg.epochs, result.steps))
+    say(("the dataset's %d epochs are done at step %d"):format(cfg.epochs, result.steps))
 end
 if result.steps >= result.first_step then
-    print(("done: loss %.4f -> %.4f in %.1f s (%.0f tokens/s), peak memory %s"):format(result.first_loss,
+    say(("done: loss %.4f -> %.4f in %.1f s (%.0f tokens/s), peak memory %s"):format(result.first_loss,
         result.last_loss, wall() - t_start, result.tokens_per_s, lt.memory.format_bytes(result.peak_bytes)))
 end
 
-if cfg.save and cfg.out ~= "" then
+if cfg.save and cfg.out ~= "" and main then
     lt.llama.save_pretrained(model, cfg.out .. "/model")
-    print("saved " .. cfg.out .. "/model")
+    say("saved " .. cfg.out .. "/model")
 end
+lt.dist.shutdown()

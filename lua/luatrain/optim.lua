@@ -207,6 +207,70 @@ function AdamW:load_state_dict(sd)
     end
 end
 
+-- ---- SGD -------------------------------------------------------------------------------------
+
+-- Plain SGD: p -= lr * (grad_scale * grad + weight_decay * p). No momentum: its update is
+-- proportional to the gradient, so a test that trains with it sees a wrong gradient scale
+-- (AdamW's update divides it out). opts: lr (1e-2), weight_decay (0); groups as AdamW's.
+local SGD = {}
+SGD.__index = SGD
+
+function M.SGD(params, opts)
+    opts = opts or {}
+    if type(params) ~= "table" then error("SGD: params must be a list of parameter records or groups", 2) end
+    local groups = is_group_list(params) and params or { { params = params } }
+    local self = setmetatable({ groups = {}, state = {} }, SGD)
+    for gi, g in ipairs(groups) do
+        local group = { params = {}, lr = g.lr or opts.lr or 1e-2, weight_decay = g.weight_decay or opts.weight_decay or 0 }
+        group.initial_lr = group.lr
+        for pi, r in ipairs(g.params) do
+            if not r.grad then
+                error(("SGD: parameter %s (group %d) has no gradient: it is frozen, so leave it out"):format(
+                    r.name or ("entry " .. pi), gi), 2)
+            end
+            group.params[#group.params + 1] = r
+        end
+        self.groups[gi] = group
+    end
+    return self
+end
+
+function SGD:step(opts)
+    local gs = opts and opts.grad_scale or 1
+    for _, g in ipairs(self.groups) do
+        for _, r in ipairs(g.params) do
+            if g.weight_decay ~= 0 then r.param:mul_(1 - g.lr * g.weight_decay) end
+            r.param:add_(r.grad, -g.lr * gs)
+        end
+    end
+end
+
+function SGD:zero_grad()
+    for _, g in ipairs(self.groups) do
+        for _, r in ipairs(g.params) do r.grad:zero_() end
+    end
+end
+
+function SGD:set_lr_factor(factor)
+    for _, g in ipairs(self.groups) do g.lr = g.initial_lr * factor end
+end
+
+function SGD:get_lr() return self.groups[1] and self.groups[1].lr end
+
+-- SGD keeps no state but its learning rates.
+function SGD:state_dict()
+    local groups = {}
+    for gi, g in ipairs(self.groups) do groups[gi] = { lr = g.lr, initial_lr = g.initial_lr, weight_decay = g.weight_decay } end
+    return { tensors = {}, params = {}, groups = groups }
+end
+
+function SGD:load_state_dict(sd)
+    for gi, g in ipairs(self.groups) do
+        local sg = sd.groups and sd.groups[gi]
+        if sg then for k, v in pairs(sg) do g[k] = v end end
+    end
+end
+
 -- ---- gradient norms ---------------------------------------------------------------------
 
 -- The global L2 norm of the gradients of `params` (records with .grad).

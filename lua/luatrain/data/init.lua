@@ -51,8 +51,11 @@ end
 local Windows = {}
 Windows.__index = Windows
 
--- Random windows of T + 1 tokens from a 1-D i32/i64 stream (longer than T).
-function M.windows(stream, B, T, seed)
+-- Random windows of T + 1 tokens from a 1-D i32/i64 stream (longer than T). opts.rank and
+-- opts.world shard it for data parallelism as the loader does: the ranks draw one global
+-- sequence of batches in rounds of `world`, rank r keeping batch r of each round.
+function M.windows(stream, B, T, seed, opts)
+    opts = opts or {}
     local n = stream:numel()
     if n < T + 2 then
         error(("windows: a stream of %d tokens is too short for windows of %d"):format(n, T + 1), 2)
@@ -66,6 +69,8 @@ function M.windows(stream, B, T, seed)
         rng = ffi.new("lt_rng"),
         draws = 0,
         seed = seed or 0,
+        rank = opts.rank or 0,
+        world = opts.world or 1,
     }, Windows)
     require("luatrain.core").C.lt_rng_seed(self.rng, self.seed)
     return self
@@ -74,8 +79,18 @@ end
 function Windows:next()
     local C = require("luatrain.core").C
     local check = require("luatrain.core").check
-    check(C.lt_tensor_randint(self.starts, 0, self.n - self.T - 1, self.rng))
-    self.draws = self.draws + 1
+    -- the round's other batches are drawn and dropped, so every rank's generator stays at
+    -- the global position
+    for k = 0, self.world - 1 do
+        check(C.lt_tensor_randint(self.starts, 0, self.n - self.T - 1, self.rng))
+        self.draws = self.draws + 1
+        if k == self.rank then break end
+    end
+    for _ = self.rank + 1, self.world - 1 do
+        self.skip = self.skip or tensor.empty({ self.B }, { dtype = "i64" })
+        check(C.lt_tensor_randint(self.skip, 0, self.n - self.T - 1, self.rng))
+        self.draws = self.draws + 1
+    end
     local s = ffi.cast("int64_t*", self.src:data_ptr())
     local st = ffi.cast("int64_t*", self.starts:data_ptr())
     local ids = ffi.cast("int64_t*", self.ids:data_ptr())

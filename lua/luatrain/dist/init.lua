@@ -27,6 +27,10 @@ end
 
 local current
 
+-- A group of one process, whatever the environment says: for running the single-process
+-- computation beside a parallel one (tests), or a rank's own local work.
+M.local_group = local_group
+
 -- Variables some launcher sets (lt_comm_env_read in C reads and checks them all): with
 -- none present this is a lone process, and the comm layer is not even loaded.
 local LAUNCH_VARS = { "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "PMI_SIZE",
