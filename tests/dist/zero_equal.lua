@@ -1,0 +1,66 @@
+--[[
+zero_equal.lua - ZeRO stages 1 and 2 over the ranks of an mpirun job train bit for bit like
+DDP in deterministic mode (sums in rank order, the gradient norm over the same partition),
+and each rank holds only its shard of the optimizer state (run at 2 and 3 ranks).
+]]
+package.path = "tests/lua/?.lua;tests/dist/?.lua;" .. package.path
+local T = require "harness"
+local lt = require "luatrain"
+local common = require "common"
+
+local pg = lt.dist.init({ timeout = 20, deterministic = true })
+local W = pg.world
+T.ok(W >= 2, "run under mpirun with 2 or more ranks")
+
+local function weights(m)
+    local out = {}
+    for name, t in pairs(m:state_dict()) do out[name] = t:clone() end
+    return out
+end
+
+T.test(("ZeRO-1 and ZeRO-2 at %d ranks = DDP, bit for bit"):format(W), function()
+    local ddp = weights(common.train(pg, { steps = 5 }).model)
+    for _, stage in ipairs({ 1, 2 }) do
+        local z = common.train(pg, { steps = 5, zero = stage })
+        local w = weights(z.model)
+        for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=%d: %s"):format(stage, name)) end
+    end
+end)
+
+T.test("each rank holds the moments of its shard only: 1/world of them", function()
+    local z = common.train(pg, { steps = 1, zero = 1 })
+    local total, mine = 0, 0
+    for _, g in ipairs(z.model:flat_parameters()) do
+        if g.grads then
+            local S = g.numel / W
+            local lo, hi = pg.rank * S, (pg.rank + 1) * S
+            for _, e in ipairs(g.entries) do
+                total = total + e.numel
+                mine = mine + math.max(0, math.min(hi, e.offset + e.numel) - math.max(lo, e.offset))
+            end
+            T.ok(S * W == g.numel and g.numel - total < 64 * W * (#g.entries + 1), "shards of equal size")
+        end
+    end
+    local bytes = z.result.optimizer:state_bytes()
+    T.eq(bytes, 8 * mine, "8 bytes of moments per element of the shard")
+    local all = pg:sum_numbers({ bytes })[1]
+    T.eq(all, 8 * total, "the shards together hold every element once")
+    -- and the allocator agrees: building the sharded optimizer over a whole-model AdamW frees
+    -- the whole moments and allocates the shard's
+    lt.manual_seed(1)
+    local model = lt.llama.new(common.CFG)
+    model:flatten_parameters({ trainable_only = true, pad_multiple = W })
+    local base = lt.optim.AdamW(model:parameters(), { lr = 1e-3 })
+    collectgarbage()
+    local before = lt.memory.stats("cpu").current
+    local zopt = require("luatrain.dist.zero").new(model, pg, base, { stage = 1 })
+    local after = lt.memory.stats("cpu").current
+    local S = 0
+    for _, g in ipairs(model:flat_parameters()) do if g.grads then S = S + g.numel / W end end
+    -- moments: -8 x total + 8 x mine; the shard's gradient and send buffers: 8 x S
+    T.eq(after - before, -8 * total + 8 * mine + 8 * S)
+    T.ok(zopt:state_bytes() == 8 * mine)
+end)
+
+lt.dist.shutdown()
+T.done()
