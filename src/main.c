@@ -22,6 +22,7 @@
  * __tostring metamethod is a user-facing error raised on purpose (a bad recipe setting,
  * luatrain.config): its message says everything, so it is printed alone, and its integer
  * field exit_status (1..125), when present, becomes the exit status. */
+#define _DEFAULT_SOURCE /* on_exit */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,7 @@
 #include <lualib.h>
 
 #include "lt.h"
+#include "lt_comm.h"
 
 /* ---- finding the Lua library -------------------------------------------------------- */
 
@@ -176,6 +178,26 @@ static int report(lua_State *L, int status) {
     }
     lua_pop(L, 2);
     return code;
+}
+
+/* A job of several ranks ends here, however the process exits (a return from main, or
+ * os.exit from a recipe). A healthy one finalises MPI, so a recipe that did not call
+ * lt.dist.shutdown() still ends cleanly. After an error it never does: a rank in
+ * MPI_Finalize waits for peers that may be waiting in a collective for it, forever, so the
+ * job is aborted instead, which has the launcher stop every rank at once. */
+static void end_communication(int code, void *unused) {
+    (void)unused;
+    lt_comm *c = lt_comm_current();
+    if (!c) return;
+    fflush(stdout);
+    if (code == 0 && lt_comm_shutdown(c) == LT_OK) return;
+    char why[700];
+    if (code == 0)
+        snprintf(why, sizeof why, "could not finish communication: %s", lt_last_error());
+    else
+        snprintf(why, sizeof why, "this rank failed (exit status %d)%s%s", code,
+                 lt_comm_failure(c) ? "; " : "", lt_comm_failure(c) ? lt_comm_failure(c) : "");
+    lt_comm_abort(c, code ? code : 1, why);
 }
 
 /* ---- the luatrain.host module ------------------------------------------------------- */
@@ -498,6 +520,7 @@ static void openmp_wait_passively(char **argv) {
 
 int main(int argc, char **argv) {
     openmp_wait_passively(argv);
+    on_exit(end_communication, NULL);
     struct options opt;
     int code = 0;
     if (parse_options(argc, argv, &opt, &code) < 0) return code;

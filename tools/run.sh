@@ -11,8 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Open MPI (openmpi-bin: mpirun; libopenmpi-dev: the headers the comm layer's MPI back end
+# is built against) runs recipes on several ranks: mpirun -np N luatrain recipe.lua.
 packages=(build-essential cmake pkg-config luajit libluajit-5.1-dev libcjson-dev zlib1g-dev
-          libopenblas-dev libedit-dev libpcre2-dev)
+          libopenblas-dev libedit-dev libpcre2-dev openmpi-bin libopenmpi-dev)
 
 # The test suite also drives two outside programs: Node.js runs the reference tokenizers
 # (fetched from npm at test time) and Chromium renders the report pages. Each is installed

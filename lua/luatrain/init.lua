@@ -76,6 +76,7 @@ local lazy = {
     quant = "luatrain.quant",
     cuda = "luatrain.cuda",
     dist = "luatrain.dist",
+    comm = "luatrain.comm",
 }
 
 setmetatable(lt, {

@@ -46,11 +46,9 @@ static void LT_PRINTF(2, 3) refuse(int status, const char *fmt, ...) {
     backend_status = status;
 }
 
-/* The folder of the file this code was loaded from: libluatrain.so, or the program when
-   the core is linked in statically (the sanitizer tests). 0 on success. */
-static int core_folder(char *buf, size_t n) {
+int lt_core_folder(char *buf, size_t n) {
     Dl_info info;
-    if (dladdr((void *)&core_folder, &info) && info.dli_fname && strchr(info.dli_fname, '/')) {
+    if (dladdr((void *)&lt_core_folder, &info) && info.dli_fname && strchr(info.dli_fname, '/')) {
         if (snprintf(buf, n, "%s", info.dli_fname) >= (int)n) return -1;
     } else {
         ssize_t k = readlink("/proc/self/exe", buf, n - 1);
@@ -70,7 +68,7 @@ static void load_backend(void) {
         snprintf(path, sizeof path, "%s", env);
     } else {
         char folder[PATH_MAX];
-        int n = core_folder(folder, sizeof folder) == 0
+        int n = lt_core_folder(folder, sizeof folder) == 0
                     ? snprintf(path, sizeof path, "%s/%s", folder, LT_CUDA_BACKEND_FILE)
                     : -1;
         if (n < 0 || n >= (int)sizeof path || access(path, F_OK) != 0) {

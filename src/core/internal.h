@@ -34,6 +34,15 @@ int lt_fail_internal(const char *file, int line, const char *fmt, ...) LT_PRINTF
 /* Prefix the current message with context ("loading x.safetensors: ..."). */
 int lt_fail_prefix(int status, const char *fmt, ...) LT_PRINTF(2, 3);
 
+/* The folder of the file the core was loaded from: libluatrain.so's, where the optional
+   back end libraries lie (libluatrain_cuda.so, libluatrain_mpi.so, ...), or the program's
+   when the core is linked in statically (the sanitizer tests). 0 on success. */
+int lt_core_folder(char *buf, size_t n);
+
+/* CPU threads a rank gets when threads=0 (set by the comm layer from the ranks sharing
+   its machine's cores); 0 restores one per CPU of the affinity mask. */
+void lt_threads_set_share(int n);
+
 /* ---- dtype helpers ------------------------------------------------------------------ */
 
 static inline float lt_bf16_to_f32_inline(uint16_t h) {

@@ -46,6 +46,11 @@ int lt_available_cpus(void) {
     return online_cpus();
 }
 
+/* Set by the comm layer (src/comm/comm.c): ranks that share a machine divide its cores. */
+static int thread_share;
+
+void lt_threads_set_share(int n) { thread_share = n > 0 ? n : 0; }
+
 int lt_max_threads(void) { return LT_THREADS_PER_CPU_MAX * online_cpus(); }
 
 int lt_set_num_threads(int n) {
@@ -55,7 +60,7 @@ int lt_set_num_threads(int n) {
                        "threads: %d is outside 0..%d (0: one per CPU this process may run on, "
                        "%d here; at most %d per online CPU, of which there are %d)",
                        n, max, lt_available_cpus(), LT_THREADS_PER_CPU_MAX, online_cpus());
-    int nt = n > 0 ? n : lt_available_cpus();
+    int nt = n > 0 ? n : thread_share > 0 ? thread_share : lt_available_cpus();
 #ifdef _OPENMP
     omp_set_num_threads(nt);
 #endif
