@@ -152,20 +152,33 @@ static int error_tostring(lua_State *L) {
     return 1;
 }
 
+/* "luatrain: " alone, or "luatrain: rank R: " in a job of several ranks, whose error
+ * output mpirun interleaves. */
+static const char *error_prefix(const char *msg) {
+    static char buf[48];
+    lt_comm_info info;
+    lt_comm *c = lt_comm_current();
+    /* the comm layer's own messages start with the rank already */
+    if (!c || lt_comm_get_info(c, &info) != LT_OK || strncmp(msg, "rank ", 5) == 0)
+        return "luatrain: ";
+    snprintf(buf, sizeof buf, "luatrain: rank %d: ", (int)info.rank);
+    return buf;
+}
+
 /* Prints the error on top of the stack (if any) and returns the exit status it calls for. */
 static int report(lua_State *L, int status) {
     if (status == 0) return 0;
     int code = status == LUA_ERRFILE ? 2 : 1;
     fflush(stdout);
     if (lua_isstring(L, -1)) {
-        fprintf(stderr, "luatrain: %s\n", lua_tostring(L, -1));
+        fprintf(stderr, "%s%s\n", error_prefix(lua_tostring(L, -1)), lua_tostring(L, -1));
         lua_pop(L, 1);
         return code;
     }
     lua_pushcfunction(L, error_tostring);
     lua_pushvalue(L, -2);
     if (lua_pcall(L, 1, 1, 0) == 0 && lua_isstring(L, -1)) {
-        fprintf(stderr, "luatrain: %s\n", lua_tostring(L, -1));
+        fprintf(stderr, "%s%s\n", error_prefix(lua_tostring(L, -1)), lua_tostring(L, -1));
         if (lua_istable(L, -2)) {
             lua_pushliteral(L, "exit_status");
             lua_rawget(L, -3);
@@ -174,7 +187,7 @@ static int report(lua_State *L, int status) {
             lua_pop(L, 1);
         }
     } else {
-        fprintf(stderr, "luatrain: (error object is a %s value)\n", luaL_typename(L, -2));
+        fprintf(stderr, "%s(error object is a %s value)\n", error_prefix(""), luaL_typename(L, -2));
     }
     lua_pop(L, 2);
     return code;

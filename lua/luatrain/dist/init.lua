@@ -85,13 +85,14 @@ function M._reset() current = nil end
 
 function Group:is_main() return self.rank == 0 end
 
--- Tensor collectives (see lt.comm): in a world of 1 the identity; opts.async returns a
--- work object to wait on (in a world of 1, one that is already done).
+-- Tensor collectives (see lt.comm): in a world of 1 the identity. Each returns a work
+-- object to wait on: with opts.async a started one, else (and in a world of 1) one that
+-- is already done.
 local done = { wait = function() end, test = function() return true end, free = function() end }
 
 function Group:all_reduce(t, op, opts)
     if self.world == 1 then return done end
-    return self.comm:all_reduce(t, op or "sum", opts)
+    return self.comm:all_reduce(t, op or "sum", opts) or done
 end
 
 function Group:reduce_scatter(out, inp, op, opts)
@@ -99,7 +100,7 @@ function Group:reduce_scatter(out, inp, op, opts)
         if out ~= inp then out:copy_(inp) end
         return done
     end
-    return self.comm:reduce_scatter(out, inp, op or "sum", opts)
+    return self.comm:reduce_scatter(out, inp, op or "sum", opts) or done
 end
 
 function Group:all_gather(out, inp, opts)
@@ -107,12 +108,12 @@ function Group:all_gather(out, inp, opts)
         if out ~= inp then out:copy_(inp) end
         return done
     end
-    return self.comm:all_gather(out, inp, opts)
+    return self.comm:all_gather(out, inp, opts) or done
 end
 
 function Group:broadcast(t, root, opts)
     if self.world == 1 then return done end
-    return self.comm:broadcast(t, root or 0, opts)
+    return self.comm:broadcast(t, root or 0, opts) or done
 end
 
 function Group:barrier()
