@@ -180,6 +180,14 @@ extern "C" int lt_cuda_runtime_device_info(int32_t index, lt_cuda_device_info *o
     return LT_OK;
 }
 
+extern "C" int lt_cuda_runtime_stream(int32_t index, void **out) {
+    *out = NULL;
+    LT_TRY(check_index(index, "stream"));
+    LT_CUDA_CTX(c, index);
+    *out = (void *)c->stream;
+    return LT_OK;
+}
+
 // ---- device memory ------------------------------------------------------------------------
 
 static void format_bytes(char *buf, size_t n, int64_t b) {

@@ -56,4 +56,12 @@ typedef struct lt_comm_backend {
 /* Each back end library exports this one function. */
 typedef const lt_comm_backend *(*lt_comm_backend_entry)(void);
 
+/* What comm.c passes a device back end's init as `bootstrap` when a host back end is up:
+   that back end and its state, whose bootstrap_broadcast carries rank 0's NCCL unique id
+   to every rank. NULL instead under torchrun-style variables alone. */
+typedef struct lt_comm_bootstrap {
+    const lt_comm_backend *host;
+    void *host_state;
+} lt_comm_bootstrap;
+
 #endif

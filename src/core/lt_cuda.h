@@ -44,6 +44,10 @@ int lt_cuda_runtime_get_device(int32_t *out);
 int lt_cuda_runtime_synchronize(int32_t index);
 int lt_cuda_runtime_empty_cache(int32_t index, int64_t *released);
 int lt_cuda_runtime_device_info(int32_t index, lt_cuda_device_info *out);
+/* The device's compute stream (a cudaStream_t), on which every kernel and copy of the
+   device is queued; made with the device's context on first use. The NCCL back end orders
+   its own stream after this one with events (cuda/comm_nccl.c). */
+int lt_cuda_runtime_stream(int32_t index, void **out);
 
 /* Device memory from the device's cache. On failure after the cache's retry, the message
    states the bytes requested, allocated, reserved, and free/total on the device. */

@@ -48,6 +48,12 @@ int lt_cuda_runtime_device_info(int32_t index, lt_cuda_device_info *out) {
     return api->runtime_device_info(index, out);
 }
 
+int lt_cuda_runtime_stream(int32_t index, void **out) {
+    const lt_cuda_api *api;
+    LT_TRY(lt_cuda_backend_get(&api));
+    return api->runtime_stream(index, out);
+}
+
 int lt_cuda_alloc(void **out, int64_t nbytes, int32_t device) {
     const lt_cuda_api *api;
     LT_TRY(lt_cuda_backend_get(&api));

@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 /* A hash of every entry's prototype and of the layout of the structs they take. */
-#define LT_CUDA_API_VERSION 0xd37538c0u
+#define LT_CUDA_API_VERSION 0xdc5b5a40u
 
 typedef struct lt_cuda_api {
     uint32_t version; /* LT_CUDA_API_VERSION of the headers the backend was built from */
@@ -30,6 +30,7 @@ typedef struct lt_cuda_api {
     int (*runtime_synchronize)(int32_t index);
     int (*runtime_empty_cache)(int32_t index, int64_t *released);
     int (*runtime_device_info)(int32_t index, lt_cuda_device_info *out);
+    int (*runtime_stream)(int32_t index, void **out);
     int (*alloc)(void **out, int64_t nbytes, int32_t device);
     void (*free)(void *p, int32_t device);
     int (*cache_stats)(int32_t device, lt_cache_stats *out);

@@ -17,6 +17,7 @@ static const lt_cuda_api lt_cuda_api_table = {
     lt_cuda_runtime_synchronize,
     lt_cuda_runtime_empty_cache,
     lt_cuda_runtime_device_info,
+    lt_cuda_runtime_stream,
     lt_cuda_alloc,
     lt_cuda_free,
     lt_cuda_cache_stats,
