@@ -83,7 +83,8 @@ need(cfg.r <= smallest, ("r=%d is larger than the model's smallest linear dimens
     .. "adds parameters, not expressiveness"):format(cfg.r, smallest))
 
 -- the job's processes (one without mpirun): rank 0 prints and writes
-local pg = lt.dist.init()
+-- device=cuda: gradients are reduced by NCCL on the GPU of this rank's local rank
+local pg = lt.dist.init({ device = tostring(cfg.device):match("^cuda") and "cuda" or "cpu" })
 local main = pg:is_main()
 local function say(...) if main then print(...) end end
 

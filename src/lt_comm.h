@@ -17,7 +17,7 @@
  *     out, and rank r receives the reduction of in's r-th slice; all_gather: out has
  *     world_size times the elements of in, slices in rank order. Every rank passes the
  *     same dtype and sizes. Callers pad uneven sizes (ZeRO does).
- *   - Dtypes: sum, avg and max on f32, bf16, f16 (float arithmetic in f32, rounded once),
+ *   - Dtypes: sum, avg and max on f32, bf16, f16 (on the host: arithmetic in f32, rounded once),
  *     sum and max on i32 and i64; gather, broadcast and all_gather take every dtype.
  *   - A call given a `work` pointer returns at once with a started operation; one given
  *     NULL waits for it. A work holds a reference on the storages it touches until it is
@@ -28,9 +28,13 @@
  *     once with a message that names this rank and the collective. A poisoned
  *     communicator is never finalised (a rank in MPI_Finalize waits for peers that wait
  *     for it): the job is ended with lt_comm_abort, which the host does on any error.
- *   - Deterministic mode sums in rank order ((x0 + x1) + x2 ...) whatever the back end's
- *     algorithm would do, so runs can be compared bit for bit; reduce_scatter and
- *     all_reduce then give the same bits for the same slice.
+ *   - Deterministic mode sums host tensors in rank order ((x0 + x1) + x2 ...) whatever
+ *     MPI's algorithm would do, so runs can be compared bit for bit; reduce_scatter and
+ *     all_reduce then give the same bits for the same slice. Device tensors are reduced by
+ *     NCCL itself, whose order is fixed for a given communicator and size but is not rank
+ *     order, and whose bf16 / f16 sums round at every step of its ring.
+ *   - torchrun: NCCL's id is handed out by rank 0 on MASTER_PORT + 1 (torchrun's own store
+ *     holds MASTER_PORT), or on LT_RENDEZVOUS_PORT when that is set.
  */
 #ifndef LT_COMM_H
 #define LT_COMM_H

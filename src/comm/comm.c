@@ -186,10 +186,21 @@ int lt_comm_init(lt_comm **out, const lt_comm_options *opts) {
         lt_comm_env denv = env;
         denv.rank = c->info.rank;
         denv.local_rank = c->info.local_rank;
-        struct {
-            const lt_comm_backend *host;
-            void *host_state;
-        } boot = { c->host, c->host_state };
+        /* torchrun's agent serves its own store on MASTER_PORT: NCCL's id goes through the
+           next port, or LT_RENDEZVOUS_PORT. */
+        const char *rv = getenv("LT_RENDEZVOUS_PORT");
+        if (rv && *rv) {
+            char *end;
+            long p = strtol(rv, &end, 10);
+            if (*end || p < 1 || p > 65535) {
+                status = lt_fail(LT_ERR_ARG, "LT_RENDEZVOUS_PORT=\"%s\" is not a TCP port", rv);
+                goto fail;
+            }
+            denv.master_port = (int32_t)p;
+        } else if (env.master_port > 0) {
+            denv.master_port = env.master_port < 65535 ? env.master_port + 1 : env.master_port - 1;
+        }
+        lt_comm_bootstrap boot = { c->host, c->host_state };
         lt_comm_info dinfo = c->info;
         if (c->dev->init(&c->dev_state, &denv, &o, &dinfo, c->host ? (void *)&boot : NULL,
                          err) != 0) {

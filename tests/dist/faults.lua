@@ -13,7 +13,6 @@ if has_mpirun ~= 0 then
     print("SKIP: mpirun not found (install openmpi-bin; tools/run.sh test does)")
     os.exit(77)
 end
-local lt = T.lt
 
 local function job(fault)
     local marker = ("lt-fault-%s-%d"):format(fault, os.time() % 100000 + math.random(1, 99999))
