@@ -14,6 +14,7 @@ clip_grad_norm_, AdamW. Rank 0 prints one JSON line: tokens/s of the job (median
 import argparse
 import json
 import os
+import queue
 import statistics
 import sys
 import time
@@ -58,6 +59,10 @@ def worker(rank, args, port, out):
     model = Llama(vocab, dim, layers, heads, kv, ffn, args.seq)
     if args.mode == "lora":
         add_lora(model)
+    # The buffers (rope tables, the causal mask) are made alike on every rank and gloo cannot
+    # broadcast the mask's bool: DDP is told to leave them alone.
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [name for name, _ in model.named_buffers()])
     ddp = nn.parallel.DistributedDataParallel(model)
     params = [p for p in ddp.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
@@ -106,7 +111,17 @@ def main():
     procs = [ctx.Process(target=worker, args=(r, args, args.port, out)) for r in range(args.ranks)]
     for p in procs:
         p.start()
-    rec = out.get(timeout=1800)
+    rec = None
+    deadline = time.monotonic() + 1800
+    while rec is None:
+        try:
+            rec = out.get(timeout=5)
+        except queue.Empty:
+            # a rank that died leaves the others waiting in a collective: stop them all
+            if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                sys.exit("ddp_step_torch: a rank failed or the run took over 30 minutes")
     for p in procs:
         p.join(timeout=120)
     line = json.dumps(rec)
