@@ -33,6 +33,7 @@ end
 -- step whose summed gradients are returned, cloned after reduce_gradients).
 -- Returns { losses = loss_curve, grads = {name = tensor}, model, result }.
 function M.train(group, opts)
+    lt.set_num_threads(1) -- one thread per rank, whatever share of the cores a rank has
     lt.manual_seed(7)
     local model = lt.llama.new(M.CFG)
     local optimizer

@@ -44,8 +44,9 @@ local function launched()
 end
 
 -- The job's process group (made once; later calls return it). opts: timeout (seconds,
--- every wait; default 600), deterministic (sums in rank order: bit-reproducible),
--- device ("cpu" or "cuda": whether device collectives are wanted).
+-- every wait; default LT_COMM_TIMEOUT from the environment, else 600), deterministic
+-- (sums in rank order: bit-reproducible), device ("cpu" or "cuda": whether device
+-- collectives are wanted).
 function M.init(opts)
     if current then return current end
     opts = opts or {}
@@ -59,7 +60,8 @@ function M.init(opts)
         current = local_group()
         return current
     end
-    local comm = comm_mod.init({ timeout = opts.timeout, deterministic = opts.deterministic,
+    local timeout = opts.timeout or tonumber(os.getenv("LT_COMM_TIMEOUT") or "")
+    local comm = comm_mod.init({ timeout = timeout, deterministic = opts.deterministic,
         device = opts.device })
     current = setmetatable({ rank = comm.rank, world = comm.world_size, local_rank = comm.local_rank,
         local_size = comm.local_size, comm = comm, launcher = env.launcher,
