@@ -13,12 +13,12 @@ local function read(name)
     return rec
 end
 
-print(("%-5s %-38s %10s %9s"):format("mode", "run", "tokens/s", "step s"))
+print(("%-5s %-48s %10s %9s"):format("mode", "run", "tokens/s", "step s"))
 for _, mode in ipairs({ "full", "lora" }) do
     local one, two, torch = read("lt1_" .. mode), read("lt2_" .. mode), read("pt2_" .. mode)
     for _, r in ipairs({ { "luatrain 1 rank x 2 threads", one }, { "luatrain 2 ranks x 1 thread (DDP)", two },
         { "PyTorch " .. torch.torch .. " DDP gloo, 2 ranks x 1 thread", torch } }) do
-        print(("%-5s %-38s %10.0f %9.3f"):format(mode, r[1], r[2].tokens_per_s, r[2].step_s))
+        print(("%-5s %-48s %10.0f %9.3f"):format(mode, r[1], r[2].tokens_per_s, r[2].step_s))
     end
     print(("%-5s   luatrain DDP / PyTorch DDP = %.2fx; luatrain 2 ranks / 1 rank = %.2fx (%d trainable)"):format(
         mode, two.tokens_per_s / torch.tokens_per_s, two.tokens_per_s / one.tokens_per_s, two.trainable))
