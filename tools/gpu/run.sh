@@ -9,7 +9,7 @@
 #                   build, ldd of the binary and the libraries with no "not found", and
 #                   no CUDA library in libluatrain.so's (the backend is loaded on use)
 #     2 build       only what the phases need, for sm_90 only (LT_CUDA_ARCHS=90)
-#     3 tests       every GPU test: ctest -R cuda (the C op tests and the Lua GPU test)
+#     3 tests       every GPU test: ctest -R 'cuda|nccl' (the C op tests, the Lua GPU test, NCCL's 1-rank bring-up)
 #     4 sanitize    compute-sanitizer memcheck of the CUDA C tests and of the op table's device
 #                   rows (small shapes) with LT_CUDA_NO_CACHE=1 (every allocation a real
 #                   cudaMalloc, so overruns are seen), attention with ATTN_QUICK=1; racecheck
@@ -153,7 +153,7 @@ fi
 tests_phase() { # $1: time limit
     local t0 rc
     t0="$(now)"
-    (cd "$build" && timeout "$1" ctest -R cuda --output-on-failure --timeout "$1" -j 3) > "$out/tests.log" 2>&1
+    (cd "$build" && timeout "$1" ctest -R 'cuda|nccl' --output-on-failure --timeout "$1" -j 3) > "$out/tests.log" 2>&1
     rc=$?
     local line ran skipped failed
     line="$(grep -E 'tests passed' "$out/tests.log" | tail -1)"
