@@ -3,7 +3,7 @@ checkpoint.lua - run checkpoints: everything a run needs to continue the same tr
 in numbered folders that survive a crash at any moment.
 
     lt.checkpoint.save("runs/x", { model = model, optimizer = opt, loader = loader,
-                                   step = step, keep_last = 3, extra = { ... } })
+                                   step = step, keep_last = 3, scaler = scaler, extra = { ... } })
         -- writes runs/x/checkpoint-<step>; keeps the 3 newest complete checkpoints
     local st = lt.checkpoint.load("runs/x", { model = model, optimizer = opt, loader = loader })
         -- the run's newest complete checkpoint (or name one: "runs/x/checkpoint-200");
@@ -14,8 +14,8 @@ A checkpoint is a folder: model.safetensors (the parameters, Hugging Face names:
 them, or only the trainable ones when part of the model is frozen, as with LoRA on a
 quantized base, whose weights come back from their source folder on resume),
 optimizer.safetensors (AdamW moments by group and position) and state.json (step counts
-and hyperparameters, the data loader's position, the RNG state, the caller's extra
-fields).
+and hyperparameters, the data loader's position, the loss scaler's state, the RNG state,
+the caller's extra fields).
 
 Saving step s into a run folder:
   1. what an earlier crash left is put right: a checkpoint the fallback had moved aside is
@@ -138,6 +138,7 @@ local function write_contents(dir, parts, step)
         fs.test_point(point .. "optimizer")
     end
     if parts.loader then state.loader = parts.loader:state() end
+    if parts.scaler then state.scaler = parts.scaler:state_dict() end
     fs.write_atomic(dir .. "/state.json", json.encode(state, { indent = 2 }) .. "\n")
     fs.test_point(point .. "state")
 end
@@ -265,6 +266,9 @@ function M.load(path, parts)
             groups = state.optimizer.groups })
     end
     if parts.loader then parts.loader:set_state(state.loader) end
+    -- a run with loss scaling resumes with the scale it had; one saved without scaling keeps
+    -- the fresh scaler's
+    if parts.scaler and state.scaler then parts.scaler:load_state_dict(state.scaler) end
     if state.rng then tensor.set_rng_state(state.rng) end
     state.path = dir
     return state

@@ -77,6 +77,7 @@ local lazy = {
     cuda = "luatrain.cuda",
     dist = "luatrain.dist",
     comm = "luatrain.comm",
+    amp = "luatrain.amp",
 }
 
 setmetatable(lt, {

@@ -18,8 +18,11 @@ stage they name (tr:hook) or before it (tr:hook_before), with (trainer, state):
                      grad_accum = 4 x batch 2 gives the gradients of one batch of 8
   reduce_gradients   nothing in one process (data-parallel training averages here)
   unscale_check      gradients unscaled (by state.grad_scale, 1 without loss scaling), the
-                     global gradient norm measured, and the loss and the norm checked: a
-                     non-finite one stops the run with a message naming the step (with
+                     global gradient norm measured, and the loss and the norm checked. Under
+                     loss scaling (loss_scale = "dynamic": lt.amp.GradScaler) a non-finite
+                     norm is an overflow: the step is skipped (state.overflow), the scale
+                     halves and the log says so. Otherwise a non-finite loss or norm stops
+                     the run with a message naming the step (with
                      detect_nonfinite = "parameter", also the first parameter whose
                      gradient is not finite) before anything is updated or written
   clip               the clipping factor min(1, grad_clip / (norm + 1e-6)) (PyTorch's rule)
@@ -27,8 +30,8 @@ stage they name (tr:hook) or before it (tr:hook_before), with (trainer, state):
                      the unscale and clip factors folded in (no extra pass over gradients)
   log                the step's record to the log and on_step; evaluation and checkpoints
                      when due
-state: { step, loss, trained, tokens, micro_batches, grad_scale, grad_norm, clip_coef,
-record }. A step whose micro-batches hold no trained target updates nothing (state.skipped).
+state: { step, loss, trained, tokens, micro_batches, loss_scale, grad_scale, grad_norm,
+clip_coef, overflow, record }. A step whose micro-batches hold no trained target updates nothing (state.skipped).
 
 Run checkpoints: checkpoint_dir is a run folder that gets checkpoint-<step> folders every
 save_every steps (the keep_last newest kept); resume is a checkpoint or run folder to
@@ -233,6 +236,7 @@ function M.new(opts)
     for _, r in ipairs(self.params) do all = all and in_flat[r.grad] == true end
     self.norm_tensors = all and list or nil
     self.optimizer = opts.optimizer or M.default_optimizer(model, opts)
+    self.scaler = M.loss_scaler(opts.loss_scale)
     if self.zero > 0 then
         self.optimizer = require("luatrain.dist.zero").new(model, pg, self.optimizer, { stage = self.zero })
     elseif pg.world > 1 then
@@ -247,7 +251,7 @@ function M.new(opts)
     end
     if resume then
         local st = require("luatrain.checkpoint").load(resume, { model = model, optimizer = self.optimizer,
-            loader = self.batches })
+            loader = self.batches, scaler = self.scaler })
         self.first_step = st.step + 1
         self.resumed_from = st.path or resume
     end
@@ -255,6 +259,18 @@ function M.new(opts)
 end
 
 M.Trainer.new = M.new
+
+-- loss_scale: nil or "none" (no scaling), "dynamic" (lt.amp.GradScaler's defaults), a number
+-- (a static scale: overflowing steps are still skipped), or a GradScaler.
+function M.loss_scaler(v)
+    local amp = require "luatrain.amp"
+    if v == nil or v == "none" or v == false then return nil end
+    if v == "dynamic" then return amp.GradScaler() end
+    if type(v) == "number" then return amp.GradScaler({ init_scale = v, dynamic = false }) end
+    if amp.is_scaler(v) then return v end
+    error(("trainer: loss_scale must be \"none\", \"dynamic\", a number or an lt.amp.GradScaler, got %s"):format(
+        tostring(v)), 3)
+end
 
 -- AdamW over the model's trainable parameters; with lora_plus_ratio, LoRA+'s two groups
 -- (the B matrices at ratio x lr).
@@ -326,12 +342,13 @@ function stages.forward_backward(self, st)
         local last = k == #batches
         -- DDP: only the last micro-batch's backward communicates (its buckets start as it goes)
         if self.ddp and last then self.ddp:arm() end
+        -- loss scaling: the backward runs on loss x scale (a power of two, so exactly)
         loss = loss + model:forward_backward(b.ids, b.targets, { positions = b.positions,
-            cu_seqlens = b.cu_seqlens, normalizer = trained })
+            cu_seqlens = b.cu_seqlens, normalizer = trained / st.loss_scale })
         -- ZeRO-2: every micro-batch but the last is reduce-scattered into the shards at once
         if self.zero == 2 and not last then self.optimizer:reduce(false) end
     end
-    st.loss = loss
+    st.loss = loss / st.loss_scale
 end
 
 -- Copies of a micro-batch's tensors (the loader refills one set of tensors per call).
@@ -388,7 +405,7 @@ function Trainer:first_nonfinite_gradient()
 end
 
 function stages.unscale_check(self, st)
-    st.grad_scale = st.grad_scale or 1
+    st.grad_scale = 1 / st.loss_scale
     local norm
     if self.pg.world > 1 then
         -- the job's loss, tokens and (partitioned) sum of squares in one reduction: every
@@ -405,6 +422,14 @@ function stages.unscale_check(self, st)
         or optim.grad_norm(self.params))
     if st.grad_scale ~= 1 then norm = norm * st.grad_scale end
     st.grad_norm = norm
+    local scaler = self.scaler
+    if scaler then
+        -- an inf or NaN gradient under loss scaling is an overflow, not a broken run: the
+        -- step is skipped and the scale backs off (every rank sees the same norm)
+        st.overflow = not finite(norm)
+        scaler:update(st.overflow)
+        if st.overflow then return end
+    end
     if finite(st.loss) and finite(norm) then return end
     local what = not finite(st.loss) and ("the loss is %s"):format(tostring(st.loss))
         or ("the gradient norm is %s"):format(tostring(norm))
@@ -449,6 +474,11 @@ function stages.log(self, st)
         rec.world = self.pg.world
     end
     if st.skipped then rec.skipped = true end
+    if self.scaler then
+        -- the scale this step ran with, and the steps skipped for overflow so far
+        rec.loss_scale, rec.overflow_steps = st.loss_scale, self.scaler.skipped
+        if st.overflow then rec.overflow = true end
+    end
     if opts.eval and (opts.eval_every or 0) > 0 and st.step % opts.eval_every == 0 and st.step < self.steps then
         rec.eval_loss = M.eval_loss(self.model, opts.eval, self.eval_opts)
         self.result.eval_curve[#self.result.eval_curve + 1] = { st.step, rec.eval_loss }
@@ -474,7 +504,7 @@ function Trainer:save_checkpoint(step)
     end
     if self.is_main then
         require("luatrain.checkpoint").save(opts.checkpoint_dir, { model = self.model, optimizer = opt,
-            loader = self.batches, step = step, keep_last = opts.keep_last })
+            loader = self.batches, step = step, keep_last = opts.keep_last, scaler = self.scaler })
     end
     self.pg:barrier()
 end
@@ -488,7 +518,7 @@ end
 -- One optimizer step through the stages; returns its state (state.record is what was
 -- logged), or nil when the batch source is exhausted.
 function Trainer:step(step)
-    local st = { step = step, grad_scale = 1 }
+    local st = { step = step, grad_scale = 1, loss_scale = self.scaler and self.scaler.scale or 1 }
     local t0 = fs.now()
     self.optimizer:zero_grad()
     run_stage(self, "forward_backward", st)
@@ -496,8 +526,10 @@ function Trainer:step(step)
     if not st.skipped then
         run_stage(self, "reduce_gradients", st)
         run_stage(self, "unscale_check", st)
-        run_stage(self, "clip", st)
-        run_stage(self, "optimizer_step", st)
+        if not st.overflow then
+            run_stage(self, "clip", st)
+            run_stage(self, "optimizer_step", st)
+        end
     end
     st.dt = fs.now() - t0
     run_stage(self, "log", st)
@@ -527,7 +559,7 @@ function Trainer:run()
             tokens = tokens + st.tokens
             result.loss_curve[step] = st.loss
             result.step_times[step] = st.dt
-            if st.skipped then result.skipped_steps = result.skipped_steps + 1 end
+            if st.skipped or st.overflow then result.skipped_steps = result.skipped_steps + 1 end
         end
     end)
     if self.log then self.log:close() end
@@ -545,6 +577,7 @@ function Trainer:run()
     result.device = self.device
     result.first_loss, result.last_loss = result.loss_curve[self.first_step], result.loss_curve[last]
     result.trainable = model:num_parameters(true)
+    if self.scaler then result.loss_scale, result.overflow_steps = self.scaler.scale, self.scaler.skipped end
     if opts.eval then
         result.eval_loss = M.eval_loss(model, opts.eval, self.eval_opts)
         result.eval_curve[#result.eval_curve + 1] = { last, result.eval_loss }
