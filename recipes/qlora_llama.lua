@@ -67,8 +67,9 @@ local cfg = lt.config {
     device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
     zero = { 0, "data parallelism under mpirun: 0 DDP (every rank holds the optimizer state), 1 or 2 ZeRO stages "
         .. "(state sharded; 2 also shards the accumulated gradients)", type = "int", choices = { 0, 1, 2 } },
-    precision = { "auto", "activations' dtype: f32, or bf16 with f32 master weights (CUDA only); auto: bf16 on a GPU, f32 on the CPU",
-        choices = { "auto", "f32", "bf16" } },
+    precision = { "auto", "activations' dtype: f32, bf16 with f32 master weights, or fp16 with f32 master weights and "
+        .. "dynamic loss scaling (bf16, fp16: CUDA only); auto: bf16 on a GPU, f32 on the CPU",
+        choices = { "auto", "f32", "bf16", "fp16" } },
 }
 
 -- settings whose range the declaration cannot say, checked before anything loads
@@ -126,7 +127,11 @@ end
 local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout,
     target = target, rslora = cfg.rslora, dora = cfg.dora })
 model:to(cfg.device)
-model:set_compute_dtype(cfg.precision ~= "auto" and cfg.precision or (cfg.device == "cpu" and "f32" or "bf16"))
+local compute = cfg.precision == "fp16" and "f16" or cfg.precision ~= "auto" and cfg.precision
+    or (cfg.device == "cpu" and "f32" or "bf16")
+model:set_compute_dtype(compute)
+-- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
+local loss_scale = compute == "f16" and "dynamic" or nil
 local n_train = model:num_parameters(true)
 
 say(("qlora_llama: %s on %s"):format(cfg.model, cfg.device))
@@ -203,7 +208,7 @@ local bar = main and lt.log.progress("training")
 local result = lt.trainer.finetune{
     model = model, train = train_ds, eval = eval_ds, batch_size = cfg.batch_size, seq_len = cfg.seq_len,
     grad_accum = cfg.grad_accum, lr = cfg.lr, weight_decay = cfg.weight_decay, schedule = cfg.schedule,
-    lora_plus_ratio = cfg.lora_plus_ratio, detect_nonfinite = cfg.detect_nonfinite,
+    lora_plus_ratio = cfg.lora_plus_ratio, detect_nonfinite = cfg.detect_nonfinite, loss_scale = loss_scale,
     warmup = cfg.warmup, steps = cfg.steps, epochs = cfg.epochs, grad_clip = cfg.grad_clip, seed = cfg.seed,
     pad_id = eval_opts.pad_id, eval_every = cfg.eval_every, log = cfg.output_dir .. "/log.jsonl", zero = cfg.zero,
     on_step = function(rec, total)

@@ -63,8 +63,9 @@ local cfg = lt.config {
     grad_accum = { 1, "micro-batches per optimizer step", type = "int", min = 1 },
     zero = { 0, "data parallelism under mpirun: 0 DDP, 1 or 2 ZeRO stages (optimizer state sharded)",
         type = "int", choices = { 0, 1, 2 } },
-    precision = { "auto", "activations' dtype: f32, or bf16 with f32 master weights (CUDA only); auto: bf16 on a GPU, f32 on the CPU",
-        choices = { "auto", "f32", "bf16" } },
+    precision = { "auto", "activations' dtype: f32, bf16 with f32 master weights, or fp16 with f32 master weights and "
+        .. "dynamic loss scaling (bf16, fp16: CUDA only); auto: bf16 on a GPU, f32 on the CPU",
+        choices = { "auto", "f32", "bf16", "fp16" } },
     log_every = { 10, "print a line every this many steps", type = "int", min = 1 },
     out = { "runs/train_tiny", "output folder (log.jsonl, model/)" },
     save = { true, "save the trained model" },
@@ -121,7 +122,11 @@ else
 end
 if cfg.gradient_checkpointing then model:gradient_checkpointing(true) end
 model:to(cfg.device)
-model:set_compute_dtype(cfg.precision ~= "auto" and cfg.precision or (cfg.device == "cpu" and "f32" or "bf16"))
+local compute = cfg.precision == "fp16" and "f16" or cfg.precision ~= "auto" and cfg.precision
+    or (cfg.device == "cpu" and "f32" or "bf16")
+model:set_compute_dtype(compute)
+-- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
+local loss_scale = compute == "f16" and "dynamic" or nil
 if tok and tok.vocab_size > model.config.vocab_size then
     error(("train_tiny: the tokenizer has %d tokens but the model's vocabulary is %d"):format(
         tok.vocab_size, model.config.vocab_size), 0)
@@ -167,7 +172,7 @@ local t_start = wall()
 local trainer = lt.trainer.new{
     model = model, train = batches, optimizer = opt, steps = cfg.steps, schedule = cfg.schedule,
     warmup = cfg.warmup, min_lr_factor = cfg.min_lr_factor, grad_clip = cfg.grad_clip,
-    detect_nonfinite = cfg.detect_nonfinite, grad_accum = cfg.grad_accum, zero = cfg.zero,
+    detect_nonfinite = cfg.detect_nonfinite, grad_accum = cfg.grad_accum, zero = cfg.zero, loss_scale = loss_scale,
     log = cfg.out ~= "" and (cfg.out .. "/log.jsonl") or nil,
     checkpoint_dir = cfg.out ~= "" and cfg.out or nil, save_every = cfg.save_every, keep_last = cfg.keep_last,
     resume = cfg.resume ~= "" and cfg.resume or nil,
