@@ -67,6 +67,8 @@ local cfg = lt.config {
     device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
     zero = { 0, "data parallelism under mpirun: 0 DDP (every rank holds the optimizer state), 1 or 2 ZeRO stages "
         .. "(state sharded; 2 also shards the accumulated gradients)", type = "int", choices = { 0, 1, 2 } },
+    memory_limit = { "", "a budget for the training device's memory, e.g. 6GiB (empty: none; LT_MEMORY_LIMIT "
+        .. "sets one for every device): past it an allocation fails as on a full device" },
     precision = { "auto", "activations' dtype: f32, bf16 with f32 master weights, or fp16 with f32 master weights and "
         .. "dynamic loss scaling (bf16, fp16: CUDA only); auto: bf16 on a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16", "fp16" } },
@@ -84,6 +86,7 @@ need(cfg.r <= smallest, ("r=%d is larger than the model's smallest linear dimens
     .. "adds parameters, not expressiveness"):format(cfg.r, smallest))
 
 -- the job's processes (one without mpirun): rank 0 prints and writes
+if cfg.memory_limit ~= "" then lt.memory.set_limit(cfg.device, cfg.memory_limit) end
 -- device=cuda: gradients are reduced by NCCL on the GPU of this rank's local rank
 local pg = lt.dist.init({ device = tostring(cfg.device):match("^cuda") and "cuda" or "cpu" })
 local main = pg:is_main()

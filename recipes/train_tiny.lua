@@ -63,6 +63,8 @@ local cfg = lt.config {
     grad_accum = { 1, "micro-batches per optimizer step", type = "int", min = 1 },
     zero = { 0, "data parallelism under mpirun: 0 DDP, 1 or 2 ZeRO stages (optimizer state sharded)",
         type = "int", choices = { 0, 1, 2 } },
+    memory_limit = { "", "a budget for the training device's memory, e.g. 6GiB (empty: none; LT_MEMORY_LIMIT "
+        .. "sets one for every device): past it an allocation fails as on a full device" },
     precision = { "auto", "activations' dtype: f32, bf16 with f32 master weights, or fp16 with f32 master weights and "
         .. "dynamic loss scaling (bf16, fp16: CUDA only); auto: bf16 on a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16", "fp16" } },
@@ -80,6 +82,7 @@ local cfg = lt.config {
 }
 
 -- the job's processes (one without mpirun): rank 0 prints and writes
+if cfg.memory_limit ~= "" then lt.memory.set_limit(cfg.device, cfg.memory_limit) end
 -- device=cuda: gradients are reduced by NCCL on the GPU of this rank's local rank
 local pg = lt.dist.init({ device = tostring(cfg.device):match("^cuda") and "cuda" or "cpu" })
 local main = pg:is_main()

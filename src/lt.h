@@ -233,6 +233,11 @@ typedef struct lt_memory_stats {
 
 int lt_memory_get_stats(int device_type, int device_index, lt_memory_stats *out);
 int lt_memory_reset_peak(int device_type, int device_index);
+/* A budget for a device's bytes in use (current_bytes): an allocation that would pass it
+   fails with LT_ERR_NOMEM and a message giving the request, the use and the budget, as a
+   full device would. 0 removes it. On CUDA it bounds the tensors' bytes, not the cache's. */
+int lt_memory_set_limit(int device_type, int device_index, int64_t bytes);
+int lt_memory_get_limit(int device_type, int device_index, int64_t *out);
 
 /* Scratch memory for kernels, counted like storage. Returns NULL (with an error set) on
    failure. Aligned to 64 bytes. */

@@ -164,6 +164,9 @@ typedef struct lt_memory_stats {
 int lt_memory_get_stats(int device_type, int device_index, lt_memory_stats *out);
 int lt_memory_reset_peak(int device_type, int device_index);
 
+int lt_memory_set_limit(int device_type, int device_index, int64_t bytes);
+int lt_memory_get_limit(int device_type, int device_index, int64_t *out);
+
 void *lt_scratch_alloc(int64_t nbytes);
 void lt_scratch_free(void *p);
 

@@ -10,6 +10,8 @@ Modules that need the others are loaded on first use (lt.llama, lt.safetensors, 
 `require "luatrain"` stays cheap.
 ]]
 local core = require "luatrain.core"
+-- a budget from the environment holds from the first allocation on
+if os.getenv("LT_MEMORY_LIMIT") then require "luatrain.memory" end
 local tensor = require "luatrain.tensor"
 local ew = require "luatrain.ops.elementwise" -- also installs the math methods on tensors
 local ops_nn = require "luatrain.ops.nn"

@@ -15,6 +15,7 @@ enum { LT_MAX_DEVICES = 16, LT_ALIGN = 64 };
 /* One counter set per device; index 0 is the CPU, 1 + i is CUDA device i. */
 typedef struct lt_counters {
     _Atomic int64_t current, peak, mapped, allocs, frees;
+    _Atomic int64_t limit; /* the budget for current (0: none), lt_memory_set_limit */
 } lt_counters;
 
 static lt_counters lt_mem[1 + LT_MAX_DEVICES];
@@ -26,12 +27,50 @@ static lt_counters *lt_counters_for(int device_type, int device_index) {
     return NULL;
 }
 
-static void lt_count_alloc(lt_counters *c, int64_t n) {
+static const char *lt_device_word(const lt_counters *c) { return c == &lt_mem[0] ? "cpu" : "cuda"; }
+
+/* Counts n bytes in use, unless that would pass the device's budget: then nothing is
+   counted and it fails (LT_ERR_NOMEM) with the numbers. */
+static int lt_count_reserve(lt_counters *c, int64_t n) {
+    int64_t limit = atomic_load(&c->limit);
     int64_t now = atomic_fetch_add(&c->current, n) + n;
+    if (limit > 0 && now > limit) {
+        atomic_fetch_sub(&c->current, n);
+        return lt_fail(LT_ERR_NOMEM,
+                       "out of memory under the budget: %lld bytes requested on %s:%d with %lld "
+                       "in use of the %lld-byte budget (memory_limit, LT_MEMORY_LIMIT)",
+                       (long long)n, lt_device_word(c), c == &lt_mem[0] ? 0 : (int)(c - lt_mem - 1),
+                       (long long)(now - n), (long long)limit);
+    }
     int64_t peak = atomic_load(&c->peak);
     while (now > peak && !atomic_compare_exchange_weak(&c->peak, &peak, now)) {
     }
     atomic_fetch_add(&c->allocs, 1);
+    return LT_OK;
+}
+
+/* Gives back a reservation whose allocation then failed. */
+static void lt_count_unreserve(lt_counters *c, int64_t n) {
+    atomic_fetch_sub(&c->current, n);
+    atomic_fetch_sub(&c->allocs, 1);
+}
+
+int lt_memory_set_limit(int device_type, int device_index, int64_t bytes) {
+    lt_counters *c = lt_counters_for(device_type, device_index);
+    if (!c) return lt_fail(LT_ERR_DEVICE, "no such device (type %d, index %d)", device_type,
+                           device_index);
+    if (bytes < 0) return lt_fail(LT_ERR_RANGE, "memory limit: %lld bytes is negative", (long long)bytes);
+    atomic_store(&c->limit, bytes);
+    return LT_OK;
+}
+
+int lt_memory_get_limit(int device_type, int device_index, int64_t *out) {
+    lt_counters *c = lt_counters_for(device_type, device_index);
+    if (!c) return lt_fail(LT_ERR_DEVICE, "no such device (type %d, index %d)", device_type,
+                           device_index);
+    if (!out) return lt_fail(LT_ERR_ARG, "lt_memory_get_limit: out is NULL");
+    *out = atomic_load(&c->limit);
+    return LT_OK;
 }
 
 static void lt_count_free(lt_counters *c, int64_t n) {
@@ -77,14 +116,18 @@ int lt_storage_new_pinned(lt_storage **out, int64_t nbytes) {
     const lt_cuda_api *api;
     int st = lt_cuda_backend_get(&api);
     if (st != LT_OK) return lt_fail_prefix(st, "pinned memory: ");
+    LT_TRY(lt_count_reserve(&lt_mem[0], nbytes));
     lt_storage *s = calloc(1, sizeof *s);
-    if (!s) return lt_fail(LT_ERR_NOMEM, "could not allocate a storage record");
+    if (!s) {
+        lt_count_unreserve(&lt_mem[0], nbytes);
+        return lt_fail(LT_ERR_NOMEM, "could not allocate a storage record");
+    }
     st = lt_cuda_host_alloc(&s->data, nbytes);
     if (st != LT_OK) {
+        lt_count_unreserve(&lt_mem[0], nbytes);
         free(s);
         return st;
     }
-    lt_count_alloc(&lt_mem[0], nbytes);
     s->nbytes = nbytes;
     s->refcount = 1;
     s->device_type = LT_DEVICE_CPU;
@@ -93,14 +136,24 @@ int lt_storage_new_pinned(lt_storage **out, int64_t nbytes) {
     return LT_OK;
 }
 
-/* Host allocations carry their size in a 64-byte prefix so frees can be counted. */
+/* Host allocations carry their size in a 64-byte prefix so frees can be counted. NULL
+   with the error set when the budget or the system refuses. */
 static void *lt_host_alloc(int64_t nbytes) {
-    if (nbytes < 0 || nbytes > INT64_MAX - 2 * LT_ALIGN) return NULL;
+    if (nbytes < 0 || nbytes > INT64_MAX - 2 * LT_ALIGN) {
+        lt_fail(LT_ERR_NOMEM, "cannot allocate %lld bytes", (long long)nbytes);
+        return NULL;
+    }
+    if (lt_count_reserve(&lt_mem[0], nbytes) != LT_OK) return NULL;
     size_t total = (size_t)(nbytes + LT_ALIGN + LT_ALIGN - 1) / LT_ALIGN * LT_ALIGN;
     char *base = aligned_alloc(LT_ALIGN, total);
-    if (!base) return NULL;
+    if (!base) {
+        lt_count_unreserve(&lt_mem[0], nbytes);
+        lt_fail(LT_ERR_NOMEM, "out of host memory: requested %lld bytes with %lld bytes already "
+                              "allocated",
+                (long long)nbytes, (long long)atomic_load(&lt_mem[0].current));
+        return NULL;
+    }
     memcpy(base, &nbytes, sizeof nbytes);
-    lt_count_alloc(&lt_mem[0], nbytes);
     return base + LT_ALIGN;
 }
 
@@ -115,8 +168,7 @@ static void lt_host_free(void *p) {
 
 void *lt_scratch_alloc(int64_t nbytes) {
     void *p = lt_host_alloc(nbytes);
-    if (!p) lt_fail(LT_ERR_NOMEM, "could not allocate %lld bytes of kernel scratch memory",
-                    (long long)nbytes);
+    if (!p) lt_fail_prefix(LT_ERR_NOMEM, "kernel scratch memory: ");
     return p;
 }
 
@@ -132,14 +184,18 @@ int lt_storage_new(lt_storage **out, int64_t nbytes, int device_type, int device
         if (st != LT_OK) return lt_fail_prefix(st, "CUDA tensors: ");
         if (device_index < 0 || device_index >= LT_MAX_DEVICES)
             return lt_fail(LT_ERR_DEVICE, "CUDA device index %d is out of range", device_index);
+        LT_TRY(lt_count_reserve(&lt_mem[1 + device_index], nbytes));
         lt_storage *s = calloc(1, sizeof *s);
-        if (!s) return lt_fail(LT_ERR_NOMEM, "could not allocate a storage record");
+        if (!s) {
+            lt_count_unreserve(&lt_mem[1 + device_index], nbytes);
+            return lt_fail(LT_ERR_NOMEM, "could not allocate a storage record");
+        }
         st = lt_cuda_alloc(&s->data, nbytes, device_index);
         if (st != LT_OK) {
+            lt_count_unreserve(&lt_mem[1 + device_index], nbytes);
             free(s);
             return st;
         }
-        lt_count_alloc(&lt_mem[1 + device_index], nbytes);
         s->nbytes = nbytes;
         s->refcount = 1;
         s->device_type = LT_DEVICE_CUDA;
@@ -155,12 +211,7 @@ int lt_storage_new(lt_storage **out, int64_t nbytes, int device_type, int device
     s->data = lt_host_alloc(nbytes);
     if (!s->data) {
         free(s);
-        lt_memory_stats st;
-        lt_memory_get_stats(LT_DEVICE_CPU, 0, &st);
-        return lt_fail(LT_ERR_NOMEM,
-                       "out of host memory: requested %lld bytes with %lld bytes already "
-                       "allocated",
-                       (long long)nbytes, (long long)st.current_bytes);
+        return lt_last_status();
     }
     s->nbytes = nbytes;
     s->refcount = 1;
