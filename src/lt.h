@@ -113,6 +113,10 @@ enum lt_storage_kind {
     LT_STORAGE_OWNED = 0,   /* allocated by the device allocator, counted in memory stats */
     LT_STORAGE_MAPPED = 1,  /* a window of a memory-mapped file; `owner` keeps the map alive */
     LT_STORAGE_BORROWED = 2, /* memory owned by someone else; never freed here */
+    LT_STORAGE_PAGED = 4,    /* host memory of the paged pool (optimizer state that pages into
+                                a device for the update): counted in paged_bytes, outside every
+                                device's current bytes and budget; page-locked when the CUDA
+                                backend is loaded, so its copies run asynchronously */
     LT_STORAGE_PINNED = 3    /* page-locked host memory (the CUDA backend): copies to and from a
                                 device run asynchronously on the device's stream */
 };
@@ -229,6 +233,7 @@ typedef struct lt_memory_stats {
     int64_t mapped_bytes;   /* file mappings alive now (not in current/peak) */
     int64_t num_allocs;
     int64_t num_frees;
+    int64_t paged_bytes;    /* the paged pool's host memory (the CPU's figure; 0 for devices) */
 } lt_memory_stats;
 
 int lt_memory_get_stats(int device_type, int device_index, lt_memory_stats *out);
@@ -283,5 +288,8 @@ int lt_cuda_get_device_info(int32_t index, lt_cuda_device_info *out);
 
 /* A CPU tensor in page-locked memory (LT_STORAGE_PINNED), for batches bound for a device. */
 int lt_tensor_empty_pinned(lt_tensor *t, int dtype, int ndim, const int64_t *sizes);
+/* A CPU tensor in the paged pool (LT_STORAGE_PAGED), zero-filled: state that lives on the
+   host and visits a device in pages (lt.optim's paged optimizers). */
+int lt_tensor_empty_paged(lt_tensor *t, int dtype, int ndim, const int64_t *sizes);
 
 #endif

@@ -64,6 +64,8 @@ enum lt_storage_kind {
     LT_STORAGE_OWNED = 0,
     LT_STORAGE_MAPPED = 1,
     LT_STORAGE_BORROWED = 2,
+    LT_STORAGE_PAGED = 4,
+
     LT_STORAGE_PINNED = 3
 
 };
@@ -159,6 +161,7 @@ typedef struct lt_memory_stats {
     int64_t mapped_bytes;
     int64_t num_allocs;
     int64_t num_frees;
+    int64_t paged_bytes;
 } lt_memory_stats;
 
 int lt_memory_get_stats(int device_type, int device_index, lt_memory_stats *out);
@@ -191,6 +194,8 @@ typedef struct lt_cuda_device_info {
 int lt_cuda_get_device_info(int32_t index, lt_cuda_device_info *out);
 
 int lt_tensor_empty_pinned(lt_tensor *t, int dtype, int ndim, const int64_t *sizes);
+
+int lt_tensor_empty_paged(lt_tensor *t, int dtype, int ndim, const int64_t *sizes);
 /* lt_ops.h */
 enum lt_op_role { LT_OP_ROLE_MAIN = 0, LT_OP_ROLE_READ = 1 };
 

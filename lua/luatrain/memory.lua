@@ -1,9 +1,10 @@
 --[[
 memory.lua - what the allocators hold, per device.
 
-lt.memory.stats("cpu") -> { current, peak, reserved, mapped, allocs, frees } in bytes
+lt.memory.stats("cpu") -> { current, peak, reserved, mapped, allocs, frees, paged } in bytes
 (current/peak count owned tensor storage and kernel scratch; mapped counts file mappings,
-which the OS pages in and out on its own). lt.memory.reset_peak(device) restarts the peak
+which the OS pages in and out on its own; paged, the CPU's figure only, is the paged pool of
+the paged optimizers, outside every budget). lt.memory.reset_peak(device) restarts the peak
 from the current figure, as torch.cuda.reset_peak_memory_stats does.
 
 lt.memory.set_limit(device, size) gives a device a budget for its bytes in use (a number of
@@ -30,6 +31,7 @@ function M.stats(device)
         mapped = tonumber(stats.mapped_bytes),
         allocs = tonumber(stats.num_allocs),
         frees = tonumber(stats.num_frees),
+        paged = tonumber(stats.paged_bytes),
     }
 end
 

@@ -26,7 +26,11 @@ local function is_group_list(list)
     return type(list[1]) == "table" and list[1].params ~= nil
 end
 
--- opts: lr (1e-3), betas ({0.9, 0.999}), eps (1e-8), weight_decay (0.01), as PyTorch.
+-- opts: lr (1e-3), betas ({0.9, 0.999}), eps (1e-8), weight_decay (0.01), as PyTorch;
+-- paged (false): the moments live in the paged pool (host memory outside every device's
+-- budget) and stream through two page buffers of page_mb MiB (default 8) on the
+-- parameter's device during the update, which is otherwise the same arithmetic, bit for
+-- bit: a run that would not fit its budget with the moments resident fits with them paged.
 function M.AdamW(params, opts)
     opts = opts or {}
     if type(params) ~= "table" then error("AdamW: params must be a list of parameter records or groups", 2) end
@@ -38,7 +42,9 @@ function M.AdamW(params, opts)
         weight_decay = opts.weight_decay or 1e-2,
     }
     local groups = is_group_list(params) and params or { { params = params } }
-    local self = setmetatable({ groups = {}, state = {}, defaults = defaults }, AdamW)
+    local self = setmetatable({ groups = {}, state = {}, defaults = defaults, paged = opts.paged and true or false,
+        page_elems = math.floor((opts.page_mb or 8) * 2 ^ 20 / 4) }, AdamW)
+    if self.page_elems < 1 then error("AdamW: page_mb must be positive", 2) end
     local seen = {} -- parameter storage key -> name, to catch one parameter listed twice
     for gi, g in ipairs(groups) do
         local group = { params = {} }
@@ -67,11 +73,12 @@ function M.AdamW(params, opts)
             end
             seen[id] = name
             group.params[#group.params + 1] = r
-            -- the state lives where the parameter does
+            -- the state lives where the parameter does, or in the paged pool
+            local where = self.paged and { paged = true } or { device = r.param.device }
             self.state[r] = {
                 step = 0,
-                exp_avg = tensor.zeros(r.param:shape(), { device = r.param.device }),
-                exp_avg_sq = tensor.zeros(r.param:shape(), { device = r.param.device }),
+                exp_avg = self.paged and tensor.empty(r.param:shape(), where) or tensor.zeros(r.param:shape(), where),
+                exp_avg_sq = self.paged and tensor.empty(r.param:shape(), where) or tensor.zeros(r.param:shape(), where),
             }
         end
         self.groups[#self.groups + 1] = group
@@ -117,11 +124,67 @@ local function step_group_multi(self, g, gs)
     return true
 end
 
+-- The paged update: each parameter in pages of page_elems elements; a page's moments are
+-- copied from the pool into two buffers on the parameter's device, updated with the
+-- parameter's page, and copied back. The buffers live for the update only.
+local function step_paged(self, gs)
+    local bufs = {}
+    for _, g in ipairs(self.groups) do
+        hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2
+        hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs
+        for _, r in ipairs(g.params) do
+            local st = self.state[r]
+            st.step = st.step + 1
+            hyper.step = st.step
+            local n = r.param:numel()
+            local dev = r.param.device
+            local b = bufs[dev]
+            if not b then
+                local size = math.min(self.page_elems, self.max_numel)
+                b = { m = tensor.empty({ size }, { device = dev }), v = tensor.empty({ size }, { device = dev }) }
+                bufs[dev] = b
+            end
+            local p, gr = r.param:view(n), r.grad:view(n)
+            local m, v = st.exp_avg:view(n), st.exp_avg_sq:view(n)
+            for start = 1, n, self.page_elems do
+                local len = math.min(self.page_elems, n - start + 1)
+                local bm, bv = b.m:narrow(1, 1, len), b.v:narrow(1, 1, len)
+                local pm, pv = m:narrow(1, start, len), v:narrow(1, start, len)
+                bm:copy_(pm)
+                bv:copy_(pv)
+                F.adamw_step(p:narrow(1, start, len), gr:narrow(1, start, len), bm, bv, hyper)
+                pm:copy_(bm)
+                pv:copy_(bv)
+                -- views hold their storage until collected: drop them now (see below)
+                bm:free()
+                bv:free()
+            end
+        end
+    end
+    -- copies back to the pool may still be in flight on a device's stream: finish them
+    -- before the buffers go and before anyone reads the pool; the buffers are freed now,
+    -- not when the collector gets to them, so the update's peak is the only one
+    for dev, b in pairs(bufs) do
+        if dev ~= "cpu" then require("luatrain.cuda").synchronize(dev) end
+        b.m:free()
+        b.v:free()
+    end
+end
+
 -- opts.grad_scale multiplies every gradient first (clipping coefficient, 1/loss scale).
 -- Parameters on the CPU are updated one tensor at a time (each in parallel inside); a
 -- group on one CUDA device goes in one launch.
 function AdamW:step(opts)
     local gs = opts and opts.grad_scale or 1
+    if self.paged then
+        if not self.max_numel then
+            self.max_numel = 1
+            for _, g in ipairs(self.groups) do
+                for _, r in ipairs(g.params) do self.max_numel = math.max(self.max_numel, r.param:numel()) end
+            end
+        end
+        return step_paged(self, gs)
+    end
     for _, g in ipairs(self.groups) do
         hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2
         hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs

@@ -107,12 +107,18 @@ end
 -- ---- construction ---------------------------------------------------------------------
 
 -- opts: dtype ("f32"), device ("cpu", "cuda", "cuda:N"), pin (page-locked host memory, for
--- batches bound for a device; CUDA builds only).
+-- batches bound for a device; CUDA builds only), paged (the paged pool: host memory outside
+-- every device's budget, zero-filled, for state that visits a device in pages).
 function M.empty(...)
     local shape, opts = parse_shape(...)
     local dt = to_dtype(opts.dtype, "empty")
     local devt, devi = core.parse_device(opts.device)
     local t = new_header()
+    if opts.paged then
+        if devt ~= C.LT_DEVICE_CPU then error("empty: the paged pool is host memory", 2) end
+        check(C.lt_tensor_empty_paged(t, dt, #shape, sizes_buf))
+        return t
+    end
     if opts.pin then
         if devt ~= C.LT_DEVICE_CPU then error("empty: pin is for host tensors", 2) end
         check(C.lt_tensor_empty_pinned(t, dt, #shape, sizes_buf))

@@ -219,6 +219,7 @@ const lt_cuda_api *lt_cuda_backend_loaded(void);
 
 /* Page-locked host storage (storage.c; needs the CUDA backend). */
 int lt_storage_new_pinned(lt_storage **out, int64_t nbytes);
+int lt_storage_new_paged(lt_storage **out, int64_t nbytes);
 
 /* ---- file mappings (storage.c) ------------------------------------------------------ */
 

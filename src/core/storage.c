@@ -16,6 +16,7 @@ enum { LT_MAX_DEVICES = 16, LT_ALIGN = 64 };
 typedef struct lt_counters {
     _Atomic int64_t current, peak, mapped, allocs, frees;
     _Atomic int64_t limit; /* the budget for current (0: none), lt_memory_set_limit */
+    _Atomic int64_t paged; /* the paged pool's bytes (the CPU's counters only) */
 } lt_counters;
 
 static lt_counters lt_mem[1 + LT_MAX_DEVICES];
@@ -96,6 +97,7 @@ int lt_memory_get_stats(int device_type, int device_index, lt_memory_stats *out)
     out->mapped_bytes = atomic_load(&c->mapped);
     out->num_allocs = atomic_load(&c->allocs);
     out->num_frees = atomic_load(&c->frees);
+    out->paged_bytes = atomic_load(&c->paged);
     return LT_OK;
 }
 
@@ -132,6 +134,41 @@ int lt_storage_new_pinned(lt_storage **out, int64_t nbytes) {
     s->refcount = 1;
     s->device_type = LT_DEVICE_CPU;
     s->kind = LT_STORAGE_PINNED;
+    *out = s;
+    return LT_OK;
+}
+
+/* The paged pool: host memory outside every budget, zero-filled. Page-locked through the
+   CUDA backend when it is already loaded (a CPU run never loads it for this); s->owner is
+   non-NULL for page-locked memory, so the release frees it the same way. */
+int lt_storage_new_paged(lt_storage **out, int64_t nbytes) {
+    if (!out) return lt_fail(LT_ERR_ARG, "lt_storage_new_paged: out is NULL");
+    *out = NULL;
+    if (nbytes < 0) return lt_fail(LT_ERR_ARG, "negative storage size %lld", (long long)nbytes);
+    lt_storage *s = calloc(1, sizeof *s);
+    if (!s) return lt_fail(LT_ERR_NOMEM, "could not allocate a storage record");
+    if (lt_cuda_backend_loaded()) {
+        int st = lt_cuda_host_alloc(&s->data, nbytes > 0 ? nbytes : 1);
+        if (st != LT_OK) {
+            free(s);
+            return lt_fail_prefix(st, "paged pool: ");
+        }
+        s->owner = s; /* page-locked */
+    } else {
+        size_t total = (size_t)(nbytes + LT_ALIGN - 1) / LT_ALIGN * LT_ALIGN;
+        s->data = aligned_alloc(LT_ALIGN, total > 0 ? total : LT_ALIGN);
+        if (!s->data) {
+            free(s);
+            return lt_fail(LT_ERR_NOMEM, "paged pool: out of host memory for %lld bytes",
+                           (long long)nbytes);
+        }
+    }
+    memset(s->data, 0, (size_t)nbytes);
+    atomic_fetch_add(&lt_mem[0].paged, nbytes);
+    s->nbytes = nbytes;
+    s->refcount = 1;
+    s->device_type = LT_DEVICE_CPU;
+    s->kind = LT_STORAGE_PAGED;
     *out = s;
     return LT_OK;
 }
@@ -243,6 +280,11 @@ void lt_storage_release(lt_storage *s) {
         lt_count_free(&lt_mem[0], s->nbytes);
         break;
     case LT_STORAGE_MAPPED: lt_mapping_release(s->owner); break;
+    case LT_STORAGE_PAGED:
+        if (s->owner) lt_cuda_host_free(s->data);
+        else free(s->data);
+        atomic_fetch_sub(&lt_mem[0].paged, s->nbytes);
+        break;
     default: break;
     }
     free(s);

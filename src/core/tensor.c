@@ -199,6 +199,21 @@ int lt_tensor_empty_pinned(lt_tensor *t, int dtype, int ndim, const int64_t *siz
     return LT_OK;
 }
 
+int lt_tensor_empty_paged(lt_tensor *t, int dtype, int ndim, const int64_t *sizes) {
+    if (!t) return lt_fail(LT_ERR_ARG, "lt_tensor_empty_paged: tensor is NULL");
+    int64_t nbytes;
+    LT_TRY(check_shape_args(dtype, ndim, sizes, &nbytes));
+    lt_storage *s;
+    LT_TRY(lt_storage_new_paged(&s, nbytes));
+    lt_tensor_release(t);
+    t->storage = s;
+    t->ndim = ndim;
+    t->dtype_id = dtype;
+    for (int i = 0; i < ndim; i++) t->sizes[i] = sizes[i];
+    set_contiguous_strides(t);
+    return LT_OK;
+}
+
 int lt_tensor_from_buffer(lt_tensor *t, int dtype, int ndim, const int64_t *sizes,
                           const void *data, int64_t nbytes) {
     int64_t need;

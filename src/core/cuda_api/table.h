@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 /* A hash of every entry's prototype and of the layout of the structs they take. */
-#define LT_CUDA_API_VERSION 0xdc5b5a40u
+#define LT_CUDA_API_VERSION 0x522e9bb4u
 
 typedef struct lt_cuda_api {
     uint32_t version; /* LT_CUDA_API_VERSION of the headers the backend was built from */
