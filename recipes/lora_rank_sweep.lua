@@ -36,6 +36,8 @@ local cfg = lt.config {
     dropout = { 0.05, "LoRA dropout", min = 0, below = 1 },
     target = { "all-linear", "adapted layers" },
     gradient_checkpointing = { true, "gradient checkpointing (one decoder layer's activations held)" },
+    offload_activations = { false, "with gradient checkpointing: keep each layer's input in host memory, not on the "
+        .. "device (bit-identical; less device memory for copies)" },
     batch_size = { 8, "sequences per step (packed)", type = "int", min = 1 },
     seq_len = { 128, "tokens per sequence slot", type = "int", min = 2 },
     steps = { 60, "optimizer steps per rank", type = "int", min = 1 },
@@ -97,7 +99,10 @@ local results = {}
 for _, r in ipairs(ranks) do
     lt.manual_seed(cfg.seed)
     local model = lt.llama.from_pretrained(cfg.model, { quant = quant, dtype = quant and "bf16" or "f32" })
-    if cfg.gradient_checkpointing then model:gradient_checkpointing(true) end
+    if cfg.offload_activations and not cfg.gradient_checkpointing then
+    error(lt.config.usage_error("offload_activations=true needs gradient_checkpointing=true (it offloads the checkpointed inputs)"), 0)
+end
+if cfg.gradient_checkpointing then model:gradient_checkpointing(true, { offload = cfg.offload_activations }) end
     local alpha = cfg.alpha_ratio > 0 and cfg.alpha_ratio * r or cfg.alpha
     lt.lora.apply(model, { r = r, alpha = alpha, dropout = cfg.dropout, target = cfg.target })
     model:to(cfg.device)

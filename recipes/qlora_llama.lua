@@ -47,6 +47,8 @@ local cfg = lt.config {
     batch_size = { 8, "sequences per micro-batch (packed into one row)", type = "int", min = 1 },
     seq_len = { 128, "tokens per sequence slot", type = "int", min = 2 },
     gradient_checkpointing = { true, "gradient checkpointing: keep one decoder layer's activations, re-run its forward in backward" },
+    offload_activations = { false, "with gradient checkpointing: keep each layer's input in host memory, not on the "
+        .. "device (bit-identical; less device memory for copies)" },
     grad_accum = { 1, "micro-batches per optimizer step", type = "int", min = 1 },
     lr = { 3e-3, "peak learning rate", above = 0 },
     lora_plus_ratio = { 0, "LoRA+: the B matrices learn this many times faster (0: off; 16 in the paper)", min = 0 },
@@ -116,7 +118,10 @@ for _, r in ipairs(model:named_parameters()) do
     n_plain_bytes = n_plain_bytes + r.param:nbytes()
 end
 
-if cfg.gradient_checkpointing then model:gradient_checkpointing(true) end
+if cfg.offload_activations and not cfg.gradient_checkpointing then
+    error(lt.config.usage_error("offload_activations=true needs gradient_checkpointing=true (it offloads the checkpointed inputs)"), 0)
+end
+if cfg.gradient_checkpointing then model:gradient_checkpointing(true, { offload = cfg.offload_activations }) end
 
 -- ---- adapters -----------------------------------------------------------------------------
 local target = cfg.target

@@ -72,6 +72,8 @@ local cfg = lt.config {
     out = { "runs/train_tiny", "output folder (log.jsonl, model/)" },
     save = { true, "save the trained model" },
     gradient_checkpointing = { false, "gradient checkpointing: re-run each layer's forward in backward to hold one layer's activations" },
+    offload_activations = { false, "with gradient checkpointing: keep each layer's input in host memory, not on the "
+        .. "device (bit-identical; less device memory for copies)" },
     -- stories15M shape; ignored when `model` is given
     vocab_size = { 32000, "vocabulary size of a new model", type = "int", min = 1 },
     dim = { 288, "hidden size of a new model", type = "int", min = 2 },
@@ -123,7 +125,10 @@ else
         max_position_embeddings = cfg.seq_len, rms_norm_eps = 1e-5, tie_word_embeddings = true,
     })
 end
-if cfg.gradient_checkpointing then model:gradient_checkpointing(true) end
+if cfg.offload_activations and not cfg.gradient_checkpointing then
+    error(lt.config.usage_error("offload_activations=true needs gradient_checkpointing=true (it offloads the checkpointed inputs)"), 0)
+end
+if cfg.gradient_checkpointing then model:gradient_checkpointing(true, { offload = cfg.offload_activations }) end
 model:to(cfg.device)
 local compute = cfg.precision == "fp16" and "f16" or cfg.precision ~= "auto" and cfg.precision
     or (cfg.device == "cpu" and "f32" or "bf16")

@@ -12,6 +12,18 @@ wrapper keeps its own output (the next layer's input) and input gradient.
 
     model:gradient_checkpointing(true)   -- LlamaForCausalLM / LlamaModel: every decoder layer
 
+    model:gradient_checkpointing(true, { offload = true })   -- and inputs kept on the host
+
+Activation offload (offload = true on the arena): each wrapper keeps its layer's input in
+the paged pool (host memory outside the device's budget; page-locked once the CUDA backend
+is loaded) instead of keeping its output on the device. Outputs then pass from layer to
+layer through two device buffers the arena owns (layer i reads one and writes the other),
+and a backward copies its layer's input back into one more arena buffer before the
+recomputation. Device memory for L layers falls from L + 1 (B, T, C) tensors to 3; the
+host holds L. The numbers are the same bits. On a CPU the copies buy nothing but show the
+mechanics and the accounting; on CUDA they run on the device's stream, in order with the
+compute (not yet overlapped on a side stream).
+
 Names stay transparent: a checkpointed layer's parameters keep the wrapped module's names
 (model.layers.0.self_attn.q_proj.weight), so state dicts and adapters are unchanged.
 Memory per checkpointed layer falls from all of its activations to two (B, T, C) tensors,
@@ -38,8 +50,19 @@ local function share_buffers(m, arena)
 end
 
 -- A new arena to pass to several GradCheckpoints that should share activations.
-function GradCheckpoint.arena()
-    return { slots = {}, owner = nil }
+function GradCheckpoint.arena(opts)
+    return { slots = {}, owner = nil, offload = opts and opts.offload and true or false }
+end
+
+-- An arena buffer (a device tensor of the given shape and dtype, on `device`), reused while
+-- the shape holds.
+local function arena_buffer(arena, name, shape, dtype, device)
+    local b = arena[name]
+    if b == nil then
+        b = tensor.new_header()
+        arena[name] = b
+    end
+    return b:resize_(shape, { dtype = dtype, device = device })
 end
 
 function GradCheckpoint:init(inner, arena)
@@ -78,15 +101,40 @@ function GradCheckpoint:forward(x)
     -- the same dropout masks
     local rng = tensor.default_rng
     self.rng_seed, self.rng_offset = rng.seed, rng.offset
+    local arena = self.arena
+    if arena.offload then
+        -- the input goes to the host pool; the backward brings it back
+        local h = self.host_input
+        if h == nil or h.dtype ~= x.dtype or table.concat(h:shape(), ",") ~= table.concat(x:shape(), ",") then
+            if h then h:free() end
+            h = tensor.empty(x:shape(), { dtype = x.dtype, paged = true })
+            self.host_input = h
+        end
+        h:copy_(x)
+    end
     local y = self.inner:forward(x)
-    self.arena.owner = self
-    local out = self:buffer("output", y:shape(), y.dtype)
+    arena.owner = self
+    local out
+    if arena.offload then
+        -- outputs alternate between the arena's two buffers: this layer's input is the other
+        arena.flip = arena.flip == "pass_a" and "pass_b" or "pass_a"
+        out = arena_buffer(arena, arena.flip, y:shape(), y.dtype, y.device)
+    else
+        out = self:buffer("output", y:shape(), y.dtype)
+    end
     out:copy_(y)
     self.output = out
     return out
 end
 
 function GradCheckpoint:backward(x, dy)
+    if self.arena.offload then
+        -- the caller's x was one of the passing buffers, long overwritten: the input comes
+        -- back from the host
+        local h = self.host_input
+        x = arena_buffer(self.arena, "restored", h:shape(), h.dtype, dy.device)
+        x:copy_(h)
+    end
     -- the arena holds the activations of whichever wrapper ran forward last
     if self.arena.owner ~= self then
         local rng = tensor.default_rng
@@ -105,6 +153,16 @@ end
 
 function GradCheckpoint:free_buffers()
     Module.free_buffers(self)
+    if self.host_input then
+        self.host_input:free()
+        self.host_input = nil
+    end
+    for _, k in ipairs({ "pass_a", "pass_b", "restored" }) do
+        if self.arena[k] then
+            self.arena[k]:free()
+            self.arena[k] = nil
+        end
+    end
     self.arena.owner = nil
 end
 

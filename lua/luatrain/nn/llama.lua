@@ -373,10 +373,10 @@ end
 
 -- GradCheckpoint every decoder layer (flag true) or stop (false). The layers share one arena
 -- of activation buffers; see nn/grad_checkpoint.lua.
-function LlamaModel:gradient_checkpointing(flag)
+function LlamaModel:gradient_checkpointing(flag, opts)
     local GradCheckpoint = require "luatrain.nn.grad_checkpoint"
     local list = self.layers
-    local arena = flag and GradCheckpoint.arena() or nil
+    local arena = flag and GradCheckpoint.arena(opts) or nil
     for _, c in ipairs(list:named_children()) do
         local layer = c.module
         local inner = layer.inner or layer
@@ -461,8 +461,9 @@ function LlamaForCausalLM:quant_layers()
     return out
 end
 
-function LlamaForCausalLM:gradient_checkpointing(flag)
-    self.model:gradient_checkpointing(flag)
+-- opts.offload: keep each checkpointed layer's input in host memory (nn/grad_checkpoint.lua).
+function LlamaForCausalLM:gradient_checkpointing(flag, opts)
+    self.model:gradient_checkpointing(flag, opts)
     return self
 end
 
