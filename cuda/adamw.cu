@@ -29,8 +29,8 @@
 // its parameter written (the CPU's arithmetic: the bias corrections and factors from the
 // host in f64, IEEE sqrtf and division); the block's new absmax of m and of v is one
 // warp-shuffle + shared-memory max reduction; then every element is re-coded by the binary
-// search of src/ops/adamw8_math.h over the shared maps, the CPU's code for the same f32
-// value. Where the CPU's compiler and nvcc contract a multiply-add differently a moment can
+// search of src/ops/adamw8_math.h over the shared maps (the CPU counts thresholds instead,
+// which gives the same code for every f32 value, ties included). Where the CPU's compiler and nvcc contract a multiply-add differently a moment can
 // differ in its last bit, and a value that sits at a midpoint between two map entries can
 // then take the neighbouring code.
 //
@@ -337,7 +337,7 @@ __global__ void adam8_kernel(adam8_args a, adam_hyper h) {
         if (j >= len) continue;
         float xm = max_m > 0.0f ? ms[k] / max_m : 0.0f;
         float xv = max_v > 0.0f ? vs[k] / max_v : 0.0f;
-        a.cm[lo + j] = lt_adamw8_code_signed(qm, xm, ms[k]);
+        a.cm[lo + j] = lt_adamw8_keep_sign(qm, lt_adamw8_code(qm, xm), ms[k]);
         a.cv[lo + j] = lt_adamw8_code(qv, xv);
     }
 }
