@@ -76,6 +76,8 @@ local cfg = lt.config {
 -- settings whose range the declaration cannot say, checked before anything loads
 local function need(ok, what) if not ok then error(lt.config.usage_error(what), 0) end end
 need(cfg.steps > 0 or cfg.epochs > 0, "give steps or epochs a positive value")
+need(cfg.zero == 0 or cfg.optim ~= "adamw_8bit", ("zero=%d with optim=adamw_8bit is not supported yet "
+    .. "(ZeRO shards 32-bit AdamW state; use zero=0 or optim=adamw)"):format(cfg.zero))
 -- config.json is read (and checked) before the weights: a rank the model's layers cannot
 -- hold is refused before gigabytes of adapters are allocated
 local model_cfg = lt.llama.read_config(cfg.model .. "/config.json")

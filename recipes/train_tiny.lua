@@ -81,6 +81,11 @@ local cfg = lt.config {
     ffn_dim = { 768, "MLP width of a new model", type = "int", min = 1 },
 }
 
+if cfg.zero > 0 and cfg.optim == "adamw_8bit" then
+    error(lt.config.usage_error(("zero=%d with optim=adamw_8bit is not supported yet (ZeRO shards 32-bit AdamW "
+        .. "state; use zero=0 or optim=adamw)"):format(cfg.zero)), 0)
+end
+
 -- the job's processes (one without mpirun): rank 0 prints and writes
 -- device=cuda: gradients are reduced by NCCL on the GPU of this rank's local rank
 local pg = lt.dist.init({ device = tostring(cfg.device):match("^cuda") and "cuda" or "cpu" })
