@@ -1,5 +1,5 @@
-// adamw.cu - the AdamW update on CUDA, per tensor and for many tensors in one launch, and
-// the global norm of many tensors in two launches.
+// adamw.cu - the AdamW update on CUDA, per tensor and for many tensors in one launch, its
+// 8-bit form (one launch per tensor), and the global norm of many tensors in two launches.
 //
 // AdamW: the CPU's arithmetic (src/ops/adamw.c) element by element, in f32, in the same
 // order: g' = g * grad_scale; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g' g';
@@ -21,6 +21,19 @@
 // pointers are 16-byte aligned (chunk starts are multiples of 4 elements), scalar
 // otherwise.
 //
+// 8-bit AdamW (lt_adamw8_step, bitsandbytes' blockwise 8-bit optimizer): one thread block
+// per quantization block of `block` elements (64..4096), min(block, 256) threads, each
+// holding up to 16 of the block's elements in registers (thread t takes elements t,
+// t + threads, ...: coalesced loads of the f32 and u8 arrays). Both 256-entry maps are
+// copied to shared memory first. Each element's moments are dequantized and updated and
+// its parameter written (the CPU's arithmetic: the bias corrections and factors from the
+// host in f64, IEEE sqrtf and division); the block's new absmax of m and of v is one
+// warp-shuffle + shared-memory max reduction; then every element is re-coded by the binary
+// search of src/ops/adamw8_math.h over the shared maps (the CPU counts thresholds instead,
+// which gives the same code for every f32 value, ties included). Where the CPU's compiler and nvcc contract a multiply-add differently a moment can
+// differ in its last bit, and a value that sits at a midpoint between two map entries can
+// then take the neighbouring code.
+//
 // Global norm: the same table shape over any float tensors (non-contiguous ones are
 // copied first); each block writes the f64 sum of squares of its chunk, one block adds the
 // partials in a fixed order (deterministic), and the host reads one double.
@@ -30,6 +43,7 @@
 #include <string.h>
 
 #include "common.cuh"
+#include "ops/adamw8_math.h"
 
 namespace { // kernels and types stay private to this file
 
@@ -238,6 +252,126 @@ extern "C" int lt_cuda_adamw_step_multi(lt_tensor *const *params, const lt_tenso
     if (err != cudaSuccess)
         return lt_fail(LT_ERR_DEVICE, "%s:%d: launching adam_multi_kernel: %s", __FILE__, __LINE__,
                        cudaGetErrorString(err));
+    return LT_OK;
+}
+
+namespace { // kernels and types stay private to this file
+
+// ---- 8-bit AdamW -----------------------------------------------------------------------------
+
+enum { A8_THREADS = 256, A8_MAX_BLOCK = 4096, A8_PER_THREAD = A8_MAX_BLOCK / A8_THREADS };
+
+struct adam8_args {
+    float *p;         // (n) parameter
+    const float *g;   // (n) gradient
+    uint8_t *cm;      // (n) first-moment codes
+    float *am;        // (blocks) first-moment absmax
+    uint8_t *cv;      // (n) second-moment codes
+    float *av;        // (blocks) second-moment absmax
+    const float *qm;  // (256) signed map
+    const float *qv;  // (256) unsigned map
+    int64_t n;
+    int32_t block;
+};
+
+// The max of a and of b over the thread block, in every thread (values are >= 0).
+__device__ __forceinline__ void block_max2(float &a, float &b) {
+    __shared__ float sa[32], sb[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+        b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    if (lane == 0) {
+        sa[warp] = a;
+        sb[warp] = b;
+    }
+    __syncthreads();
+    a = lane < nw ? sa[lane] : 0.0f;
+    b = lane < nw ? sb[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) {
+        a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+        b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
+    }
+}
+
+__global__ void adam8_kernel(adam8_args a, adam_hyper h) {
+    __shared__ float qm[256], qv[256];
+    for (int k = threadIdx.x; k < 256; k += blockDim.x) {
+        qm[k] = a.qm[k];
+        qv[k] = a.qv[k];
+    }
+    __syncthreads();
+    int64_t b = blockIdx.x, lo = b * a.block;
+    int len = a.n - lo < a.block ? (int)(a.n - lo) : a.block;
+    // read before thread 0 overwrites them (after the reduction's barrier)
+    float scale_m = a.am[b], scale_v = a.av[b], max_m = 0.0f, max_v = 0.0f;
+    float ms[A8_PER_THREAD], vs[A8_PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < A8_PER_THREAD; k++) {
+        int j = threadIdx.x + k * blockDim.x;
+        ms[k] = 0.0f;
+        vs[k] = 0.0f;
+        if (j >= len) continue;
+        int64_t i = lo + j;
+        float gi = a.g[i];
+        if (!isfinite(gi)) continue; // moments restart, the weight stays (the CPU's rule)
+        gi *= h.gs;
+        float mi = h.b1 * (qm[a.cm[i]] * scale_m) + (1.0f - h.b1) * gi;
+        float vi = h.b2 * (qv[a.cv[i]] * scale_v) + (1.0f - h.b2) * gi * gi;
+        ms[k] = mi;
+        vs[k] = vi;
+        max_m = fmaxf(max_m, fabsf(mi));
+        max_v = fmaxf(max_v, fabsf(vi));
+        float denom = sqrtf(vi) * h.inv_sqrt_bc2 + h.eps;
+        a.p[i] = a.p[i] * h.decay - h.step_size * mi / denom;
+    }
+    block_max2(max_m, max_v);
+    if (threadIdx.x == 0) {
+        a.am[b] = max_m;
+        a.av[b] = max_v;
+    }
+#pragma unroll
+    for (int k = 0; k < A8_PER_THREAD; k++) {
+        int j = threadIdx.x + k * blockDim.x;
+        if (j >= len) continue;
+        float xm = max_m > 0.0f ? ms[k] / max_m : 0.0f;
+        float xv = max_v > 0.0f ? vs[k] / max_v : 0.0f;
+        a.cm[lo + j] = lt_adamw8_keep_sign(qm, lt_adamw8_code(qm, xm), ms[k]);
+        a.cv[lo + j] = lt_adamw8_code(qv, xv);
+    }
+}
+
+} // namespace
+
+extern "C" int lt_cuda_adamw8_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *m_codes,
+                                   lt_tensor *m_absmax, lt_tensor *v_codes, lt_tensor *v_absmax,
+                                   const lt_tensor *m_map, const lt_tensor *v_map, int32_t block,
+                                   const lt_adamw_params *p) {
+    LT_CUDA_CTX(c, lt_device_of(param));
+    int64_t n = lt_numel(param);
+    if (n == 0) return LT_OK;
+    if (block < 32 || block > A8_MAX_BLOCK)
+        return LT_INTERNAL("adamw8_step: block %d outside the kernel's 32..%d", (int)block,
+                           (int)A8_MAX_BLOCK);
+    int64_t blocks = (n + block - 1) / block;
+    if (blocks > INT32_MAX)
+        return lt_fail(LT_ERR_RANGE, "adamw8_step: %lld blocks exceed one launch",
+                       (long long)blocks);
+    adam8_args a;
+    a.p = lt_dptr<float>(param);
+    a.g = lt_dptr<float>(grad);
+    a.cm = lt_dptr<uint8_t>(m_codes);
+    a.am = lt_dptr<float>(m_absmax);
+    a.cv = lt_dptr<uint8_t>(v_codes);
+    a.av = lt_dptr<float>(v_absmax);
+    a.qm = lt_dptr<float>(m_map);
+    a.qv = lt_dptr<float>(v_map);
+    a.n = n;
+    a.block = block;
+    int threads = block < A8_THREADS ? block : A8_THREADS;
+    adam8_kernel<<<(unsigned)blocks, threads, 0, c->stream>>>(a, make_hyper(p));
+    LT_CU_LAUNCH("adam8_kernel");
     return LT_OK;
 }
 

@@ -57,6 +57,8 @@ local cfg = lt.config {
     steps = { 150, "optimizer steps (0: run `epochs`)", type = "int", min = 0 },
     epochs = { 0, "passes over the dataset when steps is 0", type = "int", min = 0 },
     weight_decay = { 0.0, "AdamW weight decay on the adapters", min = 0 },
+    optim = { "adamw", "optimizer (Hugging Face's names): adamw (32-bit moments), paged_adamw (32-bit moments in host memory, paged in for the update) or adamw_8bit (bitsandbytes' 8-bit "
+        .. "blockwise moments for adapters of 4096+ elements)", choices = { "adamw", "adamw_8bit", "paged_adamw" } },
     grad_clip = { 1.0, "clip the global gradient norm (0: off)", min = 0 },
     detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
         choices = { "step", "parameter" } },
@@ -79,6 +81,8 @@ local cfg = lt.config {
 -- settings whose range the declaration cannot say, checked before anything loads
 local function need(ok, what) if not ok then error(lt.config.usage_error(what), 0) end end
 need(cfg.steps > 0 or cfg.epochs > 0, "give steps or epochs a positive value")
+need(cfg.zero == 0 or cfg.optim == "adamw", ("zero=%d with optim=%s is not supported yet "
+    .. "(ZeRO shards resident 32-bit AdamW state; use zero=0 or optim=adamw)"):format(cfg.zero, cfg.optim))
 -- config.json is read (and checked) before the weights: a rank the model's layers cannot
 -- hold is refused before gigabytes of adapters are allocated
 local model_cfg = lt.llama.read_config(cfg.model .. "/config.json")
@@ -141,6 +145,9 @@ model:set_compute_dtype(compute)
 -- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
 local loss_scale = compute == "f16" and "dynamic" or nil
 local n_train = model:num_parameters(true)
+local train_sizes = {}
+for _, r in ipairs(model:parameters()) do train_sizes[#train_sizes + 1] = r.param:numel() end
+local opt_bytes = lt.optim.plan_state_bytes(cfg.optim, train_sizes)
 
 say(("qlora_llama: %s on %s"):format(cfg.model, cfg.device))
 say(("  %s; %d decoder layers, hidden %d, vocabulary %d"):format(model:extra_repr(), c.num_hidden_layers,
@@ -148,10 +155,11 @@ say(("  %s; %d decoder layers, hidden %d, vocabulary %d"):format(model:extra_rep
 say(("  parameters: %.2fM, trainable %.3fM (%.2f%%) in %d LoRA layers (r=%d, alpha=%g%s%s)"):format(
     n_total / 1e6, n_train / 1e6, 100 * n_train / n_total, #adapted, cfg.r, cfg.alpha,
     cfg.rslora and ", rsLoRA" or "", cfg.dora and ", DoRA" or ""))
-say(("  memory plan: base %s as f32 -> %s %s (%.3f bits/weight) + %s unquantized; adapters, gradients and AdamW %s; loading peaked at %s"):format(
+say(("  memory plan: base %s as f32 -> %s %s (%.3f bits/weight) + %s unquantized; adapters and gradients %s, "
+    .. "%s state %s; loading peaked at %s"):format(
     mb(4 * n_total), mb(n_quant_bytes + n_plain_bytes), quant and cfg.quant or "f32",
     n_quant_bytes > 0 and 8 * n_quant_bytes / (n_total - n_plain_bytes / 2) or 32,
-    mb(n_plain_bytes), mb(16 * n_train), mb(load_peak)))
+    mb(n_plain_bytes), mb(8 * n_train), cfg.optim, mb(opt_bytes), mb(load_peak)))
 
 -- ---- data ----------------------------------------------------------------------------------
 local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len }
@@ -216,7 +224,8 @@ local bar = main and lt.log.progress("training")
 local result = lt.trainer.finetune{
     model = model, train = train_ds, eval = eval_ds, batch_size = cfg.batch_size, seq_len = cfg.seq_len,
     grad_accum = cfg.grad_accum, lr = cfg.lr, weight_decay = cfg.weight_decay, schedule = cfg.schedule,
-    lora_plus_ratio = cfg.lora_plus_ratio, detect_nonfinite = cfg.detect_nonfinite, loss_scale = loss_scale,
+    lora_plus_ratio = cfg.lora_plus_ratio, detect_nonfinite = cfg.detect_nonfinite, optim = cfg.optim,
+    loss_scale = loss_scale,
     warmup = cfg.warmup, steps = cfg.steps, epochs = cfg.epochs, grad_clip = cfg.grad_clip, seed = cfg.seed,
     pad_id = eval_opts.pad_id, eval_every = cfg.eval_every, log = cfg.output_dir .. "/log.jsonl", zero = cfg.zero,
     on_step = function(rec, total)

@@ -19,10 +19,11 @@ dataset, `text` (or a built-in story corpus) is read as bytes (token ids 0..255)
 step draws random windows of seq_len + 1 bytes.
 
 Each step runs the fused forward/backward, clips the gradient norm inside the AdamW
-update, and follows a warm-up + cosine learning rate. The run logs step, loss, lr, grad
-norm, tokens/s and peak memory to the console and to <out>/log.jsonl, writes a checkpoint
-(model, optimizer, data position, RNG) to <out>/checkpoint-<step> every `save_every` steps,
-keeping the `keep_last` newest, and saves the model to <out>/model as a Hugging Face folder.
+update (optim=adamw_8bit: bitsandbytes' 8-bit moments), and follows a warm-up + cosine
+learning rate. The run logs step, loss, lr, grad norm, tokens/s and peak memory to the
+console and to <out>/log.jsonl, writes a checkpoint (model, optimizer, data position, RNG)
+to <out>/checkpoint-<step> every `save_every` steps, keeping the `keep_last` newest, and
+saves the model to <out>/model as a Hugging Face folder.
 `resume` continues a run from a checkpoint on exactly the trajectory it would have followed.
 
 Under mpirun it trains data-parallel (zero=0 DDP, zero=1/2 ZeRO): the ranks share the
@@ -54,6 +55,8 @@ local cfg = lt.config {
     warmup = { 20, "linear warm-up steps", type = "int", min = 0 },
     schedule = { "cosine", "learning-rate schedule", choices = { "constant", "linear", "cosine" } },
     weight_decay = { 0.1, "decoupled weight decay on matrices (norms get none)", min = 0 },
+    optim = { "adamw", "optimizer (Hugging Face's names): adamw (32-bit moments), paged_adamw (32-bit moments in host memory, paged in for the update) or adamw_8bit (bitsandbytes' 8-bit "
+        .. "blockwise moments for parameters of 4096+ elements)", choices = { "adamw", "adamw_8bit", "paged_adamw" } },
     grad_clip = { 1.0, "clip the global gradient norm to this (0: off)", min = 0 },
     detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
         choices = { "step", "parameter" } },
@@ -82,6 +85,11 @@ local cfg = lt.config {
     n_kv_heads = { 6, "key/value heads of a new model", type = "int", min = 1 },
     ffn_dim = { 768, "MLP width of a new model", type = "int", min = 1 },
 }
+
+if cfg.zero > 0 and cfg.optim ~= "adamw" then
+    error(lt.config.usage_error(("zero=%d with optim=%s is not supported yet (ZeRO shards resident 32-bit AdamW "
+        .. "state; use zero=0 or optim=adamw)"):format(cfg.zero, cfg.optim)), 0)
+end
 
 -- the job's processes (one without mpirun): rank 0 prints and writes
 if cfg.memory_limit ~= "" then lt.memory.set_limit(cfg.device, cfg.memory_limit) end
@@ -157,10 +165,11 @@ local decay, no_decay = {}, {}
 for _, r in ipairs(model:parameters()) do
     if r.param:dim() >= 2 then decay[#decay + 1] = r else no_decay[#no_decay + 1] = r end
 end
-local opt = lt.optim.AdamW({
+local make_optimizer = cfg.optim == "adamw_8bit" and lt.optim.AdamW8bit or lt.optim.AdamW
+local opt = make_optimizer({
     { params = decay, weight_decay = cfg.weight_decay },
     { params = no_decay, weight_decay = 0 },
-}, { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-8 })
+}, { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-8, paged = cfg.optim == "paged_adamw" })
 
 local n_params = model:num_parameters()
 say(("train_tiny: %s"):format(model:extra_repr()))

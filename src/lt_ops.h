@@ -304,6 +304,38 @@ int lt_adamw_step_multi(lt_tensor *const *params, const lt_tensor *const *grads,
                         lt_tensor *const *exp_avgs, lt_tensor *const *exp_avg_sqs, int32_t n,
                         const lt_adamw_params *p);
 
+/* AdamW with both moments held in 8 bits: bitsandbytes' blockwise 8-bit optimizer
+   (optimizer_update_8bit_blockwise; its kernel kOptimizer8bit2StateBlockwise), in its
+   layout: the codes, absmax and maps are its state1/absmax1/qmap1 and state2/absmax2/qmap2.
+   Buffers, n = numel(param), blocks = ceil(n / block):
+     param     f32 (any shape, contiguous), updated in place
+     grad      f32, param's shape; multiplied by p->grad_scale first
+     m_codes   u8 (n elements, contiguous): the first moment, codes into m_map
+     m_absmax  f32 (blocks): the first moment's scale per block of `block` elements
+     v_codes   u8 (n): the second moment, codes into v_map
+     v_absmax  f32 (blocks)
+     m_map     f32 (256), strictly increasing: the signed dynamic map (lt_quant_dynamic_map)
+     v_map     f32 (256), strictly increasing: the unsigned dynamic map
+               (lt_quant_dynamic_map_unsigned)
+   A moment element is map[code] * absmax[block]. One pass per block: dequantize m and v,
+   the AdamW update in f32 with lt_adamw_step's arithmetic (decoupled decay applied as
+   PyTorch applies it, before the step; bitsandbytes decays after it, a difference of
+   lr * wd times the step), the new absmax = max |m| and max |v| over the block, then each
+   moment divided by its absmax and re-coded to the nearest map entry (bitsandbytes' binary
+   search over the map: nearest by f32 midpoints, a value exactly at a midpoint taking the
+   even entry; no stochastic rounding). As in bitsandbytes, a first moment that the
+   nearest code would flip in sign (a tiny negative one rounding to 0.0) takes the
+   neighbouring code of its own sign, and an element whose gradient is inf or NaN gets zero
+   moments and keeps its parameter. A block whose moments are all zero gets absmax 0 and
+   the codes of 0.0; zero codes and absmax are the fresh state. block: a power of two from
+   64 to 4096 (bitsandbytes uses 256; releases before 0.44 used 2048). Every tensor on one
+   device; the CPU runs the blocks in parallel, CUDA one thread block per quantization
+   block, and both give the same codes for the same moments. */
+int lt_adamw8_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *m_codes,
+                   lt_tensor *m_absmax, lt_tensor *v_codes, lt_tensor *v_absmax,
+                   const lt_tensor *m_map, const lt_tensor *v_map, int32_t block,
+                   const lt_adamw_params *p);
+
 /* sqrt(sum of squares) over n tensors, in f64. Every tensor on one device; on CUDA they
    may also be bf16/f16, and all are reduced in two launches with one read-back. */
 int lt_global_norm(const lt_tensor *const *tensors, int32_t n, double *out);

@@ -55,6 +55,12 @@ int lt_quant_codebook(int type, float *out16);
    f32 linspace makes some of bitsandbytes' own entries differ from these by 1 ulp; a state
    always carries the map it was made with). */
 int lt_quant_dynamic_map(float *out256);
+/* The unsigned 8-bit dynamic map (256 values in [0, 1], sorted), create_dynamic_map(
+   signed=False) evaluated the same way: for i = 0..6 the 2^(i+1) midpoints of
+   linspace(0.1, 1, 2^(i+1) + 1) scaled by 10^(i-6) (254 values), then 0 and 1. bitsandbytes'
+   8-bit optimizers code the second moment (never negative) with it, the first moment with
+   the signed map. */
+int lt_quant_dynamic_map_unsigned(float *out256);
 
 /* Quantize a 1-D or 2-D f32/bf16/f16 tensor. q is filled (release it when done); inf or
    NaN in the weight is an LT_ERR_ARG naming the first bad element. For int8, blocksize and

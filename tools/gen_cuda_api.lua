@@ -49,7 +49,7 @@ local CUDA_OPS = {
         "cross_entropy_forward", "cross_entropy_backward",
         "linear_cross_entropy_forward", "linear_cross_entropy_backward",
         "linear_cross_entropy_fused",
-        "adamw_step", "adamw_step_multi", "global_norm",
+        "adamw_step", "adamw_step_multi", "adamw8_step", "global_norm",
     },
     ["src/lt_quant.h"] = {
         "quantize", "dequantize", "dequantize_rows", "quant_absmax",

@@ -378,6 +378,11 @@ int lt_adamw_step_multi(lt_tensor *const *params, const lt_tensor *const *grads,
                         lt_tensor *const *exp_avgs, lt_tensor *const *exp_avg_sqs, int32_t n,
                         const lt_adamw_params *p);
 
+int lt_adamw8_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *m_codes,
+                   lt_tensor *m_absmax, lt_tensor *v_codes, lt_tensor *v_absmax,
+                   const lt_tensor *m_map, const lt_tensor *v_map, int32_t block,
+                   const lt_adamw_params *p);
+
 int lt_global_norm(const lt_tensor *const *tensors, int32_t n, double *out);
 /* lt_io.h */
 typedef struct lt_safetensors lt_safetensors;
@@ -591,6 +596,8 @@ typedef struct lt_quant_state {
 int lt_quant_codebook(int type, float *out16);
 
 int lt_quant_dynamic_map(float *out256);
+
+int lt_quant_dynamic_map_unsigned(float *out256);
 
 int lt_quantize(lt_quant_state *q, const lt_tensor *w, int type, int blocksize, int double_quant);
 

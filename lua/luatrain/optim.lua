@@ -1,5 +1,6 @@
 --[[
-optim.lua - AdamW with parameter groups, gradient-norm clipping, learning-rate schedules.
+optim.lua - AdamW (32-bit or bitsandbytes' 8-bit moments) with parameter groups,
+gradient-norm clipping, learning-rate schedules.
 
     local opt = lt.optim.AdamW(model:parameters(), { lr = 3e-4, weight_decay = 0.1 })
     -- or groups: lt.optim.AdamW({ { params = decay, weight_decay = 0.1 },
@@ -19,21 +20,17 @@ local F = require "luatrain.ops.nn"
 
 local M = {}
 
-local AdamW = {}
+local AdamW = { kind = "adamw" }
 AdamW.__index = AdamW
 
 local function is_group_list(list)
     return type(list[1]) == "table" and list[1].params ~= nil
 end
 
--- opts: lr (1e-3), betas ({0.9, 0.999}), eps (1e-8), weight_decay (0.01), as PyTorch;
--- paged (false): the moments live in the paged pool (host memory outside every device's
--- budget) and stream through two page buffers of page_mb MiB (default 8) on the
--- parameter's device during the update, which is otherwise the same arithmetic, bit for
--- bit: a run that would not fit its budget with the moments resident fits with them paged.
-function M.AdamW(params, opts)
-    opts = opts or {}
-    if type(params) ~= "table" then error("AdamW: params must be a list of parameter records or groups", 2) end
+-- The groups of an AdamW-style optimizer: defaults from opts, each group's own settings,
+-- every parameter checked (present, trainable, listed once) and given the state
+-- new_state(record) makes. `who` names the optimizer in errors.
+local function build_groups(self, params, opts, who, new_state)
     local defaults = {
         lr = opts.lr or 1e-3,
         beta1 = opts.betas and opts.betas[1] or 0.9,
@@ -41,10 +38,8 @@ function M.AdamW(params, opts)
         eps = opts.eps or 1e-8,
         weight_decay = opts.weight_decay or 1e-2,
     }
+    self.groups, self.state, self.defaults = {}, {}, defaults
     local groups = is_group_list(params) and params or { { params = params } }
-    local self = setmetatable({ groups = {}, state = {}, defaults = defaults, paged = opts.paged and true or false,
-        page_elems = math.floor((opts.page_mb or 8) * 2 ^ 20 / 4) }, AdamW)
-    if self.page_elems < 1 then error("AdamW: page_mb must be positive", 2) end
     local seen = {} -- parameter storage key -> name, to catch one parameter listed twice
     for gi, g in ipairs(groups) do
         local group = { params = {} }
@@ -60,29 +55,56 @@ function M.AdamW(params, opts)
         for pi, r in ipairs(g.params) do
             local name = r.name or ("entry " .. pi)
             if not r.param then
-                error(("AdamW: group %d, %s has no param"):format(gi, name), 2)
+                error(("%s: group %d, %s has no param"):format(who, gi, name), 3)
             end
             if not r.grad then
-                error(("AdamW: parameter %s (group %d) has no gradient: it is frozen, so leave it out"):format(
-                    name, gi), 2)
+                error(("%s: parameter %s (group %d) has no gradient: it is frozen, so leave it out"):format(
+                    who, name, gi), 3)
             end
             local id = tostring(r.param.storage) .. ":" .. tostring(r.param.offset)
             if seen[id] then
-                error(("AdamW: parameter %s is listed more than once (also as %s); a parameter belongs in one place in one group"):format(
-                    name, seen[id]), 2)
+                error(("%s: parameter %s is listed more than once (also as %s); a parameter belongs in one place in one group"):format(
+                    who, name, seen[id]), 3)
             end
             seen[id] = name
             group.params[#group.params + 1] = r
-            -- the state lives where the parameter does, or in the paged pool
-            local where = self.paged and { paged = true } or { device = r.param.device }
-            self.state[r] = {
-                step = 0,
-                exp_avg = self.paged and tensor.empty(r.param:shape(), where) or tensor.zeros(r.param:shape(), where),
-                exp_avg_sq = self.paged and tensor.empty(r.param:shape(), where) or tensor.zeros(r.param:shape(), where),
-            }
+            -- the state lives where the parameter does
+            self.state[r] = new_state(r)
         end
         self.groups[#self.groups + 1] = group
     end
+end
+
+-- 32-bit moments of a parameter, zero.
+local function moments32(r)
+    return {
+        step = 0,
+        exp_avg = tensor.zeros(r.param:shape(), { device = r.param.device }),
+        exp_avg_sq = tensor.zeros(r.param:shape(), { device = r.param.device }),
+    }
+end
+
+-- 32-bit moments of a parameter in the paged pool (zero-filled).
+local function moments_paged(r)
+    return {
+        step = 0,
+        exp_avg = tensor.empty(r.param:shape(), { paged = true }),
+        exp_avg_sq = tensor.empty(r.param:shape(), { paged = true }),
+    }
+end
+
+-- opts: lr (1e-3), betas ({0.9, 0.999}), eps (1e-8), weight_decay (0.01), as PyTorch;
+-- paged (false): the moments live in the paged pool (host memory outside every device's
+-- budget) and stream through two page buffers of page_mb MiB (default 8) on the
+-- parameter's device during the update, which is otherwise the same arithmetic, bit for
+-- bit: a run that would not fit its budget with the moments resident fits with them paged.
+function M.AdamW(params, opts)
+    opts = opts or {}
+    if type(params) ~= "table" then error("AdamW: params must be a list of parameter records or groups", 2) end
+    local self = setmetatable({ paged = opts.paged and true or false,
+        page_elems = math.floor((opts.page_mb or 8) * 2 ^ 20 / 4) }, AdamW)
+    if self.page_elems < 1 then error("AdamW: page_mb must be positive", 2) end
+    build_groups(self, params, opts, "AdamW", self.paged and moments_paged or moments32)
     return self
 end
 
@@ -247,6 +269,11 @@ function AdamW:load_state_dict(sd)
             local meta = sd.params[key]
             local m, v = sd.tensors[key .. ".exp_avg"], sd.tensors[key .. ".exp_avg_sq"]
             local name = r.name or key
+            if sd.tensors[key .. ".state1"] then
+                error(("AdamW:load_state_dict: the saved state of parameter %s (group %d) is 8-bit: it was "
+                    .. "saved by lt.optim.AdamW8bit (optim=adamw_8bit); load it with that optimizer"):format(
+                    name, gi), 2)
+            end
             if not (meta and m and v) then
                 error(("AdamW:load_state_dict: no state for group %d parameter %d (%s)"):format(gi, pi, name), 2)
             end
@@ -268,6 +295,265 @@ function AdamW:load_state_dict(sd)
             st.step = sd.params[key].step
         end
     end
+end
+
+-- Bytes of optimizer state held (the moments; lt.memory counts the same allocations).
+function AdamW:state_bytes()
+    local n = 0
+    for _, st in pairs(self.state) do n = n + st.exp_avg:nbytes() + st.exp_avg_sq:nbytes() end
+    return n
+end
+
+-- ---- AdamW8bit --------------------------------------------------------------------------------
+
+--[[ AdamW with 8-bit moments: bitsandbytes' AdamW8bit (its blockwise 8-bit optimizer,
+lt_adamw8_step in src/lt_ops.h), as transformers' optim="adamw_8bit" makes it.
+
+    local opt = lt.optim.AdamW8bit(model:parameters(), { lr = 2e-4, weight_decay = 0.01 })
+    -- the same groups, options and methods as AdamW, plus
+    -- block_size (256) and min_8bit_size (4096)
+
+A parameter of at least min_8bit_size elements keeps each moment as one u8 code per
+element into a 256-entry dynamic map (the first moment the signed map, the second the
+unsigned one) times an f32 absmax per block of block_size elements: 2 bytes per element
+plus 8 per block, instead of AdamW's 8. Smaller parameters (norms, biases, small LoRA
+matrices) keep 32-bit moments as in AdamW, as bitsandbytes does below its min_8bit_size
+of 4096. The two maps (2 KiB) are made once per device. The update is AdamW's arithmetic
+in f32 on the dequantized moments (decoupled weight decay applied as AdamW applies it).
+
+state_dict: bitsandbytes' names for the 8-bit pieces, keyed by position as AdamW keys its
+moments: "<g>.<i>.state1" (u8, the parameter's shape), ".absmax1" (f32, blocks),
+".state2", ".absmax2", and "qmap1"/"qmap2" once (the maps); parameters with 32-bit state
+keep AdamW's ".exp_avg"/".exp_avg_sq". A state loads back bit for bit, maps included, so a
+resumed run continues the same trajectory.
+]]
+local AdamW8bit = setmetatable({ kind = "adamw_8bit" }, { __index = AdamW })
+AdamW8bit.__index = AdamW8bit
+
+local function dynamic_map_tensor(signed, device)
+    local quant = require "luatrain.quant"
+    local t = tensor.tensor(quant.dynamic_map(signed))
+    if device and device ~= "cpu" then
+        local d = t:to(device)
+        t:free()
+        t = d
+    end
+    return t
+end
+
+function M.AdamW8bit(params, opts)
+    opts = opts or {}
+    if type(params) ~= "table" then error("AdamW8bit: params must be a list of parameter records or groups", 2) end
+    local block = opts.block_size or 256
+    if type(block) ~= "number" or block < 64 or block > 4096 or block ~= math.floor(block) or
+        bit.band(block, block - 1) ~= 0 then
+        error(("AdamW8bit: block_size must be a power of two from 64 to 4096 (bitsandbytes uses 256), got %s"):format(
+            tostring(block)), 2)
+    end
+    local min_size = opts.min_8bit_size or 4096
+    if type(min_size) ~= "number" or min_size < 0 then
+        error(("AdamW8bit: min_8bit_size must be a number >= 0, got %s"):format(tostring(min_size)), 2)
+    end
+    local self = setmetatable({ block_size = block, min_8bit_size = min_size, maps = {} }, AdamW8bit)
+    build_groups(self, params, opts, "AdamW8bit", function(r)
+        local n = r.param:numel()
+        if n < min_size or n == 0 then return moments32(r) end
+        local dev = r.param.device
+        local maps = self.maps[dev]
+        if not maps then
+            maps = { m = dynamic_map_tensor(true, dev), v = dynamic_map_tensor(false, dev) }
+            self.maps[dev] = maps
+        end
+        local blocks = math.ceil(n / block)
+        return {
+            step = 0, block = block, m_map = maps.m, v_map = maps.v,
+            m_codes = tensor.zeros(r.param:shape(), { dtype = "u8", device = dev }),
+            m_absmax = tensor.zeros({ blocks }, { device = dev }),
+            v_codes = tensor.zeros(r.param:shape(), { dtype = "u8", device = dev }),
+            v_absmax = tensor.zeros({ blocks }, { device = dev }),
+        }
+    end)
+    return self
+end
+
+-- opts.grad_scale multiplies every gradient first, as in AdamW:step. One update per
+-- parameter tensor (each in parallel inside).
+function AdamW8bit:step(opts)
+    local gs = opts and opts.grad_scale or 1
+    for _, g in ipairs(self.groups) do
+        hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2
+        hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs
+        for _, r in ipairs(g.params) do
+            local st = self.state[r]
+            st.step = st.step + 1
+            hyper.step = st.step
+            if st.m_codes then
+                F.adamw8_step(r.param, r.grad, st, hyper)
+            else
+                F.adamw_step(r.param, r.grad, st.exp_avg, st.exp_avg_sq, hyper)
+            end
+        end
+    end
+end
+
+-- Bytes of optimizer state held: codes, absmax and 32-bit moments, and the maps.
+function AdamW8bit:state_bytes()
+    local n = 0
+    for _, st in pairs(self.state) do
+        if st.m_codes then
+            n = n + st.m_codes:nbytes() + st.v_codes:nbytes() + st.m_absmax:nbytes() + st.v_absmax:nbytes()
+        else
+            n = n + st.exp_avg:nbytes() + st.exp_avg_sq:nbytes()
+        end
+    end
+    for _, maps in pairs(self.maps) do n = n + maps.m:nbytes() + maps.v:nbytes() end
+    return n
+end
+
+-- See the comment above M.AdamW8bit for the layout.
+function AdamW8bit:state_dict()
+    local tensors, params, groups = {}, {}, {}
+    local maps
+    for gi, g in ipairs(self.groups) do
+        groups[gi] = { lr = g.lr, initial_lr = g.initial_lr, beta1 = g.beta1, beta2 = g.beta2,
+            eps = g.eps, weight_decay = g.weight_decay }
+        for pi, r in ipairs(g.params) do
+            local st = self.state[r]
+            local key = gi .. "." .. pi
+            local meta = { name = r.name, step = st.step, shape = r.param:shape() }
+            if st.m_codes then
+                tensors[key .. ".state1"] = st.m_codes
+                tensors[key .. ".absmax1"] = st.m_absmax
+                tensors[key .. ".state2"] = st.v_codes
+                tensors[key .. ".absmax2"] = st.v_absmax
+                meta.block_size = st.block
+                maps = maps or { m = st.m_map, v = st.v_map }
+            else
+                tensors[key .. ".exp_avg"] = st.exp_avg
+                tensors[key .. ".exp_avg_sq"] = st.exp_avg_sq
+            end
+            params[key] = meta
+        end
+    end
+    if maps then tensors.qmap1, tensors.qmap2 = maps.m, maps.v end
+    return { tensors = tensors, params = params, groups = groups }
+end
+
+local function shape_str(t) return table.concat(t, ", ") end
+
+-- Restore a state_dict made by an AdamW8bit over the same parameters in the same groups
+-- with the same block_size and min_8bit_size; everything is checked before anything changes.
+function AdamW8bit:load_state_dict(sd)
+    local who = "AdamW8bit:load_state_dict"
+    if type(sd) ~= "table" or type(sd.tensors) ~= "table" or type(sd.params) ~= "table" then
+        error(who .. ": not an optimizer state (need tensors and params)", 2)
+    end
+    local T = sd.tensors
+    local any8 = false
+    for gi, g in ipairs(self.groups) do
+        for pi, r in ipairs(g.params) do
+            local key = gi .. "." .. pi
+            local st, meta = self.state[r], sd.params[key]
+            local name = r.name or key
+            local n = r.param:numel()
+            if not meta then
+                error(("%s: no state for group %d parameter %d (%s)"):format(who, gi, pi, name), 2)
+            end
+            if meta.shape and shape_str(meta.shape) ~= shape_str(r.param:shape()) then
+                error(("%s: parameter %s has shape (%s) but the saved state (%s)"):format(who, name,
+                    shape_str(r.param:shape()), shape_str(meta.shape)), 2)
+            end
+            if st.m_codes then
+                any8 = true
+                if not T[key .. ".state1"] then
+                    error(("%s: parameter %s (group %d) has 32-bit state in the checkpoint but 8-bit state here "
+                        .. "(saved by AdamW, or with a larger min_8bit_size than this optimizer's %d)"):format(
+                        who, name, gi, self.min_8bit_size), 2)
+                end
+                if meta.block_size ~= st.block then
+                    error(("%s: parameter %s was saved with block_size %s, this optimizer uses %d"):format(who, name,
+                        tostring(meta.block_size), st.block), 2)
+                end
+                local blocks = math.ceil(n / st.block)
+                for _, part in ipairs({ { "state1", "u8", n }, { "state2", "u8", n }, { "absmax1", "f32", blocks },
+                    { "absmax2", "f32", blocks } }) do
+                    local t = T[key .. "." .. part[1]]
+                    if not t or t.dtype ~= part[2] or t:numel() ~= part[3] then
+                        error(("%s: parameter %s: %s must be %s with %d elements, got %s"):format(who, name,
+                            key .. "." .. part[1], part[2], part[3],
+                            t and ("%s with %d"):format(t.dtype, t:numel()) or "nothing"), 2)
+                    end
+                end
+            else
+                if T[key .. ".state1"] then
+                    error(("%s: parameter %s (group %d) has 8-bit state in the checkpoint but 32-bit state here "
+                        .. "(a smaller min_8bit_size when it was saved than this optimizer's %d)"):format(
+                        who, name, gi, self.min_8bit_size), 2)
+                end
+                local m, v = T[key .. ".exp_avg"], T[key .. ".exp_avg_sq"]
+                if not (m and v) or m:numel() ~= n or v:numel() ~= n then
+                    error(("%s: parameter %s: no 32-bit moments of %d elements"):format(who, name, n), 2)
+                end
+            end
+        end
+    end
+    if any8 then
+        for _, k in ipairs({ "qmap1", "qmap2" }) do
+            local t = T[k]
+            if not t or t.dtype ~= "f32" or t:numel() ~= 256 then
+                error(("%s: %s must be the f32 map of 256 entries the codes index, got %s"):format(who, k,
+                    t and ("%s with %d elements"):format(t.dtype, t:numel()) or "nothing"), 2)
+            end
+        end
+    end
+    for gi, g in ipairs(self.groups) do
+        local sg = sd.groups and sd.groups[gi]
+        if sg then for k, val in pairs(sg) do g[k] = val end end
+        for pi, r in ipairs(g.params) do
+            local key = gi .. "." .. pi
+            local st = self.state[r]
+            if st.m_codes then
+                st.m_codes:view(-1):copy_(T[key .. ".state1"]:contiguous():view(-1))
+                st.v_codes:view(-1):copy_(T[key .. ".state2"]:contiguous():view(-1))
+                st.m_absmax:copy_(T[key .. ".absmax1"]:contiguous():view(-1))
+                st.v_absmax:copy_(T[key .. ".absmax2"]:contiguous():view(-1))
+            else
+                st.exp_avg:view(-1):copy_(T[key .. ".exp_avg"]:contiguous():view(-1))
+                st.exp_avg_sq:view(-1):copy_(T[key .. ".exp_avg_sq"]:contiguous():view(-1))
+            end
+            st.step = sd.params[key].step
+        end
+    end
+    -- a state carries the maps it was coded with
+    if any8 then
+        for _, maps in pairs(self.maps) do
+            maps.m:copy_(T.qmap1:contiguous():view(-1))
+            maps.v:copy_(T.qmap2:contiguous():view(-1))
+        end
+    end
+end
+
+-- The bytes of state `kind` ("adamw" or "adamw_8bit") holds for parameters of the given
+-- element counts (a list of numbers, one device), without making it: what its
+-- state_bytes() and lt.memory report once it is made. opts: AdamW8bit's block_size and
+-- min_8bit_size.
+function M.plan_state_bytes(kind, numels, opts)
+    opts = opts or {}
+    local block, min_size = opts.block_size or 256, opts.min_8bit_size or 4096
+    if kind ~= "adamw" and kind ~= "adamw_8bit" and kind ~= "paged_adamw" then
+        error(("plan_state_bytes: unknown optimizer %s (adamw, adamw_8bit, paged_adamw)"):format(tostring(kind)), 2)
+    end
+    local total, any8 = 0, false
+    for _, n in ipairs(numels) do
+        if kind == "adamw_8bit" and n >= min_size and n > 0 then
+            total = total + 2 * n + 8 * math.ceil(n / block) -- two u8 codes, two f32 absmax per block
+            any8 = true
+        else
+            total = total + 8 * n -- two f32 moments
+        end
+    end
+    if any8 then total = total + 2 * 256 * 4 end -- the two maps
+    return total
 end
 
 -- ---- SGD -------------------------------------------------------------------------------------

@@ -68,10 +68,16 @@ function M.codebook(name)
     return out
 end
 
--- The 256 values of the signed 8-bit dynamic map used for double quantization.
-function M.dynamic_map()
+-- The 256 values of bitsandbytes' 8-bit dynamic map, sorted: signed (the default; double
+-- quantization's map and the 8-bit optimizers' first moment) or, with signed = false,
+-- unsigned (the 8-bit optimizers' second moment).
+function M.dynamic_map(signed)
     local buf = ffi.new("float[256]")
-    check(C.lt_quant_dynamic_map(buf))
+    if signed == false then
+        check(C.lt_quant_dynamic_map_unsigned(buf))
+    else
+        check(C.lt_quant_dynamic_map(buf))
+    end
     local out = {}
     for i = 0, 255 do out[i + 1] = buf[i] end
     return out

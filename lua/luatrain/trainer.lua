@@ -37,9 +37,12 @@ Run checkpoints: checkpoint_dir is a run folder that gets checkpoint-<step> fold
 save_every steps (the keep_last newest kept); resume is a checkpoint or run folder to
 continue from, or "auto" (checkpoint_dir's newest, if any): the same trajectory resumes.
 
-The optimizer is the caller's (opts.optimizer, e.g. with parameter groups), or AdamW made
-here over the trainable parameters: lr, betas, eps, weight_decay, and lora_plus_ratio (LoRA+:
-the B matrices learn lora_plus_ratio times faster than the rest). The trainable parameters
+The optimizer is the caller's (opts.optimizer, e.g. with parameter groups), or one made
+here over the trainable parameters, named as Hugging Face's Trainer names them: optim =
+"adamw" (lt.optim.AdamW, the default) or "adamw_8bit" (lt.optim.AdamW8bit, bitsandbytes'
+8-bit moments); lr, betas, eps, weight_decay, and lora_plus_ratio (LoRA+: the B matrices
+learn lora_plus_ratio times faster than the rest). ZeRO (zero = 1 or 2) shards 32-bit AdamW
+only. The trainable parameters
 are flattened first (Module:flatten_parameters) unless opts.flatten is false.
 
 lt.trainer.eval_loss(model, ds, opts) is the mean loss over every trained token of a
@@ -208,6 +211,12 @@ function M.new(opts)
     self.pg = pg
     self.zero = opts.zero or 0
     need(self.zero == 0 or self.zero == 1 or self.zero == 2, ("zero must be 0, 1 or 2, got %s"):format(tostring(self.zero)))
+    local optim_name = opts.optim or "adamw"
+    need(M.OPTIMIZERS[optim_name] ~= nil, ("optim must be %s, got %s"):format(M.OPTIMIZER_NAMES, tostring(optim_name)))
+    if opts.optimizer then optim_name = opts.optimizer.kind or optim_name end
+    need(self.zero == 0 or optim_name ~= "adamw_8bit",
+        ("zero=%d with optim=adamw_8bit is not supported yet (ZeRO shards 32-bit AdamW state; use zero=0 or optim=adamw)"):format(
+            self.zero))
     self.is_main = pg:is_main()
     self.batches = batch_source(opts, pg)
     local steps = opts.steps or 0
@@ -272,17 +281,29 @@ function M.loss_scaler(v)
         tostring(v)), 3)
 end
 
--- AdamW over the model's trainable parameters; with lora_plus_ratio, LoRA+'s two groups
--- (the B matrices at ratio x lr).
+-- The optimizers opts.optim names (Hugging Face's names), and the list for messages.
+M.OPTIMIZERS = { adamw = optim.AdamW, adamw_8bit = optim.AdamW8bit,
+    paged_adamw = function(params, o)
+        o.paged = true
+        return optim.AdamW(params, o)
+    end }
+M.OPTIMIZER_NAMES = '"adamw", "adamw_8bit" or "paged_adamw"'
+
+-- opts.optim's optimizer (AdamW unless told) over the model's trainable parameters; with
+-- lora_plus_ratio, LoRA+'s two groups (the B matrices at ratio x lr).
 function M.default_optimizer(model, opts)
+    local make = M.OPTIMIZERS[opts.optim or "adamw"]
+    if not make then
+        error(("trainer: optim must be %s, got %s"):format(M.OPTIMIZER_NAMES, tostring(opts.optim)), 2)
+    end
     local base = { lr = opts.lr or 1e-3, betas = opts.betas or { 0.9, 0.999 }, eps = opts.eps,
         weight_decay = opts.weight_decay or 0 }
     local ratio = opts.lora_plus_ratio or 0
     if ratio > 0 then
-        return optim.AdamW(optim.lora_plus_groups(model, { lr = base.lr, ratio = ratio,
+        return make(optim.lora_plus_groups(model, { lr = base.lr, ratio = ratio,
             weight_decay = base.weight_decay }), base)
     end
-    return optim.AdamW(model:parameters(), base)
+    return make(model:parameters(), base)
 end
 
 -- fn(trainer, state) after (hook) or before (hook_before) the named stage.

@@ -97,21 +97,20 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int lt_quant_dynamic_map(float *out256) {
-    if (!out256) return lt_fail(LT_ERR_ARG, "lt_quant_dynamic_map: out256 is NULL");
-    /* create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for i = 0..6 the
-       2^i midpoints of linspace(0.1, 1, 2^i + 1) scaled by 10^(i-6), with both signs (254
-       values), then 0 and 1. */
+/* create_dynamic_map(signed, max_exponent_bits=7, total_bits=8): for i = 0..6 the midpoints
+   of linspace(0.1, 1, k + 1) scaled by 10^(i-6), k = 2^i with both signs (signed) or
+   k = 2^(i+1) positive only (unsigned): 254 values either way; then 0 and 1, sorted. */
+static void dynamic_map(float *out256, int is_signed) {
     static const double scale[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
     double v[256];
     int n = 0;
     for (int i = 0; i < 7; i++) {
-        int m = 1 << i;
+        int m = is_signed ? 1 << i : 2 << i;
         for (int k = 0; k < m; k++) {
             double b0 = 0.1 + 0.9 * k / m, b1 = 0.1 + 0.9 * (k + 1) / m;
             double mid = scale[i] * (b0 + b1) / 2;
             v[n++] = mid;
-            v[n++] = -mid;
+            if (is_signed) v[n++] = -mid;
         }
     }
     v[n++] = 0.0;
@@ -119,6 +118,17 @@ int lt_quant_dynamic_map(float *out256) {
     qsort(v, 256, sizeof v[0], cmp_double);
     for (int i = 0; i < 256; i++)
         out256[i] = (float)v[i];
+}
+
+int lt_quant_dynamic_map(float *out256) {
+    if (!out256) return lt_fail(LT_ERR_ARG, "lt_quant_dynamic_map: out256 is NULL");
+    dynamic_map(out256, 1);
+    return LT_OK;
+}
+
+int lt_quant_dynamic_map_unsigned(float *out256) {
+    if (!out256) return lt_fail(LT_ERR_ARG, "lt_quant_dynamic_map_unsigned: out256 is NULL");
+    dynamic_map(out256, 0);
     return LT_OK;
 }
 

@@ -12,8 +12,10 @@
  * forced small through LT_CUDA_CE_ROWS / LT_CUDA_CE_VOCAB (16 rows and 384 columns over
  * N = 37, V = 1000: three chunks each, the last partial), for all three forms. AdamW: a
  * dozen tensors of odd sizes (one over several 32K chunks, one misaligned) for three steps,
- * per tensor and in one launch, within 1e-6 relative of the CPU. Global norm: f32 and bf16
- * lists with a non-contiguous and an empty tensor. */
+ * per tensor and in one launch, within 1e-6 relative of the CPU. 8-bit AdamW: odd sizes
+ * and every block size from 64 to 4096, one step at a time from the CPU's state (weights and
+ * absmax within 1e-6, codes equal but at midpoints). Global norm: f32 and bf16 lists with a
+ * non-contiguous and an empty tensor. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <math.h>
@@ -25,6 +27,7 @@
 #include "cuda_check.h"
 #include "lt.h"
 #include "lt_ops.h"
+#include "lt_quant.h"
 
 typedef void (*tf32_fn)(int);
 
@@ -314,6 +317,105 @@ static void test_adamw(void) {
     lt_tensor_release(&base[1]);
 }
 
+/* ---- 8-bit AdamW ---------------------------------------------------------------------------- */
+
+static lt_tensor map_tensor(int is_signed) {
+    int64_t n = 256;
+    lt_tensor t = empty_cpu(LT_DTYPE_F32, 1, &n);
+    float *d = lt_tensor_data(&t);
+    CHECK_OK(is_signed ? lt_quant_dynamic_map(d) : lt_quant_dynamic_map_unsigned(d));
+    return t;
+}
+
+/* Each step starts the device from the CPU's state (weights, codes, absmax), so every
+   comparison is one step's: weights and absmax within 1e-6 relative; codes equal but where
+   the two compilers' multiply-add contractions put a moment on the other side of a
+   midpoint (then the codes are neighbours). Sizes with a partial last block, every block
+   size the kernel takes at its ends and bitsandbytes' two; gradients over four decades,
+   a NaN and an infinity among them at step 3. */
+static void test_adamw8(void) {
+    static const int64_t sizes[] = {1, 257, 4099, 100003};
+    static const int32_t blocks[] = {64, 256, 2048, 4096};
+    lt_tensor qm = map_tensor(1), qv = map_tensor(0);
+    lt_tensor qm_d = cuda_copy_to(&qm, 1), qv_d = cuda_copy_to(&qv, 1);
+    int64_t mismatched = 0, far = 0, coded = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        for (size_t bi = 0; bi < sizeof blocks / sizeof *blocks; bi++) {
+            int64_t n = sizes[si], nb = (n + blocks[bi] - 1) / blocks[bi];
+            lt_tensor p = cuda_randn(LT_DTYPE_F32, 1, &n, 1.0);
+            lt_tensor cm = empty_cpu(LT_DTYPE_U8, 1, &n), cv = empty_cpu(LT_DTYPE_U8, 1, &n);
+            lt_tensor am = empty_cpu(LT_DTYPE_F32, 1, &nb), av = empty_cpu(LT_DTYPE_F32, 1, &nb);
+            CHECK_OK(lt_tensor_fill(&cm, 0));
+            CHECK_OK(lt_tensor_fill(&cv, 0));
+            CHECK_OK(lt_tensor_fill(&am, 0));
+            CHECK_OK(lt_tensor_fill(&av, 0));
+            lt_tensor pd = empty_dev(LT_DTYPE_F32, 1, &n), gd = empty_dev(LT_DTYPE_F32, 1, &n);
+            lt_tensor cmd = empty_dev(LT_DTYPE_U8, 1, &n), cvd = empty_dev(LT_DTYPE_U8, 1, &n);
+            lt_tensor amd = empty_dev(LT_DTYPE_F32, 1, &nb), avd = empty_dev(LT_DTYPE_F32, 1, &nb);
+            lt_adamw_params h = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                                 .weight_decay = 0.1, .grad_scale = 0.5, .step = 0};
+            for (int s = 1; s <= 4; s++) {
+                lt_tensor g = cuda_randn(LT_DTYPE_F32, 1, &n, 1.0);
+                float *gp = lt_tensor_data(&g);
+                for (int64_t i = 0; i < n; i++) gp[i] *= powf(10.0f, (float)(i % 5) - 4.0f);
+                if (s == 3 && n > 200) {
+                    gp[7] = NAN;
+                    gp[n - 2] = INFINITY;
+                }
+                CHECK_OK(lt_tensor_copy(&pd, &p));
+                CHECK_OK(lt_tensor_copy(&gd, &g));
+                CHECK_OK(lt_tensor_copy(&cmd, &cm));
+                CHECK_OK(lt_tensor_copy(&cvd, &cv));
+                CHECK_OK(lt_tensor_copy(&amd, &am));
+                CHECK_OK(lt_tensor_copy(&avd, &av));
+                h.step = s;
+                CHECK_OK(lt_adamw8_step(&p, &g, &cm, &am, &cv, &av, &qm, &qv, blocks[bi], &h));
+                CHECK_OK(lt_adamw8_step(&pd, &gd, &cmd, &amd, &cvd, &avd, &qm_d, &qv_d, blocks[bi],
+                                        &h));
+                char w[96];
+                snprintf(w, sizeof w, "adamw8 param (%lld, block %d, step %d)", (long long)n,
+                         (int)blocks[bi], s);
+                close_tol(w, &pd, &p, 1e-6);
+                snprintf(w, sizeof w, "adamw8 absmax (%lld, block %d, step %d)", (long long)n,
+                         (int)blocks[bi], s);
+                close_tol(w, &amd, &am, 1e-6);
+                close_tol(w, &avd, &av, 1e-6);
+                lt_tensor cmh = cuda_copy_to(&cmd, 0), cvh = cuda_copy_to(&cvd, 0);
+                const uint8_t *a1 = lt_tensor_data(&cmh), *a2 = lt_tensor_data(&cvh);
+                const uint8_t *b1 = lt_tensor_data(&cm), *b2 = lt_tensor_data(&cv);
+                for (int64_t i = 0; i < n; i++) {
+                    mismatched += (a1[i] != b1[i]) + (a2[i] != b2[i]);
+                    far += abs((int)a1[i] - (int)b1[i]) > 1 || abs((int)a2[i] - (int)b2[i]) > 1;
+                }
+                coded += 2 * n;
+                lt_tensor_release(&cmh);
+                lt_tensor_release(&cvh);
+                lt_tensor_release(&g);
+            }
+            lt_tensor *all[] = {&p, &cm, &cv, &am, &av, &pd, &gd, &cmd, &cvd, &amd, &avd};
+            release_all(all, sizeof all / sizeof *all);
+        }
+    }
+    printf("adamw8: %lld of %lld codes differ from the CPU's\n", (long long)mismatched,
+           (long long)coded);
+    CHECK(far == 0);
+    CHECK(mismatched <= coded / 10000);
+
+    /* a host tensor among device ones is refused, naming it */
+    int64_t n = 300, nb = 2;
+    lt_tensor pd = empty_dev(LT_DTYPE_F32, 1, &n), gd = empty_dev(LT_DTYPE_F32, 1, &n);
+    lt_tensor cmd = empty_dev(LT_DTYPE_U8, 1, &n), cvh = empty_cpu(LT_DTYPE_U8, 1, &n);
+    lt_tensor amd = empty_dev(LT_DTYPE_F32, 1, &nb), avd = empty_dev(LT_DTYPE_F32, 1, &nb);
+    lt_adamw_params h = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .step = 1,
+                         .grad_scale = 1};
+    CHECK_FAILS(lt_adamw8_step(&pd, &gd, &cmd, &amd, &cvh, &avd, &qm_d, &qv_d, 256, &h),
+                LT_ERR_DEVICE, "v_codes");
+    CHECK_FAILS(lt_adamw8_step(&pd, &gd, &cmd, &amd, &cmd, &avd, &qm, &qv_d, 256, &h),
+                LT_ERR_DEVICE, "m_map");
+    lt_tensor *all[] = {&pd, &gd, &cmd, &cvh, &amd, &avd, &qm, &qv, &qm_d, &qv_d};
+    release_all(all, sizeof all / sizeof *all);
+}
+
 /* ---- global norm -------------------------------------------------------------------------- */
 
 static void test_global_norm(void) {
@@ -364,6 +466,7 @@ int main(void) {
     test_ce_plain();
     test_lmhead(set_tf32, &rng);
     test_adamw();
+    test_adamw8();
     test_global_norm();
     lt_memory_stats st;
     lt_memory_get_stats(LT_DEVICE_CUDA, 0, &st);

@@ -318,7 +318,8 @@ local ELSEWHERE = {
     sum_squares = "no gradient: tests/c/test_elementwise.c, tests/c/test_cuda_elementwise.c",
     has_nonfinite = "no gradient: tests/c/test_elementwise.c, tests/c/test_cuda_elementwise.c",
     sample_logits = "no gradient: tests/lua/test_generate.lua",
-    adamw = "an update, not a function with a gradient: tests/lua/test_optim.lua, tests/c/test_cuda_loss_optim.c",
+    adamw = "an update, not a function with a gradient (adamw_step, adamw8_step): tests/lua/test_optim.lua, "
+        .. "tests/lua/test_adamw8.lua, tests/c/test_adamw8.c, tests/c/test_cuda_loss_optim.c",
     global_norm = "no gradient: tests/lua/test_optim.lua, tests/c/test_cuda_loss_optim.c",
     quantize = "bit-exact states: tests/c/test_quant.c, tests/c/test_cuda_quant.c",
     dequantize = "bit-exact values: tests/c/test_quant.c, tests/c/test_cuda_quant.c",

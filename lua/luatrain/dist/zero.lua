@@ -34,6 +34,14 @@ function M.new(model, pg, base, opts)
     opts = opts or {}
     local stage = opts.stage or 1
     if stage ~= 1 and stage ~= 2 then error(("zero: stage must be 1 or 2, got %s"):format(tostring(stage)), 2) end
+    if type(base) == "table" and base.kind == "adamw_8bit" then
+        error(("zero=%d with optim=adamw_8bit is not supported yet (ZeRO shards 32-bit AdamW state; use zero=0 or "
+            .. "optim=adamw)"):format(stage), 2)
+    end
+    if type(base) == "table" and base.paged then
+        error(("zero=%d with optim=paged_adamw is not supported yet (ZeRO makes resident shards; use zero=0 or "
+            .. "optim=adamw)"):format(stage), 2)
+    end
     if type(base) ~= "table" or not base.groups or not base.state then
         error("zero: needs the AdamW optimizer to shard (lt.optim.AdamW)", 2)
     end

@@ -393,6 +393,20 @@ function M.adamw_step(param, grad, exp_avg, exp_avg_sq, h)
     check(C.lt_adamw_step(param, grad, exp_avg, exp_avg_sq, adamw_params))
 end
 
+-- The 8-bit form (bitsandbytes' blockwise 8-bit AdamW, src/lt_ops.h): state = { m_codes,
+-- m_absmax, v_codes, v_absmax, m_map, v_map, block }; h as above.
+function M.adamw8_step(param, grad, state, h)
+    adamw_params.lr = h.lr
+    adamw_params.beta1 = h.beta1 or 0.9
+    adamw_params.beta2 = h.beta2 or 0.999
+    adamw_params.eps = h.eps or 1e-8
+    adamw_params.weight_decay = h.weight_decay or 0
+    adamw_params.grad_scale = h.grad_scale or 1
+    adamw_params.step = h.step
+    check(C.lt_adamw8_step(param, grad, state.m_codes, state.m_absmax, state.v_codes, state.v_absmax,
+        state.m_map, state.v_map, state.block, adamw_params))
+end
+
 local norm_out = ffi.new("double[1]")
 
 -- sqrt of the sum of squares of every tensor in the list, in f64.

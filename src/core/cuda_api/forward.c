@@ -409,6 +409,16 @@ int lt_cuda_adamw_step_multi(lt_tensor *const *params, const lt_tensor *const *g
     return api->adamw_step_multi(params, grads, exp_avgs, exp_avg_sqs, n, p);
 }
 
+int lt_cuda_adamw8_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *m_codes,
+                        lt_tensor *m_absmax, lt_tensor *v_codes, lt_tensor *v_absmax,
+                        const lt_tensor *m_map, const lt_tensor *v_map, int32_t block,
+                        const lt_adamw_params *p) {
+    const lt_cuda_api *api;
+    LT_TRY(lt_cuda_backend_get(&api));
+    return api->adamw8_step(param, grad, m_codes, m_absmax, v_codes, v_absmax, m_map, v_map, block,
+                            p);
+}
+
 int lt_cuda_global_norm(const lt_tensor *const *tensors, int32_t n, double *out) {
     const lt_cuda_api *api;
     LT_TRY(lt_cuda_backend_get(&api));

@@ -90,6 +90,10 @@ int lt_cuda_adamw_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *exp_a
 int lt_cuda_adamw_step_multi(lt_tensor *const *params, const lt_tensor *const *grads,
                              lt_tensor *const *exp_avgs, lt_tensor *const *exp_avg_sqs, int32_t n,
                              const lt_adamw_params *p);
+int lt_cuda_adamw8_step(lt_tensor *param, const lt_tensor *grad, lt_tensor *m_codes,
+                        lt_tensor *m_absmax, lt_tensor *v_codes, lt_tensor *v_absmax,
+                        const lt_tensor *m_map, const lt_tensor *v_map, int32_t block,
+                        const lt_adamw_params *p);
 int lt_cuda_global_norm(const lt_tensor *const *tensors, int32_t n, double *out);
 
 /* lt_quant.h */

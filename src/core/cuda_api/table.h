@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 /* A hash of every entry's prototype and of the layout of the structs they take. */
-#define LT_CUDA_API_VERSION 0x522e9bb4u
+#define LT_CUDA_API_VERSION 0xf9d4c37du
 
 typedef struct lt_cuda_api {
     uint32_t version; /* LT_CUDA_API_VERSION of the headers the backend was built from */
@@ -119,6 +119,10 @@ typedef struct lt_cuda_api {
     int (*adamw_step_multi)(lt_tensor *const *params, const lt_tensor *const *grads,
                             lt_tensor *const *exp_avgs, lt_tensor *const *exp_avg_sqs, int32_t n,
                             const lt_adamw_params *p);
+    int (*adamw8_step)(lt_tensor *param, const lt_tensor *grad, lt_tensor *m_codes,
+                       lt_tensor *m_absmax, lt_tensor *v_codes, lt_tensor *v_absmax,
+                       const lt_tensor *m_map, const lt_tensor *v_map, int32_t block,
+                       const lt_adamw_params *p);
     int (*global_norm)(const lt_tensor *const *tensors, int32_t n, double *out);
 
     /* lt_quant.h */

@@ -71,6 +71,7 @@ static const lt_cuda_api lt_cuda_api_table = {
     lt_cuda_linear_cross_entropy_fused,
     lt_cuda_adamw_step,
     lt_cuda_adamw_step_multi,
+    lt_cuda_adamw8_step,
     lt_cuda_global_norm,
     lt_cuda_quantize,
     lt_cuda_dequantize,
