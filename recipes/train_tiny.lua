@@ -55,7 +55,8 @@ local cfg = lt.config {
     warmup = { 20, "linear warm-up steps", type = "int", min = 0 },
     schedule = { "cosine", "learning-rate schedule", choices = { "constant", "linear", "cosine" } },
     weight_decay = { 0.1, "decoupled weight decay on matrices (norms get none)", min = 0 },
-    optim = { "adamw", "optimizer (Hugging Face's names): adamw (32-bit moments), paged_adamw (32-bit moments in host memory, paged in for the update) or adamw_8bit (bitsandbytes' 8-bit "
+    optim = { "adamw", "optimizer (Hugging Face's names): adamw (32-bit moments), paged_adamw (32-bit moments in host memory, "
+        .. "paged in for the update) or adamw_8bit (bitsandbytes' 8-bit "
         .. "blockwise moments for parameters of 4096+ elements)", choices = { "adamw", "adamw_8bit", "paged_adamw" } },
     grad_clip = { 1.0, "clip the global gradient norm to this (0: off)", min = 0 },
     detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
