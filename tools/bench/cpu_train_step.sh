@@ -9,6 +9,11 @@
 # with its default threading and with OMP_WAIT_POLICY=passive, and its better run is the
 # peer. Prints tokens/s for both, their ratio, and luatrain's achieved GFLOP/s as a
 # fraction of the sgemm ceiling. Installs python3-torch from Debian if it is missing.
+#
+# Then the fine-tuning rows: LoRA (r=16 on every decoder linear) and QLoRA (the same over an
+# NF4 base with double quantization), luatrain against PyTorch (passive waiting; QLoRA as
+# dequantize-then-matmul, forward and backward), in f32, and PyTorch's bf16 under
+# torch.autocast beside them for reference (luatrain's CPU kernels compute in f32 so far).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps="${1:-5}"
@@ -31,5 +36,15 @@ echo
 /usr/bin/python3 tools/bench/train_step_torch.py --steps "$steps" --json "$out/torch_default.json"
 echo
 OMP_WAIT_POLICY=passive /usr/bin/python3 tools/bench/train_step_torch.py --steps "$steps" --json "$out/torch_passive.json"
+for mode in lora qlora; do
+    echo
+    "$build/luatrain" tools/bench/train_step.lua mode=$mode steps="$steps" json="$out/luatrain_$mode.json"
+    echo
+    OMP_WAIT_POLICY=passive /usr/bin/python3 tools/bench/train_step_torch.py --mode $mode --steps "$steps" --json "$out/torch_$mode.json"
+done
+for mode in full lora qlora; do
+    echo
+    OMP_WAIT_POLICY=passive /usr/bin/python3 tools/bench/train_step_torch.py --mode $mode --bf16 --steps "$steps" --json "$out/torch_${mode}_bf16.json"
+done
 echo
 "$build/luatrain" tools/bench/summarize.lua "$out"

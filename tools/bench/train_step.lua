@@ -2,16 +2,22 @@
 train_step.lua - time a full training step (forward, backward, clip, AdamW) of a
 stories15M-shaped Llama in luatrain, and the machine's sgemm rate in the same process.
 
-    luatrain tools/bench/train_step.lua [batch=8 seq=256 steps=5 warmup=2 json=out.json]
+    luatrain tools/bench/train_step.lua [mode=full|lora|qlora batch=8 seq=256 steps=5 warmup=2 json=out.json]
+
+mode=full trains every weight; mode=lora freezes the model and trains r=16 adapters (alpha
+32) on every linear layer of the decoder (the tied head stays frozen); mode=qlora does the
+same over a base quantized to NF4 with double quantization (blocks of 64).
 
 Prints one line per timed step and a summary; with json=PATH also writes the summary as
 JSON for tools/bench/cpu_train_step.sh. FLOPs counted per step: 6 * tokens * (matmul
 parameters, LM head included) + 6 * B * H * T^2 * D per layer for causal attention (the
-useful half of the score matrix).
+useful half of the score matrix). With adapters the frozen weights need no weight gradient:
+4 * tokens * (frozen matmul parameters) + 6 * tokens * (adapter parameters) + attention.
 ]]
 local lt = require "luatrain"
 
 local cfg = lt.config {
+    mode = { "full", "what trains", choices = { "full", "lora", "qlora" } },
     batch = { 8, "sequences per step", type = "int" },
     seq = { 256, "tokens per sequence", type = "int" },
     steps = { 5, "timed steps", type = "int" },
@@ -22,6 +28,7 @@ local cfg = lt.config {
     profile = { false, "time forward/backward/optimizer phases separately" },
 }
 
+if cfg.profile and cfg.mode ~= "full" then error(lt.config.usage_error("profile=true times mode=full only"), 0) end
 lt.set_num_threads(cfg.threads)
 lt.manual_seed(0)
 local now = lt.fs.now
@@ -43,7 +50,13 @@ end
 -- ---- model and data --------------------------------------------------------------------------
 local model = lt.llama.new({ vocab_size = 32000, hidden_size = 288, intermediate_size = 768,
     num_hidden_layers = 6, num_attention_heads = 6, num_key_value_heads = 6,
-    max_position_embeddings = cfg.seq, rms_norm_eps = 1e-5, tie_word_embeddings = true })
+    max_position_embeddings = cfg.seq, rms_norm_eps = 1e-5, tie_word_embeddings = true },
+    { quant = cfg.mode == "qlora" and { type = "nf4", blocksize = 64, double_quant = true } or nil })
+local adapter_params = 0
+if cfg.mode ~= "full" then
+    lt.lora.apply(model, { r = 16, alpha = 32, target = "all-linear" })
+    adapter_params = model:num_parameters(true)
+end
 local c = model.config
 local ids = lt.randint(0, c.vocab_size, { cfg.batch, cfg.seq })
 local targets = lt.randint(0, c.vocab_size, { cfg.batch, cfg.seq })
@@ -54,7 +67,8 @@ local per_layer = c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * 
     3 * c.hidden_size * c.intermediate_size
 local matmul_params = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
 local attn_flops = 6 * cfg.batch * c.num_attention_heads * cfg.seq ^ 2 * c.head_dim * c.num_hidden_layers
-local flops = 6 * tokens * matmul_params + attn_flops
+local flops = cfg.mode == "full" and 6 * tokens * matmul_params + attn_flops
+    or 4 * tokens * matmul_params + 6 * tokens * adapter_params + attn_flops
 
 local function step(prof)
     local t0 = now()
@@ -99,13 +113,13 @@ local gemm2 = sgemm_rate(cfg.sgemm_n)
 gemm = math.max(gemm, gemm2)
 local achieved = flops / median / 1e9
 local summary = {
-    impl = "luatrain", threads = lt.get_num_threads(), batch = cfg.batch, seq = cfg.seq,
+    impl = "luatrain", mode = cfg.mode, threads = lt.get_num_threads(), batch = cfg.batch, seq = cfg.seq,
     step_ms = median * 1000, tokens_per_s = tokens / median, gflop_per_step = flops / 1e9,
     gflops = achieved, sgemm_gflops = gemm, sgemm_fraction = achieved / gemm,
     peak_bytes = lt.memory.stats("cpu").peak,
 }
-print(("luatrain: %.0f tokens/s (median step %.1f ms), %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s (n=%d), peak %s"):format(
-    summary.tokens_per_s, summary.step_ms, achieved, 100 * summary.sgemm_fraction, gemm, cfg.sgemm_n,
+print(("luatrain %s: %.0f tokens/s (median step %.1f ms), %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s (n=%d), peak %s"):format(
+    cfg.mode, summary.tokens_per_s, summary.step_ms, achieved, 100 * summary.sgemm_fraction, gemm, cfg.sgemm_n,
     lt.memory.format_bytes(summary.peak_bytes)))
 if prof then
     local total = 0

@@ -5,7 +5,15 @@ CPU): forward with materialised logits and F.cross_entropy, backward, clip_grad_
 torch.optim.AdamW. This is how a PyTorch user writes it; PyTorch is given every core
 (torch.set_num_threads) and its fused attention when the version has one.
 
-    /usr/bin/python3 tools/bench/train_step_torch.py [--batch 8 --seq 256 --steps 5 --json out.json]
+    /usr/bin/python3 tools/bench/train_step_torch.py [--mode full|lora|qlora --bf16 --batch 8 --seq 256
+        --steps 5 --json out.json]
+
+--mode lora freezes the model and trains r=16 adapters (alpha 32) on every linear layer of the
+decoder, as PEFT does (A (r, in), B (out, r)); --mode qlora does the same over NF4 weights with
+double quantization, stored packed two codes a byte with one absmax per 64 weights (itself an
+8-bit code per block, with one f32 scale per 256 blocks), dequantized in the forward and again
+in the backward, as bitsandbytes' 4-bit matmul does on devices where it has no fused kernel.
+--bf16 runs forward and backward under torch.autocast("cpu", torch.bfloat16).
 """
 import argparse
 import json
@@ -17,6 +25,84 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+class LoRALinear(nn.Module):
+    """A frozen base (an nn.Linear, or an NF4Linear) plus PEFT's B @ A adapter."""
+
+    def __init__(self, base, r=16, alpha=32):
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.A = nn.Parameter(torch.randn(r, base.in_features) / base.in_features ** 0.5)
+        self.B = nn.Parameter(torch.zeros(base.out_features, r))
+        self.scale = alpha / r
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale
+
+
+def nf4_values():
+    """The 16 NF4 levels as the QLoRA paper builds them: normal quantiles, scaled to [-1, 1]."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    offset = 0.9677083
+    pos = normal.icdf(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])
+    neg = -normal.icdf(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])
+    v = torch.cat([pos, torch.zeros(1, dtype=torch.float64), neg]).sort().values
+    return (v / v.abs().max()).float()
+
+
+class Dequant4(torch.autograd.Function):
+    """x @ W^T with W dequantized from NF4 in the forward and again in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return x @ layer.weight().to(x.dtype).t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy @ ctx.layer.weight().to(dy.dtype), None
+
+
+class NF4Linear(nn.Module):
+    def __init__(self, linear, block=64, block2=256):
+        super().__init__()
+        w = linear.weight.detach()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.shape = w.shape
+        levels = nf4_values()
+        flat = w.reshape(-1, block)
+        absmax = flat.abs().amax(1).clamp_min(1e-12)
+        codes = (flat / absmax[:, None]).unsqueeze(-1).sub(levels).abs().argmin(-1).to(torch.uint8)
+        self.register_buffer("levels", levels)
+        self.register_buffer("packed", (codes[:, 0::2] << 4 | codes[:, 1::2]).contiguous())
+        # double quantization: the absmax values as 8-bit codes around their mean, per 256 blocks
+        mean = absmax.mean()
+        a = (absmax - mean).reshape(-1, block2) if absmax.numel() % block2 == 0 else (absmax - mean).reshape(1, -1)
+        scale2 = a.abs().amax(1).clamp_min(1e-12)
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale2", scale2)
+        self.register_buffer("acodes", torch.round(a / scale2[:, None] * 127).to(torch.int8))
+
+    def weight(self):
+        absmax = (self.acodes.float() / 127 * self.scale2[:, None]).reshape(-1) + self.mean
+        hi, lo = self.packed >> 4, self.packed & 15
+        codes = torch.stack([hi, lo], -1).reshape(hi.shape[0], -1).long()
+        return (self.levels[codes] * absmax[:, None]).reshape(self.shape)
+
+    def forward(self, x):
+        return Dequant4.apply(x, self)
+
+
+def add_adapters(model, quantize):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in model.blocks:
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+            base = getattr(block, name)
+            setattr(block, name, LoRALinear(NF4Linear(base) if quantize else base))
 
 
 class RMSNorm(nn.Module):
@@ -110,23 +196,29 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default="")
+    ap.add_argument("--mode", default="full", choices=["full", "lora", "qlora"])
+    ap.add_argument("--bf16", action="store_true")
     args = ap.parse_args()
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     vocab, dim, layers, heads, kv, ffn = 32000, 288, 6, 6, 6, 768
     model = Llama(vocab, dim, layers, heads, kv, ffn, args.seq)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    if args.mode != "full":
+        add_adapters(model, args.mode == "qlora")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     ids = torch.randint(0, vocab, (args.batch, args.seq))
     targets = torch.randint(0, vocab, (args.batch, args.seq))
 
     def step():
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        logits = model(ids)
-        loss = F.cross_entropy(logits.view(-1, vocab), targets.view(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(ids)
+            loss = F.cross_entropy(logits.view(-1, vocab).float(), targets.view(-1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         return loss.item(), time.perf_counter() - t0
 
@@ -139,10 +231,12 @@ def main():
         print(f"step {i + 1}: {dt * 1000:.1f} ms, loss {loss:.4f}", flush=True)
     med = statistics.median(times)
     tokens = args.batch * args.seq
-    summary = {"impl": "pytorch", "version": torch.__version__, "threads": threads,
+    summary = {"impl": "pytorch", "version": torch.__version__, "threads": threads, "mode": args.mode,
+               "bf16": args.bf16,
                "batch": args.batch, "seq": args.seq, "step_ms": med * 1000,
                "tokens_per_s": tokens / med}
-    print(f"pytorch {torch.__version__}: {summary['tokens_per_s']:.0f} tokens/s "
+    print(f"pytorch {torch.__version__} {args.mode}{' bf16' if args.bf16 else ''}: "
+          f"{summary['tokens_per_s']:.0f} tokens/s "
           f"(median step {med * 1000:.1f} ms, {threads} threads)")
     if args.json:
         with open(args.json + ".tmp", "w") as f:
