@@ -69,8 +69,9 @@ local cfg = lt.config {
         type = "int", choices = { 0, 1, 2 } },
     memory_limit = { "", "a budget for the training device's memory, e.g. 6GiB (empty: none; LT_MEMORY_LIMIT "
         .. "sets one for every device): past it an allocation fails as on a full device" },
-    precision = { "auto", "activations' dtype: f32, bf16 with f32 master weights, or fp16 with f32 master weights and "
-        .. "dynamic loss scaling (bf16, fp16: CUDA only); auto: bf16 on a GPU, f32 on the CPU",
+    precision = { "auto", "f32; bf16 (on a GPU: bf16 activations, f32 master weights; on the CPU: bf16 matmuls with "
+        .. "f32 accumulation, through oneDNN); fp16 (f16 activations with dynamic loss scaling, CUDA only); auto: bf16 on "
+        .. "a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16", "fp16" } },
     log_every = { 10, "print a line every this many steps", type = "int", min = 1 },
     out = { "runs/train_tiny", "output folder (log.jsonl, model/)" },
@@ -141,6 +142,11 @@ if cfg.gradient_checkpointing then model:gradient_checkpointing(true, { offload 
 model:to(cfg.device)
 local compute = cfg.precision == "fp16" and "f16" or cfg.precision ~= "auto" and cfg.precision
     or (cfg.device == "cpu" and "f32" or "bf16")
+if compute == "bf16" and cfg.device == "cpu" then
+    -- the CPU's bf16: matmuls round their operands to bf16; activations stay f32
+    lt.set_cpu_matmul_precision("bf16")
+    compute = "f32"
+end
 model:set_compute_dtype(compute)
 -- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
 local loss_scale = compute == "f16" and "dynamic" or nil

@@ -62,6 +62,14 @@ double lt_now(void);
    4 per online CPU. Anything else fails with LT_ERR_RANGE and changes nothing. */
 int lt_set_num_threads(int n);
 int lt_get_num_threads(void);
+/* The precision of f32 matrix products on the CPU: LT_MATMUL_F32 (sgemm; the default) or
+   LT_MATMUL_BF16 (both operands rounded to bf16, products accumulated in f32 by oneDNN,
+   which uses AVX512-BF16 or AMX where the CPU has them: about twice sgemm's rate on
+   AVX512-BF16). Like TF32 on a GPU, a setting of the CPU device, read by every matmul
+   from then on; BF16 fails with LT_ERR_UNSUPPORTED when oneDNN cannot be loaded. */
+enum lt_matmul_precision { LT_MATMUL_F32 = 0, LT_MATMUL_BF16 = 1 };
+int lt_set_cpu_matmul_precision(int precision);
+int lt_get_cpu_matmul_precision(void);
 /* CPUs this process may run on (its affinity mask, as taskset, cpusets or mpirun's binding
    leave it), at least 1. */
 int lt_available_cpus(void);

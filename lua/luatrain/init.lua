@@ -44,6 +44,20 @@ function lt.set_num_threads(n)
     core.check(core.C.lt_set_num_threads(n))
 end
 function lt.get_num_threads() return core.C.lt_get_num_threads() end
+
+-- The CPU's matmul precision: "f32" (sgemm) or "bf16" (operands rounded to bf16, f32
+-- accumulation, through oneDNN: AVX512-BF16 / AMX). Returns the previous one.
+function lt.set_cpu_matmul_precision(p)
+    local ids = { f32 = core.C.LT_MATMUL_F32, bf16 = core.C.LT_MATMUL_BF16 }
+    if not ids[p] then error(("cpu matmul precision must be \"f32\" or \"bf16\", got %s"):format(tostring(p)), 2) end
+    local old = core.C.lt_get_cpu_matmul_precision() == core.C.LT_MATMUL_BF16 and "bf16" or "f32"
+    core.check(core.C.lt_set_cpu_matmul_precision(ids[p]))
+    return old
+end
+
+function lt.get_cpu_matmul_precision()
+    return core.C.lt_get_cpu_matmul_precision() == core.C.LT_MATMUL_BF16 and "bf16" or "f32"
+end
 function lt.available_cpus() return core.C.lt_available_cpus() end
 function lt.max_threads() return core.C.lt_max_threads() end
 

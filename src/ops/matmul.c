@@ -14,9 +14,11 @@
 #include <cblas.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/dnnl.h"
 #include "ops/support.h"
 
 #ifdef _OPENMP
@@ -128,6 +130,79 @@ static void convert_block(float *dst, const mat *m, int64_t r0, int64_t nr, int6
         lt_convert_to_f32(dst + i * nc, m->data + ((r0 + i) * m->ld + c0) * esz, m->dtype, nc);
 }
 
+/* One element of op(m) at logical (i, k), as a bf16 bit pattern (round to nearest even). */
+static inline uint16_t load_bf16(const mat *m, int64_t i, int64_t k) {
+    int64_t idx = m->trans ? k * m->ld + i : i * m->ld + k;
+    switch (m->dtype) {
+    case LT_DTYPE_BF16: return ((const uint16_t *)m->data)[idx];
+    case LT_DTYPE_F16: return lt_f32_to_bf16_inline(lt_f16_to_f32(((const uint16_t *)m->data)[idx]));
+    default: return lt_f32_to_bf16_inline(((const float *)m->data)[idx]);
+    }
+}
+
+/* n floats to bf16 (round to nearest even, NaN kept NaN), in a loop the compiler vectorises. */
+static void f32_row_to_bf16(uint16_t *restrict d, const float *restrict s, int64_t n) {
+    for (int64_t k = 0; k < n; k++) {
+        uint32_t u;
+        memcpy(&u, &s[k], 4);
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        uint32_t nan = (u >> 16) | 0x40u;
+        d[k] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : r);
+    }
+}
+
+/* op(m) (R x C) into dst as bf16, row-major. Stored rows of an untransposed f32 operand
+   convert as whole rows; a transposed one is read in 32 x 32 tiles along its stored rows. */
+static void to_bf16(uint16_t *dst, const mat *m, int64_t R, int64_t C) {
+    if (!m->trans && m->dtype == LT_DTYPE_F32) {
+#pragma omp parallel for schedule(static) if (R * C >= LT_PAR_MIN_WORK)
+        for (int64_t i = 0; i < R; i++) f32_row_to_bf16(dst + i * C, (const float *)m->data + i * m->ld, C);
+        return;
+    }
+    enum { TILE = 32 };
+    int64_t tr = (R + TILE - 1) / TILE, tc = (C + TILE - 1) / TILE;
+#pragma omp parallel for schedule(static) if (R * C >= LT_PAR_MIN_WORK)
+    for (int64_t t = 0; t < tr * tc; t++) {
+        int64_t i0 = t / tc * TILE, k0 = t % tc * TILE;
+        int64_t i1 = i0 + TILE < R ? i0 + TILE : R, k1 = k0 + TILE < C ? k0 + TILE : C;
+        if (m->trans && m->dtype == LT_DTYPE_F32) {
+            /* op(m)[i][k] = stored[k][i]: convert stored rows k into a tile, then transpose */
+            uint16_t tile[TILE][TILE];
+            for (int64_t k = k0; k < k1; k++)
+                f32_row_to_bf16(tile[k - k0], (const float *)m->data + k * m->ld + i0, i1 - i0);
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t k = k0; k < k1; k++) dst[i * C + k] = tile[k - k0][i - i0];
+        } else if (m->trans) {
+            for (int64_t k = k0; k < k1; k++)
+                for (int64_t i = i0; i < i1; i++) dst[i * C + k] = load_bf16(m, i, k);
+        } else {
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t k = k0; k < k1; k++) dst[i * C + k] = load_bf16(m, i, k);
+        }
+    }
+}
+
+/* Products below this many multiply-adds stay in f32 under the bf16 precision: converting
+   and calling oneDNN costs more than they take. */
+enum { LT_BF16_GEMM_MIN = 1 << 18 };
+
+/* The bf16 precision: op(a) and op(b) rounded to bf16 (scratch: M x K and K x N), one
+   oneDNN GEMM accumulating in f32 into c. */
+static int gemm2d_bf16(float *c, int64_t ldc, const mat *a, const mat *b, float alpha, float beta,
+                       int64_t M, int64_t N, int64_t K) {
+    uint16_t *pa = lt_scratch_alloc(M * K * 2), *pb = pa ? lt_scratch_alloc(K * N * 2) : NULL;
+    if (!pb) {
+        lt_scratch_free(pa);
+        return lt_fail_prefix(LT_ERR_NOMEM, "matmul (bf16): ");
+    }
+    to_bf16(pa, a, M, K);
+    to_bf16(pb, b, K, N);
+    int st = lt_dnnl_gemm_bf16(c, ldc, pa, pb, M, N, K, alpha, beta);
+    lt_scratch_free(pa);
+    lt_scratch_free(pb);
+    return st;
+}
+
 /* c (M x N, row-major, ldc) = alpha * op(a) @ op(b) + beta * c, with panel conversion. */
 static int gemm2d(float *c, int64_t ldc, const mat *a, const mat *b, float alpha, float beta) {
     int64_t M = op_rows(a), K = op_cols(a), N = op_cols(b);
@@ -140,6 +215,8 @@ static int gemm2d(float *c, int64_t ldc, const mat *a, const mat *b, float alpha
     if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || a->ld > INT32_MAX ||
         b->ld > INT32_MAX || ldc > INT32_MAX)
         return lt_fail(LT_ERR_RANGE, "matmul: a dimension exceeds the 32-bit BLAS interface");
+    if (lt_get_cpu_matmul_precision() == LT_MATMUL_BF16 && (double)M * (double)N * (double)K >= LT_BF16_GEMM_MIN)
+        return gemm2d_bf16(c, ldc, a, b, alpha, beta, M, N, K);
     int a_f32 = a->dtype == LT_DTYPE_F32, b_f32 = b->dtype == LT_DTYPE_F32;
     if (a_f32 && b_f32) {
         sgemm_split(a->trans, b->trans, M, N, K, alpha, (const float *)a->data, a->ld,

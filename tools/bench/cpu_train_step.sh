@@ -12,8 +12,9 @@
 #
 # Then the fine-tuning rows: LoRA (r=16 on every decoder linear) and QLoRA (the same over an
 # NF4 base with double quantization), luatrain against PyTorch (passive waiting; QLoRA as
-# dequantize-then-matmul, forward and backward), in f32, and PyTorch's bf16 under
-# torch.autocast beside them for reference (luatrain's CPU kernels compute in f32 so far).
+# dequantize-then-matmul, forward and backward), in f32 and in bf16: luatrain's bf16 rounds
+# every matmul's operands to bf16 and accumulates in f32 (oneDNN; activations stay f32),
+# PyTorch's runs under torch.autocast; luatrain's ceiling is then the bf16 GEMM's rate.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps="${1:-5}"
@@ -43,6 +44,8 @@ for mode in lora qlora; do
     OMP_WAIT_POLICY=passive /usr/bin/python3 tools/bench/train_step_torch.py --mode $mode --steps "$steps" --json "$out/torch_$mode.json"
 done
 for mode in full lora qlora; do
+    echo
+    "$build/luatrain" tools/bench/train_step.lua mode=$mode precision=bf16 steps="$steps" json="$out/luatrain_${mode}_bf16.json"
     echo
     OMP_WAIT_POLICY=passive /usr/bin/python3 tools/bench/train_step_torch.py --mode $mode --bf16 --steps "$steps" --json "$out/torch_${mode}_bf16.json"
 done

@@ -22,7 +22,7 @@ print(("  speed-up over PyTorch's best run: %.2fx"):format(ours.tokens_per_s / b
 print(("  luatrain %.1f GFLOP/s of %.1f GFLOP per step = %.0f%% of the measured sgemm ceiling (%.1f GFLOP/s)"):format(
     ours.gflops, ours.gflop_per_step, 100 * ours.sgemm_fraction, ours.sgemm_gflops))
 
--- The fine-tuning rows, when the run made them.
+-- The fine-tuning and bf16 rows, when the run made them.
 local function maybe(name)
     local f = io.open(dir .. "/" .. name)
     if not f then return nil end
@@ -31,23 +31,19 @@ local function maybe(name)
 end
 if maybe("luatrain_lora.json") then
     print()
-    print("fine-tuning rows (r=16 adapters on every decoder linear; the tied head frozen)")
-    print(("  %-6s %-10s %10s %10s %8s %12s %10s"):format("mode", "precision", "luatrain", "pytorch", "ratio",
-        "of sgemm", "peak"))
-    local full_bf16 = maybe("torch_full_bf16.json")
-    if full_bf16 then
-        print(("  %-6s %-10s %10s %10.0f %8s %12s %10s"):format("full", "bf16", "-", full_bf16.tokens_per_s, "-", "-", "-"))
-    end
-    for _, mode in ipairs({ "lora", "qlora" }) do
-        local o, p = maybe("luatrain_" .. mode .. ".json"), maybe("torch_" .. mode .. ".json")
-        if o and p then
-            print(("  %-6s %-10s %10.0f %10.0f %7.2fx %11.0f%% %10s"):format(mode, "f32", o.tokens_per_s, p.tokens_per_s,
-                o.tokens_per_s / p.tokens_per_s, 100 * o.sgemm_fraction, lt.memory.format_bytes(o.peak_bytes)))
-        end
-        local b = maybe("torch_" .. mode .. "_bf16.json")
-        if b then
-            print(("  %-6s %-10s %10s %10.0f %8s %12s %10s"):format(mode, "bf16", "-", b.tokens_per_s, "-", "-", "-"))
+    print("by mode and precision (LoRA/QLoRA: r=16 adapters on every decoder linear; the tied head frozen)")
+    print(("  %-6s %-5s %10s %10s %8s %16s %10s"):format("mode", "prec", "luatrain", "pytorch", "ratio", "of GEMM ceiling",
+        "peak"))
+    for _, mode in ipairs({ "full", "lora", "qlora" }) do
+        for _, prec in ipairs({ "f32", "bf16" }) do
+            local suffix = prec == "bf16" and "_bf16" or ""
+            local o = mode == "full" and prec == "f32" and ours or maybe("luatrain_" .. mode .. suffix .. ".json")
+            local p = mode == "full" and prec == "f32" and best.r or maybe("torch_" .. mode .. suffix .. ".json")
+            if o and p then
+                print(("  %-6s %-5s %10.0f %10.0f %7.2fx %15.0f%% %10s"):format(mode, prec, o.tokens_per_s, p.tokens_per_s,
+                    o.tokens_per_s / p.tokens_per_s, 100 * o.sgemm_fraction, lt.memory.format_bytes(o.peak_bytes)))
+            end
         end
     end
-    print("  (tokens/s; luatrain's bf16 CPU path does not exist yet: its rows show PyTorch's alone)")
+    print("  (tokens/s; the ceiling is the same process's 2048^3 GEMM in the row's precision)")
 end

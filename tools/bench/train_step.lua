@@ -18,6 +18,8 @@ local lt = require "luatrain"
 
 local cfg = lt.config {
     mode = { "full", "what trains", choices = { "full", "lora", "qlora" } },
+    precision = { "f32", "matmul precision: f32, or bf16 (operands rounded to bf16, f32 accumulation, oneDNN); "
+        .. "the ceiling is then the bf16 GEMM's rate", choices = { "f32", "bf16" } },
     batch = { 8, "sequences per step", type = "int" },
     seq = { 256, "tokens per sequence", type = "int" },
     steps = { 5, "timed steps", type = "int" },
@@ -30,6 +32,7 @@ local cfg = lt.config {
 
 if cfg.profile and cfg.mode ~= "full" then error(lt.config.usage_error("profile=true times mode=full only"), 0) end
 lt.set_num_threads(cfg.threads)
+lt.set_cpu_matmul_precision(cfg.precision)
 lt.manual_seed(0)
 local now = lt.fs.now
 
@@ -113,13 +116,14 @@ local gemm2 = sgemm_rate(cfg.sgemm_n)
 gemm = math.max(gemm, gemm2)
 local achieved = flops / median / 1e9
 local summary = {
-    impl = "luatrain", mode = cfg.mode, threads = lt.get_num_threads(), batch = cfg.batch, seq = cfg.seq,
+    impl = "luatrain", mode = cfg.mode, precision = cfg.precision, threads = lt.get_num_threads(), batch = cfg.batch, seq = cfg.seq,
     step_ms = median * 1000, tokens_per_s = tokens / median, gflop_per_step = flops / 1e9,
     gflops = achieved, sgemm_gflops = gemm, sgemm_fraction = achieved / gemm,
     peak_bytes = lt.memory.stats("cpu").peak,
 }
-print(("luatrain %s: %.0f tokens/s (median step %.1f ms), %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s (n=%d), peak %s"):format(
-    cfg.mode, summary.tokens_per_s, summary.step_ms, achieved, 100 * summary.sgemm_fraction, gemm, cfg.sgemm_n,
+print(("luatrain %s %s: %.0f tokens/s (median step %.1f ms), %.1f GFLOP/s = %.0f%% of the %s GEMM's %.1f GFLOP/s (n=%d), peak %s"):format(
+    cfg.mode, cfg.precision, summary.tokens_per_s, summary.step_ms, achieved, 100 * summary.sgemm_fraction, cfg.precision,
+    gemm, cfg.sgemm_n,
     lt.memory.format_bytes(summary.peak_bytes)))
 if prof then
     local total = 0
