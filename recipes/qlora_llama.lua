@@ -58,8 +58,9 @@ local cfg = lt.config {
     epochs = { 0, "passes over the dataset when steps is 0", type = "int", min = 0 },
     weight_decay = { 0.0, "AdamW weight decay on the adapters", min = 0 },
     optim = { "adamw", "optimizer (Hugging Face's names): adamw (32-bit moments), paged_adamw (32-bit moments in host memory, "
-        .. "paged in for the update) or adamw_8bit (bitsandbytes' 8-bit "
-        .. "blockwise moments for adapters of 4096+ elements)", choices = { "adamw", "adamw_8bit", "paged_adamw" } },
+        .. "paged in for the update), adamw_8bit (bitsandbytes' 8-bit "
+        .. "blockwise moments for adapters of 4096+ elements), or paged_adamw_8bit (both)",
+        choices = { "adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit" } },
     grad_clip = { 1.0, "clip the global gradient norm (0: off)", min = 0 },
     detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
         choices = { "step", "parameter" } },

@@ -56,8 +56,9 @@ local cfg = lt.config {
     schedule = { "cosine", "learning-rate schedule", choices = { "constant", "linear", "cosine" } },
     weight_decay = { 0.1, "decoupled weight decay on matrices (norms get none)", min = 0 },
     optim = { "adamw", "optimizer (Hugging Face's names): adamw (32-bit moments), paged_adamw (32-bit moments in host memory, "
-        .. "paged in for the update) or adamw_8bit (bitsandbytes' 8-bit "
-        .. "blockwise moments for parameters of 4096+ elements)", choices = { "adamw", "adamw_8bit", "paged_adamw" } },
+        .. "paged in for the update), adamw_8bit (bitsandbytes' 8-bit "
+        .. "blockwise moments for parameters of 4096+ elements), or paged_adamw_8bit (both)",
+        choices = { "adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit" } },
     grad_clip = { 1.0, "clip the global gradient norm to this (0: off)", min = 0 },
     detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
         choices = { "step", "parameter" } },
@@ -172,11 +173,11 @@ local decay, no_decay = {}, {}
 for _, r in ipairs(model:parameters()) do
     if r.param:dim() >= 2 then decay[#decay + 1] = r else no_decay[#no_decay + 1] = r end
 end
-local make_optimizer = cfg.optim == "adamw_8bit" and lt.optim.AdamW8bit or lt.optim.AdamW
+local make_optimizer = cfg.optim:match("adamw_8bit$") and lt.optim.AdamW8bit or lt.optim.AdamW
 local opt = make_optimizer({
     { params = decay, weight_decay = cfg.weight_decay },
     { params = no_decay, weight_decay = 0 },
-}, { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-8, paged = cfg.optim == "paged_adamw" })
+}, { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-8, paged = cfg.optim:match("^paged_") ~= nil })
 
 local n_params = model:num_parameters()
 say(("train_tiny: %s"):format(model:extra_repr()))

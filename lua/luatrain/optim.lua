@@ -146,9 +146,68 @@ local function step_group_multi(self, g, gs)
     return true
 end
 
--- The paged update: each parameter in pages of page_elems elements; a page's moments are
--- copied from the pool into two buffers on the parameter's device, updated with the
+-- The paged update: each parameter in pages of page_elems elements; a page's state is
+-- copied from the pool into buffers on the parameter's device, updated with the
 -- parameter's page, and copied back. The buffers live for the update only.
+
+-- A page buffer of `len` elements of `dtype` on `dev`, kept in bufs for the update.
+local function page_buffer(bufs, key, dev, dtype, len)
+    local k = dev .. ":" .. key
+    local b = bufs[k]
+    if not b or b:numel() < len then
+        if b then b:free() end
+        b = tensor.empty({ len }, { device = dev, dtype = dtype })
+        bufs[k] = b
+    end
+    return b
+end
+
+-- Copies pool[start, start + len) into a buffer view, runs fn on the views, copies back.
+-- views hold their storage until collected: they are dropped at once.
+local function with_pages(bufs, dev, pieces, fn)
+    local views = {}
+    for i, pc in ipairs(pieces) do
+        local v = page_buffer(bufs, pc.key, dev, pc.pool.dtype, pc.len):narrow(1, 1, pc.len)
+        local src = pc.pool:narrow(1, pc.start, pc.len)
+        v:copy_(src)
+        views[i] = { v = v, src = src }
+    end
+    fn(views)
+    for _, e in ipairs(views) do
+        e.src:copy_(e.v)
+        e.v:free()
+    end
+end
+
+-- One parameter's 32-bit moments in pages.
+local function page_moments32(self, bufs, r, st)
+    local n = r.param:numel()
+    local p, gr = r.param:view(n), r.grad:view(n)
+    local m, v = st.exp_avg:view(n), st.exp_avg_sq:view(n)
+    for start = 1, n, self.page_elems do
+        local len = math.min(self.page_elems, n - start + 1)
+        with_pages(bufs, r.param.device, { { key = "m", pool = m, start = start, len = len },
+            { key = "v", pool = v, start = start, len = len } }, function(w)
+            F.adamw_step(p:narrow(1, start, len), gr:narrow(1, start, len), w[1].v, w[2].v, hyper)
+        end)
+    end
+end
+
+local function finish_pages(bufs)
+    -- copies back to the pool may still be in flight on a device's stream: finish them
+    -- before the buffers go and before anyone reads the pool; the buffers are freed now,
+    -- not when the collector gets to them, so the update's peak is the only one
+    local synced = {}
+    for k, b in pairs(bufs) do
+        local dev = k:match("^(.-):[^:]+$")
+        if dev ~= "cpu" and not synced[dev] then
+            require("luatrain.cuda").synchronize(dev)
+            synced[dev] = true
+        end
+        b:free()
+    end
+end
+
 local function step_paged(self, gs)
     local bufs = {}
     for _, g in ipairs(self.groups) do
@@ -158,39 +217,10 @@ local function step_paged(self, gs)
             local st = self.state[r]
             st.step = st.step + 1
             hyper.step = st.step
-            local n = r.param:numel()
-            local dev = r.param.device
-            local b = bufs[dev]
-            if not b then
-                local size = math.min(self.page_elems, self.max_numel)
-                b = { m = tensor.empty({ size }, { device = dev }), v = tensor.empty({ size }, { device = dev }) }
-                bufs[dev] = b
-            end
-            local p, gr = r.param:view(n), r.grad:view(n)
-            local m, v = st.exp_avg:view(n), st.exp_avg_sq:view(n)
-            for start = 1, n, self.page_elems do
-                local len = math.min(self.page_elems, n - start + 1)
-                local bm, bv = b.m:narrow(1, 1, len), b.v:narrow(1, 1, len)
-                local pm, pv = m:narrow(1, start, len), v:narrow(1, start, len)
-                bm:copy_(pm)
-                bv:copy_(pv)
-                F.adamw_step(p:narrow(1, start, len), gr:narrow(1, start, len), bm, bv, hyper)
-                pm:copy_(bm)
-                pv:copy_(bv)
-                -- views hold their storage until collected: drop them now (see below)
-                bm:free()
-                bv:free()
-            end
+            page_moments32(self, bufs, r, st)
         end
     end
-    -- copies back to the pool may still be in flight on a device's stream: finish them
-    -- before the buffers go and before anyone reads the pool; the buffers are freed now,
-    -- not when the collector gets to them, so the update's peak is the only one
-    for dev, b in pairs(bufs) do
-        if dev ~= "cpu" then require("luatrain.cuda").synchronize(dev) end
-        b.m:free()
-        b.v:free()
-    end
+    finish_pages(bufs)
 end
 
 -- opts.grad_scale multiplies every gradient first (clipping coefficient, 1/loss scale).
@@ -354,10 +384,18 @@ function M.AdamW8bit(params, opts)
     if type(min_size) ~= "number" or min_size < 0 then
         error(("AdamW8bit: min_8bit_size must be a number >= 0, got %s"):format(tostring(min_size)), 2)
     end
-    local self = setmetatable({ block_size = block, min_8bit_size = min_size, maps = {} }, AdamW8bit)
+    local self = setmetatable({ block_size = block, min_8bit_size = min_size, maps = {},
+        paged = opts.paged and true or false, page_elems = math.floor((opts.page_mb or 8) * 2 ^ 20 / 4) }, AdamW8bit)
+    -- pages of whole blocks
+    self.page_elems = math.max(block, math.floor(self.page_elems / block) * block)
+    -- paged: codes, absmax and small parameters' moments in the paged pool; the maps stay
+    local function state_tensor(shape, dtype, dev)
+        if self.paged then return tensor.empty(shape, { dtype = dtype, paged = true }) end
+        return tensor.zeros(shape, { dtype = dtype, device = dev })
+    end
     build_groups(self, params, opts, "AdamW8bit", function(r)
         local n = r.param:numel()
-        if n < min_size or n == 0 then return moments32(r) end
+        if n < min_size or n == 0 then return self.paged and moments_paged(r) or moments32(r) end
         local dev = r.param.device
         local maps = self.maps[dev]
         if not maps then
@@ -367,10 +405,10 @@ function M.AdamW8bit(params, opts)
         local blocks = math.ceil(n / block)
         return {
             step = 0, block = block, m_map = maps.m, v_map = maps.v,
-            m_codes = tensor.zeros(r.param:shape(), { dtype = "u8", device = dev }),
-            m_absmax = tensor.zeros({ blocks }, { device = dev }),
-            v_codes = tensor.zeros(r.param:shape(), { dtype = "u8", device = dev }),
-            v_absmax = tensor.zeros({ blocks }, { device = dev }),
+            m_codes = state_tensor(r.param:shape(), "u8", dev),
+            m_absmax = state_tensor({ blocks }, "f32", dev),
+            v_codes = state_tensor(r.param:shape(), "u8", dev),
+            v_absmax = state_tensor({ blocks }, "f32", dev),
         }
     end)
     return self
@@ -378,8 +416,27 @@ end
 
 -- opts.grad_scale multiplies every gradient first, as in AdamW:step. One update per
 -- parameter tensor (each in parallel inside).
+-- One parameter's 8-bit state in pages of whole blocks.
+local function page_state8(self, bufs, r, st)
+    local n, block = r.param:numel(), st.block
+    local p, gr = r.param:view(n), r.grad:view(n)
+    local mc, vc = st.m_codes:view(n), st.v_codes:view(n)
+    for start = 1, n, self.page_elems do
+        local len = math.min(self.page_elems, n - start + 1)
+        local b0, nb = (start - 1) / block + 1, math.ceil(len / block)
+        with_pages(bufs, r.param.device, { { key = "mc", pool = mc, start = start, len = len },
+            { key = "ma", pool = st.m_absmax, start = b0, len = nb },
+            { key = "vc", pool = vc, start = start, len = len },
+            { key = "va", pool = st.v_absmax, start = b0, len = nb } }, function(w)
+            F.adamw8_step(p:narrow(1, start, len), gr:narrow(1, start, len), { m_codes = w[1].v, m_absmax = w[2].v,
+                v_codes = w[3].v, v_absmax = w[4].v, m_map = st.m_map, v_map = st.v_map, block = block }, hyper)
+        end)
+    end
+end
+
 function AdamW8bit:step(opts)
     local gs = opts and opts.grad_scale or 1
+    local bufs = self.paged and {} or nil
     for _, g in ipairs(self.groups) do
         hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2
         hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs
@@ -387,13 +444,16 @@ function AdamW8bit:step(opts)
             local st = self.state[r]
             st.step = st.step + 1
             hyper.step = st.step
-            if st.m_codes then
+            if bufs then
+                if st.m_codes then page_state8(self, bufs, r, st) else page_moments32(self, bufs, r, st) end
+            elseif st.m_codes then
                 F.adamw8_step(r.param, r.grad, st, hyper)
             else
                 F.adamw_step(r.param, r.grad, st.exp_avg, st.exp_avg_sq, hyper)
             end
         end
     end
+    if bufs then finish_pages(bufs) end
 end
 
 -- Bytes of optimizer state held: codes, absmax and 32-bit moments, and the maps.
@@ -540,9 +600,12 @@ end
 function M.plan_state_bytes(kind, numels, opts)
     opts = opts or {}
     local block, min_size = opts.block_size or 256, opts.min_8bit_size or 4096
-    if kind ~= "adamw" and kind ~= "adamw_8bit" and kind ~= "paged_adamw" then
-        error(("plan_state_bytes: unknown optimizer %s (adamw, adamw_8bit, paged_adamw)"):format(tostring(kind)), 2)
+    local valid = { adamw = true, adamw_8bit = true, paged_adamw = true, paged_adamw_8bit = true }
+    if not valid[kind] then
+        error(("plan_state_bytes: unknown optimizer %s (adamw, adamw_8bit, paged_adamw, paged_adamw_8bit)"):format(
+            tostring(kind)), 2)
     end
+    if kind:match("^paged_") then kind = kind:sub(7) end -- the same bytes, in the host pool
     local total, any8 = 0, false
     for _, n in ipairs(numels) do
         if kind == "adamw_8bit" and n >= min_size and n > 0 then

@@ -286,8 +286,12 @@ M.OPTIMIZERS = { adamw = optim.AdamW, adamw_8bit = optim.AdamW8bit,
     paged_adamw = function(params, o)
         o.paged = true
         return optim.AdamW(params, o)
+    end,
+    paged_adamw_8bit = function(params, o)
+        o.paged = true
+        return optim.AdamW8bit(params, o)
     end }
-M.OPTIMIZER_NAMES = '"adamw", "adamw_8bit" or "paged_adamw"'
+M.OPTIMIZER_NAMES = '"adamw", "adamw_8bit", "paged_adamw" or "paged_adamw_8bit"'
 
 -- opts.optim's optimizer (AdamW unless told) over the model's trainable parameters; with
 -- lora_plus_ratio, LoRA+'s two groups (the B matrices at ratio x lr).

@@ -549,7 +549,7 @@ T.test("wrong tensors and settings are errors that name them", function()
         num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 16 })
     local batches = lt.data.windows(lt.data.byte_stream(("abcdefgh"):rep(20)), 2, 8, 1)
     T.raises(function() lt.trainer.new{ model = model, train = batches, steps = 1, optim = "sgd" } end,
-        'optim must be "adamw", "adamw_8bit" or "paged_adamw", got sgd', true)
+        'optim must be "adamw", "adamw_8bit", "paged_adamw" or "paged_adamw_8bit", got sgd', true)
     T.raises(function() lt.trainer.new{ model = model, train = batches, steps = 1, optim = "adamw_8bit", zero = 1 } end,
         "zero=1 with optim=adamw_8bit is not supported yet", true)
     T.raises(function() require("luatrain.dist.zero").new(model, nil, o8, { stage = 2 }) end,

@@ -88,6 +88,46 @@ T.test("a budget that resident moments break is met with paged ones, with the sa
     for step = 1, 4 do T.eq(paged.loss_curve[step], plain.loss_curve[step], "loss at step " .. step) end
 end)
 
+-- Trains 4 steps with AdamW8bit (small min_8bit_size, so every matrix has 8-bit state).
+local function train8(optim_opts, limit)
+    collectgarbage()
+    collectgarbage()
+    local base = lt.memory.stats("cpu").current
+    lt.memory.reset_peak("cpu")
+    lt.manual_seed(9)
+    local model = lt.llama.new(CFG)
+    local o = { lr = 1e-2, weight_decay = 0.1, min_8bit_size = 1000 }
+    for k, v in pairs(optim_opts or {}) do o[k] = v end
+    local ok, res = pcall(function()
+        if limit then lt.memory.set_limit("cpu", base + limit) end
+        local opt = lt.optim.AdamW8bit(model:parameters(), o)
+        return lt.trainer.finetune{ model = model, train = dataset(), batch_size = 2, seq_len = 16, steps = 4,
+            optimizer = opt, flatten = false, schedule = "constant" }
+    end)
+    lt.memory.set_limit("cpu", 0)
+    local peak = lt.memory.stats("cpu").peak - base
+    if not ok then return nil, res end
+    return res, model, peak
+end
+
+T.test("paged 8-bit state: the same update bit for bit, pages of whole blocks", function()
+    local plain, m1, peak_resident = train8()
+    for _, page_mb in ipairs({ 8, 0.002 }) do
+        local paged, m2, peak_paged = train8({ paged = true, page_mb = page_mb })
+        for step = 1, 4 do T.eq(paged.loss_curve[step], plain.loss_curve[step], ("page_mb %g: loss at step %d"):format(page_mb, step)) end
+        local p1, p2 = m1:parameters(), m2:parameters()
+        for i, r in ipairs(p1) do T.ok(p2[i].param:equal(r.param), r.name) end
+        T.ok(peak_paged < peak_resident, ("peaks: resident %d, paged %d"):format(peak_resident, peak_paged))
+    end
+    local _, _, peak_paged = train8({ paged = true, page_mb = 0.002 })
+    local budget = math.floor((peak_resident + peak_paged) / 2)
+    local res, err = train8(nil, budget)
+    T.ok(res == nil and err:find("out of memory under the budget", 1, true), "resident 8-bit state fit: " .. tostring(err))
+    local paged = train8({ paged = true, page_mb = 0.002 }, budget)
+    T.ok(paged ~= nil, "the paged 8-bit run failed under the budget")
+    for step = 1, 4 do T.eq(paged.loss_curve[step], plain.loss_curve[step], "under the budget: loss at step " .. step) end
+end)
+
 T.test("a paged optimizer's state saves and loads like a resident one's", function()
     local _, m = train({ paged = true })
     local a = lt.optim.AdamW(m:parameters(), { paged = true })
