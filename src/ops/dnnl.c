@@ -122,7 +122,8 @@ static int ready(void) {
 /* The primitive cache: a ring of recent shapes. */
 enum { CACHE_SIZE = 64 };
 typedef struct {
-    int64_t M, N, K, ldc;
+    int64_t M, N, K, ldc, lda, ldb;
+    int ta, tb;
     float alpha, beta;
     dnnl_primitive_t prim;
     dnnl_memory_desc_t a, b, c;
@@ -130,20 +131,22 @@ typedef struct {
 static entry cache[CACHE_SIZE];
 static int cache_next;
 
-static entry *primitive_for(int64_t M, int64_t N, int64_t K, int64_t ldc, float alpha, float beta) {
+static entry *primitive_for(int64_t M, int64_t N, int64_t K, int64_t ldc, int64_t lda, int ta, int64_t ldb,
+                            int tb, float alpha, float beta) {
     for (int i = 0; i < CACHE_SIZE; i++) {
         entry *e = &cache[i];
-        if (e->prim && e->M == M && e->N == N && e->K == K && e->ldc == ldc && e->alpha == alpha &&
-            e->beta == beta)
+        if (e->prim && e->M == M && e->N == N && e->K == K && e->ldc == ldc && e->lda == lda && e->ta == ta &&
+            e->ldb == ldb && e->tb == tb && e->alpha == alpha && e->beta == beta)
             return e;
     }
     entry *e = &cache[cache_next];
     cache_next = (cache_next + 1) % CACHE_SIZE;
     if (e->prim) dn.primitive_destroy(e->prim);
     memset(e, 0, sizeof *e);
-    /* a (M, K) and b (K, N) bf16 row-major; c (M, N) f32 with leading dimension ldc */
+    /* op(a) (M, K) and op(b) (K, N) bf16, by strides (a transposed operand is a column-major
+       view); c (M, N) f32 with leading dimension ldc */
     dnnl_dims_t da = { M, K }, db = { K, N }, dc = { M, N };
-    dnnl_dims_t sa = { K, 1 }, sb = { N, 1 }, sc = { ldc, 1 };
+    dnnl_dims_t sa = { ta ? 1 : lda, ta ? lda : 1 }, sb = { tb ? 1 : ldb, tb ? ldb : 1 }, sc = { ldc, 1 };
     if (dn.md_init_by_strides(&e->a, 2, da, dnnl_bf16, sa) != dnnl_success ||
         dn.md_init_by_strides(&e->b, 2, db, dnnl_bf16, sb) != dnnl_success ||
         dn.md_init_by_strides(&e->c, 2, dc, dnnl_f32, sc) != dnnl_success)
@@ -171,7 +174,8 @@ static entry *primitive_for(int64_t M, int64_t N, int64_t K, int64_t ldc, float 
         return lt_fail(LT_ERR_INTERNAL, "oneDNN: no bf16 matmul for %lld x %lld x %lld", (long long)M,
                        (long long)N, (long long)K), NULL;
     }
-    e->M = M, e->N = N, e->K = K, e->ldc = ldc, e->alpha = alpha, e->beta = beta;
+    e->M = M, e->N = N, e->K = K, e->ldc = ldc, e->lda = lda, e->ta = ta, e->ldb = ldb, e->tb = tb;
+    e->alpha = alpha, e->beta = beta;
     return e;
 }
 
@@ -183,10 +187,10 @@ int lt_set_cpu_matmul_precision(int precision) {
     return LT_OK;
 }
 
-int lt_dnnl_gemm_bf16(float *c, int64_t ldc, const uint16_t *a, const uint16_t *b, int64_t M, int64_t N,
-                      int64_t K, float alpha, float beta) {
+int lt_dnnl_gemm_bf16(float *c, int64_t ldc, const uint16_t *a, int64_t lda, int ta, const uint16_t *b,
+                      int64_t ldb, int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
     LT_TRY(ready());
-    entry *e = primitive_for(M, N, K, ldc, alpha, beta);
+    entry *e = primitive_for(M, N, K, ldc, lda, ta ? 1 : 0, ldb, tb ? 1 : 0, alpha, beta);
     if (!e) return lt_last_status();
     dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
     int ok = dn.memory_create(&ma, &e->a, engine, (void *)a) == dnnl_success &&
@@ -213,9 +217,10 @@ int lt_set_cpu_matmul_precision(int precision) {
     return lt_fail(LT_ERR_UNSUPPORTED, "bf16 matmuls on the CPU: built without oneDNN (install libdnnl-dev)");
 }
 
-int lt_dnnl_gemm_bf16(float *c, int64_t ldc, const uint16_t *a, const uint16_t *b, int64_t M, int64_t N,
-                      int64_t K, float alpha, float beta) {
-    (void)c, (void)ldc, (void)a, (void)b, (void)M, (void)N, (void)K, (void)alpha, (void)beta;
+int lt_dnnl_gemm_bf16(float *c, int64_t ldc, const uint16_t *a, int64_t lda, int ta, const uint16_t *b,
+                      int64_t ldb, int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+    (void)c, (void)ldc, (void)a, (void)lda, (void)ta, (void)b, (void)ldb, (void)tb;
+    (void)M, (void)N, (void)K, (void)alpha, (void)beta;
     return lt_fail(LT_ERR_UNSUPPORTED, "bf16 matmuls on the CPU: built without oneDNN (install libdnnl-dev)");
 }
 

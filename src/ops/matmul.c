@@ -140,23 +140,12 @@ static inline uint16_t load_bf16(const mat *m, int64_t i, int64_t k) {
     }
 }
 
-/* n floats to bf16 (round to nearest even, NaN kept NaN), in a loop the compiler vectorises. */
-static void f32_row_to_bf16(uint16_t *restrict d, const float *restrict s, int64_t n) {
-    for (int64_t k = 0; k < n; k++) {
-        uint32_t u;
-        memcpy(&u, &s[k], 4);
-        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        uint32_t nan = (u >> 16) | 0x40u;
-        d[k] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : r);
-    }
-}
-
 /* op(m) (R x C) into dst as bf16, row-major. Stored rows of an untransposed f32 operand
    convert as whole rows; a transposed one is read in 32 x 32 tiles along its stored rows. */
 static void to_bf16(uint16_t *dst, const mat *m, int64_t R, int64_t C) {
     if (!m->trans && m->dtype == LT_DTYPE_F32) {
 #pragma omp parallel for schedule(static) if (R * C >= LT_PAR_MIN_WORK)
-        for (int64_t i = 0; i < R; i++) f32_row_to_bf16(dst + i * C, (const float *)m->data + i * m->ld, C);
+        for (int64_t i = 0; i < R; i++) lt_f32_row_to_bf16(dst + i * C, (const float *)m->data + i * m->ld, C);
         return;
     }
     enum { TILE = 32 };
@@ -169,7 +158,7 @@ static void to_bf16(uint16_t *dst, const mat *m, int64_t R, int64_t C) {
             /* op(m)[i][k] = stored[k][i]: convert stored rows k into a tile, then transpose */
             uint16_t tile[TILE][TILE];
             for (int64_t k = k0; k < k1; k++)
-                f32_row_to_bf16(tile[k - k0], (const float *)m->data + k * m->ld + i0, i1 - i0);
+                lt_f32_row_to_bf16(tile[k - k0], (const float *)m->data + k * m->ld + i0, i1 - i0);
             for (int64_t i = i0; i < i1; i++)
                 for (int64_t k = k0; k < k1; k++) dst[i * C + k] = tile[k - k0][i - i0];
         } else if (m->trans) {
@@ -182,9 +171,6 @@ static void to_bf16(uint16_t *dst, const mat *m, int64_t R, int64_t C) {
     }
 }
 
-/* Products below this many multiply-adds stay in f32 under the bf16 precision: converting
-   and calling oneDNN costs more than they take. */
-enum { LT_BF16_GEMM_MIN = 1 << 18 };
 
 /* The bf16 precision: op(a) and op(b) rounded to bf16 (scratch: M x K and K x N), one
    oneDNN GEMM accumulating in f32 into c. */
@@ -197,7 +183,7 @@ static int gemm2d_bf16(float *c, int64_t ldc, const mat *a, const mat *b, float 
     }
     to_bf16(pa, a, M, K);
     to_bf16(pb, b, K, N);
-    int st = lt_dnnl_gemm_bf16(c, ldc, pa, pb, M, N, K, alpha, beta);
+    int st = lt_dnnl_gemm_bf16(c, ldc, pa, K, 0, pb, N, 0, M, N, K, alpha, beta);
     lt_scratch_free(pa);
     lt_scratch_free(pb);
     return st;

@@ -18,6 +18,7 @@
 
 #include "core/internal.h"
 #include "lt_quant.h"
+#include "ops/dnnl.h"
 #include "ops/quant_internal.h"
 #include "ops/support.h"
 
@@ -132,6 +133,65 @@ static int check_blas_dims(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e
     if (a > INT32_MAX || b > INT32_MAX || c > INT32_MAX || d > INT32_MAX || e > INT32_MAX)
         return lt_fail(LT_ERR_RANGE, "%s: a dimension exceeds the 32-bit BLAS interface", op);
     return LT_OK;
+}
+
+/* Under the CPU's bf16 matmul precision: the 4-bit weight is dequantized R rows at a time
+   by all threads into an f32 row and rounded into a bf16 panel (R, in), and one oneDNN
+   GEMM per panel multiplies it with the activations, rounded to bf16 once per call.
+   `mode` 0: y2 (N, out) = x2 (N, in) @ W^T + beta * y2; 1: x2 is dy (N, out) and y2 is
+   dx (N, in) = dy @ W + beta * dx. */
+static int dequant_bf16(lt_tensor *y2, const lt_tensor *x2, const lt_quant_state *w, float beta, int mode) {
+    int64_t N = x2->sizes[0], out = w->sizes[0], in = w->sizes[1];
+    int64_t ldx = x2->strides[0], ldy = y2->strides[0], xw = x2->sizes[1];
+    int64_t R = LT_QPANEL_FLOATS / in;
+    if (R < 1) R = 1;
+    if (R >= 16) R = R / 16 * 16;
+    if (R > out) R = out;
+    uint16_t *xb = lt_scratch_alloc(N * xw * 2);
+    uint16_t *pb = xb ? lt_scratch_alloc(R * in * 2) : NULL;
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    float *rows = pb ? lt_scratch_alloc((int64_t)nt * in * 4) : NULL; /* one f32 row per thread */
+    if (!rows) {
+        lt_scratch_free(xb);
+        lt_scratch_free(pb);
+        return lt_fail_prefix(LT_ERR_NOMEM, "quant_linear (bf16): ");
+    }
+    const float *x = lt_tensor_data(x2);
+    float *y = lt_tensor_data(y2);
+#pragma omp parallel for schedule(static) if (N * xw >= LT_PAR_MIN_WORK)
+    for (int64_t i = 0; i < N; i++) lt_f32_row_to_bf16(xb + i * xw, x + i * ldx, xw);
+    lt_quant_decoder d;
+    lt_quant_decoder_init(&d, w);
+    int st = LT_OK;
+    for (int64_t r0 = 0; r0 < out && st == LT_OK; r0 += R) {
+        int64_t rr = out - r0 < R ? out - r0 : R;
+#pragma omp parallel for schedule(static) if (rr * in >= LT_PAR_MIN_WORK)
+        for (int64_t r = 0; r < rr; r++) {
+            int t = 0;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+#endif
+            float *row = rows + (int64_t)t * in;
+            lt_quant_dequant_span(row, &d, (r0 + r) * in, in);
+            lt_f32_row_to_bf16(pb + r * in, row, in);
+        }
+        if (mode == 0) /* y[:, r0:r0+rr] (N, rr) = xb (N, in) @ panel^T */
+            st = lt_dnnl_gemm_bf16(y + r0, ldy, xb, in, 0, pb, in, 1, N, rr, in, 1.0f, beta);
+        else /* dx (N, in) += dy[:, r0:r0+rr] (N, rr) @ panel (rr, in) */
+            st = lt_dnnl_gemm_bf16(y, ldy, xb + r0, xw, 0, pb, in, 0, N, in, rr, 1.0f, r0 == 0 ? beta : 1.0f);
+    }
+    lt_scratch_free(rows);
+    lt_scratch_free(pb);
+    lt_scratch_free(xb);
+    return st;
+}
+
+static int use_bf16(int64_t N, int64_t out, int64_t in) {
+    return lt_get_cpu_matmul_precision() == LT_MATMUL_BF16 && N > 0 && out > 0 && in > 0 &&
+           (double)N * (double)out * (double)in >= LT_BF16_GEMM_MIN;
 }
 
 /* y2 (N, out) = x2 (N, in) @ W^T + beta * y2. Thread t owns weight rows [lo, hi) (y's
@@ -379,6 +439,8 @@ int lt_quant_linear_forward(lt_tensor *y, const lt_tensor *x, const lt_quant_sta
     if (st == LT_OK) {
         if (w->type == LT_QUANT_INT8)
             st = forward_int8(&y2, &x2, w, beta, outlier_threshold);
+        else if (use_bf16(x2.sizes[0], w->sizes[0], w->sizes[1]))
+            st = dequant_bf16(&y2, &x2, w, beta, 0);
         else
             st = forward_dequant(&y2, &x2, w, beta);
     }
@@ -397,7 +459,9 @@ int lt_quant_linear_backward(lt_tensor *dx, const lt_tensor *dy, const lt_quant_
     LT_DISPATCH_CUDA(dx, lt_cuda_quant_linear_backward(dx, dy, w, beta));
     lt_tensor dx2 = {0}, dy2 = {0};
     int st = prepare(&dx2, &dy2, dx, dy, w->sizes[1], w->sizes[0], w, op, "dx", "dy");
-    if (st == LT_OK) st = backward_dequant(&dx2, &dy2, w, beta);
+    if (st == LT_OK)
+        st = use_bf16(dy2.sizes[0], w->sizes[0], w->sizes[1]) ? dequant_bf16(&dx2, &dy2, w, beta, 1)
+                                                              : backward_dequant(&dx2, &dy2, w, beta);
     lt_tensor_release(&dx2);
     lt_tensor_release(&dy2);
     return st;
