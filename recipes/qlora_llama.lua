@@ -163,11 +163,21 @@ say(("  %s; %d decoder layers, hidden %d, vocabulary %d"):format(model:extra_rep
 say(("  parameters: %.2fM, trainable %.3fM (%.2f%%) in %d LoRA layers (r=%d, alpha=%g%s%s)"):format(
     n_total / 1e6, n_train / 1e6, 100 * n_train / n_total, #adapted, cfg.r, cfg.alpha,
     cfg.rslora and ", rsLoRA" or "", cfg.dora and ", DoRA" or ""))
-say(("  memory plan: base %s as f32 -> %s %s (%.3f bits/weight) + %s unquantized; adapters and gradients %s, "
+say(("  weights: base %s as f32 -> %s %s (%.3f bits/weight) + %s unquantized; adapters and gradients %s, "
     .. "%s state %s; loading peaked at %s"):format(
     mb(4 * n_total), mb(n_quant_bytes + n_plain_bytes), quant and cfg.quant or "f32",
     n_quant_bytes > 0 and 8 * n_quant_bytes / (n_total - n_plain_bytes / 2) or 32,
     mb(n_plain_bytes), mb(8 * n_train), cfg.optim, mb(opt_bytes), mb(load_peak)))
+-- what the training step will hold (lt.plan; `luatrain plan` prints the same without training)
+if main then
+    local ok, plan = pcall(lt.plan.from_settings, lt.config.values(cfg))
+    if ok then
+        say("  memory plan, at the training step's peak (the log's peak_bytes):")
+        say(lt.plan.format(plan))
+    else
+        say(("  memory plan: none (%s)"):format(tostring(plan)))
+    end
+end
 
 -- ---- data ----------------------------------------------------------------------------------
 local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len }

@@ -1,6 +1,7 @@
 /* main.c - the luatrain host: embeds LuaJIT and runs a recipe, -e code, or the REPL.
  *
  *     luatrain recipe.lua [key=value ...]   run a recipe (its settings read the key=value)
+ *     luatrain plan recipe.lua [key=value ...]  print what the recipe's run will hold in memory
  *     luatrain -e CODE                       run CODE
  *     luatrain -i recipe.lua                 run the recipe, then the REPL in its globals
  *     luatrain                               the REPL
@@ -415,12 +416,23 @@ static void usage(FILE *to) {
             "usage: luatrain [options] [recipe.lua [key=value ...]]\n"
             "  recipe.lua    run a recipe; key=value overrides its settings (recipe.lua --help\n"
             "                lists them); '-' reads the recipe from stdin\n"
+            "  plan recipe.lua [key=value ...]\n"
+            "                print what the recipe's run will hold in memory, without training\n"
+            "                (--json: one JSON object)\n"
             "  -e CODE       run CODE (before the recipe; may be repeated)\n"
             "  -i            enter the REPL after running the recipe or code\n"
             "  -v            print the version\n"
             "  -h, --help    print this help\n"
             "  --            end of options\n"
             "  (no recipe)   start the REPL\n");
+}
+
+/* The words the host maps to bundled scripts (lua/luatrain/cmd/WORD.lua). */
+static int bundled_command(const char *word) {
+    static const char *const words[] = {"plan"};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (strcmp(word, words[i]) == 0) return 1;
+    return 0;
 }
 
 struct options {
@@ -580,6 +592,13 @@ int main(int argc, char **argv) {
     }
     if (status == 0 && opt.script) {
         const char *path = strcmp(argv[opt.script], "-") == 0 ? NULL : argv[opt.script];
+        /* A command word (luatrain plan RECIPE ...) names a script bundled with the library,
+         * unless a file of that name is in the way. */
+        char command[PATH_MAX + 32];
+        if (path && bundled_command(path) && access(path, F_OK) != 0) {
+            snprintf(command, sizeof command, "%s/luatrain/cmd/%s.lua", luadir, path);
+            path = command;
+        }
         int loaded = luaL_loadfile(L, path);
         int nargs = 0;
         if (loaded == 0) {

@@ -443,6 +443,8 @@ function M.new(spec, opts)
     end
     local cfg = make_cfg(st)
     apply(st, cfg, args)
+    -- `luatrain plan` reads a recipe's settings without running it (luatrain/cmd/plan.lua)
+    if M.on_settings then M.on_settings(cfg) end
     return cfg
 end
 

@@ -75,6 +75,8 @@ local lazy = {
     llama = "luatrain.pretrained",
     pretrained = "luatrain.pretrained",
     memory = "luatrain.memory",
+    -- what a run will hold in memory, before it starts
+    plan = "luatrain.plan",
     json = "luatrain.json",
     config = "luatrain.config",
     log = "luatrain.log",

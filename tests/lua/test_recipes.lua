@@ -29,7 +29,9 @@ T.test("qlora_llama.lua with no arguments: loss falls, accuracy rises, the adapt
     T.eq(rc, 0, "the recipe failed:\n" .. out .. err)
     -- the banner, then the summary
     T.ok(out:find("trainable [%d.]+M %([%d.]+%%%)"), "banner shows the trainable share:\n" .. out)
-    T.ok(out:find("memory plan: base .- nf4 %(4%.%d+ bits/weight%)"), "banner shows the memory plan")
+    T.ok(out:find("weights: base .- nf4 %(4%.%d+ bits/weight%)"), "banner shows the weights' sizes")
+    T.ok(out:find("memory plan, at the training step's peak", 1, true) and out:find("peak of a training step", 1, true),
+        "banner shows the memory plan")
     local l0, l1 = out:match("held%-out loss%s+([%d.]+) %-> ([%d.]+)")
     local a0, a1 = out:match("exact%-match%s+[%d.]+%% %-> [%d.]+%% %((%d+) %-> (%d+) of %d+%)")
     T.ok(l0 and a0, "summary lines present:\n" .. out)

@@ -1,0 +1,50 @@
+--[[
+cmd/plan.lua - `luatrain plan RECIPE [key=value ...] [--json]`: what the recipe's run will
+hold in memory, printed without loading the weights or training.
+
+The recipe is started with the same arguments until its settings are read (lt.config), then
+stopped; the plan comes from those settings and the model's config.json (lt.plan). --json
+prints one JSON object whose peak.train is the predicted training-step peak of device 0 in
+bytes, the quantity log.jsonl records as peak_bytes.
+]]
+local lt = require "luatrain"
+local json = require "luatrain.json"
+
+local args, as_json = {}, false
+for i = 1, #arg do
+    if arg[i] == "--json" then as_json = true else args[#args + 1] = arg[i] end
+end
+local recipe = table.remove(args, 1)
+if not recipe then
+    error(lt.config.usage_error("usage: luatrain plan RECIPE [key=value ...] [--json]"), 0)
+end
+local chunk, err = loadfile(recipe)
+if not chunk then error(lt.config.usage_error(("plan: %s"):format(err)), 0) end
+
+-- run the recipe up to its settings
+local STOP = {}
+local settings
+lt.config.on_settings = function(cfg)
+    settings = lt.config.values(cfg)
+    error(STOP, 0)
+end
+_G.arg = { [0] = recipe }
+for i, a in ipairs(args) do _G.arg[i] = a end
+local ok, e = pcall(chunk, unpack(args))
+lt.config.on_settings = nil
+if not ok and e ~= STOP then error(e, 0) end
+if not settings then
+    error(lt.config.usage_error(("plan: %s reads no settings through lt.config, so there is nothing to plan"):format(
+        recipe)), 0)
+end
+if not settings.model then
+    error(lt.config.usage_error(("plan: %s has no model setting (a Hugging Face folder)"):format(recipe)), 0)
+end
+
+local p = lt.plan.from_settings(settings)
+if as_json then
+    print(json.encode(lt.plan.to_json(p)))
+else
+    print(("plan: %s on %s (%s)"):format(recipe, p.settings.device, p.settings.describe))
+    print(lt.plan.format(p))
+end

@@ -1,0 +1,642 @@
+--[[
+plan.lua - what a fine-tuning run will hold in memory, per device, before it starts.
+
+    local p = lt.plan.train{ config = llama_config, quant = "nf4", r = 8, batch_size = 8,
+        seq_len = 128, gradient_checkpointing = true, optim = "adamw", threads = 2 }
+    p.peak.train         -- bytes: the training step's peak on the device (log.jsonl's peak_bytes)
+    p.rows               -- { { what, bytes }, ... } what is held at that peak, by kind
+    print(lt.plan.format(p))
+
+The planner does not guess: it replays, allocation by allocation, what the model code and
+the kernels it calls allocate, in the order they allocate it, through a ledger that counts
+bytes the way lt.memory does (owned tensor storage and kernel scratch; file mappings and
+the paged pool apart). Module buffers are kept and grown (never shrunk) under the same keys
+the modules use (nn/module.lua), so a checkpointed model's shared arena, the second step's
+reuse and the growth of a buffer (new one made before the old one goes) come out as they
+happen. Kernel scratch is a transient at the point the kernel runs; its size follows the
+kernel's own rule (each rule names the C function it mirrors). On the CPU the prediction is
+exact to the byte; tests/lua/test_plan.lua holds it to that over a grid of configurations.
+
+The quantities: everything is in bytes; `N` below is the tokens of a micro-batch (batch_size
+x seq_len: the loader packs a micro-batch into one row), C the hidden size, F the MLP's, H
+and Hkv the heads, D the head dim, V the vocabulary, L the layers.
+
+Settings (train): config (a Hugging Face Llama config table), quant ("none", "nf4", "fp4",
+"int8"), blocksize (64), double_quant (true), r (LoRA rank; 0 or lora = false: full
+fine-tuning), target ("all-linear" or a list of names), dropout (LoRA dropout, 0.1), batch_size,
+seq_len, grad_accum (1), gradient_checkpointing (true), offload_activations (false), optim
+("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"), precision ("f32" or "bf16": the
+CPU's bf16 matmuls), threads (the CPU threads the kernels use), train_samples (the size of
+the dataset, for the loader's order; 0 when unknown), segments (packed sequences per
+micro-batch, for attention's bookkeeping; default batch_size), base_dtype (the frozen
+weights' dtype when quant is "none" and LoRA trains: "f32" or "bf16"; default f32).
+]]
+local M = {}
+
+local DTYPE_BYTES = { f32 = 4, bf16 = 2, f16 = 2, i64 = 8, i32 = 4, u8 = 1 }
+
+-- ---- the ledger -------------------------------------------------------------------------
+
+local Ledger = {}
+Ledger.__index = Ledger
+
+local function ledger()
+    return setmetatable({ current = 0, peak = 0, by_kind = {}, buffers = {}, at_peak = nil,
+        trace = nil, scratch_peak = 0 }, Ledger)
+end
+
+function Ledger:_note_peak(extra, what)
+    local now = self.current + extra
+    if now > self.peak then
+        self.peak = now
+        local snap = {}
+        for k, v in pairs(self.by_kind) do snap[k] = v end
+        if extra > 0 then snap["workspace (" .. what .. ")"] = extra end
+        self.at_peak = snap
+    end
+end
+
+function Ledger:alloc(kind, n)
+    self.current = self.current + n
+    self.by_kind[kind] = (self.by_kind[kind] or 0) + n
+    if self.trace then self.trace[#self.trace + 1] = n end
+    self:_note_peak(0)
+end
+
+function Ledger:free(kind, n)
+    self.current = self.current - n
+    self.by_kind[kind] = self.by_kind[kind] - n
+    if self.trace then self.trace[#self.trace + 1] = -n end
+end
+
+-- A buffer kept under `key` and grown to n bytes (nn/module.lua's Module:buffer): the new
+-- storage is made before the old one is released (lt_tensor_resize).
+function Ledger:buffer(kind, key, n)
+    local b = self.buffers[key]
+    if b and b.n >= n then return end
+    self:alloc(kind, n)
+    if b then self:free(b.kind, b.n) end
+    self.buffers[key] = { kind = kind, n = n }
+end
+
+-- Kernel scratch: sizes allocated one after another and all released when the kernel
+-- returns.
+function Ledger:scratch(what, ...)
+    local sum = 0
+    for i = 1, select("#", ...) do
+        local n = select(i, ...)
+        if n and n > 0 then
+            sum = sum + n
+            if self.trace then self.trace[#self.trace + 1] = n end
+        end
+    end
+    if self.trace then
+        for i = select("#", ...), 1, -1 do
+            local n = select(i, ...)
+            if n and n > 0 then self.trace[#self.trace + 1] = -n end
+        end
+    end
+    if sum > self.scratch_peak then self.scratch_peak = sum end
+    self:_note_peak(sum, what)
+end
+
+-- ---- the kernels' scratch (CPU) -----------------------------------------------------------
+
+-- Constants of the C kernels (the names are theirs).
+local K = {
+    BF16_GEMM_MIN = 2 ^ 18,   -- src/ops/dnnl.h: smaller products stay in f32
+    QPANEL_FLOATS = 2 ^ 20,   -- src/ops/quant_linear.c
+    QGEMM_PAR_MIN = 2 ^ 21,   -- src/ops/quant_linear.c
+    PANEL_FLOATS = 2 ^ 20,    -- src/ops/matmul.c
+    ATTN_SEG = 40, ATTN_BLOCK = 16, FWD_BQ = 64, FWD_BK = 256, BWD_BQ = 64, BWD_BK = 64, LANES = 16,
+}
+
+local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+
+-- src/ops/matmul.c gemm2d: c (M, N) = op(a) (M, K) @ op(b) (K, N). Under the bf16 precision
+-- both operands are rounded into bf16 scratch; an f32 product of f32 operands needs none; a
+-- low-precision operand is widened panel by panel.
+local function matmul(L, s, what, Mr, Nc, Kd, a_dtype, b_dtype)
+    if Mr == 0 or Nc == 0 or Kd == 0 then return end
+    if s.precision == "bf16" and Mr * Nc * Kd >= K.BF16_GEMM_MIN then
+        return L:scratch(what, Mr * Kd * 2, Kd * Nc * 2)
+    end
+    local pa, pb
+    if a_dtype ~= "f32" then pa = min(max(floor(K.PANEL_FLOATS / Kd), 16), Mr) * Kd * 4 end
+    if b_dtype ~= "f32" then pb = min(max(floor(K.PANEL_FLOATS / Kd), 16), Nc) * Kd * 4 end
+    if pa or pb then L:scratch(what, pa, pb) end
+end
+
+-- src/ops/quant_linear.c split_threads
+local function split_threads(s, extent, macs)
+    local nt = macs >= K.QGEMM_PAR_MIN and s.threads or 1
+    if nt > floor(extent / 16) then nt = floor(extent / 16) > 0 and floor(extent / 16) or 1 end
+    return nt
+end
+
+local function panel_rows(R)
+    if R < 1 then R = 1 end
+    if R >= 16 then R = floor(R / 16) * 16 end
+    return R
+end
+
+-- src/ops/quant_linear.c lt_quant_linear_forward / _backward on N rows of a quantized
+-- (out, in) weight: the 4-bit and int8 weights are dequantized into per-thread panels (or,
+-- under the bf16 precision, into one bf16 panel with the activations rounded to bf16).
+local function quant_linear(L, s, N, out_f, in_f, backward)
+    local macs = N * out_f * in_f
+    if N == 0 or out_f == 0 or in_f == 0 then return end
+    if s.quant == "int8" and not backward then
+        -- forward_int8: R weight rows and mc activation rows per thread, within the panel
+        -- budget. The outlier columns (inputs past the threshold) depend on the data: the
+        -- plan takes every column as one, the most the kernel can ask for
+        local n_out = in_f
+        local nt = split_threads(s, out_f, macs)
+        local per = floor(K.QPANEL_FLOATS / nt)
+        local R = min(panel_rows(floor(per / 2 / (in_f + n_out))), out_f)
+        local mc = min(max(floor(per / 2 / R), 16), N)
+        -- is_out (in), cols (in x 8), sx (N x 4), xq (N, in) f32, xo (N, n_out), panels
+        return L:scratch("int8 linear", in_f, in_f * 8, N * 4, N * in_f * 4, N * n_out * 4,
+            nt * (R * (in_f + n_out) + mc * R) * 4)
+    end
+    if s.precision == "bf16" and macs >= K.BF16_GEMM_MIN then
+        local R = panel_rows(floor(K.QPANEL_FLOATS / in_f))
+        if R > out_f then R = out_f end
+        local xw = backward and out_f or in_f
+        return L:scratch("4-bit linear (bf16)", N * xw * 2, R * in_f * 2, s.threads * in_f * 4)
+    end
+    if not backward then
+        local nt = split_threads(s, out_f, macs)
+        local R = panel_rows(floor(K.QPANEL_FLOATS / nt / in_f))
+        return L:scratch("dequantized panels", nt * R * in_f * 4)
+    end
+    local nt = split_threads(s, in_f, macs)
+    local width = floor((in_f + nt - 1) / nt) + 16
+    local R = panel_rows(floor(K.QPANEL_FLOATS / nt / width))
+    return L:scratch("dequantized panels", nt * R * width * 4)
+end
+
+-- ---- the model's shapes ---------------------------------------------------------------------
+
+local function quant_bytes(s, out_f, in_f)
+    local n = out_f * in_f
+    if s.quant == "int8" then return n + out_f * 4 end
+    local blocks = ceil(n / s.blocksize)
+    local b = ceil(n / 2) + 64 -- packed codes, the 16-entry code table
+    if s.double_quant then
+        return b + blocks + ceil(blocks / 256) * 4 + 1024
+    end
+    return b + blocks * 4
+end
+
+local function is_target(s, name)
+    if s.r == 0 then return false end
+    local t = s.target
+    if t == "all-linear" then return true end
+    if type(t) == "string" then return name:match(t) ~= nil end
+    for _, x in ipairs(t) do if x == name then return true end end
+    return false
+end
+
+-- The linear layers of a decoder layer in module order: { name, path, in, out }.
+local function decoder_linears(c)
+    local C, F = c.hidden_size, c.intermediate_size
+    local H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    return {
+        { "q_proj", "self_attn.q_proj", C, H * D }, { "k_proj", "self_attn.k_proj", C, Hkv * D },
+        { "v_proj", "self_attn.v_proj", C, Hkv * D }, { "o_proj", "self_attn.o_proj", H * D, C },
+        { "gate_proj", "mlp.gate_proj", C, F }, { "up_proj", "mlp.up_proj", C, F },
+        { "down_proj", "mlp.down_proj", F, C },
+    }
+end
+
+-- ---- the training step --------------------------------------------------------------------
+
+local ACT = "activations"
+
+-- A decoder linear layer's forward (kind: "lora", "quant", "linear"); key: where its
+-- buffers live.
+local function linear_forward(L, s, lin, key, N)
+    local in_f, out_f = lin[3], lin[4]
+    L:buffer(ACT, key .. "/output", N * out_f * 4)
+    if lin.kind == "linear" then
+        return matmul(L, s, "linear", N, out_f, in_f, "f32", lin.wdtype)
+    end
+    if lin.quantized then quant_linear(L, s, N, out_f, in_f, false)
+    else matmul(L, s, "linear", N, out_f, in_f, "f32", lin.wdtype) end
+    if lin.kind == "quant" then return end
+    local r = s.r
+    if s.dropout > 0 then
+        L:buffer(ACT, key .. "/x_drop", N * in_f * 4)
+        L:buffer(ACT, key .. "/drop_mask", N * in_f)
+        L:scratch("dropout draws", N * in_f * 4) -- src/ops/dropout.c: uniform draws, then the mask
+    end
+    L:buffer(ACT, key .. ".lora_A/output", N * r * 4)
+    matmul(L, s, "lora A", N, r, in_f, "f32", "f32")
+    matmul(L, s, "lora B", N, out_f, r, "f32", "f32")
+end
+
+local function linear_backward(L, s, lin, key, N)
+    local in_f, out_f = lin[3], lin[4]
+    L:buffer(ACT, key .. "/grad_input", N * in_f * 4)
+    if lin.kind == "linear" then
+        matmul(L, s, "linear backward", N, in_f, out_f, "f32", lin.wdtype)
+        if lin.trainable then matmul(L, s, "weight gradient", out_f, in_f, N, "f32", "f32") end
+        return
+    end
+    if lin.quantized then quant_linear(L, s, N, out_f, in_f, true)
+    else matmul(L, s, "linear backward", N, in_f, out_f, "f32", lin.wdtype) end
+    if lin.kind == "quant" then return end
+    local r = s.r
+    matmul(L, s, "lora B gradient", out_f, r, N, "f32", "f32")
+    L:buffer(ACT, key .. "/d_h", N * r * 4)
+    matmul(L, s, "lora backward", N, r, out_f, "f32", "f32")
+    L:buffer(ACT, key .. ".lora_A/grad_input", N * in_f * 4)
+    matmul(L, s, "lora backward", N, in_f, r, "f32", "f32")
+    matmul(L, s, "lora A gradient", r, in_f, N, "f32", "f32")
+end
+
+local function rmsnorm_forward(L, s, key, N)
+    local C = s.config.hidden_size
+    L:buffer(ACT, key .. "/output", N * C * 4)
+    L:buffer(ACT, key .. "/rstd", N * 4)
+    if s.norm_dtype ~= "f32" then L:scratch("norm weight", C * 4) end -- src/ops/rmsnorm.c weight_f32
+end
+
+local function rmsnorm_backward(L, s, key, N, trainable)
+    local C = s.config.hidden_size
+    L:buffer(ACT, key .. "/grad_input", N * C * 4)
+    L:scratch("norm backward", s.norm_dtype ~= "f32" and C * 4 or nil, trainable and s.threads * C * 4 or nil)
+end
+
+-- src/ops/attention.c: the segments, the query blocks and per-thread tiles.
+local function attention_forward_scratch(L, s, N)
+    local c = s.config
+    local segs = s.segments
+    local nblk = 0
+    local len = N / segs
+    for _ = 1, segs do nblk = nblk + ceil(len / K.FWD_BQ) end
+    local D = c.head_dim
+    local per = D * K.FWD_BK + K.FWD_BQ * K.FWD_BK + K.FWD_BQ * D + K.FWD_BQ + K.FWD_BQ * K.LANES
+    L:scratch("attention", segs * K.ATTN_SEG, nblk * K.ATTN_BLOCK, s.threads * per * 4)
+end
+
+local function attention_backward_scratch(L, s)
+    local D = s.config.head_dim
+    local per = 2 * D * K.BWD_BK + 3 * K.BWD_BQ * K.BWD_BK + 2 * K.BWD_BK * D
+    L:scratch("attention backward", s.segments * K.ATTN_SEG, s.threads * per * 4)
+end
+
+local function decoder_forward(L, s, lins, key, N)
+    local c = s.config
+    local C, F, H, D = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.head_dim
+    rmsnorm_forward(L, s, key .. "input_layernorm", N)
+    for i = 1, 3 do linear_forward(L, s, lins[i], key .. lins[i][2], N) end
+    L:buffer(ACT, key .. "self_attn/attn", N * H * D * 4)
+    L:buffer(ACT, key .. "self_attn/lse", H * N * 4)
+    attention_forward_scratch(L, s, N)
+    linear_forward(L, s, lins[4], key .. lins[4][2], N)
+    L:buffer(ACT, key .. "/resid", N * C * 4)
+    rmsnorm_forward(L, s, key .. "post_attention_layernorm", N)
+    linear_forward(L, s, lins[5], key .. lins[5][2], N)
+    linear_forward(L, s, lins[6], key .. lins[6][2], N)
+    L:buffer(ACT, key .. "mlp/act", N * F * 4)
+    linear_forward(L, s, lins[7], key .. lins[7][2], N)
+    L:buffer(ACT, key .. "/output", N * C * 4)
+end
+
+local function decoder_backward(L, s, lins, key, N)
+    local c = s.config
+    local C, F, H, Hkv, D = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
+        c.head_dim
+    linear_backward(L, s, lins[7], key .. lins[7][2], N)
+    L:buffer(ACT, key .. "mlp/d_gate", N * F * 4)
+    L:buffer(ACT, key .. "mlp/d_up", N * F * 4)
+    linear_backward(L, s, lins[5], key .. lins[5][2], N)
+    linear_backward(L, s, lins[6], key .. lins[6][2], N)
+    L:buffer(ACT, key .. "mlp/grad_input", N * C * 4)
+    rmsnorm_backward(L, s, key .. "post_attention_layernorm", N, s.norms_trainable)
+    L:buffer(ACT, key .. "/d_resid", N * C * 4)
+    linear_backward(L, s, lins[4], key .. lins[4][2], N)
+    L:buffer(ACT, key .. "self_attn/d_q", N * H * D * 4)
+    L:buffer(ACT, key .. "self_attn/d_k", N * Hkv * D * 4)
+    L:buffer(ACT, key .. "self_attn/d_v", N * Hkv * D * 4)
+    attention_backward_scratch(L, s)
+    for i = 1, 3 do linear_backward(L, s, lins[i], key .. lins[i][2], N) end
+    L:buffer(ACT, key .. "self_attn/grad_input", N * C * 4)
+    rmsnorm_backward(L, s, key .. "input_layernorm", N, s.norms_trainable)
+    L:buffer(ACT, key .. "/grad_input", N * C * 4)
+end
+
+-- One micro-batch: LlamaForCausalLM:forward_backward.
+local function forward_backward(L, s, lins, N)
+    local c = s.config
+    local C, nl = c.hidden_size, c.num_hidden_layers
+    L:buffer(ACT, "embed/output", N * C * 4)
+    local ck = s.gradient_checkpointing
+    local CKPT = "checkpointed layer outputs"
+    for i = 1, nl do
+        -- checkpointed layers share one arena (keys without the layer's index)
+        local key = ck and "arena." or ("layer" .. i .. ".")
+        if ck and s.offload then
+            decoder_forward(L, s, lins, key, N)
+            L:buffer(CKPT, (i % 2 == 1) and "arena/pass_a" or "arena/pass_b", N * C * 4)
+        else
+            decoder_forward(L, s, lins, key, N)
+            if ck then L:buffer(CKPT, "ckpt" .. i .. "/output", N * C * 4) end
+        end
+    end
+    rmsnorm_forward(L, s, "norm", N)
+    L:buffer(ACT, "head/loss", 4)
+    L:buffer(ACT, "head/d_hidden", N * C * 4)
+    -- src/ops/cross_entropy.c lmhead_run: R rows of logits at a time (R x V f32, within 8M
+    -- floats), each block's logits, loss, logit gradient, dh rows and dw in turn
+    local V = c.vocab_size
+    local R = min(max(floor(2 ^ 23 / V), 1), N)
+    local HEAD = "LM head logit blocks"
+    L:alloc(HEAD, R * V * 4)
+    for r0 = 0, N - 1, R do
+        local rr = min(R, N - r0)
+        matmul(L, s, "LM head", rr, V, C, "f32", s.head_dtype)
+        matmul(L, s, "LM head backward", rr, C, V, "f32", s.head_dtype)
+        if s.r == 0 then matmul(L, s, "LM head gradient", V, C, rr, "f32", "f32") end
+    end
+    L:free(HEAD, R * V * 4)
+    rmsnorm_backward(L, s, "norm", N, s.norms_trainable)
+    for i = nl, 1, -1 do
+        local key = ck and "arena." or ("layer" .. i .. ".")
+        if ck and s.offload then L:buffer(CKPT, "arena/restored", N * C * 4) end
+        -- the recomputation (the arena holds the last layer's activations already)
+        if ck and i ~= nl then decoder_forward(L, s, lins, key, N) end
+        decoder_backward(L, s, lins, key, N)
+        if ck then L:buffer(CKPT, "ckpt" .. i .. "/grad_input", N * C * 4) end
+    end
+end
+
+-- ---- the plan -------------------------------------------------------------------------------
+
+local function settings(opts)
+    local llama = require "luatrain.nn.llama"
+    local s = {}
+    for k, v in pairs(opts) do s[k] = v end
+    s.config = llama.normalize_config(opts.config)
+    s.quant = s.quant or "none"
+    s.blocksize = s.blocksize or 64
+    if s.double_quant == nil then s.double_quant = true end
+    if s.quant == "int8" then s.double_quant = false end
+    if s.lora == false then s.r = 0 end
+    s.r = s.r or 8
+    s.target = s.target or "all-linear"
+    s.dropout = s.r > 0 and (s.dropout or 0.1) or 0
+    s.batch_size, s.seq_len = s.batch_size or 8, s.seq_len or 128
+    s.grad_accum = s.grad_accum or 1
+    if s.gradient_checkpointing == nil then s.gradient_checkpointing = true end
+    s.offload = s.offload_activations and s.gradient_checkpointing or false
+    s.optim = s.optim or "adamw"
+    s.precision = s.precision or "f32"
+    s.threads = s.threads or 1
+    s.train_samples = s.train_samples or 0
+    s.segments = s.segments or s.batch_size
+    s.base_dtype = s.base_dtype or "f32"
+    -- a quantized base loads its other weights in bf16 (recipes: from_pretrained's dtype)
+    s.frozen_dtype = s.quant ~= "none" and "bf16" or s.base_dtype
+    s.norm_dtype = "f32" -- RMSNorm weights are made in f32 whatever the load dtype
+    s.norms_trainable = s.r == 0
+    s.head_dtype = s.r > 0 and s.frozen_dtype or "f32"
+    return s
+end
+
+-- The trainable tensors in named_parameters order, as element counts.
+local function trainable_numels(s, lins)
+    local c = s.config
+    local out = {}
+    if s.r == 0 then
+        local C, V = c.hidden_size, c.vocab_size
+        out[#out + 1] = V * C
+        for _ = 1, c.num_hidden_layers do
+            for _, l in ipairs(lins) do
+                if l[1] == "gate_proj" then out[#out + 1] = C end -- input_layernorm ... order below
+                out[#out + 1] = l[3] * l[4]
+            end
+            out[#out + 1] = C
+        end
+        out[#out + 1] = C
+        if not c.tie_word_embeddings then out[#out + 1] = V * C end
+        return out
+    end
+    for _ = 1, c.num_hidden_layers do
+        for _, l in ipairs(lins) do
+            if l.kind == "lora" then
+                out[#out + 1] = s.r * l[3]
+                out[#out + 1] = l[4] * s.r
+            end
+        end
+    end
+    return out
+end
+
+-- Optimizer state bytes on the device (the paged pool is host memory outside it).
+local function optimizer_bytes(s, numels)
+    local dev, paged_pool = 0, 0
+    local eight = s.optim == "adamw_8bit" or s.optim == "paged_adamw_8bit"
+    local paged = s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit"
+    local maps = false
+    for _, n in ipairs(numels) do
+        local b
+        if eight and n >= 4096 then
+            b = 2 * n + 8 * ceil(n / 256)
+            maps = true
+        else
+            b = 8 * n
+        end
+        if paged then paged_pool = paged_pool + b else dev = dev + b end
+    end
+    if maps then dev = dev + 2 * 256 * 4 end
+    return dev, paged_pool
+end
+
+-- The paged update's page buffers (lt.optim: pages of 8 MiB, whole blocks for 8-bit).
+local function page_buffers(L, s, numels)
+    local eight = s.optim == "paged_adamw_8bit"
+    local page = floor(8 * 2 ^ 20 / 4)
+    if eight then page = max(256, floor(page / 256) * 256) end
+    local have = {}
+    local function buf(key, n)
+        if (have[key] or 0) >= n then return end
+        L:alloc("optimizer page buffers", n)
+        if have[key] then L:free("optimizer page buffers", have[key]) end
+        have[key] = n
+    end
+    for _, n in ipairs(numels) do
+        for start = 1, n, page do
+            local len = min(page, n - start + 1)
+            if eight and n >= 4096 then
+                buf("mc", len)
+                buf("ma", ceil(len / 256) * 4)
+                buf("vc", len)
+                buf("va", ceil(len / 256) * 4)
+            else
+                buf("m", len * 4)
+                buf("v", len * 4)
+            end
+        end
+    end
+    for _, n in pairs(have) do L:free("optimizer page buffers", n) end
+end
+
+-- opts: see the header. Returns { peak = { train = bytes }, rows, settings, host = { paged } }.
+function M.train(opts)
+    local s = settings(opts)
+    local c = s.config
+    local L = ledger()
+    if opts.trace then L.trace = {} end
+    local lins = decoder_linears(c)
+    for _, l in ipairs(lins) do
+        local lora = is_target(s, l[1])
+        l.quantized = s.quant ~= "none"
+        l.kind = lora and "lora" or (l.quantized and "quant" or "linear")
+        l.wdtype = l.quantized and "q" or (s.r > 0 and s.frozen_dtype or "f32")
+        l.trainable = s.r == 0
+    end
+    local C, V, nl = c.hidden_size, c.vocab_size, c.num_hidden_layers
+    local B, T = s.batch_size, s.seq_len
+    local N = B * T
+
+    -- what is held before the first step
+    local fb = DTYPE_BYTES[s.r > 0 and s.frozen_dtype or "f32"]
+    local base_q, base_plain = 0, 0
+    for _, l in ipairs(lins) do
+        if l.quantized then base_q = base_q + quant_bytes(s, l[4], l[3]) * nl
+        else base_plain = base_plain + l[3] * l[4] * fb * nl end
+    end
+    local norms = (2 * nl + 1) * C * DTYPE_BYTES[s.norm_dtype]
+    local embed = V * C * fb * (c.tie_word_embeddings and 1 or 2)
+    if base_q > 0 then L:alloc("quantized base", base_q) end
+    L:alloc("weights (not quantized)", base_plain + norms + embed)
+    local rows0 = min(c.max_position_embeddings, 256)
+    L:alloc("rotary tables", c.head_dim / 2 * 4 + 2 * rows0 * c.head_dim / 2 * 4)
+    local numels = trainable_numels(s, lins)
+    -- flat parameters and gradients: each tensor starts at a multiple of 64 elements
+    local flat = 0
+    for _, n in ipairs(numels) do flat = flat + ceil(n / 64) * 64 end
+    local adapters = s.r > 0
+    if adapters then
+        L:alloc("adapters", flat * 4)
+    elseif flat ~= 0 then
+        -- full fine-tuning: the weights above are the trainable ones, now flat
+        L.by_kind["weights (not quantized)"] = L.by_kind["weights (not quantized)"] - (base_plain + norms + embed)
+        L.current = L.current - (base_plain + norms + embed)
+        L:alloc("trained weights", flat * 4)
+    end
+    L:alloc("gradients", flat * 4)
+    local opt_dev, opt_paged = optimizer_bytes(s, numels)
+    if opt_dev > 0 then L:alloc("optimizer state", opt_dev) end
+    -- the loader: the sample order and one packed row of ids, targets, positions, offsets
+    L:alloc("batches", s.train_samples * 8 + 3 * N * 8 + (N + 1) * 4)
+    if s.grad_accum > 1 then
+        -- the trainer holds a copy of each micro-batch (ids, targets, positions, offsets)
+        for _ = 1, s.grad_accum do L:alloc("batches", 3 * N * 8 + (s.segments + 1) * 4) end
+    end
+    local before = L.current
+    L.peak = L.current
+
+    -- two steps: the first grows every buffer, the second is every later step
+    for _ = 1, 2 do
+        for _ = 1, s.grad_accum do forward_backward(L, s, lins, N) end
+        -- the gradient norm: src/ops/reduce.c sums each flat buffer in chunks of 16384
+        if flat > 16384 then L:scratch("gradient norm", ceil(flat / 16384) * 8) end
+        if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" then page_buffers(L, s, numels) end
+    end
+
+    local rows = {}
+    for k, v in pairs(L.at_peak or {}) do
+        if v ~= 0 then rows[#rows + 1] = { k, v } end
+    end
+    table.sort(rows, function(a, b) return a[2] > b[2] end)
+    return {
+        peak = { train = L.peak },
+        before_train = before,
+        steady = L.current,
+        rows = rows,
+        host = { paged = opt_paged },
+        settings = s,
+        trace = L.trace,
+    }
+end
+
+-- A plan from a recipe's settings (lt.config values with the recipes' names: model, quant,
+-- blocksize, double_quant, r, target, dropout, batch_size, seq_len, gradient_checkpointing,
+-- offload_activations, grad_accum, optim, precision, threads, device, dataset).
+function M.from_settings(st)
+    local llama = require "luatrain.pretrained"
+    local function get(k, default)
+        local v = st[k]
+        if v == nil then return default end
+        return v
+    end
+    local config = llama.read_config(st.model .. "/config.json")
+    local device = tostring(get("device", "cpu"))
+    local precision = get("precision", "auto")
+    if precision == "auto" then precision = device == "cpu" and "f32" or "bf16" end
+    if device ~= "cpu" then
+        error(("plan: device=%s: the planner models the CPU's kernels so far (device=cpu)"):format(device), 0)
+    end
+    if precision ~= "f32" and precision ~= "bf16" then
+        error(("plan: precision=%s is not planned yet on the CPU (f32, bf16)"):format(precision), 0)
+    end
+    if get("dora", false) then error("plan: dora=true is not planned yet", 0) end
+    if get("zero", 0) ~= 0 then error("plan: zero>0 (per-rank shards) is not planned yet", 0) end
+    local target = get("target", "all-linear")
+    if target ~= "all-linear" and (target:find(",") or target:match("^[%w_]+$")) then
+        local list = {}
+        for t in target:gmatch("[^,%s]+") do list[#list + 1] = t end
+        target = list
+    end
+    local threads = get("threads", 0)
+    if threads == 0 then threads = tonumber(require("luatrain").get_num_threads()) end
+    -- the loader's sample order: one i64 per training record
+    local samples = 0
+    local ds = st.dataset
+    local f = ds and io.open(ds)
+    if f then
+        for line in f:lines() do if line:find("%S") then samples = samples + 1 end end
+        f:close()
+        if get("eval_dataset", "") == "" then
+            local every = math.max(2, math.floor(1 / math.max(get("eval_split", 0.1), 1e-6) + 0.5))
+            samples = samples - math.floor(samples / every)
+        end
+    end
+    local p = M.train{ config = config, quant = get("quant", "none"), blocksize = get("blocksize", 64),
+        double_quant = get("double_quant", true), r = get("r", 8), target = target, dropout = get("dropout", 0.1),
+        batch_size = get("batch_size", 8), seq_len = get("seq_len", 128),
+        gradient_checkpointing = get("gradient_checkpointing", true),
+        offload_activations = get("offload_activations", false), grad_accum = get("grad_accum", 1),
+        optim = get("optim", "adamw"), precision = precision, threads = threads, train_samples = samples }
+    p.settings.device = device
+    p.settings.describe = ("%s base, LoRA r=%d, batch %d x %d, checkpointing %s, %s, %s, %d threads"):format(
+        p.settings.quant, p.settings.r, p.settings.batch_size, p.settings.seq_len,
+        p.settings.gradient_checkpointing and "on" or "off", p.settings.optim, precision, threads)
+    return p
+end
+
+-- The plan as one JSON-ready table: peak.train (bytes), rows at the peak, host bytes.
+function M.to_json(p)
+    local rows = {}
+    for _, r in ipairs(p.rows) do rows[#rows + 1] = { what = r[1], bytes = r[2] } end
+    return { device = p.settings.device or "cpu", peak = { train = p.peak.train },
+        before_train = p.before_train, at_peak = rows, host = { paged_bytes = p.host.paged } }
+end
+
+-- The plan as a table of lines.
+function M.format(p)
+    local mb = require("luatrain.memory").format_bytes
+    local out = {}
+    for _, r in ipairs(p.rows) do out[#out + 1] = ("    %-40s %12s"):format(r[1], mb(r[2])) end
+    out[#out + 1] = ("    %-40s %12s"):format("peak of a training step", mb(p.peak.train))
+    if p.host.paged > 0 then
+        out[#out + 1] = ("    %-40s %12s"):format("host: paged optimizer state", mb(p.host.paged))
+    end
+    return table.concat(out, "\n")
+end
+
+return M

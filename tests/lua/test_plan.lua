@@ -1,0 +1,80 @@
+--[[
+test_plan.lua - the planner (lt.plan, `luatrain plan`) against what runs measure.
+
+1. The grid: for each configuration, a process of its own (tests/lua/plan_child.lua) loads
+   tiny_facts' model as the recipe does, trains two steps through lt.trainer and compares the
+   peak_bytes its log records with lt.plan's peak.train. Equal to the byte, except where the
+   run's bytes depend on the data: int8's LLM.int8 outlier columns (the plan takes the most
+   the kernel can ask for, so it may only be above) and, with gradient accumulation, the
+   copies of each micro-batch's packed-sequence offsets (the plan estimates the sequences per
+   row from the dataset's mean length); those must be within 0.5%.
+2. `luatrain plan RECIPE --json` prints the plan of the recipe's settings without training;
+   the recipe's own run (which evaluates before it trains, leaving the evaluation's few
+   buffers behind) logs a peak within 0.5% of it.
+]]
+package.path = "tests/lua/?.lua;" .. package.path
+local T = require "harness"
+local json = require "luatrain.json"
+
+local bin = T.luatrain()
+
+-- { settings, how the plan must match: "exact" | "bound" (plan >= run, within 0.5%) | "near" (0.5%) }
+local GRID = {
+    { "", "exact" }, { "quant=fp4", "exact" }, { "quant=int8", "bound" }, { "quant=none", "exact" },
+    { "quant=none r=0", "exact" }, { "quant=none r=0 ck=false", "exact" }, { "ck=false", "exact" },
+    { "offload=true", "exact" }, { "offload=true quant=fp4 r=16", "exact" }, { "optim=adamw_8bit", "exact" },
+    { "optim=adamw_8bit r=64", "exact" }, { "optim=paged_adamw", "exact" }, { "optim=paged_adamw_8bit r=64", "exact" },
+    { "precision=bf16", "exact" }, { "precision=bf16 ck=false", "exact" }, { "precision=bf16 quant=none", "exact" },
+    { "r=32", "exact" }, { "r=1", "exact" }, { "batch=2 seq=64", "exact" }, { "batch=4 seq=96", "exact" },
+    { "batch=1 seq=256", "exact" }, { "batch=16 seq=64", "exact" }, { "target=q_proj,v_proj", "exact" },
+    { "target=q_proj", "exact" }, { "target=gate_proj,up_proj,down_proj", "exact" }, { "dropout=0", "exact" },
+    { "threads=1", "exact" }, { "dq=false", "exact" }, { "blocksize=128", "exact" }, { "quant=int8 ck=false", "bound" },
+    { "offload=true optim=paged_adamw precision=bf16", "exact" }, { "accum=2", "near" },
+    { "accum=3 ck=false quant=none r=0", "near" },
+}
+
+T.test(("the plan equals the measured peak over %d configurations"):format(#GRID), function()
+    local bad = {}
+    for _, g in ipairs(GRID) do
+        local out, code = T.run(("%s tests/lua/plan_child.lua %s"):format(bin, g[1]))
+        T.eq(code, 0, g[1] .. ": " .. out)
+        local r = json.decode(out:match("{.*}"))
+        local d = r.planned - r.measured
+        local ok
+        if g[2] == "exact" then ok = d == 0
+        elseif g[2] == "bound" then ok = d >= 0 and d <= 0.005 * r.measured
+        else ok = math.abs(d) <= 0.005 * r.measured end
+        print(("  %-48s measured %10d planned %10d  %+d"):format(g[1] == "" and "(default)" or g[1], r.measured,
+            r.planned, d))
+        if not ok then bad[#bad + 1] = ("%s: measured %d, planned %d (%s)"):format(g[1], r.measured, r.planned, g[2]) end
+    end
+    T.eq(bad, {}, "configurations off the plan")
+end)
+
+T.test("luatrain plan RECIPE --json: the recipe's settings, no training, the run within 0.5%", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local args = "steps=2 eval_every=0 eval_samples=1 max_new_tokens=2 batch_size=4 r=16 output_dir=" .. dir
+    local out, code = T.run(("%s plan recipes/qlora_llama.lua %s --json"):format(bin, args))
+    T.eq(code, 0, out)
+    local plan = json.decode(out)
+    T.ok(plan.peak.train > 0 and #plan.at_peak > 3, out)
+    T.ok(not io.open(dir .. "/log.jsonl"), "planning trained")
+    local text, code2 = T.run(("%s plan recipes/qlora_llama.lua %s"):format(bin, args))
+    T.eq(code2, 0, text)
+    T.ok(text:find("peak of a training step", 1, true), text)
+    local run, code3 = T.run(("%s recipes/qlora_llama.lua %s"):format(bin, args))
+    T.eq(code3, 0, run)
+    local peak
+    for line in io.lines(dir .. "/log.jsonl") do peak = json.decode(line).peak_bytes end
+    print(("  recipe: measured %d, planned %d (%+.3f%%)"):format(peak, plan.peak.train,
+        100 * (plan.peak.train - peak) / peak))
+    T.ok(math.abs(plan.peak.train - peak) <= 0.005 * peak, ("measured %d, planned %d"):format(peak, plan.peak.train))
+    T.run("rm -rf " .. dir)
+    local bad, code4 = T.run(("%s plan recipes/qlora_llama.lua dora=true"):format(bin))
+    T.ok(code4 ~= 0 and bad:find("dora=true is not planned yet", 1, true), bad)
+    local none, code5 = T.run(("%s plan"):format(bin))
+    T.ok(code5 == 2 and none:find("usage: luatrain plan RECIPE", 1, true), none)
+end)
+
+T.done()
