@@ -249,7 +249,7 @@ T.test("error messages from the kernels", function()
     T.raises(function() E.binary_forward("mul", x, x, lt.empty(3, 2)) end,
         "mul: out has shape (3, 2) but a (2, 3) and b (2, 3) broadcast to (2, 3)", true)
     T.raises(function() E.unary_forward("exp", x, lt.empty({ 2, 3 }, { dtype = "i64" })) end,
-        "exp: out must be f32, got i64", true)
+        "exp: out must be f32, bf16 or f16, got i64", true)
     T.raises(function() E.unary_forward("nope", x) end, "unknown unary op nope")
     T.raises(function() E.reduce_forward("sum", x, 1, true, lt.empty(2, 1)) end,
         "sum: out has shape (2, 1) but x (2, 3) needs the keepdim shape", true)
