@@ -11,8 +11,9 @@
 //   inside one batch row; a sequence attends only to itself. Causal is bottom-right
 //   aligned: query i of a segment of nq queries over nk keys sees keys j <= i + (nk - nq);
 //   a query that sees no key gets a zero output and lse -inf. dq, dk, dv are overwritten.
-//   Dtypes on CUDA: q, k, v, out (and dout, dq, dk, dv) all f32, all bf16 or all f16; the
-//   CPU op takes f32 only. Arithmetic is f32 whatever the dtype.
+//   Dtypes on CUDA: q, k, v, out (and dout, dq, dk, dv) all f32, all bf16 or all f16, as on
+//   the CPU (which computes bf16/f16 through f32 twins, src/ops/lowp.h). Arithmetic is f32
+//   whatever the dtype.
 //
 // Paths.
 //  * Tensor cores (bf16 / f16, D = 64 or 128): mma.sync m16n8k16 with f32 accumulation on

@@ -3,7 +3,8 @@
 //
 //   forward   mask (n) u8 = (u_i >= p), out (n) = mask ? x * (1 / (1 - p)) : 0
 //   backward  dx (n) = mask ? dout * (1 / (1 - p)) : 0
-// x, out, dout, dx contiguous f32/bf16/f16 each (the CPU takes f32); mask contiguous u8.
+// x, out, dout, dx contiguous f32/bf16/f16 each (the CPU too, through f32 twins); mask
+// contiguous u8.
 //
 // The mask is the CPU's, bit for bit, for the same generator state: element i draws lane
 // i % 4 of Philox-4x32-10 block (rng->offset + i / 4) under rng->seed (src/core/rng.c), and the

@@ -8,7 +8,7 @@
 //            da (Sa), db (Sb): the elementwise gradient summed over the broadcast dims
 //   scalar   out (S) = x (S) op s, or s op x    dx (S) likewise
 //   axpby    y (S) = alpha * x (Sx broadcasting to S) + beta * y
-// Dtypes: every operand may be f32, bf16 or f16, independently (the CPU takes f32 only);
+// Dtypes: every operand may be f32, bf16 or f16, independently (the CPU too, through f32 twins);
 // values are converted to f32, computed in f32 and rounded once to the output's dtype.
 //
 // Launch choice. The operands are described over one iteration shape and simplified as the

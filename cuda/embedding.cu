@@ -3,7 +3,7 @@
 //
 // Shapes: weight (V, C) f32/bf16/f16 with unit stride in its rows (any row stride);
 // ids (...) i32/i64 contiguous, n of them; out (..., C) contiguous f32/bf16/f16 (the CPU
-// writes f32 only); dout (..., C) contiguous f32/bf16/f16; dweight (V, C) f32 contiguous.
+// too, through an f32 twin); dout (..., C) contiguous f32/bf16/f16; dweight (V, C) f32 contiguous.
 //
 // Ids outside [0, V) are an error, as on the CPU, and leave out / dweight untouched: a small
 // kernel checks every id first and records the lowest bad position with atomicMin; the

@@ -4,7 +4,7 @@
 //
 // Shapes: x (any shape, any strides); out in the keepdim form (x's shape with the reduced
 // dims set to 1). Softmax: x, out (..., C) with any strides, rows over the leading dims.
-// Dtypes: x, out, dout, dx f32, bf16 or f16 each (the CPU takes f32 only); argmax writes
+// Dtypes: x, out, dout, dx f32, bf16 or f16 each (the CPU too, through f32 twins); argmax writes
 // i64. Sums accumulate in f64 as on the CPU (cheap here: the kernels are memory-bound);
 // max/min propagate NaN; softmax math is f32.
 //

@@ -6,7 +6,7 @@
 //             dweight (C) += sum over rows of dout * xh                        (accumulated)
 // N is the product of the leading dims; x, out, dout and dx need unit stride in C and rows
 // that nest (a row stride, as on the CPU). Dtypes: x, out, dout, dx f32, bf16 or f16 (the
-// CPU takes f32); weight f32/bf16/f16; rstd and dweight f32. Math is f32, in the CPU's
+// CPU too, through f32 twins); weight f32/bf16/f16; rstd and dweight f32. Math is f32, in the CPU's
 // order of operations.
 //
 // Launch: one warp per row (8 rows per block) for C <= 1024, one block of 256 threads per

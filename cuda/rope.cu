@@ -6,7 +6,7 @@
 //   y_i        = x_i cos - x_{i+half} sn        sn = sign * sin  (sign -1: backward, the
 //   y_{i+half} = x_{i+half} cos + x_i sn                          inverse rotation)
 // x, out (B, T, H, D) with unit stride in D and any other strides, f32/bf16/f16 each (the
-// CPU takes f32); cos, sin (P, half) f32 contiguous; positions (T) or (B, T) i32/i64.
+// CPU too, through f32 twins); cos, sin (P, half) f32 contiguous; positions (T) or (B, T) i32/i64.
 // The expressions are the CPU's, in f32.
 //
 // Positions outside [0, P) are an error, as on the CPU, reported before anything is

@@ -4,7 +4,7 @@
 //   backward  with s = 1 / (1 + exp(-gate)):
 //             dgate (N, F) = dout * up * s * (1 + gate * (1 - s));  dup (N, F) = dout * gate * s
 // Every operand has unit stride in F and its own row stride (the gate and up halves of a
-// fused projection are strided views), f32/bf16/f16 each (the CPU takes f32 only); math in
+// fused projection are strided views), f32/bf16/f16 each (the CPU too, through f32 twins); math in
 // f32 with the CPU's expressions.
 //
 // Launch: a grid-stride loop over units, one unit per 16-byte pack (4 f32 or 8 bf16/f16 of

@@ -76,8 +76,9 @@ local cfg = lt.config {
     memory_limit = { "", "a budget for the training device's memory, e.g. 6GiB (empty: none; LT_MEMORY_LIMIT "
         .. "sets one for every device): past it an allocation fails as on a full device" },
     precision = { "auto", "f32; bf16 (on a GPU: bf16 activations, f32 master weights; on the CPU: bf16 matmuls with "
-        .. "f32 accumulation, through oneDNN); fp16 (f16 activations with dynamic loss scaling, CUDA only); auto: bf16 on "
-        .. "a GPU, f32 on the CPU",
+        .. "f32 accumulation, through oneDNN); fp16 (f16 activations, f32 master weights, dynamic loss scaling; on "
+        .. "the CPU the f32 kernels on f16 tensors: a test of the policy, not a speed-up); auto: bf16 on a GPU, f32 "
+        .. "on the CPU",
         choices = { "auto", "f32", "bf16", "fp16" } },
 }
 

@@ -32,6 +32,7 @@
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 #ifdef _OPENMP
@@ -179,6 +180,21 @@ static int check_like(const lt_tensor *t, const lt_tensor *ref, const char *op, 
                       const char *refname) {
     LT_TRY(check_qkv(t, op, name));
     return lt_check_same_shape(t, ref, op, name, refname);
+}
+
+/* q, k, v, out, dout, dq, dk and dv share one dtype, as on CUDA (cuda/attention.cu); the
+   bf16/f16 ones go through f32 twins together (ops/lowp.h). Missing tensors are left to
+   the shape checks, which name them. */
+static int check_one_dtype(const char *op, const lt_tensor *q, int n, const lt_tensor *const *ts,
+                           const char *const *names) {
+    for (int i = 0; i < n; i++)
+        if (ts[i] && ts[i]->storage && ts[i]->dtype_id != q->dtype_id)
+            return lt_fail(LT_ERR_DTYPE,
+                           "%s: %s is %s but q is %s (q, k, v, out, dout, dq, dk and dv share "
+                           "one dtype: f32, bf16 or f16)",
+                           op, names[i], lt_dtype_info(ts[i]->dtype_id)->name,
+                           lt_dtype_info(q->dtype_id)->name);
+    return LT_OK;
 }
 
 static int check_lse(const lt_tensor *lse, const attn_shape *a, const char *op) {
@@ -405,6 +421,22 @@ int lt_attention_forward(lt_tensor *out, lt_tensor *lse, const lt_tensor *q, con
        cuda/attention.cu, which makes the other checks (k, v and out share q's dtype) */
     LT_TRY(lt_op_check_dtype(LT_OP_ATTENTION, LT_OP_ROLE_MAIN, q, op, "q"));
     LT_DISPATCH_CUDA(q, lt_cuda_attention_forward(out, lse, q, k, v, cu_seqlens, scale, causal));
+    {
+        const lt_tensor *ts[] = {k, v, out};
+        const char *names[] = {"k", "v", "out"};
+        LT_TRY(check_one_dtype(op, q, 3, ts, names));
+    }
+    if (lt_lowp_cpu(q)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &q);
+        lt_lowp_in(&lp, &k);
+        lt_lowp_in(&lp, &v);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_attention_forward(out, lse, q, k, v, cu_seqlens, scale, causal);
+        return lt_lowp_end(&lp, st);
+    }
     attn_shape a;
     LT_TRY(check_like(out, q, op, "out", "q"));
     LT_TRY(lt_op_check_out(LT_OP_ATTENTION, out, op, "out", q, "q"));
@@ -549,6 +581,28 @@ int lt_attention_backward(lt_tensor *dq, lt_tensor *dk, lt_tensor *dv, const lt_
     LT_TRY(lt_op_check_dtype(LT_OP_ATTENTION, LT_OP_ROLE_MAIN, q, op, "q"));
     LT_DISPATCH_CUDA(q, lt_cuda_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens,
                                                    scale, causal));
+    {
+        const lt_tensor *ts[] = {k, v, out, dout, dq, dk, dv};
+        const char *names[] = {"k", "v", "out", "dout", "dq", "dk", "dv"};
+        LT_TRY(check_one_dtype(op, q, 7, ts, names));
+    }
+    if (lt_lowp_cpu(q)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_in(&lp, &q);
+        lt_lowp_in(&lp, &k);
+        lt_lowp_in(&lp, &v);
+        lt_lowp_in(&lp, &out);
+        lt_lowp_out(&lp, &dq);
+        lt_lowp_out(&lp, &dk);
+        lt_lowp_out(&lp, &dv);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK)
+            st = lt_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, scale,
+                                       causal);
+        return lt_lowp_end(&lp, st);
+    }
     attn_shape a;
     LT_TRY(check_like(dout, q, op, "dout", "q"));
     LT_TRY(check_like(out, q, op, "out", "q"));

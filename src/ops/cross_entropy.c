@@ -8,6 +8,7 @@
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 /* Logit buffer budget for the fused LM head: 8M floats (32 MB) per block of rows. */
@@ -56,8 +57,9 @@ static int check_scalar_out(const lt_tensor *loss, const char *op) {
 
 /* ---- device-agnostic checks (before the CUDA dispatch) ------------------------------------
    The float tensors' dtypes are the support table's (ops/support.c): logits, dlogits, h, dh
-   and dw f32 here and also bf16/f16 on CUDA (where dh and dw are f32 or w's dtype), w any
-   float dtype. loss, lse and row_loss are f32 on both sides, each side checking its own. */
+   and dw f32, bf16 or f16 (on CUDA dh and dw are f32 or w's dtype; here bf16/f16 ones go
+   through f32 twins, ops/lowp.h, and the losses reduce in f32), w any float dtype. loss,
+   lse and row_loss are f32 on both sides, each side checking its own. */
 
 static int meta_targets(const lt_tensor *targets, int64_t N, const char *op) {
     LT_TRY(lt_check_tensor(targets, op, "targets"));
@@ -202,6 +204,16 @@ int lt_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *row_los
     }
     LT_DISPATCH_CUDA(logits, lt_cuda_cross_entropy_forward(loss, lse, row_loss, logits, targets,
                                                            ignore_index, normalizer));
+    if (lt_lowp_cpu(logits)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &logits);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK)
+            st = lt_cross_entropy_forward(loss, lse, row_loss, logits, targets, ignore_index,
+                                          normalizer);
+        return lt_lowp_end(&lp, st);
+    }
     LT_TRY(lt_check_f32_contig(logits, op, "logits"));
     int64_t N = logits->sizes[0], V = logits->sizes[1], count;
     LT_TRY(check_targets(targets, N, V, ignore_index, op, &count));
@@ -235,6 +247,17 @@ int lt_cross_entropy_backward(lt_tensor *dlogits, const lt_tensor *logits,
     LT_TRY(lt_op_check_out(LT_OP_CROSS_ENTROPY, dlogits, op, "dlogits", logits, "logits"));
     LT_DISPATCH_CUDA(logits, lt_cuda_cross_entropy_backward(dlogits, logits, targets, lse, dloss,
                                                             ignore_index, normalizer));
+    if (lt_lowp_cpu(logits) || lt_lowp_cpu(dlogits)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &logits);
+        lt_lowp_out(&lp, &dlogits);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK)
+            st = lt_cross_entropy_backward(dlogits, logits, targets, lse, dloss, ignore_index,
+                                           normalizer);
+        return lt_lowp_end(&lp, st);
+    }
     LT_TRY(lt_check_f32_contig(logits, op, "logits"));
     LT_TRY(lt_check_f32_contig(dlogits, op, "dlogits"));
     LT_TRY(lt_check_same_shape(dlogits, logits, op, "dlogits", "logits"));
@@ -378,6 +401,16 @@ int lt_linear_cross_entropy_forward(lt_tensor *loss, lt_tensor *lse, lt_tensor *
     }
     LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_forward(loss, lse, row_loss, h, w, targets,
                                                              ignore_index, normalizer));
+    if (lt_lowp_cpu(h)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &h);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK)
+            st = lt_linear_cross_entropy_forward(loss, lse, row_loss, h, w, targets, ignore_index,
+                                                 normalizer);
+        return lt_lowp_end(&lp, st);
+    }
     return lmhead_run(loss, lse, NULL, row_loss, NULL, NULL, h, w, targets, 0, 0.0f,
                       ignore_index, normalizer, op);
 }
@@ -397,6 +430,18 @@ int lt_linear_cross_entropy_backward(lt_tensor *dh, lt_tensor *dw, const lt_tens
     }
     LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_backward(dh, dw, h, w, targets, lse, dloss,
                                                               ignore_index, normalizer));
+    if (lt_lowp_cpu(h) || lt_lowp_cpu(dh) || lt_lowp_cpu(dw)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &h);
+        lt_lowp_out(&lp, &dh);
+        lt_lowp_out(&lp, &dw);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK)
+            st = lt_linear_cross_entropy_backward(dh, dw, h, w, targets, lse, dloss, ignore_index,
+                                                  normalizer);
+        return lt_lowp_end(&lp, st);
+    }
     /* The logits are recomputed block by block; the saved lse spares the max/sum pass. */
     return lmhead_run(NULL, NULL, lse, NULL, dh, dw, h, w, targets, 1, dloss, ignore_index,
                       normalizer, op);
@@ -418,6 +463,18 @@ int lt_linear_cross_entropy_fused(lt_tensor *loss, lt_tensor *row_loss, lt_tenso
     }
     LT_DISPATCH_CUDA(h, lt_cuda_linear_cross_entropy_fused(loss, row_loss, dh, dw, h, w, targets,
                                                            dloss, ignore_index, normalizer));
+    if (lt_lowp_cpu(h) || lt_lowp_cpu(dh) || lt_lowp_cpu(dw)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &h);
+        lt_lowp_out(&lp, &dh);
+        lt_lowp_out(&lp, &dw);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK)
+            st = lt_linear_cross_entropy_fused(loss, row_loss, dh, dw, h, w, targets, dloss,
+                                               ignore_index, normalizer);
+        return lt_lowp_end(&lp, st);
+    }
     return lmhead_run(loss, NULL, NULL, row_loss, dh, dw, h, w, targets, 1, dloss,
                       ignore_index, normalizer, op);
 }

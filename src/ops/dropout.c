@@ -2,12 +2,13 @@
  *
  * The checks below hold on every device; CUDA tensors then go to cuda/dropout.cu, which
  * draws the same Philox stream as the CPU (the same seed drops the same elements). Dtypes
- * are the support table's (ops/support.c): x, out, dout and dx f32 here, also bf16/f16
- * there; the mask u8. */
+ * are the support table's (ops/support.c): x, out, dout and dx f32, bf16 or f16 (here
+ * bf16/f16 go through f32 twins, ops/lowp.h); the mask u8. */
 #include <stdlib.h>
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, float p, lt_rng *rng) {
@@ -24,6 +25,15 @@ int lt_dropout_forward(lt_tensor *out, lt_tensor *mask, const lt_tensor *x, floa
     LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", x, "x"));
     LT_TRY(lt_check_out(mask, LT_OUT_ANY_DTYPE, op, "mask", x, "x"));
     LT_DISPATCH_CUDA(out, lt_cuda_dropout_forward(out, mask, x, p, rng));
+    if (lt_lowp_cpu(x) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_dropout_forward(out, mask, x, p, rng);
+        return lt_lowp_end(&lp, st);
+    }
     int64_t n = lt_tensor_numel(x);
     /* uniform draws in [0, 1) staged in out itself, then thresholded into the mask */
     lt_tensor u = {0};
@@ -56,6 +66,15 @@ int lt_dropout_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *m
     LT_TRY(lt_check_out(dx, LT_OUT_ANY_DTYPE, op, "dx", dout, "dout"));
     LT_TRY(lt_check_same_device(mask, dx, op, "mask", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_dropout_backward(dx, dout, mask, p));
+    if (lt_lowp_cpu(dout) || lt_lowp_cpu(dx)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_out(&lp, &dx);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_dropout_backward(dx, dout, mask, p);
+        return lt_lowp_end(&lp, st);
+    }
     int64_t n = lt_tensor_numel(dout);
     const float *g = lt_tensor_data(dout);
     const uint8_t *m = lt_tensor_data(mask);
@@ -84,6 +103,14 @@ int lt_sample_logits(const lt_tensor *logits, float temperature, int32_t top_k, 
     if (!out) return lt_fail(LT_ERR_ARG, "%s: out is NULL", op);
     LT_TRY(lt_op_check_dtype(LT_OP_SAMPLE_LOGITS, LT_OP_ROLE_MAIN, logits, op, "logits"));
     LT_DISPATCH_CUDA(logits, lt_cuda_sample_logits(logits, temperature, top_k, top_p, rng, out));
+    if (lt_lowp_cpu(logits)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &logits);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_sample_logits(logits, temperature, top_k, top_p, rng, out);
+        return lt_lowp_end(&lp, st);
+    }
     LT_TRY(lt_check_f32_contig(logits, op, "logits"));
     int64_t V = lt_tensor_numel(logits);
     if (V < 1 || V > INT32_MAX) return lt_fail(LT_ERR_SHAPE, "%s: %lld logits", op, (long long)V);

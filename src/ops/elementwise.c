@@ -29,6 +29,7 @@
 #include "core/internal.h"
 #include "lt_ops.h"
 #include "ops/elementwise_math.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 /* The loops around the formulas are inlined with them (LT_EW_INLINE, elementwise_math.h). */
@@ -279,6 +280,15 @@ int lt_unary_forward(lt_tensor *out, const lt_tensor *x, int op) {
     LT_TRY(lt_op_check_out(id, out, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
     LT_DISPATCH_CUDA(out, lt_cuda_unary_forward(out, x, op));
+    if (lt_lowp_cpu(x) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = lt_unary_forward(out, x, op);
+        return lt_lowp_end(&lp, st);
+    }
     if (lt_tensor_numel(x) == 0) return LT_OK;
     ew_geom g;
     ew_init(&g, out->ndim, out->sizes);
@@ -301,6 +311,16 @@ int lt_unary_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x, 
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_unary_backward(dx, dout, x, op));
+    if (lt_lowp_cpu(dout) || lt_lowp_cpu(x) || lt_lowp_cpu(dx)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &dx);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = lt_unary_backward(dx, dout, x, op);
+        return lt_lowp_end(&lp, st);
+    }
     if (lt_tensor_numel(x) == 0) return LT_OK;
     ew_geom g;
     ew_init(&g, dx->ndim, dx->sizes);
@@ -419,6 +439,16 @@ int lt_binary_forward(lt_tensor *out, const lt_tensor *a, const lt_tensor *b, in
     }
     LT_TRY(lt_check_same_device(b, out, name, "b", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_binary_forward(out, a, b, op));
+    if (lt_lowp_cpu(a) || lt_lowp_cpu(b) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &a);
+        lt_lowp_in(&lp, &b);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = lt_binary_forward(out, a, b, op);
+        return lt_lowp_end(&lp, st);
+    }
     if (lt_tensor_numel(out) == 0) return LT_OK;
     ew_geom g;
     ew_init(&g, nd, sizes);
@@ -572,6 +602,19 @@ int lt_binary_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dout, cons
     LT_TRY(lt_check_same_device(a, dout, name, "a", "dout"));
     LT_TRY(lt_check_same_device(b, dout, name, "b", "dout"));
     LT_DISPATCH_CUDA(dout, lt_cuda_binary_backward(da, db, dout, a, b, op));
+    if (lt_lowp_cpu(dout) || lt_lowp_cpu(a) || lt_lowp_cpu(b) || lt_lowp_cpu(da) ||
+        lt_lowp_cpu(db)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_in(&lp, &a);
+        lt_lowp_in(&lp, &b);
+        lt_lowp_out(&lp, &da);
+        lt_lowp_out(&lp, &db);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = lt_binary_backward(da, db, dout, a, b, op);
+        return lt_lowp_end(&lp, st);
+    }
     /* A gradient written over an input (in-place backward) must come last; when both do,
        da goes through a temporary. */
     int da_alias = da && shares_storage(da, dout, a, b);
@@ -606,6 +649,15 @@ int lt_scalar_forward(lt_tensor *out, const lt_tensor *x, double s, int op, int 
     LT_TRY(lt_op_check_out(id, out, name, "out", x, "x"));
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
     LT_DISPATCH_CUDA(out, lt_cuda_scalar_forward(out, x, s, op, reversed));
+    if (lt_lowp_cpu(x) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = lt_scalar_forward(out, x, s, op, reversed);
+        return lt_lowp_end(&lp, st);
+    }
     if (lt_tensor_numel(x) == 0) return LT_OK;
     float sv = (float)s;
     ew_geom g;
@@ -636,6 +688,16 @@ int lt_scalar_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
     LT_TRY(lt_check_same_shape(dx, x, name, "dx", "x"));
     LT_TRY(lt_check_same_device(x, dx, name, "x", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_scalar_backward(dx, dout, x, s, op, reversed));
+    if (lt_lowp_cpu(dout) || lt_lowp_cpu(x) || lt_lowp_cpu(dx)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &dx);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = lt_scalar_backward(dx, dout, x, s, op, reversed);
+        return lt_lowp_end(&lp, st);
+    }
     if (lt_tensor_numel(x) == 0) return LT_OK;
     float sv = (float)s;
     grad_ctx ctx = {op, reversed ? 1 : 0};
@@ -702,6 +764,15 @@ int lt_axpby(lt_tensor *y, double alpha, const lt_tensor *x, double beta) {
                        lt_shape_str(x, sx, sizeof sx), lt_shape_str(y, sy, sizeof sy));
     }
     LT_DISPATCH_CUDA(y, lt_cuda_axpby(y, alpha, x, beta));
+    if (lt_lowp_cpu(x) || lt_lowp_cpu(y)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &y);
+        st = lt_lowp_begin(&lp, "axpby");
+        if (st == LT_OK) st = lt_axpby(y, alpha, x, beta);
+        return lt_lowp_end(&lp, st);
+    }
     if (lt_tensor_numel(y) == 0) return LT_OK;
     axpby_ctx ctx = {(float)alpha, (float)beta};
     ew_geom g;

@@ -7,13 +7,14 @@
  * process accumulating two micro-batches and two ranks summing one each agree bit for bit.
  *
  * CUDA tensors go to cuda/embedding.cu after the checks below, which hold on every device;
- * the dtypes are the support table's (ops/support.c: out and dout f32 here, also bf16/f16
- * there; the weight any float dtype; dweight f32), and ids are range-checked on the
- * device. */
+ * the dtypes are the support table's (ops/support.c: out and dout f32, bf16 or f16, here
+ * through f32 twins, ops/lowp.h; the weight any float dtype; dweight f32), and ids are
+ * range-checked on the device. */
 #include <stdlib.h>
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 #ifdef _OPENMP
@@ -62,6 +63,14 @@ int lt_embedding_forward(lt_tensor *out, const lt_tensor *weight, const lt_tenso
     }
     LT_TRY(lt_check_same_device(ids, out, op, "ids", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_embedding_forward(out, weight, ids));
+    if (lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_embedding_forward(out, weight, ids);
+        return lt_lowp_end(&lp, st);
+    }
     const void *idp = lt_tensor_data(ids);
     LT_TRY(check_id_range(idp, ids->dtype_id, n, V, op));
     const char *w = lt_tensor_data(weight);
@@ -96,6 +105,14 @@ int lt_embedding_backward(lt_tensor *dweight, const lt_tensor *dout, const lt_te
     }
     LT_TRY(lt_check_same_device(ids, dweight, op, "ids", "dweight"));
     LT_DISPATCH_CUDA(dweight, lt_cuda_embedding_backward(dweight, dout, ids));
+    if (lt_lowp_cpu(dout)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_embedding_backward(dweight, dout, ids);
+        return lt_lowp_end(&lp, st);
+    }
     const void *idp = lt_tensor_data(ids);
     LT_TRY(check_id_range(idp, ids->dtype_id, n, V, op));
     float *dw = lt_tensor_data(dweight);

@@ -19,6 +19,7 @@
 #include "core/internal.h"
 #include "lt_ops.h"
 #include "ops/dnnl.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 #ifdef _OPENMP
@@ -323,7 +324,8 @@ static float *dense_copy(const lt_tensor *t, int64_t off, int64_t *ld_out) {
 
 int lt_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a, int trans_b,
               float alpha, float beta) {
-    /* the support table's output dtypes: f32 here; CUDA also writes bf16/f16
+    /* the support table's output dtypes: f32, bf16 or f16. Here a bf16/f16 c is an f32 twin
+       for the f32 GEMM, rounded once at the end (ops/lowp.h); CUDA writes it directly
        (lt_cuda_matmul checks the pairing with a and b) */
     LT_TRY(lt_op_check_dtype(LT_OP_MATMUL, LT_OP_ROLE_MAIN, c, "matmul", "out"));
     LT_TRY(check_operand(a, "a"));
@@ -352,6 +354,14 @@ int lt_matmul(lt_tensor *c, const lt_tensor *a, const lt_tensor *b, int trans_a,
         return lt_fail(LT_ERR_ARG, "matmul: the output needs unit stride in its last dim");
     LT_TRY(lt_check_same_device(b, c, "matmul", "b", "out"));
     LT_DISPATCH_CUDA(c, lt_cuda_matmul(c, a, b, trans_a, trans_b, alpha, beta));
+    if (lt_lowp_cpu(c)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_out(&lp, &c);
+        int st = lt_lowp_begin(&lp, "matmul");
+        if (st == LT_OK) st = lt_matmul(c, a, b, trans_a, trans_b, alpha, beta);
+        return lt_lowp_end(&lp, st);
+    }
     LT_TRY(lt_check_cpu(c, "matmul", "out"));
     LT_TRY(lt_check_cpu(a, "matmul", "a"));
     LT_TRY(lt_check_cpu(b, "matmul", "b"));
@@ -449,6 +459,16 @@ int lt_matmul_backward(lt_tensor *da, lt_tensor *db, const lt_tensor *dc, const 
     if (db) LT_TRY(lt_check_same_shape(db, b, "matmul_backward", "db", "b"));
     LT_TRY(lt_check_same_device(a, dc, "matmul_backward", "a", "dout"));
     LT_TRY(lt_check_same_device(b, dc, "matmul_backward", "b", "dout"));
+    if (lt_lowp_cpu(da) || lt_lowp_cpu(db)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_out(&lp, &da);
+        lt_lowp_out(&lp, &db);
+        int st = lt_lowp_begin(&lp, "matmul_backward");
+        if (st == LT_OK)
+            st = lt_matmul_backward(da, db, dc, a, b, trans_a, trans_b, beta_a, beta_b);
+        return lt_lowp_end(&lp, st);
+    }
     /* Device-agnostic from here: every product is an lt_matmul, which runs where its
        operands are. */
     int batched = dc->ndim > 2;

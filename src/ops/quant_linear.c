@@ -19,6 +19,7 @@
 #include "core/internal.h"
 #include "lt_quant.h"
 #include "ops/dnnl.h"
+#include "ops/lowp.h"
 #include "ops/quant_internal.h"
 #include "ops/support.h"
 
@@ -45,8 +46,9 @@ static int rows_f32(lt_tensor *dst, const lt_tensor *t, int64_t rows, int64_t la
 }
 
 /* Checks that hold on every device, shared by forward and backward: `out` (..., n_out) and
-   `in` (..., n_in) with equal leading dims and the support table's dtypes (out f32 here,
-   also bf16/f16 on CUDA, where it must be f32 or in's dtype; in any float dtype), out
+   `in` (..., n_in) with equal leading dims and the support table's dtypes (out f32, bf16
+   or f16: on CUDA f32 or in's dtype, here bf16/f16 through an f32 twin, ops/lowp.h; in any
+   float dtype), out
    writable, no broadcast view and not sharing in's storage, both on the quantized weight's
    device. */
 static int check_args(const lt_tensor *out, const lt_tensor *in, int64_t n_out, int64_t n_in,
@@ -434,6 +436,14 @@ int lt_quant_linear_forward(lt_tensor *y, const lt_tensor *x, const lt_quant_sta
     if (isnan(outlier_threshold)) return lt_fail(LT_ERR_ARG, "%s: outlier_threshold is NaN", op);
     LT_TRY(check_args(y, x, w->sizes[0], w->sizes[1], w, op, "y", "x"));
     LT_DISPATCH_CUDA(y, lt_cuda_quant_linear_forward(y, x, w, beta, outlier_threshold));
+    if (lt_lowp_cpu(y)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_out(&lp, &y);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_quant_linear_forward(y, x, w, beta, outlier_threshold);
+        return lt_lowp_end(&lp, st);
+    }
     lt_tensor y2 = {0}, x2 = {0};
     int st = prepare(&y2, &x2, y, x, w->sizes[0], w->sizes[1], w, op, "y", "x");
     if (st == LT_OK) {
@@ -457,6 +467,14 @@ int lt_quant_linear_backward(lt_tensor *dx, const lt_tensor *dy, const lt_quant_
         return lt_fail(LT_ERR_SHAPE, "%s: the quantized weight must be 2-D (out, in)", op);
     LT_TRY(check_args(dx, dy, w->sizes[1], w->sizes[0], w, op, "dx", "dy"));
     LT_DISPATCH_CUDA(dx, lt_cuda_quant_linear_backward(dx, dy, w, beta));
+    if (lt_lowp_cpu(dx)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_out(&lp, &dx);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_quant_linear_backward(dx, dy, w, beta);
+        return lt_lowp_end(&lp, st);
+    }
     lt_tensor dx2 = {0}, dy2 = {0};
     int st = prepare(&dx2, &dy2, dx, dy, w->sizes[1], w->sizes[0], w, op, "dx", "dy");
     if (st == LT_OK)

@@ -23,6 +23,7 @@
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 enum red_kind {
@@ -471,6 +472,15 @@ int lt_reduce_forward(lt_tensor *out, const lt_tensor *x, int32_t ndims, const i
         return lt_tensor_fill(out, op == LT_REDUCE_MEAN ? NAN : 0.0);
     }
     LT_DISPATCH_CUDA(out, lt_cuda_reduce_forward(out, x, ndims, dims, op));
+    if (lt_lowp_cpu(x) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = lt_reduce_forward(out, x, ndims, dims, op);
+        return lt_lowp_end(&lp, st);
+    }
     red_plan p;
     red_plan_init(&p, x, flags, NULL, out, RED_LOAD, reduce_acc(op));
     if (op == LT_REDUCE_MEAN) p.scale = 1.0 / (double)R;
@@ -544,6 +554,17 @@ int lt_reduce_backward(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *x,
     if (op == LT_REDUCE_MAX || op == LT_REDUCE_MIN)
         LT_TRY(lt_check_same_device(out, dx, name, "out", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_reduce_backward(dx, dout, x, out, op));
+    if (lt_lowp_cpu(dout) || lt_lowp_cpu(x) || lt_lowp_cpu(out) || lt_lowp_cpu(dx)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_in(&lp, &out);
+        lt_lowp_out(&lp, &dx);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = lt_reduce_backward(dx, dout, x, out, op);
+        return lt_lowp_end(&lp, st);
+    }
     if (op == LT_REDUCE_SUM || op == LT_REDUCE_MEAN) {
         double count = 1.0;
         for (int d = 0; d < x->ndim; d++)
@@ -588,6 +609,14 @@ int lt_argmax(lt_tensor *out, const lt_tensor *x, int dim) {
                        lt_shape_str(x, sx, sizeof sx));
     }
     LT_DISPATCH_CUDA(out, lt_cuda_argmax(out, x, dim));
+    if (lt_lowp_cpu(x)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        int st = lt_lowp_begin(&lp, "argmax");
+        if (st == LT_OK) st = lt_argmax(out, x, dim);
+        return lt_lowp_end(&lp, st);
+    }
     const float *px = lt_tensor_data(x);
     int64_t *po = lt_tensor_data(out);
     int64_t sd = x->strides[d];
@@ -621,6 +650,14 @@ int lt_sum_squares(const lt_tensor *x, double *out) {
     LT_TRY(check_in(LT_OP_SUM_SQUARES, x, "sum_squares", "x"));
     if (!out) return lt_fail(LT_ERR_ARG, "sum_squares: out is NULL");
     LT_DISPATCH_CUDA(x, lt_cuda_sum_squares(x, out));
+    if (lt_lowp_cpu(x)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        int st = lt_lowp_begin(&lp, "sum_squares");
+        if (st == LT_OK) st = lt_sum_squares(x, out);
+        return lt_lowp_end(&lp, st);
+    }
     *out = 0.0;
     if (lt_tensor_numel(x) == 0) return LT_OK;
     int32_t flags[LT_MAX_DIMS] = {1, 1, 1, 1, 1, 1, 1, 1};
@@ -635,6 +672,14 @@ int lt_has_nonfinite(const lt_tensor *x, int32_t *out) {
     LT_TRY(check_in(LT_OP_HAS_NONFINITE, x, "has_nonfinite", "x"));
     if (!out) return lt_fail(LT_ERR_ARG, "has_nonfinite: out is NULL");
     LT_DISPATCH_CUDA(x, lt_cuda_has_nonfinite(x, out));
+    if (lt_lowp_cpu(x)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        int st = lt_lowp_begin(&lp, "has_nonfinite");
+        if (st == LT_OK) st = lt_has_nonfinite(x, out);
+        return lt_lowp_end(&lp, st);
+    }
     *out = 0;
     if (lt_tensor_numel(x) == 0) return LT_OK;
     int32_t flags[LT_MAX_DIMS] = {1, 1, 1, 1, 1, 1, 1, 1};
@@ -738,6 +783,15 @@ static int softmax_fwd(lt_tensor *out, const lt_tensor *x, int log_form) {
     LT_TRY(lt_check_same_shape(out, x, name, "out", "x"));
     LT_DISPATCH_CUDA(out, log_form ? lt_cuda_log_softmax_forward(out, x)
                                    : lt_cuda_softmax_forward(out, x));
+    if (lt_lowp_cpu(x) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = softmax_fwd(out, x, log_form);
+        return lt_lowp_end(&lp, st);
+    }
     int64_t rows, cols, sx, so;
     row_shape(x, &rows, &cols, &sx);
     row_shape(out, &rows, &cols, &so);
@@ -766,6 +820,16 @@ static int softmax_bwd(lt_tensor *dx, const lt_tensor *dout, const lt_tensor *y,
     LT_TRY(lt_check_same_device(y, dx, name, "out", "dx"));
     LT_DISPATCH_CUDA(dx, log_form ? lt_cuda_log_softmax_backward(dx, dout, y)
                                   : lt_cuda_softmax_backward(dx, dout, y));
+    if (lt_lowp_cpu(dout) || lt_lowp_cpu(y) || lt_lowp_cpu(dx)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_in(&lp, &y);
+        lt_lowp_out(&lp, &dx);
+        int st = lt_lowp_begin(&lp, name);
+        if (st == LT_OK) st = softmax_bwd(dx, dout, y, log_form);
+        return lt_lowp_end(&lp, st);
+    }
     int64_t rows, cols, sdx, sd, sy;
     row_shape(dx, &rows, &cols, &sdx);
     row_shape(dout, &rows, &cols, &sd);

@@ -2,12 +2,14 @@
  * y = x * rsqrt(mean(x^2) + eps) * weight.
  *
  * The checks below hold on every device; CUDA tensors then go to cuda/rmsnorm.cu. Dtypes
- * are the support table's (ops/support.c): x, out, dout and dx f32 here and also bf16/f16
- * there (math in f32), the weight any float dtype, rstd and dweight f32. */
+ * are the support table's (ops/support.c): x, out, dout and dx f32, bf16 or f16 (math in
+ * f32; here bf16/f16 go through f32 twins, ops/lowp.h), the weight any float dtype, rstd
+ * and dweight f32. */
 #include <stdlib.h>
 
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 #ifdef _OPENMP
@@ -65,6 +67,15 @@ int lt_rmsnorm_forward(lt_tensor *out, lt_tensor *rstd, const lt_tensor *x,
     LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", x, "x"));
     LT_TRY(lt_check_same_device(weight, out, op, "weight", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_rmsnorm_forward(out, rstd, x, weight, eps));
+    if (lt_lowp_cpu(x) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_rmsnorm_forward(out, rstd, x, weight, eps);
+        return lt_lowp_end(&lp, st);
+    }
     float *wown;
     const float *w = weight_f32(weight, &wown);
     if (!w) return LT_ERR_NOMEM;
@@ -115,6 +126,16 @@ int lt_rmsnorm_backward(lt_tensor *dx, lt_tensor *dweight, const lt_tensor *dout
     LT_TRY(lt_check_same_device(weight, dx, op, "weight", "dx"));
     LT_TRY(lt_check_same_device(rstd, dx, op, "rstd", "dx"));
     LT_DISPATCH_CUDA(dx, lt_cuda_rmsnorm_backward(dx, dweight, dout, x, weight, rstd));
+    if (lt_lowp_cpu(dout) || lt_lowp_cpu(x) || lt_lowp_cpu(dx)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &dx);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_rmsnorm_backward(dx, dweight, dout, x, weight, rstd);
+        return lt_lowp_end(&lp, st);
+    }
     float *wown;
     const float *w = weight_f32(weight, &wown);
     if (!w) return LT_ERR_NOMEM;

@@ -6,10 +6,11 @@
  *
  * The checks below hold on every device; CUDA tensors then go to cuda/rope.cu (positions
  * are range-checked on the device). Dtypes are the support table's (ops/support.c): x and
- * out f32 here, also bf16/f16 there; the cos/sin tables f32. lt_rope_inv_freq is CPU only:
- * the table is made once and copied. */
+ * out f32, bf16 or f16 (here through f32 twins, ops/lowp.h); the cos/sin tables f32.
+ * lt_rope_inv_freq is CPU only: the table is made once and copied. */
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 int lt_rope_inv_freq(lt_tensor *inv_freq, int32_t head_dim, const lt_rope_config *cfg) {
@@ -127,6 +128,15 @@ static int rope_apply(lt_tensor *out, const lt_tensor *x, const lt_tensor *cos_t
     LT_TRY(lt_check_same_device(positions, out, op, "positions", "out"));
     LT_DISPATCH_CUDA(out, sign > 0 ? lt_cuda_rope_forward(out, x, cos_t, sin_t, positions)
                                    : lt_cuda_rope_backward(out, x, cos_t, sin_t, positions));
+    if (lt_lowp_cpu(x) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &x);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = rope_apply(out, x, cos_t, sin_t, positions, sign, op);
+        return lt_lowp_end(&lp, st);
+    }
     if (positions) {
         int64_t np = lt_tensor_numel(positions);
         pos = lt_tensor_data(positions);

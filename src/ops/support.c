@@ -7,13 +7,15 @@
  *
  * Two roles (lt_op_role in lt_ops.h):
  *   main  the tensors the op computes in: its activations, their gradients and its outputs.
- *         The CPU kernels compute in f32 and take f32 only; the CUDA kernels compute in f32
- *         and read and write f32, bf16 or f16. AdamW keeps f32 everywhere (master weights
- *         and moments).
+ *         Both devices take f32, bf16 or f16 and compute in f32: the CUDA kernels read and
+ *         write the low-precision dtypes directly; the CPU converts bf16/f16 tensors to f32
+ *         twins, runs its f32 kernel and rounds the outputs back to nearest even
+ *         (ops/lowp.h), so matmuls accumulate and norms, softmax and losses reduce in f32
+ *         on both. AdamW keeps f32 everywhere (master weights and moments).
  *   read  operands an op reads through a conversion to f32, so any float dtype will do on
  *         both devices: matmul's a and b, the embedding, RMSNorm and LM-head weights,
  *         quant_linear's x and dy.
- * Pairings inside a device (matmul's bf16 output needs bf16 a and b; CUDA attention's q,
+ * Pairings inside a device (CUDA matmul's bf16 output needs bf16 a and b; attention's q,
  * k, v and outputs share one dtype) are the backend's own checks. */
 #include <stdio.h>
 
@@ -37,8 +39,8 @@ typedef struct {
     uint16_t read[2];
 } op_support;
 
-/* An elementwise or reduction op: f32 on the CPU, any float dtype on CUDA. */
-#define EW(name) {name, {F32, FLOAT}, {0, 0}}
+/* An elementwise or reduction op: any float dtype on both devices. */
+#define EW(name) {name, {FLOAT, FLOAT}, {0, 0}}
 
 static const op_support table[LT_OP_COUNT] = {
     [LT_OP_NEG] = EW("neg"),
@@ -74,22 +76,22 @@ static const op_support table[LT_OP_COUNT] = {
     [LT_OP_SOFTMAX] = EW("softmax"),
     [LT_OP_LOG_SOFTMAX] = EW("log_softmax"),
     /* main: the output c (and the gradients, which are matmuls); read: a and b */
-    [LT_OP_MATMUL] = {"matmul", {F32, FLOAT}, {FLOAT, FLOAT}},
+    [LT_OP_MATMUL] = {"matmul", {FLOAT, FLOAT}, {FLOAT, FLOAT}},
     /* main: out and dout; read: the weight; dweight is f32 */
-    [LT_OP_EMBEDDING] = {"embedding", {F32, FLOAT}, {FLOAT, FLOAT}},
+    [LT_OP_EMBEDDING] = {"embedding", {FLOAT, FLOAT}, {FLOAT, FLOAT}},
     /* main: x, out, dout, dx; read: the weight; rstd and dweight are f32 */
-    [LT_OP_RMSNORM] = {"rmsnorm", {F32, FLOAT}, {FLOAT, FLOAT}},
+    [LT_OP_RMSNORM] = {"rmsnorm", {FLOAT, FLOAT}, {FLOAT, FLOAT}},
     /* main: x and out (dout and dx); the cos/sin tables are f32 */
-    [LT_OP_ROPE] = {"rope", {F32, FLOAT}, {0, 0}},
+    [LT_OP_ROPE] = {"rope", {FLOAT, FLOAT}, {0, 0}},
     [LT_OP_SWIGLU] = EW("swiglu"),
     /* main: q, k, v, out and their gradients; lse is f32 */
-    [LT_OP_ATTENTION] = {"attention", {F32, FLOAT}, {0, 0}},
+    [LT_OP_ATTENTION] = {"attention", {FLOAT, FLOAT}, {0, 0}},
     [LT_OP_DROPOUT] = EW("dropout"),
     [LT_OP_SAMPLE_LOGITS] = EW("sample_logits"),
     /* main: logits and dlogits; loss, lse and row_loss are f32 */
-    [LT_OP_CROSS_ENTROPY] = {"cross_entropy", {F32, FLOAT}, {0, 0}},
+    [LT_OP_CROSS_ENTROPY] = {"cross_entropy", {FLOAT, FLOAT}, {0, 0}},
     /* main: h, dh and dw (on CUDA f32 or w's dtype); read: w; loss, lse, row_loss are f32 */
-    [LT_OP_LINEAR_CROSS_ENTROPY] = {"linear_cross_entropy", {F32, FLOAT}, {FLOAT, FLOAT}},
+    [LT_OP_LINEAR_CROSS_ENTROPY] = {"linear_cross_entropy", {FLOAT, FLOAT}, {FLOAT, FLOAT}},
     [LT_OP_ADAMW] = {"adamw", {F32, F32}, {0, 0}},
     [LT_OP_GLOBAL_NORM] = EW("global_norm"),
     /* main: the weight to quantize */
@@ -97,7 +99,7 @@ static const op_support table[LT_OP_COUNT] = {
     /* main: the dequantized output (dequantize and dequantize_rows) */
     [LT_OP_DEQUANTIZE] = {"dequantize", {FLOAT, FLOAT}, {0, 0}},
     /* main: y and dx (on CUDA f32 or the input's dtype); read: x and dy */
-    [LT_OP_QUANT_LINEAR] = {"quant_linear", {F32, FLOAT}, {FLOAT, FLOAT}},
+    [LT_OP_QUANT_LINEAR] = {"quant_linear", {FLOAT, FLOAT}, {FLOAT, FLOAT}},
 };
 
 #undef EW

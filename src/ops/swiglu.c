@@ -1,9 +1,11 @@
 /* swiglu.c - the SiLU-gated unit of the Llama MLP: out = silu(gate) * up.
  *
  * The checks below hold on every device; CUDA tensors then go to cuda/swiglu.cu. Dtypes are
- * the support table's (ops/support.c): f32 here, also bf16/f16 there (math in f32). */
+ * the support table's (ops/support.c): f32, bf16 or f16 (math in f32; here
+ * bf16/f16 go through f32 twins, ops/lowp.h). */
 #include "core/internal.h"
 #include "lt_ops.h"
+#include "ops/lowp.h"
 #include "ops/support.h"
 
 /* A (N, F) f32 operand with unit stride in F; rows may be strided. */
@@ -30,6 +32,16 @@ int lt_swiglu_forward(lt_tensor *out, const lt_tensor *gate, const lt_tensor *up
     LT_TRY(lt_check_out(out, LT_OUT_ANY_DTYPE, op, "out", gate, "gate"));
     LT_TRY(lt_check_same_device(up, out, op, "up", "out"));
     LT_DISPATCH_CUDA(out, lt_cuda_swiglu_forward(out, gate, up));
+    if (lt_lowp_cpu(gate) || lt_lowp_cpu(up) || lt_lowp_cpu(out)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &gate);
+        lt_lowp_in(&lp, &up);
+        lt_lowp_out(&lp, &out);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_swiglu_forward(out, gate, up);
+        return lt_lowp_end(&lp, st);
+    }
     const float *g = lt_tensor_data(gate), *u = lt_tensor_data(up);
     float *o = lt_tensor_data(out);
 #pragma omp parallel for schedule(static) if (N * F >= LT_PAR_MIN_WORK)
@@ -63,6 +75,19 @@ int lt_swiglu_backward(lt_tensor *dgate, lt_tensor *dup, const lt_tensor *dout,
     LT_TRY(lt_check_same_device(gate, dgate, op, "gate", "dgate"));
     LT_TRY(lt_check_same_device(up, dgate, op, "up", "dgate"));
     LT_DISPATCH_CUDA(dgate, lt_cuda_swiglu_backward(dgate, dup, dout, gate, up));
+    if (lt_lowp_cpu(dout) || lt_lowp_cpu(gate) || lt_lowp_cpu(up) || lt_lowp_cpu(dgate) ||
+        lt_lowp_cpu(dup)) {
+        lt_lowp lp;
+        lt_lowp_init(&lp);
+        lt_lowp_in(&lp, &dout);
+        lt_lowp_in(&lp, &gate);
+        lt_lowp_in(&lp, &up);
+        lt_lowp_out(&lp, &dgate);
+        lt_lowp_out(&lp, &dup);
+        int st = lt_lowp_begin(&lp, op);
+        if (st == LT_OK) st = lt_swiglu_backward(dgate, dup, dout, gate, up);
+        return lt_lowp_end(&lp, st);
+    }
     const float *g = lt_tensor_data(gate), *u = lt_tensor_data(up), *d = lt_tensor_data(dout);
     float *dg = lt_tensor_data(dgate), *du = lt_tensor_data(dup);
 #pragma omp parallel for schedule(static) if (N * F >= LT_PAR_MIN_WORK)

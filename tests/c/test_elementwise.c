@@ -960,7 +960,8 @@ static void test_errors(void) {
     CHECK_FAILS(lt_binary_forward(&o, &a, &b, LT_BINARY_ADD), LT_ERR_SHAPE, "(3, 4) (a) and (2, 4)");
     CHECK_FAILS(lt_binary_forward(&o5, &a, &a, LT_BINARY_MUL), LT_ERR_SHAPE,
                 "out has shape (3, 5) but a (3, 4) and b (3, 4) broadcast to (3, 4)");
-    CHECK_FAILS(lt_binary_forward(&o, &a, &i, LT_BINARY_MUL), LT_ERR_DTYPE, "mul: b must be f32, got i64");
+    CHECK_FAILS(lt_binary_forward(&o, &a, &i, LT_BINARY_MUL), LT_ERR_DTYPE,
+                "mul: b must be f32, bf16 or f16, got i64");
     CHECK_FAILS(lt_unary_forward(&o, &i, LT_UNARY_EXP), LT_ERR_DTYPE, "exp: x must be f32");
     CHECK_FAILS(lt_unary_forward(&i, &a, LT_UNARY_EXP), LT_ERR_DTYPE, "exp: out must be f32");
     CHECK_FAILS(lt_unary_forward(&o, &a, 99), LT_ERR_ARG, "unknown unary op");

@@ -116,6 +116,59 @@ T.test("an injected overflow skips the step: no weight changes, the scale halves
     T.raises(function() run({ steps = 5, overflow_at = 3 }) end, "step 3: the gradient norm is inf")
 end)
 
+-- bf16 and f16 compute on the CPU (each op converts its low-precision tensors to f32,
+-- computes and rounds back: src/ops/lowp.h). Full fine-tuning, and QLoRA with what the
+-- recipe turns on: an NF4 base, LoRA on every linear, gradient checkpointing and the fused
+-- cross-entropy head. Master weights and their gradients stay f32; full fine-tuning's loss
+-- falls, every LoRA B leaves zero, and each run's last loss stays within 5% of its f32
+-- run's (measured: full 1.7% in bf16, 0.6% in f16; QLoRA 0.03% in both).
+T.test("bf16 and f16 compute on the CPU: full fine-tuning and QLoRA train, f32 master weights", function()
+    local function train(kind, dtype)
+        lt.manual_seed(5)
+        local model
+        if kind == "qlora" then
+            model = lt.llama.new(CFG, { quant = "nf4" })
+            model:gradient_checkpointing(true)
+            lt.lora.apply(model, { r = 8, alpha = 16, target = "all-linear" })
+        else
+            model = lt.llama.new(CFG)
+        end
+        model:set_compute_dtype(dtype)
+        local r = lt.trainer.finetune{ model = model, train = dataset(), batch_size = 2, seq_len = 12, steps = 12,
+            lr = 1e-2, schedule = "constant", loss_scale = dtype == "f16" and "dynamic" or nil }
+        return r, model
+    end
+    for _, kind in ipairs({ "full", "qlora" }) do
+        local ref = train(kind, "f32")
+        for _, dtype in ipairs({ "bf16", "f16" }) do
+            local r, model = train(kind, dtype)
+            local what = ("%s in %s"):format(kind, dtype)
+            T.eq(model:compute_dtype(), dtype, what)
+            T.eq(model.model.norm.output.dtype, dtype, what .. ": activations")
+            for _, p in ipairs(model:parameters()) do
+                T.eq(p.param.dtype, "f32", what .. ": master weight " .. p.name)
+                T.eq(p.grad.dtype, "f32", what .. ": gradient " .. p.name)
+            end
+            print(("%s: loss %.4f -> %.4f (f32 %.4f -> %.4f)"):format(what, r.first_loss, r.last_loss, ref.first_loss,
+                ref.last_loss))
+            if kind == "qlora" then
+                -- a random base is a poor start for adapters: what moved is B (zero at start)
+                local moved = 0
+                for _, p in ipairs(model:parameters()) do
+                    if p.name:find("lora_B") and p.param:sum_squares() > 0 then moved = moved + 1 end
+                end
+                T.ok(moved == #model:parameters() / 2, what .. ": every LoRA B trained")
+            end
+            T.ok(kind == "qlora" or r.last_loss < r.first_loss - 0.1, ("%s: loss %.3f -> %.3f"):format(what, r.first_loss, r.last_loss))
+            local drift = math.abs(r.last_loss - ref.last_loss) / ref.last_loss
+            T.ok(drift < 0.05, ("%s: last loss %.4f, f32 %.4f"):format(what, r.last_loss, ref.last_loss))
+            -- f16 runs under the dynamic scaler (full fine-tuning overflows once at 2^16 here
+            -- and goes on at 2^15)
+            if dtype == "f16" then T.ok(r.loss_scale and r.loss_scale >= 1, what .. ": scaled") end
+        end
+    end
+end)
+
 T.test("a run resumed from a checkpoint continues with the scaler's state, exactly", function()
     local dir = tmpdir()
     local straight = run({ steps = 8, loss_scale = "dynamic", overflow_at = 2 })

@@ -108,8 +108,8 @@ T.test("in-place forms", function()
     each_near(z, function(i) return (av[i] + row:get((i - 1) % 3 + 1)) ^ 2 end, 1e-6)
     -- The broadcast result must fit self.
     T.raises(function() row:clone():add_(a) end, "add: out has shape (3) but a (3) and b (2, 3)", true)
-    T.raises(function() lt.arange(3):add_(1) end, "add_: in-place ops need an f32 tensor, got i64", true)
-    T.raises(function() lt.arange(3):exp_() end, "exp_: in-place ops need an f32 tensor", true)
+    T.raises(function() lt.arange(3):add_(1) end, "add_: in-place ops need an f32, bf16 or f16 tensor, got i64", true)
+    T.raises(function() lt.arange(3):exp_() end, "exp_: in-place ops need an f32, bf16 or f16 tensor", true)
 end)
 
 T.test("integer inputs become f32", function()
@@ -249,7 +249,7 @@ T.test("error messages from the kernels", function()
     T.raises(function() E.binary_forward("mul", x, x, lt.empty(3, 2)) end,
         "mul: out has shape (3, 2) but a (2, 3) and b (2, 3) broadcast to (2, 3)", true)
     T.raises(function() E.unary_forward("exp", x, lt.empty({ 2, 3 }, { dtype = "i64" })) end,
-        "exp: out must be f32, got i64", true)
+        "exp: out must be f32, bf16 or f16, got i64", true)
     T.raises(function() E.unary_forward("nope", x) end, "unknown unary op nope")
     T.raises(function() E.reduce_forward("sum", x, 1, true, lt.empty(2, 1)) end,
         "sum: out has shape (2, 1) but x (2, 3) needs the keepdim shape", true)

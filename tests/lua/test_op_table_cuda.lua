@@ -25,13 +25,21 @@ test_op_table_cuda.lua - the op table (op_cases.lua) on every backend.
                rounded to the dtype (plus 1e-6), as tests/c/cuda_check.h states it;
    NaN and infinities must sit where the CPU has them; integer outputs must be equal.
    Without a device this part prints one "skipped: GPU part" line, and runs once with the
-   CPU standing in for the device (f32 only, the small shapes): a dry run of the
+   CPU standing in for the device (f32 only, the small shapes; part 3 runs bf16 and f16): a dry run of the
    comparison's own plumbing, so that a row that cannot run that way fails here first.
    LT_OP_TABLE_BIG=1 adds the big shapes to that dry run (seconds on 2 cores), to try new
    device shapes out before a GPU session. LT_OP_TABLE_SMALL=1 keeps the device runs to the
    small shapes, for compute-sanitizer (which slows kernels down a hundredfold).
 
-3. The table itself: every op it lists has rows or names where it is tested, and the CPU
+3. The CPU in bf16 and f16, always: every row, every shape not marked big (all of them with
+   LT_OP_TABLE_BIG=1), with the CPU as the device in part 2's comparison and part 2's
+   low-precision rule, whatever `dtypes` the row gives for devices. The CPU computes these
+   through its f32 kernels on f32 twins of the bf16/f16 tensors (src/ops/lowp.h), so the
+   rule holds it to its inputs' and outputs' rounding: what the CPU side of the precision
+   policy (ARCHITECTURE.md, contract 7) promises. The largest error found, as a fraction of
+   its bound, is printed per dtype.
+
+4. The table itself: every op it lists has rows or names where it is tested, and the CPU
    refuses a dtype the table does not list for it in the table's words.
 ]]
 package.path = "tests/lua/?.lua;" .. package.path
@@ -180,6 +188,9 @@ local function close_each(a, b, rtol, atol)
     end
 end
 
+-- By low-precision dtype: the largest error against its bound met so far (part 3 prints it).
+local worst = {}
+
 -- One output of a device run (got) against the CPU's (want).
 local function compare(case, what, name, got, want, dtype, device)
     local where = ("%s: %s"):format(what, name)
@@ -203,6 +214,9 @@ local function compare(case, what, name, got, want, dtype, device)
     else
         local naive = rel_err(c:to(dtype):float(), c)
         local bound = (tol.lowp or 2) * naive + 1e-6
+        if worst[dtype] == nil or e / bound > worst[dtype].ratio then
+            worst[dtype] = { ratio = e / bound, err = e, bound = bound, where = where }
+        end
         if not (e <= bound) then
             error(("%s: relative error %.3g > %g x the naive %s error %.3g"):format(where, e,
                 tol.lowp or 2, dtype, naive), 0)
@@ -280,7 +294,8 @@ for _, device in ipairs(devices) do
     for _, case in ipairs(cases) do
         for _, dtype in ipairs(case.dtypes or ALL_DTYPES) do
             -- the support table is per device type; the CPU stands in for a device in f32
-            if S.supports(case.op, device, dtype) then
+            -- (part 3 runs it in bf16 and f16)
+            if S.supports(case.op, device, dtype) and (device ~= "cpu" or dtype == "f32") then
                 T.test(("%s on %s in %s"):format(case.name, device, dtype), function()
                     set_tf32(device, case.tf32)
                     local ok, err = pcall(function()
@@ -309,7 +324,29 @@ table.sort(summary)
 print(("%s against the CPU (row x shape runs): %s"):format(dry_run and "the CPU as a device" or "devices",
     table.concat(summary, ", ")))
 
--- ---- 3. the support table ------------------------------------------------------------------
+-- ---- 3. the CPU in bf16 and f16 --------------------------------------------------------------
+
+local cpu_runs = {}
+for _, dtype in ipairs({ "bf16", "f16" }) do
+    worst[dtype] = nil
+    for _, case in ipairs(cases) do
+        T.test(("%s on the CPU in %s"):format(case.name, dtype), function()
+            T.ok(S.supports(case.op, "cpu", dtype), case.op .. " must run on the CPU in " .. dtype)
+            for _, shape in ipairs(shapes_of(case)) do
+                if not shape.big or dry_big then
+                    device_run(case, shape, "cpu", dtype)
+                    cpu_runs[dtype] = (cpu_runs[dtype] or 0) + 1
+                end
+            end
+        end)
+    end
+    local w = worst[dtype]
+    print(("the CPU in %s: %d row x shape runs; largest error %.3g against its bound %.3g (%.2f of it), at %s"):format(
+        dtype, cpu_runs[dtype] or 0, w and w.err or 0, w and w.bound or 0, w and w.ratio or 0,
+        w and w.where or "-"))
+end
+
+-- ---- 4. the support table ------------------------------------------------------------------
 
 -- Ops with no row, and where they are tested instead.
 local ELSEWHERE = {
@@ -335,7 +372,8 @@ T.test("every op of the support table has rows, or says where it is tested", fun
 end)
 
 T.test("the support table answers by op, device, dtype and role", function()
-    T.eq(S.dtypes("rmsnorm", "cpu"), { "f32" })
+    T.eq(S.dtypes("rmsnorm", "cpu"), { "f32", "bf16", "f16" })
+    T.eq(S.dtypes("adamw", "cpu"), { "f32" })
     T.eq(S.dtypes("rmsnorm", "cuda"), { "f32", "bf16", "f16" })
     T.eq(S.dtypes("rmsnorm", "cuda:3", "read"), { "f32", "bf16", "f16" })
     T.eq(S.dtypes("matmul", "cpu", "read"), { "f32", "bf16", "f16" })
@@ -348,31 +386,15 @@ T.test("the support table answers by op, device, dtype and role", function()
     T.raises(function() S.supports("exp", "cpu", "f32", "write") end, "unknown role write", true)
 end)
 
--- Every row in each dtype the table does not list for its op on the CPU, run as on a
--- device (its small shape): the op refuses, naming the function, the tensor, the dtype and
--- the device; or, where the op takes that dtype for the operands it converts as it reads
--- them (matmul's a and b, an embedding), the run completes and matches, which also tries
--- the low-precision side of the comparison out without a device.
+-- What the CPU does not take, refused in the table's words: AdamW's tensors in bf16 (master
+-- weights and moments stay f32), integers where an op computes.
 T.test("the CPU refuses what the support table does not list, in the table's words", function()
-    local refused, ran = 0, 0
-    for _, case in ipairs(cases) do
-        local allowed = set_of(case.dtypes or ALL_DTYPES)
-        for _, dtype in ipairs({ "bf16", "f16" }) do
-            if allowed[dtype] and not S.supports(case.op, "cpu", dtype) then
-                local ok, err = pcall(device_run, case, shapes_of(case)[1], "cpu", dtype)
-                if ok then
-                    T.ok(S.supports(case.op, "cpu", dtype, "read"),
-                        ("%s ran in %s on the CPU, which the table does not list"):format(case.name, dtype))
-                    ran = ran + 1
-                else
-                    T.ok(tostring(err):find("must be f32, got " .. dtype .. " on cpu", 1, true),
-                        ("%s in %s: %s"):format(case.name, dtype, tostring(err)))
-                    refused = refused + 1
-                end
-            end
-        end
-    end
-    T.ok(refused > 0 and ran > 0, ("%d refused, %d ran"):format(refused, ran))
+    local p = lt.zeros(4):bf16()
+    T.raises(function() lt.ops.adamw_step(p, p, lt.zeros(4), lt.zeros(4), { lr = 1e-3, step = 1 }) end,
+        "must be f32, got bf16 on cpu", true)
+    local i = lt.zeros({ 3 }, { dtype = "i32" })
+    T.raises(function() core.check(core.C.lt_unary_forward(lt.zeros(3), i, core.C.LT_UNARY_EXP)) end,
+        "exp: x must be f32, bf16 or f16, got i32 on cpu", true)
 end)
 
 -- The comparison's rules on made-up results.

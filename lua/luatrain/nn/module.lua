@@ -479,8 +479,9 @@ local COMPUTE_DTYPES = { f32 = true, bf16 = true, f16 = true }
 -- weights are in another dtype multiply with a copy cast to it (see Linear). Parameters
 -- stay as they are, so trainable ones keep f32 master weights, f32 gradients and f32
 -- optimizer state; statistics that need the range (RMSNorm's rstd, attention's lse, the
--- loss) stay f32. bf16/f16 compute needs a CUDA device (the CPU kernels compute in f32):
--- move the model first. model:to("cpu") goes back to f32.
+-- loss) stay f32. Both devices compute in it: CUDA's kernels read and write bf16/f16, the
+-- CPU's convert to f32, compute and round back (src/ops/lowp.h). model:to("cpu") goes back
+-- to f32 (call this again after the move to keep low precision on the host).
 function Module:set_compute_dtype(dtype)
     local dt = dtype
     if dt == "float32" or dt == "float" then dt = "f32" end
@@ -489,10 +490,6 @@ function Module:set_compute_dtype(dtype)
     if not COMPUTE_DTYPES[dt] then
         error(("set_compute_dtype: dtype must be \"f32\", \"bf16\" or \"f16\", got %s"):format(
             tostring(dtype)), 2)
-    end
-    if dt ~= "f32" and self:device() == "cpu" then
-        error(("set_compute_dtype(%q): %s compute needs a CUDA device (the CPU kernels compute "
-            .. "in f32); call model:to(\"cuda\") first"):format(dtype, dt), 2)
     end
     for _, m in ipairs(self:modules()) do
         m:free_buffers()
@@ -562,7 +559,8 @@ function Module:to(device)
         end
         if m._move_extras then m:_move_extras(dev, move) end
         m._device = dev ~= "cpu" and dev or nil
-        -- the CPU kernels compute in f32
+        -- back on the host, back to f32: a model that leaves its device for the host is
+        -- usually being evaluated or saved there (set_compute_dtype again to train in bf16)
         if dev == "cpu" then m._act_dtype = nil end
     end
     return self

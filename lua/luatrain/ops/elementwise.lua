@@ -11,7 +11,8 @@ Conventions:
   - Dims are 1-based; negative ones count from the end (-1 is the last).
   - Results are new f32 tensors. Inputs of another dtype (i64, bf16, ...) are converted to
     f32 first (a temporary copy), so lt.arange(5) * 2 is an f32 tensor. In-place methods
-    (add_, mul_, exp_, ...) need an f32 `self` and raise an error otherwise.
+    (add_, mul_, exp_, ...) need a float `self` (f32, bf16 or f16: computed in f32 and
+    rounded once to its dtype, on the CPU as on CUDA) and raise an error otherwise.
   - Binary ops broadcast like numpy. A Lua number may stand on either side of an operator.
   - sum/mean/max/min/amax/amin without a dim reduce everything to a 0-dim tensor (torch's
     behaviour); with dims they drop the reduced dims unless keepdim is true.
@@ -38,6 +39,7 @@ local methods, is_tensor, cdim = tensor.methods, tensor.is_tensor, tensor.cdim
 local new_header = tensor.new_header
 
 local F32, I64 = C.LT_DTYPE_F32, C.LT_DTYPE_I64
+local FLOAT = { [C.LT_DTYPE_F32] = true, [C.LT_DTYPE_BF16] = true, [C.LT_DTYPE_F16] = true }
 local MAX_DIMS = C.LT_MAX_DIMS
 
 local M = {}
@@ -95,10 +97,10 @@ local function as_f32(x, what)
     return t, true
 end
 
-local function need_f32(t, what)
+local function need_float(t, what)
     if not is_tensor(t) then error(("%s: expected a tensor, got %s"):format(what, type(t)), 3) end
-    if t.dtype_id ~= F32 then
-        error(("%s: in-place ops need an f32 tensor, got %s"):format(what, t.dtype), 3)
+    if not FLOAT[tonumber(t.dtype_id)] then
+        error(("%s: in-place ops need an f32, bf16 or f16 tensor, got %s"):format(what, t.dtype), 3)
     end
 end
 
@@ -152,7 +154,7 @@ for name, op in pairs(UNARY) do
     methods[name] = function(t) return M.unary_forward(op, t) end
     local iname = name .. "_"
     methods[iname] = function(t)
-        need_f32(t, iname)
+        need_float(t, iname)
         check(C.lt_unary_forward(t, t, op))
         return t
     end
@@ -221,7 +223,7 @@ M.unary, M.binary, M.scalar = M.unary_forward, M.binary_forward, M.scalar_forwar
 -- y = alpha * x + beta * y in place (x broadcasts to y); a zero coefficient leaves its
 -- operand unread. Returns y.
 function M.axpby(y, alpha, x, beta)
-    need_f32(y, "axpby")
+    need_float(y, "axpby")
     local xf, tmp = as_f32(x, "axpby")
     check(C.lt_axpby(y, alpha, xf, beta))
     if tmp then xf:free() end
@@ -270,7 +272,7 @@ methods.sub = add_or_sub("sub", plain_sub)
 -- In place: self = self op other (other broadcasts to self's shape).
 local function inplace_method(name, op)
     return function(t, other)
-        need_f32(t, name)
+        need_float(t, name)
         if type(other) == "number" then
             check(C.lt_scalar_forward(t, t, other, op, 0))
         else
@@ -292,14 +294,14 @@ methods.minimum_ = inplace_method("minimum_", C.LT_BINARY_MIN)
 function methods.add_(t, other, alpha)
     if alpha == nil or alpha == 1 then return plain_add_(t, other) end
     if type(other) == "number" then return plain_add_(t, other * alpha) end
-    need_f32(t, "add_")
+    need_float(t, "add_")
     return M.axpby(t, alpha, other, 1)
 end
 
 function methods.sub_(t, other, alpha)
     if alpha == nil or alpha == 1 then return plain_sub_(t, other) end
     if type(other) == "number" then return plain_sub_(t, other * alpha) end
-    need_f32(t, "sub_")
+    need_float(t, "sub_")
     return M.axpby(t, -alpha, other, 1)
 end
 
@@ -322,7 +324,7 @@ function methods.clamp(t, lo, hi)
 end
 
 function methods.clamp_(t, lo, hi)
-    need_f32(t, "clamp_")
+    need_float(t, "clamp_")
     if lo ~= nil then check(C.lt_scalar_forward(t, t, lo, C.LT_BINARY_MAX, 0)) end
     if hi ~= nil then check(C.lt_scalar_forward(t, t, hi, C.LT_BINARY_MIN, 0)) end
     return t

@@ -5,7 +5,8 @@ ops/support.lua - which dtypes each backend takes, op by op, as the C core state
     local S = require "luatrain.ops.support"
     S.ops()                                  -- { "neg", "exp", ..., "quant_linear" }
     S.supports("rmsnorm", "cuda", "bf16")    -- true
-    S.supports("rmsnorm", "cpu", "bf16")     -- false: the CPU kernels compute in f32
+    S.supports("rmsnorm", "cpu", "bf16")     -- true: computed in f32, rounded to bf16
+    S.supports("adamw", "cpu", "bf16")       -- false: master weights and moments are f32
     S.supports("matmul", "cpu", "bf16", "read")  -- true: a and b are converted as read
     S.dtypes("softmax", "cuda:1")            -- { "f32", "bf16", "f16" }
 
