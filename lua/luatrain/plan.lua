@@ -82,6 +82,7 @@ end
 -- Kernel scratch: sizes allocated one after another and all released when the kernel
 -- returns.
 function Ledger:scratch(what, ...)
+    if self.no_scratch then return end
     local sum = 0
     for i = 1, select("#", ...) do
         local n = select(i, ...)
@@ -117,7 +118,8 @@ local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 -- both operands are rounded into bf16 scratch; an f32 product of f32 operands needs none; a
 -- low-precision operand is widened panel by panel.
 local function matmul(L, s, what, Mr, Nc, Kd, a_dtype, b_dtype)
-    if Mr == 0 or Nc == 0 or Kd == 0 then return end
+    -- CUDA: cuBLASLt in the context's own workspace (outside the allocator)
+    if Mr == 0 or Nc == 0 or Kd == 0 or s.device == "cuda" then return end
     if s.precision == "bf16" and Mr * Nc * Kd >= K.BF16_GEMM_MIN then
         return L:scratch(what, Mr * Kd * 2, Kd * Nc * 2)
     end
@@ -143,9 +145,29 @@ end
 -- src/ops/quant_linear.c lt_quant_linear_forward / _backward on N rows of a quantized
 -- (out, in) weight: the 4-bit and int8 weights are dequantized into per-thread panels (or,
 -- under the bf16 precision, into one bf16 panel with the activations rounded to bf16).
+-- cuda/quant_linear.cu band_size: rows (or columns) of a band within 32 MiB, multiples of 64.
+local function band_size(along, esz, total)
+    local b = floor(32 * 2 ^ 20 / (along * esz))
+    b = b >= 64 and floor(b / 64) * 64 or max(b, 1)
+    return min(b, total)
+end
+
 local function quant_linear(L, s, N, out_f, in_f, backward)
     local macs = N * out_f * in_f
     if N == 0 or out_f == 0 or in_f == 0 then return end
+    if s.device == "cuda" then
+        -- up to 8 rows: GEMV kernels reading the codes; beyond: bands of the weight
+        -- dequantized into x's dtype for cuBLASLt (forward: rows of W, backward: columns)
+        if N <= 8 then return end
+        if backward then
+            return L:scratch("dequantized band", band_size(out_f, s.ab, in_f) * out_f * s.ab)
+        end
+        if s.quant == "int8" then
+            local R = band_size(in_f, 2, out_f)
+            return L:scratch("int8 linear", in_f * 4, N * 4, N * in_f * 2, R * in_f * 2, min(N, 256) * R * 4)
+        end
+        return L:scratch("dequantized band", band_size(in_f, s.ab, out_f) * in_f * s.ab)
+    end
     if s.quant == "int8" and not backward then
         -- forward_int8: R weight rows and mc activation rows per thread, within the panel
         -- budget. The outlier columns (inputs past the threshold) depend on the data: the
@@ -218,8 +240,10 @@ local ACT = "activations"
 -- buffers live.
 local function linear_forward(L, s, lin, key, N)
     local in_f, out_f = lin[3], lin[4]
-    L:buffer(ACT, key .. "/output", N * out_f * 4)
+    L:buffer(ACT, key .. "/output", N * out_f * s.ab)
     if lin.kind == "linear" then
+        -- a trained f32 weight multiplies low-precision activations through a cast copy
+        if s.ab == 2 and lin.wdtype == "f32" then L:buffer(ACT, key .. "/weight_cast", out_f * in_f * 2) end
         return matmul(L, s, "linear", N, out_f, in_f, "f32", lin.wdtype)
     end
     if lin.quantized then quant_linear(L, s, N, out_f, in_f, false)
@@ -227,18 +251,22 @@ local function linear_forward(L, s, lin, key, N)
     if lin.kind == "quant" then return end
     local r = s.r
     if s.dropout > 0 then
-        L:buffer(ACT, key .. "/x_drop", N * in_f * 4)
+        L:buffer(ACT, key .. "/x_drop", N * in_f * s.ab)
         L:buffer(ACT, key .. "/drop_mask", N * in_f)
-        L:scratch("dropout draws", N * in_f * 4) -- src/ops/dropout.c: uniform draws, then the mask
+        -- src/ops/dropout.c: uniform draws, then the mask
+        if s.device == "cpu" then L:scratch("dropout draws", N * in_f * 4) end
     end
-    L:buffer(ACT, key .. ".lora_A/output", N * r * 4)
+    L:buffer(ACT, key .. ".lora_A/output", N * r * s.ab)
+    -- f32 adapters meet low-precision activations through cast copies (nn.Linear)
+    if s.ab == 2 then L:buffer(ACT, key .. ".lora_A/weight_cast", r * in_f * 2) end
     matmul(L, s, "lora A", N, r, in_f, "f32", "f32")
+    if s.ab == 2 then L:buffer(ACT, key .. ".lora_B/weight_cast", out_f * r * 2) end
     matmul(L, s, "lora B", N, out_f, r, "f32", "f32")
 end
 
 local function linear_backward(L, s, lin, key, N)
     local in_f, out_f = lin[3], lin[4]
-    L:buffer(ACT, key .. "/grad_input", N * in_f * 4)
+    L:buffer(ACT, key .. "/grad_input", N * in_f * s.ab)
     if lin.kind == "linear" then
         matmul(L, s, "linear backward", N, in_f, out_f, "f32", lin.wdtype)
         if lin.trainable then matmul(L, s, "weight gradient", out_f, in_f, N, "f32", "f32") end
@@ -249,28 +277,31 @@ local function linear_backward(L, s, lin, key, N)
     if lin.kind == "quant" then return end
     local r = s.r
     matmul(L, s, "lora B gradient", out_f, r, N, "f32", "f32")
-    L:buffer(ACT, key .. "/d_h", N * r * 4)
+    L:buffer(ACT, key .. "/d_h", N * r * s.ab)
     matmul(L, s, "lora backward", N, r, out_f, "f32", "f32")
-    L:buffer(ACT, key .. ".lora_A/grad_input", N * in_f * 4)
+    L:buffer(ACT, key .. ".lora_A/grad_input", N * in_f * s.ab)
     matmul(L, s, "lora backward", N, in_f, r, "f32", "f32")
     matmul(L, s, "lora A gradient", r, in_f, N, "f32", "f32")
 end
 
 local function rmsnorm_forward(L, s, key, N)
     local C = s.config.hidden_size
-    L:buffer(ACT, key .. "/output", N * C * 4)
+    L:buffer(ACT, key .. "/output", N * C * s.ab)
     L:buffer(ACT, key .. "/rstd", N * 4)
-    if s.norm_dtype ~= "f32" then L:scratch("norm weight", C * 4) end -- src/ops/rmsnorm.c weight_f32
+    if s.norm_dtype ~= "f32" and s.device == "cpu" then L:scratch("norm weight", C * 4) end -- rmsnorm.c weight_f32
 end
 
 local function rmsnorm_backward(L, s, key, N, trainable)
     local C = s.config.hidden_size
-    L:buffer(ACT, key .. "/grad_input", N * C * 4)
-    L:scratch("norm backward", s.norm_dtype ~= "f32" and C * 4 or nil, trainable and s.threads * C * 4 or nil)
+    L:buffer(ACT, key .. "/grad_input", N * C * s.ab)
+    if s.device == "cpu" then
+        L:scratch("norm backward", s.norm_dtype ~= "f32" and C * 4 or nil, trainable and s.threads * C * 4 or nil)
+    end
 end
 
 -- src/ops/attention.c: the segments, the query blocks and per-thread tiles.
 local function attention_forward_scratch(L, s, N)
+    if s.device == "cuda" then return end -- a few bytes of segment offsets
     local c = s.config
     local segs = s.segments
     local nblk = 0
@@ -282,6 +313,7 @@ local function attention_forward_scratch(L, s, N)
 end
 
 local function attention_backward_scratch(L, s)
+    if s.device == "cuda" then return end
     local D = s.config.head_dim
     local per = 2 * D * K.BWD_BK + 3 * K.BWD_BQ * K.BWD_BK + 2 * K.BWD_BK * D
     L:scratch("attention backward", s.segments * K.ATTN_SEG, s.threads * per * 4)
@@ -292,17 +324,17 @@ local function decoder_forward(L, s, lins, key, N)
     local C, F, H, D = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.head_dim
     rmsnorm_forward(L, s, key .. "input_layernorm", N)
     for i = 1, 3 do linear_forward(L, s, lins[i], key .. lins[i][2], N) end
-    L:buffer(ACT, key .. "self_attn/attn", N * H * D * 4)
+    L:buffer(ACT, key .. "self_attn/attn", N * H * D * s.ab)
     L:buffer(ACT, key .. "self_attn/lse", H * N * 4)
     attention_forward_scratch(L, s, N)
     linear_forward(L, s, lins[4], key .. lins[4][2], N)
-    L:buffer(ACT, key .. "/resid", N * C * 4)
+    L:buffer(ACT, key .. "/resid", N * C * s.ab)
     rmsnorm_forward(L, s, key .. "post_attention_layernorm", N)
     linear_forward(L, s, lins[5], key .. lins[5][2], N)
     linear_forward(L, s, lins[6], key .. lins[6][2], N)
-    L:buffer(ACT, key .. "mlp/act", N * F * 4)
+    L:buffer(ACT, key .. "mlp/act", N * F * s.ab)
     linear_forward(L, s, lins[7], key .. lins[7][2], N)
-    L:buffer(ACT, key .. "/output", N * C * 4)
+    L:buffer(ACT, key .. "/output", N * C * s.ab)
 end
 
 local function decoder_backward(L, s, lins, key, N)
@@ -310,29 +342,29 @@ local function decoder_backward(L, s, lins, key, N)
     local C, F, H, Hkv, D = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
         c.head_dim
     linear_backward(L, s, lins[7], key .. lins[7][2], N)
-    L:buffer(ACT, key .. "mlp/d_gate", N * F * 4)
-    L:buffer(ACT, key .. "mlp/d_up", N * F * 4)
+    L:buffer(ACT, key .. "mlp/d_gate", N * F * s.ab)
+    L:buffer(ACT, key .. "mlp/d_up", N * F * s.ab)
     linear_backward(L, s, lins[5], key .. lins[5][2], N)
     linear_backward(L, s, lins[6], key .. lins[6][2], N)
-    L:buffer(ACT, key .. "mlp/grad_input", N * C * 4)
+    L:buffer(ACT, key .. "mlp/grad_input", N * C * s.ab)
     rmsnorm_backward(L, s, key .. "post_attention_layernorm", N, s.norms_trainable)
-    L:buffer(ACT, key .. "/d_resid", N * C * 4)
+    L:buffer(ACT, key .. "/d_resid", N * C * s.ab)
     linear_backward(L, s, lins[4], key .. lins[4][2], N)
-    L:buffer(ACT, key .. "self_attn/d_q", N * H * D * 4)
-    L:buffer(ACT, key .. "self_attn/d_k", N * Hkv * D * 4)
-    L:buffer(ACT, key .. "self_attn/d_v", N * Hkv * D * 4)
+    L:buffer(ACT, key .. "self_attn/d_q", N * H * D * s.ab)
+    L:buffer(ACT, key .. "self_attn/d_k", N * Hkv * D * s.ab)
+    L:buffer(ACT, key .. "self_attn/d_v", N * Hkv * D * s.ab)
     attention_backward_scratch(L, s)
     for i = 1, 3 do linear_backward(L, s, lins[i], key .. lins[i][2], N) end
-    L:buffer(ACT, key .. "self_attn/grad_input", N * C * 4)
+    L:buffer(ACT, key .. "self_attn/grad_input", N * C * s.ab)
     rmsnorm_backward(L, s, key .. "input_layernorm", N, s.norms_trainable)
-    L:buffer(ACT, key .. "/grad_input", N * C * 4)
+    L:buffer(ACT, key .. "/grad_input", N * C * s.ab)
 end
 
 -- One micro-batch: LlamaForCausalLM:forward_backward.
 local function forward_backward(L, s, lins, N)
     local c = s.config
     local C, nl = c.hidden_size, c.num_hidden_layers
-    L:buffer(ACT, "embed/output", N * C * 4)
+    L:buffer(ACT, "embed/output", N * C * s.ab)
     local ck = s.gradient_checkpointing
     local CKPT = "checkpointed layer outputs"
     for i = 1, nl do
@@ -340,36 +372,54 @@ local function forward_backward(L, s, lins, N)
         local key = ck and "arena." or ("layer" .. i .. ".")
         if ck and s.offload then
             decoder_forward(L, s, lins, key, N)
-            L:buffer(CKPT, (i % 2 == 1) and "arena/pass_a" or "arena/pass_b", N * C * 4)
+            L:buffer(CKPT, (i % 2 == 1) and "arena/pass_a" or "arena/pass_b", N * C * s.ab)
         else
             decoder_forward(L, s, lins, key, N)
-            if ck then L:buffer(CKPT, "ckpt" .. i .. "/output", N * C * 4) end
+            if ck then L:buffer(CKPT, "ckpt" .. i .. "/output", N * C * s.ab) end
         end
     end
     rmsnorm_forward(L, s, "norm", N)
     L:buffer(ACT, "head/loss", 4)
-    L:buffer(ACT, "head/d_hidden", N * C * 4)
+    L:buffer(ACT, "head/d_hidden", N * C * s.dh_bytes)
     -- src/ops/cross_entropy.c lmhead_run: R rows of logits at a time (R x V f32, within 8M
     -- floats), each block's logits, loss, logit gradient, dh rows and dw in turn
     local V = c.vocab_size
-    local R = min(max(floor(2 ^ 23 / V), 1), N)
     local HEAD = "LM head logit blocks"
-    L:alloc(HEAD, R * V * 4)
-    for r0 = 0, N - 1, R do
-        local rr = min(R, N - r0)
-        matmul(L, s, "LM head", rr, V, C, "f32", s.head_dtype)
-        matmul(L, s, "LM head backward", rr, C, V, "f32", s.head_dtype)
-        if s.r == 0 then matmul(L, s, "LM head gradient", V, C, rr, "f32", "f32") end
+    if s.device == "cuda" then
+        -- cuda/cross_entropy.cu choose_chunks: R rows x vc vocabulary within 256 MiB, with a
+        -- separate low-precision logit gradient when the head is not f32
+        local cz = DTYPE_BYTES[s.head_dtype]
+        local per = 4 + (s.head_dtype ~= "f32" and cz or 0)
+        local E = floor(256 * 2 ^ 20 / per)
+        local rows_min = max(min(N, 256), 1)
+        local vc = V
+        if V > E / rows_min then vc = min(max(floor(E / rows_min / 128) * 128, 128), V) end
+        local R = max(floor(E / vc), 1)
+        if R < N and R >= 64 then R = floor(R / 64) * 64 end
+        R = min(R, N)
+        L:scratch(HEAD, N * 4, R * vc * 4, s.head_dtype ~= "f32" and R * vc * cz or nil,
+            s.ab ~= cz and R * C * cz or nil, N * 4, N * 4, N * 4)
+    else
+        local R = min(max(floor(2 ^ 23 / V), 1), N)
+        L:alloc(HEAD, R * V * 4)
+        for r0 = 0, N - 1, R do
+            local rr = min(R, N - r0)
+            matmul(L, s, "LM head", rr, V, C, "f32", s.head_dtype)
+            matmul(L, s, "LM head backward", rr, C, V, "f32", s.head_dtype)
+            if s.r == 0 then matmul(L, s, "LM head gradient", V, C, rr, "f32", "f32") end
+        end
+        L:free(HEAD, R * V * 4)
     end
-    L:free(HEAD, R * V * 4)
+    if s.dh_bytes ~= s.ab then L:buffer(ACT, "head/d_hidden_act", N * C * s.ab) end
     rmsnorm_backward(L, s, "norm", N, s.norms_trainable)
     for i = nl, 1, -1 do
         local key = ck and "arena." or ("layer" .. i .. ".")
-        if ck and s.offload then L:buffer(CKPT, "arena/restored", N * C * 4) end
+        if ck and s.offload then L:buffer(CKPT, "arena/restored", N * C * s.ab) end
         -- the recomputation (the arena holds the last layer's activations already)
         if ck and i ~= nl then decoder_forward(L, s, lins, key, N) end
         decoder_backward(L, s, lins, key, N)
-        if ck then L:buffer(CKPT, "ckpt" .. i .. "/grad_input", N * C * 4) end
+        -- the wrappers' input gradients alternate between two shared buffers
+        if ck then L:buffer(CKPT, (nl - i) % 2 == 0 and "arena/grad_a" or "arena/grad_b", N * C * s.ab) end
     end
 end
 
@@ -403,6 +453,13 @@ local function settings(opts)
     s.norm_dtype = "f32" -- RMSNorm weights are made in f32 whatever the load dtype
     s.norms_trainable = s.r == 0
     s.head_dtype = s.r > 0 and s.frozen_dtype or "f32"
+    s.device = s.device or "cpu"
+    if s.device ~= "cpu" and s.device ~= "cuda" then error(("plan: device must be cpu or cuda, got %s"):format(s.device), 2) end
+    -- activations: f32 on the CPU (bf16 there means bf16 matmuls), the compute dtype on CUDA
+    s.ab = (s.device == "cuda" and s.precision ~= "f32") and 2 or 4
+    -- the hidden state's gradient from the fused head: f32 or the head's dtype
+    local act = s.ab == 2 and s.precision or "f32"
+    s.dh_bytes = (act == "f32" or act == s.head_dtype) and s.ab or 4
     return s
 end
 
@@ -490,6 +547,9 @@ function M.train(opts)
     local c = s.config
     local L = ledger()
     if opts.trace then L.trace = {} end
+    -- scratch = false: tensors only (what lt.memory counts on CUDA, where kernels take their
+    -- scratch from the caching allocator outside its counters)
+    L.no_scratch = opts.scratch == false
     local lins = decoder_linears(c)
     for _, l in ipairs(lins) do
         local lora = is_target(s, l[1])
@@ -532,14 +592,27 @@ function M.train(opts)
     local opt_dev, opt_paged = optimizer_bytes(s, numels)
     if opt_dev > 0 then L:alloc("optimizer state", opt_dev) end
     -- the loader: the sample order and one packed row of ids, targets, positions, offsets
-    L:alloc("batches", s.train_samples * 8 + 3 * N * 8 + (N + 1) * 4)
+    local host_batches = s.train_samples * 8 + 3 * N * 8 + (N + 1) * 4
     if s.grad_accum > 1 then
         -- the trainer holds a copy of each micro-batch (ids, targets, positions, offsets)
-        for _ = 1, s.grad_accum do L:alloc("batches", 3 * N * 8 + (s.segments + 1) * 4) end
+        host_batches = host_batches + s.grad_accum * (3 * N * 8 + (s.segments + 1) * 4)
+    end
+    if s.device == "cpu" then
+        L:alloc("batches", host_batches)
+    else
+        -- the batches stay on the host; the model copies each into its own input buffers
+        L:alloc("batches", 3 * N * 8 + (s.segments + 1) * 4)
     end
     local before = L.current
     L.peak = L.current
 
+    -- the rotary tables grow, on the first forward, to the positions a row holds (planned as
+    -- seq_len: packed samples restart their positions, so a run may need fewer)
+    if T > rows0 then
+        local rows = max(T, 2 * rows0)
+        L:alloc("rotary tables", 2 * rows * c.head_dim / 2 * 4)
+        L:free("rotary tables", 2 * rows0 * c.head_dim / 2 * 4)
+    end
     -- two steps: the first grows every buffer, the second is every later step
     for _ = 1, 2 do
         for _ = 1, s.grad_accum do forward_backward(L, s, lins, N) end
@@ -553,8 +626,11 @@ function M.train(opts)
         if v ~= 0 then rows[#rows + 1] = { k, v } end
     end
     table.sort(rows, function(a, b) return a[2] > b[2] end)
+    -- CUDA: what the context holds outside the allocator (cuBLASLt's workspace, cuda/context.cu)
+    local outside = s.device == "cuda" and 32 * 2 ^ 20 or 0
     return {
         peak = { train = L.peak },
+        outside_allocator = outside,
         before_train = before,
         steady = L.current,
         rows = rows,

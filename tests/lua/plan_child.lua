@@ -4,6 +4,9 @@ peak counts everything the process holds): load tiny_facts' model as the recipe 
 two steps through lt.trainer, and print the log's peak_bytes next to lt.plan's prediction.
 
     luatrain tests/lua/plan_child.lua quant=nf4 r=8 batch=8 seq=128 ck=true ...
+
+device=cuda (a GPU session, tools/gpu/run.sh more) trains on the GPU in bf16 and compares
+the tensors' peak lt.memory counts there with the plan's tensors (its kernel scratch apart).
 ]]
 local lt = require "luatrain"
 local json = require "luatrain.json"
@@ -34,7 +37,13 @@ local model = lt.llama.from_pretrained(dir .. "/model", { quant = q, dtype = q a
 local tok = lt.tokenizer.load(dir .. "/model")
 if ck then model:gradient_checkpointing(true, { offload = A.offload }) end
 if r > 0 then lt.lora.apply(model, { r = r, alpha = 16, dropout = dropout, target = target }) end
-if A.precision == "bf16" then lt.set_cpu_matmul_precision("bf16") end
+local device = A.device or "cpu"
+if device ~= "cpu" then
+    model:to(device)
+    model:set_compute_dtype("bf16")
+elseif A.precision == "bf16" then
+    lt.set_cpu_matmul_precision("bf16")
+end
 local ds = lt.data.build(dir .. "/train.jsonl", tok, { template = "llama3", train_on = "completion", max_len = T })
 local log = os.tmpname()
 lt.trainer.finetune{ model = model, train = ds, batch_size = B, seq_len = T, steps = 2, lr = 1e-3,
@@ -44,6 +53,7 @@ for line in io.lines(log) do measured = json.decode(line).peak_bytes end
 os.remove(log)
 local p = lt.plan.train{ config = model.config, quant = quant, blocksize = blocksize, double_quant = dq, r = r,
     dropout = dropout, target = target, batch_size = B, seq_len = T, gradient_checkpointing = ck,
-    offload_activations = A.offload, optim = A.optim, precision = A.precision, threads = threads,
+    offload_activations = A.offload, optim = A.optim, threads = threads, device = device:match("^cuda") and "cuda" or "cpu",
+    precision = device ~= "cpu" and "bf16" or A.precision, scratch = device == "cpu",
     train_samples = ds.n, grad_accum = A.accum, segments = math.ceil(B * T / (ds.total / ds.n)) }
 print(json.encode({ measured = measured, planned = p.peak.train }))

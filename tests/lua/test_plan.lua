@@ -77,4 +77,43 @@ T.test("luatrain plan RECIPE --json: the recipe's settings, no training, the run
     T.ok(code5 == 2 and none:find("usage: luatrain plan RECIPE", 1, true), none)
 end)
 
+-- The CUDA plan cannot be measured here (tools/gpu/run.sh more does that); what it must
+-- keep is the arithmetic of its parts.
+T.test("the CUDA plan: bf16 activations, paging and offload move what they should", function()
+    local lt = require "luatrain"
+    local cfg = lt.llama.read_config("recipes/assets/tiny_facts/model/config.json")
+    local function plan(o)
+        local base = { config = cfg, quant = "nf4", r = 8, batch_size = 8, seq_len = 128, device = "cuda",
+            precision = "bf16", threads = 2 }
+        for k, v in pairs(o) do base[k] = v end
+        local p = lt.plan.train(base)
+        local rows = {}
+        for _, r in ipairs(p.rows) do rows[r[1]] = r[2] end
+        return p, rows
+    end
+    local N, C = 8 * 128, cfg.hidden_size
+    local cpu, cpu_rows = plan({ device = "cpu", precision = "f32" })
+    local gpu, gpu_rows = plan({})
+    T.ok(gpu_rows.activations < 0.6 * cpu_rows.activations, "bf16 activations")
+    T.eq(gpu.outside_allocator, 32 * 2 ^ 20, "cuBLASLt's workspace")
+    T.eq(gpu_rows["checkpointed layer outputs"], (cfg.num_hidden_layers + 2) * N * C * 2,
+        "a bf16 output per layer, two input gradients")
+    local paged, paged_rows = plan({ optim = "paged_adamw" })
+    T.eq(paged_rows["optimizer state"], nil, "paged moments leave the device")
+    T.eq(paged.host.paged, gpu_rows["optimizer state"], "and go to the host pool")
+    local _, off_rows = plan({ offload_activations = true })
+    T.eq(off_rows["checkpointed layer outputs"], 5 * N * C * 2, "offload: three passing buffers, two gradients")
+    T.ok(cpu.peak.train > gpu.peak.train, "the CPU's f32 step holds more")
+end)
+
+T.test("tools/what_fits.lua: every shape and card, the QLoRA paper's two claims among them", function()
+    local out, code = T.run(("%s tools/what_fits.lua out="):format(bin))
+    T.eq(code, 0, out)
+    local n = 0
+    for _ in out:gmatch("\n| [^|]+ | [%d.]+ GiB | %d+ | %d+ | [%d.]+ |") do n = n + 1 end
+    T.eq(n, 36, "9 models x 4 settings:\n" .. out)
+    T.ok(out:find("| LLaMA 33B | [%d.]+ GiB | 16 | 1024 | [%d.]+ | %- | fits |"), "33B on a 24 GB card")
+    T.ok(out:find("| LLaMA 65B | [%d.]+ GiB | 16 | 1024 | [%d.]+ | %- | %- | fits |"), "65B on a 48 GB card")
+end)
+
 T.done()

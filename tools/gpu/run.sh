@@ -24,7 +24,8 @@
 #     Phases 3, 4 and 7 run side by side (none is timed); 5 and 6 run alone after them.
 #   tools/gpu/run.sh more    a warm follow-up call (builds first if the build is gone): full
 #                   memcheck and racecheck of every CUDA C test, the Llama-3-8B-shape LoRA and
-#                   QLoRA step, and the training-step memory against sequence length.
+#                   QLoRA step, the training-step memory against sequence length, and the
+#                   planner's prediction against the measured peak on three configurations.
 #
 # Each phase has a time limit drawn from one budget (LT_GPU_BUDGET_S, default 440 s for
 # quick and 540 s for more), so the call ends inside the device's 10-minute command limit
@@ -335,6 +336,16 @@ else
         note "8 memory: FAILED (exit $rc) (bench.txt)"
         problem "memory"
     fi
+    # the planner against the device's measured tensors, three configurations (issue: within 3%)
+    lim="$(limit 60 5)"
+    { echo; echo "######## lt.plan against the GPU (tests/lua/plan_child.lua device=cuda)"; } >> "$out/bench.txt"
+    plan_rows=""
+    for cfgs in "" "r=64 optim=paged_adamw" "ck=false batch=4"; do
+        row="$(timeout "$lim" "$build/luatrain" tests/lua/plan_child.lua device=cuda $cfgs 2>&1 | tail -1)"
+        echo "${cfgs:-default}: $row" >> "$out/bench.txt"
+        plan_rows+="${cfgs:-default}: $row; "
+    done
+    note "9 plan: $plan_rows(bench.txt)"
 fi
 
 if [ "${#problems[@]}" = 0 ]; then

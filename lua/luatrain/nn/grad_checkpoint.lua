@@ -20,14 +20,16 @@ is loaded) instead of keeping its output on the device. Outputs then pass from l
 layer through two device buffers the arena owns (layer i reads one and writes the other),
 and a backward copies its layer's input back into one more arena buffer before the
 recomputation. Device memory for L layers falls from L + 1 (B, T, C) tensors to 3; the
-host holds L. The numbers are the same bits. On a CPU the copies buy nothing but show the
+host holds L. (Input gradients pass the same way in every mode: two shared
+buffers.) The numbers are the same bits. On a CPU the copies buy nothing but show the
 mechanics and the accounting; on CUDA they run on the device's stream, in order with the
 compute (not yet overlapped on a side stream).
 
 Names stay transparent: a checkpointed layer's parameters keep the wrapped module's names
 (model.layers.0.self_attn.q_proj.weight), so state dicts and adapters are unchanged.
-Memory per checkpointed layer falls from all of its activations to two (B, T, C) tensors,
-for one extra forward of the layer in backward. Results are bit-identical to running
+Memory per checkpointed layer falls from all of its activations to one (B, T, C) tensor (its
+output), for one extra forward of the layer in backward; the input gradients pass through two
+buffers the wrappers share. Results are bit-identical to running
 without checkpointing (the recomputation is the same arithmetic on the same inputs).
 ]]
 local Module = require("luatrain.nn.module").Module
@@ -145,7 +147,11 @@ function GradCheckpoint:backward(x, dy)
         self.arena.owner = self
     end
     local g = self.inner:backward(x, dy)
-    local gi = self:buffer("grad_input", g:shape(), g.dtype)
+    -- the input gradient leaves the arena (the next layer's backward overwrites it) for one
+    -- of two buffers the wrappers share: layer i's is read as dy by layer i - 1's backward,
+    -- which writes the other, so two serve every layer
+    self.arena.grad_flip = self.arena.grad_flip == "grad_a" and "grad_b" or "grad_a"
+    local gi = arena_buffer(self.arena, self.arena.grad_flip, g:shape(), g.dtype, g.device)
     gi:copy_(g)
     self.grad_input = gi
     return gi
@@ -157,7 +163,7 @@ function GradCheckpoint:free_buffers()
         self.host_input:free()
         self.host_input = nil
     end
-    for _, k in ipairs({ "pass_a", "pass_b", "restored" }) do
+    for _, k in ipairs({ "pass_a", "pass_b", "restored", "grad_a", "grad_b" }) do
         if self.arena[k] then
             self.arena[k]:free()
             self.arena[k] = nil
