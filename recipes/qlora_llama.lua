@@ -75,6 +75,8 @@ local cfg = lt.config {
         .. "(state sharded; 2 also shards the accumulated gradients)", type = "int", choices = { 0, 1, 2 } },
     memory_limit = { "", "a budget for the training device's memory, e.g. 6GiB (empty: none; LT_MEMORY_LIMIT "
         .. "sets one for every device): past it an allocation fails as on a full device" },
+    auto_fit = { false, "with memory_limit: choose the micro-batch (keeping batch_size x grad_accum), gradient "
+        .. "checkpointing, the paged optimizer and activation offload so that the planned training step fits" },
     precision = { "auto", "f32; bf16 (on a GPU: bf16 activations, f32 master weights; on the CPU: bf16 matmuls with "
         .. "f32 accumulation, through oneDNN); fp16 (f16 activations, f32 master weights, dynamic loss scaling; on "
         .. "the CPU the f32 kernels on f16 tensors: a test of the policy, not a speed-up); auto: bf16 on a GPU, f32 "
@@ -94,6 +96,28 @@ local smallest = math.min(model_cfg.hidden_size, model_cfg.intermediate_size,
     model_cfg.num_key_value_heads * model_cfg.head_dim)
 need(cfg.r <= smallest, ("r=%d is larger than the model's smallest linear dimension (%d): a rank above it "
     .. "adds parameters, not expressiveness"):format(cfg.r, smallest))
+
+-- auto_fit: the fastest settings whose planned step fits the budget (lt.plan.fit), chosen
+-- before anything loads. 2% of the budget is left for what the plan does not count: the
+-- evaluation before training leaves a few buffers (0.25% of the default run's peak).
+if cfg.auto_fit then
+    need(cfg.memory_limit ~= "", "auto_fit=true needs memory_limit= (the budget to fit)")
+    local limit = lt.memory.parse_bytes(cfg.memory_limit, "memory_limit")
+    local fit, plan = lt.plan.fit(lt.config.values(cfg), math.floor(limit * 0.98))
+    if not fit then
+        need(false, ("auto_fit: nothing fits memory_limit=%s: the smallest plan (micro-batch %d, "
+            .. "checkpointing %s, %s%s) needs %s"):format(cfg.memory_limit, plan.settings.batch_size,
+            plan.settings.gradient_checkpointing and "on" or "off", plan.settings.optim,
+            plan.settings.offload and ", activations offloaded" or "", lt.memory.format_bytes(plan.peak.train)))
+    end
+    for _, k in ipairs({ "batch_size", "grad_accum", "gradient_checkpointing", "optim", "offload_activations" }) do
+        cfg[k] = fit[k]
+    end
+    print(("auto_fit: batch_size=%d grad_accum=%d gradient_checkpointing=%s optim=%s offload_activations=%s "
+        .. "(planned peak %s of a %s budget)"):format(cfg.batch_size, cfg.grad_accum, tostring(cfg.gradient_checkpointing),
+        cfg.optim, tostring(cfg.offload_activations), lt.memory.format_bytes(plan.peak.train),
+        lt.memory.format_bytes(limit)))
+end
 
 -- the job's processes (one without mpirun): rank 0 prints and writes
 if cfg.memory_limit ~= "" then lt.memory.set_limit(cfg.device, cfg.memory_limit) end

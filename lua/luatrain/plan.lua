@@ -654,10 +654,9 @@ function M.from_settings(st)
     local device = tostring(get("device", "cpu"))
     local precision = get("precision", "auto")
     if precision == "auto" then precision = device == "cpu" and "f32" or "bf16" end
-    if device ~= "cpu" then
-        error(("plan: device=%s: the planner models the CPU's kernels so far (device=cpu)"):format(device), 0)
-    end
-    if precision ~= "f32" and precision ~= "bf16" then
+    local kind = device:match("^cuda") and "cuda" or device
+    if kind ~= "cpu" and kind ~= "cuda" then error(("plan: device=%s is not cpu, cuda or cuda:N"):format(device), 0) end
+    if kind == "cpu" and precision ~= "f32" and precision ~= "bf16" then
         error(("plan: precision=%s is not planned yet on the CPU (f32, bf16)"):format(precision), 0)
     end
     if get("dora", false) then error("plan: dora=true is not planned yet", 0) end
@@ -687,12 +686,46 @@ function M.from_settings(st)
         batch_size = get("batch_size", 8), seq_len = get("seq_len", 128),
         gradient_checkpointing = get("gradient_checkpointing", true),
         offload_activations = get("offload_activations", false), grad_accum = get("grad_accum", 1),
-        optim = get("optim", "adamw"), precision = precision, threads = threads, train_samples = samples }
+        optim = get("optim", "adamw"), precision = precision, threads = threads, train_samples = samples,
+        device = kind }
     p.settings.device = device
     p.settings.describe = ("%s base, LoRA r=%d, batch %d x %d, checkpointing %s, %s, %s, %d threads"):format(
         p.settings.quant, p.settings.r, p.settings.batch_size, p.settings.seq_len,
         p.settings.gradient_checkpointing and "on" or "off", p.settings.optim, precision, threads)
     return p
+end
+
+-- auto_fit: the settings (a copy) changed so that the plan's training step fits `limit`
+-- bytes, and that plan; or nil and the smallest plan tried. It keeps the effective batch
+-- (batch_size x grad_accum) and tries, fastest first: the micro-batch as given, then halved
+-- (accumulation doubled) down to 1; at each, gradient checkpointing off then on; the
+-- optimizer as given then its paged form; activation offload off then on.
+function M.fit(st, limit)
+    local effective = (st.batch_size or 8) * (st.grad_accum or 1)
+    local optim = st.optim or "adamw"
+    local optims = { optim }
+    if not optim:match("^paged_") then optims[2] = "paged_" .. optim end
+    local best
+    local b = st.batch_size or 8
+    while b >= 1 do
+        if effective % b == 0 then
+            for _, ck in ipairs({ false, true }) do
+                for _, o in ipairs(optims) do
+                    for _, off in ipairs(ck and { false, true } or { false }) do
+                        local try = {}
+                        for k, v in pairs(st) do try[k] = v end
+                        try.batch_size, try.grad_accum = b, effective / b
+                        try.gradient_checkpointing, try.optim, try.offload_activations = ck, o, off
+                        local p = M.from_settings(try)
+                        if p.peak.train <= limit then return try, p end
+                        if not best or p.peak.train < best.peak.train then best = p end
+                    end
+                end
+            end
+        end
+        b = math.floor(b / 2)
+    end
+    return nil, best
 end
 
 -- The plan as one JSON-ready table: peak.train (bytes), rows at the peak, host bytes.

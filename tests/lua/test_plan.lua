@@ -77,6 +77,31 @@ T.test("luatrain plan RECIPE --json: the recipe's settings, no training, the run
     T.ok(code5 == 2 and none:find("usage: luatrain plan RECIPE", 1, true), none)
 end)
 
+T.test("auto_fit under memory_limit: the fastest settings that fit, and the run stays in the budget", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local args = "auto_fit=true memory_limit=20MB steps=2 eval_every=0 eval_samples=1 max_new_tokens=2 output_dir=" .. dir
+    local plan, pc = T.run(("%s plan recipes/qlora_llama.lua %s"):format(bin, args))
+    T.eq(pc, 0, plan)
+    local out, code = T.run(("%s recipes/qlora_llama.lua %s"):format(bin, args))
+    T.eq(code, 0, out)
+    local chosen = out:match("auto_fit: (batch_size=%d+ grad_accum=%d+ gradient_checkpointing=%a+ optim=[%w_]+ "
+        .. "offload_activations=%a+)")
+    T.ok(chosen, out)
+    T.ok(plan:find(chosen, 1, true), "plan and run choose alike:\n" .. plan)
+    -- 8 x 1 at 128 tokens does not fit 20 MB: the micro-batch shrinks, the effective batch stays 8
+    local b, a = chosen:match("batch_size=(%d+) grad_accum=(%d+)")
+    T.ok(tonumber(b) < 8 and tonumber(b) * tonumber(a) == 8, chosen)
+    local peak
+    for line in io.lines(dir .. "/log.jsonl") do peak = json.decode(line).peak_bytes end
+    T.ok(peak <= 20e6, ("peak %d within the budget"):format(peak))
+    T.run("rm -rf " .. dir)
+    local none, nc = T.run(("%s recipes/qlora_llama.lua auto_fit=true memory_limit=5MB output_dir=%s"):format(bin, dir))
+    T.ok(nc == 2 and none:find("auto_fit: nothing fits memory_limit=5MB: the smallest plan", 1, true), none)
+    local need, nc2 = T.run(("%s recipes/qlora_llama.lua auto_fit=true output_dir=%s"):format(bin, dir))
+    T.ok(nc2 == 2 and need:find("auto_fit=true needs memory_limit=", 1, true), need)
+end)
+
 -- The CUDA plan cannot be measured here (tools/gpu/run.sh more does that); what it must
 -- keep is the arithmetic of its parts.
 T.test("the CUDA plan: bf16 activations, paging and offload move what they should", function()

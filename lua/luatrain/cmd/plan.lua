@@ -41,7 +41,24 @@ if not settings.model then
     error(lt.config.usage_error(("plan: %s has no model setting (a Hugging Face folder)"):format(recipe)), 0)
 end
 
-local p = lt.plan.from_settings(settings)
+local p
+if settings.auto_fit and settings.memory_limit and settings.memory_limit ~= "" then
+    -- what the recipe's auto_fit would choose (it leaves 2% of the budget)
+    local limit = lt.memory.parse_bytes(settings.memory_limit, "memory_limit")
+    local fit
+    fit, p = lt.plan.fit(settings, math.floor(limit * 0.98))
+    if not fit then
+        error(("plan: auto_fit: nothing fits memory_limit=%s; the smallest plan needs %s"):format(
+            settings.memory_limit, lt.memory.format_bytes(p.peak.train)), 0)
+    end
+    if not as_json then
+        print(("auto_fit: batch_size=%d grad_accum=%d gradient_checkpointing=%s optim=%s offload_activations=%s"):format(
+            fit.batch_size, fit.grad_accum, tostring(fit.gradient_checkpointing), fit.optim,
+            tostring(fit.offload_activations)))
+    end
+else
+    p = lt.plan.from_settings(settings)
+end
 if as_json then
     print(json.encode(lt.plan.to_json(p)))
 else
