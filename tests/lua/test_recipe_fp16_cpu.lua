@@ -1,5 +1,5 @@
 --[[
-test_recipe_fp16_cpu.lua - recipes/qlora_llama.lua in precision=fp16 on the CPU: f16
+test_recipe_fp16_cpu.lua - recipes/qlora_llama.lua in precision=fp16 and bf16 on the CPU: f16
 activations, f32 master weights and dynamic loss scaling (lt.amp.GradScaler), the precision
 policy of ARCHITECTURE.md contract 7 run where CI runs.
 
@@ -35,12 +35,17 @@ local function run(precision, dir)
         if r.loss then records[#records + 1] = r end
     end
     T.eq(#records, STEPS, "one log record per optimizer step")
-    return tonumber(l0), tonumber(l1), records
+    local right, of = out:match("exact%-match%s+[%d.]+%% %-> [%d.]+%% %(%d+ %-> (%d+) of (%d+)%)")
+    T.ok(right, "accuracy line present:\n" .. out)
+    return tonumber(l0), tonumber(l1), records, tonumber(right), tonumber(of)
 end
+
+local f32_run -- the f32 run's { dir, before, after, right, of }, shared by both tests
 
 T.test("qlora_llama.lua precision=fp16 on the CPU tracks precision=f32", function()
     local d32, d16 = B.tmpdir(), B.tmpdir()
-    local b32, l32 = run("f32", d32)
+    local b32, l32, _, right32, of32 = run("f32", d32)
+    f32_run = { before = b32, after = l32, right = right32, of = of32 }
     local b16, l16, log16 = run("fp16", d16)
     print(("held-out loss after %d steps: f32 %.4f -> %.4f, fp16 %.4f -> %.4f (%+.1f%%)"):format(
         STEPS, b32, l32, b16, l16, 100 * (l16 - l32) / l32))
@@ -53,6 +58,20 @@ T.test("qlora_llama.lua precision=fp16 on the CPU tracks precision=f32", functio
     T.ok(math.abs(l16 - l32) <= BAND * l32, ("fp16 held-out loss %.4f is not within %d%% of f32's %.4f"):format(
         l16, 100 * BAND, l32))
     os.execute("rm -rf " .. T.shell_quote(d32) .. " " .. T.shell_quote(d16))
+end)
+
+-- bf16 on the CPU (bf16 matmuls through oneDNN, f32 activations): the same held-out loss band,
+-- and the same exact-match accuracy within one question of the 8.
+T.test("qlora_llama.lua precision=bf16 on the CPU: the f32 run's loss and accuracy band", function()
+    T.ok(f32_run, "the f32 run above")
+    local d = B.tmpdir()
+    local _, l, _, right, of = run("bf16", d)
+    print(("after %d steps: f32 loss %.4f, %d/%d right; bf16 loss %.4f, %d/%d right"):format(STEPS, f32_run.after,
+        f32_run.right, f32_run.of, l, right, of))
+    T.ok(math.abs(l - f32_run.after) <= BAND * f32_run.after, ("bf16 held-out loss %.4f vs f32 %.4f"):format(
+        l, f32_run.after))
+    T.ok(math.abs(right - f32_run.right) <= 1, ("bf16 answers %d of %d, f32 %d"):format(right, of, f32_run.right))
+    os.execute("rm -rf " .. T.shell_quote(d))
 end)
 
 T.done()
