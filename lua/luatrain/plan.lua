@@ -250,7 +250,7 @@ local function linear_forward(L, s, lin, key, N)
     else matmul(L, s, "linear", N, out_f, in_f, "f32", lin.wdtype) end
     if lin.kind == "quant" then return end
     local r = s.r
-    if s.dropout > 0 then
+    if s.dropout > 0 and not s.evaluating then
         L:buffer(ACT, key .. "/x_drop", N * in_f * s.ab)
         L:buffer(ACT, key .. "/drop_mask", N * in_f)
         -- src/ops/dropout.c: uniform draws, then the mask
@@ -360,8 +360,9 @@ local function decoder_backward(L, s, lins, key, N)
     L:buffer(ACT, key .. "/grad_input", N * C * s.ab)
 end
 
--- One micro-batch: LlamaForCausalLM:forward_backward.
-local function forward_backward(L, s, lins, N)
+-- LlamaModel:forward: the embedding, the decoder layers (checkpointed: each wrapper keeps its
+-- output, or with offload passes it through two shared buffers), the final norm.
+local function model_forward(L, s, lins, N)
     local c = s.config
     local C, nl = c.hidden_size, c.num_hidden_layers
     L:buffer(ACT, "embed/output", N * C * s.ab)
@@ -370,15 +371,59 @@ local function forward_backward(L, s, lins, N)
     for i = 1, nl do
         -- checkpointed layers share one arena (keys without the layer's index)
         local key = ck and "arena." or ("layer" .. i .. ".")
+        decoder_forward(L, s, lins, key, N)
         if ck and s.offload then
-            decoder_forward(L, s, lins, key, N)
             L:buffer(CKPT, (i % 2 == 1) and "arena/pass_a" or "arena/pass_b", N * C * s.ab)
-        else
-            decoder_forward(L, s, lins, key, N)
-            if ck then L:buffer(CKPT, "ckpt" .. i .. "/output", N * C * s.ab) end
+        elseif ck then
+            L:buffer(CKPT, "ckpt" .. i .. "/output", N * C * s.ab)
         end
     end
     rmsnorm_forward(L, s, "norm", N)
+end
+
+-- lt.trainer.eval_loss over one batch: its loader, the forward in eval mode (no dropout),
+-- LlamaForCausalLM:loss's head (the log-sum-exps kept, the logits a block at a time).
+local function evaluation(L, s, lins, N)
+    local c = s.config
+    local C, V = c.hidden_size, c.vocab_size
+    local loader = s.eval_samples * 8 + 3 * N * 8 + (N + 1) * 4
+    L:alloc("evaluation batches", loader)
+    -- two batches: the first grows the buffers, the second runs with all of them held (a
+    -- held-out set of one batch peaks lower: the plan is then a bound)
+    for _ = 1, 2 do
+    s.evaluating = true
+    model_forward(L, s, lins, N)
+    s.evaluating = false
+    L:buffer(ACT, "head/loss", 4)
+    L:buffer(ACT, "head/lse", N * 4)
+    local HEAD = "LM head logit blocks"
+    if s.device == "cuda" then
+        local E = floor(256 * 2 ^ 20 / 4)
+        local rows_min = max(min(N, 256), 1)
+        local vc = V
+        if V > E / rows_min then vc = min(max(floor(E / rows_min / 128) * 128, 128), V) end
+        local R = max(floor(E / vc), 1)
+        if R < N and R >= 64 then R = floor(R / 64) * 64 end
+        R = min(R, N)
+        local cz = DTYPE_BYTES[s.head_dtype]
+        L:scratch(HEAD, N * 4, R * vc * 4, s.ab ~= cz and R * C * cz or nil, N * 4, N * 4, N * 4)
+    else
+        local R = min(max(floor(2 ^ 23 / V), 1), N)
+        L:alloc(HEAD, R * V * 4)
+        for r0 = 0, N - 1, R do matmul(L, s, "LM head", min(R, N - r0), V, C, "f32", s.head_dtype) end
+        L:free(HEAD, R * V * 4)
+    end
+    end
+    L:free("evaluation batches", loader)
+end
+
+-- One micro-batch: LlamaForCausalLM:forward_backward.
+local function forward_backward(L, s, lins, N)
+    local c = s.config
+    local C, nl = c.hidden_size, c.num_hidden_layers
+    model_forward(L, s, lins, N)
+    local ck = s.gradient_checkpointing
+    local CKPT = "checkpointed layer outputs"
     L:buffer(ACT, "head/loss", 4)
     L:buffer(ACT, "head/d_hidden", N * C * s.dh_bytes)
     -- src/ops/cross_entropy.c lmhead_run: R rows of logits at a time (R x V f32, within 8M
@@ -446,6 +491,8 @@ local function settings(opts)
     s.precision = s.precision or "f32"
     s.threads = s.threads or 1
     s.train_samples = s.train_samples or 0
+    s.eval_samples = s.eval_samples or 0
+    s.eval_every, s.steps = s.eval_every or 0, s.steps or 0
     s.segments = s.segments or s.batch_size
     s.base_dtype = s.base_dtype or "f32"
     -- a quantized base loads its other weights in bf16 (recipes: from_pretrained's dtype)
@@ -541,7 +588,8 @@ local function page_buffers(L, s, numels)
     for _, n in pairs(have) do L:free("optimizer page buffers", n) end
 end
 
--- opts: see the header. Returns { peak = { train = bytes }, rows, settings, host = { paged } }.
+-- opts: see the header; also evaluates / generates (the run evaluates, or generates, before
+-- it trains: the recipes do). Returns { peak = { train = bytes }, rows, settings, host = { paged } }.
 function M.train(opts)
     local s = settings(opts)
     local c = s.config
@@ -606,6 +654,10 @@ function M.train(opts)
     local before = L.current
     L.peak = L.current
 
+    -- what evaluation and generation before training leave in the model: the head's
+    -- per-token log-sum-exps (LlamaForCausalLM:loss) and the last position's logits
+    if s.evaluates then L:buffer(ACT, "head/lse", N * 4) end
+    if s.generates then L:buffer(ACT, "lm_head/output", V * s.ab) end
     -- the rotary tables grow, on the first forward, to the positions a row holds (planned as
     -- seq_len: packed samples restart their positions, so a run may need fewer)
     if T > rows0 then
@@ -620,6 +672,47 @@ function M.train(opts)
         if flat > 16384 then L:scratch("gradient norm", ceil(flat / 16384) * 8) end
         if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" then page_buffers(L, s, numels) end
     end
+    -- an evaluation between steps (eval_every below steps) joins the run's peak
+    if s.eval_every > 0 and s.eval_every < s.steps then evaluation(L, s, lins, N) end
+
+    -- the other phases, each from the model as loaded (adapters unflattened), on a ledger
+    -- of its own
+    local unflat = 0
+    for _, n in ipairs(numels) do unflat = unflat + n * 4 end
+    local function loaded()
+        local P = ledger()
+        P.no_scratch = L.no_scratch
+        if base_q > 0 then P:alloc("quantized base", base_q) end
+        P:alloc(s.r > 0 and "weights (not quantized)" or "trained weights", base_plain + norms + embed)
+        P:alloc("rotary tables", c.head_dim / 2 * 4 + 2 * rows0 * c.head_dim / 2 * 4)
+        return P
+    end
+    -- loading: the weights as they end, and while a layer is quantized, its block scales in
+    -- f32 before their own quantization (the largest layer's: a bound)
+    local Pl = loaded()
+    local qmax = 0
+    for _, l in ipairs(lins) do
+        if l.quantized and s.quant ~= "int8" then qmax = max(qmax, ceil(l[3] * l[4] / s.blocksize) * 4) end
+    end
+    Pl:scratch("quantizing a layer", qmax)
+    -- evaluation of the loaded model with its adapters (held-out loss, one batch at a time)
+    local Pe = loaded()
+    if opts.trace then Pe.trace = {} end
+    if s.r > 0 then Pe:alloc("adapters", unflat) end
+    Pe:alloc("gradients", unflat)
+    evaluation(Pe, s, lins, N)
+    -- generation: a prompt of up to seq_len tokens, then max_new_tokens more through the
+    -- key/value cache (lt.generate: (1, prompt + new, Hkv, D) per layer, k and v, f32 on the
+    -- host, the compute dtype on a device)
+    local Pg = loaded()
+    if s.r > 0 then Pg:alloc("adapters", unflat) end
+    Pg:alloc("gradients", unflat)
+    local S = T + (s.max_new_tokens or 64)
+    Pg:alloc("key/value cache", nl * 2 * S * c.num_key_value_heads * c.head_dim * s.ab)
+    s.evaluating = true
+    model_forward(Pg, s, lins, T)
+    s.evaluating = false
+    Pg:buffer(ACT, "lm_head/output", V * s.ab)
 
     local rows = {}
     for k, v in pairs(L.at_peak or {}) do
@@ -629,14 +722,14 @@ function M.train(opts)
     -- CUDA: what the context holds outside the allocator (cuBLASLt's workspace, cuda/context.cu)
     local outside = s.device == "cuda" and 32 * 2 ^ 20 or 0
     return {
-        peak = { train = L.peak },
+        peak = { train = L.peak, load = Pl.peak, eval = Pe.peak, generate = Pg.peak },
         outside_allocator = outside,
         before_train = before,
         steady = L.current,
         rows = rows,
         host = { paged = opt_paged },
         settings = s,
-        trace = L.trace,
+        trace = L.trace, trace_eval = Pe.trace,
     }
 end
 
@@ -669,17 +762,21 @@ function M.from_settings(st)
     end
     local threads = get("threads", 0)
     if threads == 0 then threads = tonumber(require("luatrain").get_num_threads()) end
-    -- the loader's sample order: one i64 per training record
-    local samples = 0
-    local ds = st.dataset
-    local f = ds and io.open(ds)
-    if f then
-        for line in f:lines() do if line:find("%S") then samples = samples + 1 end end
+    -- the loaders' sample orders: one i64 per record
+    local function records(path)
+        local n = 0
+        local f = path and io.open(path)
+        if not f then return 0 end
+        for line in f:lines() do if line:find("%S") then n = n + 1 end end
         f:close()
-        if get("eval_dataset", "") == "" then
-            local every = math.max(2, math.floor(1 / math.max(get("eval_split", 0.1), 1e-6) + 0.5))
-            samples = samples - math.floor(samples / every)
-        end
+        return n
+    end
+    local samples = records(st.dataset)
+    local eval_samples = records(get("eval_dataset", ""))
+    if get("eval_dataset", "") == "" then
+        local every = math.max(2, math.floor(1 / math.max(get("eval_split", 0.1), 1e-6) + 0.5))
+        eval_samples = math.floor(samples / every)
+        samples = samples - eval_samples
     end
     local p = M.train{ config = config, quant = get("quant", "none"), blocksize = get("blocksize", 64),
         double_quant = get("double_quant", true), r = get("r", 8), target = target, dropout = get("dropout", 0.1),
@@ -687,7 +784,8 @@ function M.from_settings(st)
         gradient_checkpointing = get("gradient_checkpointing", true),
         offload_activations = get("offload_activations", false), grad_accum = get("grad_accum", 1),
         optim = get("optim", "adamw"), precision = precision, threads = threads, train_samples = samples,
-        device = kind }
+        device = kind, evaluates = true, generates = true, eval_samples = eval_samples,
+        eval_every = get("eval_every", 0), steps = get("steps", 0), max_new_tokens = get("max_new_tokens", 64) }
     p.settings.device = device
     p.settings.describe = ("%s base, LoRA r=%d, batch %d x %d, checkpointing %s, %s, %s, %d threads"):format(
         p.settings.quant, p.settings.r, p.settings.batch_size, p.settings.seq_len,
@@ -732,7 +830,8 @@ end
 function M.to_json(p)
     local rows = {}
     for _, r in ipairs(p.rows) do rows[#rows + 1] = { what = r[1], bytes = r[2] } end
-    return { device = p.settings.device or "cpu", peak = { train = p.peak.train },
+    return { device = p.settings.device or "cpu", peak = { train = p.peak.train, load = p.peak.load,
+        eval = p.peak.eval, generate = p.peak.generate },
         before_train = p.before_train, at_peak = rows, host = { paged_bytes = p.host.paged } }
 end
 
@@ -742,6 +841,9 @@ function M.format(p)
     local out = {}
     for _, r in ipairs(p.rows) do out[#out + 1] = ("    %-40s %12s"):format(r[1], mb(r[2])) end
     out[#out + 1] = ("    %-40s %12s"):format("peak of a training step", mb(p.peak.train))
+    out[#out + 1] = ("    %-40s %12s"):format("peak while loading (a bound)", mb(p.peak.load))
+    out[#out + 1] = ("    %-40s %12s"):format("peak of an evaluation", mb(p.peak.eval))
+    out[#out + 1] = ("    %-40s %12s"):format("peak of a generation (seq_len prompt)", mb(p.peak.generate))
     if p.host.paged > 0 then
         out[#out + 1] = ("    %-40s %12s"):format("host: paged optimizer state", mb(p.host.paged))
     end

@@ -85,6 +85,8 @@ function M.eval_loss(model, ds, opts)
         sum = sum + loss * b.trained
         count = count + b.trained
     end
+    -- its buffers go now: what an evaluation leaves behind is the model's buffers alone
+    l:free()
     if was then model:train() end
     if pg and pg.world > 1 then
         local t = pg:sum_numbers({ sum, count })

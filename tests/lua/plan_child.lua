@@ -45,15 +45,25 @@ elseif A.precision == "bf16" then
     lt.set_cpu_matmul_precision("bf16")
 end
 local ds = lt.data.build(dir .. "/train.jsonl", tok, { template = "llama3", train_on = "completion", max_len = T })
+local function plan()
+    return lt.plan.train{ config = model.config, quant = quant, blocksize = blocksize, double_quant = dq, r = r,
+        dropout = dropout, target = target, batch_size = B, seq_len = T, gradient_checkpointing = ck,
+        offload_activations = A.offload, optim = A.optim, threads = threads, device = device:match("^cuda") and "cuda" or "cpu",
+        precision = device ~= "cpu" and "bf16" or A.precision, scratch = device == "cpu",
+        train_samples = ds.n, eval_samples = ds.n, grad_accum = A.accum, segments = math.ceil(B * T / (ds.total / ds.n)) }
+end
+if A.phase == "eval" then
+    -- phase=eval: one held-out pass of the loaded model against the plan's evaluation peak
+    collectgarbage("collect")
+    lt.memory.reset_peak(device)
+    lt.trainer.eval_loss(model, ds, { batch_size = B, seq_len = T })
+    print(json.encode({ measured = lt.memory.stats(device).peak, planned = plan().peak.eval }))
+    return
+end
 local log = os.tmpname()
 lt.trainer.finetune{ model = model, train = ds, batch_size = B, seq_len = T, steps = 2, lr = 1e-3,
     optim = A.optim or "adamw", grad_accum = A.accum or 1, log = log, eval_every = 0, on_step = function() end }
 local measured
 for line in io.lines(log) do measured = json.decode(line).peak_bytes end
 os.remove(log)
-local p = lt.plan.train{ config = model.config, quant = quant, blocksize = blocksize, double_quant = dq, r = r,
-    dropout = dropout, target = target, batch_size = B, seq_len = T, gradient_checkpointing = ck,
-    offload_activations = A.offload, optim = A.optim, threads = threads, device = device:match("^cuda") and "cuda" or "cpu",
-    precision = device ~= "cpu" and "bf16" or A.precision, scratch = device == "cpu",
-    train_samples = ds.n, grad_accum = A.accum, segments = math.ceil(B * T / (ds.total / ds.n)) }
-print(json.encode({ measured = measured, planned = p.peak.train }))
+print(json.encode({ measured = measured, planned = plan().peak.train }))

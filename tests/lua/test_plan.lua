@@ -3,7 +3,8 @@ test_plan.lua - the planner (lt.plan, `luatrain plan`) against what runs measure
 
 1. The grid: for each configuration, a process of its own (tests/lua/plan_child.lua) loads
    tiny_facts' model as the recipe does, trains two steps through lt.trainer and compares the
-   peak_bytes its log records with lt.plan's peak.train. Equal to the byte, except where the
+   peak_bytes its log records with lt.plan's peak.train (phase=eval: one held-out pass of the
+   loaded model against peak.eval). Equal to the byte, except where the
    run's bytes depend on the data: int8's LLM.int8 outlier columns (the plan takes the most
    the kernel can ask for, so it may only be above) and, with gradient accumulation, the
    copies of each micro-batch's packed-sequence offsets (the plan estimates the sequences per
@@ -31,6 +32,10 @@ local GRID = {
     { "threads=1", "exact" }, { "dq=false", "exact" }, { "blocksize=128", "exact" }, { "quant=int8 ck=false", "bound" },
     { "offload=true optim=paged_adamw precision=bf16", "exact" }, { "accum=2", "near" },
     { "accum=3 ck=false quant=none r=0", "near" },
+    -- evaluation (lt.trainer.eval_loss of the loaded model) against the plan's peak.eval
+    { "phase=eval", "exact" }, { "phase=eval ck=false", "exact" }, { "phase=eval offload=true", "exact" },
+    { "phase=eval quant=int8", "bound" }, { "phase=eval batch=2 seq=64", "exact" },
+    { "phase=eval r=0 quant=none", "exact" }, { "phase=eval precision=bf16 quant=fp4 r=32", "exact" },
 }
 
 T.test(("the plan equals the measured peak over %d configurations"):format(#GRID), function()
@@ -54,7 +59,8 @@ end)
 T.test("luatrain plan RECIPE --json: the recipe's settings, no training, the run within 0.5%", function()
     local dir = os.tmpname()
     os.remove(dir)
-    local args = "steps=2 eval_every=0 eval_samples=1 max_new_tokens=2 batch_size=4 r=16 output_dir=" .. dir
+    -- an evaluation after step 1 joins the peak (eval_every below steps)
+    local args = "steps=2 eval_every=1 eval_samples=1 max_new_tokens=2 batch_size=4 r=16 output_dir=" .. dir
     local out, code = T.run(("%s plan recipes/qlora_llama.lua %s --json"):format(bin, args))
     T.eq(code, 0, out)
     local plan = json.decode(out)
@@ -69,7 +75,12 @@ T.test("luatrain plan RECIPE --json: the recipe's settings, no training, the run
     for line in io.lines(dir .. "/log.jsonl") do peak = json.decode(line).peak_bytes end
     print(("  recipe: measured %d, planned %d (%+.3f%%)"):format(peak, plan.peak.train,
         100 * (plan.peak.train - peak) / peak))
-    T.ok(math.abs(plan.peak.train - peak) <= 0.005 * peak, ("measured %d, planned %d"):format(peak, plan.peak.train))
+    T.eq(plan.peak.train, peak, "the recipe's log peak_bytes, to the byte")
+    -- loading: the plan bounds the recipe's own figure ("loading peaked at 530.83 KiB") within 0.5%
+    local v, unit = run:match("loading peaked at ([%d.]+) (%a+)")
+    local load = tonumber(v) * ({ B = 1, KiB = 1024, MiB = 2 ^ 20, GiB = 2 ^ 30 })[unit]
+    T.ok(plan.peak.load >= load - 0.01 * 1024 and plan.peak.load <= 1.005 * load,
+        ("loading: measured about %d, planned %d"):format(load, plan.peak.load))
     T.run("rm -rf " .. dir)
     local bad, code4 = T.run(("%s plan recipes/qlora_llama.lua dora=true"):format(bin))
     T.ok(code4 ~= 0 and bad:find("dora=true is not planned yet", 1, true), bad)

@@ -172,6 +172,7 @@ end
 --   trained = how many targets are not -100; round_trained = the trained targets of the
 --   round of `world` batches it belongs to (= trained in one process); epoch }.
 function Loader:next()
+    if self.freed then error("loader: next() after free()", 2) end
     if self.world == 1 then
         local b = self:_fill()
         if b then b.round_trained = b.trained end
@@ -255,6 +256,15 @@ end
 function Loader:estimate_batches_per_epoch()
     if not self.packing then return math.ceil(self.ds.n / self.B) end
     return math.max(1, math.ceil(self.ds.total / (self.B * self.T)))
+end
+
+-- Release the loader's buffers now (not when the collector gets to them); next() fails after.
+function Loader:free()
+    for _, k in ipairs({ "order", "ids", "targets", "positions", "cu_store", "cu", "skip" }) do
+        local t = rawget(self, k)
+        if t then t:free() end
+    end
+    self.freed = true
 end
 
 function Loader:state()

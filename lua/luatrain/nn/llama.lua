@@ -107,8 +107,10 @@ function Attention:forward(x)
         -- over everything cached so far (bottom-right causal: the new queries are the
         -- last T of S positions)
         local ck, cv, start = kv.k[self.layer_index], kv.v[self.layer_index], kv.start
-        self:view_of("ck_new", ck:narrow(2, start + 1, T), { B, T, Hkv, D }):copy_(k)
-        self:view_of("cv_new", cv:narrow(2, start + 1, T), { B, T, Hkv, D }):copy_(v)
+        -- the views are let go after the copy: held, they would keep the cache's storage
+        -- alive after generation frees it
+        self:view_of("ck_new", ck:narrow(2, start + 1, T), { B, T, Hkv, D }):copy_(k):free()
+        self:view_of("cv_new", cv:narrow(2, start + 1, T), { B, T, Hkv, D }):copy_(v):free()
         k = ck:narrow(2, 1, start + T)
         v = cv:narrow(2, 1, start + T)
     end
