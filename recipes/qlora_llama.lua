@@ -134,8 +134,10 @@ local mb = lt.memory.format_bytes
 
 -- ---- the base, quantized while it loads ----------------------------------------------------
 lt.memory.reset_peak("cpu")
+-- the precision policy (lt.amp): compute, matmul and storage dtypes for this device
+local policy = lt.amp.policy(cfg.precision, cfg.device)
 local quant = cfg.quant ~= "none" and { type = cfg.quant, blocksize = cfg.blocksize, double_quant = cfg.double_quant } or nil
-local model = lt.llama.from_pretrained(cfg.model, { quant = quant, dtype = quant and "bf16" or "f32" })
+local model = lt.llama.from_pretrained(cfg.model, { quant = quant, dtype = quant and "bf16" or policy.frozen })
 local load_peak = lt.memory.stats("cpu").peak
 local tok = lt.tokenizer.load(cfg.model)
 local c = model.config
@@ -167,16 +169,9 @@ end
 local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout,
     target = target, rslora = cfg.rslora, dora = cfg.dora })
 model:to(cfg.device)
-local compute = cfg.precision == "fp16" and "f16" or cfg.precision ~= "auto" and cfg.precision
-    or (cfg.device == "cpu" and "f32" or "bf16")
-if compute == "bf16" and cfg.device == "cpu" then
-    -- the CPU's bf16: matmuls round their operands to bf16; activations stay f32
-    lt.set_cpu_matmul_precision("bf16")
-    compute = "f32"
-end
-model:set_compute_dtype(compute)
+lt.amp.apply(model, policy)
 -- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
-local loss_scale = compute == "f16" and "dynamic" or nil
+local loss_scale = policy.loss_scale
 local n_train = model:num_parameters(true)
 local train_sizes = {}
 for _, r in ipairs(model:parameters()) do train_sizes[#train_sizes + 1] = r.param:numel() end

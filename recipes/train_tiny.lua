@@ -71,7 +71,7 @@ local cfg = lt.config {
     memory_limit = { "", "a budget for the training device's memory, e.g. 6GiB (empty: none; LT_MEMORY_LIMIT "
         .. "sets one for every device): past it an allocation fails as on a full device" },
     precision = { "auto", "f32; bf16 (on a GPU: bf16 activations, f32 master weights; on the CPU: bf16 matmuls with "
-        .. "f32 accumulation, through oneDNN); fp16 (f16 activations with dynamic loss scaling, CUDA only); auto: bf16 on "
+        .. "f32 accumulation, through oneDNN); fp16 (f16 activations with dynamic loss scaling); auto: bf16 on "
         .. "a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16", "fp16" } },
     log_every = { 10, "print a line every this many steps", type = "int", min = 1 },
@@ -141,16 +141,9 @@ if cfg.offload_activations and not cfg.gradient_checkpointing then
 end
 if cfg.gradient_checkpointing then model:gradient_checkpointing(true, { offload = cfg.offload_activations }) end
 model:to(cfg.device)
-local compute = cfg.precision == "fp16" and "f16" or cfg.precision ~= "auto" and cfg.precision
-    or (cfg.device == "cpu" and "f32" or "bf16")
-if compute == "bf16" and cfg.device == "cpu" then
-    -- the CPU's bf16: matmuls round their operands to bf16; activations stay f32
-    lt.set_cpu_matmul_precision("bf16")
-    compute = "f32"
-end
-model:set_compute_dtype(compute)
--- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
-local loss_scale = compute == "f16" and "dynamic" or nil
+-- the precision policy (lt.amp): compute and matmul dtypes, and fp16's loss scaling
+local policy = lt.amp.apply(model, lt.amp.policy(cfg.precision, cfg.device))
+local loss_scale = policy.loss_scale
 if tok and tok.vocab_size > model.config.vocab_size then
     error(("train_tiny: the tokenizer has %d tokens but the model's vocabulary is %d"):format(
         tok.vocab_size, model.config.vocab_size), 0)

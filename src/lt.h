@@ -70,6 +70,13 @@ int lt_get_num_threads(void);
 enum lt_matmul_precision { LT_MATMUL_F32 = 0, LT_MATMUL_BF16 = 1 };
 int lt_set_cpu_matmul_precision(int precision);
 int lt_get_cpu_matmul_precision(void);
+/* Settings of one CUDA device's context, set by the precision policy (lt.amp.apply) rather
+   than for the whole process: allow_tf32 (f32 products may use TF32 tensor cores) and
+   deterministic (attention's backward in a fixed order, bit for bit run to run). Every op on
+   that device runs under them. A device never set keeps the backend's defaults (both off).
+   Fails with LT_ERR_DEVICE for anything but a CUDA device index 0..15. */
+int lt_set_device_settings(int device_type, int device_index, int allow_tf32, int deterministic);
+int lt_get_device_settings(int device_type, int device_index, int *allow_tf32, int *deterministic);
 /* CPUs this process may run on (its affinity mask, as taskset, cpusets or mpirun's binding
    leave it), at least 1. */
 int lt_available_cpus(void);

@@ -30,6 +30,9 @@ enum lt_matmul_precision { LT_MATMUL_F32 = 0, LT_MATMUL_BF16 = 1 };
 int lt_set_cpu_matmul_precision(int precision);
 int lt_get_cpu_matmul_precision(void);
 
+int lt_set_device_settings(int device_type, int device_index, int allow_tf32, int deterministic);
+int lt_get_device_settings(int device_type, int device_index, int *allow_tf32, int *deterministic);
+
 int lt_available_cpus(void);
 
 int lt_max_threads(void);

@@ -785,6 +785,7 @@ function M.from_settings(st)
         offload_activations = get("offload_activations", false), grad_accum = get("grad_accum", 1),
         optim = get("optim", "adamw"), precision = precision, threads = threads, train_samples = samples,
         device = kind, evaluates = true, generates = true, eval_samples = eval_samples,
+        base_dtype = require("luatrain.amp").policy(precision, kind).frozen,
         eval_every = get("eval_every", 0), steps = get("steps", 0), max_new_tokens = get("max_new_tokens", 64) }
     p.settings.device = device
     p.settings.describe = ("%s base, LoRA r=%d, batch %d x %d, checkpointing %s, %s, %s, %d threads"):format(

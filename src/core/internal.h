@@ -203,9 +203,17 @@ int lt_check_same_device(const lt_tensor *t, const lt_tensor *ref, const char *o
    Every build compiles this in: device tensors exist only once the CUDA backend has loaded
    (core/cuda_loader.c), so a run without them never reaches it. */
 #include "core/lt_cuda.h"
+/* Before an op runs on CUDA device i: the device's settings (lt_set_device_settings: TF32,
+   deterministic attention) are handed to the backend when they differ from what it holds.
+   A device whose settings were never set leaves the backend as it is. */
+void lt_cuda_apply_settings(int device_index);
+
 #define LT_DISPATCH_CUDA(t, call)                                                        \
     do {                                                                                 \
-        if (lt_on_cuda(t)) return (call);                                                \
+        if (lt_on_cuda(t)) {                                                             \
+            lt_cuda_apply_settings((t)->storage->device_index);                          \
+            return (call);                                                               \
+        }                                                                                \
     } while (0)
 
 /* The CUDA backend's table (core/cuda_loader.c). lt_cuda_backend_get loads the backend on
