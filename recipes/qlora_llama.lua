@@ -87,8 +87,9 @@ local cfg = lt.config {
 -- settings whose range the declaration cannot say, checked before anything loads
 local function need(ok, what) if not ok then error(lt.config.usage_error(what), 0) end end
 need(cfg.steps > 0 or cfg.epochs > 0, "give steps or epochs a positive value")
-need(cfg.zero == 0 or cfg.optim == "adamw", ("zero=%d with optim=%s is not supported yet "
-    .. "(ZeRO shards resident 32-bit AdamW state; use zero=0 or optim=adamw)"):format(cfg.zero, cfg.optim))
+need(cfg.zero == 0 or cfg.optim == "adamw" or cfg.optim == "paged_adamw", ("zero=%d with optim=%s is not supported "
+    .. "yet (ZeRO shards 32-bit AdamW state, resident or paged; use zero=0, optim=adamw or optim=paged_adamw)"):format(
+    cfg.zero, cfg.optim))
 -- config.json is read (and checked) before the weights: a rank the model's layers cannot
 -- hold is refused before gigabytes of adapters are allocated
 local model_cfg = lt.llama.read_config(cfg.model .. "/config.json")

@@ -29,7 +29,7 @@ function M.dataset()
 end
 
 -- Train on `group` (lt.dist.local_group() for one process). opts: steps, accum, optim
--- ("adamw" or "sgd"), zero, grad_clip, checkpoint_dir, save_every, resume, grads_at (the
+-- ("adamw", "paged_adamw" or "sgd"), zero, grad_clip, checkpoint_dir, save_every, resume, grads_at (the
 -- step whose summed gradients are returned, cloned after reduce_gradients).
 -- Returns { losses = loss_curve, grads = {name = tensor}, model, result }.
 function M.train(group, opts)
@@ -40,7 +40,9 @@ function M.train(group, opts)
     if opts.optim == "sgd" then
         optimizer = lt.optim.SGD(model:parameters(), { lr = 0.05 })
     else
-        optimizer = lt.optim.AdamW(model:parameters(), { lr = 5e-3, weight_decay = 0.1 })
+        -- "paged_adamw": the same AdamW with its moments in the paged pool
+        optimizer = lt.optim.AdamW(model:parameters(), { lr = 5e-3, weight_decay = 0.1,
+            paged = opts.optim == "paged_adamw" })
     end
     local tr = lt.trainer.new{ model = model, train = M.dataset(), group = group, grad_accum = opts.accum or 1,
         batch_size = 2, seq_len = 12, steps = opts.steps or 4, optimizer = optimizer, schedule = "constant",

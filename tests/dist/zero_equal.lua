@@ -27,6 +27,20 @@ T.test(("ZeRO-1 and ZeRO-2 at %d ranks = DDP, bit for bit"):format(W), function(
     end
 end)
 
+T.test(("ZeRO-1 and ZeRO-2 with paged moments (optim=paged_adamw) at %d ranks = DDP, bit for bit"):format(W),
+    function()
+    local ddp = weights(common.train(pg, { steps = 5 }).model)
+    for _, stage in ipairs({ 1, 2 }) do
+        local z = common.train(pg, { steps = 5, zero = stage, optim = "paged_adamw" })
+        local w = weights(z.model)
+        for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=%d paged: %s"):format(stage, name)) end
+        -- the shard's moments are in the pool, none on the device
+        local st = z.result.optimizer.inner
+        T.ok(st.paged, "the shard's optimizer pages")
+        T.ok(lt.memory.stats("cpu").paged >= st:state_bytes(), "moments in the paged pool")
+    end
+end)
+
 T.test("each rank holds the moments of its shard only: 1/world of them", function()
     local z = common.train(pg, { steps = 1, zero = 1 })
     local total, mine = 0, 0

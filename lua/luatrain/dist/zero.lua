@@ -8,7 +8,8 @@ dist/zero.lua - ZeRO stages 1 and 2: the optimizer's state sharded over the rank
 Each flat trainable buffer (Module:flatten_parameters, padded to a multiple of world x 64
 elements) is cut into `world` equal shards; rank r owns elements [r*S, (r+1)*S). AdamW's
 moments (8 bytes per element) exist only for the rank's shard: 1/world of them, plus the
-padding. After the backward the gradients are reduce-scattered, so rank r holds the sum
+padding; with a paged AdamW (optim=paged_adamw) they live in the paged pool, host
+memory. After the backward the gradients are reduce-scattered, so rank r holds the sum
 over all ranks of its shard: stage 1 once per step, after the last micro-batch; stage 2
 after every micro-batch, into a shard accumulator. Rank r then updates its shard of the
 parameters with the caller's AdamW hyperparameters (each parameter group's own lr, betas,
@@ -36,10 +37,6 @@ function M.new(model, pg, base, opts)
     if stage ~= 1 and stage ~= 2 then error(("zero: stage must be 1 or 2, got %s"):format(tostring(stage)), 2) end
     if type(base) == "table" and base.kind == "adamw_8bit" then
         error(("zero=%d with optim=adamw_8bit is not supported yet (ZeRO shards 32-bit AdamW state; use zero=0 or "
-            .. "optim=adamw)"):format(stage), 2)
-    end
-    if type(base) == "table" and base.paged then
-        error(("zero=%d with optim=paged_adamw is not supported yet (ZeRO makes resident shards; use zero=0 or "
             .. "optim=adamw)"):format(stage), 2)
     end
     if type(base) ~= "table" or not base.groups or not base.state then
@@ -99,7 +96,8 @@ function M.new(model, pg, base, opts)
         groups[gi] = { params = recs, lr = g.initial_lr, beta1 = g.beta1, beta2 = g.beta2, eps = g.eps,
             weight_decay = g.weight_decay }
     end
-    self.inner = optim.AdamW(groups, {})
+    -- paged (optim=paged_adamw): the shard's moments live in the paged pool too
+    self.inner = optim.AdamW(groups, { paged = base.paged })
     -- the moments the caller's optimizer allocated for whole parameters are not needed
     for rec, st in pairs(base.state) do
         st.exp_avg:free()
