@@ -73,7 +73,8 @@ int lt_get_cpu_matmul_precision(void);
 /* Settings of one CUDA device's context, set by the precision policy (lt.amp.apply) rather
    than for the whole process: allow_tf32 (f32 products may use TF32 tensor cores) and
    deterministic (attention's backward in a fixed order, bit for bit run to run). Every op on
-   that device runs under them. A device never set keeps the backend's defaults (both off).
+   that device runs under them. A device never set keeps the backend's defaults (TF32 on,
+   deterministic off).
    Fails with LT_ERR_DEVICE for anything but a CUDA device index 0..15. */
 int lt_set_device_settings(int device_type, int device_index, int allow_tf32, int deterministic);
 int lt_get_device_settings(int device_type, int device_index, int *allow_tf32, int *deterministic);

@@ -18,7 +18,8 @@ computed and accumulated in:
     accumulate, reduce         f32: products accumulate in f32; norms, softmax and losses
                                reduce in f32 (the kernels' rule, whatever the dtype)
     loss_scale                 "dynamic" for fp16 (lt.amp.GradScaler), nil otherwise
-    tf32                       f32 products may use TF32 tensor cores (CUDA; off by default)
+    tf32                       f32 products may use TF32 tensor cores (CUDA; on unless told,
+                               the backend's default; the op tests turn it off)
     deterministic              attention's backward in a fixed order (CUDA; off by default)
 apply(model, pol) sets the model's compute dtype, the CPU's matmul precision when the model is
 on the CPU, and TF32 and deterministic attention when it is on a GPU.
@@ -112,7 +113,7 @@ M.GradScaler_mt = GradScaler
 local PRECISIONS = { auto = true, f32 = true, bf16 = true, fp16 = true }
 
 -- precision: "auto" (bf16 on a GPU, f32 on the CPU), "f32", "bf16" or "fp16"; device: "cpu",
--- "cuda" or "cuda:N"; opts: tf32, deterministic (booleans, CUDA's kernels).
+-- "cuda" or "cuda:N"; opts: tf32 (default true), deterministic (default false): CUDA's kernels.
 function M.policy(precision, device, opts)
     precision = precision or "auto"
     device = tostring(device or "cpu")
@@ -127,7 +128,7 @@ function M.policy(precision, device, opts)
     end
     local name = precision == "auto" and (gpu and "bf16" or "f32") or precision
     local p = { precision = name, device = device, master = "f32", grads = "f32", optimizer = "f32",
-        accumulate = "f32", reduce = "f32", tf32 = opts.tf32 and true or false,
+        accumulate = "f32", reduce = "f32", tf32 = opts.tf32 ~= false,
         deterministic = opts.deterministic and true or false }
     -- frozen weights that are not quantized: bf16 on a GPU under bf16/fp16 (no cast copy per
     -- forward, half the bytes); f32 on the CPU, whose kernels widen to f32 anyway
