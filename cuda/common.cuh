@@ -61,6 +61,12 @@ struct lt_cuda_context {
     lt_cache *cache;                // the caching allocator
     void *staging;                  // pinned host staging buffer for small reads (get/equal)
     cudaDeviceProp prop;
+    // the copy stream (lt_cuda_copy_async): transfers between pinned host memory and the
+    // device that overlap the compute stream's kernels; made on first use
+    cudaStream_t copy_stream;
+    cudaEvent_t compute_mark;       // recorded on `stream` before each transfer is queued
+    cudaEvent_t copy_done[64];      // copy k's completion, in a ring (tickets count copies)
+    int64_t copies;                 // transfers queued so far (the newest ticket)
 };
 
 // The context of `device` (made on first use; the device becomes current for the calling

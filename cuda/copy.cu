@@ -470,3 +470,58 @@ int lt_cuda_first_out_of_range(lt_cuda_context *c, const lt_tensor *idx, int64_t
     *value = is64 ? *(const int64_t *)c->staging : (int64_t) * (const int32_t *)c->staging;
     return LT_OK;
 }
+
+// ---- transfers on the copy stream ----------------------------------------------------------
+//
+// The offloaded activations and the paged optimizer state move between pinned host memory and
+// the device on a stream of their own, so a transfer runs while the compute stream works. A
+// transfer first waits for everything the compute stream had queued when it was asked for (its
+// source may be the output of those kernels), and the compute stream waits for it only where a
+// kernel needs its bytes (lt_cuda_copy_wait). Tickets number the transfers of a device from 1;
+// the copy stream runs them in order, so a transfer's completion implies every earlier one's,
+// and a ticket older than the ring's 64 events is waited for through the newest event.
+
+enum { COPY_RING = 64 };
+
+static int copy_stream_ready(lt_cuda_context *c) {
+    if (c->copy_stream) return LT_OK;
+    LT_CU(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
+    LT_CU(cudaEventCreateWithFlags(&c->compute_mark, cudaEventDisableTiming));
+    for (int i = 0; i < COPY_RING; i++) LT_CU(cudaEventCreateWithFlags(&c->copy_done[i], cudaEventDisableTiming));
+    return LT_OK;
+}
+
+extern "C" int lt_cuda_copy_async(lt_tensor *dst, const lt_tensor *src, int64_t *ticket) {
+    *ticket = 0;
+    const bool to_dev = on_cuda(dst);
+    const lt_tensor *dev_side = to_dev ? dst : src, *host_side = to_dev ? src : dst;
+    if (on_cuda(host_side) || !on_cuda(dev_side) || dst->dtype_id != src->dtype_id ||
+        lt_numel(dst) != lt_numel(src) || !lt_tensor_is_contiguous(dst) || !lt_tensor_is_contiguous(src))
+        return lt_fail(LT_ERR_ARG, "copy_async: one host and one device tensor, contiguous, of one dtype and "
+                                   "size");
+    int64_t n = lt_numel(dst);
+    if (n == 0) return LT_OK;
+    LT_CUDA_CTX(c, lt_device_of(dev_side));
+    LT_TRY(copy_stream_ready(c));
+    LT_CU(cudaEventRecord(c->compute_mark, c->stream));
+    LT_CU(cudaStreamWaitEvent(c->copy_stream, c->compute_mark, 0));
+    LT_CU(cudaMemcpyAsync(lt_tensor_data(dst), lt_tensor_data(src), (size_t)n * elem_size(dst->dtype_id),
+                          to_dev ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, c->copy_stream));
+    int64_t k = c->copies++;
+    LT_CU(cudaEventRecord(c->copy_done[k % COPY_RING], c->copy_stream));
+    *ticket = k + 1;
+    return LT_OK;
+}
+
+extern "C" int lt_cuda_copy_wait(int32_t device, int64_t ticket, int on_host) {
+    if (ticket <= 0) return LT_OK;
+    LT_CUDA_CTX(c, device);
+    if (ticket > c->copies)
+        return lt_fail(LT_ERR_ARG, "copy_wait: ticket %lld was never issued on CUDA device %d",
+                       (long long)ticket, (int)device);
+    int64_t k = c->copies - ticket >= COPY_RING ? c->copies - 1 : ticket - 1;
+    cudaEvent_t e = c->copy_done[k % COPY_RING];
+    if (on_host) LT_CU(cudaEventSynchronize(e));
+    else LT_CU(cudaStreamWaitEvent(c->stream, e, 0));
+    return LT_OK;
+}

@@ -212,6 +212,16 @@ int lt_tensor_device_type(const lt_tensor *t);
 /* dst <- src, elementwise, any strides, converting dtypes. Shapes must match, or src must
    broadcast to dst. */
 int lt_tensor_copy(lt_tensor *dst, const lt_tensor *src);
+/* dst <- src as lt_tensor_copy; when one side is on a CUDA device and the other in host
+   memory (both contiguous, of one dtype and size), the transfer goes on the device's copy
+   stream, after the kernels already queued, and runs alongside later ones: *ticket (from 1)
+   names it for lt_copy_wait, and both tensors must live until it is waited for. Any other
+   copy is complete when this returns and *ticket is 0. */
+int lt_tensor_copy_async(lt_tensor *dst, const lt_tensor *src, int64_t *ticket);
+/* Waits for transfer `ticket` of a device (and every earlier one): on_host 0 orders the
+   device's later kernels after it, 1 blocks the calling thread until it is done. Ticket 0,
+   or a CPU device, waits for nothing. */
+int lt_copy_wait(int device_type, int device_index, int64_t ticket, int on_host);
 /* dst <- a contiguous tensor with src's values in `dtype` (-1 keeps src's dtype). When src
    is already contiguous in that dtype, dst becomes a view of it, not a copy. */
 int lt_tensor_contiguous(lt_tensor *dst, const lt_tensor *src, int dtype);

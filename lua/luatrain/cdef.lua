@@ -140,6 +140,10 @@ int lt_tensor_device_type(const lt_tensor *t);
 
 int lt_tensor_copy(lt_tensor *dst, const lt_tensor *src);
 
+int lt_tensor_copy_async(lt_tensor *dst, const lt_tensor *src, int64_t *ticket);
+
+int lt_copy_wait(int device_type, int device_index, int64_t ticket, int on_host);
+
 int lt_tensor_contiguous(lt_tensor *dst, const lt_tensor *src, int dtype);
 int lt_tensor_fill(lt_tensor *t, double value);
 

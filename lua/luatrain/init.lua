@@ -32,6 +32,8 @@ local lt = {
     manual_seed = tensor.manual_seed,
     get_rng_state = tensor.get_rng_state,
     set_rng_state = tensor.set_rng_state,
+    -- t:copy_async_(src) -> ticket; copy_wait(device, ticket, on_host): the copy stream
+    copy_wait = tensor.copy_wait,
 }
 
 -- Threads for CPU kernels (OpenMP; BLAS runs inside them). 0: one per CPU this process

@@ -95,15 +95,17 @@ end
 
 -- opts: lr (1e-3), betas ({0.9, 0.999}), eps (1e-8), weight_decay (0.01), as PyTorch;
 -- paged (false): the moments live in the paged pool (host memory outside every device's
--- budget) and stream through two page buffers of page_mb MiB (default 8) on the
--- parameter's device during the update, which is otherwise the same arithmetic, bit for
--- bit: a run that would not fit its budget with the moments resident fits with them paged.
+-- budget) and stream through page buffers on the parameter's device during the update (two
+-- sets, page_mb MiB in all per moment, default 8: one set is updated while the other is
+-- filled), which is otherwise the same arithmetic, bit for bit: a run that would not fit
+-- its budget with the moments resident fits with them paged.
 function M.AdamW(params, opts)
     opts = opts or {}
     if type(params) ~= "table" then error("AdamW: params must be a list of parameter records or groups", 2) end
     local self = setmetatable({ paged = opts.paged and true or false,
-        page_elems = math.floor((opts.page_mb or 8) * 2 ^ 20 / 4) }, AdamW)
-    if self.page_elems < 1 then error("AdamW: page_mb must be positive", 2) end
+        -- two sets of page buffers (the pipeline), page_mb between them
+        page_elems = math.max(1, math.floor((opts.page_mb or 8) * 2 ^ 20 / 4 / 2)) }, AdamW)
+    if not ((opts.page_mb or 8) * 2 ^ 20 / 4 >= 1) then error("AdamW: page_mb must be positive", 2) end
     build_groups(self, params, opts, "AdamW", self.paged and moments_paged or moments32)
     return self
 end
@@ -162,21 +164,43 @@ local function page_buffer(bufs, key, dev, dtype, len)
     return b
 end
 
--- Copies pool[start, start + len) into a buffer view, runs fn on the views, copies back.
--- views hold their storage until collected: they are dropped at once.
+-- The pages of an update form a pipeline over two sets of page buffers: while page k is
+-- updated in one set, page k + 1's state comes into the other (on a device, on its copy
+-- stream: lt_tensor_copy_async), and page k's goes back to the pool behind the update. The
+-- compute stream waits for a page's transfer in only when the update needs it; a transfer
+-- into a set waits for the kernels queued before it, the last to use that set. On a CPU the
+-- same steps are plain copies, in the same order.
+
+-- Run a queued page: wait for its state, update it, send it back.
+local function page_run(bufs, job)
+    for _, e in ipairs(job.views) do tensor.copy_wait(job.dev, e.ticket, false) end
+    job.fn(job.views, job.h)
+    for _, e in ipairs(job.views) do
+        local t = e.src:copy_async_(e.v)
+        if t > (bufs.last[job.dev] or 0) then bufs.last[job.dev] = t end
+    end
+end
+
+-- Queue pool[start, start + len) of each piece for fn(views, hyper): its transfer starts now,
+-- the page queued before it runs.
 local function with_pages(bufs, dev, pieces, fn)
+    bufs.set = (bufs.set or 0) % 2 + 1
+    bufs.last = bufs.last or {}
+    bufs.held = bufs.held or {}
     local views = {}
     for i, pc in ipairs(pieces) do
-        local v = page_buffer(bufs, pc.key, dev, pc.pool.dtype, pc.len):narrow(1, 1, pc.len)
+        local v = page_buffer(bufs, pc.key .. bufs.set, dev, pc.pool.dtype, pc.len):narrow(1, 1, pc.len)
         local src = pc.pool:narrow(1, pc.start, pc.len)
-        v:copy_(src)
-        views[i] = { v = v, src = src }
+        views[i] = { v = v, src = src, ticket = v:copy_async_(src) }
+        -- the views stay until the transfers are done (finish_pages)
+        bufs.held[#bufs.held + 1] = v
+        bufs.held[#bufs.held + 1] = src
     end
-    fn(views)
-    for _, e in ipairs(views) do
-        e.src:copy_(e.v)
-        e.v:free()
-    end
+    -- the hyperparameters as they are now: the page runs after the next one is queued
+    local h = {}
+    for k, x in pairs(hyper) do h[k] = x end
+    if bufs.pending then page_run(bufs, bufs.pending) end
+    bufs.pending = { dev = dev, views = views, fn = fn, h = h }
 end
 
 -- One parameter's 32-bit moments in pages.
@@ -187,24 +211,22 @@ local function page_moments32(self, bufs, r, st)
     for start = 1, n, self.page_elems do
         local len = math.min(self.page_elems, n - start + 1)
         with_pages(bufs, r.param.device, { { key = "m", pool = m, start = start, len = len },
-            { key = "v", pool = v, start = start, len = len } }, function(w)
-            F.adamw_step(p:narrow(1, start, len), gr:narrow(1, start, len), w[1].v, w[2].v, hyper)
+            { key = "v", pool = v, start = start, len = len } }, function(w, h)
+            F.adamw_step(p:narrow(1, start, len), gr:narrow(1, start, len), w[1].v, w[2].v, h)
         end)
     end
 end
 
 local function finish_pages(bufs)
-    -- copies back to the pool may still be in flight on a device's stream: finish them
-    -- before the buffers go and before anyone reads the pool; the buffers are freed now,
-    -- not when the collector gets to them, so the update's peak is the only one
-    local synced = {}
+    -- the last page runs; copies back to the pool may still be in flight on a device's copy
+    -- stream: this thread waits for them before the buffers go and before anyone reads the
+    -- pool; the buffers are freed now, not when the collector gets to them, so the update's
+    -- peak is the only one
+    if bufs.pending then page_run(bufs, bufs.pending) end
+    for dev, t in pairs(bufs.last or {}) do tensor.copy_wait(dev, t, true) end
+    for _, v in ipairs(bufs.held or {}) do v:free() end
     for k, b in pairs(bufs) do
-        local dev = k:match("^(.-):[^:]+$")
-        if dev ~= "cpu" and not synced[dev] then
-            require("luatrain.cuda").synchronize(dev)
-            synced[dev] = true
-        end
-        b:free()
+        if type(k) == "string" and k:find(":", 1, true) then b:free() end
     end
 end
 
@@ -385,7 +407,7 @@ function M.AdamW8bit(params, opts)
         error(("AdamW8bit: min_8bit_size must be a number >= 0, got %s"):format(tostring(min_size)), 2)
     end
     local self = setmetatable({ block_size = block, min_8bit_size = min_size, maps = {},
-        paged = opts.paged and true or false, page_elems = math.floor((opts.page_mb or 8) * 2 ^ 20 / 4) }, AdamW8bit)
+        paged = opts.paged and true or false, page_elems = math.floor((opts.page_mb or 8) * 2 ^ 20 / 4 / 2) }, AdamW8bit)
     -- pages of whole blocks
     self.page_elems = math.max(block, math.floor(self.page_elems / block) * block)
     -- paged: codes, absmax and small parameters' moments in the paged pool; the maps stay
@@ -427,9 +449,9 @@ local function page_state8(self, bufs, r, st)
         with_pages(bufs, r.param.device, { { key = "mc", pool = mc, start = start, len = len },
             { key = "ma", pool = st.m_absmax, start = b0, len = nb },
             { key = "vc", pool = vc, start = start, len = len },
-            { key = "va", pool = st.v_absmax, start = b0, len = nb } }, function(w)
+            { key = "va", pool = st.v_absmax, start = b0, len = nb } }, function(w, h)
             F.adamw8_step(p:narrow(1, start, len), gr:narrow(1, start, len), { m_codes = w[1].v, m_absmax = w[2].v,
-                v_codes = w[3].v, v_absmax = w[4].v, m_map = st.m_map, v_map = st.v_map, block = block }, hyper)
+                v_codes = w[3].v, v_absmax = w[4].v, m_map = st.m_map, v_map = st.v_map, block = block }, h)
         end)
     end
 end

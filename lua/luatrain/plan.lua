@@ -459,7 +459,11 @@ local function forward_backward(L, s, lins, N)
     rmsnorm_backward(L, s, "norm", N, s.norms_trainable)
     for i = nl, 1, -1 do
         local key = ck and "arena." or ("layer" .. i .. ".")
-        if ck and s.offload then L:buffer(CKPT, "arena/restored", N * C * s.ab) end
+        -- offload: inputs come back into two alternating buffers, the next one prefetched
+        if ck and s.offload then
+            L:buffer(CKPT, "arena/restored_a", N * C * s.ab)
+            if nl > 1 then L:buffer(CKPT, "arena/restored_b", N * C * s.ab) end
+        end
         -- the recomputation (the arena holds the last layer's activations already)
         if ck and i ~= nl then decoder_forward(L, s, lins, key, N) end
         decoder_backward(L, s, lins, key, N)
@@ -559,11 +563,13 @@ local function optimizer_bytes(s, numels)
     return dev, paged_pool
 end
 
--- The paged update's page buffers (lt.optim: pages of 8 MiB, whole blocks for 8-bit).
+-- The paged update's page buffers (lt.optim: two sets of 4 MiB pages, whole blocks for
+-- 8-bit, alternating page by page).
 local function page_buffers(L, s, numels)
     local eight = s.optim == "paged_adamw_8bit"
-    local page = floor(8 * 2 ^ 20 / 4)
+    local page = floor(8 * 2 ^ 20 / 4 / 2)
     if eight then page = max(256, floor(page / 256) * 256) end
+    local set = 0
     local have = {}
     local function buf(key, n)
         if (have[key] or 0) >= n then return end
@@ -574,14 +580,15 @@ local function page_buffers(L, s, numels)
     for _, n in ipairs(numels) do
         for start = 1, n, page do
             local len = min(page, n - start + 1)
+            set = set % 2 + 1
             if eight and n >= 4096 then
-                buf("mc", len)
-                buf("ma", ceil(len / 256) * 4)
-                buf("vc", len)
-                buf("va", ceil(len / 256) * 4)
+                buf("mc" .. set, len)
+                buf("ma" .. set, ceil(len / 256) * 4)
+                buf("vc" .. set, len)
+                buf("va" .. set, ceil(len / 256) * 4)
             else
-                buf("m", len * 4)
-                buf("v", len * 4)
+                buf("m" .. set, len * 4)
+                buf("v" .. set, len * 4)
             end
         end
     end

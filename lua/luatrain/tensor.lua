@@ -500,6 +500,23 @@ function methods.copy_(t, src)
     return t
 end
 
+-- t <- src; between host memory and a CUDA device (contiguous, one dtype) on the device's
+-- copy stream, alongside its kernels. Returns a ticket for M.copy_wait (0: already done).
+-- Both tensors must live until the ticket is waited for.
+local ticket_buf = ffi.new("int64_t[1]")
+function methods.copy_async_(t, src)
+    check(C.lt_tensor_copy_async(t, src, ticket_buf))
+    return tonumber(ticket_buf[0])
+end
+
+-- Wait for transfer `ticket` of `device` ("cpu", "cuda", "cuda:N"): the device's later
+-- kernels (on_host false) or this thread (on_host true). A ticket of 0 waits for nothing.
+function M.copy_wait(device, ticket, on_host)
+    if not ticket or ticket == 0 then return end
+    local dt, di = core.parse_device(device)
+    check(C.lt_copy_wait(dt, di, ticket, on_host and 1 or 0))
+end
+
 function methods.fill_(t, v)
     check(C.lt_tensor_fill(t, v))
     return t

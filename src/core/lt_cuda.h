@@ -73,6 +73,13 @@ int lt_cuda_equal(const lt_tensor *a, const lt_tensor *b, int *out);
 /* Philox fills identical to the CPU's for the same (seed, offset): kind 0 uniform [a, b),
    1 normal (mean a, std b), 2 integers in [a, b). */
 int lt_cuda_rng_fill(lt_tensor *t, int kind, double a, double b, uint64_t seed, uint64_t offset);
+/* A transfer between a host tensor (pinned, for it to overlap) and a device tensor, both
+   contiguous, one dtype, on the device's copy stream, after the work its compute stream has
+   queued; *ticket names it for lt_cuda_copy_wait. The caller keeps both tensors until then. */
+int lt_cuda_copy_async(lt_tensor *dst, const lt_tensor *src, int64_t *ticket);
+/* The device's compute stream (on_host 0) or the calling thread (on_host 1) waits for
+   transfer `ticket` (and every earlier one) of `device`; ticket 0 waits for nothing. */
+int lt_cuda_copy_wait(int32_t device, int64_t ticket, int on_host);
 
 /* ---- process-wide settings, and a test hook (cuda/matmul.cu, cuda/attention.cu) ------ */
 

@@ -629,6 +629,29 @@ static void copy_strided(char *dbase, int ddt, const int64_t *dstr, const char *
     }
 }
 
+int lt_tensor_copy_async(lt_tensor *dst, const lt_tensor *src, int64_t *ticket) {
+    if (!ticket) return lt_fail(LT_ERR_ARG, "lt_tensor_copy_async: ticket is NULL");
+    *ticket = 0;
+    if (!dst || !src || !dst->storage || !src->storage)
+        return lt_fail(LT_ERR_ARG, "lt_tensor_copy_async: a tensor is NULL or released");
+    int dev_dst = lt_on_cuda(dst), dev_src = lt_on_cuda(src);
+    if (dev_dst != dev_src && dst->dtype_id == src->dtype_id && lt_tensor_numel(dst) == lt_tensor_numel(src) &&
+        dst->ndim == src->ndim && lt_tensor_is_contiguous(dst) && lt_tensor_is_contiguous(src)) {
+        int same = 1;
+        for (int i = 0; i < dst->ndim; i++) same = same && dst->sizes[i] == src->sizes[i];
+        if (same) return lt_cuda_copy_async(dst, src, ticket);
+    }
+    return lt_tensor_copy(dst, src);
+}
+
+int lt_copy_wait(int device_type, int device_index, int64_t ticket, int on_host) {
+    if (ticket < 0) return lt_fail(LT_ERR_ARG, "lt_copy_wait: ticket %lld is negative", (long long)ticket);
+    if (ticket == 0 || device_type == LT_DEVICE_CPU) return LT_OK;
+    if (device_type != LT_DEVICE_CUDA)
+        return lt_fail(LT_ERR_DEVICE, "lt_copy_wait: no such device type %d", device_type);
+    return lt_cuda_copy_wait(device_index, ticket, on_host);
+}
+
 int lt_tensor_copy(lt_tensor *dst, const lt_tensor *src) {
     LT_TRY(lt_check_tensor(dst, "copy", "dst"));
     LT_TRY(lt_check_tensor(src, "copy", "src"));

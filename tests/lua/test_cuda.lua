@@ -47,6 +47,15 @@ T.test("compute precision: f32, bf16 or f16 on every device, errors say why", fu
     T.eq(m.model.norm.output.dtype, "bf16", "activations in bf16 on the CPU")
 end)
 
+T.test("copies off the copy stream: on the host they are done at once (ticket 0)", function()
+    local a, b = lt.randn(1000), lt.empty(1000)
+    T.eq(b:copy_async_(a), 0)
+    T.ok(b:equal(a))
+    lt.copy_wait("cpu", 0, true)
+    local C = require("luatrain.core").C
+    T.ok(C.lt_copy_wait(C.LT_DEVICE_CPU, 0, -1, 0) ~= 0, "a negative ticket is refused")
+end)
+
 T.test("a quantized weight says where it lives; to() its own device is itself", function()
     local q = lt.quant.quantize(lt.randn(8, 128), { type = "nf4" })
     T.eq(q.device, "cpu")
@@ -88,6 +97,45 @@ T.test("the same seed draws the same numbers on the device and the host", functi
     local g = lt.randn(1001, { device = "cuda" })
     local d = T.diff(g:cpu(), c)
     T.ok(d <= 1e-6, ("normal draws differ by %g"):format(d))
+end)
+
+T.test("the copy stream: pinned host <-> device transfers beside the kernels, waited by ticket", function()
+    local n = 2 ^ 20
+    local host = lt.empty({ n }, { paged = true }) -- page-locked once the backend is loaded
+    host:copy_(lt.randn(n))
+    local dev = lt.empty({ n }, { device = "cuda" })
+    local t1 = dev:copy_async_(host)
+    T.ok(t1 > 0, "a device transfer gets a ticket")
+    lt.copy_wait("cuda", t1, false)         -- the kernels below run after it
+    local twice = dev * 2
+    local back = lt.empty({ n }, { paged = true })
+    local t2 = back:copy_async_(twice)
+    T.ok(t2 > t1, "tickets count up")
+    lt.copy_wait("cuda", t2, true)          -- this thread waits for the bytes
+    T.ok(back:equal(host * 2), "host -> device -> kernel -> host")
+    T.raises(function() lt.copy_wait("cuda", t2 + 100, true) end, "never issued")
+end)
+
+T.test("offloaded activations and paged moments on the copy stream train bit for bit like resident ones", function()
+    local function run(offload, paged)
+        lt.manual_seed(5)
+        local m = lt.llama.new(CFG):to("cuda")
+        m:gradient_checkpointing(true, { offload = offload })
+        local opt = lt.optim.AdamW(m:parameters(), { lr = 1e-3, paged = paged, page_mb = 0.01 })
+        local ids = lt.randint(0, CFG.vocab_size, 2, 16)
+        local losses = {}
+        for s = 1, 3 do
+            opt:zero_grad()
+            losses[s] = m:forward_backward(ids, ids)
+            opt:step()
+        end
+        return losses, m
+    end
+    local l0, m0 = run(false, false)
+    local l1, m1 = run(true, true)
+    T.eq(l1, l0, "losses")
+    local w0, w1 = m0:state_dict(), m1:state_dict()
+    for k, t in pairs(w0) do T.ok(w1[k]:cpu():equal(t:cpu()), k) end
 end)
 
 T.test("memory: allocations show in the device's statistics and go back to its cache", function()

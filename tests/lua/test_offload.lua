@@ -52,9 +52,9 @@ T.test("offloaded inputs: the same loss and gradients, bit for bit", function()
     local L = CFG.num_hidden_layers
     T.eq(pool1, 0, "no pool without offload")
     T.eq(pool2, L * act, "the pool holds one input per layer")
-    -- per-layer outputs (L) leave the device; the arena's two passing buffers and the
-    -- restored input (3) come
-    T.eq(dev1 - dev2, (L - 3) * act, ("device bytes: checkpointing %d, offload %d"):format(dev1, dev2))
+    -- per-layer outputs (L) leave the device; the arena's two passing buffers and two
+    -- restore buffers (4) come
+    T.eq(dev1 - dev2, (L - 4) * act, ("device bytes: checkpointing %d, offload %d"):format(dev1, dev2))
 end)
 
 T.test("switching offload off gives the buffers back", function()

@@ -138,7 +138,7 @@ T.test("the CUDA plan: bf16 activations, paging and offload move what they shoul
     T.eq(paged_rows["optimizer state"], nil, "paged moments leave the device")
     T.eq(paged.host.paged, gpu_rows["optimizer state"], "and go to the host pool")
     local _, off_rows = plan({ offload_activations = true })
-    T.eq(off_rows["checkpointed layer outputs"], 5 * N * C * 2, "offload: three passing buffers, two gradients")
+    T.eq(off_rows["checkpointed layer outputs"], 6 * N * C * 2, "offload: two passing, two restore, two gradient buffers")
     T.ok(cpu.peak.train > gpu.peak.train, "the CPU's f32 step holds more")
 end)
 

@@ -18,12 +18,15 @@ Activation offload (offload = true on the arena): each wrapper keeps its layer's
 the paged pool (host memory outside the device's budget; page-locked once the CUDA backend
 is loaded) instead of keeping its output on the device. Outputs then pass from layer to
 layer through two device buffers the arena owns (layer i reads one and writes the other),
-and a backward copies its layer's input back into one more arena buffer before the
-recomputation. Device memory for L layers falls from L + 1 (B, T, C) tensors to 3; the
-host holds L. (Input gradients pass the same way in every mode: two shared
-buffers.) The numbers are the same bits. On a CPU the copies buy nothing but show the
-mechanics and the accounting; on CUDA they run on the device's stream, in order with the
-compute (not yet overlapped on a side stream).
+and the backward brings inputs back into two more, alternating: layer i's input is
+prefetched while layer i + 1 runs its backward. Device memory for L layers falls from
+L + 1 (B, T, C) tensors to 4; the host holds L. (Input gradients pass the same way in every
+mode: two shared buffers.) The numbers are the same bits. On CUDA the transfers run on the
+device's copy stream (lt_tensor_copy_async) beside the compute stream's kernels: a layer's
+input goes to the host while the layer computes, and the compute stream waits for a
+transfer only where a kernel is about to overwrite its source (the passing buffer two
+layers on) or read its result (the recomputation). On a CPU the same steps run as plain
+copies: they buy nothing there but show the mechanics and the accounting.
 
 Names stay transparent: a checkpointed layer's parameters keep the wrapped module's names
 (model.layers.0.self_attn.q_proj.weight), so state dicts and adapters are unchanged.
@@ -53,7 +56,8 @@ end
 
 -- A new arena to pass to several GradCheckpoints that should share activations.
 function GradCheckpoint.arena(opts)
-    return { slots = {}, owner = nil, offload = opts and opts.offload and true or false }
+    -- reading: the passing buffer's pending transfer to the host (its ticket)
+    return { slots = {}, owner = nil, offload = opts and opts.offload and true or false, reading = {} }
 end
 
 -- An arena buffer (a device tensor of the given shape and dtype, on `device`), reused while
@@ -105,22 +109,32 @@ function GradCheckpoint:forward(x)
     self.rng_seed, self.rng_offset = rng.seed, rng.offset
     local arena = self.arena
     if arena.offload then
-        -- the input goes to the host pool; the backward brings it back
+        -- the input goes to the host pool (on a device: on its copy stream, while the layer
+        -- computes); the backward brings it back
         local h = self.host_input
         if h == nil or h.dtype ~= x.dtype or table.concat(h:shape(), ",") ~= table.concat(x:shape(), ",") then
             if h then h:free() end
             h = tensor.empty(x:shape(), { dtype = x.dtype, paged = true })
             self.host_input = h
         end
-        h:copy_(x)
+        local ticket = h:copy_async_(x)
+        -- the layer before this one in the forward (none when x is not a passing buffer: the
+        -- first layer's input comes from the embedding), for the backward's prefetch
+        local passing = x == arena.pass_a and "pass_a" or (x == arena.pass_b and "pass_b" or nil)
+        self.prev = passing and arena.last or nil
+        arena.last = self
+        if passing then arena.reading[passing] = ticket end
     end
     local y = self.inner:forward(x)
     arena.owner = self
     local out
     if arena.offload then
-        -- outputs alternate between the arena's two buffers: this layer's input is the other
+        -- outputs alternate between the arena's two buffers: this layer's input is the other;
+        -- the one written now was the previous layer's input, which must have reached the host
         arena.flip = arena.flip == "pass_a" and "pass_b" or "pass_a"
         out = arena_buffer(arena, arena.flip, y:shape(), y.dtype, y.device)
+        tensor.copy_wait(y.device, arena.reading[arena.flip], false)
+        arena.reading[arena.flip] = nil
     else
         out = self:buffer("output", y:shape(), y.dtype)
     end
@@ -129,13 +143,27 @@ function GradCheckpoint:forward(x)
     return out
 end
 
+-- Start bringing this layer's input back from the host into one of the arena's two restore
+-- buffers (on a device: on its copy stream, after the kernels already queued, which are the
+-- last to read that buffer).
+local function restore(self, device)
+    local arena, h = self.arena, self.host_input
+    arena.restore_flip = arena.restore_flip == "restored_a" and "restored_b" or "restored_a"
+    local buf = arena_buffer(arena, arena.restore_flip, h:shape(), h.dtype, device)
+    self.restoring = { buf = buf, ticket = buf:copy_async_(h) }
+end
+
 function GradCheckpoint:backward(x, dy)
     if self.arena.offload then
         -- the caller's x was one of the passing buffers, long overwritten: the input comes
-        -- back from the host
-        local h = self.host_input
-        x = arena_buffer(self.arena, "restored", h:shape(), h.dtype, dy.device)
-        x:copy_(h)
+        -- back from the host, prefetched while the layer after this one ran its backward; the
+        -- layer before this one starts coming back now, while this one computes
+        if not self.restoring then restore(self, dy.device) end
+        local r = self.restoring
+        self.restoring = nil
+        if self.prev then restore(self.prev, dy.device) end
+        tensor.copy_wait(dy.device, r.ticket, false)
+        x = r.buf
     end
     -- the arena holds the activations of whichever wrapper ran forward last
     if self.arena.owner ~= self then
@@ -163,7 +191,8 @@ function GradCheckpoint:free_buffers()
         self.host_input:free()
         self.host_input = nil
     end
-    for _, k in ipairs({ "pass_a", "pass_b", "restored", "grad_a", "grad_b" }) do
+    self.restoring, self.prev = nil, nil
+    for _, k in ipairs({ "pass_a", "pass_b", "restored_a", "restored_b", "grad_a", "grad_b" }) do
         if self.arena[k] then
             self.arena[k]:free()
             self.arena[k] = nil

@@ -124,6 +124,18 @@ int lt_cuda_rng_fill(lt_tensor *t, int kind, double a, double b, uint64_t seed, 
     return api->rng_fill(t, kind, a, b, seed, offset);
 }
 
+int lt_cuda_copy_async(lt_tensor *dst, const lt_tensor *src, int64_t *ticket) {
+    const lt_cuda_api *api;
+    LT_TRY(lt_cuda_backend_get(&api));
+    return api->copy_async(dst, src, ticket);
+}
+
+int lt_cuda_copy_wait(int32_t device, int64_t ticket, int on_host) {
+    const lt_cuda_api *api;
+    LT_TRY(lt_cuda_backend_get(&api));
+    return api->copy_wait(device, ticket, on_host);
+}
+
 void lt_cuda_gemm_allow_tf32(int on) {
     const lt_cuda_api *api = lt_cuda_backend_quiet();
     if (api) api->gemm_allow_tf32(on);

@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 /* A hash of every entry's prototype and of the layout of the structs they take. */
-#define LT_CUDA_API_VERSION 0xf9d4c37du
+#define LT_CUDA_API_VERSION 0x224cd20eu
 
 typedef struct lt_cuda_api {
     uint32_t version; /* LT_CUDA_API_VERSION of the headers the backend was built from */
@@ -43,6 +43,8 @@ typedef struct lt_cuda_api {
     int (*set)(lt_tensor *t, int64_t index, double value);
     int (*equal)(const lt_tensor *a, const lt_tensor *b, int *out);
     int (*rng_fill)(lt_tensor *t, int kind, double a, double b, uint64_t seed, uint64_t offset);
+    int (*copy_async)(lt_tensor *dst, const lt_tensor *src, int64_t *ticket);
+    int (*copy_wait)(int32_t device, int64_t ticket, int on_host);
     void (*gemm_allow_tf32)(int on);
     int (*gemm_device)(int32_t device, const lt_gemm_args *g, int64_t args_size);
     void (*attention_set_deterministic)(int on);

@@ -30,6 +30,8 @@ static const lt_cuda_api lt_cuda_api_table = {
     lt_cuda_set,
     lt_cuda_equal,
     lt_cuda_rng_fill,
+    lt_cuda_copy_async,
+    lt_cuda_copy_wait,
     lt_cuda_gemm_allow_tf32,
     lt_cuda_gemm_device,
     lt_cuda_attention_set_deterministic,
