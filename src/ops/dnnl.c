@@ -123,7 +123,7 @@ static int ready(void) {
 enum { CACHE_SIZE = 64 };
 typedef struct {
     int64_t M, N, K, ldc, lda, ldb;
-    int ta, tb;
+    int ta, tb, f32; /* f32: the operands are f32 (else bf16) */
     float alpha, beta;
     dnnl_primitive_t prim;
     dnnl_memory_desc_t a, b, c;
@@ -131,24 +131,25 @@ typedef struct {
 static entry cache[CACHE_SIZE];
 static int cache_next;
 
-static entry *primitive_for(int64_t M, int64_t N, int64_t K, int64_t ldc, int64_t lda, int ta, int64_t ldb,
-                            int tb, float alpha, float beta) {
+static entry *primitive_for(int f32, int64_t M, int64_t N, int64_t K, int64_t ldc, int64_t lda, int ta,
+                            int64_t ldb, int tb, float alpha, float beta) {
     for (int i = 0; i < CACHE_SIZE; i++) {
         entry *e = &cache[i];
-        if (e->prim && e->M == M && e->N == N && e->K == K && e->ldc == ldc && e->lda == lda && e->ta == ta &&
-            e->ldb == ldb && e->tb == tb && e->alpha == alpha && e->beta == beta)
+        if (e->prim && e->f32 == f32 && e->M == M && e->N == N && e->K == K && e->ldc == ldc && e->lda == lda &&
+            e->ta == ta && e->ldb == ldb && e->tb == tb && e->alpha == alpha && e->beta == beta)
             return e;
     }
     entry *e = &cache[cache_next];
     cache_next = (cache_next + 1) % CACHE_SIZE;
     if (e->prim) dn.primitive_destroy(e->prim);
     memset(e, 0, sizeof *e);
-    /* op(a) (M, K) and op(b) (K, N) bf16, by strides (a transposed operand is a column-major
-       view); c (M, N) f32 with leading dimension ldc */
+    /* op(a) (M, K) and op(b) (K, N) bf16 (or f32), by strides (a transposed operand is a
+       column-major view); c (M, N) f32 with leading dimension ldc */
     dnnl_dims_t da = { M, K }, db = { K, N }, dc = { M, N };
     dnnl_dims_t sa = { ta ? 1 : lda, ta ? lda : 1 }, sb = { tb ? 1 : ldb, tb ? ldb : 1 }, sc = { ldc, 1 };
-    if (dn.md_init_by_strides(&e->a, 2, da, dnnl_bf16, sa) != dnnl_success ||
-        dn.md_init_by_strides(&e->b, 2, db, dnnl_bf16, sb) != dnnl_success ||
+    dnnl_data_type_t dt = f32 ? dnnl_f32 : dnnl_bf16;
+    if (dn.md_init_by_strides(&e->a, 2, da, dt, sa) != dnnl_success ||
+        dn.md_init_by_strides(&e->b, 2, db, dt, sb) != dnnl_success ||
         dn.md_init_by_strides(&e->c, 2, dc, dnnl_f32, sc) != dnnl_success)
         return lt_fail(LT_ERR_INTERNAL, "oneDNN: a memory descriptor for %lld x %lld x %lld was refused",
                        (long long)M, (long long)N, (long long)K), NULL;
@@ -171,10 +172,11 @@ static entry *primitive_for(int64_t M, int64_t N, int64_t K, int64_t ldc, int64_
     if (attr) dn.attr_destroy(attr);
     if (!ok) {
         e->prim = NULL;
-        return lt_fail(LT_ERR_INTERNAL, "oneDNN: no bf16 matmul for %lld x %lld x %lld", (long long)M,
-                       (long long)N, (long long)K), NULL;
+        return lt_fail(LT_ERR_INTERNAL, "oneDNN: no %s matmul for %lld x %lld x %lld", f32 ? "f32" : "bf16",
+                       (long long)M, (long long)N, (long long)K), NULL;
     }
     e->M = M, e->N = N, e->K = K, e->ldc = ldc, e->lda = lda, e->ta = ta, e->ldb = ldb, e->tb = tb;
+    e->f32 = f32;
     e->alpha = alpha, e->beta = beta;
     return e;
 }
@@ -187,10 +189,10 @@ int lt_set_cpu_matmul_precision(int precision) {
     return LT_OK;
 }
 
-int lt_dnnl_gemm_bf16(float *c, int64_t ldc, const uint16_t *a, int64_t lda, int ta, const uint16_t *b,
-                      int64_t ldb, int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+static int gemm(int f32, float *c, int64_t ldc, const void *a, int64_t lda, int ta, const void *b, int64_t ldb,
+                int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
     LT_TRY(ready());
-    entry *e = primitive_for(M, N, K, ldc, lda, ta ? 1 : 0, ldb, tb ? 1 : 0, alpha, beta);
+    entry *e = primitive_for(f32, M, N, K, ldc, lda, ta ? 1 : 0, ldb, tb ? 1 : 0, alpha, beta);
     if (!e) return lt_last_status();
     dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
     int ok = dn.memory_create(&ma, &e->a, engine, (void *)a) == dnnl_success &&
@@ -203,12 +205,36 @@ int lt_dnnl_gemm_bf16(float *c, int64_t ldc, const uint16_t *a, int64_t lda, int
     if (ma) dn.memory_destroy(ma);
     if (mb) dn.memory_destroy(mb);
     if (mc) dn.memory_destroy(mc);
-    if (!ok) return lt_fail(LT_ERR_INTERNAL, "oneDNN: the bf16 matmul %lld x %lld x %lld failed", (long long)M,
-                            (long long)N, (long long)K);
+    if (!ok) return lt_fail(LT_ERR_INTERNAL, "oneDNN: the %s matmul %lld x %lld x %lld failed", f32 ? "f32" : "bf16",
+                            (long long)M, (long long)N, (long long)K);
     return LT_OK;
 }
 
+int lt_dnnl_gemm_bf16(float *c, int64_t ldc, const uint16_t *a, int64_t lda, int ta, const uint16_t *b,
+                      int64_t ldb, int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+    return gemm(0, c, ldc, a, lda, ta, b, ldb, tb, M, N, K, alpha, beta);
+}
+
+int lt_dnnl_gemm_f32(float *c, int64_t ldc, const float *a, int64_t lda, int ta, const float *b, int64_t ldb,
+                     int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+    return gemm(1, c, ldc, a, lda, ta, b, ldb, tb, M, N, K, alpha, beta);
+}
+
+int lt_dnnl_available(void) {
+    pthread_once(&load_once, load);
+    return engine != NULL;
+}
+
 #else
+
+int lt_dnnl_gemm_f32(float *c, int64_t ldc, const float *a, int64_t lda, int ta, const float *b, int64_t ldb,
+                     int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+    (void)c, (void)ldc, (void)a, (void)lda, (void)ta, (void)b, (void)ldb, (void)tb;
+    (void)M, (void)N, (void)K, (void)alpha, (void)beta;
+    return lt_fail(LT_ERR_UNSUPPORTED, "oneDNN f32 GEMMs: built without oneDNN (install libdnnl-dev)");
+}
+
+int lt_dnnl_available(void) { return 0; }
 
 int lt_set_cpu_matmul_precision(int precision) {
     if (precision == LT_MATMUL_F32) return LT_OK;

@@ -15,6 +15,11 @@ enum { LT_BF16_GEMM_MIN = 1 << 18 };
    transpose, a stored K x M; op(b) is K x N likewise (tb: b stored N x K). */
 int lt_dnnl_gemm_bf16(float *c, int64_t ldc, const uint16_t *a, int64_t lda, int ta, const uint16_t *b,
                       int64_t ldb, int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta);
+/* The same with f32 operands (oneDNN's f32 kernels, where they beat sgemm: matmul.c). */
+int lt_dnnl_gemm_f32(float *c, int64_t ldc, const float *a, int64_t lda, int ta, const float *b, int64_t ldb,
+                     int tb, int64_t M, int64_t N, int64_t K, float alpha, float beta);
+/* Whether libdnnl.so.2 loads here (loading it on the first call); sets no error. */
+int lt_dnnl_available(void);
 
 /* n floats to bf16 (round to nearest even, NaN kept NaN), in a loop the compiler vectorises. */
 static inline void lt_f32_row_to_bf16(uint16_t *restrict d, const float *restrict s, int64_t n) {

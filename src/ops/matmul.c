@@ -190,6 +190,33 @@ static int gemm2d_bf16(float *c, int64_t ldc, const mat *a, const mat *b, float 
     return st;
 }
 
+/* Which f32 GEMMs go to oneDNN's f32 kernels rather than OpenBLAS's sgemm. By measurement
+   (tools/bench/f32_gemm.lua, which times both on the shapes a training step runs and prints
+   the rule it supports): RULE_MEASURED below. LT_CPU_F32_GEMM=sgemm or =dnnl overrides it
+   (read once), for measuring; without oneDNN everything stays with sgemm. */
+/* Measured (tools/bench/results/f32_gemm.txt, two runs): on the dev VM's AMD EPYC (avx512f,
+   2 threads) oneDNN's f32 GEMM runs 1.04x-1.21x OpenBLAS's sgemm on the training shapes with
+   every dimension up to 2048 (C 128, C 288 and C 2048 layers: forward NT, input gradient NN,
+   weight gradient TN), while the products with an 8192 side come out even (0.96x-1.07x
+   between runs). So: oneDNN for products big enough for several threads whose sides are at
+   most 4096; sgemm for the rest (a oneDNN call costs microseconds of setup). */
+#define RULE_MEASURED(M, N, K)                                                                     \
+    ((double)(M) * (double)(N) * (double)(K) >= LT_GEMM_PAR_MIN && (M) <= 4096 && (N) <= 4096 && \
+     (K) <= 4096)
+
+static int use_dnnl_f32(int64_t M, int64_t N, int64_t K) {
+    static int mode = -1; /* 0 the rule, 1 sgemm, 2 oneDNN */
+    if (mode < 0) {
+        const char *v = getenv("LT_CPU_F32_GEMM");
+        int m = v && strcmp(v, "sgemm") == 0 ? 1 : v && strcmp(v, "dnnl") == 0 ? 2 : 0;
+        if (m != 1 && !lt_dnnl_available()) m = 1;
+        mode = m;
+    }
+    if (mode == 1) return 0;
+    if (mode == 2) return 1;
+    return RULE_MEASURED(M, N, K);
+}
+
 /* c (M x N, row-major, ldc) = alpha * op(a) @ op(b) + beta * c, with panel conversion. */
 static int gemm2d(float *c, int64_t ldc, const mat *a, const mat *b, float alpha, float beta) {
     int64_t M = op_rows(a), K = op_cols(a), N = op_cols(b);
@@ -206,6 +233,12 @@ static int gemm2d(float *c, int64_t ldc, const mat *a, const mat *b, float alpha
         return gemm2d_bf16(c, ldc, a, b, alpha, beta, M, N, K);
     int a_f32 = a->dtype == LT_DTYPE_F32, b_f32 = b->dtype == LT_DTYPE_F32;
     if (a_f32 && b_f32) {
+        if (use_dnnl_f32(M, N, K)) {
+            int st = lt_dnnl_gemm_f32(c, ldc, (const float *)a->data, a->ld, a->trans, (const float *)b->data, b->ld,
+                                      b->trans, M, N, K, alpha, beta);
+            if (st == LT_OK) return LT_OK;
+            lt_clear_error(); /* sgemm below */
+        }
         sgemm_split(a->trans, b->trans, M, N, K, alpha, (const float *)a->data, a->ld,
                     (const float *)b->data, b->ld, beta, c, ldc);
         return LT_OK;
