@@ -29,6 +29,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
+echo "flags:   $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512.*|amx.*)$' | tr '\n' ' ')"
 echo "kernel:  $(uname -r); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; $(luajit -v | cut -d' ' -f1-2)"
 echo "date:    $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
 echo
