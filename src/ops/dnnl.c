@@ -1,4 +1,5 @@
-/* dnnl.c - bf16 GEMMs through oneDNN, loaded on first use (ARCHITECTURE.md, contract 12).
+/* dnnl.c - bf16 (and some f32) GEMMs through oneDNN, loaded on first use (ARCHITECTURE.md,
+ * contract 12).
  *
  * With the CPU's matmul precision set to bf16 (lt_set_cpu_matmul_precision), matmul.c
  * rounds both operands to bf16 and multiplies them here, accumulating in f32: oneDNN's
@@ -7,9 +8,14 @@
  * oneDNN bf16 444; 2048^3: 207, 192, 415. bf16 x bf16 products are exact in f32, so the
  * only differences from an f32 GEMM on the rounded operands are the order of the sums.
  *
- * libdnnl.so.2 is dlopened the first time it is wanted, so a run in f32 never maps it (it
- * is 40 MB). The header is only needed at build time, for the types; without it the build
- * says "built without oneDNN" when bf16 GEMMs are asked for.
+ * f32 products whose sides are at most 4096 come here too (lt_dnnl_gemm_f32): oneDNN's f32
+ * kernels measured faster than sgemm on those (matmul.c, use_dnnl_f32).
+ *
+ * libdnnl.so.2 is dlopened the first time it is wanted: the first bf16 GEMM, or the first
+ * f32 product big enough for several threads (about 10 ms and 5 MB of resident memory; a
+ * process that never multiplies such matrices never maps it). The header is only needed at
+ * build time, for the types; without it the build says "built without oneDNN" when bf16
+ * GEMMs are asked for, and f32 GEMMs stay with sgemm.
  *
  * Primitives are cached by shape (M, N, K, ldc, alpha, beta): a training step repeats the
  * same few dozen shapes, and creating one costs about a millisecond. The cache is used
