@@ -192,6 +192,12 @@ int lt_tensor_as_strided(lt_tensor *dst, const lt_tensor *src, int ndim, const i
 /* One size may be -1 (inferred). Fails with LT_ERR_SHAPE when the strides do not allow a
    view; the message says to make a contiguous copy first. */
 int lt_tensor_reshape(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes);
+/* A contiguous `dtype` view of `sizes` starting `byte_offset` bytes into src's data: the
+   bytes read as another type (a byte buffer holding several tensors, as a sharded
+   quantized layer's does). The offset must suit the dtype's alignment and the view must fit
+   in the storage. */
+int lt_tensor_view_bytes(lt_tensor *dst, const lt_tensor *src, int dtype, int ndim, const int64_t *sizes,
+                         int64_t byte_offset);
 int lt_tensor_permute(lt_tensor *dst, const lt_tensor *src, const int32_t *perm);
 int lt_tensor_transpose(lt_tensor *dst, const lt_tensor *src, int dim0, int dim1);
 int lt_tensor_narrow(lt_tensor *dst, const lt_tensor *src, int dim, int64_t start,

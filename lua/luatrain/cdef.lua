@@ -121,6 +121,9 @@ int lt_tensor_as_strided(lt_tensor *dst, const lt_tensor *src, int ndim, const i
                          const int64_t *strides, int64_t offset);
 
 int lt_tensor_reshape(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes);
+
+int lt_tensor_view_bytes(lt_tensor *dst, const lt_tensor *src, int dtype, int ndim, const int64_t *sizes,
+                         int64_t byte_offset);
 int lt_tensor_permute(lt_tensor *dst, const lt_tensor *src, const int32_t *perm);
 int lt_tensor_transpose(lt_tensor *dst, const lt_tensor *src, int dim0, int dim1);
 int lt_tensor_narrow(lt_tensor *dst, const lt_tensor *src, int dim, int64_t start,

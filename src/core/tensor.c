@@ -317,6 +317,34 @@ int lt_tensor_as_strided(lt_tensor *dst, const lt_tensor *src, int ndim, const i
     return make_view(dst, src, ndim, sizes, strides, offset);
 }
 
+int lt_tensor_view_bytes(lt_tensor *dst, const lt_tensor *src, int dtype, int ndim, const int64_t *sizes,
+                         int64_t byte_offset) {
+    LT_TRY(lt_check_tensor(src, "view_bytes", "src"));
+    if (ndim < 0 || ndim > LT_MAX_DIMS)
+        return lt_fail(LT_ERR_SHAPE, "view_bytes: %d dims (at most %d)", ndim, LT_MAX_DIMS);
+    int64_t nbytes;
+    LT_TRY(check_shape_args(dtype, ndim, sizes, &nbytes));
+    int esz = lt_dtype_size(dtype);
+    int64_t start = src->offset * lt_dtype_size(src->dtype_id) + byte_offset;
+    if (byte_offset < 0 || start % esz != 0)
+        return lt_fail(LT_ERR_ARG, "view_bytes: byte offset %lld is not a multiple of the %d-byte %s",
+                       (long long)byte_offset, esz, lt_dtype_info(dtype)->name);
+    if (start + nbytes > src->storage->nbytes)
+        return lt_fail(LT_ERR_RANGE, "view_bytes: %lld bytes at %lld pass the storage's %lld", (long long)nbytes,
+                       (long long)start, (long long)src->storage->nbytes);
+    lt_tensor tmp = {0};
+    tmp.storage = src->storage;
+    tmp.dtype_id = dtype;
+    tmp.ndim = ndim;
+    tmp.offset = start / esz;
+    for (int i = 0; i < ndim; i++) tmp.sizes[i] = sizes[i];
+    set_contiguous_strides(&tmp);
+    lt_storage_retain(src->storage);
+    lt_tensor_release(dst);
+    *dst = tmp;
+    return LT_OK;
+}
+
 int lt_tensor_reshape(lt_tensor *dst, const lt_tensor *src, int ndim, const int64_t *sizes_in) {
     LT_TRY(lt_check_tensor(src, "reshape", "src"));
     if (ndim < 0 || ndim > LT_MAX_DIMS)

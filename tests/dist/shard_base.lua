@@ -1,0 +1,87 @@
+--[[
+shard_base.lua - a 4-bit base sharded over the ranks of an mpirun job (dist/shard_base.lua):
+every rank's logits, loss and LoRA gradients are the unsharded model's bit for bit, with and
+without gradient checkpointing, and a rank holds its shards and two layer buffers in place of
+the whole base, to the byte, in what it holds and at its peak (run at 2 and 3 ranks).
+]]
+package.path = "tests/lua/?.lua;tests/dist/?.lua;" .. package.path
+local T = require "harness"
+local lt = require "luatrain"
+local shard_base = require "luatrain.dist.shard_base"
+
+local pg = lt.dist.init({ timeout = 30 })
+local W = pg.world
+T.ok(W >= 2, "run under mpirun with 2 or more ranks")
+lt.set_num_threads(1)
+
+local CFG = { vocab_size = 97, hidden_size = 64, intermediate_size = 160, num_hidden_layers = 4,
+    num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 64 }
+
+-- The same model on every rank (same seed): an NF4 base with double quantization, LoRA on
+-- every linear layer.
+local function model(ck)
+    lt.manual_seed(11)
+    local m = lt.nn.LlamaForCausalLM(CFG, { quant = { type = "nf4", blocksize = 64, double_quant = true } })
+    if ck then m:gradient_checkpointing(true) end
+    lt.lora.apply(m, { r = 4, alpha = 8, dropout = 0.1 })
+    for _, r in ipairs(m:parameters()) do
+        if r.name:find("lora_B") then r.param:normal_(0, 0.02) end -- B = 0 would hide A's gradients
+    end
+    return m
+end
+
+local ids = lt.randint(1, CFG.vocab_size, 2, 24)
+local targets = lt.randint(1, CFG.vocab_size, 2, 24)
+
+-- logits, loss, LoRA gradients and the step's peak above what was held before it
+local function run(m)
+    m:eval() -- logits without dropout
+    local logits = m:forward(ids):clone()
+    collectgarbage()
+    local base = lt.memory.stats("cpu").current
+    lt.memory.reset_peak("cpu")
+    lt.manual_seed(5)
+    m:train()
+    local loss = m:forward_backward(ids, targets)
+    local peak = lt.memory.stats("cpu").peak
+    local grads = {}
+    for _, r in ipairs(m:parameters()) do grads[r.name] = r.grad:clone() end
+    return logits, loss, grads, peak, base
+end
+
+for _, ck in ipairs({ false, true }) do
+    T.test(("%d ranks, checkpointing %s: the unsharded model's numbers, bit for bit; shards and two buffers in "
+        .. "place of the base"):format(W, ck and "on" or "off"), function()
+        local ref = model(ck)
+        local l0, loss0, g0, peak0, base0 = run(ref)
+        ref = nil -- luacheck: ignore 311
+        collectgarbage()
+
+        local m = model(ck)
+        collectgarbage()
+        local before = lt.memory.stats("cpu").current
+        local sb = shard_base.new(m, pg)
+        collectgarbage()
+        local after = lt.memory.stats("cpu").current
+        local b = sb.bytes
+        T.eq(after - before, b.shards + b.buffers - b.unsharded, "held: the shards and two buffers for the base")
+        T.ok(b.shards * W >= b.unsharded and b.shards * W < b.unsharded + W * 64 * 7 * CFG.num_hidden_layers * 5,
+            ("the shards are 1/%d of the base (+ padding): %d x %d vs %d"):format(W, b.shards, W, b.unsharded))
+        local l1, loss1, g1, peak1, base1 = run(m)
+        T.ok(l1:equal(l0), "logits")
+        T.eq(loss1, loss0, "loss")
+        for name, g in pairs(g0) do T.ok(g1[name]:equal(g), name) end
+        -- gathering allocates nothing: the step's peak above what the rank held is the
+        -- unsharded step's, so the rank's peak is the unsharded one's less the base plus its
+        -- shards and the two buffers
+        T.eq(peak1 - base1, peak0 - base0, "the step's own peak is the unsharded step's")
+        -- whole again
+        sb:gather()
+        m:eval()
+        local l2 = m:forward(ids)
+        T.ok(l2:equal(l0), "logits after gather()")
+    end)
+end
+
+lt.dist.shutdown()
+T.done()
