@@ -75,6 +75,8 @@ local cfg = lt.config {
         .. "(state sharded; 2 also shards the accumulated gradients)", type = "int", choices = { 0, 1, 2 } },
     memory_limit = { "", "a budget for the training device's memory, e.g. 6GiB (empty: none; LT_MEMORY_LIMIT "
         .. "sets one for every device): past it an allocation fails as on a full device" },
+    shard_base = { false, "under mpirun with a quantized base: each rank keeps 1/world of the base and "
+        .. "all-gathers a layer's bytes as it runs (the same numbers, bit for bit)" },
     auto_fit = { false, "with memory_limit: choose the micro-batch (keeping batch_size x grad_accum), gradient "
         .. "checkpointing, the paged optimizer and activation offload so that the planned training step fits" },
     precision = { "auto", "f32; bf16 (on a GPU: bf16 activations, f32 master weights; on the CPU: bf16 matmuls with "
@@ -171,6 +173,13 @@ local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = c
     target = target, rslora = cfg.rslora, dora = cfg.dora })
 model:to(cfg.device)
 lt.amp.apply(model, policy)
+-- shard_base: every rank then runs every forward the others run (the layers gather across
+-- them), so evaluation and the sample answers run on every rank, rank 0 alone printing
+if cfg.shard_base and pg.world > 1 then
+    need(quant ~= nil, "shard_base=true needs a quantized base (quant=nf4, fp4 or int8)")
+    require("luatrain.dist.shard_base").new(model, pg)
+end
+local sharded = cfg.shard_base and pg.world > 1
 -- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
 local loss_scale = policy.loss_scale
 local n_train = model:num_parameters(true)
@@ -241,19 +250,20 @@ say(("  data: %d training samples (%d tokens), %d held out; template %s, trained
 local questions = lt.trainer.questions(eval_path, cfg.template, cfg.eval_samples)
 local gen_opts = { max_new_tokens = cfg.max_new_tokens, stop_ids = { lt.data.templates.end_of_turn(cfg.template, tok) } }
 local eval_opts = { batch_size = cfg.batch_size, seq_len = cfg.seq_len, pad_id = tok.pad_id or tok.eos_id or 0,
-    group = pg }
+    group = not sharded and pg or nil }
 local function show(when, q)
-    if not q or not main then return end
-    io.write(("\n%s training, %q\n  -> "):format(when, q.question))
+    if not q or not (main or sharded) then return end
+    local out = main and io.write or function() end
+    out(("\n%s training, %q\n  -> "):format(when, q.question))
     lt.trainer.answer(model, tok, q, { max_new_tokens = cfg.max_new_tokens, stop_ids = gen_opts.stop_ids,
-        on_text = function(piece) io.write(piece) io.flush() end })
-    io.write(("   (expected %q)\n"):format(q.answer))
+        on_text = function(piece) out(piece) io.flush() end })
+    out(("   (expected %q)\n"):format(q.answer))
 end
 
 show("before", questions[1])
 -- generated answers are scored on rank 0 (the others go on to the held-out loss, shared out)
 local acc_before, right_before = 0, 0
-if main then acc_before, right_before = lt.trainer.accuracy(model, tok, questions, gen_opts) end
+if main or sharded then acc_before, right_before = lt.trainer.accuracy(model, tok, questions, gen_opts) end
 local loss_before = lt.trainer.eval_loss(model, eval_ds, eval_opts)
 say(("held-out: loss %.4f, exact-match accuracy %.1f%% (%d/%d)\n"):format(loss_before, 100 * acc_before,
     right_before, #questions))
@@ -267,6 +277,7 @@ local result = lt.trainer.finetune{
     loss_scale = loss_scale,
     warmup = cfg.warmup, steps = cfg.steps, epochs = cfg.epochs, grad_clip = cfg.grad_clip, seed = cfg.seed,
     pad_id = eval_opts.pad_id, eval_every = cfg.eval_every, log = cfg.output_dir .. "/log.jsonl", zero = cfg.zero,
+    eval_shared = not sharded,
     on_step = function(rec, total)
         bar:update(rec.step / total, ("step %d loss %.4f lr %.2e %.0f tok/s peak %s%s"):format(rec.step, rec.loss,
             rec.lr, rec.tokens_per_s, mb(rec.peak_bytes), rec.eval_loss and (" eval %.4f"):format(rec.eval_loss) or ""))
@@ -277,10 +288,8 @@ if bar then bar:finish(("%d steps, loss %.4f -> %.4f"):format(result.steps, resu
 -- ---- after ------------------------------------------------------------------------------------
 show("after", questions[1])
 local acc_after, right_after = 0, 0
-if main then
-    acc_after, right_after = lt.trainer.accuracy(model, tok, questions, gen_opts)
-    lt.lora.save(model, cfg.output_dir, { base_model_name_or_path = cfg.model })
-end
+if main or sharded then acc_after, right_after = lt.trainer.accuracy(model, tok, questions, gen_opts) end
+if main then lt.lora.save(model, cfg.output_dir, { base_model_name_or_path = cfg.model }) end
 pg:barrier()
 
 say("\nsummary")

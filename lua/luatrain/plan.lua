@@ -761,6 +761,7 @@ function M.from_settings(st)
     end
     if get("dora", false) then error("plan: dora=true is not planned yet", 0) end
     if get("zero", 0) ~= 0 then error("plan: zero>0 (per-rank shards) is not planned yet", 0) end
+    if get("shard_base", false) then error("plan: shard_base=true (a base sharded over the ranks) is not planned yet", 0) end
     local target = get("target", "all-linear")
     if target ~= "all-linear" and (target:find(",") or target:match("^[%w_]+$")) then
         local list = {}

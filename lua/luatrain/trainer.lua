@@ -571,8 +571,10 @@ function Trainer:run()
     local result = { steps = self.steps, loss_curve = {}, eval_curve = {}, step_times = {},
         first_step = self.first_step, skipped_steps = 0 }
     self.result = result
+    -- eval_shared = false: every rank evaluates every held-out batch (a model whose layers
+    -- gather across the ranks needs each rank to run as many forwards as the others)
     self.eval_opts = { batch_size = opts.batch_size, seq_len = opts.seq_len, pad_id = opts.pad_id,
-        group = self.pg }
+        group = opts.eval_shared ~= false and self.pg or nil }
     -- peak memory of the device the model trains on (the host for a CPU model)
     self.device = model.device and model:device() or "cpu"
     -- tensors dropped before the run (replaced parameter storages, loading's leftovers) are
