@@ -140,7 +140,13 @@ lt.memory.reset_peak("cpu")
 -- the precision policy (lt.amp): compute, matmul and storage dtypes for this device
 local policy = lt.amp.policy(cfg.precision, cfg.device)
 local quant = cfg.quant ~= "none" and { type = cfg.quant, blocksize = cfg.blocksize, double_quant = cfg.double_quant } or nil
-local model = lt.llama.from_pretrained(cfg.model, { quant = quant, dtype = quant and "bf16" or policy.frozen })
+-- shard_base: each rank keeps 1/world of the base, cut layer by layer as it loads
+if cfg.shard_base and pg.world > 1 then
+    need(quant ~= nil, "shard_base=true needs a quantized base (quant=nf4, fp4 or int8)")
+end
+local sharded = cfg.shard_base and pg.world > 1
+local model = lt.llama.from_pretrained(cfg.model, { quant = quant, dtype = quant and "bf16" or policy.frozen,
+    shard = sharded and pg or nil })
 local load_peak = lt.memory.stats("cpu").peak
 local tok = lt.tokenizer.load(cfg.model)
 local c = model.config
@@ -148,8 +154,10 @@ local c = model.config
 local n_total, n_quant_bytes, n_plain_bytes = 0, 0, 0
 for _, e in ipairs(model.quant_layers and model:quant_layers() or {}) do
     n_total = n_total + e[2].in_features * e[2].out_features
-    n_quant_bytes = n_quant_bytes + e[2].qweight:nbytes()
+    if not sharded then n_quant_bytes = n_quant_bytes + e[2].qweight:nbytes() end
 end
+-- a sharded base: the whole base's bytes (each rank holds 1/world of them and two layers)
+if sharded then n_quant_bytes = model.model._sharded_base.bytes.unsharded end
 for _, r in ipairs(model:named_parameters()) do
     n_total = n_total + r.param:numel()
     n_plain_bytes = n_plain_bytes + r.param:nbytes()
@@ -173,13 +181,8 @@ local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = c
     target = target, rslora = cfg.rslora, dora = cfg.dora })
 model:to(cfg.device)
 lt.amp.apply(model, policy)
--- shard_base: every rank then runs every forward the others run (the layers gather across
+-- shard_base: every rank runs every forward the others run (the layers gather across
 -- them), so evaluation and the sample answers run on every rank, rank 0 alone printing
-if cfg.shard_base and pg.world > 1 then
-    need(quant ~= nil, "shard_base=true needs a quantized base (quant=nf4, fp4 or int8)")
-    require("luatrain.dist.shard_base").new(model, pg)
-end
-local sharded = cfg.shard_base and pg.world > 1
 -- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
 local loss_scale = policy.loss_scale
 local n_train = model:num_parameters(true)

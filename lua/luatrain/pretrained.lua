@@ -215,7 +215,8 @@ end
 -- the file mappings. A quantized layer (model built with quant) is quantized straight from
 -- its mapped weight, so no f32 copy of it ever exists; a layer stored by bitsandbytes is
 -- taken as it is (its codes stay in the mapping).
-function M.load_weights(model, folder)
+-- opts.on_quantized(name): called after each quantized layer's weight is in place.
+function M.load_weights(model, folder, opts)
     local quant = require "luatrain.quant"
     local wf = weight_files(folder)
     local params = model:state_dict()
@@ -280,6 +281,7 @@ function M.load_weights(model, folder)
                 end
                 qm:set_qweight(q)
                 loaded[name] = true
+                if opts and opts.on_quantized then opts.on_quantized(name, qm) end
             elseif bnb_owner(name) and params[bnb_owner(name)] and not qmods[bnb_owner(name)] then
                 error(("%s: %s is a bitsandbytes-quantized layer; load it with quant options (the folder's "
                     .. "config.json has no quantization_config)"):format(where[name], bnb_owner(name)), 0)
@@ -334,7 +336,27 @@ function M.from_pretrained(folder, opts)
     if q == "none" then q = nil end
     local model = nnllama.LlamaForCausalLM(cfg, { init = false, dtype = opts.dtype,
         trainable = opts.trainable, quant = q })
-    M.load_weights(model, folder)
+    -- opts.shard (a process group of several ranks): each decoder layer is cut into the
+    -- ranks' shards as soon as its quantized weights are in (dist/shard_base.lua), so no rank
+    -- ever holds the whole base
+    local sb, lw = nil, {}
+    if opts.shard and opts.shard.world > 1 and q then
+        sb = require("luatrain.dist.shard_base").new(model, opts.shard, { deferred = true })
+        local want, got = {}, {}
+        local function layer_of(name) return tonumber(name:match("^model%.layers%.(%d+)%.")) end
+        for _, e in ipairs(model:quant_layers()) do
+            local i = layer_of(e[1])
+            if i then want[i + 1] = (want[i + 1] or 0) + 1 end
+        end
+        lw.on_quantized = function(name)
+            local i = layer_of(name)
+            if not i then return end
+            got[i + 1] = (got[i + 1] or 0) + 1
+            if got[i + 1] == want[i + 1] then sb:shard_layer(i + 1) end
+        end
+    end
+    M.load_weights(model, folder, lw)
+    if sb then sb:install() end
     model.source = folder
     return model
 end

@@ -131,6 +131,8 @@ local accessors = {
 Q_mt.__index = function(q, k)
     local m = Q[k]
     if m ~= nil then return m end
+    -- a sharded weight's pieces come and go with its layer; its sharder knows the device
+    if k == "device" and rawget(q, "_sharded") then return rawget(q, "_sharded").device end
     local acc = accessors[k]
     if acc ~= nil then return acc(state_of(q, "q." .. k)) end
     return nil
@@ -220,6 +222,8 @@ function Q.to_bnb(q, prefix) return M.to_bnb(q, prefix) end
 -- when it is already there). The codes and scales are copied byte for byte, so the moved
 -- weight dequantizes to the same bits.
 function Q.to(q, device)
+    -- a weight sharded over ranks (dist/shard_base.lua) moves with its sharder
+    if rawget(q, "_sharded") then return q end
     local s = state_of(q, "q:to()")
     local devt, devi = core.parse_device(device)
     if core.device_string(devt, devi) == q.device then return q end

@@ -83,5 +83,34 @@ for _, ck in ipairs({ false, true }) do
     end)
 end
 
+T.test(("%d ranks: loading shards each layer as it arrives, never holding the whole base"):format(W), function()
+    local dir = "recipes/assets/tiny_facts/model"
+    local q = { type = "nf4", blocksize = 64, double_quant = true }
+    local function load(shard)
+        collectgarbage()
+        local base = lt.memory.stats("cpu").current
+        lt.memory.reset_peak("cpu")
+        local m = lt.llama.from_pretrained(dir, { quant = q, dtype = "bf16", shard = shard })
+        collectgarbage()
+        return m, lt.memory.stats("cpu").peak - base, lt.memory.stats("cpu").current - base
+    end
+    local whole, peak_w, held_w = load(nil)
+    local sharded, peak_s, held_s = load(pg)
+    local sb = sharded.model._sharded_base
+    T.ok(sb ~= nil, "the loader sharded the base")
+    local b = sb.bytes
+    T.eq(held_s - held_w, b.shards + b.buffers - b.unsharded, "held after loading: shards and two buffers")
+    -- while loading, a rank holds the shards cut so far and one whole layer, which the two
+    -- buffers made at the end exceed: loading peaks where it ends, not at the whole base
+    T.ok(peak_s - held_s < peak_w - held_w + b.unsharded / sharded.config.num_hidden_layers,
+        ("load peaks: sharded %d (holds %d), whole %d (holds %d)"):format(peak_s, held_s, peak_w, held_w))
+    print(("  loading: whole base peak %d, sharded peak %d; held %d vs %d; base %d, shards %d, buffers %d"):format(
+        peak_w, peak_s, held_w, held_s, b.unsharded, b.shards, b.buffers))
+    whole:eval()
+    sharded:eval()
+    local x = lt.randint(1, 200, 1, 16)
+    T.ok(sharded:forward(x):equal(whole:forward(x)), "the same logits")
+end)
+
 lt.dist.shutdown()
 T.done()

@@ -49,74 +49,116 @@ local function layer_quants(layer)
 end
 
 -- pg: the process group (lt.dist). The model's layers must be on one device and hold quantized
--- weights (lt.llama.from_pretrained with quant, or LlamaForCausalLM{quant}).
-function M.new(model, pg)
+-- weights (lt.llama.from_pretrained with quant, or LlamaForCausalLM{quant}). opts.deferred:
+-- shard nothing yet; the loader calls shard_layer(i) as each layer's weights arrive, then
+-- install() (lt.llama.from_pretrained{shard = pg}: no rank ever holds the whole base).
+function M.new(model, pg, opts)
     local lm = model.model or model
     local kids = lm.layers and lm.layers:children()
     if not kids or #kids == 0 then error("shard_base: a Llama model with decoder layers", 2) end
-    local W, r = pg.world, pg.rank
-    local self = setmetatable({ model = model, pg = pg, layers = {}, pending = nil,
-        bytes = { shards = 0, buffers = 0, unsharded = 0 } }, Sharded)
-    local dev
-    local biggest = 0
-    for i, layer in ipairs(kids) do
-        local pieces, off = {}, 0
-        for _, e in ipairs(layer_quants(layer.inner or layer)) do
-            local s = e.q:cdata()
-            for _, f in ipairs(FIELDS) do
-                local t = s[f]
-                if t.storage ~= nil then
-                    if C.lt_tensor_is_contiguous(t) == 0 then
-                        error(("shard_base: layer %d: %s's %s is not contiguous"):format(i, e.name, f), 2)
-                    end
-                    local dt = tensor.new_header()
-                    check(C.lt_tensor_share(dt, t))
-                    dev = dev or dt.device
-                    local sizes = {}
-                    for d = 0, t.ndim - 1 do sizes[#sizes + 1] = tonumber(t.sizes[d]) end
-                    local nbytes = dt:nbytes()
-                    pieces[#pieces + 1] = { state = s, field = f, dtype = t.dtype_id, sizes = sizes,
-                        nbytes = nbytes, off = off, whole = dt }
-                    off = align(off + nbytes, ALIGN)
-                end
-            end
-        end
-        if #pieces == 0 then error(("shard_base: layer %d holds no quantized weight"):format(i), 2) end
-        local S = align(off, W * ALIGN) / W
-        local shard = tensor.empty({ S }, { dtype = "u8", device = dev })
-        shard:zero_()
-        -- this rank's range of the blob, piece by piece
-        local lo, hi = r * S, (r + 1) * S
-        for _, p in ipairs(pieces) do
-            local a, b = math.max(lo, p.off), math.min(hi, p.off + p.nbytes)
-            if b > a then
-                local src = tensor.new_header()
-                sizes_buf[0] = b - a
-                check(C.lt_tensor_view_bytes(src, p.whole, C.LT_DTYPE_U8, 1, sizes_buf, a - p.off))
-                shard:narrow(1, a - lo + 1, b - a):copy_(src)
-                src:free()
-            end
-            self.bytes.unsharded = self.bytes.unsharded + p.nbytes
-        end
-        -- the whole pieces go: the state's tensors and the copies made above
-        for _, p in ipairs(pieces) do
-            p.whole:free()
-            p.whole = nil
-            C.lt_tensor_release(p.state[p.field])
-        end
-        self.layers[i] = { pieces = pieces, S = S, shard = shard }
-        self.bytes.shards = self.bytes.shards + S
-        biggest = math.max(biggest, S * W)
+    local self = setmetatable({ model = model, lm = lm, pg = pg, layers = {}, pending = nil, n = #kids,
+        bufs = {}, unhook = {}, bytes = { shards = 0, buffers = 0, unsharded = 0 } }, Sharded)
+    lm._sharded_base = self
+    if not (opts and opts.deferred) then
+        for i = 1, #kids do self:shard_layer(i) end
+        self:install()
     end
-    self.bufs = { tensor.empty({ biggest }, { dtype = "u8", device = dev }),
-        tensor.empty({ biggest }, { dtype = "u8", device = dev }) }
+    return self
+end
+
+-- Cut layer i: this rank keeps its range of the layer's blob; the whole pieces go.
+function Sharded:shard_layer(i)
+    local W, r = self.pg.world, self.pg.rank
+    local layer = self.lm.layers:children()[i]
+    local pieces, off = {}, 0
+    for _, e in ipairs(layer_quants(layer.inner or layer)) do
+        local s = e.q:cdata()
+        for _, f in ipairs(FIELDS) do
+            local t = s[f]
+            if t.storage ~= nil then
+                if C.lt_tensor_is_contiguous(t) == 0 then
+                    error(("shard_base: layer %d: %s's %s is not contiguous"):format(i, e.name, f), 2)
+                end
+                local dt = tensor.new_header()
+                check(C.lt_tensor_share(dt, t))
+                self.device = self.device or dt.device
+                local sizes = {}
+                for d = 0, t.ndim - 1 do sizes[#sizes + 1] = tonumber(t.sizes[d]) end
+                local nbytes = dt:nbytes()
+                pieces[#pieces + 1] = { state = s, field = f, dtype = t.dtype_id, sizes = sizes,
+                    nbytes = nbytes, off = off, whole = dt }
+                off = align(off + nbytes, ALIGN)
+            end
+        end
+        -- the weight's bytes are the sharder's now: q:to() leaves it to it
+        rawset(e.q, "_sharded", self)
+    end
+    if #pieces == 0 then error(("shard_base: layer %d holds no quantized weight"):format(i), 2) end
+    local S = align(off, W * ALIGN) / W
+    local shard = tensor.empty({ S }, { dtype = "u8", device = self.device })
+    shard:zero_()
+    -- this rank's range of the blob, piece by piece
+    local lo, hi = r * S, (r + 1) * S
+    for _, p in ipairs(pieces) do
+        local a, b = math.max(lo, p.off), math.min(hi, p.off + p.nbytes)
+        if b > a then
+            local src = tensor.new_header()
+            sizes_buf[0] = b - a
+            check(C.lt_tensor_view_bytes(src, p.whole, C.LT_DTYPE_U8, 1, sizes_buf, a - p.off))
+            shard:narrow(1, a - lo + 1, b - a):copy_(src)
+            src:free()
+        end
+        self.bytes.unsharded = self.bytes.unsharded + p.nbytes
+    end
+    -- the whole pieces go: the state's tensors and the copies made above
+    for _, p in ipairs(pieces) do
+        p.whole:free()
+        p.whole = nil
+        C.lt_tensor_release(p.state[p.field])
+    end
+    self.layers[i] = { pieces = pieces, S = S, shard = shard }
+    self.bytes.shards = self.bytes.shards + S
+end
+
+-- The two layer buffers and the hooks, once every layer is cut.
+function Sharded:install()
+    if #self.unhook > 0 then return self end
+    local biggest = 0
+    for i = 1, self.n do
+        if not self.layers[i] then error(("shard_base: layer %d was never sharded"):format(i), 2) end
+        biggest = math.max(biggest, self.layers[i].S * self.pg.world)
+    end
+    self.bufs = { tensor.empty({ biggest }, { dtype = "u8", device = self.device }),
+        tensor.empty({ biggest }, { dtype = "u8", device = self.device }) }
     self.bytes.buffers = 2 * biggest
-    self.n = #kids
     -- gather before a layer runs; the next one in that direction comes meanwhile
     self.unhook = {
-        lm:add_layer_hook("pre_forward", function(i) self:_ensure(i, i + 1) end),
-        lm:add_layer_hook("pre_backward", function(i) self:_ensure(i, i - 1) end),
+        self.lm:add_layer_hook("pre_forward", function(i) self:_ensure(i, i + 1) end),
+        self.lm:add_layer_hook("pre_backward", function(i) self:_ensure(i, i - 1) end),
     }
+    return self
+end
+
+-- model:to(device): the shards and the buffers move; the weights' views are let go (the next
+-- gather points them at the new buffers).
+function Sharded:to(device)
+    if device == self.device then return self end
+    if self.pending then
+        self.pending.work:wait()
+        self.pending = nil
+    end
+    for _, L in pairs(self.layers) do
+        local moved = L.shard:to(device)
+        L.shard:free()
+        L.shard = moved
+        for _, p in ipairs(L.pieces) do C.lt_tensor_release(p.state[p.field]) end
+    end
+    for k, b in ipairs(self.bufs) do
+        local n = b:numel()
+        b:free()
+        self.bufs[k] = tensor.empty({ n }, { dtype = "u8", device = device })
+    end
+    self.device = device
     return self
 end
 
@@ -175,7 +217,7 @@ function Sharded:gather()
             check(C.lt_tensor_view_bytes(view, buf, p.dtype, #p.sizes, sizes_buf, p.off))
             -- a storage of its own, so the buffers can go
             local own = tensor.empty(p.sizes, { dtype = ffi.string(C.lt_dtype_info(p.dtype).name),
-                device = buf.device })
+                device = self.device })
             own:copy_(view)
             check(C.lt_tensor_share(p.state[p.field], own))
             own:free()
@@ -185,6 +227,10 @@ function Sharded:gather()
     end
     for _, b in ipairs(self.bufs) do b:free() end
     for _, f in ipairs(self.unhook) do f() end
+    for _, layer in ipairs(self.lm.layers:children()) do
+        for _, e in ipairs(layer_quants(layer.inner or layer)) do rawset(e.q, "_sharded", nil) end
+    end
+    self.lm._sharded_base = nil
     self.layers, self.bufs, self.unhook = {}, {}, {}
 end
 

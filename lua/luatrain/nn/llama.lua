@@ -275,9 +275,11 @@ function LlamaModel:rope_reserve(n)
 end
 
 -- model:to(device): the rotary tables every attention layer shares move too.
-function LlamaModel:_move_extras(_, move)
+function LlamaModel:_move_extras(device, move)
     self.rope.cos = move(self.rope.cos)
     self.rope.sin = move(self.rope.sin)
+    -- a base sharded over ranks: its shards and layer buffers
+    if self._sharded_base then self._sharded_base:to(device) end
 end
 
 -- The largest position a forward will use, plus one: opts.max_position when the caller
