@@ -203,7 +203,9 @@ say(("  weights: base %s as f32 -> %s %s (%.3f bits/weight) + %s unquantized; ad
     mb(n_plain_bytes), mb(8 * n_train), cfg.optim, mb(opt_bytes), mb(load_peak)))
 -- what the training step will hold (lt.plan; `luatrain plan` prints the same without training)
 if main then
-    local ok, plan = pcall(lt.plan.from_settings, lt.config.values(cfg))
+    local st = lt.config.values(cfg)
+    st.world, st.rank = pg.world, pg.rank
+    local ok, plan = pcall(lt.plan.from_settings, st)
     if ok then
         say("  memory plan, at the training step's peak (the log's peak_bytes):")
         say(lt.plan.format(plan))

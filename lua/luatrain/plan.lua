@@ -211,6 +211,16 @@ local function quant_bytes(s, out_f, in_f)
     return b + blocks * 4
 end
 
+-- The byte sizes of a quantized weight's pieces in lt_quant_state's order (packed, absmax,
+-- absmax2, code, nested_code): what dist/shard_base.lua lays out in a layer's blob.
+local function quant_pieces(s, out_f, in_f)
+    local n = out_f * in_f
+    if s.quant == "int8" then return { n, out_f * 4 } end
+    local blocks = ceil(n / s.blocksize)
+    if s.double_quant then return { ceil(n / 2), blocks, ceil(blocks / 256) * 4, 64, 1024 } end
+    return { ceil(n / 2), blocks * 4, 64 }
+end
+
 local function is_target(s, name)
     if s.r == 0 then return false end
     local t = s.target
@@ -499,6 +509,9 @@ local function settings(opts)
     s.eval_every, s.steps = s.eval_every or 0, s.steps or 0
     s.segments = s.segments or s.batch_size
     s.base_dtype = s.base_dtype or "f32"
+    -- data parallelism: the ranks, this one's index, ZeRO's stage, a base sharded over them
+    s.world, s.rank, s.zero = s.world or 1, s.rank or 0, s.zero or 0
+    s.shard_base = s.shard_base and true or false
     -- a quantized base loads its other weights in bf16 (recipes: from_pretrained's dtype)
     s.frozen_dtype = s.quant ~= "none" and "bf16" or s.base_dtype
     s.norm_dtype = "f32" -- RMSNorm weights are made in f32 whatever the load dtype
@@ -626,14 +639,35 @@ function M.train(opts)
     end
     local norms = (2 * nl + 1) * C * DTYPE_BYTES[s.norm_dtype]
     local embed = V * C * fb * (c.tie_word_embeddings and 1 or 2)
-    if base_q > 0 then L:alloc("quantized base", base_q) end
+    local function hold_base(P)
+        if base_q > 0 and s.shard_base and s.world > 1 then
+            -- dist/shard_base.lua: each layer's pieces at multiples of 64 bytes, padded to
+            -- world x 64 and cut in world ranges; two buffers of the largest layer's blob
+            local off = 0
+            for _, l in ipairs(lins) do
+                for _, b in ipairs(quant_pieces(s, l[4], l[3])) do off = ceil((off + b) / 64) * 64 end
+            end
+            local Sq = ceil(off / (64 * s.world)) * 64
+            P:alloc("quantized base (this rank's shards)", Sq * nl)
+            P:alloc("quantized base (two layer buffers)", 2 * Sq * s.world)
+        elseif base_q > 0 then
+            P:alloc("quantized base", base_q)
+        end
+    end
+    hold_base(L)
     L:alloc("weights (not quantized)", base_plain + norms + embed)
     local rows0 = min(c.max_position_embeddings, 256)
     L:alloc("rotary tables", c.head_dim / 2 * 4 + 2 * rows0 * c.head_dim / 2 * 4)
     local numels = trainable_numels(s, lins)
-    -- flat parameters and gradients: each tensor starts at a multiple of 64 elements
+    -- flat parameters and gradients: each tensor starts at a multiple of 64 elements, the
+    -- buffer a multiple of world x 64 (equal shards)
     local flat = 0
-    for _, n in ipairs(numels) do flat = flat + ceil(n / 64) * 64 end
+    local offsets = {}
+    for i, n in ipairs(numels) do
+        offsets[i] = flat
+        flat = flat + ceil(n / 64) * 64
+    end
+    flat = ceil(flat / (64 * s.world)) * 64 * s.world
     local adapters = s.r > 0
     if adapters then
         L:alloc("adapters", flat * 4)
@@ -644,7 +678,20 @@ function M.train(opts)
         L:alloc("trained weights", flat * 4)
     end
     L:alloc("gradients", flat * 4)
-    local opt_dev, opt_paged = optimizer_bytes(s, numels)
+    -- ZeRO (dist/zero.lua): this rank's shard of the gradients (and a send buffer; stage 2 a
+    -- scratch), and AdamW over the pieces of the parameters the shard holds
+    local opt_numels = numels
+    local S = flat / s.world
+    if s.zero > 0 then
+        L:alloc("ZeRO shard buffers", (s.zero == 2 and 3 or 2) * S * 4)
+        local lo, hi = s.rank * S, (s.rank + 1) * S
+        opt_numels = {}
+        for i, n in ipairs(numels) do
+            local a, b = max(lo, offsets[i]), min(hi, offsets[i] + n)
+            if b > a then opt_numels[#opt_numels + 1] = b - a end
+        end
+    end
+    local opt_dev, opt_paged = optimizer_bytes(s, opt_numels)
     if opt_dev > 0 then L:alloc("optimizer state", opt_dev) end
     -- the loader: the sample order and one packed row of ids, targets, positions, offsets
     local host_batches = s.train_samples * 8 + 3 * N * 8 + (N + 1) * 4
@@ -676,8 +723,9 @@ function M.train(opts)
     for _ = 1, 2 do
         for _ = 1, s.grad_accum do forward_backward(L, s, lins, N) end
         -- the gradient norm: src/ops/reduce.c sums each flat buffer in chunks of 16384
-        if flat > 16384 then L:scratch("gradient norm", ceil(flat / 16384) * 8) end
-        if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" then page_buffers(L, s, numels) end
+        local normed = s.zero > 0 and S or flat
+        if normed > 16384 then L:scratch("gradient norm", ceil(normed / 16384) * 8) end
+        if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" then page_buffers(L, s, opt_numels) end
     end
     -- an evaluation between steps (eval_every below steps) joins the run's peak
     if s.eval_every > 0 and s.eval_every < s.steps then evaluation(L, s, lins, N) end
@@ -689,7 +737,7 @@ function M.train(opts)
     local function loaded()
         local P = ledger()
         P.no_scratch = L.no_scratch
-        if base_q > 0 then P:alloc("quantized base", base_q) end
+        hold_base(P)
         P:alloc(s.r > 0 and "weights (not quantized)" or "trained weights", base_plain + norms + embed)
         P:alloc("rotary tables", c.head_dim / 2 * 4 + 2 * rows0 * c.head_dim / 2 * 4)
         return P
@@ -714,8 +762,8 @@ function M.train(opts)
     local Pg = loaded()
     if s.r > 0 then Pg:alloc("adapters", unflat) end
     Pg:alloc("gradients", unflat)
-    local S = T + (s.max_new_tokens or 64)
-    Pg:alloc("key/value cache", nl * 2 * S * c.num_key_value_heads * c.head_dim * s.ab)
+    local positions = T + (s.max_new_tokens or 64)
+    Pg:alloc("key/value cache", nl * 2 * positions * c.num_key_value_heads * c.head_dim * s.ab)
     s.evaluating = true
     model_forward(Pg, s, lins, T)
     s.evaluating = false
@@ -760,8 +808,9 @@ function M.from_settings(st)
         error(("plan: precision=%s is not planned yet on the CPU (f32, bf16)"):format(precision), 0)
     end
     if get("dora", false) then error("plan: dora=true is not planned yet", 0) end
-    if get("zero", 0) ~= 0 then error("plan: zero>0 (per-rank shards) is not planned yet", 0) end
-    if get("shard_base", false) then error("plan: shard_base=true (a base sharded over the ranks) is not planned yet", 0) end
+    -- under mpirun: the ranks (st.world, st.rank: the recipe's process group, or luatrain plan
+    -- --world=N --rank=R)
+    local world, rank = get("world", 1), get("rank", 0)
     local target = get("target", "all-linear")
     if target ~= "all-linear" and (target:find(",") or target:match("^[%w_]+$")) then
         local list = {}
@@ -794,7 +843,8 @@ function M.from_settings(st)
         optim = get("optim", "adamw"), precision = precision, threads = threads, train_samples = samples,
         device = kind, evaluates = true, generates = true, eval_samples = eval_samples,
         base_dtype = require("luatrain.amp").policy(precision, kind).frozen,
-        eval_every = get("eval_every", 0), steps = get("steps", 0), max_new_tokens = get("max_new_tokens", 64) }
+        eval_every = get("eval_every", 0), steps = get("steps", 0), max_new_tokens = get("max_new_tokens", 64),
+        world = world, rank = rank, zero = get("zero", 0), shard_base = get("shard_base", false) and world > 1 }
     p.settings.device = device
     p.settings.describe = ("%s base, LoRA r=%d, batch %d x %d, checkpointing %s, %s, %s, %d threads"):format(
         p.settings.quant, p.settings.r, p.settings.batch_size, p.settings.seq_len,

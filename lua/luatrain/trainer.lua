@@ -577,9 +577,12 @@ function Trainer:run()
         group = opts.eval_shared ~= false and self.pg or nil }
     -- peak memory of the device the model trains on (the host for a CPU model)
     self.device = model.device and model:device() or "cpu"
-    -- tensors dropped before the run (replaced parameter storages, loading's leftovers) are
-    -- released now, not whenever the collector gets to them: the peak then starts from the
-    -- same bytes every run, which is what the planner (lt.plan) predicts
+    -- tensors dropped before the run (replaced parameter storages, loading's leftovers, an
+    -- earlier run's model) are released now, not whenever the collector gets to them: the
+    -- peak then starts from the same bytes every run, which is what the planner (lt.plan)
+    -- predicts. Compiled traces hold the objects they specialised on (an earlier model's
+    -- tables, and through them its tensors): they go first, and recompile in microseconds
+    jit.flush()
     collectgarbage("collect")
     memory.reset_peak(self.device)
     model:train()

@@ -2,7 +2,8 @@
 test_recipe_shard_base.lua - recipes/qlora_llama.lua under mpirun with 2 ranks, shard_base=true
 (each rank keeps half of the 4-bit base and gathers each layer as it runs) against the same
 run with the base whole on every rank: the same losses in the log and the same adapter file,
-byte for byte, with evaluations during training and answers generated before and after.
+byte for byte, with evaluations during training and answers generated before and after;
+and in both, rank 0's logged peak is what `luatrain plan --world=2 --rank=0` says.
 Skips (exit 77) without mpirun.
 ]]
 package.path = "tests/lua/?.lua;" .. package.path
@@ -14,14 +15,24 @@ if has ~= 0 then
     os.exit(77)
 end
 
+local ARGS = "steps=3 eval_every=2 eval_samples=2 max_new_tokens=2"
+
 local function run(sb)
     local dir = os.tmpname()
     os.remove(dir)
-    local out, code = T.run(("bash tests/dist/mpirun.sh 2 240 %s recipes/qlora_llama.lua steps=3 eval_every=2 "
-        .. "eval_samples=2 max_new_tokens=2 shard_base=%s output_dir=%s"):format(T.luatrain(), tostring(sb), dir))
+    local out, code = T.run(("bash tests/dist/mpirun.sh 2 240 %s recipes/qlora_llama.lua %s shard_base=%s "
+        .. "output_dir=%s"):format(T.luatrain(), ARGS, tostring(sb), dir))
     T.eq(code, 0, out)
-    local losses = {}
-    for line in io.lines(dir .. "/log.jsonl") do losses[#losses + 1] = line:match('"loss":([%d.e+-]+)') end
+    local losses, peak = {}, nil
+    for line in io.lines(dir .. "/log.jsonl") do
+        losses[#losses + 1] = line:match('"loss":([%d.e+-]+)')
+        peak = tonumber(line:match('"peak_bytes":(%d+)'))
+    end
+    -- rank 0's peak is its plan (luatrain plan --world=2 --rank=0), to the byte
+    local plan, pc = T.run(("%s plan recipes/qlora_llama.lua %s shard_base=%s --world=2 --rank=0 --json"):format(
+        T.luatrain(), ARGS, tostring(sb)))
+    T.eq(pc, 0, plan)
+    T.eq(tonumber(plan:match('"train":(%d+)')), peak, "rank 0's log peak_bytes is its plan")
     local f = io.open(dir .. "/adapter_model.safetensors", "rb")
     local bytes = f:read("*a")
     f:close()

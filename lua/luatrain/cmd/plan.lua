@@ -1,6 +1,7 @@
 --[[
-cmd/plan.lua - `luatrain plan RECIPE [key=value ...] [--json]`: what the recipe's run will
-hold in memory, printed without loading the weights or training.
+cmd/plan.lua - `luatrain plan RECIPE [key=value ...] [--json] [--world=N --rank=R]`: what
+the recipe's run will hold in memory, printed without loading the weights or training (for
+rank R of an mpirun job of N ranks: zero=, shard_base= shard what each holds).
 
 The recipe is started with the same arguments until its settings are read (lt.config), then
 stopped; the plan comes from those settings and the model's config.json (lt.plan). --json
@@ -10,9 +11,16 @@ bytes, the quantity log.jsonl records as peak_bytes.
 local lt = require "luatrain"
 local json = require "luatrain.json"
 
-local args, as_json = {}, false
+local args, as_json, world, rank = {}, false, 1, 0
 for i = 1, #arg do
-    if arg[i] == "--json" then as_json = true else args[#args + 1] = arg[i] end
+    local w, r = arg[i]:match("^%-%-world=(%d+)$"), arg[i]:match("^%-%-rank=(%d+)$")
+    if arg[i] == "--json" then as_json = true
+    elseif w then world = tonumber(w)
+    elseif r then rank = tonumber(r)
+    else args[#args + 1] = arg[i] end
+end
+if world < 1 or rank >= world then
+    error(lt.config.usage_error(("plan: --rank=%d is not below --world=%d"):format(rank, world)), 0)
 end
 local recipe = table.remove(args, 1)
 if not recipe then
@@ -37,6 +45,7 @@ if not settings then
     error(lt.config.usage_error(("plan: %s reads no settings through lt.config, so there is nothing to plan"):format(
         recipe)), 0)
 end
+settings.world, settings.rank = world, rank
 if not settings.model then
     error(lt.config.usage_error(("plan: %s has no model setting (a Hugging Face folder)"):format(recipe)), 0)
 end
