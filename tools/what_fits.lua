@@ -44,6 +44,7 @@ local OPTIONS = {
 }
 
 local GiB = 2 ^ 30
+-- The plan's device bytes (with cuBLASLt's workspace and the context taken), and the plan.
 local function plan(m, r, T, extra)
     local o = { config = { hidden_size = m[2], intermediate_size = m[3], num_hidden_layers = m[4],
         num_attention_heads = m[5], num_key_value_heads = m[6], vocab_size = m[7], tie_word_embeddings = m[8],
@@ -93,6 +94,35 @@ for _, m in ipairs(MODELS) do
         end
         out(("| %s | %.2f GiB | %d | %d | %.2f | %s |"):format(m[1], base / GiB, r, T, total / GiB,
             table.concat(cells, " | ")))
+    end
+end
+out("")
+out("## Across GPUs, and with the host's help")
+out("")
+out("Rank 0 of 2 GPUs with `shard_base=true` (each GPU keeps half of the 4-bit base and gathers a layer "
+    .. "at a time, bit for bit) and `zero=1` (half of the optimizer state each); and one GPU with "
+    .. "`optim=paged_adamw offload_activations=true`. Host: the paged optimizer state and offloaded layer "
+    .. "inputs the process keeps in host memory (per process), beside the weights' file mappings.")
+out("")
+out("| model | r | seq | setup | per GPU GiB | host GiB | 16 GB | 24 GB | 48 GB |")
+out("|---|---|---|---|---|---|---|---|---|")
+local SETUPS = {
+    { "2 GPUs, shard_base, zero=1", { world = 2, rank = 0, shard_base = true, zero = 1 } },
+    { "2 GPUs, shard_base, zero=1, paged, offload", { world = 2, rank = 0, shard_base = true, zero = 1,
+        optim = "paged_adamw", offload_activations = true } },
+    { "1 GPU, paged, offload", { optim = "paged_adamw", offload_activations = true } },
+}
+for _, m in ipairs(MODELS) do
+    if m[4] >= 48 then -- 33B and up: where the single cards run out
+        for _, st in ipairs(SETTINGS) do
+            for _, su in ipairs(SETUPS) do
+                local total, p = plan(m, st[1], st[2], su[2])
+                local cells = {}
+                for _, card in ipairs({ 16, 24, 48 }) do cells[#cells + 1] = total <= card * 1e9 and "fits" or "-" end
+                out(("| %s | %d | %d | %s | %.2f | %.2f | %s |"):format(m[1], st[1], st[2], su[1], total / GiB,
+                    (p.host.paged + p.host.offload) / GiB, table.concat(cells, " | ")))
+            end
+        end
     end
 end
 out("")

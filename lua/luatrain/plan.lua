@@ -782,7 +782,8 @@ function M.train(opts)
         before_train = before,
         steady = L.current,
         rows = rows,
-        host = { paged = opt_paged },
+        -- host memory beside the device's: the paged optimizer state, the offloaded layer inputs
+        host = { paged = opt_paged, offload = s.offload and nl * N * C * s.ab or 0 },
         settings = s,
         trace = L.trace, trace_eval = Pe.trace,
     }
@@ -891,7 +892,8 @@ function M.to_json(p)
     for _, r in ipairs(p.rows) do rows[#rows + 1] = { what = r[1], bytes = r[2] } end
     return { device = p.settings.device or "cpu", peak = { train = p.peak.train, load = p.peak.load,
         eval = p.peak.eval, generate = p.peak.generate },
-        before_train = p.before_train, at_peak = rows, host = { paged_bytes = p.host.paged } }
+        before_train = p.before_train, at_peak = rows, host = { paged_bytes = p.host.paged,
+            offload_bytes = p.host.offload } }
 end
 
 -- The plan as a table of lines.
@@ -905,6 +907,9 @@ function M.format(p)
     out[#out + 1] = ("    %-40s %12s"):format("peak of a generation (seq_len prompt)", mb(p.peak.generate))
     if p.host.paged > 0 then
         out[#out + 1] = ("    %-40s %12s"):format("host: paged optimizer state", mb(p.host.paged))
+    end
+    if p.host.offload > 0 then
+        out[#out + 1] = ("    %-40s %12s"):format("host: offloaded layer inputs", mb(p.host.offload))
     end
     return table.concat(out, "\n")
 end
