@@ -77,6 +77,8 @@ local cfg = lt.config {
         .. "sets one for every device): past it an allocation fails as on a full device" },
     shard_base = { false, "under mpirun with a quantized base: each rank keeps 1/world of the base and "
         .. "all-gathers a layer's bytes as it runs (the same numbers, bit for bit)" },
+    vocab_parallel = { false, "under mpirun: the embedding and LM head split by vocabulary rows over the ranks "
+        .. "(their loss and gradients combined across them)" },
     auto_fit = { false, "with memory_limit: choose the micro-batch (keeping batch_size x grad_accum), gradient "
         .. "checkpointing, the paged optimizer and activation offload so that the planned training step fits" },
     precision = { "auto", "f32; bf16 (on a GPU: bf16 activations, f32 master weights; on the CPU: bf16 matmuls with "
@@ -89,6 +91,7 @@ local cfg = lt.config {
 -- settings whose range the declaration cannot say, checked before anything loads
 local function need(ok, what) if not ok then error(lt.config.usage_error(what), 0) end end
 need(cfg.steps > 0 or cfg.epochs > 0, "give steps or epochs a positive value")
+need(not (cfg.vocab_parallel and cfg.zero > 0), "vocab_parallel=true makes the ranks one model: zero=0 with it")
 need(cfg.zero == 0 or cfg.optim == "adamw" or cfg.optim == "paged_adamw", ("zero=%d with optim=%s is not supported "
     .. "yet (ZeRO shards 32-bit AdamW state, resident or paged; use zero=0, optim=adamw or optim=paged_adamw)"):format(
     cfg.zero, cfg.optim))
@@ -181,6 +184,11 @@ local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = c
     target = target, rslora = cfg.rslora, dora = cfg.dora })
 model:to(cfg.device)
 lt.amp.apply(model, policy)
+-- vocab_parallel: each rank keeps its rows of the vocabulary matrices
+local vocab_split = cfg.vocab_parallel and pg.world > 1
+if vocab_split then require("luatrain.dist.vocab_parallel").new(model, pg) end
+-- ranks that compute together (a sharded base, a split vocabulary) run every forward
+local together = sharded or vocab_split
 -- shard_base: every rank runs every forward the others run (the layers gather across
 -- them), so evaluation and the sample answers run on every rank, rank 0 alone printing
 -- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
@@ -255,9 +263,9 @@ say(("  data: %d training samples (%d tokens), %d held out; template %s, trained
 local questions = lt.trainer.questions(eval_path, cfg.template, cfg.eval_samples)
 local gen_opts = { max_new_tokens = cfg.max_new_tokens, stop_ids = { lt.data.templates.end_of_turn(cfg.template, tok) } }
 local eval_opts = { batch_size = cfg.batch_size, seq_len = cfg.seq_len, pad_id = tok.pad_id or tok.eos_id or 0,
-    group = not sharded and pg or nil }
+    group = not together and pg or nil }
 local function show(when, q)
-    if not q or not (main or sharded) then return end
+    if not q or not (main or together) then return end
     local out = main and io.write or function() end
     out(("\n%s training, %q\n  -> "):format(when, q.question))
     lt.trainer.answer(model, tok, q, { max_new_tokens = cfg.max_new_tokens, stop_ids = gen_opts.stop_ids,
@@ -268,7 +276,7 @@ end
 show("before", questions[1])
 -- generated answers are scored on rank 0 (the others go on to the held-out loss, shared out)
 local acc_before, right_before = 0, 0
-if main or sharded then acc_before, right_before = lt.trainer.accuracy(model, tok, questions, gen_opts) end
+if main or together then acc_before, right_before = lt.trainer.accuracy(model, tok, questions, gen_opts) end
 local loss_before = lt.trainer.eval_loss(model, eval_ds, eval_opts)
 say(("held-out: loss %.4f, exact-match accuracy %.1f%% (%d/%d)\n"):format(loss_before, 100 * acc_before,
     right_before, #questions))
@@ -281,9 +289,14 @@ local result = lt.trainer.finetune{
     lora_plus_ratio = cfg.lora_plus_ratio, detect_nonfinite = cfg.detect_nonfinite, optim = cfg.optim,
     loss_scale = loss_scale,
     warmup = cfg.warmup, steps = cfg.steps, epochs = cfg.epochs, grad_clip = cfg.grad_clip, seed = cfg.seed,
-    pad_id = eval_opts.pad_id, eval_every = cfg.eval_every, log = cfg.output_dir .. "/log.jsonl", zero = cfg.zero,
-    eval_shared = not sharded,
+    pad_id = eval_opts.pad_id, eval_every = cfg.eval_every, zero = cfg.zero,
+    -- a split vocabulary makes the ranks one model: each trains on the same batches (its own
+    -- trainer, no data parallelism; the adapters' gradients come out the same on every rank)
+    group = vocab_split and lt.dist.local_group() or nil,
+    log = (main or not vocab_split) and cfg.output_dir .. "/log.jsonl" or nil,
+    eval_shared = not together,
     on_step = function(rec, total)
+        if not bar then return end
         bar:update(rec.step / total, ("step %d loss %.4f lr %.2e %.0f tok/s peak %s%s"):format(rec.step, rec.loss,
             rec.lr, rec.tokens_per_s, mb(rec.peak_bytes), rec.eval_loss and (" eval %.4f"):format(rec.eval_loss) or ""))
     end,
@@ -293,7 +306,7 @@ if bar then bar:finish(("%d steps, loss %.4f -> %.4f"):format(result.steps, resu
 -- ---- after ------------------------------------------------------------------------------------
 show("after", questions[1])
 local acc_after, right_after = 0, 0
-if main or sharded then acc_after, right_after = lt.trainer.accuracy(model, tok, questions, gen_opts) end
+if main or together then acc_after, right_after = lt.trainer.accuracy(model, tok, questions, gen_opts) end
 if main then lt.lora.save(model, cfg.output_dir, { base_model_name_or_path = cfg.model }) end
 pg:barrier()
 

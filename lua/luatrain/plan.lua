@@ -812,6 +812,9 @@ function M.from_settings(st)
     -- under mpirun: the ranks (st.world, st.rank: the recipe's process group, or luatrain plan
     -- --world=N --rank=R)
     local world, rank = get("world", 1), get("rank", 0)
+    if get("vocab_parallel", false) and world > 1 then
+        error("plan: vocab_parallel=true (the vocabulary split over the ranks) is not planned yet", 0)
+    end
     local target = get("target", "all-linear")
     if target ~= "all-linear" and (target:find(",") or target:match("^[%w_]+$")) then
         local list = {}

@@ -4,7 +4,8 @@ test_recipe_shard_base.lua - recipes/qlora_llama.lua under mpirun with 2 ranks, 
 run with the base whole on every rank: the same losses in the log and the same adapter file,
 byte for byte, with evaluations during training and answers generated before and after;
 and in both, rank 0's logged peak is what `luatrain plan --world=2 --rank=0` says.
-Skips (exit 77) without mpirun.
+And vocab_parallel=true (the embedding and head split by rows over 2 ranks that train as one
+model) logs the single process's losses within f32 rounding. Skips (exit 77) without mpirun.
 ]]
 package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
@@ -46,6 +47,27 @@ T.test("shard_base=true trains like the whole base, bit for bit", function()
     T.eq(#l0, 3, "three steps logged")
     T.eq(l1, l0, "losses")
     T.ok(a1 == a0, "the adapter files are the same bytes")
+end)
+
+T.test("vocab_parallel=true: two ranks as one model train like one process, within f32 rounding", function()
+    local function losses(cmd, dir)
+        local out, code = T.run(cmd)
+        T.eq(code, 0, out)
+        local l = {}
+        for line in io.lines(dir .. "/log.jsonl") do l[#l + 1] = tonumber(line:match('"loss":([%d.e+-]+)')) end
+        T.run("rm -rf " .. dir)
+        return l
+    end
+    local d1, d2 = os.tmpname(), os.tmpname()
+    os.remove(d1)
+    os.remove(d2)
+    local one = losses(("%s recipes/qlora_llama.lua %s output_dir=%s"):format(T.luatrain(), ARGS, d1), d1)
+    local two = losses(("bash tests/dist/mpirun.sh 2 240 %s recipes/qlora_llama.lua %s vocab_parallel=true "
+        .. "output_dir=%s"):format(T.luatrain(), ARGS, d2), d2)
+    T.eq(#two, #one)
+    for i = 1, #one do
+        T.ok(math.abs(two[i] - one[i]) <= 1e-5 * math.abs(one[i]), ("step %d: %.9g vs %.9g"):format(i, two[i], one[i]))
+    end
 end)
 
 T.done()
