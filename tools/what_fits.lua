@@ -85,7 +85,7 @@ for _, m in ipairs(MODELS) do
         for _, card in ipairs(CARDS) do
             local verdict = "-"
             for _, opt in ipairs(OPTIONS) do
-                if plan(m, r, T, opt[2]) <= card * 1e9 then
+                if plan(m, r, T, opt[2]) <= card * GiB then
                     verdict = opt[1]
                     break
                 end
@@ -100,7 +100,8 @@ out("")
 out("## Across GPUs, and with the host's help")
 out("")
 out("Rank 0 of 2 GPUs with `shard_base=true` (each GPU keeps half of the 4-bit base and gathers a layer "
-    .. "at a time, bit for bit) and `zero=1` (half of the optimizer state each); and one GPU with "
+    .. "at a time, bit for bit) and `zero=1` (half of the optimizer state each), or as one model with "
+    .. "`vocab_parallel=true` too (the embedding and head split by rows; no data parallelism); and one GPU with "
     .. "`optim=paged_adamw offload_activations=true`. Host: the paged optimizer state and offloaded layer "
     .. "inputs the process keeps in host memory (per process), beside the weights' file mappings.")
 out("")
@@ -108,6 +109,10 @@ out("| model | r | seq | setup | per GPU GiB | host GiB | 16 GB | 24 GB | 48 GB 
 out("|---|---|---|---|---|---|---|---|---|")
 local SETUPS = {
     { "2 GPUs, shard_base, zero=1", { world = 2, rank = 0, shard_base = true, zero = 1 } },
+    { "2 GPUs as one model: shard_base, vocab_parallel", { world = 2, rank = 0, shard_base = true,
+        vocab_parallel = true } },
+    { "2 GPUs as one model, paged, offload", { world = 2, rank = 0, shard_base = true, vocab_parallel = true,
+        optim = "paged_adamw", offload_activations = true } },
     { "2 GPUs, shard_base, zero=1, paged, offload", { world = 2, rank = 0, shard_base = true, zero = 1,
         optim = "paged_adamw", offload_activations = true } },
     { "1 GPU, paged, offload", { optim = "paged_adamw", offload_activations = true } },
@@ -118,7 +123,7 @@ for _, m in ipairs(MODELS) do
             for _, su in ipairs(SETUPS) do
                 local total, p = plan(m, st[1], st[2], su[2])
                 local cells = {}
-                for _, card in ipairs({ 16, 24, 48 }) do cells[#cells + 1] = total <= card * 1e9 and "fits" or "-" end
+                for _, card in ipairs({ 16, 24, 48 }) do cells[#cells + 1] = total <= card * GiB and "fits" or "-" end
                 out(("| %s | %d | %d | %s | %.2f | %.2f | %s |"):format(m[1], st[1], st[2], su[1], total / GiB,
                     (p.host.paged + p.host.offload) / GiB, table.concat(cells, " | ")))
             end
@@ -127,8 +132,8 @@ for _, m in ipairs(MODELS) do
 end
 out("")
 out("The QLoRA paper's claims, for comparison: 33B fine-tunes on a 24 GB card and 65B on a 48 GB card (with "
-    .. "paged optimizers); its 7B base takes 5,048 MB in NF4 with double quantization. Cards are counted as "
-    .. "10^9 bytes per GB, as their makers count them.")
+    .. "paged optimizers); its 7B base takes 5,048 MB in NF4 with double quantization. A card's GB are "
+    .. "counted as GiB (a 24 GB card has 24,576 MiB).")
 if cfg.out ~= "" then
     lt.fs.write_atomic(cfg.out, table.concat(lines, "\n") .. "\n")
     print("written to " .. cfg.out)

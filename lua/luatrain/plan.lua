@@ -376,6 +376,8 @@ local function model_forward(L, s, lins, N)
     local c = s.config
     local C, nl = c.hidden_size, c.num_hidden_layers
     L:buffer(ACT, "embed/output", N * C * s.ab)
+    -- vocab_parallel: the ids pointed at this rank's rows (VP:_local_ids)
+    if s.vocab_parallel then L:buffer(ACT, "vp/ids", N * 8) end
     local ck = s.gradient_checkpointing
     local CKPT = "checkpointed layer outputs"
     for i = 1, nl do
@@ -391,6 +393,48 @@ local function model_forward(L, s, lins, N)
     rmsnorm_forward(L, s, "norm", N)
 end
 
+-- dist/vocab_parallel.lua: this rank's vocabulary rows.
+local function vp_rows(s)
+    local V = s.config.vocab_size
+    local P = ceil(V / s.world)
+    return min(V, (s.rank + 1) * P) - min(V, s.rank * P), P
+end
+
+-- The forward statistics over this rank's rows (VP:_targets, VP:_stats): the rank's targets
+-- two ways, per-row log-sum-exps and losses, the fused head's forward over the rows, then the
+-- combination's buffers.
+local function vp_stats(L, s, N)
+    local C = s.config.hidden_size
+    local rows = vp_rows(s)
+    L:buffer(ACT, "vp/own", N * 8)
+    L:buffer(ACT, "vp/ext", N * 8)
+    L:buffer(ACT, "vp/lse_r", N * 4)
+    L:buffer(ACT, "vp/rl", N * 4)
+    L:buffer(ACT, "vp/loss_tmp", 4)
+    local HEAD = "LM head logit blocks"
+    local R = min(max(floor(2 ^ 23 / rows), 1), N)
+    L:alloc(HEAD, R * rows * 4)
+    for r0 = 0, N - 1, R do matmul(L, s, "LM head", min(R, N - r0), rows, C, "f32", s.head_dtype) end
+    L:free(HEAD, R * rows * 4)
+    for _, k in ipairs({ "m", "e", "xt", "lse" }) do L:buffer(ACT, "vp/" .. k, N * 4) end
+end
+
+-- The backward over this rank's rows and the zero row, with the global log-sum-exp.
+local function vp_backward(L, s, N)
+    local C = s.config.hidden_size
+    local V1 = vp_rows(s) + 1
+    L:buffer(ACT, "head/d_hidden", N * C * 4)
+    local HEAD = "LM head logit blocks"
+    local R = min(max(floor(2 ^ 23 / V1), 1), N)
+    L:alloc(HEAD, R * V1 * 4)
+    for r0 = 0, N - 1, R do
+        local rr = min(R, N - r0)
+        matmul(L, s, "LM head", rr, V1, C, "f32", s.head_dtype)
+        matmul(L, s, "LM head backward", rr, C, V1, "f32", s.head_dtype)
+    end
+    L:free(HEAD, R * V1 * 4)
+end
+
 -- lt.trainer.eval_loss over one batch: its loader, the forward in eval mode (no dropout),
 -- LlamaForCausalLM:loss's head (the log-sum-exps kept, the logits a block at a time).
 local function evaluation(L, s, lins, N)
@@ -404,10 +448,15 @@ local function evaluation(L, s, lins, N)
     s.evaluating = true
     model_forward(L, s, lins, N)
     s.evaluating = false
+    local HEAD = "LM head logit blocks"
+    if s.vocab_parallel then
+        vp_stats(L, s, N)
+    else
     L:buffer(ACT, "head/loss", 4)
     L:buffer(ACT, "head/lse", N * 4)
-    local HEAD = "LM head logit blocks"
-    if s.device == "cuda" then
+    end
+    if s.vocab_parallel then -- luacheck: ignore 542
+    elseif s.device == "cuda" then
         local E = floor(256 * 2 ^ 20 / 4)
         local rows_min = max(min(N, 256), 1)
         local vc = V
@@ -434,6 +483,10 @@ local function forward_backward(L, s, lins, N)
     model_forward(L, s, lins, N)
     local ck = s.gradient_checkpointing
     local CKPT = "checkpointed layer outputs"
+    if s.vocab_parallel then
+        vp_stats(L, s, N)
+        vp_backward(L, s, N)
+    else
     L:buffer(ACT, "head/loss", 4)
     L:buffer(ACT, "head/d_hidden", N * C * s.dh_bytes)
     -- src/ops/cross_entropy.c lmhead_run: R rows of logits at a time (R x V f32, within 8M
@@ -466,6 +519,7 @@ local function forward_backward(L, s, lins, N)
         L:free(HEAD, R * V * 4)
     end
     if s.dh_bytes ~= s.ab then L:buffer(ACT, "head/d_hidden_act", N * C * s.ab) end
+    end
     rmsnorm_backward(L, s, "norm", N, s.norms_trainable)
     for i = nl, 1, -1 do
         local key = ck and "arena." or ("layer" .. i .. ".")
@@ -512,6 +566,7 @@ local function settings(opts)
     -- data parallelism: the ranks, this one's index, ZeRO's stage, a base sharded over them
     s.world, s.rank, s.zero = s.world or 1, s.rank or 0, s.zero or 0
     s.shard_base = s.shard_base and true or false
+    s.vocab_parallel = (s.vocab_parallel and s.world > 1) and true or false
     -- a quantized base loads its other weights in bf16 (recipes: from_pretrained's dtype)
     s.frozen_dtype = s.quant ~= "none" and "bf16" or s.base_dtype
     s.norm_dtype = "f32" -- RMSNorm weights are made in f32 whatever the load dtype
@@ -639,6 +694,8 @@ function M.train(opts)
     end
     local norms = (2 * nl + 1) * C * DTYPE_BYTES[s.norm_dtype]
     local embed = V * C * fb * (c.tie_word_embeddings and 1 or 2)
+    -- vocab_parallel: this rank's rows and a zero row of each vocabulary matrix
+    if s.vocab_parallel then embed = (vp_rows(s) + 1) * C * fb * (c.tie_word_embeddings and 1 or 2) end
     local function hold_base(P)
         if base_q > 0 and s.shard_base and s.world > 1 then
             -- dist/shard_base.lua: each layer's pieces at multiples of 64 bytes, padded to
@@ -667,7 +724,9 @@ function M.train(opts)
         offsets[i] = flat
         flat = flat + ceil(n / 64) * 64
     end
-    flat = ceil(flat / (64 * s.world)) * 64 * s.world
+    -- a split vocabulary makes the ranks one model: no data parallelism, no padding for it
+    local dp = s.vocab_parallel and 1 or s.world
+    flat = ceil(flat / (64 * dp)) * 64 * dp
     local adapters = s.r > 0
     if adapters then
         L:alloc("adapters", flat * 4)
@@ -710,8 +769,17 @@ function M.train(opts)
 
     -- what evaluation and generation before training leave in the model: the head's
     -- per-token log-sum-exps (LlamaForCausalLM:loss) and the last position's logits
-    if s.evaluates then L:buffer(ACT, "head/lse", N * 4) end
-    if s.generates then L:buffer(ACT, "lm_head/output", V * s.ab) end
+    -- (a split vocabulary's own loss keeps its statistics in its own buffers)
+    if s.evaluates and not s.vocab_parallel then L:buffer(ACT, "head/lse", N * 4) end
+    if s.generates then
+        L:buffer(ACT, "lm_head/output", V * (s.vocab_parallel and 4 or s.ab))
+        if s.vocab_parallel then
+            -- the head's gathered logits of the last position (VP:_logits)
+            local _, P = vp_rows(s)
+            L:buffer(ACT, "vp/logits_mine", P * 4)
+            L:buffer(ACT, "vp/logits_all", s.world * P * 4)
+        end
+    end
     -- the rotary tables grow, on the first forward, to the positions a row holds (planned as
     -- seq_len: packed samples restart their positions, so a run may need fewer)
     if T > rows0 then
@@ -812,9 +880,7 @@ function M.from_settings(st)
     -- under mpirun: the ranks (st.world, st.rank: the recipe's process group, or luatrain plan
     -- --world=N --rank=R)
     local world, rank = get("world", 1), get("rank", 0)
-    if get("vocab_parallel", false) and world > 1 then
-        error("plan: vocab_parallel=true (the vocabulary split over the ranks) is not planned yet", 0)
-    end
+
     local target = get("target", "all-linear")
     if target ~= "all-linear" and (target:find(",") or target:match("^[%w_]+$")) then
         local list = {}
@@ -848,7 +914,8 @@ function M.from_settings(st)
         device = kind, evaluates = true, generates = true, eval_samples = eval_samples,
         base_dtype = require("luatrain.amp").policy(precision, kind).frozen,
         eval_every = get("eval_every", 0), steps = get("steps", 0), max_new_tokens = get("max_new_tokens", 64),
-        world = world, rank = rank, zero = get("zero", 0), shard_base = get("shard_base", false) and world > 1 }
+        world = world, rank = rank, zero = get("zero", 0), shard_base = get("shard_base", false) and world > 1,
+        vocab_parallel = get("vocab_parallel", false) }
     p.settings.device = device
     p.settings.describe = ("%s base, LoRA r=%d, batch %d x %d, checkpointing %s, %s, %s, %d threads"):format(
         p.settings.quant, p.settings.r, p.settings.batch_size, p.settings.seq_len,

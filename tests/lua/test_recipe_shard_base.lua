@@ -53,17 +53,23 @@ T.test("vocab_parallel=true: two ranks as one model train like one process, with
     local function losses(cmd, dir)
         local out, code = T.run(cmd)
         T.eq(code, 0, out)
-        local l = {}
-        for line in io.lines(dir .. "/log.jsonl") do l[#l + 1] = tonumber(line:match('"loss":([%d.e+-]+)')) end
+        local l, peak = {}, nil
+        for line in io.lines(dir .. "/log.jsonl") do
+            l[#l + 1] = tonumber(line:match('"loss":([%d.e+-]+)'))
+            peak = tonumber(line:match('"peak_bytes":(%d+)'))
+        end
         T.run("rm -rf " .. dir)
-        return l
+        return l, peak
     end
     local d1, d2 = os.tmpname(), os.tmpname()
     os.remove(d1)
     os.remove(d2)
     local one = losses(("%s recipes/qlora_llama.lua %s output_dir=%s"):format(T.luatrain(), ARGS, d1), d1)
-    local two = losses(("bash tests/dist/mpirun.sh 2 240 %s recipes/qlora_llama.lua %s vocab_parallel=true "
+    local two, peak = losses(("bash tests/dist/mpirun.sh 2 240 %s recipes/qlora_llama.lua %s vocab_parallel=true "
         .. "output_dir=%s"):format(T.luatrain(), ARGS, d2), d2)
+    local plan = T.run(("%s plan recipes/qlora_llama.lua %s vocab_parallel=true --world=2 --rank=0 --json"):format(
+        T.luatrain(), ARGS))
+    T.eq(tonumber(plan:match('"train":(%d+)')), peak, "rank 0's log peak_bytes is its plan")
     T.eq(#two, #one)
     for i = 1, #one do
         T.ok(math.abs(two[i] - one[i]) <= 1e-5 * math.abs(one[i]), ("step %d: %.9g vs %.9g"):format(i, two[i], one[i]))
