@@ -265,6 +265,25 @@ typedef struct lt_json_node {
     int32_t reserved; /* explicit padding, zero */
 } lt_json_node;
 
+/* ---- asynchronous file I/O (io/aio.c): the NVMe-offloaded optimizer state ------------- */
+
+/* One file (created, truncated; removed by lt_aio_close) read and written by `threads`
+   workers through 4096-aligned bounce buffers, with O_DIRECT where the file system takes it
+   (lt_aio_direct says), so the caller's tensors need no alignment. Offsets must be multiples
+   of lt_aio_align(); a request moves the tensor's bytes rounded up to that, so regions must
+   be laid out that far apart. Each request returns a ticket (from 1); lt_aio_wait waits for
+   one, at most timeout_s seconds ("did not finish within ..."), and reports its error. The
+   tensor's storage is held until the request is done. Requests on overlapping ranges are
+   the caller's to order. */
+typedef struct lt_aio lt_aio;
+int lt_aio_open(lt_aio **out, const char *path, int threads);
+int lt_aio_read(lt_aio *a, int64_t offset, lt_tensor *dst, int64_t *ticket);
+int lt_aio_write(lt_aio *a, int64_t offset, const lt_tensor *src, int64_t *ticket);
+int lt_aio_wait(lt_aio *a, int64_t ticket, double timeout_s);
+int lt_aio_close(lt_aio *a);
+int lt_aio_direct(const lt_aio *a);
+int64_t lt_aio_align(void);
+
 /* A parsed document and the buffers reused from one parse to the next. */
 typedef struct lt_json_doc lt_json_doc;
 int lt_json_doc_new(lt_json_doc **out);

@@ -515,6 +515,15 @@ typedef struct lt_json_node {
     int32_t reserved;
 } lt_json_node;
 
+typedef struct lt_aio lt_aio;
+int lt_aio_open(lt_aio **out, const char *path, int threads);
+int lt_aio_read(lt_aio *a, int64_t offset, lt_tensor *dst, int64_t *ticket);
+int lt_aio_write(lt_aio *a, int64_t offset, const lt_tensor *src, int64_t *ticket);
+int lt_aio_wait(lt_aio *a, int64_t ticket, double timeout_s);
+int lt_aio_close(lt_aio *a);
+int lt_aio_direct(const lt_aio *a);
+int64_t lt_aio_align(void);
+
 typedef struct lt_json_doc lt_json_doc;
 int lt_json_doc_new(lt_json_doc **out);
 void lt_json_doc_free(lt_json_doc *d);

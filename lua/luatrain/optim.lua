@@ -99,6 +99,13 @@ end
 -- sets, page_mb MiB in all per moment, default 8: one set is updated while the other is
 -- filled), which is otherwise the same arithmetic, bit for bit: a run that would not fit
 -- its budget with the moments resident fits with them paged.
+--
+-- offload = "nvme" (ZeRO-Infinity's): the moments live in a file in opts.offload_dir (made and
+-- removed by the optimizer; O_DIRECT where the file system takes it, src/io/aio.c) and are
+-- read page by page into host buffers for the update and written back, the next page's read
+-- and the last page's write running while a page is updated (io_threads workers, 2 by
+-- default; every wait gives up after io_timeout seconds, 600). Nothing of them stays in
+-- memory; the arithmetic is AdamW's, bit for bit. CPU parameters only, for now.
 function M.AdamW(params, opts)
     opts = opts or {}
     if type(params) ~= "table" then error("AdamW: params must be a list of parameter records or groups", 2) end
@@ -106,9 +113,23 @@ function M.AdamW(params, opts)
         -- two sets of page buffers (the pipeline), page_mb between them
         page_elems = math.max(1, math.floor((opts.page_mb or 8) * 2 ^ 20 / 4 / 2)) }, AdamW)
     if not ((opts.page_mb or 8) * 2 ^ 20 / 4 >= 1) then error("AdamW: page_mb must be positive", 2) end
-    build_groups(self, params, opts, "AdamW", self.paged and moments_paged or moments32)
+    if opts.offload ~= nil and opts.offload ~= "nvme" then
+        error(("AdamW: offload must be \"nvme\" (or nothing), got %s"):format(tostring(opts.offload)), 2)
+    end
+    if opts.offload == "nvme" then
+        if self.paged then error("AdamW: paged and offload=nvme are two places for the moments: pick one", 2) end
+        if type(opts.offload_dir) ~= "string" or opts.offload_dir == "" then
+            error("AdamW: offload=nvme needs offload_dir (a folder on a fast disk)", 2)
+        end
+        self.nvme = M._nvme_file(opts)
+        -- pages of whole 4096-byte blocks (O_DIRECT's alignment)
+        self.page_elems = math.max(1024, math.floor(self.page_elems / 1024) * 1024)
+    end
+    build_groups(self, params, opts, "AdamW", self.nvme and function(r) return M._nvme_moments(self, r) end
+        or (self.paged and moments_paged or moments32))
     return self
 end
+
 
 local hyper = {}
 local multi_params = ffi.new("lt_adamw_params")
@@ -245,11 +266,112 @@ local function step_paged(self, gs)
     finish_pages(bufs)
 end
 
+-- ---- the NVMe-offloaded moments ---------------------------------------------------------------
+
+local nvme_count = 0
+local C = core.C
+pcall(ffi.cdef, "int getpid(void);")
+
+function M._nvme_file(opts)
+    local fs = require "luatrain.fs"
+    fs.make_dirs(opts.offload_dir)
+    nvme_count = nvme_count + 1
+    local path = ("%s/adamw-%d-%d.state"):format(opts.offload_dir, ffi.C.getpid(), nvme_count)
+    local out = ffi.new("lt_aio *[1]")
+    core.check(C.lt_aio_open(out, path, opts.io_threads or 2))
+    local f = { aio = ffi.gc(out[0], C.lt_aio_close), path = path, size = 0, timeout = opts.io_timeout or 600,
+        direct = C.lt_aio_direct(out[0]) ~= 0, dir = opts.offload_dir }
+    return f
+end
+
+-- A parameter's two regions in the file (zeros until written: the moments start at zero).
+function M._nvme_moments(self, r)
+    local f, n = self.nvme, r.param:numel()
+    local align = tonumber(C.lt_aio_align())
+    local bytes = math.ceil(n * 4 / align) * align
+    local st = { step = 0, n = n, off_m = f.size, off_v = f.size + bytes }
+    f.size = f.size + 2 * bytes
+    return st
+end
+
+local ticket_buf = ffi.new("int64_t[1]")
+
+local function aio_io(f, write, off, t)
+    core.check((write and C.lt_aio_write or C.lt_aio_read)(f.aio, off, t, ticket_buf))
+    return tonumber(ticket_buf[0])
+end
+
+local function aio_wait(f, t) core.check(C.lt_aio_wait(f.aio, t, f.timeout)) end
+
+-- The update with the moments in the file: pages in order over two sets of host buffers; a
+-- set is refilled only once its last page's writes are done.
+local function step_nvme(self, gs)
+    local f = self.nvme
+    local bufs, writes, views = {}, { {}, {} }, { {}, {} }
+    local set, pending = 0, nil
+    local function run(job)
+        aio_wait(f, job.tm)
+        aio_wait(f, job.tv)
+        F.adamw_step(job.p, job.g, job.m, job.v, job.h)
+        writes[job.set] = { aio_io(f, true, job.off_m, job.m), aio_io(f, true, job.off_v, job.v) }
+    end
+    for _, g in ipairs(self.groups) do
+        hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2
+        hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs
+        for _, r in ipairs(g.params) do
+            local st = self.state[r]
+            if r.param.device ~= "cpu" then
+                error("AdamW offload=nvme: the parameters must be on the CPU for now (" .. r.param.device .. ")", 0)
+            end
+            st.step = st.step + 1
+            hyper.step = st.step
+            local n = st.n
+            local p, gr = r.param:view(n), r.grad:view(n)
+            for start = 1, n, self.page_elems do
+                local len = math.min(self.page_elems, n - start + 1)
+                set = set % 2 + 1
+                -- the set's last page must be in the file before its buffers are refilled; its
+                -- views go now, so a buffer that grows gives its old bytes back at once
+                for _, t in ipairs(writes[set]) do aio_wait(f, t) end
+                for _, x in ipairs(views[set]) do x:free() end
+                writes[set], views[set] = {}, {}
+                local m = page_buffer(bufs, "m" .. set, "cpu", "f32", len):narrow(1, 1, len)
+                local v = page_buffer(bufs, "v" .. set, "cpu", "f32", len):narrow(1, 1, len)
+                views[set] = { m, v }
+                local off = (start - 1) * 4
+                local job = { set = set, m = m, v = v, p = p:narrow(1, start, len), g = gr:narrow(1, start, len),
+                    off_m = st.off_m + off, off_v = st.off_v + off,
+                    tm = aio_io(f, false, st.off_m + off, m), tv = aio_io(f, false, st.off_v + off, v), h = {} }
+                for k, x in pairs(hyper) do job.h[k] = x end
+                if pending then run(pending) end
+                pending = job
+            end
+        end
+    end
+    if pending then run(pending) end
+    for _, w in ipairs(writes) do for _, t in ipairs(w) do aio_wait(f, t) end end
+    for _, vs in ipairs(views) do for _, x in ipairs(vs) do x:free() end end
+    for k, b in pairs(bufs) do
+        if type(k) == "string" and k:find(":", 1, true) then b:free() end
+    end
+end
+
+-- A parameter's moments read whole from the file (for checkpoints).
+local function nvme_read(self, st)
+    local f = self.nvme
+    local m, v = tensor.empty({ st.n }), tensor.empty({ st.n })
+    local a, b = aio_io(f, false, st.off_m, m), aio_io(f, false, st.off_v, v)
+    aio_wait(f, a)
+    aio_wait(f, b)
+    return m, v
+end
+
 -- opts.grad_scale multiplies every gradient first (clipping coefficient, 1/loss scale).
 -- Parameters on the CPU are updated one tensor at a time (each in parallel inside); a
 -- group on one CUDA device goes in one launch.
 function AdamW:step(opts)
     local gs = opts and opts.grad_scale or 1
+    if self.nvme then return step_nvme(self, gs) end
     if self.paged then
         if not self.max_numel then
             self.max_numel = 1
@@ -302,8 +424,14 @@ function AdamW:state_dict()
         for pi, r in ipairs(g.params) do
             local st = self.state[r]
             local key = gi .. "." .. pi
+            if self.nvme then
+                tensors[key .. ".exp_avg"], tensors[key .. ".exp_avg_sq"] = nvme_read(self, st)
+                tensors[key .. ".exp_avg"] = tensors[key .. ".exp_avg"]:view(r.param:shape())
+                tensors[key .. ".exp_avg_sq"] = tensors[key .. ".exp_avg_sq"]:view(r.param:shape())
+            else
             tensors[key .. ".exp_avg"] = st.exp_avg
             tensors[key .. ".exp_avg_sq"] = st.exp_avg_sq
+            end
             params[key] = { name = r.name, step = st.step, shape = r.param:shape() }
         end
     end
@@ -342,8 +470,16 @@ function AdamW:load_state_dict(sd)
         for pi, r in ipairs(g.params) do
             local key = gi .. "." .. pi
             local st = self.state[r]
+            if self.nvme then
+                local f = self.nvme
+                local m = sd.tensors[key .. ".exp_avg"]:contiguous():to("f32")
+                local v = sd.tensors[key .. ".exp_avg_sq"]:contiguous():to("f32")
+                aio_wait(f, aio_io(f, true, st.off_m, m))
+                aio_wait(f, aio_io(f, true, st.off_v, v))
+            else
             st.exp_avg:copy_(sd.tensors[key .. ".exp_avg"])
             st.exp_avg_sq:copy_(sd.tensors[key .. ".exp_avg_sq"])
+            end
             st.step = sd.params[key].step
         end
     end
@@ -352,8 +488,49 @@ end
 -- Bytes of optimizer state held (the moments; lt.memory counts the same allocations).
 function AdamW:state_bytes()
     local n = 0
-    for _, st in pairs(self.state) do n = n + st.exp_avg:nbytes() + st.exp_avg_sq:nbytes() end
+    for _, st in pairs(self.state) do
+        if st.exp_avg then n = n + st.exp_avg:nbytes() + st.exp_avg_sq:nbytes() else n = n + 8 * st.n end
+    end
     return n
+end
+
+-- A parameter record's moments as tensors (1-D copies read from the file when offloaded;
+-- the state's own tensors otherwise), and the setter that puts them back.
+function AdamW:moments(r)
+    local st = self.state[r]
+    if self.nvme then return nvme_read(self, st) end
+    return st.exp_avg, st.exp_avg_sq
+end
+
+function AdamW:set_moments(r, m, v)
+    local st = self.state[r]
+    if self.nvme then
+        local f = self.nvme
+        local mc, vc = m:contiguous():to("f32"), v:contiguous():to("f32")
+        aio_wait(f, aio_io(f, true, st.off_m, mc))
+        aio_wait(f, aio_io(f, true, st.off_v, vc))
+    else
+        st.exp_avg:copy_(m)
+        st.exp_avg_sq:copy_(v)
+    end
+end
+
+-- offload=nvme: close and remove the state file now (the collector does it otherwise); the
+-- optimizer cannot step after.
+function AdamW:close()
+    local f = self.nvme
+    if f and f.aio ~= nil then
+        local a = f.aio
+        f.aio = nil
+        ffi.gc(a, nil)
+        core.check(C.lt_aio_close(a))
+    end
+end
+
+-- Bytes of the moments held in memory (none when they live in a file).
+function AdamW:resident_state_bytes()
+    if self.nvme then return 0 end
+    return self:state_bytes()
 end
 
 -- ---- AdamW8bit --------------------------------------------------------------------------------

@@ -567,6 +567,8 @@ local function settings(opts)
     s.world, s.rank, s.zero = s.world or 1, s.rank or 0, s.zero or 0
     s.shard_base = s.shard_base and true or false
     s.vocab_parallel = (s.vocab_parallel and s.world > 1) and true or false
+    -- offload = "nvme": AdamW's moments in a file, paged through the same two buffer sets
+    s.nvme = opts.offload == "nvme"
     -- a quantized base loads its other weights in bf16 (recipes: from_pretrained's dtype)
     s.frozen_dtype = s.quant ~= "none" and "bf16" or s.base_dtype
     s.norm_dtype = "f32" -- RMSNorm weights are made in f32 whatever the load dtype
@@ -615,7 +617,7 @@ end
 local function optimizer_bytes(s, numels)
     local dev, paged_pool = 0, 0
     local eight = s.optim == "adamw_8bit" or s.optim == "paged_adamw_8bit"
-    local paged = s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit"
+    local paged = s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" or s.nvme
     local maps = false
     for _, n in ipairs(numels) do
         local b
@@ -793,7 +795,7 @@ function M.train(opts)
         -- the gradient norm: src/ops/reduce.c sums each flat buffer in chunks of 16384
         local normed = s.zero > 0 and S or flat
         if normed > 16384 then L:scratch("gradient norm", ceil(normed / 16384) * 8) end
-        if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" then page_buffers(L, s, opt_numels) end
+        if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" or s.nvme then page_buffers(L, s, opt_numels) end
     end
     -- an evaluation between steps (eval_every below steps) joins the run's peak
     if s.eval_every > 0 and s.eval_every < s.steps then evaluation(L, s, lins, N) end
@@ -915,7 +917,7 @@ function M.from_settings(st)
         base_dtype = require("luatrain.amp").policy(precision, kind).frozen,
         eval_every = get("eval_every", 0), steps = get("steps", 0), max_new_tokens = get("max_new_tokens", 64),
         world = world, rank = rank, zero = get("zero", 0), shard_base = get("shard_base", false) and world > 1,
-        vocab_parallel = get("vocab_parallel", false) }
+        vocab_parallel = get("vocab_parallel", false), offload = get("offload", "none") }
     p.settings.device = device
     p.settings.describe = ("%s base, LoRA r=%d, batch %d x %d, checkpointing %s, %s, %s, %d threads"):format(
         p.settings.quant, p.settings.r, p.settings.batch_size, p.settings.seq_len,

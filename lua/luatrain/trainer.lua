@@ -304,6 +304,14 @@ function M.default_optimizer(model, opts)
     end
     local base = { lr = opts.lr or 1e-3, betas = opts.betas or { 0.9, 0.999 }, eps = opts.eps,
         weight_decay = opts.weight_decay or 0 }
+    -- offload = "nvme": the moments in files in offload_dir (AdamW only)
+    if opts.offload and opts.offload ~= "none" then
+        if (opts.optim or "adamw") ~= "adamw" then
+            error(("trainer: offload=%s keeps AdamW's 32-bit moments in files; use optim=adamw (got %s)"):format(
+                tostring(opts.offload), tostring(opts.optim)), 2)
+        end
+        base.offload, base.offload_dir = opts.offload, opts.offload_dir
+    end
     local ratio = opts.lora_plus_ratio or 0
     if ratio > 0 then
         return make(optim.lora_plus_groups(model, { lr = base.lr, ratio = ratio,

@@ -41,6 +41,17 @@ T.test(("ZeRO-1 and ZeRO-2 with paged moments (optim=paged_adamw) at %d ranks = 
     end
 end)
 
+T.test(("ZeRO-1 and ZeRO-2 with the shard's moments in files (offload=nvme) at %d ranks = DDP, bit for bit"):format(W),
+    function()
+    local ddp = weights(common.train(pg, { steps = 5 }).model)
+    for _, stage in ipairs({ 1, 2 }) do
+        local z = common.train(pg, { steps = 5, zero = stage, optim = "nvme_adamw" })
+        local w = weights(z.model)
+        for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=%d nvme: %s"):format(stage, name)) end
+        T.eq(z.result.optimizer.inner:resident_state_bytes(), 0, "no moments in memory")
+    end
+end)
+
 T.test("each rank holds the moments of its shard only: 1/world of them", function()
     local z = common.train(pg, { steps = 1, zero = 1 })
     local total, mine = 0, 0

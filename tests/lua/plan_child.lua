@@ -50,7 +50,8 @@ local function plan()
         dropout = dropout, target = target, batch_size = B, seq_len = T, gradient_checkpointing = ck,
         offload_activations = A.offload, optim = A.optim, threads = threads, device = device:match("^cuda") and "cuda" or "cpu",
         precision = device ~= "cpu" and "bf16" or A.precision, scratch = device == "cpu",
-        train_samples = ds.n, eval_samples = ds.n, grad_accum = A.accum, segments = math.ceil(B * T / (ds.total / ds.n)) }
+        train_samples = ds.n, eval_samples = ds.n, grad_accum = A.accum, segments = math.ceil(B * T / (ds.total / ds.n)),
+        offload = A.nvme and "nvme" or nil }
 end
 if A.phase == "eval" then
     -- phase=eval: one held-out pass of the loaded model against the plan's evaluation peak
@@ -61,8 +62,12 @@ if A.phase == "eval" then
     return
 end
 local log = os.tmpname()
+-- nvme=true: AdamW's moments in a file (offload = "nvme")
+local nvme_dir = A.nvme and os.tmpname() .. ".d" or nil
 lt.trainer.finetune{ model = model, train = ds, batch_size = B, seq_len = T, steps = 2, lr = 1e-3,
-    optim = A.optim or "adamw", grad_accum = A.accum or 1, log = log, eval_every = 0, on_step = function() end }
+    optim = A.optim or "adamw", grad_accum = A.accum or 1, log = log, eval_every = 0, on_step = function() end,
+    offload = A.nvme and "nvme" or nil, offload_dir = nvme_dir }
+if nvme_dir then os.execute("rm -rf " .. nvme_dir) end
 local measured
 for line in io.lines(log) do measured = json.decode(line).peak_bytes end
 os.remove(log)

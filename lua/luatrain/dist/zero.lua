@@ -97,11 +97,15 @@ function M.new(model, pg, base, opts)
             weight_decay = g.weight_decay }
     end
     -- paged (optim=paged_adamw): the shard's moments live in the paged pool too
-    self.inner = optim.AdamW(groups, { paged = base.paged })
+    -- offload=nvme: the shard's moments in a file of this rank's own (ZeRO-Infinity)
+    self.inner = optim.AdamW(groups, { paged = base.paged, offload = base.nvme and "nvme" or nil,
+        offload_dir = base.nvme and base.nvme.dir or nil })
     -- the moments the caller's optimizer allocated for whole parameters are not needed
     for rec, st in pairs(base.state) do
-        st.exp_avg:free()
-        st.exp_avg_sq:free()
+        if st.exp_avg then
+            st.exp_avg:free()
+            st.exp_avg_sq:free()
+        end
         base.state[rec] = nil
     end
     self.segments_by_group = seg_groups
@@ -160,11 +164,7 @@ function Zero:step(opts)
 end
 
 -- Bytes of optimizer state this rank holds (the moments of its shard).
-function Zero:state_bytes()
-    local n = 0
-    for _, st in pairs(self.inner.state) do n = n + st.exp_avg:nbytes() + st.exp_avg_sq:nbytes() end
-    return n
-end
+function Zero:state_bytes() return self.inner:state_bytes() end
 
 -- Checkpoints ---------------------------------------------------------------------------------
 
@@ -174,8 +174,8 @@ local function gather_moments(self, sh, kind)
     local S, W = sh.S, self.pg.world
     local mine = tensor.zeros({ S }, { device = sh.grad.device })
     for _, seg in ipairs(sh.segments) do
-        local st = self.inner.state[seg.record]
-        mine:narrow(1, seg.entry.offset + seg.start - sh.lo + 1, seg.n):copy_(st[kind])
+        local m, v = self.inner:moments(seg.record)
+        mine:narrow(1, seg.entry.offset + seg.start - sh.lo + 1, seg.n):copy_(kind == "exp_avg" and m or v)
     end
     local full = self.pg:is_main() and tensor.zeros({ sh.group.numel }, { device = sh.grad.device }) or nil
     local buf = tensor.empty({ S }, { device = sh.grad.device })
@@ -239,8 +239,8 @@ function Zero:load_state_dict(sd)
                     seg.entry.name, seg.entry.numel, m:numel()), 2)
             end
             local st = self.inner.state[seg.record]
-            st.exp_avg:copy_(m:contiguous():view(m:numel()):narrow(1, seg.start + 1, seg.n))
-            st.exp_avg_sq:copy_(v:contiguous():view(v:numel()):narrow(1, seg.start + 1, seg.n))
+            self.inner:set_moments(seg.record, m:contiguous():view(m:numel()):narrow(1, seg.start + 1, seg.n),
+                v:contiguous():view(v:numel()):narrow(1, seg.start + 1, seg.n))
             st.step = meta.step
         end
     end
