@@ -57,8 +57,12 @@ T.test("lt.memory holds none of them: the step's peak falls by the moments less 
     end
     local resident, n = peak({ lr = 1e-3 })
     local offloaded = peak({ lr = 1e-3, offload = "nvme", offload_dir = DIR, page_mb = 0.01 })
-    -- two sets of two page buffers of 1024 floats (page_mb 0.01 rounds up to whole blocks)
-    T.eq(resident - offloaded, 8 * n - 4 * 1024 * 4, ("peaks: resident %d, offloaded %d"):format(resident, offloaded))
+    -- the moments (8 bytes a parameter) are gone; the update's two sets of two page buffers
+    -- of 1024 floats (page_mb 0.01 rounds up to whole blocks) add to the peak only when it
+    -- falls in the update (with few threads the backward's scratch peaks higher)
+    local d = resident - offloaded
+    T.ok(d >= 8 * n - 4 * 1024 * 4 and d <= 8 * n, ("peaks: resident %d, offloaded %d (%d parameters)"):format(
+        resident, offloaded, n))
 end)
 
 T.test("checkpoints: a file-backed state saves as AdamW's and loads either way", function()
