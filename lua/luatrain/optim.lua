@@ -100,6 +100,9 @@ end
 -- filled), which is otherwise the same arithmetic, bit for bit: a run that would not fit
 -- its budget with the moments resident fits with them paged.
 --
+-- offload = "cpu" (ZeRO-Offload's): the moments, and for parameters on a GPU an f32 master copy,
+-- live in host memory; the update runs on the host's cores (the OpenMP AdamW kernel) while
+-- gradients and new weights travel on the device's copy stream. Bit for bit AdamW.
 -- offload = "nvme" (ZeRO-Infinity's): the moments live in a file in opts.offload_dir (made and
 -- removed by the optimizer; O_DIRECT where the file system takes it, src/io/aio.c) and are
 -- read page by page into host buffers for the update and written back, the next page's read
@@ -113,8 +116,12 @@ function M.AdamW(params, opts)
         -- two sets of page buffers (the pipeline), page_mb between them
         page_elems = math.max(1, math.floor((opts.page_mb or 8) * 2 ^ 20 / 4 / 2)) }, AdamW)
     if not ((opts.page_mb or 8) * 2 ^ 20 / 4 >= 1) then error("AdamW: page_mb must be positive", 2) end
-    if opts.offload ~= nil and opts.offload ~= "nvme" then
-        error(("AdamW: offload must be \"nvme\" (or nothing), got %s"):format(tostring(opts.offload)), 2)
+    if opts.offload ~= nil and opts.offload ~= "nvme" and opts.offload ~= "cpu" then
+        error(("AdamW: offload must be \"cpu\" or \"nvme\" (or nothing), got %s"):format(tostring(opts.offload)), 2)
+    end
+    if opts.offload == "cpu" then
+        if self.paged then error("AdamW: paged and offload=cpu are two places for the moments: pick one", 2) end
+        self.host = true
     end
     if opts.offload == "nvme" then
         if self.paged then error("AdamW: paged and offload=nvme are two places for the moments: pick one", 2) end
@@ -126,7 +133,7 @@ function M.AdamW(params, opts)
         self.page_elems = math.max(1024, math.floor(self.page_elems / 1024) * 1024)
     end
     build_groups(self, params, opts, "AdamW", self.nvme and function(r) return M._nvme_moments(self, r) end
-        or (self.paged and moments_paged or moments32))
+        or self.host and M._host_moments or (self.paged and moments_paged or moments32))
     return self
 end
 
@@ -366,12 +373,59 @@ local function nvme_read(self, st)
     return m, v
 end
 
+-- ---- the CPU-offloaded state (ZeRO-Offload) ---------------------------------------------------
+
+-- The moments in host memory (the paged pool: page-locked once CUDA is in use, outside every
+-- device's budget); for a parameter on a GPU also its f32 master copy and a host gradient.
+function M._host_moments(r)
+    local st = moments_paged(r)
+    if r.param.device ~= "cpu" then
+        st.master = tensor.empty(r.param:shape(), { paged = true })
+        st.master:copy_(r.param)
+        st.grad_host = tensor.empty(r.param:shape(), { paged = true })
+    end
+    return st
+end
+
+-- The update on the host's cores: every gradient leaves the device first (on its copy
+-- stream), then each parameter's is waited for, updated on the host and its new weights sent
+-- back (copy stream again), so transfers run while the host computes; the device's next
+-- kernels wait for the last weights only. Parameters on the CPU update in place.
+local function step_host(self, gs)
+    local list = {}
+    for _, g in ipairs(self.groups) do
+        for _, r in ipairs(g.params) do
+            local st = self.state[r]
+            if st.master then st.ticket = st.grad_host:copy_async_(r.grad) end
+            list[#list + 1] = { g = g, r = r, st = st }
+        end
+    end
+    local last = {}
+    for _, e in ipairs(list) do
+        local g, r, st = e.g, e.r, e.st
+        hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2
+        hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs
+        st.step = st.step + 1
+        hyper.step = st.step
+        if st.master then
+            local dev = r.param.device
+            tensor.copy_wait(dev, st.ticket, true)
+            F.adamw_step(st.master, st.grad_host, st.exp_avg, st.exp_avg_sq, hyper)
+            last[dev] = r.param:copy_async_(st.master)
+        else
+            F.adamw_step(r.param, r.grad, st.exp_avg, st.exp_avg_sq, hyper)
+        end
+    end
+    for dev, t in pairs(last) do tensor.copy_wait(dev, t, false) end
+end
+
 -- opts.grad_scale multiplies every gradient first (clipping coefficient, 1/loss scale).
 -- Parameters on the CPU are updated one tensor at a time (each in parallel inside); a
 -- group on one CUDA device goes in one launch.
 function AdamW:step(opts)
     local gs = opts and opts.grad_scale or 1
     if self.nvme then return step_nvme(self, gs) end
+    if self.host then return step_host(self, gs) end
     if self.paged then
         if not self.max_numel then
             self.max_numel = 1
@@ -527,9 +581,10 @@ function AdamW:close()
     end
 end
 
--- Bytes of the moments held in memory (none when they live in a file).
+-- Bytes of the moments held in device memory (none when they live in a file, in the paged
+-- pool or on the host).
 function AdamW:resident_state_bytes()
-    if self.nvme then return 0 end
+    if self.nvme or self.host or self.paged then return 0 end
     return self:state_bytes()
 end
 

@@ -567,8 +567,10 @@ local function settings(opts)
     s.world, s.rank, s.zero = s.world or 1, s.rank or 0, s.zero or 0
     s.shard_base = s.shard_base and true or false
     s.vocab_parallel = (s.vocab_parallel and s.world > 1) and true or false
-    -- offload = "nvme": AdamW's moments in a file, paged through the same two buffer sets
+    -- offload = "nvme": AdamW's moments in a file, paged through the same two buffer sets;
+    -- "cpu": in host memory (the paged pool), updated there
     s.nvme = opts.offload == "nvme"
+    s.host_optim = opts.offload == "cpu"
     -- a quantized base loads its other weights in bf16 (recipes: from_pretrained's dtype)
     s.frozen_dtype = s.quant ~= "none" and "bf16" or s.base_dtype
     s.norm_dtype = "f32" -- RMSNorm weights are made in f32 whatever the load dtype
@@ -617,7 +619,7 @@ end
 local function optimizer_bytes(s, numels)
     local dev, paged_pool = 0, 0
     local eight = s.optim == "adamw_8bit" or s.optim == "paged_adamw_8bit"
-    local paged = s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" or s.nvme
+    local paged = s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" or s.nvme or s.host_optim
     local maps = false
     for _, n in ipairs(numels) do
         local b

@@ -304,10 +304,11 @@ function M.default_optimizer(model, opts)
     end
     local base = { lr = opts.lr or 1e-3, betas = opts.betas or { 0.9, 0.999 }, eps = opts.eps,
         weight_decay = opts.weight_decay or 0 }
-    -- offload = "nvme": the moments in files in offload_dir (AdamW only)
+    -- offload = "cpu" (the moments and master weights in host memory) or "nvme" (the moments in
+    -- files in offload_dir): AdamW only
     if opts.offload and opts.offload ~= "none" then
         if (opts.optim or "adamw") ~= "adamw" then
-            error(("trainer: offload=%s keeps AdamW's 32-bit moments in files; use optim=adamw (got %s)"):format(
+            error(("trainer: offload=%s moves AdamW's 32-bit moments; use optim=adamw (got %s)"):format(
                 tostring(opts.offload), tostring(opts.optim)), 2)
         end
         base.offload, base.offload_dir = opts.offload, opts.offload_dir

@@ -29,7 +29,8 @@ function M.dataset()
 end
 
 -- Train on `group` (lt.dist.local_group() for one process). opts: steps, accum, optim
--- ("adamw", "paged_adamw", "nvme_adamw" (moments in files) or "sgd"), zero, grad_clip, checkpoint_dir, save_every, resume, grads_at (the
+-- ("adamw", "paged_adamw", "nvme_adamw" (moments in files), "cpu_adamw" (in host memory) or
+-- "sgd"), zero, grad_clip, checkpoint_dir, save_every, resume, grads_at (the
 -- step whose summed gradients are returned, cloned after reduce_gradients).
 -- Returns { losses = loss_curve, grads = {name = tensor}, model, result }.
 function M.train(group, opts)
@@ -42,7 +43,8 @@ function M.train(group, opts)
     else
         -- "paged_adamw": the same AdamW with its moments in the paged pool
         optimizer = lt.optim.AdamW(model:parameters(), { lr = 5e-3, weight_decay = 0.1,
-            paged = opts.optim == "paged_adamw", offload = opts.optim == "nvme_adamw" and "nvme" or nil,
+            paged = opts.optim == "paged_adamw",
+            offload = opts.optim == "nvme_adamw" and "nvme" or (opts.optim == "cpu_adamw" and "cpu") or nil,
             offload_dir = opts.optim == "nvme_adamw" and (os.getenv("TMPDIR") or "/tmp") .. "/lt_nvme_test" or nil,
             page_mb = opts.optim == "nvme_adamw" and 0.01 or nil })
     end

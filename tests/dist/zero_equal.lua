@@ -41,14 +41,16 @@ T.test(("ZeRO-1 and ZeRO-2 with paged moments (optim=paged_adamw) at %d ranks = 
     end
 end)
 
-T.test(("ZeRO-1 and ZeRO-2 with the shard's moments in files (offload=nvme) at %d ranks = DDP, bit for bit"):format(W),
-    function()
+T.test(("ZeRO-1 and ZeRO-2 with the shard's moments in files (offload=nvme) or host memory (offload=cpu) at %d "
+    .. "ranks = DDP, bit for bit"):format(W), function()
     local ddp = weights(common.train(pg, { steps = 5 }).model)
-    for _, stage in ipairs({ 1, 2 }) do
-        local z = common.train(pg, { steps = 5, zero = stage, optim = "nvme_adamw" })
-        local w = weights(z.model)
-        for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=%d nvme: %s"):format(stage, name)) end
-        T.eq(z.result.optimizer.inner:resident_state_bytes(), 0, "no moments in memory")
+    for _, optim in ipairs({ "nvme_adamw", "cpu_adamw" }) do
+        for _, stage in ipairs({ 1, 2 }) do
+            local z = common.train(pg, { steps = 5, zero = stage, optim = optim })
+            local w = weights(z.model)
+            for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=%d %s: %s"):format(stage, optim, name)) end
+            T.eq(z.result.optimizer.inner:resident_state_bytes(), 0, "no moments beside the weights")
+        end
     end
 end)
 

@@ -51,7 +51,7 @@ local function plan()
         offload_activations = A.offload, optim = A.optim, threads = threads, device = device:match("^cuda") and "cuda" or "cpu",
         precision = device ~= "cpu" and "bf16" or A.precision, scratch = device == "cpu",
         train_samples = ds.n, eval_samples = ds.n, grad_accum = A.accum, segments = math.ceil(B * T / (ds.total / ds.n)),
-        offload = A.nvme and "nvme" or nil }
+        offload = A.nvme and "nvme" or (A.host_optim and "cpu") or nil }
 end
 if A.phase == "eval" then
     -- phase=eval: one held-out pass of the loaded model against the plan's evaluation peak
@@ -66,7 +66,7 @@ local log = os.tmpname()
 local nvme_dir = A.nvme and os.tmpname() .. ".d" or nil
 lt.trainer.finetune{ model = model, train = ds, batch_size = B, seq_len = T, steps = 2, lr = 1e-3,
     optim = A.optim or "adamw", grad_accum = A.accum or 1, log = log, eval_every = 0, on_step = function() end,
-    offload = A.nvme and "nvme" or nil, offload_dir = nvme_dir }
+    offload = A.nvme and "nvme" or (A.host_optim and "cpu") or nil, offload_dir = nvme_dir }
 if nvme_dir then os.execute("rm -rf " .. nvme_dir) end
 local measured
 for line in io.lines(log) do measured = json.decode(line).peak_bytes end

@@ -138,6 +138,28 @@ T.test("offloaded activations and paged moments on the copy stream train bit for
     for k, t in pairs(w0) do T.ok(w1[k]:cpu():equal(t:cpu()), k) end
 end)
 
+T.test("offload=cpu: GPU weights updated from an f32 master copy on the host, bit for bit", function()
+    local function run(opts)
+        lt.manual_seed(6)
+        local m = lt.llama.new(CFG):to("cuda")
+        local opt = lt.optim.AdamW(m:parameters(), opts)
+        local ids = lt.randint(0, CFG.vocab_size, 2, 16)
+        for _ = 1, 3 do
+            opt:zero_grad()
+            m:forward_backward(ids, ids)
+            opt:step()
+        end
+        return m, opt
+    end
+    local m0 = run({ lr = 1e-3 })
+    local before = lt.memory.stats("cuda").current
+    local m1, o1 = run({ lr = 1e-3, offload = "cpu" })
+    T.eq(o1:resident_state_bytes(), 0)
+    local w0, w1 = m0:state_dict(), m1:state_dict()
+    for k, t in pairs(w0) do T.ok(w1[k]:cpu():equal(t:cpu()), k) end
+    T.ok(before ~= nil)
+end)
+
 T.test("memory: allocations show in the device's statistics and go back to its cache", function()
     lt.cuda.synchronize()
     local s0 = lt.cuda.memory_stats()

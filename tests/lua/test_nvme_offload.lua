@@ -1,5 +1,6 @@
 --[[
-test_nvme_offload.lua - AdamW with its moments in a file (offload = "nvme", src/io/aio.c):
+test_nvme_offload.lua - AdamW with its moments in a file (offload = "nvme", src/io/aio.c), and
+in host memory (offload = "cpu", ZeRO-Offload's; its GPU half is in test_cuda.lua):
 the same trajectory bit for bit as the moments in memory, whatever the page size; none of
 them held in memory (lt.memory); checkpoints carry them both ways; the file goes with the
 optimizer; bad settings say what is wrong. (ZeRO with the shards' moments in files:
@@ -99,9 +100,21 @@ T.test("the file goes with the optimizer; bad settings say what is wrong", funct
     T.ok(io.open(path) == nil, "close() removes it")
     local params = lt.llama.new(CFG):parameters()
     T.raises(function() lt.optim.AdamW(params, { offload = "nvme" }) end, "offload=nvme needs offload_dir")
-    T.raises(function() lt.optim.AdamW(params, { offload = "disk", offload_dir = DIR }) end, 'offload must be "nvme"')
+    T.raises(function() lt.optim.AdamW(params, { offload = "disk", offload_dir = DIR }) end, 'offload must be "cpu" or "nvme"')
     T.raises(function() lt.optim.AdamW(params, { paged = true, offload = "nvme", offload_dir = DIR }) end, "pick one")
     T.raises(function() lt.optim.AdamW(params, { offload = "nvme", offload_dir = "/proc/no/such" }) end, "/proc/no")
+end)
+
+T.test("offload=cpu: the moments in host memory (the paged pool), AdamW bit for bit", function()
+    local l0, m0 = train({ lr = 1e-3, weight_decay = 0.1 }, 4)
+    collectgarbage()
+    local pool0 = lt.memory.stats("cpu").paged
+    local l1, m1, o1 = train({ lr = 1e-3, weight_decay = 0.1, offload = "cpu" }, 4)
+    T.eq(l1, l0, "losses")
+    T.ok(same_weights(m0, m1), "weights")
+    T.eq(o1:resident_state_bytes(), 0, "no moments beside the weights")
+    T.eq(lt.memory.stats("cpu").paged - pool0, 8 * m1:num_parameters(true), "8 bytes a parameter in the pool")
+    T.raises(function() lt.optim.AdamW(m1:parameters(), { paged = true, offload = "cpu" }) end, "pick one")
 end)
 
 os.execute("rm -rf " .. DIR)

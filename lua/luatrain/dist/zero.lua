@@ -98,8 +98,8 @@ function M.new(model, pg, base, opts)
     end
     -- paged (optim=paged_adamw): the shard's moments live in the paged pool too
     -- offload=nvme: the shard's moments in a file of this rank's own (ZeRO-Infinity)
-    self.inner = optim.AdamW(groups, { paged = base.paged, offload = base.nvme and "nvme" or nil,
-        offload_dir = base.nvme and base.nvme.dir or nil })
+    self.inner = optim.AdamW(groups, { paged = base.paged,
+        offload = base.nvme and "nvme" or (base.host and "cpu") or nil, offload_dir = base.nvme and base.nvme.dir or nil })
     -- the moments the caller's optimizer allocated for whole parameters are not needed
     for rec, st in pairs(base.state) do
         if st.exp_avg then
