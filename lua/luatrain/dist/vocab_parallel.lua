@@ -17,7 +17,8 @@ the one-hot out of dh, while the softmax part of every row is the rank's own; th
 are summed. Loss and gradients equal the single-rank head's up to f32 rounding of the
 log-sum-exp combination.
 
-The vocabulary matrices must be frozen (QLoRA; LoRA on the linear layers is unaffected).
+The vocabulary matrices must be frozen (QLoRA; LoRA on the linear layers is unaffected), and
+the model on the CPU for now (the ids are mapped to each rank's rows on the host).
 model:forward gathers the logits' slices, so generation works on every rank (each runs it).
 ]]
 local ffi = require "ffi"
@@ -41,6 +42,9 @@ end
 function M.new(model, pg)
     local lm = model.model
     local emb, head = lm.embed_tokens, model.lm_head
+    if (model.device and model:device() or "cpu") ~= "cpu" then
+        error("vocab_parallel: CPU models only for now (ids and targets are mapped to each rank's rows on the host)", 2)
+    end
     if model._grads.weight or emb._grads.weight or (head and head._grads.weight) then
         error("vocab_parallel: the embedding and the head must be frozen (QLoRA)", 2)
     end
