@@ -75,8 +75,9 @@ local cfg = lt.config {
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
     threads = { 0, "CPU threads (0: one per CPU this process may run on)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
-    zero = { 0, "data parallelism under mpirun: 0 DDP (every rank holds the optimizer state), 1 or 2 ZeRO stages "
-        .. "(state sharded; 2 also shards the accumulated gradients)", type = "int", choices = { 0, 1, 2 } },
+    zero = { 0, "data parallelism under mpirun: 0 DDP (every rank holds the optimizer state), 1, 2 or 3 ZeRO stages "
+        .. "(state sharded; 2 also shards the accumulated gradients; 3 also the trained parameters, each decoder "
+        .. "layer gathered as it runs)", type = "int", choices = { 0, 1, 2, 3 } },
     memory_limit = { "", "a budget for the training device's memory, e.g. 6GiB (empty: none; LT_MEMORY_LIMIT "
         .. "sets one for every device): past it an allocation fails as on a full device" },
     shard_base = { false, "under mpirun with a quantized base: each rank keeps 1/world of the base and "
@@ -194,8 +195,9 @@ lt.amp.apply(model, policy)
 -- vocab_parallel: each rank keeps its rows of the vocabulary matrices
 local vocab_split = cfg.vocab_parallel and pg.world > 1
 if vocab_split then require("luatrain.dist.vocab_parallel").new(model, pg) end
--- ranks that compute together (a sharded base, a split vocabulary) run every forward
-local together = sharded or vocab_split
+-- ranks that compute together (a sharded base, a split vocabulary, ZeRO-3's gathered layers)
+-- run every forward
+local together = sharded or vocab_split or cfg.zero == 3
 -- shard_base: every rank runs every forward the others run (the layers gather across
 -- them), so evaluation and the sample answers run on every rank, rank 0 alone printing
 -- fp16's narrow range: the backward runs on a scaled loss (lt.amp.GradScaler)
@@ -312,6 +314,8 @@ local result = lt.trainer.finetune{
 if bar then bar:finish(("%d steps, loss %.4f -> %.4f"):format(result.steps, result.first_loss, result.last_loss)) end
 
 -- ---- after ------------------------------------------------------------------------------------
+-- ZeRO-3: every layer whole again before the adapters are read (answers, saving)
+if cfg.zero == 3 and result.optimizer.gather_params then result.optimizer:gather_params() end
 show("after", questions[1])
 local acc_after, right_after = 0, 0
 if main or together then acc_after, right_after = lt.trainer.accuracy(model, tok, questions, gen_opts) end

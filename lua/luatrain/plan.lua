@@ -884,6 +884,7 @@ function M.from_settings(st)
     -- under mpirun: the ranks (st.world, st.rank: the recipe's process group, or luatrain plan
     -- --world=N --rank=R)
     local world, rank = get("world", 1), get("rank", 0)
+    if get("zero", 0) == 3 then error("plan: zero=3 (parameters sharded layer by layer) is not planned yet", 0) end
 
     local target = get("target", "all-linear")
     if target ~= "all-linear" and (target:find(",") or target:match("^[%w_]+$")) then

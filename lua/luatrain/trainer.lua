@@ -212,7 +212,8 @@ function M.new(opts)
     local pg = opts.group or require("luatrain.dist").group()
     self.pg = pg
     self.zero = opts.zero or 0
-    need(self.zero == 0 or self.zero == 1 or self.zero == 2, ("zero must be 0, 1 or 2, got %s"):format(tostring(self.zero)))
+    need(self.zero == 0 or self.zero == 1 or self.zero == 2 or self.zero == 3,
+        ("zero must be 0, 1, 2 or 3, got %s"):format(tostring(self.zero)))
     local optim_name = opts.optim or "adamw"
     need(M.OPTIMIZERS[optim_name] ~= nil, ("optim must be %s, got %s"):format(M.OPTIMIZER_NAMES, tostring(optim_name)))
     if opts.optimizer then optim_name = opts.optimizer.kind or optim_name end
@@ -231,7 +232,10 @@ function M.new(opts)
     self.steps = steps
     local parallel = pg.world > 1 or self.zero > 0
     need(opts.flatten ~= false or not parallel, "data parallelism and ZeRO need flat parameters (flatten = false given)")
-    if opts.flatten ~= false then model:flatten_parameters({ trainable_only = true, pad_multiple = pg.world }) end
+    -- ZeRO-3 shards and gathers layer by layer: each decoder layer's parameters a group
+    if opts.flatten ~= false then
+        model:flatten_parameters({ trainable_only = true, pad_multiple = pg.world, per_layer = self.zero == 3 })
+    end
     self.params = model:parameters()
     need(#self.params > 0, "the model has no trainable parameters")
     -- the gradient norm over the flat gradient buffers when they hold every gradient (one

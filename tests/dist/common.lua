@@ -36,7 +36,17 @@ end
 function M.train(group, opts)
     lt.set_num_threads(1) -- one thread per rank, whatever share of the cores a rank has
     lt.manual_seed(7)
-    local model = lt.llama.new(M.CFG)
+    local model
+    if opts.lora then
+        -- QLoRA: an NF4 base (frozen, with its embeddings and norms) and LoRA on every linear
+        model = lt.nn.LlamaForCausalLM(M.CFG, { quant = { type = "nf4", blocksize = 64, double_quant = true } })
+        lt.lora.apply(model, { r = 4, alpha = 8, dropout = 0 })
+        for _, r in ipairs(model:parameters()) do
+            if r.name:find("lora_B") then r.param:normal_(0, 0.02) end
+        end
+    else
+        model = lt.llama.new(M.CFG)
+    end
     local optimizer
     if opts.optim == "sgd" then
         optimizer = lt.optim.SGD(model:parameters(), { lr = 0.05 })

@@ -27,6 +27,63 @@ T.test(("ZeRO-1 and ZeRO-2 at %d ranks = DDP, bit for bit"):format(W), function(
     end
 end)
 
+T.test(("ZeRO-3 at %d ranks = DDP, bit for bit: full fine-tuning, layers gathered as they run"):format(W), function()
+    local ddp = weights(common.train(pg, { steps = 5 }).model)
+    for _, optim in ipairs({ "adamw", "cpu_adamw", "nvme_adamw" }) do
+        local z = common.train(pg, { steps = 5, zero = 3, optim = optim })
+        z.result.optimizer:gather_params()
+        local w = weights(z.model)
+        for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=3 %s: %s"):format(optim, name)) end
+    end
+end)
+
+T.test(("ZeRO-3 at %d ranks = DDP, bit for bit: LoRA on an NF4 base, with and without CPU offload"):format(W), function()
+    local ddp = weights(common.train(pg, { steps = 5, lora = true }).model)
+    for _, optim in ipairs({ "adamw", "cpu_adamw" }) do
+        local z = common.train(pg, { steps = 5, zero = 3, optim = optim, lora = true })
+        z.result.optimizer:gather_params()
+        local w = weights(z.model)
+        for name, t in pairs(ddp) do
+            if name:find("lora_") then T.ok(w[name]:equal(t), ("zero=3 %s: %s"):format(optim, name)) end
+        end
+    end
+end)
+
+T.test("ZeRO-3 holds each layer's shard and three layer buffers in place of the whole layers", function()
+    lt.manual_seed(1)
+    local model = lt.llama.new(common.CFG)
+    local groups = model:flatten_parameters({ trainable_only = true, pad_multiple = W, per_layer = true })
+    local base = lt.optim.AdamW(model:parameters(), { lr = 1e-3 })
+    collectgarbage()
+    local before = lt.memory.stats("cpu").current
+    local zopt = require("luatrain.dist.zero").new(model, pg, base, { stage = 3 })
+    collectgarbage()
+    local after = lt.memory.stats("cpu").current
+    local want, biggest, layers = 0, 0, 0
+    for _, g in ipairs(groups) do
+        local S = g.numel / W
+        local lo, hi = pg.rank * S, (pg.rank + 1) * S
+        local mine = 0
+        for _, e in ipairs(g.entries) do
+            mine = mine + math.max(0, math.min(hi, e.offset + e.numel) - math.max(lo, e.offset))
+        end
+        -- the shard's gradient, moments of its pieces; the whole moments go
+        want = want + 4 * S + 8 * mine - 8 * (function() local n = 0 for _, e in ipairs(g.entries) do n = n + e.numel end return n end)()
+        if g.layer then
+            layers = layers + 1
+            biggest = math.max(biggest, g.numel)
+            -- its own parameter shard and a scratch; the whole parameters and gradients go
+            want = want + 8 * S - 8 * g.numel
+        else
+            want = want + 4 * S -- the send buffer
+        end
+    end
+    want = want + 3 * 4 * biggest -- two parameter buffers and one gradient buffer
+    T.ok(layers == common.CFG.num_hidden_layers, "a group per decoder layer")
+    T.eq(after - before, want, "what stage 3 holds, to the byte")
+    zopt:gather_params()
+end)
+
 T.test(("ZeRO-1 and ZeRO-2 with paged moments (optim=paged_adamw) at %d ranks = DDP, bit for bit"):format(W),
     function()
     local ddp = weights(common.train(pg, { steps = 5 }).model)

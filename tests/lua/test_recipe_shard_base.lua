@@ -18,11 +18,11 @@ end
 
 local ARGS = "steps=3 eval_every=2 eval_samples=2 max_new_tokens=2"
 
-local function run(sb)
+local function run(sb, extra)
     local dir = os.tmpname()
     os.remove(dir)
-    local out, code = T.run(("bash tests/dist/mpirun.sh 2 240 %s recipes/qlora_llama.lua %s shard_base=%s "
-        .. "output_dir=%s"):format(T.luatrain(), ARGS, tostring(sb), dir))
+    local out, code = T.run(("bash tests/dist/mpirun.sh 2 240 %s recipes/qlora_llama.lua %s shard_base=%s %s "
+        .. "output_dir=%s"):format(T.luatrain(), ARGS, tostring(sb), extra or "", dir))
     T.eq(code, 0, out)
     local losses, peak = {}, nil
     for line in io.lines(dir .. "/log.jsonl") do
@@ -30,10 +30,12 @@ local function run(sb)
         peak = tonumber(line:match('"peak_bytes":(%d+)'))
     end
     -- rank 0's peak is its plan (luatrain plan --world=2 --rank=0), to the byte
-    local plan, pc = T.run(("%s plan recipes/qlora_llama.lua %s shard_base=%s --world=2 --rank=0 --json"):format(
-        T.luatrain(), ARGS, tostring(sb)))
-    T.eq(pc, 0, plan)
-    T.eq(tonumber(plan:match('"train":(%d+)')), peak, "rank 0's log peak_bytes is its plan")
+    if not extra then
+        local plan, pc = T.run(("%s plan recipes/qlora_llama.lua %s shard_base=%s --world=2 --rank=0 --json"):format(
+            T.luatrain(), ARGS, tostring(sb)))
+        T.eq(pc, 0, plan)
+        T.eq(tonumber(plan:match('"train":(%d+)')), peak, "rank 0's log peak_bytes is its plan")
+    end
     local f = io.open(dir .. "/adapter_model.safetensors", "rb")
     local bytes = f:read("*a")
     f:close()
@@ -41,12 +43,19 @@ local function run(sb)
     return losses, bytes
 end
 
-T.test("shard_base=true trains like the whole base, bit for bit", function()
+T.test("shard_base=true, and zero=3, train like the whole base under DDP, bit for bit", function()
     local l0, a0 = run(false)
     local l1, a1 = run(true)
     T.eq(#l0, 3, "three steps logged")
     T.eq(l1, l0, "losses")
     T.ok(a1 == a0, "the adapter files are the same bytes")
+    -- ZeRO-3 (the adapters sharded, each layer gathered as it runs), with and without the base sharded
+    local l2, a2 = run(false, "zero=3")
+    T.eq(l2, l0, "zero=3 losses")
+    T.ok(a2 == a0, "zero=3: the same adapter bytes")
+    local l3, a3 = run(true, "zero=3")
+    T.eq(l3, l0, "zero=3 with shard_base: losses")
+    T.ok(a3 == a0, "zero=3 with shard_base: the same adapter bytes")
 end)
 
 T.test("vocab_parallel=true: two ranks as one model train like one process, within f32 rounding", function()

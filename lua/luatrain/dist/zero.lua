@@ -34,7 +34,9 @@ Zero.__index = Zero
 function M.new(model, pg, base, opts)
     opts = opts or {}
     local stage = opts.stage or 1
-    if stage ~= 1 and stage ~= 2 then error(("zero: stage must be 1 or 2, got %s"):format(tostring(stage)), 2) end
+    if stage ~= 1 and stage ~= 2 and stage ~= 3 then
+        error(("zero: stage must be 1, 2 or 3, got %s"):format(tostring(stage)), 2)
+    end
     if type(base) == "table" and base.kind == "adamw_8bit" then
         error(("zero=%d with optim=adamw_8bit is not supported yet (ZeRO shards 32-bit AdamW state; use zero=0 or "
             .. "optim=adamw)"):format(stage), 2)
@@ -64,12 +66,22 @@ function M.new(model, pg, base, opts)
             end
             local S = g.numel / W
             local lo, hi = r * S, (r + 1) * S
-            local sh = { group = g, lo = lo, hi = hi, S = S,
+            -- stage 3, a decoder layer's group: the rank's shard of its parameters is its own
+            -- storage; the whole layer exists only while it runs (gathered into a layer buffer)
+            local layered = stage == 3 and g.layer ~= nil
+            local param
+            if layered then
+                param = tensor.empty({ S }, { dtype = g.params.dtype, device = g.params.device })
+                param:copy_(g.params:narrow(1, lo + 1, S))
+            else
+                param = g.params:narrow(1, lo + 1, S)
+            end
+            local sh = { group = g, lo = lo, hi = hi, S = S, layer = layered and g.layer or nil,
                 grad = tensor.zeros({ S }, { device = g.grads.device }),
-                param = g.params:narrow(1, lo + 1, S),
-                send = tensor.empty({ S }, { dtype = g.params.dtype, device = g.params.device }),
-                segments = {} }
-            if stage == 2 then sh.scratch = tensor.zeros({ S }, { device = g.grads.device }) end
+                param = param,
+                send = not layered and tensor.empty({ S }, { dtype = g.params.dtype, device = g.params.device }) or nil,
+                segments = {}, acc = 0 }
+            if stage == 2 or layered then sh.scratch = tensor.zeros({ S }, { device = g.grads.device }) end
             for _, e in ipairs(g.entries) do
                 local a, b = math.max(lo, e.offset), math.min(hi, e.offset + e.numel)
                 local where = group_of[e.record.param]
@@ -79,7 +91,8 @@ function M.new(model, pg, base, opts)
                     end
                     local seg = { entry = e, gi = where.gi, pi = where.pi, start = a - e.offset, n = b - a,
                         record = { name = ("%s[%d:%d]"):format(e.name, a - e.offset, b - e.offset),
-                            param = g.params:narrow(1, a + 1, b - a), grad = sh.grad:narrow(1, a - lo + 1, b - a) } }
+                            param = layered and param:narrow(1, a - lo + 1, b - a) or g.params:narrow(1, a + 1, b - a),
+                            grad = sh.grad:narrow(1, a - lo + 1, b - a) } }
                     sh.segments[#sh.segments + 1] = seg
                     local list = seg_groups[where.gi]
                     list[#list + 1] = seg
@@ -110,14 +123,119 @@ function M.new(model, pg, base, opts)
     end
     self.segments_by_group = seg_groups
     self.group_of = group_of
+    if stage == 3 then self:_stage3_install() end
     return self
+end
+
+-- ---- stage 3: parameters gathered layer by layer ---------------------------------------------
+
+-- Point every parameter (and gradient) of a layer's group at `buf` (and `gbuf`), laid out as
+-- the group's flat buffer.
+local function point(sh, buf, gbuf)
+    for _, e in ipairs(sh.group.entries) do
+        local shape = e.record.param:shape()
+        local pv = buf:narrow(1, e.offset + 1, e.numel):view(shape)
+        e.record.param:set_(pv)
+        pv:free()
+        if gbuf then
+            local gv = gbuf:narrow(1, e.offset + 1, e.numel):view(shape)
+            e.record.grad:set_(gv)
+            gv:free()
+        end
+    end
+end
+
+-- The layer groups' whole buffers go; two parameter buffers and one gradient buffer (the
+-- largest layer's size) take their place, and hooks gather each layer before it runs and
+-- reduce-scatter its gradients into the shard after its backward.
+function Zero:_stage3_install()
+    local lm = self.model.model or self.model
+    if not lm.add_layer_hook then error("zero=3: the model has no decoder layers to gather (a Llama)", 3) end
+    local biggest = 0
+    self.layer_shards = {}
+    for _, sh in ipairs(self.shards) do
+        if sh.layer then
+            self.layer_shards[sh.layer] = sh
+            biggest = math.max(biggest, sh.group.numel)
+        end
+    end
+    if biggest == 0 then return end
+    local dev, dt = nil, nil
+    for _, sh in pairs(self.layer_shards) do dev, dt = sh.group.params.device, sh.group.params.dtype end
+    self.pbufs = { tensor.empty({ biggest }, { dtype = dt, device = dev }),
+        tensor.empty({ biggest }, { dtype = dt, device = dev }) }
+    self.gbuf = tensor.zeros({ biggest }, { device = dev })
+    for i, sh in pairs(self.layer_shards) do
+        local g = sh.group
+        point(sh, self.pbufs[i % 2 + 1], self.gbuf)
+        g.params:set_(self.pbufs[i % 2 + 1]:narrow(1, 1, g.numel))
+        g.grads:set_(self.gbuf:narrow(1, 1, g.numel))
+    end
+    local W = self.pg.world
+    local function gather(i)
+        local sh = self.layer_shards[i]
+        if not sh then return end
+        local buf = self.pbufs[i % 2 + 1]
+        self.pg:all_gather(buf:narrow(1, 1, sh.S * W), sh.param):wait()
+        point(sh, buf, nil)
+    end
+    self.unhook = {
+        lm:add_layer_hook("pre_forward", function(i) gather(i) end),
+        lm:add_layer_hook("pre_backward", function(i)
+            gather(i)
+            local sh = self.layer_shards[i]
+            if sh then
+                self.gbuf:narrow(1, 1, sh.group.numel):zero_()
+                point(sh, self.pbufs[i % 2 + 1], self.gbuf)
+            end
+        end),
+        lm:add_layer_hook("post_backward", function(i)
+            local sh = self.layer_shards[i]
+            if not sh then return end
+            local whole = self.gbuf:narrow(1, 1, sh.group.numel)
+            if sh.acc == 0 then
+                self.pg:reduce_scatter(sh.grad, whole, "sum"):wait()
+            else
+                self.pg:reduce_scatter(sh.scratch, whole, "sum"):wait()
+                sh.grad:add_(sh.scratch)
+            end
+            sh.acc = sh.acc + 1
+        end),
+    }
+end
+
+-- Every layer whole again in its own buffer on every rank (for saving or exporting the
+-- weights), the hooks removed: stage 3 ends.
+function Zero:gather_params()
+    if not self.layer_shards then return end
+    local W = self.pg.world
+    for _, sh in pairs(self.layer_shards) do
+        local g = sh.group
+        local full = tensor.empty({ g.numel }, { dtype = sh.param.dtype, device = sh.param.device })
+        self.pg:all_gather(full, sh.param):wait()
+        local grads = tensor.zeros({ g.numel }, { device = sh.param.device })
+        point(sh, full, grads)
+        g.params:set_(full)
+        g.grads:set_(grads)
+        full:free()
+        grads:free()
+    end
+    for _, f in ipairs(self.unhook or {}) do f() end
+    self.layer_shards, self.unhook = nil, nil
+    for _, b in ipairs(self.pbufs or {}) do b:free() end
+    if self.gbuf then self.gbuf:free() end
+    self.pbufs, self.gbuf = nil, nil
+    assert(W >= 1)
 end
 
 -- The optimizer interface -------------------------------------------------------------------
 
 function Zero:zero_grad()
     self.model:zero_grad()
-    for _, sh in ipairs(self.shards) do sh.grad:zero_() end
+    for _, sh in ipairs(self.shards) do
+        sh.grad:zero_()
+        sh.acc = 0
+    end
     self.micro = 0
 end
 
@@ -134,7 +252,8 @@ function Zero:get_lr() return self.inner:get_lr() end
 function Zero:reduce(last)
     for _, sh in ipairs(self.shards) do
         local g = sh.group
-        if self.stage == 1 then
+        if sh.layer then -- luacheck: ignore 542 (stage 3: reduced by its post_backward hook)
+        elseif self.stage == 1 or self.stage == 3 then
             self.pg:reduce_scatter(sh.grad, g.grads, "sum"):wait()
         elseif self.micro == 0 then
             self.pg:reduce_scatter(sh.grad, g.grads, "sum"):wait()
@@ -158,8 +277,11 @@ end
 function Zero:step(opts)
     self.inner:step(opts)
     for _, sh in ipairs(self.shards) do
-        sh.send:copy_(sh.param)
-        self.pg:all_gather(sh.group.params, sh.send):wait()
+        -- stage 3's layers stay sharded: the next forward gathers them
+        if not sh.layer then
+            sh.send:copy_(sh.param)
+            self.pg:all_gather(sh.group.params, sh.send):wait()
+        end
     end
 end
 

@@ -344,15 +344,20 @@ function Module:flatten_parameters(opts)
         error(("flatten_parameters: pad_multiple must be a positive integer, got %s"):format(tostring(pad)), 2)
     end
     local old = rawget(self, "_flat")
-    if old and old.signature == flat_signature(records, opts.trainable_only, pad) then return old end
+    -- opts.per_layer: each decoder layer's parameters a group of their own (ZeRO-3 gathers
+    -- and shards layer by layer); g.layer is its 1-based index
+    local sig = flat_signature(records, opts.trainable_only, pad) .. (opts.per_layer and ",per_layer" or "")
+    if old and old.signature == sig then return old end
     local groups, by_key = {}, {}
     for _, r in ipairs(records) do
         local p = r.param
-        local key = ("%s:%s:%s"):format(p.dtype, p.device, r.grad and "trainable" or "frozen")
+        local layer = opts.per_layer and tonumber(r.name:match("^model%.layers%.(%d+)%.")) or nil
+        local key = ("%s:%s:%s%s"):format(p.dtype, p.device, r.grad and "trainable" or "frozen",
+            layer and (":layer" .. layer) or "")
         local g = by_key[key]
         if not g then
             g = { key = key, dtype = p.dtype, device = p.device, trainable = r.grad ~= nil, numel = 0,
-                entries = {} }
+                entries = {}, layer = layer and layer + 1 or nil }
             by_key[key] = g
             groups[#groups + 1] = g
         end
@@ -380,7 +385,7 @@ function Module:flatten_parameters(opts)
             end
         end
     end
-    groups.signature = flat_signature(records, opts.trainable_only, pad)
+    groups.signature = sig
     groups.trainable_only = opts.trainable_only and true or false
     rawset(self, "_flat", groups)
     return groups
