@@ -118,6 +118,10 @@ end
 
 local function write_contents(dir, parts, step)
     local point = ("checkpoint %d "):format(step)
+    -- ZeRO-3 keeps each layer in shards (and its layers' parameters share two buffers, which
+    -- name walks would take for tied weights): whole for the save, sharded again after
+    local z3 = parts.optimizer and parts.optimizer.layer_shards and parts.optimizer
+    if z3 then z3:gather_params() end
     local all = parts.model:state_dict()
     local trainable = {}
     local n_all, n_train = 0, 0
@@ -128,6 +132,7 @@ local function write_contents(dir, parts, step)
     end
     local frozen = n_train < n_all or (parts.model.quant_layers and #parts.model:quant_layers() > 0)
     safetensors.save(dir .. "/model.safetensors", frozen and trainable or all, { format = "pt" })
+    if z3 then z3:reshard() end
     fs.test_point(point .. "model")
     local state = { version = M.VERSION, step = step, extra = parts.extra or {},
         rng = tensor.get_rng_state(), model_params = frozen and "trainable" or "all" }
@@ -245,6 +250,9 @@ function M.load(path, parts)
         opt_tensors = read_tensors(dir .. "/optimizer.safetensors")
     end
     if parts.loader and not state.loader then error(dir .. ": the checkpoint has no data loader position", 0) end
+    -- ZeRO-3: the layers whole while the weights go in, sharded again after
+    local z3 = parts.model and parts.optimizer and parts.optimizer.layer_shards and parts.optimizer
+    if z3 then z3:gather_params() end
     if parts.model then
         if state.model_params == "trainable" then
             -- the frozen base came from its own folder: restore what trained, all of it
@@ -261,6 +269,7 @@ function M.load(path, parts)
             parts.model:load_state_dict(model_sd, true)
         end
     end
+    if z3 then z3:reshard() end
     if parts.optimizer then
         parts.optimizer:load_state_dict({ tensors = opt_tensors, params = state.optimizer.params,
             groups = state.optimizer.groups })

@@ -538,6 +538,9 @@ M.stages = stages
 function Trainer:save_checkpoint(step)
     local opts = self.opts
     local opt = self.optimizer
+    -- ZeRO-3: every rank makes the layers whole for the save (a collective), then shards again
+    local z3 = opt.layer_shards and opt
+    if z3 then z3:gather_params() end
     if self.pg.world > 1 then
         local sd = opt:state_dict() -- collective under ZeRO; nil on ranks but 0
         opt = { state_dict = function() return sd end }
@@ -547,6 +550,7 @@ function Trainer:save_checkpoint(step)
             loader = self.batches, step = step, keep_last = opts.keep_last, scaler = self.scaler })
     end
     self.pg:barrier()
+    if z3 then z3:reshard() end
 end
 
 local function run_stage(self, name, st)

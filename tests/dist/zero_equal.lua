@@ -49,6 +49,23 @@ T.test(("ZeRO-3 at %d ranks = DDP, bit for bit: LoRA on an NF4 base, with and wi
     end
 end)
 
+T.test(("ZeRO-3 at %d ranks: a checkpoint at step 3 resumed to step 5 = the straight run"):format(W), function()
+    local dir = (os.getenv("TMPDIR") or "/tmp") .. "/lt_z3_ckpt"
+    if pg:is_main() then os.execute("rm -rf " .. dir) end
+    pg:barrier()
+    local run = common.train(pg, { steps = 5, zero = 3 })
+    run.result.optimizer:gather_params()
+    local straight = weights(run.model)
+    local first = common.train(pg, { steps = 3, zero = 3, checkpoint_dir = dir, save_every = 3 })
+    first.result.optimizer:gather_params()
+    local resumed = common.train(pg, { steps = 5, zero = 3, checkpoint_dir = dir, resume = "auto" })
+    resumed.result.optimizer:gather_params()
+    local w = weights(resumed.model)
+    for name, t in pairs(straight) do T.ok(w[name]:equal(t), "resumed: " .. name) end
+    pg:barrier()
+    if pg:is_main() then os.execute("rm -rf " .. dir) end
+end)
+
 T.test("ZeRO-3 holds each layer's shard and three layer buffers in place of the whole layers", function()
     lt.manual_seed(1)
     local model = lt.llama.new(common.CFG)

@@ -204,8 +204,18 @@ function Zero:_stage3_install()
     }
 end
 
+-- After gather_params: each layer's shard taken from its (possibly rewritten) whole weights,
+-- and stage 3 back in place (checkpoints gather to save and to load, then reshard).
+function Zero:reshard()
+    if self.stage ~= 3 or self.layer_shards then return end
+    for _, sh in ipairs(self.shards) do
+        if sh.layer then sh.param:copy_(sh.group.params:narrow(1, sh.lo + 1, sh.S)) end
+    end
+    self:_stage3_install()
+end
+
 -- Every layer whole again in its own buffer on every rank (for saving or exporting the
--- weights), the hooks removed: stage 3 ends.
+-- weights), the hooks removed: stage 3 ends (reshard() resumes it).
 function Zero:gather_params()
     if not self.layer_shards then return end
     local W = self.pg.world

@@ -385,7 +385,8 @@ function Module:flatten_parameters(opts)
             end
         end
     end
-    groups.signature = sig
+    -- the parameters now live in the flat buffers: the signature of what was made
+    groups.signature = flat_signature(records, opts.trainable_only, pad) .. (opts.per_layer and ",per_layer" or "")
     groups.trainable_only = opts.trainable_only and true or false
     rawset(self, "_flat", groups)
     return groups
