@@ -106,9 +106,10 @@ T.test("DDP's buckets cover the flat gradients in reverse order, the first one s
     ddp:close()
 end)
 
-T.test("trainer settings: zero must be 0, 1 or 2; a batch source must match the world", function()
+T.test("trainer settings: zero must be 0, 1, 2 or 3; a batch source must match the world", function()
     local model = lt.llama.new(CFG)
-    T.raises(function() lt.trainer.new{ model = model, train = dataset(), zero = 3 } end, "zero must be 0, 1 or 2", true)
+    T.raises(function() lt.trainer.new{ model = model, train = dataset(), zero = 4 } end, "zero must be 0, 1, 2 or 3",
+        true)
     local sharded = lt.data.loader(dataset(), { seq_len = 8, rank = 0, world = 2 })
     T.raises(function() lt.trainer.new{ model = model, train = sharded } end,
         "a job of 1 processes needs a batch source sharded over them", true)
