@@ -615,6 +615,38 @@ local function trainable_numels(s, lins)
     return out
 end
 
+-- ZeRO-3's flat groups: { layer = i or nil, numels = { ... } } in named_parameters order
+-- (flatten_parameters{per_layer}: a group per decoder layer and one for the rest, in the order
+-- their first parameters come).
+local function zero3_groups(s, lins)
+    local c = s.config
+    local groups = {}
+    local rest = { numels = {} }
+    if s.r == 0 then rest.numels[#rest.numels + 1] = c.vocab_size * c.hidden_size end
+    for i = 1, c.num_hidden_layers do
+        local g = { layer = i, numels = {} }
+        for _, l in ipairs(lins) do
+            if s.r == 0 then
+                g.numels[#g.numels + 1] = l[3] * l[4]
+            elseif l.kind == "lora" then
+                g.numels[#g.numels + 1] = s.r * l[3]
+                g.numels[#g.numels + 1] = l[4] * s.r
+            end
+        end
+        if s.r == 0 then
+            g.numels[#g.numels + 1] = c.hidden_size
+            g.numels[#g.numels + 1] = c.hidden_size
+        end
+        groups[#groups + 1] = g
+    end
+    if s.r == 0 then
+        rest.numels[#rest.numels + 1] = c.hidden_size
+        if not c.tie_word_embeddings then rest.numels[#rest.numels + 1] = c.vocab_size * c.hidden_size end
+    end
+    if #rest.numels > 0 then table.insert(groups, 1, rest) end
+    return groups
+end
+
 -- Optimizer state bytes on the device (the paged pool is host memory outside it).
 local function optimizer_bytes(s, numels)
     local dev, paged_pool = 0, 0
@@ -732,20 +764,56 @@ function M.train(opts)
     local dp = s.vocab_parallel and 1 or s.world
     flat = ceil(flat / (64 * dp)) * 64 * dp
     local adapters = s.r > 0
-    if adapters then
-        L:alloc("adapters", flat * 4)
-    elseif flat ~= 0 then
+    if s.r == 0 and flat ~= 0 then
         -- full fine-tuning: the weights above are the trainable ones, now flat
         L.by_kind["weights (not quantized)"] = L.by_kind["weights (not quantized)"] - (base_plain + norms + embed)
         L.current = L.current - (base_plain + norms + embed)
-        L:alloc("trained weights", flat * 4)
     end
-    L:alloc("gradients", flat * 4)
-    -- ZeRO (dist/zero.lua): this rank's shard of the gradients (and a send buffer; stage 2 a
-    -- scratch), and AdamW over the pieces of the parameters the shard holds
     local opt_numels = numels
     local S = flat / s.world
-    if s.zero > 0 then
+    local z3_shards = {}
+    if s.zero == 3 then
+        -- ZeRO-3 (dist/zero.lua): a flat group per decoder layer and one for the rest; a layer
+        -- group keeps this rank's shard of its parameters, gradients and a scratch, the rest
+        -- stays whole with a shard of gradients and a send buffer; two parameter buffers and a
+        -- gradient buffer of the largest layer; AdamW over the pieces each shard holds
+        local groups = zero3_groups(s, lins)
+        local held, biggest = 0, 0
+        opt_numels = {}
+        for _, g in ipairs(groups) do
+            local off, offs = 0, {}
+            for i, n in ipairs(g.numels) do
+                offs[i] = off
+                off = off + ceil(n / 64) * 64
+            end
+            local numel = ceil(off / (64 * s.world)) * 64 * s.world
+            local Sg = numel / s.world
+            z3_shards[#z3_shards + 1] = Sg
+            if g.layer then
+                held = held + 3 * Sg * 4
+                biggest = max(biggest, numel)
+            else
+                held = held + 2 * numel * 4 + 2 * Sg * 4
+            end
+            local lo, hi = s.rank * Sg, (s.rank + 1) * Sg
+            for i, n in ipairs(g.numels) do
+                local a, b = max(lo, offs[i]), min(hi, offs[i] + n)
+                if b > a then opt_numels[#opt_numels + 1] = b - a end
+            end
+        end
+        L:alloc(adapters and "adapters (ZeRO-3 shards)" or "trained weights (ZeRO-3 shards)", held)
+        L:alloc("ZeRO-3 layer buffers", 3 * biggest * 4)
+    else
+        if adapters then
+            L:alloc("adapters", flat * 4)
+        elseif flat ~= 0 then
+            L:alloc("trained weights", flat * 4)
+        end
+        L:alloc("gradients", flat * 4)
+    end
+    -- ZeRO (dist/zero.lua): this rank's shard of the gradients (and a send buffer; stage 2 a
+    -- scratch), and AdamW over the pieces of the parameters the shard holds
+    if s.zero == 1 or s.zero == 2 then
         L:alloc("ZeRO shard buffers", (s.zero == 2 and 3 or 2) * S * 4)
         local lo, hi = s.rank * S, (s.rank + 1) * S
         opt_numels = {}
@@ -795,8 +863,14 @@ function M.train(opts)
     for _ = 1, 2 do
         for _ = 1, s.grad_accum do forward_backward(L, s, lins, N) end
         -- the gradient norm: src/ops/reduce.c sums each flat buffer in chunks of 16384
-        local normed = s.zero > 0 and S or flat
-        if normed > 16384 then L:scratch("gradient norm", ceil(normed / 16384) * 8) end
+        if s.zero == 3 then
+            for _, Sg in ipairs(z3_shards) do
+                if Sg > 16384 then L:scratch("gradient norm", ceil(Sg / 16384) * 8) end
+            end
+        else
+            local normed = s.zero > 0 and S or flat
+            if normed > 16384 then L:scratch("gradient norm", ceil(normed / 16384) * 8) end
+        end
         if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" or s.nvme then page_buffers(L, s, opt_numels) end
     end
     -- an evaluation between steps (eval_every below steps) joins the run's peak
@@ -884,7 +958,6 @@ function M.from_settings(st)
     -- under mpirun: the ranks (st.world, st.rank: the recipe's process group, or luatrain plan
     -- --world=N --rank=R)
     local world, rank = get("world", 1), get("rank", 0)
-    if get("zero", 0) == 3 then error("plan: zero=3 (parameters sharded layer by layer) is not planned yet", 0) end
 
     local target = get("target", "all-linear")
     if target ~= "all-linear" and (target:find(",") or target:match("^[%w_]+$")) then

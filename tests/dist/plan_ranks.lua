@@ -2,7 +2,7 @@
 plan_ranks.lua - the planner per rank (lt.plan.train{world, rank, zero, shard_base}) against
 what each rank of an mpirun job measures: QLoRA on tiny_facts' model under DDP, ZeRO-1 and
 ZeRO-2 (resident and paged moments) and a base sharded over the ranks, two training steps
-each; every rank's peak equals its plan to the byte (run at 2 and 3 ranks).
+each, and ZeRO-3; every rank's peak equals its plan to the byte (run at 2 and 3 ranks).
 ]]
 package.path = "tests/lua/?.lua;tests/dist/?.lua;" .. package.path
 local T = require "harness"
@@ -42,6 +42,7 @@ end
 local CASES = {
     { 0, "adamw", false }, { 1, "adamw", false }, { 2, "adamw", false }, { 1, "paged_adamw", false },
     { 0, "adamw", true }, { 2, "adamw", true }, { 0, "adamw", false, true }, { 0, "adamw", true, true },
+    { 3, "adamw", false }, { 3, "adamw", true },
 }
 for _, c in ipairs(CASES) do
     T.test(("%d ranks, zero=%d, %s%s%s: each rank's peak is its plan"):format(W, c[1], c[2],
