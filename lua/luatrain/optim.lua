@@ -478,14 +478,9 @@ function AdamW:state_dict()
         for pi, r in ipairs(g.params) do
             local st = self.state[r]
             local key = gi .. "." .. pi
-            if self.nvme then
-                tensors[key .. ".exp_avg"], tensors[key .. ".exp_avg_sq"] = nvme_read(self, st)
-                tensors[key .. ".exp_avg"] = tensors[key .. ".exp_avg"]:view(r.param:shape())
-                tensors[key .. ".exp_avg_sq"] = tensors[key .. ".exp_avg_sq"]:view(r.param:shape())
-            else
-            tensors[key .. ".exp_avg"] = st.exp_avg
-            tensors[key .. ".exp_avg_sq"] = st.exp_avg_sq
-            end
+            local m, v = self:moments(r)
+            if self.nvme then m, v = m:view(r.param:shape()), v:view(r.param:shape()) end
+            tensors[key .. ".exp_avg"], tensors[key .. ".exp_avg_sq"] = m, v
             params[key] = { name = r.name, step = st.step, shape = r.param:shape() }
         end
     end
@@ -524,16 +519,7 @@ function AdamW:load_state_dict(sd)
         for pi, r in ipairs(g.params) do
             local key = gi .. "." .. pi
             local st = self.state[r]
-            if self.nvme then
-                local f = self.nvme
-                local m = sd.tensors[key .. ".exp_avg"]:contiguous():to("f32")
-                local v = sd.tensors[key .. ".exp_avg_sq"]:contiguous():to("f32")
-                aio_wait(f, aio_io(f, true, st.off_m, m))
-                aio_wait(f, aio_io(f, true, st.off_v, v))
-            else
-            st.exp_avg:copy_(sd.tensors[key .. ".exp_avg"])
-            st.exp_avg_sq:copy_(sd.tensors[key .. ".exp_avg_sq"])
-            end
+            self:set_moments(r, sd.tensors[key .. ".exp_avg"], sd.tensors[key .. ".exp_avg_sq"])
             st.step = sd.params[key].step
         end
     end

@@ -200,17 +200,6 @@ end
 
 -- ---- the model's shapes ---------------------------------------------------------------------
 
-local function quant_bytes(s, out_f, in_f)
-    local n = out_f * in_f
-    if s.quant == "int8" then return n + out_f * 4 end
-    local blocks = ceil(n / s.blocksize)
-    local b = ceil(n / 2) + 64 -- packed codes, the 16-entry code table
-    if s.double_quant then
-        return b + blocks + ceil(blocks / 256) * 4 + 1024
-    end
-    return b + blocks * 4
-end
-
 -- The byte sizes of a quantized weight's pieces in lt_quant_state's order (packed, absmax,
 -- absmax2, code, nested_code): what dist/shard_base.lua lays out in a layer's blob.
 local function quant_pieces(s, out_f, in_f)
@@ -219,6 +208,13 @@ local function quant_pieces(s, out_f, in_f)
     local blocks = ceil(n / s.blocksize)
     if s.double_quant then return { ceil(n / 2), blocks, ceil(blocks / 256) * 4, 64, 1024 } end
     return { ceil(n / 2), blocks * 4, 64 }
+end
+
+-- A quantized weight's bytes (lt_quant_nbytes): its pieces together.
+local function quant_bytes(s, out_f, in_f)
+    local n = 0
+    for _, b in ipairs(quant_pieces(s, out_f, in_f)) do n = n + b end
+    return n
 end
 
 local function is_target(s, name)
@@ -393,6 +389,36 @@ local function model_forward(L, s, lins, N)
     rmsnorm_forward(L, s, "norm", N)
 end
 
+local HEAD = "LM head logit blocks"
+
+-- src/ops/cross_entropy.c lmhead_run on the CPU over `rows` vocabulary rows: R rows of logits
+-- at a time (R x rows f32, within 8M floats), each block's logits GEMM, and in a backward its
+-- dh GEMM (and dw's when the head trains).
+local function cpu_head(L, s, N, rows, backward, head_grad)
+    local C = s.config.hidden_size
+    local R = min(max(floor(2 ^ 23 / rows), 1), N)
+    L:alloc(HEAD, R * rows * 4)
+    for r0 = 0, N - 1, R do
+        local rr = min(R, N - r0)
+        matmul(L, s, "LM head", rr, rows, C, "f32", s.head_dtype)
+        if backward then matmul(L, s, "LM head backward", rr, C, rows, "f32", s.head_dtype) end
+        if head_grad then matmul(L, s, "LM head gradient", rows, C, rr, "f32", "f32") end
+    end
+    L:free(HEAD, R * rows * 4)
+end
+
+-- cuda/cross_entropy.cu choose_chunks: R rows x vc vocabulary within 256 MiB at `per` bytes
+-- an element.
+local function cuda_chunks(N, V, per)
+    local E = floor(256 * 2 ^ 20 / per)
+    local rows_min = max(min(N, 256), 1)
+    local vc = V
+    if V > E / rows_min then vc = min(max(floor(E / rows_min / 128) * 128, 128), V) end
+    local R = max(floor(E / vc), 1)
+    if R < N and R >= 64 then R = floor(R / 64) * 64 end
+    return min(R, N), vc
+end
+
 -- dist/vocab_parallel.lua: this rank's vocabulary rows.
 local function vp_rows(s)
     local V = s.config.vocab_size
@@ -404,18 +430,13 @@ end
 -- two ways, per-row log-sum-exps and losses, the fused head's forward over the rows, then the
 -- combination's buffers.
 local function vp_stats(L, s, N)
-    local C = s.config.hidden_size
     local rows = vp_rows(s)
     L:buffer(ACT, "vp/own", N * 8)
     L:buffer(ACT, "vp/ext", N * 8)
     L:buffer(ACT, "vp/lse_r", N * 4)
     L:buffer(ACT, "vp/rl", N * 4)
     L:buffer(ACT, "vp/loss_tmp", 4)
-    local HEAD = "LM head logit blocks"
-    local R = min(max(floor(2 ^ 23 / rows), 1), N)
-    L:alloc(HEAD, R * rows * 4)
-    for r0 = 0, N - 1, R do matmul(L, s, "LM head", min(R, N - r0), rows, C, "f32", s.head_dtype) end
-    L:free(HEAD, R * rows * 4)
+    cpu_head(L, s, N, rows, false, false)
     for _, k in ipairs({ "m", "e", "xt", "lse" }) do L:buffer(ACT, "vp/" .. k, N * 4) end
 end
 
@@ -424,15 +445,7 @@ local function vp_backward(L, s, N)
     local C = s.config.hidden_size
     local V1 = vp_rows(s) + 1
     L:buffer(ACT, "head/d_hidden", N * C * 4)
-    local HEAD = "LM head logit blocks"
-    local R = min(max(floor(2 ^ 23 / V1), 1), N)
-    L:alloc(HEAD, R * V1 * 4)
-    for r0 = 0, N - 1, R do
-        local rr = min(R, N - r0)
-        matmul(L, s, "LM head", rr, V1, C, "f32", s.head_dtype)
-        matmul(L, s, "LM head backward", rr, C, V1, "f32", s.head_dtype)
-    end
-    L:free(HEAD, R * V1 * 4)
+    cpu_head(L, s, N, V1, true, false)
 end
 
 -- lt.trainer.eval_loss over one batch: its loader, the forward in eval mode (no dropout),
@@ -445,33 +458,22 @@ local function evaluation(L, s, lins, N)
     -- two batches: the first grows the buffers, the second runs with all of them held (a
     -- held-out set of one batch peaks lower: the plan is then a bound)
     for _ = 1, 2 do
-    s.evaluating = true
-    model_forward(L, s, lins, N)
-    s.evaluating = false
-    local HEAD = "LM head logit blocks"
-    if s.vocab_parallel then
-        vp_stats(L, s, N)
-    else
-    L:buffer(ACT, "head/loss", 4)
-    L:buffer(ACT, "head/lse", N * 4)
-    end
-    if s.vocab_parallel then -- luacheck: ignore 542
-    elseif s.device == "cuda" then
-        local E = floor(256 * 2 ^ 20 / 4)
-        local rows_min = max(min(N, 256), 1)
-        local vc = V
-        if V > E / rows_min then vc = min(max(floor(E / rows_min / 128) * 128, 128), V) end
-        local R = max(floor(E / vc), 1)
-        if R < N and R >= 64 then R = floor(R / 64) * 64 end
-        R = min(R, N)
-        local cz = DTYPE_BYTES[s.head_dtype]
-        L:scratch(HEAD, N * 4, R * vc * 4, s.ab ~= cz and R * C * cz or nil, N * 4, N * 4, N * 4)
-    else
-        local R = min(max(floor(2 ^ 23 / V), 1), N)
-        L:alloc(HEAD, R * V * 4)
-        for r0 = 0, N - 1, R do matmul(L, s, "LM head", min(R, N - r0), V, C, "f32", s.head_dtype) end
-        L:free(HEAD, R * V * 4)
-    end
+        s.evaluating = true
+        model_forward(L, s, lins, N)
+        s.evaluating = false
+        if s.vocab_parallel then
+            vp_stats(L, s, N)
+        else
+            L:buffer(ACT, "head/loss", 4)
+            L:buffer(ACT, "head/lse", N * 4)
+            if s.device == "cuda" then
+                local R, vc = cuda_chunks(N, V, 4)
+                local cz = DTYPE_BYTES[s.head_dtype]
+                L:scratch(HEAD, N * 4, R * vc * 4, s.ab ~= cz and R * C * cz or nil, N * 4, N * 4, N * 4)
+            else
+                cpu_head(L, s, N, V, false, false)
+            end
+        end
     end
     L:free("evaluation batches", loader)
 end
@@ -487,38 +489,20 @@ local function forward_backward(L, s, lins, N)
         vp_stats(L, s, N)
         vp_backward(L, s, N)
     else
-    L:buffer(ACT, "head/loss", 4)
-    L:buffer(ACT, "head/d_hidden", N * C * s.dh_bytes)
-    -- src/ops/cross_entropy.c lmhead_run: R rows of logits at a time (R x V f32, within 8M
-    -- floats), each block's logits, loss, logit gradient, dh rows and dw in turn
-    local V = c.vocab_size
-    local HEAD = "LM head logit blocks"
-    if s.device == "cuda" then
-        -- cuda/cross_entropy.cu choose_chunks: R rows x vc vocabulary within 256 MiB, with a
-        -- separate low-precision logit gradient when the head is not f32
-        local cz = DTYPE_BYTES[s.head_dtype]
-        local per = 4 + (s.head_dtype ~= "f32" and cz or 0)
-        local E = floor(256 * 2 ^ 20 / per)
-        local rows_min = max(min(N, 256), 1)
-        local vc = V
-        if V > E / rows_min then vc = min(max(floor(E / rows_min / 128) * 128, 128), V) end
-        local R = max(floor(E / vc), 1)
-        if R < N and R >= 64 then R = floor(R / 64) * 64 end
-        R = min(R, N)
-        L:scratch(HEAD, N * 4, R * vc * 4, s.head_dtype ~= "f32" and R * vc * cz or nil,
-            s.ab ~= cz and R * C * cz or nil, N * 4, N * 4, N * 4)
-    else
-        local R = min(max(floor(2 ^ 23 / V), 1), N)
-        L:alloc(HEAD, R * V * 4)
-        for r0 = 0, N - 1, R do
-            local rr = min(R, N - r0)
-            matmul(L, s, "LM head", rr, V, C, "f32", s.head_dtype)
-            matmul(L, s, "LM head backward", rr, C, V, "f32", s.head_dtype)
-            if s.r == 0 then matmul(L, s, "LM head gradient", V, C, rr, "f32", "f32") end
+        L:buffer(ACT, "head/loss", 4)
+        L:buffer(ACT, "head/d_hidden", N * C * s.dh_bytes)
+        -- the fused head: each block's logits, loss, logit gradient, dh rows and dw in turn
+        local V = c.vocab_size
+        if s.device == "cuda" then
+            -- a separate low-precision logit gradient when the head is not f32
+            local cz = DTYPE_BYTES[s.head_dtype]
+            local R, vc = cuda_chunks(N, V, 4 + (s.head_dtype ~= "f32" and cz or 0))
+            L:scratch(HEAD, N * 4, R * vc * 4, s.head_dtype ~= "f32" and R * vc * cz or nil,
+                s.ab ~= cz and R * C * cz or nil, N * 4, N * 4, N * 4)
+        else
+            cpu_head(L, s, N, V, true, s.r == 0)
         end
-        L:free(HEAD, R * V * 4)
-    end
-    if s.dh_bytes ~= s.ab then L:buffer(ACT, "head/d_hidden_act", N * C * s.ab) end
+        if s.dh_bytes ~= s.ab then L:buffer(ACT, "head/d_hidden_act", N * C * s.ab) end
     end
     rmsnorm_backward(L, s, "norm", N, s.norms_trainable)
     for i = nl, 1, -1 do

@@ -218,7 +218,6 @@ end
 -- weights), the hooks removed: stage 3 ends (reshard() resumes it).
 function Zero:gather_params()
     if not self.layer_shards then return end
-    local W = self.pg.world
     for _, sh in pairs(self.layer_shards) do
         local g = sh.group
         local full = tensor.empty({ g.numel }, { dtype = sh.param.dtype, device = sh.param.device })
@@ -235,7 +234,6 @@ function Zero:gather_params()
     for _, b in ipairs(self.pbufs or {}) do b:free() end
     if self.gbuf then self.gbuf:free() end
     self.pbufs, self.gbuf = nil, nil
-    assert(W >= 1)
 end
 
 -- The optimizer interface -------------------------------------------------------------------
