@@ -88,8 +88,7 @@ local function release(model, result)
     for _, e in ipairs(model.quant_layers and model:quant_layers() or {}) do
         if e[2].qweight then e[2].qweight:free() end
     end
-    collectgarbage()
-    collectgarbage()
+    lt.memory.collect()
 end
 
 print(("lora_rank_sweep: %s, ranks %s, %d steps each, %d training samples, %d held-out questions"):format(

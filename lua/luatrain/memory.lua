@@ -7,6 +7,12 @@ which the OS pages in and out on its own; paged, the CPU's figure only, is the p
 the paged optimizers, outside every budget). lt.memory.reset_peak(device) restarts the peak
 from the current figure, as torch.cuda.reset_peak_memory_stats does.
 
+lt.memory.collect() releases what nothing uses any more and returns the CPU's current
+figure: compiled traces go first (a trace holds the objects it specialised on, such as an
+earlier model's tables and through them its tensors, for as long as it lives), then the
+collector runs until a full cycle frees nothing more (a finalizer can release what a second
+cycle frees). Call it before reading `current` as a baseline.
+
 lt.memory.set_limit(device, size) gives a device a budget for its bytes in use (a number of
 bytes or text such as "512MiB", "1.5GB", "2e9"; 0 or nil removes it): an allocation that
 would pass it fails with "out of memory under the budget" and the numbers, as a full
@@ -33,6 +39,16 @@ function M.stats(device)
         frees = tonumber(stats.num_frees),
         paged = tonumber(stats.paged_bytes),
     }
+end
+
+function M.collect()
+    jit.flush()
+    local before
+    repeat
+        before = collectgarbage("count")
+        collectgarbage("collect")
+    until collectgarbage("count") >= before
+    return M.stats("cpu").current
 end
 
 function M.reset_peak(device)

@@ -598,9 +598,8 @@ function Trainer:run()
     -- earlier run's model) are released now, not whenever the collector gets to them: the
     -- peak then starts from the same bytes every run, which is what the planner (lt.plan)
     -- predicts. Compiled traces hold the objects they specialised on (an earlier model's
-    -- tables, and through them its tensors): they go first, and recompile in microseconds
-    jit.flush()
-    collectgarbage("collect")
+    -- tables, and through them its tensors): memory.collect flushes them first
+    memory.collect()
     memory.reset_peak(self.device)
     model:train()
     local t_start, tokens, last = fs.now(), 0, self.first_step - 1

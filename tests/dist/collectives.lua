@@ -171,8 +171,7 @@ T.test("an asynchronous work holds its tensor: dropping it before the wait is sa
     local t = lt.full({ 1000 }, R + 1)
     local w = c:all_reduce(t, "sum", { async = true })
     t = nil -- luacheck: ignore
-    collectgarbage()
-    collectgarbage()
+    lt.memory.collect()
     w:wait()
     T.ok(w:test(), "done")
 end)

@@ -37,7 +37,7 @@ local targets = lt.randint(1, CFG.vocab_size, 2, 24)
 local function run(m)
     m:eval() -- logits without dropout
     local logits = m:forward(ids):clone()
-    collectgarbage()
+    lt.memory.collect()
     local base = lt.memory.stats("cpu").current
     lt.memory.reset_peak("cpu")
     lt.manual_seed(5)
@@ -55,13 +55,13 @@ for _, ck in ipairs({ false, true }) do
         local ref = model(ck)
         local l0, loss0, g0, peak0, base0 = run(ref)
         ref = nil -- luacheck: ignore 311
-        collectgarbage()
+        lt.memory.collect()
 
         local m = model(ck)
-        collectgarbage()
+        lt.memory.collect()
         local before = lt.memory.stats("cpu").current
         local sb = shard_base.new(m, pg)
-        collectgarbage()
+        lt.memory.collect()
         local after = lt.memory.stats("cpu").current
         local b = sb.bytes
         T.eq(after - before, b.shards + b.buffers - b.unsharded, "held: the shards and two buffers for the base")
@@ -87,11 +87,11 @@ T.test(("%d ranks: loading shards each layer as it arrives, never holding the wh
     local dir = "recipes/assets/tiny_facts/model"
     local q = { type = "nf4", blocksize = 64, double_quant = true }
     local function load(shard)
-        collectgarbage()
+        lt.memory.collect()
         local base = lt.memory.stats("cpu").current
         lt.memory.reset_peak("cpu")
         local m = lt.llama.from_pretrained(dir, { quant = q, dtype = "bf16", shard = shard })
-        collectgarbage()
+        lt.memory.collect()
         return m, lt.memory.stats("cpu").peak - base, lt.memory.stats("cpu").current - base
     end
     local whole, peak_w, held_w = load(nil)

@@ -71,10 +71,10 @@ T.test("ZeRO-3 holds each layer's shard and three layer buffers in place of the 
     local model = lt.llama.new(common.CFG)
     local groups = model:flatten_parameters({ trainable_only = true, pad_multiple = W, per_layer = true })
     local base = lt.optim.AdamW(model:parameters(), { lr = 1e-3 })
-    collectgarbage()
+    lt.memory.collect()
     local before = lt.memory.stats("cpu").current
     local zopt = require("luatrain.dist.zero").new(model, pg, base, { stage = 3 })
-    collectgarbage()
+    lt.memory.collect()
     local after = lt.memory.stats("cpu").current
     local want, biggest, layers = 0, 0, 0
     for _, g in ipairs(groups) do
@@ -152,7 +152,7 @@ T.test("each rank holds the moments of its shard only: 1/world of them", functio
     local model = lt.llama.new(common.CFG)
     model:flatten_parameters({ trainable_only = true, pad_multiple = W })
     local base = lt.optim.AdamW(model:parameters(), { lr = 1e-3 })
-    collectgarbage()
+    lt.memory.collect()
     local before = lt.memory.stats("cpu").current
     local zopt = require("luatrain.dist.zero").new(model, pg, base, { stage = 1 })
     local after = lt.memory.stats("cpu").current

@@ -55,7 +55,7 @@ local function plan()
 end
 if A.phase == "eval" then
     -- phase=eval: one held-out pass of the loaded model against the plan's evaluation peak
-    collectgarbage("collect")
+    lt.memory.collect()
     lt.memory.reset_peak(device)
     lt.trainer.eval_loss(model, ds, { batch_size = B, seq_len = T })
     print(json.encode({ measured = lt.memory.stats(device).peak, planned = plan().peak.eval }))

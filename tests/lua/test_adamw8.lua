@@ -410,7 +410,7 @@ T.test("the state's bytes: 2 per element + 8 per block for 4096+ elements, 8 per
     local want8 = (2 * 77100 + 8 * blocks(77100)) + (2 * 4096 + 8 * blocks(4096)) + (2 * 4098 + 8 * blocks(4098))
         + 8 * 4095 + 8 * 64 + 2 * 256 * 4
     local want32 = 8 * (77100 + 4096 + 4095 + 64 + 4098)
-    collectgarbage("collect")
+    lt.memory.collect()
     collectgarbage("stop")
     local ok, err = pcall(function()
         local m0 = lt.memory.stats("cpu").current

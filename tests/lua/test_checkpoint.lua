@@ -17,7 +17,7 @@ local function run(checkpoint)
     local m = lt.llama.new(CFG)
     if checkpoint then m:gradient_checkpointing(true) end
     local ids, tg = lt.randint(0, 300, 4, 64), lt.randint(0, 300, 4, 64)
-    collectgarbage()
+    lt.memory.collect()
     local base = lt.memory.stats().current
     lt.memory.reset_peak()
     local losses, peaks = {}, {}

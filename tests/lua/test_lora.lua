@@ -268,8 +268,7 @@ end)
 
 T.test("a rank too large for a layer is refused before any adapter is made", function()
     local m = lt.llama.new(CFG)
-    collectgarbage()
-    collectgarbage()
+    lt.memory.collect()
     local before = lt.memory.stats("cpu").current
     T.raises(function() lt.lora.apply(m, { r = 100000 }) end, "r=100000 is larger than model.layers.0.self_attn.q_proj's smaller dimension", true)
     -- (a collection during the call may release earlier garbage: never more, though)

@@ -20,7 +20,7 @@ end)
 
 T.test("an allocation past the budget fails with the numbers and leaves nothing behind", function()
     local ok_all, e = pcall(function()
-        collectgarbage()
+        lt.memory.collect()
         local base = lt.memory.stats("cpu").current
         lt.memory.set_limit("cpu", base + 1000000)
         T.eq(lt.memory.limit("cpu"), base + 1000000)
@@ -57,7 +57,7 @@ local function train(limit)
         for j = 1, 40 do ids[j] = (i * 7 + j * 3) % 96 + 1 end
         samples[i] = { ids = ids }
     end
-    collectgarbage()
+    lt.memory.collect()
     lt.memory.set_limit("cpu", limit and (lt.memory.stats("cpu").current + limit) or 0)
     local ok, res = pcall(lt.trainer.finetune, { model = model, train = lt.data.tokens.from_samples(samples),
         batch_size = 4, seq_len = 32, steps = 3, lr = 1e-3 })

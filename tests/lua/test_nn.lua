@@ -23,7 +23,7 @@ local function rows(t) return t:contiguous():totable() end
 -- (so nothing is freed behind the test's back).
 local function growth(fn, times)
     fn()
-    collectgarbage("collect")
+    lt.memory.collect()
     collectgarbage("stop")
     local base = lt.memory.stats("cpu").current
     local ok, err = pcall(function() for _ = 1, times or 3 do fn() end end)
@@ -251,7 +251,7 @@ T.test("a larger shape grows the buffers once", function()
     local dys, dyb = lt.randn(2, 4), lt.randn(16, 4)
     l:forward(small)
     l:backward(small, dys)
-    collectgarbage("collect")
+    lt.memory.collect()
     collectgarbage("stop")
     local m0 = lt.memory.stats().current
     l:forward(big)
@@ -330,7 +330,7 @@ end)
 
 T.test("requires_grad(false) frees gradients; parameters() then excludes them", function()
     local s = nn.Sequential(nn.Linear(16, 8), nn.RMSNorm(8))
-    collectgarbage("collect")
+    lt.memory.collect()
     collectgarbage("stop")
     local before = lt.memory.stats().current
     s:requires_grad(false)

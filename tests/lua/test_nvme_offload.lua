@@ -49,7 +49,7 @@ end)
 
 T.test("lt.memory holds none of them: the step's peak falls by the moments less the page buffers", function()
     local function peak(opts)
-        collectgarbage()
+        lt.memory.collect()
         local base = lt.memory.stats("cpu").current
         lt.memory.reset_peak("cpu")
         local _, m = train(opts, 2)
@@ -107,7 +107,7 @@ end)
 
 T.test("offload=cpu: the moments in host memory (the paged pool), AdamW bit for bit", function()
     local l0, m0 = train({ lr = 1e-3, weight_decay = 0.1 }, 4)
-    collectgarbage()
+    lt.memory.collect()
     local pool0 = lt.memory.stats("cpu").paged
     local l1, m1, o1 = train({ lr = 1e-3, weight_decay = 0.1, offload = "cpu" }, 4)
     T.eq(l1, l0, "losses")

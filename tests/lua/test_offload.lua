@@ -24,14 +24,14 @@ local function step(mode)
     local model = lt.llama.new(CFG)
     if mode ~= "plain" then model:gradient_checkpointing(true, { offload = mode == "offload" }) end
     local ids, targets = batch()
-    collectgarbage()
+    lt.memory.collect()
     local before = lt.memory.stats("cpu")
     local loss
     for _ = 1, 2 do -- the second step runs with every buffer already made
         model:zero_grad()
         loss = model:forward_backward(ids, targets)
     end
-    collectgarbage()
+    lt.memory.collect()
     local after = lt.memory.stats("cpu")
     local grads = {}
     for _, r in ipairs(model:parameters()) do grads[r.name] = r.grad:clone() end
@@ -64,8 +64,7 @@ T.test("switching offload off gives the buffers back", function()
     local ids, targets = batch()
     model:forward_backward(ids, targets)
     model:gradient_checkpointing(false)
-    collectgarbage()
-    collectgarbage()
+    lt.memory.collect()
     T.eq(lt.memory.stats("cpu").paged, 0, "pool empty")
 end)
 

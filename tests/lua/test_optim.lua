@@ -161,7 +161,7 @@ end)
 
 T.test("AdamW:zero_grad and a step allocate nothing new", function()
     local l = nn.Linear(16, 8, { bias = true })
-    collectgarbage("collect")
+    lt.memory.collect()
     collectgarbage("stop")
     local m0 = lt.memory.stats().current
     local opt = optim.AdamW(l:parameters(), { lr = 1e-2 })

@@ -27,8 +27,7 @@ end
 -- what is in use when it starts. Returns the result (or nil, the error), the model, and the
 -- peak of the bytes the run added (model, optimizer, training).
 local function train(optim_opts, limit)
-    collectgarbage()
-    collectgarbage()
+    lt.memory.collect()
     lt.memory.reset_peak("cpu")
     local base = lt.memory.stats("cpu").current
     lt.manual_seed(9)
@@ -61,7 +60,7 @@ T.test("the moments are in the paged pool, not in the CPU's bytes in use", funct
     lt.manual_seed(1)
     local model = lt.llama.new(CFG)
     local n = model:num_parameters(true)
-    collectgarbage()
+    lt.memory.collect()
     local before = lt.memory.stats("cpu")
     local opt = lt.optim.AdamW(model:parameters(), { paged = true })
     local after = lt.memory.stats("cpu")
@@ -70,8 +69,7 @@ T.test("the moments are in the paged pool, not in the CPU's bytes in use", funct
     local sd = opt:state_dict()
     T.eq(sd.tensors["1.1.exp_avg"]:sum():item(), 0, "zero-filled")
     opt, sd = nil, nil -- luacheck: ignore
-    collectgarbage()
-    collectgarbage()
+    lt.memory.collect()
     T.eq(lt.memory.stats("cpu").paged, before.paged, "given back with the optimizer")
 end)
 
@@ -90,8 +88,7 @@ end)
 
 -- Trains 4 steps with AdamW8bit (small min_8bit_size, so every matrix has 8-bit state).
 local function train8(optim_opts, limit)
-    collectgarbage()
-    collectgarbage()
+    lt.memory.collect()
     local base = lt.memory.stats("cpu").current
     lt.memory.reset_peak("cpu")
     lt.manual_seed(9)

@@ -760,7 +760,7 @@ end)
 -- ---- memory -----------------------------------------------------------------------------------
 
 T.test("memory: current moves by exactly a tensor's bytes; views and frees", function()
-    collectgarbage("collect")
+    lt.memory.collect()
     collectgarbage("stop")
     local ok, err = pcall(function()
         local m0 = lt.memory.stats("cpu")

@@ -84,8 +84,7 @@ local function attention_alone(T)
 end
 
 local function run(T)
-    collectgarbage("collect")
-    collectgarbage("collect")
+    lt.memory.collect()
     local held = mem.stats(dev).current
     lt.manual_seed(0)
     local model = lt.llama.new(model_cfg, on_gpu and { device = dev } or nil)
@@ -107,8 +106,7 @@ local function run(T)
     local paths = table.concat(model:attention_paths(), ",")
     -- dropped so the collector frees the model before the kernel is measured alone
     model, opt, ids, targets = nil, nil, nil, nil -- luacheck: ignore 311
-    collectgarbage("collect")
-    collectgarbage("collect")
+    lt.memory.collect()
     local attn, scratch = attention_alone(T)
     return { T = T, peak = peak, step = step_best, attn = attn, scratch = scratch, paths = paths }
 end

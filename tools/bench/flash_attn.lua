@@ -227,7 +227,7 @@ local function run_point(T, D, causal)
     sync()
     for i = 1, 2 do free_all(set[i]) end
     free_all(grads)
-    collectgarbage("collect")
+    lt.memory.collect()
     return rec, worst
 end
 

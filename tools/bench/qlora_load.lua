@@ -81,7 +81,7 @@ local function smaps_file_rss()
     return total
 end
 
-collectgarbage()
+lt.memory.collect()
 local anon0 = status("RssAnon")
 lt.memory.reset_peak("cpu")
 local t0 = lt.fs.now()
