@@ -121,8 +121,9 @@ void lt_comm_work_free(lt_comm_work *w);
  * the backward's layer hooks while buckets are in flight. */
 int lt_comm_progress(lt_comm *c);
 
-/* Ends communication: MPI_Finalize on a healthy communicator with no unfinished work;
- * on a poisoned one it refuses (LT_ERR_ARG) so the caller aborts instead. */
+/* Ends communication: on a healthy communicator with no unfinished work, a barrier bounded
+ * by the timeout (every rank is ending, none is left in a collective), then MPI_Finalize;
+ * on a poisoned one, or when that barrier fails, it refuses so the caller aborts instead. */
 int lt_comm_shutdown(lt_comm *c);
 /* Ends the whole job now: prints "rank R: why" on stderr and has the launcher stop every
  * rank (MPI_Abort, ncclCommAbort). Returns only when there is nothing to abort. */

@@ -768,16 +768,18 @@ int lt_comm_broadcast(lt_comm *c, lt_tensor *t, int root, lt_comm_work **out) {
     return finish(w, out);
 }
 
-int lt_comm_barrier(lt_comm *c) {
-    LT_TRY(check_healthy(c, "barrier"));
+static int barrier_named(lt_comm *c, const char *desc) {
+    LT_TRY(check_healthy(c, desc));
     const lt_comm_backend *be = c->host ? c->host : c->dev;
     lt_comm_work *w = work_new(c, W_BARRIER, be, c->host ? c->host_state : c->dev_state);
     if (!w) return lt_last_status();
-    snprintf(w->desc, sizeof w->desc, "barrier");
+    snprintf(w->desc, sizeof w->desc, "%s", desc);
     char err[LT_COMM_ERRLEN] = "";
     if (be->barrier(w->st, &w->req, err) != 0) return start_failed(w, err);
     return finish(w, NULL);
 }
+
+int lt_comm_barrier(lt_comm *c) { return barrier_named(c, "barrier"); }
 
 /* ---- host numbers --------------------------------------------------------------------- */
 
@@ -859,6 +861,12 @@ int lt_comm_shutdown(lt_comm *c) {
     if (c->live)
         return lt_fail(LT_ERR_ARG, "comm shutdown: %s is still in flight; wait for it first",
                        c->live->desc);
+    /* MPI_Finalize waits, with no bound, for every rank to reach it. A rank whose script
+     * went another way (a failed test, a branch on rank) while the others wait in a
+     * collective for it would sit there forever and keep the job alive after the others
+     * time out and abort, so the ranks first meet in a barrier that has the timeout: if
+     * it fails, the communicator is poisoned and the caller aborts the job instead. */
+    LT_TRY(barrier_named(c, "the barrier before shutdown"));
     char err[LT_COMM_ERRLEN] = "";
     if (c->dev && c->dev->finalize(c->dev_state, err) != 0)
         return poison(c, "NCCL finalize: %s", err);

@@ -1,7 +1,8 @@
 --[[
 fault_job.lua FAULT MARKER - a job in which rank 1 fails while the others are in collectives
 (driven by tests/dist/faults.lua). FAULT: "kill" (rank 1 is killed with -9), "hang" (rank 1
-loops forever before its collective), "error" (a Lua error on rank 1). MARKER is only on
+loops forever before its collective), "error" (a Lua error on rank 1), "finish" (rank 1
+ends its script early, as a rank whose test failed does: lt.dist.shutdown() and exit 0). MARKER is only on
 the command line, for finding leftover processes.
 ]]
 local lt = require "luatrain"
@@ -20,6 +21,10 @@ for step = 1, 1000000 do
             while true do x = x + 1 end
         end
         if fault == "error" then error("injected failure at step " .. step) end
+        if fault == "finish" then
+            lt.dist.shutdown()
+            os.exit(0)
+        end
     end
     pg:all_reduce(t, "sum"):wait()
     t:fill_(1)
