@@ -2,7 +2,9 @@
 shard_base.lua - a 4-bit base sharded over the ranks of an mpirun job (dist/shard_base.lua):
 every rank's logits, loss and LoRA gradients are the unsharded model's bit for bit, with and
 without gradient checkpointing, and a rank holds its shards and two layer buffers in place of
-the whole base, to the byte, in what it holds and at its peak (run at 2 and 3 ranks).
+the whole base, to the byte, in what it holds and at its peak; loading shards each layer as
+it arrives, and a bitsandbytes checkpoint is cut by byte range straight from its file
+mapping (run at 2 and 3 ranks).
 ]]
 package.path = "tests/lua/?.lua;tests/dist/?.lua;" .. package.path
 local T = require "harness"
@@ -109,6 +111,34 @@ T.test(("%d ranks: loading shards each layer as it arrives, never holding the wh
     whole:eval()
     sharded:eval()
     local x = lt.randint(1, 200, 1, 16)
+    T.ok(sharded:forward(x):equal(whole:forward(x)), "the same logits")
+end)
+
+T.test(("%d ranks: a bitsandbytes checkpoint is cut by byte range from its file mapping"):format(W), function()
+    -- tests/fixtures/bnb_4bit: NF4 with double quantization, saved as transformers does. Its
+    -- codes are used where the file maps them (quant.from_bnb shares, never copies), so a
+    -- rank copies out only its range of each layer and no whole layer ever exists in memory
+    local dir = "tests/fixtures/bnb_4bit"
+    local function load(shard)
+        local base = lt.memory.collect()
+        lt.memory.reset_peak("cpu")
+        local m = lt.llama.from_pretrained(dir, { shard = shard })
+        local peak = lt.memory.stats("cpu").peak
+        local held = lt.memory.collect()
+        return m, peak - base, held - base, lt.memory.stats("cpu").mapped
+    end
+    local whole, _, held_w, mapped_w = load(nil)
+    local sharded, peak_s, held_s, mapped_s = load(pg)
+    local b = sharded.model._sharded_base.bytes
+    -- the unsharded model leaves its codes in the mapping; the sharded one holds its shards
+    T.eq(held_s - held_w, b.shards + b.buffers, "held: the unquantized weights, the shards and two buffers")
+    T.eq(peak_s, held_s, "loading's peak is what it ends holding: no layer was copied whole")
+    T.eq(mapped_s, mapped_w, "the sharded model keeps no view of the file (the unsharded one's mapping is all)")
+    print(("  bitsandbytes: base %d bytes in the file, shards %d, buffers %d, held %d (unsharded %d + mapping %d)"):format(
+        b.unsharded, b.shards, b.buffers, held_s, held_w, mapped_w))
+    whole:eval()
+    sharded:eval()
+    local x = lt.randint(1, whole.config.vocab_size, 2, 12)
     T.ok(sharded:forward(x):equal(whole:forward(x)), "the same logits")
 end)
 
