@@ -31,6 +31,10 @@ T.test(("ZeRO-3 at %d ranks = DDP, bit for bit: full fine-tuning, layers gathere
     local ddp = weights(common.train(pg, { steps = 5 }).model)
     for _, optim in ipairs({ "adamw", "cpu_adamw", "nvme_adamw" }) do
         local z = common.train(pg, { steps = 5, zero = 3, optim = optim })
+        -- each step: the first layer of the forward and of the backward on demand, the
+        -- others gathered while the layer before them ran
+        local L = common.CFG.num_hidden_layers
+        T.eq(z.result.optimizer.gathers, { prefetched = 5 * 2 * (L - 1), waited = 5 * 2 }, "gathers ahead")
         z.result.optimizer:gather_params()
         local w = weights(z.model)
         for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=3 %s: %s"):format(optim, name)) end

@@ -1,5 +1,6 @@
 --[[
-dist/zero.lua - ZeRO stages 1 and 2: the optimizer's state sharded over the ranks.
+dist/zero.lua - ZeRO stages 1, 2 and 3: the optimizer's state, the gradients and the layers'
+parameters sharded over the ranks.
 
     local opt = require("luatrain.dist.zero").new(model, pg, caller_adamw, { stage = 2 })
     -- opt has the optimizer interface: zero_grad, step{grad_scale}, set_lr_factor, get_lr,
@@ -16,12 +17,17 @@ parameters with the caller's AdamW hyperparameters (each parameter group's own l
 eps and weight decay, applied to the pieces of that group's parameters the shard holds),
 and the updated shards are all-gathered into every rank's parameters.
 
-The trainable f32 parameters are luatrain's master weights and every rank keeps them
-whole (the forward needs them); sharding them needs a lower-precision working copy of the
-parameters (the precision policy, a later stage). Checkpoints: state_dict gathers the
-shards to rank 0 in the single-process layout (the caller's optimizer's groups and
-positions); load_state_dict takes that layout and every rank copies out its shard, so a
-checkpoint saved at one world size loads at any other.
+Stages 1 and 2 keep the trainable f32 parameters (luatrain's master weights) whole on
+every rank. Stage 3 shards them too: each decoder layer's flat group keeps only the rank's
+shard, and the layer is all-gathered into one of two layer buffers before its forward and
+again before its backward (inside the recomputation of a checkpointed layer), while the
+next layer in that direction is gathered into the other buffer; after its backward the
+layer's gradients (one gradient buffer) are reduce-scattered into the shard. Groups outside
+the layers (embeddings, final norm, head) stay whole, as stage 1 treats them.
+
+Checkpoints: state_dict gathers the shards to rank 0 in the single-process layout (the
+caller's optimizer's groups and positions); load_state_dict takes that layout and every
+rank copies out its shard, so a checkpoint saved at one world size loads at any other.
 ]]
 local optim = require "luatrain.optim"
 local tensor = require "luatrain.tensor"
@@ -30,7 +36,7 @@ local M = {}
 local Zero = {}
 Zero.__index = Zero
 
--- opts: stage (1 or 2).
+-- opts: stage (1, 2 or 3).
 function M.new(model, pg, base, opts)
     opts = opts or {}
     local stage = opts.stage or 1
@@ -172,19 +178,39 @@ function Zero:_stage3_install()
         g.grads:set_(self.gbuf:narrow(1, 1, g.numel))
     end
     local W = self.pg.world
-    local function gather(i)
+    -- layers gathered ahead, while the layer before them ran, and gathered on demand
+    self.gathers = self.gathers or { prefetched = 0, waited = 0 }
+    -- layer i's all-gather into its buffer, started (async) or done
+    local function start(i, async)
         local sh = self.layer_shards[i]
-        if not sh then return end
-        local buf = self.pbufs[i % 2 + 1]
-        self.pg:all_gather(buf:narrow(1, 1, sh.S * W), sh.param):wait()
-        point(sh, buf, nil)
+        return self.pg:all_gather(self.pbufs[i % 2 + 1]:narrow(1, 1, sh.S * W), sh.param, { async = async })
+    end
+    -- Layer i whole in its buffer and its parameters pointing there; then layer nxt's gather
+    -- begins into the other buffer, whose layer (the one before i in this direction) is done
+    -- with it, and runs while layer i computes. False for a layer with nothing sharded.
+    local function ensure(i, nxt)
+        local sh = self.layer_shards[i]
+        if not sh then return false end
+        local p = self.pending
+        self.pending = nil
+        -- the prefetch of i, or of another layer (an evaluation that stopped early), which
+        -- may be filling the buffer wanted now: either way it finishes first
+        if p then p.work:wait() end
+        if p and p.layer == i then
+            self.gathers.prefetched = self.gathers.prefetched + 1
+        else
+            start(i, false):wait()
+            self.gathers.waited = self.gathers.waited + 1
+        end
+        point(sh, self.pbufs[i % 2 + 1], nil)
+        if self.layer_shards[nxt] then self.pending = { layer = nxt, work = start(nxt, true) } end
+        return true
     end
     self.unhook = {
-        lm:add_layer_hook("pre_forward", function(i) gather(i) end),
+        lm:add_layer_hook("pre_forward", function(i) ensure(i, i + 1) end),
         lm:add_layer_hook("pre_backward", function(i)
-            gather(i)
-            local sh = self.layer_shards[i]
-            if sh then
+            if ensure(i, i - 1) then
+                local sh = self.layer_shards[i]
                 self.gbuf:narrow(1, 1, sh.group.numel):zero_()
                 point(sh, self.pbufs[i % 2 + 1], self.gbuf)
             end
@@ -204,6 +230,14 @@ function Zero:_stage3_install()
     }
 end
 
+-- A layer's gather still in flight (the forward of an evaluation that stopped early) ends.
+function Zero:_finish_prefetch()
+    if self.pending then
+        self.pending.work:wait()
+        self.pending = nil
+    end
+end
+
 -- After gather_params: each layer's shard taken from its (possibly rewritten) whole weights,
 -- and stage 3 back in place (checkpoints gather to save and to load, then reshard).
 function Zero:reshard()
@@ -218,6 +252,7 @@ end
 -- weights), the hooks removed: stage 3 ends (reshard() resumes it).
 function Zero:gather_params()
     if not self.layer_shards then return end
+    self:_finish_prefetch()
     for _, sh in pairs(self.layer_shards) do
         local g = sh.group
         local full = tensor.empty({ g.numel }, { dtype = sh.param.dtype, device = sh.param.device })
@@ -283,6 +318,7 @@ end
 
 -- AdamW on the rank's shard, then every rank's parameters made whole again.
 function Zero:step(opts)
+    self:_finish_prefetch() -- it reads the shards the step rewrites
     self.inner:step(opts)
     for _, sh in ipairs(self.shards) do
         -- stage 3's layers stay sharded: the next forward gathers them
