@@ -296,7 +296,7 @@ function M._nvme_moments(self, r)
     local f, n = self.nvme, r.param:numel()
     local align = tonumber(C.lt_aio_align())
     local bytes = math.ceil(n * 4 / align) * align
-    local st = { step = 0, n = n, off_m = f.size, off_v = f.size + bytes }
+    local st = { step = 0, n = n, shape = r.param:shape(), off_m = f.size, off_v = f.size + bytes }
     f.size = f.size + 2 * bytes
     return st
 end
@@ -310,6 +310,44 @@ end
 
 local function aio_wait(f, t) core.check(C.lt_aio_wait(f.aio, t, f.timeout)) end
 
+-- offload=nvme: parameter record r's values move into the file beside its moments (ZeRO-3's
+-- parameter shards: ZeRO-Infinity's offload_param). The update then reads and writes them
+-- page by page with the moments; read_param and write_param move them for the caller, who
+-- lets go of its own copy (r.param) once this returns: nothing reads it after.
+function AdamW:offload_param(r)
+    local f, st = self.nvme, self.state[r]
+    if not f then error("AdamW:offload_param: the parameters go to the moments' file: offload=nvme", 2) end
+    if not st then error("AdamW:offload_param: not a parameter of this optimizer", 2) end
+    if st.off_p then return end
+    local align = tonumber(C.lt_aio_align())
+    st.off_p = f.size
+    f.size = f.size + math.ceil(st.n * 4 / align) * align
+    self:write_param(r, r.param)
+end
+
+-- An offloaded parameter's values into dst (f32, contiguous, its numel): started; the
+-- returned ticket goes to wait_io, and dst must live until then.
+function AdamW:read_param(r, dst)
+    local st = self.state[r]
+    if dst:numel() ~= st.n or dst.dtype ~= "f32" or not dst:is_contiguous() then
+        error(("AdamW:read_param: %s needs a contiguous f32 tensor of %d elements"):format(r.name or "?", st.n), 2)
+    end
+    return aio_io(self.nvme, false, st.off_p, dst)
+end
+
+-- An offloaded parameter's new values from src (its numel elements); done when it returns.
+function AdamW:write_param(r, src)
+    local st, f = self.state[r], self.nvme
+    if src:numel() ~= st.n then
+        error(("AdamW:write_param: %s has %d elements, got %d"):format(r.name or "?", st.n, src:numel()), 2)
+    end
+    local c = src:contiguous():to("f32")
+    aio_wait(f, aio_io(f, true, st.off_p, c))
+    if c ~= src then c:free() end
+end
+
+function AdamW:wait_io(ticket) aio_wait(self.nvme, ticket) end
+
 -- The update with the moments in the file: pages in order over two sets of host buffers; a
 -- set is refilled only once its last page's writes are done.
 local function step_nvme(self, gs)
@@ -319,21 +357,24 @@ local function step_nvme(self, gs)
     local function run(job)
         aio_wait(f, job.tm)
         aio_wait(f, job.tv)
+        if job.tp then aio_wait(f, job.tp) end
         F.adamw_step(job.p, job.g, job.m, job.v, job.h)
         writes[job.set] = { aio_io(f, true, job.off_m, job.m), aio_io(f, true, job.off_v, job.v) }
+        if job.tp then table.insert(writes[job.set], aio_io(f, true, job.off_p, job.p)) end
     end
     for _, g in ipairs(self.groups) do
         hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2
         hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs
         for _, r in ipairs(g.params) do
             local st = self.state[r]
-            if r.param.device ~= "cpu" then
+            -- an offloaded parameter (st.off_p) comes page by page from the file as well
+            if not st.off_p and r.param.device ~= "cpu" then
                 error("AdamW offload=nvme: the parameters must be on the CPU for now (" .. r.param.device .. ")", 0)
             end
             st.step = st.step + 1
             hyper.step = st.step
             local n = st.n
-            local p, gr = r.param:view(n), r.grad:view(n)
+            local p, gr = not st.off_p and r.param:view(n) or nil, r.grad:view(n)
             for start = 1, n, self.page_elems do
                 local len = math.min(self.page_elems, n - start + 1)
                 set = set % 2 + 1
@@ -346,9 +387,17 @@ local function step_nvme(self, gs)
                 local v = page_buffer(bufs, "v" .. set, "cpu", "f32", len):narrow(1, 1, len)
                 views[set] = { m, v }
                 local off = (start - 1) * 4
-                local job = { set = set, m = m, v = v, p = p:narrow(1, start, len), g = gr:narrow(1, start, len),
+                local job = { set = set, m = m, v = v, g = gr:narrow(1, start, len),
                     off_m = st.off_m + off, off_v = st.off_v + off,
                     tm = aio_io(f, false, st.off_m + off, m), tv = aio_io(f, false, st.off_v + off, v), h = {} }
+                if st.off_p then
+                    job.p = page_buffer(bufs, "p" .. set, "cpu", "f32", len):narrow(1, 1, len)
+                    table.insert(views[set], job.p)
+                    job.off_p = st.off_p + off
+                    job.tp = aio_io(f, false, job.off_p, job.p)
+                else
+                    job.p = p:narrow(1, start, len)
+                end
                 for k, x in pairs(hyper) do job.h[k] = x end
                 if pending then run(pending) end
                 pending = job
@@ -479,9 +528,11 @@ function AdamW:state_dict()
             local st = self.state[r]
             local key = gi .. "." .. pi
             local m, v = self:moments(r)
-            if self.nvme then m, v = m:view(r.param:shape()), v:view(r.param:shape()) end
+            -- (an offloaded parameter's own tensor is gone: its shape is the state's)
+            local shape = st.shape or r.param:shape()
+            if self.nvme then m, v = m:view(shape), v:view(shape) end
             tensors[key .. ".exp_avg"], tensors[key .. ".exp_avg_sq"] = m, v
-            params[key] = { name = r.name, step = st.step, shape = r.param:shape() }
+            params[key] = { name = r.name, step = st.step, shape = shape }
         end
     end
     return { tensors = tensors, params = params, groups = groups }
@@ -506,7 +557,7 @@ function AdamW:load_state_dict(sd)
             if not (meta and m and v) then
                 error(("AdamW:load_state_dict: no state for group %d parameter %d (%s)"):format(gi, pi, name), 2)
             end
-            local want, have = r.param:shape(), m:shape()
+            local want, have = self.state[r].shape or r.param:shape(), m:shape()
             if table.concat(want, ",") ~= table.concat(have, ",") then
                 error(("AdamW:load_state_dict: parameter %s has shape (%s) but the saved state (%s)"):format(
                     name, table.concat(want, ", "), table.concat(have, ", ")), 2)

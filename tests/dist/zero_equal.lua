@@ -53,57 +53,73 @@ T.test(("ZeRO-3 at %d ranks = DDP, bit for bit: LoRA on an NF4 base, with and wi
     end
 end)
 
-T.test(("ZeRO-3 at %d ranks: a checkpoint at step 3 resumed to step 5 = the straight run"):format(W), function()
-    local dir = (os.getenv("TMPDIR") or "/tmp") .. "/lt_z3_ckpt"
-    if pg:is_main() then os.execute("rm -rf " .. dir) end
-    pg:barrier()
-    local run = common.train(pg, { steps = 5, zero = 3 })
-    run.result.optimizer:gather_params()
-    local straight = weights(run.model)
-    local first = common.train(pg, { steps = 3, zero = 3, checkpoint_dir = dir, save_every = 3 })
-    first.result.optimizer:gather_params()
-    local resumed = common.train(pg, { steps = 5, zero = 3, checkpoint_dir = dir, resume = "auto" })
-    resumed.result.optimizer:gather_params()
-    local w = weights(resumed.model)
-    for name, t in pairs(straight) do T.ok(w[name]:equal(t), "resumed: " .. name) end
-    pg:barrier()
-    if pg:is_main() then os.execute("rm -rf " .. dir) end
-end)
+-- with offload=nvme the shards live in the file: saving gathers them from it, and loading
+-- writes the checkpoint's into it
+for _, optim in ipairs({ "adamw", "nvme_adamw" }) do
+    T.test(("ZeRO-3 (%s) at %d ranks: a checkpoint at step 3 resumed to step 5 = the straight run"):format(optim, W),
+        function()
+        local dir = (os.getenv("TMPDIR") or "/tmp") .. "/lt_z3_ckpt"
+        if pg:is_main() then os.execute("rm -rf " .. dir) end
+        pg:barrier()
+        local run = common.train(pg, { steps = 5, zero = 3, optim = optim })
+        run.result.optimizer:gather_params()
+        local straight = weights(run.model)
+        local first = common.train(pg, { steps = 3, zero = 3, optim = optim, checkpoint_dir = dir, save_every = 3 })
+        first.result.optimizer:gather_params()
+        local resumed = common.train(pg, { steps = 5, zero = 3, optim = optim, checkpoint_dir = dir, resume = "auto" })
+        resumed.result.optimizer:gather_params()
+        local w = weights(resumed.model)
+        for name, t in pairs(straight) do T.ok(w[name]:equal(t), "resumed: " .. name) end
+        pg:barrier()
+        if pg:is_main() then os.execute("rm -rf " .. dir) end
+    end)
+end
 
-T.test("ZeRO-3 holds each layer's shard and three layer buffers in place of the whole layers", function()
-    lt.manual_seed(1)
-    local model = lt.llama.new(common.CFG)
-    local groups = model:flatten_parameters({ trainable_only = true, pad_multiple = W, per_layer = true })
-    local base = lt.optim.AdamW(model:parameters(), { lr = 1e-3 })
-    lt.memory.collect()
-    local before = lt.memory.stats("cpu").current
-    local zopt = require("luatrain.dist.zero").new(model, pg, base, { stage = 3 })
-    lt.memory.collect()
-    local after = lt.memory.stats("cpu").current
-    local want, biggest, layers = 0, 0, 0
-    for _, g in ipairs(groups) do
-        local S = g.numel / W
-        local lo, hi = pg.rank * S, (pg.rank + 1) * S
-        local mine = 0
-        for _, e in ipairs(g.entries) do
-            mine = mine + math.max(0, math.min(hi, e.offset + e.numel) - math.max(lo, e.offset))
+for _, nvme in ipairs({ false, true }) do
+    T.test(("ZeRO-3 holds each layer's shard and three layer buffers in place of the whole layers%s"):format(
+        nvme and "; with offload=nvme not even the shards, which live in the file with the moments" or ""), function()
+        lt.manual_seed(1)
+        local model = lt.llama.new(common.CFG)
+        local groups = model:flatten_parameters({ trainable_only = true, pad_multiple = W, per_layer = true })
+        local base = lt.optim.AdamW(model:parameters(), { lr = 1e-3, offload = nvme and "nvme" or nil,
+            offload_dir = nvme and (os.getenv("TMPDIR") or "/tmp") .. "/lt_nvme_test" or nil })
+        local before = lt.memory.collect()
+        local zopt = require("luatrain.dist.zero").new(model, pg, base, { stage = 3 })
+        local after = lt.memory.collect()
+        local want, biggest, layers, biggest_shard = 0, 0, 0, 0
+        for _, g in ipairs(groups) do
+            local S = g.numel / W
+            local lo, hi = pg.rank * S, (pg.rank + 1) * S
+            local mine, all = 0, 0
+            for _, e in ipairs(g.entries) do
+                mine = mine + math.max(0, math.min(hi, e.offset + e.numel) - math.max(lo, e.offset))
+                all = all + e.numel
+            end
+            -- the shard's gradient, moments of its pieces; the whole moments go (in the file,
+            -- offloaded: neither is in memory)
+            want = want + 4 * S + (nvme and 0 or 8 * mine - 8 * all)
+            if g.layer then
+                layers = layers + 1
+                biggest = math.max(biggest, g.numel)
+                biggest_shard = math.max(biggest_shard, S)
+                -- its own parameter shard (unless in the file) and a scratch; the whole
+                -- parameters and gradients go
+                want = want + (nvme and 4 or 8) * S - 8 * g.numel
+            else
+                want = want + 4 * S -- the send buffer
+            end
         end
-        -- the shard's gradient, moments of its pieces; the whole moments go
-        want = want + 4 * S + 8 * mine - 8 * (function() local n = 0 for _, e in ipairs(g.entries) do n = n + e.numel end return n end)()
-        if g.layer then
-            layers = layers + 1
-            biggest = math.max(biggest, g.numel)
-            -- its own parameter shard and a scratch; the whole parameters and gradients go
-            want = want + 8 * S - 8 * g.numel
-        else
-            want = want + 4 * S -- the send buffer
+        want = want + 3 * 4 * biggest -- two parameter buffers and one gradient buffer
+        if nvme then want = want + 2 * 4 * biggest_shard end -- two staging buffers for the reads
+        T.ok(layers == common.CFG.num_hidden_layers, "a group per decoder layer")
+        T.eq(after - before, want, "what stage 3 holds, to the byte")
+        for _, sh in ipairs(zopt.shards) do
+            T.ok((sh.offloaded == true) == (nvme and sh.layer ~= nil), "offloaded: every layer's shard, nothing else")
         end
-    end
-    want = want + 3 * 4 * biggest -- two parameter buffers and one gradient buffer
-    T.ok(layers == common.CFG.num_hidden_layers, "a group per decoder layer")
-    T.eq(after - before, want, "what stage 3 holds, to the byte")
-    zopt:gather_params()
-end)
+        zopt:gather_params()
+        zopt.inner:close()
+    end)
+end
 
 T.test(("ZeRO-1 and ZeRO-2 with paged moments (optim=paged_adamw) at %d ranks = DDP, bit for bit"):format(W),
     function()

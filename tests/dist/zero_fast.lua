@@ -1,9 +1,9 @@
 --[[
-zero_fast.lua - ZeRO stages 1, 2 and 3 (stage 3 with and without CPU offload) over the ranks
-of an mpirun job, in the default, fast mode (the collectives sum in MPI's own order), train
-like DDP in the same mode: the 20-step loss curves and the trained weights within 1e-6,
-with full fine-tuning and with LoRA on an NF4 base (run at 2 and 3 ranks; zero_equal.lua
-checks the deterministic mode bit for bit).
+zero_fast.lua - ZeRO stages 1, 2 and 3 (stage 3 also with CPU and with NVMe offload) over
+the ranks of an mpirun job, in the default, fast mode (the collectives sum in MPI's own
+order), train like DDP in the same mode: the 20-step loss curves and the trained weights
+within 1e-6, with full fine-tuning and with LoRA on an NF4 base (run at 2 and 3 ranks;
+zero_equal.lua checks the deterministic mode bit for bit).
 ]]
 package.path = "tests/lua/?.lua;tests/dist/?.lua;" .. package.path
 local T = require "harness"
@@ -26,12 +26,12 @@ local function trained(m, lora)
 end
 
 for _, lora in ipairs({ false, true }) do
-    T.test(("%d ranks, %s: ZeRO-1, -2, -3 and -3 with CPU offload = DDP within 1e-6 over %d steps"):format(W,
+    T.test(("%d ranks, %s: ZeRO-1, -2, -3 and -3 with CPU and NVMe offload = DDP within 1e-6 over %d steps"):format(W,
         lora and "LoRA on an NF4 base" or "full fine-tuning", STEPS), function()
         local ddp = common.train(pg, { steps = STEPS, lora = lora })
         local ref = trained(ddp.model, lora)
         T.eq(#ddp.losses, STEPS, "DDP's loss curve")
-        for _, case in ipairs({ { 1, "adamw" }, { 2, "adamw" }, { 3, "adamw" }, { 3, "cpu_adamw" } }) do
+        for _, case in ipairs({ { 1, "adamw" }, { 2, "adamw" }, { 3, "adamw" }, { 3, "cpu_adamw" }, { 3, "nvme_adamw" } }) do
             local stage, optim = case[1], case[2]
             local what = ("zero=%d %s"):format(stage, optim)
             local z = common.train(pg, { steps = STEPS, zero = stage, optim = optim, lora = lora })

@@ -129,8 +129,67 @@ function M.new(model, pg, base, opts)
     end
     self.segments_by_group = seg_groups
     self.group_of = group_of
+    if stage == 3 and self.inner.nvme then self:_offload_layer_params() end
     if stage == 3 then self:_stage3_install() end
     return self
+end
+
+-- Stage 3 with offload=nvme: every layer's shard of the parameters goes into the optimizer's
+-- file beside its moments (ZeRO-Infinity), so the rank holds no layer's parameters at all
+-- between uses: a layer's shard is read into one of two staging buffers (the largest shard's
+-- size) before its all-gather, the next layer's read running while a layer computes, and the
+-- step reads, updates and writes it page by page with the moments.
+function Zero:_offload_layer_params()
+    local biggest = 0
+    for _, sh in ipairs(self.shards) do
+        if sh.layer and sh.param.dtype ~= "f32" then
+            error(("zero=3 offload=nvme: the parameter shards go to the file in f32, and %s's are %s"):format(
+                sh.group.entries[1].name, sh.param.dtype), 3)
+        end
+    end
+    for _, sh in ipairs(self.shards) do
+        if sh.layer then
+            for _, seg in ipairs(sh.segments) do
+                self.inner:offload_param(seg.record)
+                seg.record.param:free()
+            end
+            sh.param:free()
+            sh.param = nil
+            sh.offloaded = true
+            biggest = math.max(biggest, sh.S)
+        end
+    end
+    if biggest > 0 then self.staging = { tensor.zeros({ biggest }), tensor.zeros({ biggest }) } end
+end
+
+-- Start reading layer shard sh from the file into `buf`: { layer, reads = { {ticket, view} } }.
+function Zero:_read_shard(sh, buf)
+    local job = { layer = sh.layer, reads = {} }
+    for _, seg in ipairs(sh.segments) do
+        local dst = buf:narrow(1, seg.entry.offset + seg.start - sh.lo + 1, seg.n)
+        job.reads[#job.reads + 1] = { self.inner:read_param(seg.record, dst), dst }
+    end
+    return job
+end
+
+function Zero:_finish_read(job)
+    for _, rd in ipairs(job.reads) do
+        self.inner:wait_io(rd[1])
+        rd[2]:free()
+    end
+end
+
+-- Layer i's shard of the parameters, present in memory: its own tensor, or (offloaded) read
+-- into staging buffer `k`, with a read already started for it used when there is one.
+function Zero:_shard_params(i, k)
+    local sh = self.layer_shards[i]
+    if not sh.offloaded then return sh.param, false end
+    local r = self.reading
+    self.reading = nil
+    if r then self:_finish_read(r) end
+    local buf = self.staging[k]
+    if not (r and r.layer == i) then self:_finish_read(self:_read_shard(sh, buf)) end
+    return buf:narrow(1, 1, sh.S), r ~= nil and r.layer == i
 end
 
 -- ---- stage 3: parameters gathered layer by layer ---------------------------------------------
@@ -188,9 +247,24 @@ function Zero:_stage3_install()
     -- Layer i whole in its buffer and its parameters pointing there; then layer nxt's gather
     -- begins into the other buffer, whose layer (the one before i in this direction) is done
     -- with it, and runs while layer i computes. False for a layer with nothing sharded.
+    -- Offloaded shards: layer i's shard is read (or was read ahead) into its staging buffer
+    -- and gathered, and layer nxt's read starts into the other one.
+    local function ensure_offloaded(i, nxt)
+        local sh = self.layer_shards[i]
+        local k = i % 2 + 1
+        local shard, ahead = self:_shard_params(i, k)
+        self.gathers[ahead and "prefetched" or "waited"] = self.gathers[ahead and "prefetched" or "waited"] + 1
+        self.pg:all_gather(self.pbufs[k]:narrow(1, 1, sh.S * W), shard):wait()
+        shard:free()
+        point(sh, self.pbufs[k], nil)
+        local nsh = self.layer_shards[nxt]
+        if nsh then self.reading = self:_read_shard(nsh, self.staging[nxt % 2 + 1]) end
+        return true
+    end
     local function ensure(i, nxt)
         local sh = self.layer_shards[i]
         if not sh then return false end
+        if sh.offloaded then return ensure_offloaded(i, nxt) end
         local p = self.pending
         self.pending = nil
         -- the prefetch of i, or of another layer (an evaluation that stopped early), which
@@ -236,6 +310,10 @@ function Zero:_finish_prefetch()
         self.pending.work:wait()
         self.pending = nil
     end
+    if self.reading then
+        self:_finish_read(self.reading)
+        self.reading = nil
+    end
 end
 
 -- After gather_params: each layer's shard taken from its (possibly rewritten) whole weights,
@@ -243,7 +321,16 @@ end
 function Zero:reshard()
     if self.stage ~= 3 or self.layer_shards then return end
     for _, sh in ipairs(self.shards) do
-        if sh.layer then sh.param:copy_(sh.group.params:narrow(1, sh.lo + 1, sh.S)) end
+        if sh.offloaded then
+            for _, seg in ipairs(sh.segments) do
+                local a = seg.entry.offset + seg.start
+                local src = sh.group.params:narrow(1, a + 1, seg.n)
+                self.inner:write_param(seg.record, src)
+                src:free()
+            end
+        elseif sh.layer then
+            sh.param:copy_(sh.group.params:narrow(1, sh.lo + 1, sh.S))
+        end
     end
     self:_stage3_install()
 end
@@ -253,11 +340,13 @@ end
 function Zero:gather_params()
     if not self.layer_shards then return end
     self:_finish_prefetch()
-    for _, sh in pairs(self.layer_shards) do
+    for i, sh in pairs(self.layer_shards) do
         local g = sh.group
-        local full = tensor.empty({ g.numel }, { dtype = sh.param.dtype, device = sh.param.device })
-        self.pg:all_gather(full, sh.param):wait()
-        local grads = tensor.zeros({ g.numel }, { device = sh.param.device })
+        local shard = self:_shard_params(i, 1)
+        local full = tensor.empty({ g.numel }, { dtype = shard.dtype, device = shard.device })
+        self.pg:all_gather(full, shard):wait()
+        if sh.offloaded then shard:free() end
+        local grads = tensor.zeros({ g.numel }, { device = shard.device })
         point(sh, full, grads)
         g.params:set_(full)
         g.grads:set_(grads)
