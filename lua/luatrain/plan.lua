@@ -29,7 +29,10 @@ seq_len, grad_accum (1), gradient_checkpointing (true), offload_activations (fal
 CPU's bf16 matmuls), threads (the CPU threads the kernels use), train_samples (the size of
 the dataset, for the loader's order; 0 when unknown), segments (packed sequences per
 micro-batch, for attention's bookkeeping; default batch_size), base_dtype (the frozen
-weights' dtype when quant is "none" and LoRA trains: "f32" or "bf16"; default f32).
+weights' dtype when quant is "none" and LoRA trains: "f32" or "bf16"; default f32);
+across ranks world, rank, zero (0 to 3), shard_base, vocab_parallel; offload ("cpu": the
+moments in host memory, reported under host.paged; "nvme": in a file, and at zero=3 the
+layers' parameter shards too, reported under disk.nvme).
 ]]
 local M = {}
 
@@ -653,19 +656,23 @@ end
 
 -- The paged update's page buffers (lt.optim: two sets of 4 MiB pages, whole blocks for
 -- 8-bit, alternating page by page).
-local function page_buffers(L, s, numels)
+local function page_buffers(L, s, numels, in_file)
     local eight = s.optim == "paged_adamw_8bit"
     local page = floor(8 * 2 ^ 20 / 4 / 2)
     if eight then page = max(256, floor(page / 256) * 256) end
     local set = 0
     local have = {}
+    -- a buffer that grows: the paged update allocates the new one while the old one's views
+    -- live; the NVMe update lets the old one's views go first, so its bytes are given back
+    -- before the new ones are taken
     local function buf(key, n)
         if (have[key] or 0) >= n then return end
+        if s.nvme and have[key] then L:free("optimizer page buffers", have[key]) end
         L:alloc("optimizer page buffers", n)
-        if have[key] then L:free("optimizer page buffers", have[key]) end
+        if not s.nvme and have[key] then L:free("optimizer page buffers", have[key]) end
         have[key] = n
     end
-    for _, n in ipairs(numels) do
+    for i, n in ipairs(numels) do
         for start = 1, n, page do
             local len = min(page, n - start + 1)
             set = set % 2 + 1
@@ -677,10 +684,23 @@ local function page_buffers(L, s, numels)
             else
                 buf("m" .. set, len * 4)
                 buf("v" .. set, len * 4)
+                -- a parameter that lives in the file too (ZeRO-3 with offload=nvme)
+                if in_file and in_file[i] then buf("p" .. set, len * 4) end
             end
         end
     end
     for _, n in pairs(have) do L:free("optimizer page buffers", n) end
+end
+
+-- The bytes of offload=nvme's file: per piece two moment regions (and its parameters' when
+-- they live there too), each rounded up to 4096-byte blocks (lt_aio_align).
+local function nvme_file_bytes(numels, in_file)
+    local n = 0
+    for i, k in ipairs(numels) do
+        local region = ceil(k * 4 / 4096) * 4096
+        n = n + (in_file and in_file[i] and 3 or 2) * region
+    end
+    return n
 end
 
 -- opts: see the header; also evaluates / generates (the run evaluates, or generates, before
@@ -753,7 +773,7 @@ function M.train(opts)
         L.by_kind["weights (not quantized)"] = L.by_kind["weights (not quantized)"] - (base_plain + norms + embed)
         L.current = L.current - (base_plain + norms + embed)
     end
-    local opt_numels = numels
+    local opt_numels, opt_in_file = numels, nil
     local S = flat / s.world
     local z3_shards = {}
     if s.zero == 3 then
@@ -762,8 +782,8 @@ function M.train(opts)
         -- stays whole with a shard of gradients and a send buffer; two parameter buffers and a
         -- gradient buffer of the largest layer; AdamW over the pieces each shard holds
         local groups = zero3_groups(s, lins)
-        local held, biggest = 0, 0
-        opt_numels = {}
+        local held, biggest, biggest_shard = 0, 0, 0
+        opt_numels, opt_in_file = {}, {}
         for _, g in ipairs(groups) do
             local off, offs = 0, {}
             for i, n in ipairs(g.numels) do
@@ -774,18 +794,25 @@ function M.train(opts)
             local Sg = numel / s.world
             z3_shards[#z3_shards + 1] = Sg
             if g.layer then
-                held = held + 3 * Sg * 4
+                -- with offload=nvme the parameter shard is in the optimizer's file
+                held = held + (s.nvme and 2 or 3) * Sg * 4
                 biggest = max(biggest, numel)
+                biggest_shard = max(biggest_shard, Sg)
             else
                 held = held + 2 * numel * 4 + 2 * Sg * 4
             end
             local lo, hi = s.rank * Sg, (s.rank + 1) * Sg
             for i, n in ipairs(g.numels) do
                 local a, b = max(lo, offs[i]), min(hi, offs[i] + n)
-                if b > a then opt_numels[#opt_numels + 1] = b - a end
+                if b > a then
+                    opt_numels[#opt_numels + 1] = b - a
+                    opt_in_file[#opt_numels] = s.nvme and g.layer ~= nil
+                end
             end
         end
         L:alloc(adapters and "adapters (ZeRO-3 shards)" or "trained weights (ZeRO-3 shards)", held)
+        -- offload=nvme: two staging buffers the layers' shards are read into
+        if s.nvme then L:alloc("ZeRO-3 staging buffers", 2 * biggest_shard * 4) end
         L:alloc("ZeRO-3 layer buffers", 3 * biggest * 4)
     else
         if adapters then
@@ -855,7 +882,9 @@ function M.train(opts)
             local normed = s.zero > 0 and S or flat
             if normed > 16384 then L:scratch("gradient norm", ceil(normed / 16384) * 8) end
         end
-        if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" or s.nvme then page_buffers(L, s, opt_numels) end
+        if s.optim == "paged_adamw" or s.optim == "paged_adamw_8bit" or s.nvme then
+            page_buffers(L, s, opt_numels, opt_in_file)
+        end
     end
     -- an evaluation between steps (eval_every below steps) joins the run's peak
     if s.eval_every > 0 and s.eval_every < s.steps then evaluation(L, s, lins, N) end
@@ -912,8 +941,12 @@ function M.train(opts)
         before_train = before,
         steady = L.current,
         rows = rows,
-        -- host memory beside the device's: the paged optimizer state, the offloaded layer inputs
-        host = { paged = opt_paged, offload = s.offload and nl * N * C * s.ab or 0 },
+        -- host memory beside the device's: the paged optimizer state (offload=cpu's too), the
+        -- offloaded layer inputs
+        host = { paged = s.nvme and 0 or opt_paged, offload = s.offload and nl * N * C * s.ab or 0 },
+        -- offload=nvme: the optimizer's file in offload_dir (each piece's moments, and at
+        -- ZeRO-3 the layers' parameter shards, in regions of whole 4096-byte blocks)
+        disk = { nvme = s.nvme and nvme_file_bytes(opt_numels, opt_in_file) or 0 },
         settings = s,
         trace = L.trace, trace_eval = Pe.trace,
     }
@@ -1025,7 +1058,7 @@ function M.to_json(p)
     return { device = p.settings.device or "cpu", peak = { train = p.peak.train, load = p.peak.load,
         eval = p.peak.eval, generate = p.peak.generate },
         before_train = p.before_train, at_peak = rows, host = { paged_bytes = p.host.paged,
-            offload_bytes = p.host.offload } }
+            offload_bytes = p.host.offload }, disk = { nvme_bytes = p.disk.nvme } }
 end
 
 -- The plan as a table of lines.
@@ -1042,6 +1075,9 @@ function M.format(p)
     end
     if p.host.offload > 0 then
         out[#out + 1] = ("    %-40s %12s"):format("host: offloaded layer inputs", mb(p.host.offload))
+    end
+    if p.disk.nvme > 0 then
+        out[#out + 1] = ("    %-40s %12s"):format("disk: the optimizer's file (offload_dir)", mb(p.disk.nvme))
     end
     return table.concat(out, "\n")
 end
