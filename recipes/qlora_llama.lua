@@ -61,9 +61,10 @@ local cfg = lt.config {
         .. "paged in for the update), adamw_8bit (bitsandbytes' 8-bit "
         .. "blockwise moments for adapters of 4096+ elements), or paged_adamw_8bit (both)",
         choices = { "adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit" } },
-    offload = { "none", "where AdamW's moments live: none (with the weights), cpu (host memory, updated by the host's "
-        .. "cores, with an f32 master copy of GPU weights) or nvme (a file in offload_dir, read and written page by page "
-        .. "around the update); with zero=1/2 each rank's shard", choices = { "none", "cpu", "nvme" } },
+    offload = { "none", "where the optimizer's state lives: none (with the weights), cpu (host memory, updated by the "
+        .. "host's cores, with an f32 master copy of GPU weights; adamw or adamw_8bit) or nvme (AdamW's moments in a file "
+        .. "in offload_dir, read and written page by page around the update; at zero=3 the layers' parameter shards "
+        .. "too); with zero each rank's shard", choices = { "none", "cpu", "nvme" } },
     offload_dir = { "", "the folder for offload=nvme (a fast local disk)" },
     grad_clip = { 1.0, "clip the global gradient norm (0: off)", min = 0 },
     detect_nonfinite = { "step", "on a NaN/inf loss or gradient: name the step, or also the first parameter (slower)",
@@ -96,8 +97,9 @@ local cfg = lt.config {
 -- settings whose range the declaration cannot say, checked before anything loads
 local function need(ok, what) if not ok then error(lt.config.usage_error(what), 0) end end
 need(cfg.steps > 0 or cfg.epochs > 0, "give steps or epochs a positive value")
-need(cfg.offload == "none" or cfg.optim == "adamw", ("offload=%s moves AdamW's 32-bit moments: use optim=adamw"):format(
-    cfg.offload))
+need(cfg.offload ~= "nvme" or cfg.optim == "adamw", "offload=nvme moves AdamW's 32-bit moments: use optim=adamw")
+need(cfg.offload ~= "cpu" or cfg.optim == "adamw" or cfg.optim == "adamw_8bit",
+    "offload=cpu updates the optimizer on the host: use optim=adamw or adamw_8bit (the paged ones live there already)")
 need(cfg.offload ~= "nvme" or cfg.offload_dir ~= "", "offload=nvme needs offload_dir= (a folder on a fast disk)")
 need(not (cfg.vocab_parallel and cfg.zero > 0), "vocab_parallel=true makes the ranks one model: zero=0 with it")
 need(cfg.zero == 0 or cfg.optim == "adamw" or cfg.optim == "paged_adamw", ("zero=%d with optim=%s is not supported "

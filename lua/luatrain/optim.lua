@@ -456,14 +456,18 @@ local function step_host(self, gs)
         hyper.eps, hyper.weight_decay, hyper.grad_scale = g.eps, g.weight_decay, gs
         st.step = st.step + 1
         hyper.step = st.step
+        -- (AdamW8bit's offload=cpu shares this: its 8-bit state has codes)
+        local p, gr = r.param, r.grad
         if st.master then
-            local dev = r.param.device
-            tensor.copy_wait(dev, st.ticket, true)
-            F.adamw_step(st.master, st.grad_host, st.exp_avg, st.exp_avg_sq, hyper)
-            last[dev] = r.param:copy_async_(st.master)
-        else
-            F.adamw_step(r.param, r.grad, st.exp_avg, st.exp_avg_sq, hyper)
+            tensor.copy_wait(p.device, st.ticket, true)
+            p, gr = st.master, st.grad_host
         end
+        if st.m_codes then
+            F.adamw8_step(p, gr, st, hyper)
+        else
+            F.adamw_step(p, gr, st.exp_avg, st.exp_avg_sq, hyper)
+        end
+        if st.master then last[r.param.device] = r.param:copy_async_(st.master) end
     end
     for dev, t in pairs(last) do tensor.copy_wait(dev, t, false) end
 end
@@ -677,30 +681,51 @@ function M.AdamW8bit(params, opts)
     end
     local self = setmetatable({ block_size = block, min_8bit_size = min_size, maps = {},
         paged = opts.paged and true or false, page_elems = math.floor((opts.page_mb or 8) * 2 ^ 20 / 4 / 2) }, AdamW8bit)
+    if opts.offload ~= nil and opts.offload ~= "cpu" then
+        error(("AdamW8bit: offload must be \"cpu\" (or nothing; offload=nvme moves 32-bit moments: "
+            .. "lt.optim.AdamW), got %s"):format(tostring(opts.offload)), 2)
+    end
+    -- offload = "cpu" (ZeRO-Offload's, in 8 bits): codes, absmax and small parameters'
+    -- moments in host memory (the paged pool), the maps on the host, and for a parameter on a
+    -- GPU an f32 master copy and a host gradient; the update runs on the host's cores, as
+    -- AdamW's offload=cpu does. Bit for bit the resident AdamW8bit.
+    if opts.offload == "cpu" then
+        if self.paged then error("AdamW8bit: paged and offload=cpu are two places for the state: pick one", 2) end
+        self.host = true
+    end
     -- pages of whole blocks
     self.page_elems = math.max(block, math.floor(self.page_elems / block) * block)
     -- paged: codes, absmax and small parameters' moments in the paged pool; the maps stay
     local function state_tensor(shape, dtype, dev)
-        if self.paged then return tensor.empty(shape, { dtype = dtype, paged = true }) end
+        if self.paged or self.host then return tensor.empty(shape, { dtype = dtype, paged = true }) end
         return tensor.zeros(shape, { dtype = dtype, device = dev })
     end
     build_groups(self, params, opts, "AdamW8bit", function(r)
         local n = r.param:numel()
-        if n < min_size or n == 0 then return self.paged and moments_paged(r) or moments32(r) end
-        local dev = r.param.device
+        if n < min_size or n == 0 then
+            if self.host then return M._host_moments(r) end
+            return self.paged and moments_paged(r) or moments32(r)
+        end
+        local dev = self.host and "cpu" or r.param.device
         local maps = self.maps[dev]
         if not maps then
             maps = { m = dynamic_map_tensor(true, dev), v = dynamic_map_tensor(false, dev) }
             self.maps[dev] = maps
         end
         local blocks = math.ceil(n / block)
-        return {
+        local st = {
             step = 0, block = block, m_map = maps.m, v_map = maps.v,
             m_codes = state_tensor(r.param:shape(), "u8", dev),
             m_absmax = state_tensor({ blocks }, "f32", dev),
             v_codes = state_tensor(r.param:shape(), "u8", dev),
             v_absmax = state_tensor({ blocks }, "f32", dev),
         }
+        if self.host and r.param.device ~= "cpu" then
+            st.master = tensor.empty(r.param:shape(), { paged = true })
+            st.master:copy_(r.param)
+            st.grad_host = tensor.empty(r.param:shape(), { paged = true })
+        end
+        return st
     end)
     return self
 end
@@ -727,6 +752,7 @@ end
 
 function AdamW8bit:step(opts)
     local gs = opts and opts.grad_scale or 1
+    if self.host then return step_host(self, gs) end
     local bufs = self.paged and {} or nil
     for _, g in ipairs(self.groups) do
         hyper.lr, hyper.beta1, hyper.beta2 = g.lr, g.beta1, g.beta2

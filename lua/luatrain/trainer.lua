@@ -308,12 +308,17 @@ function M.default_optimizer(model, opts)
     end
     local base = { lr = opts.lr or 1e-3, betas = opts.betas or { 0.9, 0.999 }, eps = opts.eps,
         weight_decay = opts.weight_decay or 0 }
-    -- offload = "cpu" (the moments and master weights in host memory) or "nvme" (the moments in
-    -- files in offload_dir): AdamW only
+    -- offload = "cpu" (the optimizer state and master weights in host memory: AdamW or its
+    -- 8-bit form) or "nvme" (the moments in files in offload_dir: AdamW)
     if opts.offload and opts.offload ~= "none" then
-        if (opts.optim or "adamw") ~= "adamw" then
-            error(("trainer: offload=%s moves AdamW's 32-bit moments; use optim=adamw (got %s)"):format(
-                tostring(opts.offload), tostring(opts.optim)), 2)
+        local o = opts.optim or "adamw"
+        if opts.offload == "nvme" and o ~= "adamw" then
+            error(("trainer: offload=nvme moves AdamW's 32-bit moments; use optim=adamw (got %s)"):format(
+                tostring(opts.optim)), 2)
+        end
+        if opts.offload == "cpu" and o ~= "adamw" and o ~= "adamw_8bit" then
+            error(("trainer: offload=cpu updates AdamW's state on the host; use optim=adamw or adamw_8bit "
+                .. "(got %s: the paged optimizers keep theirs in host memory already)"):format(tostring(opts.optim)), 2)
         end
         base.offload, base.offload_dir = opts.offload, opts.offload_dir
     end

@@ -1,6 +1,7 @@
 --[[
 test_nvme_offload.lua - AdamW with its moments in a file (offload = "nvme", src/io/aio.c), and
-in host memory (offload = "cpu", ZeRO-Offload's; its GPU half is in test_cuda.lua):
+in host memory (offload = "cpu", ZeRO-Offload's, also in 8 bits; its GPU half is in
+test_cuda.lua):
 the same trajectory bit for bit as the moments in memory, whatever the page size; none of
 them held in memory (lt.memory); checkpoints carry them both ways; the file goes with the
 optimizer; bad settings say what is wrong. (ZeRO with the shards' moments in files:
@@ -14,10 +15,10 @@ local DIR = (os.getenv("TMPDIR") or "/tmp") .. "/lt_nvme_" .. tostring(os.time()
 local CFG = { vocab_size = 61, hidden_size = 64, intermediate_size = 96, num_hidden_layers = 2,
     num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 32 }
 
-local function train(opts, steps, start)
+local function train(opts, steps, start, make)
     lt.manual_seed(3)
     local m = lt.llama.new(CFG)
-    local opt = start and start.opt or lt.optim.AdamW(m:parameters(), opts)
+    local opt = start and start.opt or (make or lt.optim.AdamW)(m:parameters(), opts)
     if start then m:load_state_dict(start.weights) end
     local ids = lt.randint(0, 61, 2, 16)
     local losses = {}
@@ -115,6 +116,26 @@ T.test("offload=cpu: the moments in host memory (the paged pool), AdamW bit for 
     T.eq(o1:resident_state_bytes(), 0, "no moments beside the weights")
     T.eq(lt.memory.stats("cpu").paged - pool0, 8 * m1:num_parameters(true), "8 bytes a parameter in the pool")
     T.raises(function() lt.optim.AdamW(m1:parameters(), { paged = true, offload = "cpu" }) end, "pick one")
+end)
+
+T.test("offload=cpu in 8 bits: AdamW8bit's codes, scales and small moments in the pool, bit for bit", function()
+    local opts = { lr = 1e-3, weight_decay = 0.1 }
+    local l0, m0, o0 = train(opts, 4, nil, lt.optim.AdamW8bit)
+    lt.memory.collect()
+    local pool0 = lt.memory.stats("cpu").paged
+    local l1, m1, o1 = train({ lr = 1e-3, weight_decay = 0.1, offload = "cpu" }, 4, nil, lt.optim.AdamW8bit)
+    T.eq(l1, l0, "losses")
+    T.ok(same_weights(m0, m1), "weights")
+    T.eq(o1:resident_state_bytes(), 0, "no state beside the weights")
+    -- all of the state but the two 256-entry maps, which stay in memory (the host's)
+    local maps = 2 * 256 * 4
+    T.eq(lt.memory.stats("cpu").paged - pool0, o0:state_bytes() - maps, "the state in the pool")
+    T.eq(o1:state_bytes(), o0:state_bytes(), "the same state")
+    local s0, s1 = o0:state_dict(), o1:state_dict()
+    for k, t in pairs(s0.tensors) do T.ok(s1.tensors[k]:equal(t), "state_dict " .. k) end
+    T.raises(function() lt.optim.AdamW8bit(m1:parameters(), { paged = true, offload = "cpu" }) end, "pick one")
+    T.raises(function() lt.optim.AdamW8bit(m1:parameters(), { offload = "nvme", offload_dir = DIR }) end,
+        "offload must be \"cpu\"")
 end)
 
 os.execute("rm -rf " .. DIR)

@@ -31,7 +31,8 @@ local GRID = {
     { "target=q_proj", "exact" }, { "target=gate_proj,up_proj,down_proj", "exact" }, { "dropout=0", "exact" },
     { "threads=1", "exact" }, { "dq=false", "exact" }, { "blocksize=128", "exact" }, { "quant=int8 ck=false", "bound" },
     { "offload=true optim=paged_adamw precision=bf16", "exact" }, { "nvme=true", "exact" },
-    { "nvme=true r=64 ck=false", "exact" }, { "host_optim=true", "exact" }, { "accum=2", "near" },
+    { "nvme=true r=64 ck=false", "exact" }, { "host_optim=true", "exact" },
+    { "host_optim=true optim=adamw_8bit r=64", "exact" }, { "accum=2", "near" },
     { "accum=3 ck=false quant=none r=0", "near" },
     -- evaluation (lt.trainer.eval_loss of the loaded model) against the plan's peak.eval
     { "phase=eval", "exact" }, { "phase=eval ck=false", "exact" }, { "phase=eval offload=true", "exact" },
