@@ -425,16 +425,21 @@ end
 -- ---- the CPU-offloaded state (ZeRO-Offload) ---------------------------------------------------
 
 -- The moments in host memory (the paged pool: page-locked once CUDA is in use, outside every
--- device's budget); for a parameter on a GPU also its f32 master copy and a host gradient.
-function M._host_moments(r)
-    local st = moments_paged(r)
+-- device's budget); for a parameter on a GPU also its f32 master copy and a host gradient,
+-- and for one kept in host memory whose gradient arrives on a GPU (ZeRO-3's parameter shards
+-- with offload=cpu) a host gradient.
+local function host_copies(r, st)
     if r.param.device ~= "cpu" then
         st.master = tensor.empty(r.param:shape(), { paged = true })
         st.master:copy_(r.param)
+    end
+    if st.master or (r.grad and r.grad.device ~= "cpu") then
         st.grad_host = tensor.empty(r.param:shape(), { paged = true })
     end
     return st
 end
+
+function M._host_moments(r) return host_copies(r, moments_paged(r)) end
 
 -- The update on the host's cores: every gradient leaves the device first (on its copy
 -- stream), then each parameter's is waited for, updated on the host and its new weights sent
@@ -445,7 +450,7 @@ local function step_host(self, gs)
     for _, g in ipairs(self.groups) do
         for _, r in ipairs(g.params) do
             local st = self.state[r]
-            if st.master then st.ticket = st.grad_host:copy_async_(r.grad) end
+            if st.grad_host then st.ticket = st.grad_host:copy_async_(r.grad) end
             list[#list + 1] = { g = g, r = r, st = st }
         end
     end
@@ -457,10 +462,10 @@ local function step_host(self, gs)
         st.step = st.step + 1
         hyper.step = st.step
         -- (AdamW8bit's offload=cpu shares this: its 8-bit state has codes)
-        local p, gr = r.param, r.grad
-        if st.master then
-            tensor.copy_wait(p.device, st.ticket, true)
-            p, gr = st.master, st.grad_host
+        local p, gr = st.master or r.param, r.grad
+        if st.grad_host then
+            tensor.copy_wait(r.grad.device, st.ticket, true)
+            gr = st.grad_host
         end
         if st.m_codes then
             F.adamw8_step(p, gr, st, hyper)
@@ -720,11 +725,7 @@ function M.AdamW8bit(params, opts)
             v_codes = state_tensor(r.param:shape(), "u8", dev),
             v_absmax = state_tensor({ blocks }, "f32", dev),
         }
-        if self.host and r.param.device ~= "cpu" then
-            st.master = tensor.empty(r.param:shape(), { paged = true })
-            st.master:copy_(r.param)
-            st.grad_host = tensor.empty(r.param:shape(), { paged = true })
-        end
+        if self.host then host_copies(r, st) end
         return st
     end)
     return self

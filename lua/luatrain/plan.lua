@@ -650,7 +650,8 @@ local function optimizer_bytes(s, numels)
         end
         if paged then paged_pool = paged_pool + b else dev = dev + b end
     end
-    if maps then dev = dev + 2 * 256 * 4 end
+    -- the two 256-entry maps live beside the 8-bit state's update: on the host with offload=cpu
+    if maps and not (s.host_optim and s.device ~= "cpu") then dev = dev + 2 * 256 * 4 end
     return dev, paged_pool
 end
 
@@ -773,7 +774,8 @@ function M.train(opts)
         L.by_kind["weights (not quantized)"] = L.by_kind["weights (not quantized)"] - (base_plain + norms + embed)
         L.current = L.current - (base_plain + norms + embed)
     end
-    local opt_numels, opt_in_file = numels, nil
+    local opt_numels, opt_in_file, opt_host_shard = numels, nil, nil
+    local host_shards = 0 -- ZeRO-3 on a GPU with offload=cpu: the layers' shards in host memory
     local S = flat / s.world
     local z3_shards = {}
     if s.zero == 3 then
@@ -783,7 +785,10 @@ function M.train(opts)
         -- gradient buffer of the largest layer; AdamW over the pieces each shard holds
         local groups = zero3_groups(s, lins)
         local held, biggest, biggest_shard = 0, 0, 0
-        opt_numels, opt_in_file = {}, {}
+        -- where a layer's parameter shard lives between uses when not here: the optimizer's
+        -- file (offload=nvme), or a GPU's in host memory (offload=cpu)
+        local away = s.nvme or (s.host_optim and s.device ~= "cpu")
+        opt_numels, opt_in_file, opt_host_shard = {}, {}, {}
         for _, g in ipairs(groups) do
             local off, offs = 0, {}
             for i, n in ipairs(g.numels) do
@@ -794,8 +799,8 @@ function M.train(opts)
             local Sg = numel / s.world
             z3_shards[#z3_shards + 1] = Sg
             if g.layer then
-                -- with offload=nvme the parameter shard is in the optimizer's file
-                held = held + (s.nvme and 2 or 3) * Sg * 4
+                held = held + (away and 2 or 3) * Sg * 4
+                if away and not s.nvme then host_shards = host_shards + Sg * 4 end
                 biggest = max(biggest, numel)
                 biggest_shard = max(biggest_shard, Sg)
             else
@@ -807,12 +812,13 @@ function M.train(opts)
                 if b > a then
                     opt_numels[#opt_numels + 1] = b - a
                     opt_in_file[#opt_numels] = s.nvme and g.layer ~= nil
+                    opt_host_shard[#opt_numels] = away and not s.nvme and g.layer ~= nil
                 end
             end
         end
         L:alloc(adapters and "adapters (ZeRO-3 shards)" or "trained weights (ZeRO-3 shards)", held)
-        -- offload=nvme: two staging buffers the layers' shards are read into
-        if s.nvme then L:alloc("ZeRO-3 staging buffers", 2 * biggest_shard * 4) end
+        -- two staging buffers the layers' shards are read or copied into
+        if away then L:alloc("ZeRO-3 staging buffers", 2 * biggest_shard * 4) end
         L:alloc("ZeRO-3 layer buffers", 3 * biggest * 4)
     else
         if adapters then
@@ -834,6 +840,14 @@ function M.train(opts)
         end
     end
     local opt_dev, opt_paged = optimizer_bytes(s, opt_numels)
+    -- offload=cpu on a GPU: each piece's host gradient, and an f32 master copy of those whose
+    -- weights stay on the device (lt.optim's host_copies), beside the layers' host shards
+    if s.host_optim and s.device ~= "cpu" then
+        for i, n in ipairs(opt_numels) do
+            opt_paged = opt_paged + (opt_host_shard and opt_host_shard[i] and 4 or 8) * n
+        end
+        opt_paged = opt_paged + host_shards
+    end
     if opt_dev > 0 then L:alloc("optimizer state", opt_dev) end
     -- the loader: the sample order and one packed row of ids, targets, positions, offsets
     local host_batches = s.train_samples * 8 + 3 * N * 8 + (N + 1) * 4

@@ -41,9 +41,10 @@ The optimizer is the caller's (opts.optimizer, e.g. with parameter groups), or o
 here over the trainable parameters, named as Hugging Face's Trainer names them: optim =
 "adamw" (lt.optim.AdamW, the default) or "adamw_8bit" (lt.optim.AdamW8bit, bitsandbytes'
 8-bit moments); lr, betas, eps, weight_decay, and lora_plus_ratio (LoRA+: the B matrices
-learn lora_plus_ratio times faster than the rest). ZeRO (zero = 1 or 2) shards 32-bit AdamW
-only. The trainable parameters
-are flattened first (Module:flatten_parameters) unless opts.flatten is false.
+learn lora_plus_ratio times faster than the rest). ZeRO (zero = 1, 2 or 3) shards 32-bit
+AdamW only; at zero = 3 with offload = "cpu" a GPU's layer shards live in host memory
+(offload_params = "cpu" puts CPU weights' there too, which only tests use). The trainable
+parameters are flattened first (Module:flatten_parameters) unless opts.flatten is false.
 
 lt.trainer.eval_loss(model, ds, opts) is the mean loss over every trained token of a
 dataset; lt.trainer.questions(path, template) and lt.trainer.accuracy(model, tok,
@@ -253,7 +254,8 @@ function M.new(opts)
     self.optimizer = opts.optimizer or M.default_optimizer(model, opts)
     self.scaler = M.loss_scaler(opts.loss_scale)
     if self.zero > 0 then
-        self.optimizer = require("luatrain.dist.zero").new(model, pg, self.optimizer, { stage = self.zero })
+        self.optimizer = require("luatrain.dist.zero").new(model, pg, self.optimizer, { stage = self.zero,
+            offload_params = opts.offload_params })
     elseif pg.world > 1 then
         self.ddp = require("luatrain.dist.ddp").new(model, pg, { bucket_mb = opts.bucket_mb })
     end

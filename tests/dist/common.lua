@@ -30,7 +30,8 @@ end
 
 -- Train on `group` (lt.dist.local_group() for one process). opts: steps, accum, optim
 -- ("adamw", "paged_adamw", "nvme_adamw" (moments in files), "cpu_adamw" (in host memory) or
--- "sgd"), zero, grad_clip, checkpoint_dir, save_every, resume, grads_at (the
+-- "sgd"), zero, offload_params ("cpu": ZeRO-3's layer shards in host memory, as a GPU's
+-- are with cpu_adamw), grad_clip, checkpoint_dir, save_every, resume, grads_at (the
 -- step whose summed gradients are returned, cloned after reduce_gradients).
 -- Returns { losses = loss_curve, grads = {name = tensor}, model, result }.
 function M.train(group, opts)
@@ -61,7 +62,7 @@ function M.train(group, opts)
     local tr = lt.trainer.new{ model = model, train = M.dataset(), group = group, grad_accum = opts.accum or 1,
         batch_size = 2, seq_len = 12, steps = opts.steps or 4, optimizer = optimizer, schedule = "constant",
         grad_clip = opts.grad_clip or 0.5, zero = opts.zero or 0, seed = 3, checkpoint_dir = opts.checkpoint_dir,
-        save_every = opts.save_every, resume = opts.resume }
+        save_every = opts.save_every, resume = opts.resume, offload_params = opts.offload_params }
     local out = { model = model }
     if opts.grads_at then
         tr:hook("reduce_gradients", function(_, st)

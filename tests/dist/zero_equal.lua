@@ -29,44 +29,52 @@ end)
 
 T.test(("ZeRO-3 at %d ranks = DDP, bit for bit: full fine-tuning, layers gathered as they run"):format(W), function()
     local ddp = weights(common.train(pg, { steps = 5 }).model)
-    for _, optim in ipairs({ "adamw", "cpu_adamw", "nvme_adamw" }) do
-        local z = common.train(pg, { steps = 5, zero = 3, optim = optim })
+    -- "cpu_adamw host": the layers' shards in host memory, copied up before each gather (a
+    -- GPU's are, with offload=cpu)
+    for _, case in ipairs({ "adamw", "cpu_adamw", "cpu_adamw host", "nvme_adamw" }) do
+        local optim, host = case:match("^(%S+)"), case:find("host") ~= nil
+        local z = common.train(pg, { steps = 5, zero = 3, optim = optim, offload_params = host and "cpu" or nil })
         -- each step: the first layer of the forward and of the backward on demand, the
         -- others gathered while the layer before them ran
         local L = common.CFG.num_hidden_layers
         T.eq(z.result.optimizer.gathers, { prefetched = 5 * 2 * (L - 1), waited = 5 * 2 }, "gathers ahead")
         z.result.optimizer:gather_params()
         local w = weights(z.model)
-        for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=3 %s: %s"):format(optim, name)) end
+        for name, t in pairs(ddp) do T.ok(w[name]:equal(t), ("zero=3 %s: %s"):format(case, name)) end
     end
 end)
 
 T.test(("ZeRO-3 at %d ranks = DDP, bit for bit: LoRA on an NF4 base, with and without CPU offload"):format(W), function()
     local ddp = weights(common.train(pg, { steps = 5, lora = true }).model)
-    for _, optim in ipairs({ "adamw", "cpu_adamw" }) do
-        local z = common.train(pg, { steps = 5, zero = 3, optim = optim, lora = true })
+    for _, case in ipairs({ "adamw", "cpu_adamw", "cpu_adamw host" }) do
+        local optim, host = case:match("^(%S+)"), case:find("host") ~= nil
+        local z = common.train(pg, { steps = 5, zero = 3, optim = optim, lora = true,
+            offload_params = host and "cpu" or nil })
         z.result.optimizer:gather_params()
         local w = weights(z.model)
         for name, t in pairs(ddp) do
-            if name:find("lora_") then T.ok(w[name]:equal(t), ("zero=3 %s: %s"):format(optim, name)) end
+            if name:find("lora_") then T.ok(w[name]:equal(t), ("zero=3 %s: %s"):format(case, name)) end
         end
     end
 end)
 
--- with offload=nvme the shards live in the file: saving gathers them from it, and loading
--- writes the checkpoint's into it
-for _, optim in ipairs({ "adamw", "nvme_adamw" }) do
-    T.test(("ZeRO-3 (%s) at %d ranks: a checkpoint at step 3 resumed to step 5 = the straight run"):format(optim, W),
+-- with offload=nvme the shards live in the file, with "host" in host memory: saving gathers
+-- them from there, and loading writes the checkpoint's into it
+for _, case in ipairs({ "adamw", "nvme_adamw", "cpu_adamw host" }) do
+    local optim, host = case:match("^(%S+)"), case:find("host") ~= nil and "cpu" or nil
+    T.test(("ZeRO-3 (%s) at %d ranks: a checkpoint at step 3 resumed to step 5 = the straight run"):format(case, W),
         function()
         local dir = (os.getenv("TMPDIR") or "/tmp") .. "/lt_z3_ckpt"
         if pg:is_main() then os.execute("rm -rf " .. dir) end
         pg:barrier()
-        local run = common.train(pg, { steps = 5, zero = 3, optim = optim })
+        local run = common.train(pg, { steps = 5, zero = 3, optim = optim, offload_params = host })
         run.result.optimizer:gather_params()
         local straight = weights(run.model)
-        local first = common.train(pg, { steps = 3, zero = 3, optim = optim, checkpoint_dir = dir, save_every = 3 })
+        local first = common.train(pg, { steps = 3, zero = 3, optim = optim, checkpoint_dir = dir, save_every = 3,
+            offload_params = host })
         first.result.optimizer:gather_params()
-        local resumed = common.train(pg, { steps = 5, zero = 3, optim = optim, checkpoint_dir = dir, resume = "auto" })
+        local resumed = common.train(pg, { steps = 5, zero = 3, optim = optim, checkpoint_dir = dir, resume = "auto",
+            offload_params = host })
         resumed.result.optimizer:gather_params()
         local w = weights(resumed.model)
         for name, t in pairs(straight) do T.ok(w[name]:equal(t), "resumed: " .. name) end
@@ -75,18 +83,24 @@ for _, optim in ipairs({ "adamw", "nvme_adamw" }) do
     end)
 end
 
-for _, nvme in ipairs({ false, true }) do
-    T.test(("ZeRO-3 holds each layer's shard and three layer buffers in place of the whole layers%s"):format(
-        nvme and "; with offload=nvme not even the shards, which live in the file with the moments" or ""), function()
+-- where the layers' parameter shards live: in memory beside everything else, in the
+-- optimizer's file (offload=nvme), or in host memory, the paged pool (offload=cpu; a GPU's by
+-- default, here forced with offload_params)
+for _, where in ipairs({ "memory", "nvme", "host" }) do
+    T.test(("ZeRO-3 holds each layer's shard and three layer buffers in place of the whole layers; the shards "
+        .. "in %s"):format(where), function()
         lt.manual_seed(1)
         local model = lt.llama.new(common.CFG)
         local groups = model:flatten_parameters({ trainable_only = true, pad_multiple = W, per_layer = true })
-        local base = lt.optim.AdamW(model:parameters(), { lr = 1e-3, offload = nvme and "nvme" or nil,
-            offload_dir = nvme and (os.getenv("TMPDIR") or "/tmp") .. "/lt_nvme_test" or nil })
+        local offload = ({ nvme = "nvme", host = "cpu" })[where]
+        local base = lt.optim.AdamW(model:parameters(), { lr = 1e-3, offload = offload,
+            offload_dir = where == "nvme" and (os.getenv("TMPDIR") or "/tmp") .. "/lt_nvme_test" or nil })
         local before = lt.memory.collect()
-        local zopt = require("luatrain.dist.zero").new(model, pg, base, { stage = 3 })
+        local pool = lt.memory.stats("cpu").paged
+        local zopt = require("luatrain.dist.zero").new(model, pg, base, { stage = 3,
+            offload_params = where == "host" and "cpu" or nil })
         local after = lt.memory.collect()
-        local want, biggest, layers, biggest_shard = 0, 0, 0, 0
+        local want, want_pool, biggest, layers, biggest_shard = 0, 0, 0, 0, 0
         for _, g in ipairs(groups) do
             local S = g.numel / W
             local lo, hi = pg.rank * S, (pg.rank + 1) * S
@@ -95,29 +109,33 @@ for _, nvme in ipairs({ false, true }) do
                 mine = mine + math.max(0, math.min(hi, e.offset + e.numel) - math.max(lo, e.offset))
                 all = all + e.numel
             end
-            -- the shard's gradient, moments of its pieces; the whole moments go (in the file,
-            -- offloaded: neither is in memory)
-            want = want + 4 * S + (nvme and 0 or 8 * mine - 8 * all)
+            -- the shard's gradient, moments of its pieces; the whole moments go (both only
+            -- in memory when they live there)
+            want = want + 4 * S + (where == "memory" and 8 * mine - 8 * all or 0)
+            if where == "host" then want_pool = want_pool + 8 * mine - 8 * all end
             if g.layer then
                 layers = layers + 1
                 biggest = math.max(biggest, g.numel)
                 biggest_shard = math.max(biggest_shard, S)
-                -- its own parameter shard (unless in the file) and a scratch; the whole
+                -- its own parameter shard (in memory only there) and a scratch; the whole
                 -- parameters and gradients go
-                want = want + (nvme and 4 or 8) * S - 8 * g.numel
+                want = want + (where == "memory" and 8 or 4) * S - 8 * g.numel
+                if where == "host" then want_pool = want_pool + 4 * S end
             else
                 want = want + 4 * S -- the send buffer
             end
         end
         want = want + 3 * 4 * biggest -- two parameter buffers and one gradient buffer
-        if nvme then want = want + 2 * 4 * biggest_shard end -- two staging buffers for the reads
+        if where ~= "memory" then want = want + 2 * 4 * biggest_shard end -- two staging buffers
         T.ok(layers == common.CFG.num_hidden_layers, "a group per decoder layer")
         T.eq(after - before, want, "what stage 3 holds, to the byte")
+        T.eq(lt.memory.stats("cpu").paged - pool, want_pool, "what it keeps in the paged pool")
         for _, sh in ipairs(zopt.shards) do
-            T.ok((sh.offloaded == true) == (nvme and sh.layer ~= nil), "offloaded: every layer's shard, nothing else")
+            T.eq(sh.offloaded, sh.layer and ({ nvme = "nvme", host = "host" })[where] or nil,
+                "offloaded: every layer's shard, nothing else")
         end
         zopt:gather_params()
-        zopt.inner:close()
+        if where == "nvme" then zopt.inner:close() end
     end)
 end
 

@@ -31,10 +31,13 @@ for _, lora in ipairs({ false, true }) do
         local ddp = common.train(pg, { steps = STEPS, lora = lora })
         local ref = trained(ddp.model, lora)
         T.eq(#ddp.losses, STEPS, "DDP's loss curve")
-        for _, case in ipairs({ { 1, "adamw" }, { 2, "adamw" }, { 3, "adamw" }, { 3, "cpu_adamw" }, { 3, "nvme_adamw" } }) do
+        -- (host: the layers' shards in host memory, as a GPU's are with offload=cpu)
+        for _, case in ipairs({ { 1, "adamw" }, { 2, "adamw" }, { 3, "adamw" }, { 3, "cpu_adamw" },
+            { 3, "cpu_adamw", "host" }, { 3, "nvme_adamw" } }) do
             local stage, optim = case[1], case[2]
-            local what = ("zero=%d %s"):format(stage, optim)
-            local z = common.train(pg, { steps = STEPS, zero = stage, optim = optim, lora = lora })
+            local what = ("zero=%d %s%s"):format(stage, optim, case[3] and " host" or "")
+            local z = common.train(pg, { steps = STEPS, zero = stage, optim = optim, lora = lora,
+                offload_params = case[3] and "cpu" or nil })
             if stage == 3 then z.result.optimizer:gather_params() end
             local worst_loss = 0
             for i = 1, STEPS do

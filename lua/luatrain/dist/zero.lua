@@ -23,7 +23,10 @@ shard, and the layer is all-gathered into one of two layer buffers before its fo
 again before its backward (inside the recomputation of a checkpointed layer), while the
 next layer in that direction is gathered into the other buffer; after its backward the
 layer's gradients (one gradient buffer) are reduce-scattered into the shard. Groups outside
-the layers (embeddings, final norm, head) stay whole, as stage 1 treats them.
+the layers (embeddings, final norm, head) stay whole, as stage 1 treats them. Between uses a
+layer's shard stays here, or goes where the optimizer's state goes: with offload=nvme into
+its file (read back a layer ahead of use), with offload=cpu into host memory when the
+weights are on a GPU (copied up a layer ahead); either way into one of two staging buffers.
 
 Checkpoints: state_dict gathers the shards to rank 0 in the single-process layout (the
 caller's optimizer's groups and positions); load_state_dict takes that layout and every
@@ -75,14 +78,20 @@ function M.new(model, pg, base, opts)
             -- stage 3, a decoder layer's group: the rank's shard of its parameters is its own
             -- storage; the whole layer exists only while it runs (gathered into a layer buffer)
             local layered = stage == 3 and g.layer ~= nil
+            -- offload=cpu: a GPU layer's shard lives in host memory (the paged pool), where the
+            -- host's AdamW updates it, and is copied up before its gather (opts.offload_params
+            -- = "cpu" does the same for CPU weights: a test of the path without a GPU)
+            local host_shard = layered and base.host and (g.params.device ~= "cpu" or opts.offload_params == "cpu")
             local param
             if layered then
-                param = tensor.empty({ S }, { dtype = g.params.dtype, device = g.params.device })
+                param = tensor.empty({ S }, { dtype = g.params.dtype, device = not host_shard and g.params.device or nil,
+                    paged = host_shard or nil })
                 param:copy_(g.params:narrow(1, lo + 1, S))
             else
                 param = g.params:narrow(1, lo + 1, S)
             end
             local sh = { group = g, lo = lo, hi = hi, S = S, layer = layered and g.layer or nil,
+                offloaded = host_shard and "host" or nil,
                 grad = tensor.zeros({ S }, { device = g.grads.device }),
                 param = param,
                 send = not layered and tensor.empty({ S }, { dtype = g.params.dtype, device = g.params.device }) or nil,
@@ -130,6 +139,18 @@ function M.new(model, pg, base, opts)
     self.segments_by_group = seg_groups
     self.group_of = group_of
     if stage == 3 and self.inner.nvme then self:_offload_layer_params() end
+    -- the host's shards are copied into two staging buffers on the weights' device
+    local host_biggest, dev, dt = 0, nil, nil
+    for _, sh in ipairs(self.shards) do
+        if sh.offloaded == "host" then
+            host_biggest = math.max(host_biggest, sh.S)
+            dev, dt = sh.group.params.device, sh.group.params.dtype
+        end
+    end
+    if host_biggest > 0 then
+        self.staging = { tensor.zeros({ host_biggest }, { dtype = dt, device = dev }),
+            tensor.zeros({ host_biggest }, { dtype = dt, device = dev }) }
+    end
     if stage == 3 then self:_stage3_install() end
     return self
 end
@@ -155,15 +176,20 @@ function Zero:_offload_layer_params()
             end
             sh.param:free()
             sh.param = nil
-            sh.offloaded = true
+            sh.offloaded = "nvme"
             biggest = math.max(biggest, sh.S)
         end
     end
     if biggest > 0 then self.staging = { tensor.zeros({ biggest }), tensor.zeros({ biggest }) } end
 end
 
--- Start reading layer shard sh from the file into `buf`: { layer, reads = { {ticket, view} } }.
+-- Start bringing layer shard sh into `buf`: from the file, { layer, reads = { {ticket, view} } };
+-- from host memory, { layer, copy = ticket, view }.
 function Zero:_read_shard(sh, buf)
+    if sh.offloaded == "host" then
+        local dst = buf:narrow(1, 1, sh.S)
+        return { layer = sh.layer, copy = dst:copy_async_(sh.param), view = dst }
+    end
     local job = { layer = sh.layer, reads = {} }
     for _, seg in ipairs(sh.segments) do
         local dst = buf:narrow(1, seg.entry.offset + seg.start - sh.lo + 1, seg.n)
@@ -173,6 +199,11 @@ function Zero:_read_shard(sh, buf)
 end
 
 function Zero:_finish_read(job)
+    if job.view then
+        tensor.copy_wait(job.view.device, job.copy, true)
+        job.view:free()
+        return
+    end
     for _, rd in ipairs(job.reads) do
         self.inner:wait_io(rd[1])
         rd[2]:free()
@@ -321,7 +352,7 @@ end
 function Zero:reshard()
     if self.stage ~= 3 or self.layer_shards then return end
     for _, sh in ipairs(self.shards) do
-        if sh.offloaded then
+        if sh.offloaded == "nvme" then
             for _, seg in ipairs(sh.segments) do
                 local a = seg.entry.offset + seg.start
                 local src = sh.group.params:narrow(1, a + 1, seg.n)
