@@ -60,8 +60,9 @@ local ddw = dd(("if=/dev/zero of=%s/lt_dd_bench.bin oflag=direct"):format(cfg.di
 local ddr = dd(("if=%s/lt_dd_bench.bin of=/dev/null iflag=direct"):format(cfg.dir))
 os.remove(cfg.dir .. "/lt_dd_bench.bin")
 
-local model = io.popen("lscpu | sed -n 's/^Model name: *//p'"):read("*l") or "?"
-print(("machine: %s; disk of %s (%s)"):format(model, cfg.dir,
+package.path = "tools/bench/?.lua;" .. package.path
+local machine = require("benchutil").cpu_description()
+print(("machine: %s; disk of %s (%s)"):format(machine, cfg.dir,
     io.popen("df --output=source " .. cfg.dir .. " | tail -1"):read("*l") or "?"))
 print(("luatrain aio: %d MiB, %d threads, %d in flight, O_DIRECT %s"):format(cfg.mib, cfg.threads, cfg.depth,
     tostring(direct)))
