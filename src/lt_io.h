@@ -284,6 +284,26 @@ int lt_aio_close(lt_aio *a);
 int lt_aio_direct(const lt_aio *a);
 int64_t lt_aio_align(void);
 
+/* ---- GGUF tensor encodings (io/gguf_quant.c): llama.cpp's ggml types ------------------- */
+
+/* The ggml type ids GGUF files carry (the tensor infos' type field). */
+enum {
+    LT_GGUF_F32 = 0,
+    LT_GGUF_F16 = 1,
+    LT_GGUF_Q4_0 = 2,
+    LT_GGUF_Q8_0 = 8,
+    LT_GGUF_Q4_K = 12,
+    LT_GGUF_Q6_K = 14,
+    LT_GGUF_BF16 = 30
+};
+/* Bytes of one row of `cols` values in `type`, or -1 when the row does not split into the
+   type's blocks (32 values for Q8_0 and Q4_0, 256 for Q4_K and Q6_K) or the type is not one
+   of the above. */
+int64_t lt_gguf_row_bytes(int type, int64_t cols);
+/* src[rows][cols] f32 into rows * lt_gguf_row_bytes(type, cols) bytes at dst, and back. */
+int lt_gguf_quantize(int type, const float *src, int64_t rows, int64_t cols, void *dst);
+int lt_gguf_dequantize(int type, const void *src, int64_t rows, int64_t cols, float *dst);
+
 /* A parsed document and the buffers reused from one parse to the next. */
 typedef struct lt_json_doc lt_json_doc;
 int lt_json_doc_new(lt_json_doc **out);

@@ -524,6 +524,21 @@ int lt_aio_close(lt_aio *a);
 int lt_aio_direct(const lt_aio *a);
 int64_t lt_aio_align(void);
 
+enum {
+    LT_GGUF_F32 = 0,
+    LT_GGUF_F16 = 1,
+    LT_GGUF_Q4_0 = 2,
+    LT_GGUF_Q8_0 = 8,
+    LT_GGUF_Q4_K = 12,
+    LT_GGUF_Q6_K = 14,
+    LT_GGUF_BF16 = 30
+};
+
+int64_t lt_gguf_row_bytes(int type, int64_t cols);
+
+int lt_gguf_quantize(int type, const float *src, int64_t rows, int64_t cols, void *dst);
+int lt_gguf_dequantize(int type, const void *src, int64_t rows, int64_t cols, float *dst);
+
 typedef struct lt_json_doc lt_json_doc;
 int lt_json_doc_new(lt_json_doc **out);
 void lt_json_doc_free(lt_json_doc *d);

@@ -79,6 +79,7 @@ local lazy = {
     memory = "luatrain.memory",
     -- what a run will hold in memory, before it starts
     plan = "luatrain.plan",
+    gguf = "luatrain.gguf",
     json = "luatrain.json",
     config = "luatrain.config",
     log = "luatrain.log",
