@@ -13,7 +13,11 @@ Formats:
            the adapter merged into the dequantized base, the base folder's tokenizer.json and
            tokenizer_config.json, special_tokens_map.json and generation_config.json (BOS, EOS
            and pad ids from the tokenizer's special tokens)
-  gguf     one GGUF file for llama.cpp (lt.gguf: f32, f16, bf16, q8_0, q4_0, q4_k, q6_k)
+  gguf     one GGUF file for llama.cpp (lt.gguf: f32, f16, bf16, q8_0, q4_0, q4_k, q6_k); without
+           adapter= it is the base alone, as quantized in training and dequantized (the base
+           an adapter-gguf file goes on)
+  adapter-gguf  the adapter as llama.cpp's LoRA adapter file (f32 or f16), for
+           `llama-cli -m base.gguf --lora adapter.gguf`
 
 Verification: the export is read back the way a user's program would read it (the merged
 folder through lt.llama.from_pretrained and its own tokenizer, the GGUF file through
@@ -35,9 +39,9 @@ local ffi = require "ffi"
 
 local M = {}
 
-M.FORMATS = { adapter = true, merged = true, gguf = true }
+M.FORMATS = { adapter = true, merged = true, gguf = true, ["adapter-gguf"] = true }
 M.QUANTS = { adapter = { "f32" }, merged = { "bf16", "f16", "f32" },
-    gguf = { "q8_0", "f32", "f16", "bf16", "q4_0", "q4_k", "q6_k" } }
+    gguf = { "q8_0", "f32", "f16", "bf16", "q4_0", "q4_k", "q6_k" }, ["adapter-gguf"] = { "f32", "f16" } }
 -- default thresholds per exported precision: the mean KL per position and the greedy
 -- agreement; the logit difference is reported, not judged, unless max_logit_delta is given
 M.DEFAULT_MAX_KL = { f32 = 1e-4, f16 = 1e-3, bf16 = 5e-3, q8_0 = 2e-2, q6_k = 5e-2, q4_k = 0.2, q4_0 = 0.3 }
@@ -302,7 +306,7 @@ function M.run(opts)
     local say = opts.say or function() end
     local format, output = opts.format, opts.output:gsub("/+$", "")
     if not M.FORMATS[format] then
-        error(("export: format must be adapter, merged or gguf, got %s"):format(tostring(format)), 2)
+        error(("export: format must be adapter, merged, gguf or adapter-gguf, got %s"):format(tostring(format)), 2)
     end
     local quant = opts.quant or M.QUANTS[format][1]
     local ok_quant = false
@@ -311,9 +315,10 @@ function M.run(opts)
         error(("export: format=%s takes quant=%s, got %s"):format(format, table.concat(M.QUANTS[format], ", "),
             tostring(quant)), 2)
     end
-    if format == "adapter" and not (opts.adapter and opts.adapter ~= "") then
-        error("export: format=adapter needs adapter= (a PEFT folder)", 2)
+    if (format == "adapter" or format == "adapter-gguf") and not (opts.adapter and opts.adapter ~= "") then
+        error(("export: format=%s needs adapter= (a PEFT folder)"):format(format), 2)
     end
+    local to_file = format == "gguf" or format == "adapter-gguf"
     local t0 = fs.now()
     local trained = M.trained_model(opts)
     local tok = lt.tokenizer.load(opts.model)
@@ -322,8 +327,8 @@ function M.run(opts)
     fs.make_dirs((output:match("^(.*)/[^/]+$")) or ".")
     -- a folder is built in a hidden sibling and committed as one unit; a file is written
     -- under a hidden name and renamed
-    local tmp = format == "gguf" and temp_name(output) or fs.make_temp_dir(output)
-    local report_path = format == "gguf" and (output .. ".export_report.json") or nil
+    local tmp = to_file and temp_name(output) or fs.make_temp_dir(output)
+    local report_path = to_file and (output .. ".export_report.json") or nil
     local done = false
     local ok, err = pcall(function()
         -- write under the temporary name
@@ -335,8 +340,10 @@ function M.run(opts)
             for _, f in ipairs({ "tokenizer.json", "tokenizer_config.json" }) do
                 if fs.exists(opts.model .. "/" .. f) then copy_file(opts.model .. "/" .. f, tmp .. "/" .. f) end
             end
-        else
+        elseif format == "gguf" then
             lt.gguf.export_llama(trained, opts.model, tmp, { quant = quant, name = opts.name })
+        else
+            lt.gguf.export_lora(trained, tmp, { quant = quant, name = opts.name })
         end
         local eos = nil
         if format == "merged" then eos = write_token_files(opts.model, tmp, trained.config) end
@@ -348,6 +355,10 @@ function M.run(opts)
         elseif format == "merged" then
             exported = lt.llama.from_pretrained(tmp)
             exp_tok = lt.tokenizer.load(tmp)
+        elseif format == "adapter-gguf" then
+            -- the file's adapters on the base as trained
+            exported = lt.gguf.load_lora(M.trained_model({ model = opts.model, base_quant = opts.base_quant }), tmp)
+            exp_tok = tok
         else
             exported = lt.gguf.load_llama(tmp)
             local f = lt.gguf.read(tmp)
@@ -404,7 +415,7 @@ function M.run(opts)
                 table.concat(report.failures, "; "), output, report_path and ("; report: " .. report_path) or ""), 0)
         end
         -- put it in place
-        if format == "gguf" then
+        if to_file then
             os.remove(output)
             local okr, why = os.rename(tmp, output)
             if not okr then error(("export: %s: %s"):format(output, why), 0) end
@@ -433,8 +444,8 @@ function M.summary(r)
     out[#out + 1] = ("  base      %s"):format(mb(r.bytes.base))
     local v = r.verification
     if v then
-        out[#out + 1] = ("  against the trained model (%s base + adapter) on %d prompts, %d positions:"):format(
-            r.base_quant, #v.prompts, v.positions)
+        out[#out + 1] = ("  against the trained model (%s base%s) on %d prompts, %d positions:"):format(
+            r.base_quant, r.adapter and r.adapter ~= "" and " + adapter" or "", #v.prompts, v.positions)
         out[#out + 1] = ("    max |logit difference|  %.4g"):format(v.max_logit_delta)
         out[#out + 1] = ("    mean KL per position    %.4g   (max_kl %g)"):format(v.mean_kl, r.thresholds.max_kl)
         out[#out + 1] = ("    greedy tokens agreeing  %.1f%%   (min_agreement %g)"):format(100 * v.agreement,

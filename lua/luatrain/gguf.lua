@@ -498,6 +498,116 @@ function M.export_llama(model, folder, path, opts)
     return { tensors = #tensors, bos = ids.bos, eos = ids.eos }
 end
 
+-- ---- LoRA adapters (llama.cpp's adapter GGUF) ---------------------------------------------
+
+--[[ Write the model's LoRA adapters as llama.cpp's adapter file: general.type "adapter",
+adapter.type "lora", adapter.lora.alpha, and per adapted weight W two tensors, W.lora_a (the
+A matrix, r x in: dims { in, r }) and W.lora_b (B, out x r: dims { r, out }), B's rows in
+llama.cpp's RoPE order for the query and key projections. llama.cpp scales B A by alpha over
+the rank, so the alpha written is luatrain's scaling times r (rsLoRA's alpha / sqrt(r)
+included). opts.quant: "f32" (default) or "f16". DoRA adapters have no llama.cpp form. ]]
+function M.export_lora(model, path, opts)
+    opts = opts or {}
+    local q = opts.quant or "f32"
+    if q ~= "f32" and q ~= "f16" then error(("gguf.export_lora: quant must be f32 or f16, got %s"):format(q), 2) end
+    local c = model.config
+    local peft = require "luatrain.peft"
+    local layers = peft.layers(model)
+    if #layers == 0 then error("gguf.export_lora: the model has no LoRA adapters", 2) end
+    local tensors, alpha = {}, nil
+    for _, e in ipairs(layers) do
+        local hf, m = e[1], e[2]
+        if m.dora then error(("gguf.export_lora: %s is a DoRA adapter, which llama.cpp cannot apply"):format(hf), 2) end
+        if m.merged then error(("gguf.export_lora: %s is merged into its weight; unmerge it first"):format(hf), 2) end
+        local a = m.scaling * m.r
+        if alpha and math.abs(alpha - a) > 1e-6 * math.abs(a) then
+            error(("gguf.export_lora: %s scales by %g but others by %g: llama.cpp takes one alpha per file"):format(
+                hf, m.scaling, alpha / m.r), 2)
+        end
+        alpha = a
+        local name = M.gguf_name(hf .. ".weight")
+        if not name then error(("gguf.export_lora: no llama.cpp name for %s"):format(hf), 2) end
+        local heads = hf:find("q_proj", 1, true) and c.num_attention_heads
+            or (hf:find("k_proj", 1, true) and (c.num_key_value_heads or c.num_attention_heads))
+        local A, B = m.lora_A.weight, m.lora_B.weight
+        tensors[#tensors + 1] = { name = name .. ".lora_a", dims = { m.in_features, m.r }, type = q, data = function()
+            local x = tensor.empty(A:shape())
+            x:copy_(A)
+            return x
+        end }
+        tensors[#tensors + 1] = { name = name .. ".lora_b", dims = { m.r, m.out_features }, type = q, data = function()
+            local x = tensor.empty(B:shape())
+            x:copy_(B)
+            if heads then
+                local p = permute_heads(x, heads)
+                x:free()
+                x = p
+            end
+            return x
+        end }
+    end
+    local meta = {
+        { "general.architecture", "string", "llama" },
+        { "general.type", "string", "adapter" },
+        { "general.name", "string", opts.name or "luatrain LoRA adapter" },
+        { "adapter.type", "string", "lora" },
+        { "adapter.lora.alpha", "f32", alpha },
+    }
+    M.write(path, meta, tensors)
+    return { tensors = #tensors, alpha = alpha }
+end
+
+-- Put the adapters of an adapter GGUF (export_lora's) on `model` (a Llama without them):
+-- LoRA of the file's rank and alpha on each weight it names, B's rows back in Hugging Face's
+-- order. Returns the model.
+function M.load_lora(model, path)
+    local f = M.read(path)
+    local ok, err = pcall(function()
+        if f.meta["general.type"] ~= "adapter" or f.meta["adapter.type"] ~= "lora" then
+            error(("%s: not a LoRA adapter GGUF (general.type %s, adapter.type %s)"):format(path,
+                tostring(f.meta["general.type"]), tostring(f.meta["adapter.type"])), 0)
+        end
+        local c = model.config
+        -- which weights, and the rank, from the tensors
+        local want, r = {}, nil
+        for _, t in ipairs(f.tensors) do
+            local base = t.name:match("^(.*)%.lora_a$")
+            if base then
+                want[base] = true
+                r = r or t.dims[2]
+                if t.dims[2] ~= r then error(("%s: %s has rank %d, others %d"):format(path, t.name, t.dims[2], r), 0) end
+            end
+        end
+        if not r then error(("%s: no .lora_a tensors"):format(path), 0) end
+        local names = {}
+        for _, rec in ipairs(model:named_modules()) do
+            local g = rec.name ~= "" and M.gguf_name(rec.name .. ".weight")
+            if g and want[g] then names[#names + 1] = rec.name end
+        end
+        require("luatrain.peft").apply(model, { r = r, alpha = f.meta["adapter.lora.alpha"], target = names })
+        for _, e in ipairs(require("luatrain.peft").layers(model)) do
+            local hf, m = e[1], e[2]
+            local g = M.gguf_name(hf .. ".weight")
+            local heads = hf:find("q_proj", 1, true) and c.num_attention_heads
+                or (hf:find("k_proj", 1, true) and (c.num_key_value_heads or c.num_attention_heads))
+            local a = f:tensor(g .. ".lora_a")
+            m.lora_A.weight:copy_(a)
+            a:free()
+            local b = f:tensor(g .. ".lora_b")
+            if heads then
+                local p = permute_heads(b, heads, true)
+                b:free()
+                b = p
+            end
+            m.lora_B.weight:copy_(b)
+            b:free()
+        end
+    end)
+    f:close()
+    if not ok then error(err, 0) end
+    return model
+end
+
 -- A luatrain Llama (f32) of a GGUF file written by export_llama: its weights dequantized and
 -- the query and key rows put back in Hugging Face's order.
 function M.load_llama(path)

