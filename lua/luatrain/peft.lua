@@ -310,10 +310,17 @@ local function regex_to_names(rx, path)
     return names
 end
 
--- Apply an adapter folder's LoRA config to `model` and load its weights.
-function M.load(model, dir)
+-- Apply an adapter folder's LoRA config to `model` and load its weights. opts.name: on a
+-- model that has adapters already, load this one beside them under that name (see
+-- M.set_adapter); the first adapter is "default".
+function M.load(model, dir, opts)
     dir = dir:gsub("/+$", "")
     fs.restore_dir(dir) -- a save's fallback cut short by a crash (lt.lora.save)
+    if #M.layers(model) > 0 then
+        if opts and opts.name then return M.add_adapter(model, opts.name, dir) end
+        error(("lora.load: %s: the model has adapters already (%s); give this one a name to load it beside them: "
+            .. "lt.lora.load(model, dir, { name = ... })"):format(dir, table.concat(M.adapter_names(model), ", ")), 2)
+    end
     local cfg = M.read_config(dir)
     local target = cfg.target
     if type(target) == "string" and target ~= "all-linear" then
@@ -354,6 +361,146 @@ function M.load(model, dir)
     table.sort(missing)
     if #missing > 0 then error(("%s: missing adapter tensors: %s"):format(file, table.concat(missing, ", ")), 0) end
     for name, key in pairs(seen) do own[name]:copy_(tensors[key]) end
+    return model
+end
+
+-- The full names of the linear layers an adapter folder's config targets, in model order.
+local function targets_of(model, cfg, dir)
+    local target = cfg.target
+    if type(target) == "string" and target ~= "all-linear" then
+        target = regex_to_names(target, dir .. "/adapter_config.json")
+    end
+    local allowed
+    if cfg.layers_to_transform then
+        allowed = {}
+        for _, i in ipairs(cfg.layers_to_transform) do allowed[i] = true end
+    end
+    local out = {}
+    for _, r in ipairs(model:named_modules()) do
+        local m = r.module
+        local linear = is_linear(m) or getmetatable(m) == nnlora.LoRALinear
+        if r.parent and linear and targeted(target, r.name) then
+            local li = layer_index(r.name)
+            if not allowed or (li and allowed[li]) then out[#out + 1] = r.name end
+        end
+    end
+    return out
+end
+
+--[[ Load the adapter folder `dir` as adapter `name` beside the ones the model has: every
+adapted layer gets a slot for it (empty where it does not target the layer; a layer only it
+targets is wrapped, with an empty slot for the others). The active adapter stays as it was;
+M.set_adapter switches. The base is not touched or reloaded. ]]
+function M.add_adapter(model, name, dir)
+    if type(name) ~= "string" or name == "" or name == "none" then
+        error(("lora.add_adapter: the name must be a non-empty string other than \"none\", got %s"):format(
+            tostring(name)), 2)
+    end
+    dir = dir:gsub("/+$", "")
+    local cfg = M.read_config(dir)
+    if cfg.dora then error(("%s: DoRA adapters cannot share a model with others"):format(dir), 0) end
+    local lay = M.layers(model)
+    if #lay == 0 then error("lora.add_adapter: the model has no adapter yet; lt.lora.load the first one", 2) end
+    local active = lay[1][2].active or "default"
+    for _, e in ipairs(lay) do
+        if (e[2].active or "default") == name or (e[2].slots and e[2].slots[name]) then
+            error(("lora.add_adapter: adapter %q is already loaded"):format(name), 2)
+        end
+    end
+    local want = {}
+    for _, n in ipairs(targets_of(model, cfg, dir)) do want[n] = true end
+    if next(want) == nil then error(("%s: its targets match no linear layer of the model"):format(dir), 0) end
+    -- wrap the layers only this adapter targets; their other adapters are empty
+    for _, r in ipairs(model:named_modules()) do
+        if want[r.name] and is_linear(r.module) then
+            local lora = nnlora.LoRALinear(r.module, { r = cfg.r })
+            lora:requires_grad(false)
+            lora.empty = true
+            for _, e in ipairs(lay) do
+                for other in pairs(e[2].slots or {}) do
+                    if other ~= (lora.active or "default") and not (lora.slots and lora.slots[other]) then
+                        lora:add_slot(other, { empty = true })
+                    end
+                end
+            end
+            if active ~= "default" then lora:add_slot(active, { empty = true }); lora:use(active) end
+            r.parent:add_module(r.key, lora)
+        end
+    end
+    local tensors = safetensors.load(dir .. "/adapter_model.safetensors")
+    local used = {}
+    for _, e in ipairs(M.layers(model)) do
+        local full, m = e[1], e[2]
+        local s = m:add_slot(name, { r = cfg.r, alpha = cfg.alpha, rslora = cfg.rslora, empty = not want[full] })
+        if not s.empty then
+            for _, part in ipairs({ "A", "B" }) do
+                local key = PREFIX .. full .. ".lora_" .. part .. ".weight"
+                local t = tensors[key]
+                local dst = s["lora_" .. part].weight
+                if not t then error(("%s/adapter_model.safetensors: missing %s"):format(dir, key), 0) end
+                if table.concat(t:shape(), ",") ~= table.concat(dst:shape(), ",") then
+                    error(("%s/adapter_model.safetensors: %s has shape (%s), the layer needs (%s)"):format(dir, key,
+                        table.concat(t:shape(), ", "), table.concat(dst:shape(), ", ")), 0)
+                end
+                dst:copy_(t)
+                used[key] = true
+            end
+        end
+    end
+    for key in pairs(tensors) do
+        if not used[key] then
+            error(("%s/adapter_model.safetensors: tensor %s does not match any adapted layer"):format(dir, key), 0)
+        end
+    end
+    return model
+end
+
+-- The adapters loaded on the model: the active one first, then the others sorted.
+function M.adapter_names(model)
+    local lay = M.layers(model)
+    if #lay == 0 then return {} end
+    local m = lay[1][2]
+    local out = { m.active or "default" }
+    local rest = {}
+    for n in pairs(m.slots or {}) do rest[#rest + 1] = n end
+    table.sort(rest)
+    for _, n in ipairs(rest) do out[#out + 1] = n end
+    return out
+end
+
+-- Make adapter `name` the active one on every layer ("none": run the base alone).
+function M.set_adapter(model, name)
+    local known = false
+    for _, n in ipairs(M.adapter_names(model)) do known = known or n == name end
+    if name == "none" then
+        for _, e in ipairs(M.layers(model)) do e[2].disabled = true end
+        return model
+    end
+    if not known then
+        error(("lora.set_adapter: no adapter %q (loaded: %s)"):format(tostring(name),
+            table.concat(M.adapter_names(model), ", ")), 2)
+    end
+    for _, e in ipairs(M.layers(model)) do
+        e[2].disabled = nil
+        e[2]:use(name)
+    end
+    return model
+end
+
+-- Free adapter `name` from every layer (it must not be the active one).
+function M.unload_adapter(model, name)
+    local lay = M.layers(model)
+    if lay[1] and (lay[1][2].active or "default") == name then
+        error(("lora.unload_adapter: %q is the active adapter; switch to another first"):format(name), 2)
+    end
+    for _, e in ipairs(lay) do e[2]:remove_slot(name) end
+    return model
+end
+
+-- Run each row of the next batches through its own adapter: names[b] for row b ("none":
+-- the base alone); nil goes back to the active adapter for every row. Inference only.
+function M.set_row_adapters(model, names)
+    for _, e in ipairs(M.layers(model)) do e[2].row_slots = names end
     return model
 end
 

@@ -81,6 +81,86 @@ function LoRALinear:init(base, opts)
     end
 end
 
+-- ---- several adapters on one layer -----------------------------------------------------------
+--
+-- The layer's adapter is its lora_A and lora_B children (what training, saving and merging
+-- see). More adapters wait in self.slots by name, each { lora_A, lora_B, r, alpha, scaling,
+-- rslora, dropout, empty }; use(name) swaps one in, the current one going to its slot, so
+-- switching costs no copy. An empty slot is "no adapter on this layer" (an adapter that
+-- does not target it). row_slots (a name per batch row) runs each row of a batch through
+-- its own adapter, for serving several adapters at once (inference only).
+
+local SLOT_FIELDS = { "r", "alpha", "scaling", "rslora", "dropout", "empty" }
+
+function LoRALinear:_slot_now()
+    local s = { lora_A = self.lora_A, lora_B = self.lora_B }
+    for _, k in ipairs(SLOT_FIELDS) do s[k] = self[k] end
+    return s
+end
+
+-- Add adapter `name`: opts r, alpha, rslora, dropout; opts.empty for a layer it leaves alone.
+-- Its B starts at zero. Returns the slot (its lora_A and lora_B to fill).
+function LoRALinear:add_slot(name, opts)
+    if self.dora then error("LoRA: a DoRA layer holds one adapter", 2) end
+    self.slots = self.slots or {}
+    self.active = self.active or "default"
+    if name == self.active or self.slots[name] then error(("LoRA: adapter %q is already loaded"):format(name), 2) end
+    local r = opts.r or 8
+    local s = { r = r, alpha = opts.alpha or 16, rslora = opts.rslora and true or false, dropout = opts.dropout or 0,
+        empty = opts.empty or false }
+    s.scaling = s.rslora and s.alpha / math.sqrt(r) or s.alpha / r
+    if not s.empty then
+        local dev = self:device()
+        s.lora_A = Linear(self.in_features, r)
+        s.lora_B = Linear(r, self.out_features, { weight = tensor.zeros(self.out_features, r) })
+        if dev ~= "cpu" then
+            s.lora_A:to(dev)
+            s.lora_B:to(dev)
+        end
+        s.lora_A:requires_grad(false)
+        s.lora_B:requires_grad(false)
+    end
+    self.slots[name] = s
+    return s
+end
+
+-- Make adapter `name` the layer's own (lora_A, lora_B children); the current one waits.
+function LoRALinear:use(name)
+    self.active = self.active or "default"
+    if name == self.active then return self end
+    if self.merged then error("LoRA: unmerge before switching adapters", 2) end
+    local s = self.slots and self.slots[name]
+    if not s then error(("LoRA: no adapter %q on this layer"):format(tostring(name)), 2) end
+    self.slots[self.active] = self:_slot_now()
+    self.slots[name] = nil
+    for _, k in ipairs(SLOT_FIELDS) do self[k] = s[k] end
+    self.empty = s.empty or nil
+    if s.lora_A then
+        self:add_module("lora_A", s.lora_A)
+        self:add_module("lora_B", s.lora_B)
+    end
+    self.active = name
+    return self
+end
+
+-- Free adapter `name` (not the one in use).
+function LoRALinear:remove_slot(name)
+    if name == (self.active or "default") then error(("LoRA: adapter %q is in use; switch first"):format(name), 2) end
+    local s = self.slots and self.slots[name]
+    if not s then error(("LoRA: no adapter %q on this layer"):format(tostring(name)), 2) end
+    if s.lora_A then
+        s.lora_A.weight:free()
+        s.lora_B.weight:free()
+    end
+    self.slots[name] = nil
+end
+
+-- The slot of adapter `name` (the layer's own when it is the active one).
+function LoRALinear:slot(name)
+    if name == (self.active or "default") then return self:_slot_now() end
+    return self.slots and self.slots[name]
+end
+
 function LoRALinear:extra_repr()
     return ("%d -> %d, r=%d, alpha=%g%s%s, base %s%s"):format(self.in_features, self.out_features,
         self.r, self.alpha, self.rslora and ", rslora" or "", self.dora and ", dora" or "",
@@ -152,10 +232,37 @@ local function out_shape(x, n)
     return s
 end
 
+-- Rows of x (B, ..., in) through the adapters row_slots names, added into out.
+function LoRALinear:_rows_forward(x, out)
+    local B = x:size(1)
+    if #self.row_slots ~= B then
+        error(("LoRA: row adapters name %d rows, the batch has %d"):format(#self.row_slots, B), 3)
+    end
+    for b = 1, B do
+        local name = self.row_slots[b]
+        local s = name ~= "none" and self:slot(name) or { empty = true }
+        if not s then error(("LoRA: no adapter %q on this layer"):format(tostring(name)), 3) end
+        if not s.empty then
+            local xb, ob = x:narrow(1, b, 1), out:narrow(1, b, 1)
+            local h = F.matmul(xb, s.lora_A.weight, { trans_b = true })
+            F.matmul(h, s.lora_B.weight, { trans_b = true, out = ob, alpha = s.scaling, beta = 1 })
+            h:free()
+            xb:free()
+            ob:free()
+        end
+    end
+end
+
 function LoRALinear:forward(x)
     local out = self:buffer("output", out_shape(x, self.out_features))
     self:_base_forward(x, out, 0)
-    if self.merged then
+    if self.row_slots then
+        if self.training then error("LoRA: row adapters are for inference (model:eval())", 2) end
+        if not self.merged then self:_rows_forward(x, out) end
+        self.output = out
+        return out
+    end
+    if self.merged or self.empty or self.disabled then
         self.output = out
         return out
     end
@@ -187,7 +294,7 @@ end
 
 function LoRALinear:backward(x, dy)
     local dx = self:buffer("grad_input", x:shape())
-    if self.merged then
+    if self.merged or self.empty or self.disabled then
         self:_base_backward(dy, dx)
         return dx
     end
@@ -260,7 +367,7 @@ end
 -- The merged weight W + s B A (with DoRA: m * (W + s B A) / ||W + s B A||) as f32 (out, in).
 function LoRALinear:merged_weight()
     local w = self:_base_f32()
-    if not self.merged then
+    if not (self.merged or self.empty or self.disabled) then
         F.matmul(self.lora_B.weight, self.lora_A.weight, { out = w, alpha = self.scaling, beta = 1 })
     end
     if self.dora then
