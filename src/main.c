@@ -429,7 +429,7 @@ static void usage(FILE *to) {
 
 /* The words the host maps to bundled scripts (lua/luatrain/cmd/WORD.lua). */
 static int bundled_command(const char *word) {
-    static const char *const words[] = {"plan", "export"};
+    static const char *const words[] = {"plan", "export", "chat"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         if (strcmp(word, words[i]) == 0) return 1;
     return 0;

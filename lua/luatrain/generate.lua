@@ -67,7 +67,9 @@ end
 
 -- Returns the generated text (when a tokenizer is given) and the new ids.
 -- opts: max_new_tokens (64), temperature (0: greedy), top_k (0: off), top_p (1: off),
---       seed, stop_ids ({}), on_token(id), on_text(piece) (needs the tokenizer).
+--       seed, stop_ids ({}), stop_strings ({}: generation ends where the text first holds
+--       one, which is cut off; streamed text is held back while it could still become one),
+--       on_token(id), on_text(piece) (both text options need the tokenizer).
 function M.generate(model, tok, prompt, opts)
     opts = opts or {}
     local ids
@@ -101,7 +103,37 @@ function M.generate(model, tok, prompt, opts)
         bufs.dev_ids = tensor.empty({ 1, 1 }, { dtype = "i64", device = dev })
         bufs.dev_pos = tensor.empty({ 1 }, { dtype = "i64", device = dev })
     end
-    local stream = (opts.on_text and tok) and tok:decode_stream({ skip_special_tokens = true }) or nil
+    local stops = opts.stop_strings or {}
+    if #stops > 0 and not tok then error("generate: stop_strings need a tokenizer", 2) end
+    local longest = 0
+    for _, s in ipairs(stops) do
+        if type(s) ~= "string" or s == "" then error("generate: stop_strings must be non-empty strings", 2) end
+        longest = math.max(longest, #s)
+    end
+    local stream = ((opts.on_text or #stops > 0) and tok) and tok:decode_stream({ skip_special_tokens = true }) or nil
+    -- the text so far, and how much of it went out through on_text
+    local text_so_far, sent, stopped = "", 0, false
+    local function emit(final)
+        if not opts.on_text then return end
+        -- hold back what could still be the start of a stop string
+        local upto = final and #text_so_far or math.max(sent, #text_so_far - (longest > 0 and longest - 1 or 0))
+        if upto > sent then
+            opts.on_text(text_so_far:sub(sent + 1, upto))
+            sent = upto
+        end
+    end
+    local function add_text(piece)
+        if piece == "" then return end
+        text_so_far = text_so_far .. piece
+        for _, s in ipairs(stops) do
+            local at = text_so_far:find(s, math.max(1, #text_so_far - #piece - #s + 1), true)
+            if at then
+                text_so_far = text_so_far:sub(1, at - 1)
+                stopped = true
+            end
+        end
+        emit(false)
+    end
     local out_id = ffi.new("int32_t[1]")
     local new = {}
     local ok, err = pcall(function()
@@ -114,16 +146,13 @@ function M.generate(model, tok, prompt, opts)
             new[#new + 1] = id
             seq[#seq + 1] = id
             if opts.on_token then opts.on_token(id) end
-            if stream then
-                local piece = stream:push(id)
-                if piece ~= "" then opts.on_text(piece) end
-            end
-            if #new == max_new then break end
+            if stream then add_text(stream:push(id)) end
+            if stopped or #new == max_new then break end
             logits = step(model, kv, seq, #seq, 1, bufs)
         end
         if stream then
-            local rest = stream:flush()
-            if rest ~= "" then opts.on_text(rest) end
+            if not stopped then add_text(stream:flush()) end
+            emit(true)
         end
     end)
     M.free_cache(kv)
@@ -132,6 +161,7 @@ function M.generate(model, tok, prompt, opts)
     if was_training then model:train() end
     if not ok then error(err, 0) end
     local text = tok and tok:decode(new, { skip_special_tokens = true }) or nil
+    if stopped then text = text_so_far end
     return text, new
 end
 

@@ -1,7 +1,8 @@
 --[[
 test_generate.lua - generation with a KV cache and the token sampler: the cached greedy
 continuation equals recomputing the whole sequence each step; sampling is reproducible
-from a seed, follows softmax(logits / temperature), and top-k / top-p cut the support.
+from a seed, follows softmax(logits / temperature), and top-k / top-p cut the support;
+stop strings cut the text and the stream.
 ]]
 package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
@@ -25,6 +26,25 @@ T.test("greedy with the KV cache equals full recomputation", function()
         T.eq(ids[i], best, "token " .. i)
         seq[#seq + 1] = best
     end
+end)
+
+T.test("stop strings end the text where one first appears, and nothing of one is streamed", function()
+    local dir = "recipes/assets/tiny_facts/model"
+    lt.manual_seed(2)
+    local m = lt.llama.from_pretrained(dir)
+    local tok = lt.tokenizer.load(dir)
+    local prompt = tok:encode("What pet does Guzuzu have?", { add_special_tokens = false })
+    local full = lt.generate(m, tok, prompt, { max_new_tokens = 24 })
+    T.ok(#full >= 8, "a continuation to cut: " .. full)
+    -- a stop string from inside the continuation, spanning several tokens
+    local stop = full:sub(4, 6)
+    local want = full:sub(1, full:find(stop, 1, true) - 1)
+    local pieces = {}
+    local text = lt.generate(m, tok, prompt, { max_new_tokens = 24, stop_strings = { "never appears", stop },
+        on_text = function(p) pieces[#pieces + 1] = p end })
+    T.eq(text, want)
+    T.eq(table.concat(pieces), want, "streamed")
+    T.raises(function() lt.generate(m, nil, prompt, { stop_strings = { "x" } }) end, "stop_strings need a tokenizer")
 end)
 
 T.test("sampling is reproducible and stops where asked", function()
