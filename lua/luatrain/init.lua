@@ -80,6 +80,7 @@ local lazy = {
     -- what a run will hold in memory, before it starts
     plan = "luatrain.plan",
     gguf = "luatrain.gguf",
+    qat = "luatrain.qat",
     json = "luatrain.json",
     config = "luatrain.config",
     log = "luatrain.log",
