@@ -64,13 +64,7 @@ local function tree_size(path)
     return file_size(path)
 end
 
-local function read_json(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local text = f:read("*a")
-    f:close()
-    return json.decode(text, path)
-end
+local function read_json(path) return json.read_file(path, { missing_ok = true }) end
 
 local function copy_file(from, to)
     local f = assert(io.open(from, "rb"))

@@ -293,6 +293,14 @@ local function permute_heads(w, heads, back)
     return out
 end
 
+-- The heads whose rows a weight's RoPE reorder goes by: the query projection's, the key
+-- projection's (grouped), nil for any other weight.
+local function heads_of(hf, c)
+    if hf:find("q_proj", 1, true) then return c.num_attention_heads end
+    if hf:find("k_proj", 1, true) then return c.num_key_value_heads or c.num_attention_heads end
+    return nil
+end
+
 -- The model's weights as { hf_name, f32 tensor maker } in module order: adapters merged into
 -- their (dequantized) base, tied weights once.
 local function weight_list(model)
@@ -325,13 +333,7 @@ end
 
 -- ---- the tokenizer ---------------------------------------------------------------------------
 
-local function read_json(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local text = f:read("*a")
-    f:close()
-    return json.decode(text, path)
-end
+local function read_json(path) return json.read_file(path, { missing_ok = true }) end
 
 -- special token ids of tokenizer_config.json's bos/eos/pad/unk entries, as GGUF keys
 local function special_ids(tc, lookup, meta)
@@ -530,8 +532,7 @@ function M.export_llama(model, folder, path, opts)
         if not name then error(("gguf.export_llama: no llama.cpp name for %s"):format(hf), 2) end
         local dims = w[4] and { w[4], w[3] } or { w[3] }
         local ty = #dims == 1 and "f32" or M.weight_type(q, dims[1])
-        local heads = hf:find("q_proj", 1, true) and c.num_attention_heads
-            or (hf:find("k_proj", 1, true) and (c.num_key_value_heads or c.num_attention_heads))
+        local heads = heads_of(hf, c)
         tensors[#tensors + 1] = { name = name, dims = dims, type = ty, data = function()
             local x = make()
             if heads then
@@ -588,8 +589,7 @@ function M.export_lora(model, path, opts)
         alpha = a
         local name = M.gguf_name(hf .. ".weight")
         if not name then error(("gguf.export_lora: no llama.cpp name for %s"):format(hf), 2) end
-        local heads = hf:find("q_proj", 1, true) and c.num_attention_heads
-            or (hf:find("k_proj", 1, true) and (c.num_key_value_heads or c.num_attention_heads))
+        local heads = heads_of(hf, c)
         local A, B = m.lora_A.weight, m.lora_B.weight
         tensors[#tensors + 1] = { name = name .. ".lora_a", dims = { m.in_features, m.r }, type = q, data = function()
             local x = tensor.empty(A:shape())
@@ -649,8 +649,7 @@ function M.load_lora(model, path)
         for _, e in ipairs(require("luatrain.peft").layers(model)) do
             local hf, m = e[1], e[2]
             local g = M.gguf_name(hf .. ".weight")
-            local heads = hf:find("q_proj", 1, true) and c.num_attention_heads
-                or (hf:find("k_proj", 1, true) and (c.num_key_value_heads or c.num_attention_heads))
+            local heads = heads_of(hf, c)
             local a = f:tensor(g .. ".lora_a")
             m.lora_A.weight:copy_(a)
             a:free()
@@ -691,8 +690,7 @@ function M.load_llama(path)
             local name = M.gguf_name(hf)
             if not name or not f.by_name[name] then error(("%s: no tensor for %s"):format(path, hf), 0) end
             local x = f:tensor(name)
-            local heads = hf:find("q_proj", 1, true) and cfg.num_attention_heads
-                or (hf:find("k_proj", 1, true) and cfg.num_key_value_heads)
+            local heads = heads_of(hf, cfg)
             if heads then
                 local b = permute_heads(x, heads, true)
                 x:free()

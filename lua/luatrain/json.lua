@@ -280,9 +280,13 @@ function M.encode(v, opts)
 end
 
 -- Read and decode a whole file; errors name the file.
-function M.read_file(path)
+function M.read_file(path, opts)
     local f, err = io.open(path, "rb")
-    if not f then error(("cannot open %s: %s"):format(path, err), 0) end
+    if not f then
+        -- opts.missing_ok: a file that cannot be opened is nil, not an error
+        if opts and opts.missing_ok then return nil end
+        error(("cannot open %s: %s"):format(path, err), 0)
+    end
     local text = f:read("*a")
     f:close()
     return M.decode(text, path)

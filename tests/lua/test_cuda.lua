@@ -138,19 +138,22 @@ T.test("offloaded activations and paged moments on the copy stream train bit for
     for k, t in pairs(w0) do T.ok(w1[k]:cpu():equal(t:cpu()), k) end
 end)
 
-T.test("offload=cpu: GPU weights updated from an f32 master copy on the host, bit for bit", function()
-    local function run(opts)
-        lt.manual_seed(6)
-        local m = lt.llama.new(CFG):to("cuda")
-        local opt = lt.optim.AdamW(m:parameters(), opts)
-        local ids = lt.randint(0, CFG.vocab_size, 2, 16)
-        for _ = 1, 3 do
-            opt:zero_grad()
-            m:forward_backward(ids, ids)
-            opt:step()
-        end
-        return m, opt
+-- three AdamW steps of a GPU model with optimizer `make`
+local function three_steps(make, opts)
+    lt.manual_seed(6)
+    local m = lt.llama.new(CFG):to("cuda")
+    local opt = make(m:parameters(), opts)
+    local ids = lt.randint(0, CFG.vocab_size, 2, 16)
+    for _ = 1, 3 do
+        opt:zero_grad()
+        m:forward_backward(ids, ids)
+        opt:step()
     end
+    return m, opt
+end
+
+T.test("offload=cpu: GPU weights updated from an f32 master copy on the host, bit for bit", function()
+    local function run(opts) return three_steps(lt.optim.AdamW, opts) end
     local m0 = run({ lr = 1e-3 })
     local before = lt.memory.stats("cuda").current
     local m1, o1 = run({ lr = 1e-3, offload = "cpu" })
@@ -161,18 +164,7 @@ T.test("offload=cpu: GPU weights updated from an f32 master copy on the host, bi
 end)
 
 T.test("offload=cpu in 8 bits: GPU weights updated by the host's AdamW8bit from an f32 master copy", function()
-    local function run(opts)
-        lt.manual_seed(6)
-        local m = lt.llama.new(CFG):to("cuda")
-        local opt = lt.optim.AdamW8bit(m:parameters(), opts)
-        local ids = lt.randint(0, CFG.vocab_size, 2, 16)
-        for _ = 1, 3 do
-            opt:zero_grad()
-            m:forward_backward(ids, ids)
-            opt:step()
-        end
-        return m, opt
-    end
+    local function run(opts) return three_steps(lt.optim.AdamW8bit, opts) end
     local m0 = run({ lr = 1e-3 })
     local m1, o1 = run({ lr = 1e-3, offload = "cpu" })
     T.eq(o1:resident_state_bytes(), 0)

