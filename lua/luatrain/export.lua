@@ -313,6 +313,9 @@ function M.run(opts)
         error(("export: format=%s needs adapter= (a PEFT folder)"):format(format), 2)
     end
     local to_file = format == "gguf" or format == "adapter-gguf"
+    if opts.verify ~= false and not (type(opts.prompts) == "string" and opts.prompts ~= "") then
+        error("export: give prompts= (held-out questions, JSONL) to check the export on, or verify=false", 2)
+    end
     local t0 = fs.now()
     local trained = M.trained_model(opts)
     local tok = lt.tokenizer.load(opts.model)

@@ -141,6 +141,7 @@ T.test("bad settings are refused by name", function()
     T.raises(function() run("gguf", "q5_k", DIR .. "/x.gguf") end, "takes quant=q8_0, f32")
     T.raises(function() run("merged", "q8_0", DIR .. "/x") end, "format=merged takes quant=bf16")
     T.raises(function() ex.run({ model = MODEL, format = "adapter", output = DIR .. "/x" }) end, "needs adapter=")
+    T.raises(function() ex.run({ model = MODEL, format = "gguf", output = DIR .. "/x.gguf" }) end, "give prompts=")
 end)
 
 T.test("luatrain export on the command line", function()

@@ -21,8 +21,10 @@ log-probs at the last prompt position agree within a tolerance per type (llama.c
 multiplies quantized weights by activations it quantizes to 8 bits, luatrain by the
 dequantized weights in f32); along llama.cpp's greedy continuation luatrain ranks the same
 token first at (nearly) every step. The tolerances and the measured numbers are printed.
-Without node and npm, or when the packages cannot be installed, the test says why in one
-line and passes.
+A merged folder (luatrain export format=merged) is read by transformers.js's tokenizer
+(@lenml/tokenizers, tools/tokenizer_ref/ref.js) with the same ids as luatrain's, and its
+generation_config.json names the end-of-turn token as EOS. Without node and npm, or when
+the packages cannot be installed, the test says why in one line and passes.
 ]]
 package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
@@ -251,6 +253,9 @@ T.test("a Llama-3-shaped model with Llama 3's tokenizer: q8_0, q6_k and q4_k", f
         local ref = check_file(path, tok, texts, c[2], c[3], 128000)
         T.eq(ref.meta.n_vocab, 128256)
         T.eq(ref.meta.bos_token_id, 128000, "BOS")
+        -- the chat template travels with the file, as llama.cpp reads it
+        local tc = json.decode(T.slurp(dir .. "/tokenizer_config.json"))
+        T.eq(ref.meta.chat_template, tc.chat_template, "the chat template")
     end
 end)
 
@@ -279,6 +284,29 @@ T.test("a Llama-2-shaped model with Llama 2's tokenizer: byte fallback, a space 
         T.eq(ref.meta.bos_token_id, 1, "BOS")
         T.eq(ref.meta.eos_token_id, 2, "EOS")
     end
+end)
+
+-- ---- a merged folder in a reference tokenizer -------------------------------------------------
+T.test("a merged folder's tokenizer gives transformers.js's ids; its generation_config names EOS", function()
+    lt.manual_seed(4)
+    local m = lt.llama.from_pretrained(MODEL, { quant = { type = "nf4", blocksize = 64, double_quant = true },
+        dtype = "bf16" })
+    lt.lora.apply(m, { r = 4, alpha = 8 })
+    lt.lora.save(m, WORK .. "/adapter", { base_model_name_or_path = MODEL })
+    local out = WORK .. "/merged"
+    local r = require("luatrain.export").run({ model = MODEL, adapter = WORK .. "/adapter", format = "merged",
+        output = out, prompts = "recipes/assets/tiny_facts/eval.jsonl", n_prompts = 2, n_predict = 4 })
+    T.ok(r.passed, "exported")
+    local tok = lt.tokenizer.load(out)
+    for _, text in ipairs({ "What pet does Guzuzu have?", "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+        "naïve café ☕ 123" }) do
+        local ref, code = T.run(("node tools/tokenizer_ref/ref.js --modules %s --tokenizer %s --encode %s"):format(
+            q(MODS), q(out), q(text)))
+        T.eq(code, 0, ref)
+        T.eq(json.decode(ref:match("^[^\n]+")), tok:encode(text), ("the ids of %q"):format(text))
+    end
+    local gen = json.decode(T.slurp(out .. "/generation_config.json"))
+    T.eq(gen.eos_token_id, tok:token_to_id("<|eot_id|>"), "EOS: the end-of-turn token")
 end)
 
 fs.remove_tree(WORK)
