@@ -2,7 +2,7 @@
 test_generate.lua - generation with a KV cache and the token sampler: the cached greedy
 continuation equals recomputing the whole sequence each step; sampling is reproducible
 from a seed, follows softmax(logits / temperature), and top-k / top-p cut the support;
-stop strings cut the text and the stream.
+stop strings cut the text and the stream; several prompts at once give each what it gets alone.
 ]]
 package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
@@ -45,6 +45,28 @@ T.test("stop strings end the text where one first appears, and nothing of one is
     T.eq(text, want)
     T.eq(table.concat(pieces), want, "streamed")
     T.raises(function() lt.generate(m, nil, prompt, { stop_strings = { "x" } }) end, "stop_strings need a tokenizer")
+end)
+
+T.test("several prompts at once: each gets what generating it alone gives, greedy and sampled", function()
+    local dir = "recipes/assets/tiny_facts/model"
+    lt.manual_seed(2)
+    local m = lt.llama.from_pretrained(dir)
+    local tok = lt.tokenizer.load(dir)
+    -- two of the same length (one batch of 2), two others
+    local prompts = { "What pet does Guzuzu have?", "What pet does Patove have?", "Hi", "What is Tokaka's color?" }
+    T.eq(#tok:encode(prompts[1]), #tok:encode(prompts[2]), "a batch of two")
+    for _, opts in ipairs({ { max_new_tokens = 12 }, { max_new_tokens = 12, temperature = 0.9, top_p = 0.95, seed = 7 } }) do
+        local got = lt.generate.generate_batch(m, tok, prompts, opts)
+        for i, p in ipairs(prompts) do
+            local o = {}
+            for k, v in pairs(opts) do o[k] = v end
+            o.seed = (opts.seed or 0) + i - 1
+            local text, ids = lt.generate(m, tok, p, o)
+            T.eq(got[i].ids, ids, ("prompt %d, temperature %s"):format(i, tostring(opts.temperature or 0)))
+            T.eq(got[i].text, text)
+        end
+    end
+    T.raises(function() lt.generate.generate_batch(m, tok, {}) end, "non%-empty list")
 end)
 
 T.test("sampling is reproducible and stops where asked", function()
