@@ -226,11 +226,15 @@ end
 
 --[[ Post-training quantization of `model`'s decoder linears, each type in turn: rows
 { type, bytes (of those weights), loss (held-out, lt.trainer.eval_loss on ds), gap (over
-bf16) }, bf16 first. The model is left as it was. opts: types ({ "int8", "nf4", "int4" }),
-batch_size, seq_len. ]]
+bf16) }, bf16 first. int8 and nf4 run as lt.quant's quantized layers, int8 through LLM.int8's
+kernel (activation columns above the outlier threshold, 6, in f32 against the dequantized
+weight, the rest in int8); int4 as its dequantized weights. The model is left as it was.
+opts: types ({ "int8", "nf4", "int4" }), group (int4's), batch_size, seq_len. ]]
 function M.ptq_report(model, ds, opts)
     opts = opts or {}
     local trainer = require "luatrain.trainer"
+    local quant = require "luatrain.quant"
+    local nnlora = require "luatrain.nn.lora"
     local lins = decoder_linears(model)
     if #lins == 0 then error("qat.ptq_report: the model has no plain decoder linear layers (merge adapters first)", 2) end
     local saved = {}
@@ -239,10 +243,15 @@ function M.ptq_report(model, ds, opts)
     local was = model.training
     model:eval()
     for _, kind in ipairs({ "bf16", unpack(opts.types or { "int8", "nf4", "int4" }) }) do
-        local bytes = 0
+        local bytes, swapped = 0, {}
         for i, r in ipairs(lins) do
             local w = r.module.weight
-            if kind == "bf16" then
+            if kind == "int8" or kind == "nf4" then
+                local q = quant.quantize(saved[i], kind == "nf4" and { type = "nf4", blocksize = 64, double_quant = false }
+                    or { type = "int8" })
+                swapped[i] = q
+                r.parent:add_module(r.key, nnlora.QuantLinear(q, r.module.in_features, r.module.out_features))
+            elseif kind == "bf16" then
                 local b = saved[i]:to("bf16")
                 w:copy_(b)
                 b:free()
@@ -253,6 +262,12 @@ function M.ptq_report(model, ds, opts)
         end
         local loss = trainer.eval_loss(model, ds, { batch_size = opts.batch_size, seq_len = opts.seq_len })
         rows[#rows + 1] = { type = kind, bytes = bytes, loss = loss }
+        for i, r in ipairs(lins) do
+            if swapped[i] then
+                r.parent:add_module(r.key, r.module)
+                swapped[i]:free()
+            end
+        end
     end
     for i, r in ipairs(lins) do
         r.module.weight:copy_(saved[i])
