@@ -2,6 +2,8 @@
  *
  *     luatrain recipe.lua [key=value ...]   run a recipe (its settings read the key=value)
  *     luatrain plan recipe.lua [key=value ...]  print what the recipe's run will hold in memory
+ *     luatrain export key=value ...             write and check GGUF / merged / adapter exports
+ *     luatrain chat key=value ...               talk to a model in the terminal
  *     luatrain -e CODE                       run CODE
  *     luatrain -i recipe.lua                 run the recipe, then the REPL in its globals
  *     luatrain                               the REPL
@@ -419,6 +421,11 @@ static void usage(FILE *to) {
             "  plan recipe.lua [key=value ...]\n"
             "                print what the recipe's run will hold in memory, without training\n"
             "                (--json: one JSON object)\n"
+            "  export [key=value ...]\n"
+            "                write a trained adapter as GGUF, a merged folder or a PEFT/llama.cpp\n"
+            "                adapter, checked against the trained model (export --help)\n"
+            "  chat [key=value ...]\n"
+            "                talk to a model and its adapters in the terminal (chat --help)\n"
             "  -e CODE       run CODE (before the recipe; may be repeated)\n"
             "  -i            enter the REPL after running the recipe or code\n"
             "  -v            print the version\n"
