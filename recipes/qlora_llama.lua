@@ -73,6 +73,8 @@ local cfg = lt.config {
     eval_samples = { 0, "questions for the accuracy check (0: all of the held-out set)", type = "int", min = 0 },
     max_new_tokens = { 16, "tokens generated per answer", type = "int", min = 1 },
     output_dir = { "runs/qlora", "where the adapter (and log.jsonl) go", nonempty = true },
+    tensorboard = { true, "TensorBoard event files in output_dir/tensorboard: loss, lr, grad norm, tokens/s, memory, "
+        .. "evaluation and accuracy, sample answers and these settings" },
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
     threads = { 0, "CPU threads (0: one per CPU this process may run on)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N (the base is quantized on the host, then moved)" },
@@ -284,6 +286,17 @@ local function show(when, q)
     out(("   (expected %q)\n"):format(q.answer))
 end
 
+-- TensorBoard (rank 0): the settings now, the trainer's records each step, answers beside
+local tb = main and cfg.tensorboard and lt.tensorboard.open(cfg.output_dir .. "/tensorboard") or nil
+if tb then
+    local lines = { "| setting | value |", "|---|---|" }
+    local names = {}
+    for k in pairs(lt.config.values(cfg)) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do lines[#lines + 1] = ("| %s | %s |"):format(k, tostring(cfg[k])) end
+    tb:text("settings", table.concat(lines, "\n"), 0)
+end
+
 show("before", questions[1])
 -- generated answers are scored on rank 0 (the others go on to the held-out loss, shared out)
 local acc_before, right_before = 0, 0
@@ -291,6 +304,10 @@ if main or together then acc_before, right_before = lt.trainer.accuracy(model, t
 local loss_before = lt.trainer.eval_loss(model, eval_ds, eval_opts)
 say(("held-out: loss %.4f, exact-match accuracy %.1f%% (%d/%d)\n"):format(loss_before, 100 * acc_before,
     right_before, #questions))
+if tb then
+    tb:scalar("eval/loss", loss_before, 0)
+    tb:scalar("eval/accuracy", acc_before, 0)
+end
 
 -- ---- training --------------------------------------------------------------------------------
 local bar = main and lt.log.progress("training")
@@ -306,6 +323,7 @@ local result = lt.trainer.finetune{
     -- trainer, no data parallelism; the adapters' gradients come out the same on every rank)
     group = vocab_split and lt.dist.local_group() or nil,
     log = (main or not vocab_split) and cfg.output_dir .. "/log.jsonl" or nil,
+    tensorboard = tb,
     eval_shared = not together,
     on_step = function(rec, total)
         if not bar then return end
@@ -321,6 +339,23 @@ if cfg.zero == 3 and result.optimizer.gather_params then result.optimizer:gather
 show("after", questions[1])
 local acc_after, right_after = 0, 0
 if main or together then acc_after, right_after = lt.trainer.accuracy(model, tok, questions, gen_opts) end
+-- sample answers after training for TensorBoard, generated where answers are (every rank
+-- when the ranks generate together), written by rank 0
+local samples
+if cfg.tensorboard and (main or together) then
+    samples = { "| question | answer | expected |", "|---|---|---|" }
+    for i = 1, math.min(8, #questions) do
+        local q = questions[i]
+        samples[#samples + 1] = ("| %s | %s | %s |"):format(q.question, lt.trainer.answer(model, tok, q, gen_opts),
+            q.answer)
+    end
+end
+if tb then
+    tb:scalar("eval/loss", result.eval_loss, result.steps)
+    tb:scalar("eval/accuracy", acc_after, result.steps)
+    tb:text("samples", table.concat(samples, "\n"), result.steps)
+    tb:close()
+end
 if main then lt.lora.save(model, cfg.output_dir, { base_model_name_or_path = cfg.model }) end
 pg:barrier()
 

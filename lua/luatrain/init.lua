@@ -81,6 +81,7 @@ local lazy = {
     plan = "luatrain.plan",
     gguf = "luatrain.gguf",
     qat = "luatrain.qat",
+    tensorboard = "luatrain.tensorboard",
     json = "luatrain.json",
     config = "luatrain.config",
     log = "luatrain.log",

@@ -532,6 +532,15 @@ function stages.log(self, st)
     end
     st.record = rec
     if self.log then self.log:write(rec) end
+    -- TensorBoard: every number of the record as train/<name>, the evaluation's as eval/loss
+    if self.tb then
+        local ev = rec.eval_loss
+        rec.eval_loss = nil
+        self.tb:record(rec, "train")
+        rec.eval_loss = ev
+        if ev then self.tb:scalar("eval/loss", ev, st.step) end
+        if st.skipped or st.overflow then self.tb:scalar("train/skipped_steps", self.result.skipped_steps + 1, st.step) end
+    end
     if opts.checkpoint_dir and (opts.save_every or 0) > 0 and st.step % opts.save_every == 0 then
         self:save_checkpoint(st.step)
     end
@@ -592,6 +601,14 @@ function Trainer:run()
     local opts, model = self.opts, self.model
     -- rank 0 writes the log (its records hold the job's numbers)
     self.log = opts.log and self.is_main and log_mod.open(opts.log, self.first_step > 1) or nil
+    -- opts.tensorboard: a folder for TensorBoard event files (rank 0's; a resumed run adds a
+    -- file), or a writer of the caller's (lt.tensorboard.open), left open
+    local tbo = opts.tensorboard
+    if type(tbo) == "table" then
+        self.tb = self.is_main and tbo or nil
+    elseif type(tbo) == "string" and tbo ~= "" and self.is_main then
+        self.tb, self.tb_owned = require("luatrain.tensorboard").open(tbo), true
+    end
     local result = { steps = self.steps, loss_curve = {}, eval_curve = {}, step_times = {},
         first_step = self.first_step, skipped_steps = 0 }
     self.result = result
@@ -622,6 +639,7 @@ function Trainer:run()
         end
     end)
     if self.log then self.log:close() end
+    if self.tb_owned then self.tb:close() end
     if not ok then error(err, 0) end
     result.steps = last
     result.train_time = fs.now() - t_start
