@@ -73,6 +73,7 @@ local questions = cfg.accuracy and lt.trainer.questions(cfg.eval_dataset, cfg.te
 local gen_opts = { max_new_tokens = 16, stop_ids = { lt.data.templates.end_of_turn(cfg.template, tok) } }
 local pad_id = tok.pad_id or tok.eos_id or 0
 lt.fs.make_dirs(cfg.output_dir)
+lt.runinfo.write(cfg.output_dir, cfg, { recipe = arg and arg[0], command = arg and { unpack(arg) } })
 
 -- Give back everything a finished run holds, so the next rank's peak is its own.
 local function release(model, result)

@@ -286,6 +286,9 @@ local function show(when, q)
     out(("   (expected %q)\n"):format(q.answer))
 end
 
+-- the folder records the run: every setting, versions, commit, machine (run_config.json)
+if main then lt.runinfo.write(cfg.output_dir, cfg, { recipe = arg and arg[0], command = arg and { unpack(arg) } }) end
+
 -- TensorBoard (rank 0): the settings now, the trainer's records each step, answers beside
 local tb = main and cfg.tensorboard and lt.tensorboard.open(cfg.output_dir .. "/tensorboard") or nil
 if tb then
@@ -356,7 +359,16 @@ if tb then
     tb:text("samples", table.concat(samples, "\n"), result.steps)
     tb:close()
 end
-if main then lt.lora.save(model, cfg.output_dir, { base_model_name_or_path = cfg.model }) end
+if main then
+    lt.lora.save(model, cfg.output_dir, { base_model_name_or_path = cfg.model })
+    -- the tokenizer beside the adapter, and the run's end in its log
+    lt.runinfo.copy_tokenizer(cfg.model, cfg.output_dir)
+    local log = lt.log.open(cfg.output_dir .. "/log.jsonl", true)
+    log:write({ event = "end", steps = result.steps, eval_loss = result.eval_loss, eval_loss_before = loss_before,
+        accuracy = acc_after, accuracy_before = acc_before, train_time = result.train_time,
+        time = lt.fs.wall_time() })
+    log:close()
+end
 pg:barrier()
 
 say("\nsummary")

@@ -184,6 +184,9 @@ else
         lt.get_num_threads(), #text, cfg.batch_size, cfg.seq_len))
 end
 
+-- the folder records the run (run_config.json: settings, versions, commit, machine)
+if main and cfg.out ~= "" then lt.runinfo.write(cfg.out, cfg, { recipe = arg and arg[0], command = arg and { unpack(arg) } }) end
+
 -- ---- training: the trainer's stages (lua/luatrain/trainer.lua) with this optimizer ------
 local wall = lt.fs.now
 local t_start = wall()

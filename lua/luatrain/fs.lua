@@ -31,6 +31,17 @@ end
 -- Seconds on a monotonic clock.
 function M.now() return C.lt_now() end
 
+-- Seconds since the epoch, with the fraction (CLOCK_REALTIME; M.now is monotonic).
+pcall(ffi.cdef, [[
+typedef struct lt_fs_timespec { long tv_sec; long tv_nsec; } lt_fs_timespec;
+int clock_gettime(int clock_id, lt_fs_timespec *ts);
+]])
+local wall_ts = ffi.new("lt_fs_timespec")
+function M.wall_time()
+    if ffi.C.clock_gettime(0, wall_ts) ~= 0 then return os.time() end
+    return tonumber(wall_ts.tv_sec) + tonumber(wall_ts.tv_nsec) * 1e-9
+end
+
 -- ---- folders -----------------------------------------------------------------------------
 
 local kind_buf = ffi.new("int32_t[1]")

@@ -82,6 +82,7 @@ local lazy = {
     gguf = "luatrain.gguf",
     qat = "luatrain.qat",
     tensorboard = "luatrain.tensorboard",
+    runinfo = "luatrain.runinfo",
     json = "luatrain.json",
     config = "luatrain.config",
     log = "luatrain.log",

@@ -24,15 +24,7 @@ local bit = require "bit"
 local M = {}
 
 -- Seconds since the epoch, with the fraction (TensorBoard's wall_time).
-pcall(ffi.cdef, [[
-typedef struct lt_tb_timespec { long tv_sec; long tv_nsec; } lt_tb_timespec;
-int clock_gettime(int clock_id, lt_tb_timespec *ts);
-]])
-local ts = ffi.new("lt_tb_timespec")
-function M.wall_time()
-    if ffi.C.clock_gettime(0, ts) ~= 0 then return os.time() end -- CLOCK_REALTIME
-    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+function M.wall_time() return require("luatrain.fs").wall_time() end
 
 -- ---- CRC-32C ---------------------------------------------------------------------------------
 

@@ -512,7 +512,7 @@ function stages.log(self, st)
     local opts = self.opts
     local rec = { step = st.step, loss = st.loss, lr = self.optimizer:get_lr(), grad_norm = st.grad_norm,
         tokens = st.tokens, trained_tokens = st.trained, tokens_per_s = st.tokens / st.dt,
-        step_ms = st.dt * 1000 }
+        step_ms = st.dt * 1000, time = fs.wall_time() }
     local mem = memory.stats(self.device)
     rec.peak_bytes, rec.current_bytes = mem.peak, mem.current
     if self.pg.world > 1 then

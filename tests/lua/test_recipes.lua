@@ -44,11 +44,34 @@ T.test("qlora_llama.lua with no arguments: loss falls, accuracy rises, the adapt
     T.eq(cfg.peft_type, "LORA")
     T.eq(cfg.r, 8)
     T.eq(cfg.lora_alpha, 32)
-    local n = 0
+    local n, last, prev_time = 0, nil, 0
     for line in io.lines(dir .. "/log.jsonl") do
-        if lt.json.decode(line).loss then n = n + 1 end
+        local r = lt.json.decode(line)
+        if r.loss then
+            n = n + 1
+            T.ok(r.time >= prev_time and math.abs(r.time - os.time()) < 3600, "each step's wall time")
+            prev_time = r.time
+        end
+        last = r
     end
     T.eq(n, 150, "one log record per optimizer step")
+    -- the run's end: the final evaluation and accuracy, timed
+    T.eq(last.event, "end", "the log ends with the run's end")
+    T.eq(last.steps, 150)
+    T.ok(math.abs(last.eval_loss - l1) < 1e-4 and last.accuracy == a1 / 40, "the summary's numbers")
+    -- the folder records itself: settings, versions, commit, machine; the tokenizer beside
+    local rc_ = lt.json.read_file(dir .. "/run_config.json")
+    T.eq(rc_.settings.steps, 150)
+    T.eq(rc_.settings.output_dir, dir)
+    T.eq(rc_.recipe, "recipes/qlora_llama.lua")
+    T.eq(rc_.luatrain, lt.version)
+    T.ok(rc_.commit and rc_.machine.cpu and rc_.machine.logical_cpus >= 1 and rc_.started:match("^%d+%-%d+%-%d+T"),
+        "commit, machine, start time")
+    for _, f in ipairs({ "tokenizer.json", "tokenizer_config.json" }) do
+        T.eq(T.slurp(dir .. "/" .. f), T.slurp(ASSETS .. "/model/" .. f), f .. " beside the adapter")
+    end
+    -- the adapter folder is what chat and export take: its own tokenizer loads
+    T.eq(lt.tokenizer.load(dir):encode("Hi", { add_special_tokens = false }), { 72, 105 })
     local listing = T.run("ls -A " .. T.shell_quote(dir))
     T.ok(not listing:find("tmp"), "no temporary files left:\n" .. listing)
 
