@@ -293,6 +293,10 @@ local function state_of(cfg)
 end
 
 local function unknown_message(st, key)
+    local to = M.ALIASES and M.ALIASES[key]
+    if to then
+        return ("unknown setting '%s' (luatrain calls it '%s', which %s does not take)"):format(key, to, st.name)
+    end
     local near = M.closest(key, st.names)
     if near then
         return ("unknown setting '%s' (did you mean '%s'?)"):format(tostring(key), near)
@@ -372,25 +376,60 @@ local function global_args()
     return list
 end
 
+-- The names Hugging Face's Trainer, PEFT, axolotl and torchtune give luatrain's settings:
+-- a recipe that declares the luatrain name takes the other as the same setting.
+M.ALIASES = {
+    learning_rate = "lr", lora_r = "r", lora_rank = "r", lora_alpha = "alpha", lora_dropout = "dropout",
+    max_steps = "steps", num_epochs = "epochs", num_train_epochs = "epochs", epochs_count = "epochs",
+    per_device_train_batch_size = "batch_size", micro_batch_size = "batch_size",
+    gradient_accumulation_steps = "grad_accum", resume_from_checkpoint = "resume", warmup_steps = "warmup",
+    max_seq_length = "seq_len", sequence_len = "seq_len", max_seq_len = "seq_len", model_name_or_path = "model",
+    base_model = "model", max_grad_norm = "grad_clip", output = "output_dir", out = "output_dir",
+    save_steps = "save_every", save_total_limit = "keep_last",
+    eval_steps = "eval_every", logging_steps = "log_every", lr_scheduler_type = "schedule",
+}
+
+-- The declared setting `key` stands for: itself, or the setting an alias names.
+local function resolve(st, key)
+    if st.entries[key] then return key, st.entries[key] end
+    local to = M.ALIASES[key]
+    if to and st.entries[to] then return to, st.entries[to] end
+    -- output_dir / out: whichever this recipe declares
+    if key == "output_dir" and st.entries.out then return "out", st.entries.out end
+    return key, nil
+end
+
 local function apply(st, cfg, args)
     local hint = ("\n  (luatrain %s --help lists the settings)"):format(st.script)
-    for _, a in ipairs(args) do
+    local i = 0
+    while i < #args do
+        i = i + 1
+        local a = args[i]
         local body = a:match("^%-%-(.*)$") or a
         local key, text = body:match("^([^=]*)=(.*)$")
         if key == nil then
-            -- A bare boolean flag: --compile, --no-compile.
+            -- A bare boolean flag: --compile, --no-compile; or --key value (the next argument)
             local k = body:gsub("-", "_")
             local neg = k:match("^no_(.+)$")
-            local e = a:sub(1, 2) == "--" and (st.entries[k] or (neg and st.entries[neg]))
-            if e and e.type == "boolean" then
-                key, text = e.name, (e.name == k) and "true" or "false"
+            local name, e = resolve(st, k)
+            local nname, ne = resolve(st, neg or "")
+            if a:sub(1, 2) == "--" and e and e.type == "boolean" then
+                key, text = name, "true"
+            elseif a:sub(1, 2) == "--" and ne and ne.type == "boolean" then
+                key, text = nname, "false"
+            elseif a:sub(1, 2) == "--" and e and args[i + 1] ~= nil and not args[i + 1]:match("^%-%-") then
+                key, text = name, args[i + 1]
+                i = i + 1
             else
                 fail(("malformed argument '%s' (expected key=value)"):format(a) .. hint)
             end
         end
         key = key:gsub("-", "_")
-        local e = st.entries[key]
+        local given = key
+        local e
+        key, e = resolve(st, key)
         if not e then fail(unknown_message(st, key) .. hint) end
+        if given ~= key then st.aliased[given] = key end
         local v = convert(text, e.type)
         if v == nil then
             fail(("invalid value '%s' for %s (expected %s)"):format(text, key, TYPE_WORDS[e.type]))
@@ -428,6 +467,7 @@ function M.new(spec, opts)
         entries = {},
         names = sorted_keys(spec),
         overridden = {},
+        aliased = {}, -- other tools' names given for a setting: name -> luatrain's
         script = script,
         name = opts.name or script:match("[^/]*$"),
         description = opts.description,

@@ -111,6 +111,21 @@ T.test("an unknown key names the closest one", function()
     T.ok(msg:find("malformed argument 'steps' (expected key=value)", 1, true), msg)
 end)
 
+T.test("other tools' names are the same settings; --key value is key=value", function()
+    local cfg = make({ "learning_rate=0.01", "max_steps=20", "per_device_train_batch_size=4",
+        "--resume_from_checkpoint", "runs/x/checkpoint-10" })
+    T.eq({ cfg.lr, cfg.steps, cfg.batch_size, cfg.resume }, { 0.01, 20, 4, "runs/x/checkpoint-10" })
+    T.eq(make({ "--steps", "7", "--compile" }).steps, 7, "--key value beside a bare boolean flag")
+    T.eq(make({ "--lr", "0.5" }).lr, 0.5)
+    -- a name whose luatrain setting this recipe does not have says what it is called here
+    local err = usage_error(function() make({ "lora_r=16" }) end)
+    T.ok(err:find("luatrain calls it 'r', which fixture.lua does not take", 1, true) ~= nil, err)
+    -- and the value of an alias is checked as the setting's
+    usage_error(function() make({ "max_steps=ten" }) end)
+    -- --key with nothing after it is still a malformed argument
+    usage_error(function() make({ "--steps" }) end)
+end)
+
 T.test("the result guards against typos, reading and writing", function()
     local cfg = make()
     local err = T.raises(function() return cfg.stpes end, "unknown setting 'stpes' (did you mean 'steps'?)", true)
