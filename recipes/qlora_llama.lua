@@ -107,6 +107,26 @@ need(not (cfg.vocab_parallel and cfg.zero > 0), "vocab_parallel=true makes the r
 need(cfg.zero == 0 or cfg.optim == "adamw" or cfg.optim == "paged_adamw", ("zero=%d with optim=%s is not supported "
     .. "yet (ZeRO shards 32-bit AdamW state, resident or paged; use zero=0, optim=adamw or optim=paged_adamw)"):format(
     cfg.zero, cfg.optim))
+-- the files named exist, and a GPU is there if one is asked for: found out now, not after
+-- the weights are loaded and quantized
+local function readable(path)
+    local f = io.open(path, "rb")
+    if f then f:close() end
+    return f ~= nil
+end
+need(readable(cfg.model .. "/config.json"), ("model=%s: no config.json there (a Hugging Face Llama folder)"):format(
+    cfg.model))
+need(readable(cfg.dataset), ("dataset=%s: no such file"):format(cfg.dataset))
+need(cfg.eval_dataset == "" or readable(cfg.eval_dataset), ("eval_dataset=%s: no such file"):format(cfg.eval_dataset))
+if cfg.device ~= "cpu" then
+    local ok, n = pcall(lt.cuda.device_count)
+    need(ok and n > 0, ("device=%s: no CUDA device here (%s)"):format(cfg.device,
+        ok and "none found" or tostring(n):gsub("\n.*", "")))
+end
+if cfg.steps > 0 and cfg.warmup >= cfg.steps then
+    io.stderr:write(("warning: warmup=%d is not below steps=%d: the learning rate never reaches lr=%g\n"):format(
+        cfg.warmup, cfg.steps, cfg.lr))
+end
 -- config.json is read (and checked) before the weights: a rank the model's layers cannot
 -- hold is refused before gigabytes of adapters are allocated
 local model_cfg = lt.llama.read_config(cfg.model .. "/config.json")

@@ -70,7 +70,7 @@ function M.describe(cfg, opts)
     local info = { settings = settings, recipe = opts.recipe, command = opts.command,
         luatrain = lt.version, commit = M.commit(), machine = M.machine(),
         started = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(now)), started_unix = now }
-    local ok, cuda = pcall(function() return lt.cuda.available() and lt.cuda.device_info() or nil end)
+    local ok, cuda = pcall(function() return lt.cuda.is_available() and lt.cuda.device_info() or nil end)
     if ok and cuda then info.gpu = { name = cuda.name, total_bytes = cuda.total_bytes } end
     return info
 end

@@ -103,6 +103,9 @@ T.test("qlora_llama.lua: bad arguments name the problem and write nothing", func
         { { "quant=nf5" }, "quant" },
         { { "model=/nonexistent/llama" }, "/nonexistent/llama" },
         { { "steps=ten" }, "steps" },
+        { { "eval_dataset=/nonexistent/eval.jsonl" }, "eval_dataset=/nonexistent/eval.jsonl: no such file" },
+        { { "device=cuda:7" }, "device=cuda:7: no CUDA device here" },
+        { { "lora_r=0" }, "r must be at least 1, got 0" }, -- another tool's name, checked as r
     }
     for _, c in ipairs(cases) do
         local args = { "recipes/qlora_llama.lua", "output_dir=" .. dir }
@@ -115,7 +118,16 @@ T.test("qlora_llama.lua: bad arguments name the problem and write nothing", func
         local f = io.open(dir .. "/adapter_config.json")
         T.ok(not f, "no adapter written")
         if f then f:close() end
+        -- refused before the weights were loaded (the banner's weights line comes after loading)
+        local _, out = recipe(args)
+        T.ok(not out:find("weights: base", 1, true), table.concat(c[1], " ") .. ": refused after loading:\n" .. out)
     end
+    os.execute("rm -rf " .. T.shell_quote(dir))
+    -- warmup that never ends warns, and the run goes on
+    local rc, out, err = recipe({ "recipes/qlora_llama.lua", "output_dir=" .. dir, "steps=2", "warmup=5",
+        "eval_samples=2", "tensorboard=false" })
+    T.eq(rc, 0, out .. err)
+    T.ok(err:find("warning: warmup=5 is not below steps=2", 1, true) ~= nil, err)
     os.execute("rm -rf " .. T.shell_quote(dir))
 end)
 
