@@ -214,3 +214,5 @@ print()
 report.print_table(table_cols, table_rows)
 written[#written + 1] = "report.html"
 print(("\nwrote %s/{results.jsonl, results.csv, %s}"):format(out, table.concat(written, ", ")))
+-- for `luatrain -i recipes/lora_rank_sweep.lua`: the REPL's globals
+lt.last_run = { config = cfg, results = results }

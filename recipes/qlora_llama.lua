@@ -391,6 +391,10 @@ if main then
 end
 pg:barrier()
 
+-- for `luatrain -i recipes/qlora_llama.lua`: the REPL's globals
+lt.last_run = { model = model, tokenizer = tok, config = cfg, result = result, questions = questions,
+    train_data = train_ds, eval_data = eval_ds }
+
 say("\nsummary")
 say(("  held-out loss       %.4f -> %.4f"):format(loss_before, result.eval_loss))
 say(("  exact-match         %.1f%% -> %.1f%% (%d -> %d of %d)"):format(100 * acc_before, 100 * acc_after,

@@ -220,4 +220,6 @@ if cfg.save and cfg.out ~= "" and main then
     lt.llama.save_pretrained(model, cfg.out .. "/model")
     say("saved " .. cfg.out .. "/model")
 end
+-- for `luatrain -i recipes/train_tiny.lua`: the REPL's globals
+lt.last_run = { model = model, config = cfg, result = result, optimizer = opt }
 lt.dist.shutdown()

@@ -587,8 +587,14 @@ int main(int argc, char **argv) {
 
     set_arg_table(L, argc, argv, opt.script);
 
-    /* -e chunks run first, in order, as in the standalone interpreter. */
+    /* -e chunks run first, in order, as in the standalone interpreter; they find the
+     * library as lt, as the REPL does (when it loads). */
     int status = 0;
+    if (opt.has_code) {
+        static const char pre[] = "local ok, m = pcall(require, 'luatrain') if ok then lt = m end";
+        if (luaL_loadbuffer(L, pre, sizeof pre - 1, "=(lt)") == 0) lua_pcall(L, 0, 0, 0);
+        else lua_pop(L, 1);
+    }
     int last = opt.script ? opt.script : argc;
     for (int i = 1; i < last && status == 0; i++) {
         if (strcmp(argv[i], "-e") != 0) continue;

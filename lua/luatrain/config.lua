@@ -505,6 +505,19 @@ function M.overrides(cfg)
 end
 
 -- The --help text.
+-- One setting of cfg, as --help lists it: "name (type, default d): doc ...", its current
+-- value beside; nil when cfg has no such setting (another tool's name resolves).
+function M.describe(cfg, name)
+    local st = state_of(cfg)
+    local key, e = resolve(st, tostring(name))
+    if not e then return nil end
+    local doc = e.doc
+    if e.choices then doc = doc .. " (one of: " .. choices_text(e) .. ")" end
+    local range = range_text(e)
+    if range then doc = doc .. " (" .. range .. ")" end
+    return ("%s (%s, default %s, now %s): %s"):format(key, e.type, show(e.default), show(rawget(cfg, key)), doc)
+end
+
 function M.help(cfg)
     return help_text(state_of(cfg))
 end

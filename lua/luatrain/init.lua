@@ -105,6 +105,8 @@ local lazy = {
 }
 
 setmetatable(lt, {
+    -- the lazily loaded modules' names, for completion (repl.lua)
+    __lazy = lazy,
     __index = function(t, k)
         local mod = lazy[k]
         if mod == nil then return nil end

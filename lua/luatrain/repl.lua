@@ -143,6 +143,9 @@ local function peek(v, k, depth)
         local x = rawget(v, k)
         if x ~= nil or depth > 8 then return x end
         local mt = getmetatable(v)
+        -- a module loaded on first use (lt.llama): completing past it loads it
+        local lazy = type(mt) == "table" and rawget(mt, "__lazy") or nil
+        if type(lazy) == "table" and lazy[k] then return v[k] end
         local idx = type(mt) == "table" and rawget(mt, "__index") or nil
         if type(idx) == "table" then return peek(idx, k, depth + 1) end
         return nil
@@ -169,6 +172,10 @@ local function field_names(v, methods_only, out, depth)
             if is_identifier(k) and (not methods_only or is_callable(x)) then out[k] = true end
         end
         local mt = getmetatable(v)
+        local lazy = type(mt) == "table" and rawget(mt, "__lazy") or nil
+        if type(lazy) == "table" and not methods_only then
+            for k in pairs(lazy) do out[k] = true end
+        end
         local idx = type(mt) == "table" and rawget(mt, "__index") or nil
         if type(idx) == "table" and depth < 8 then field_names(idx, methods_only, out, depth + 1) end
     elseif type(v) == "string" then
@@ -232,6 +239,79 @@ function M.readline_completer(env)
     end
 end
 
+-- ---- help(x) ------------------------------------------------------------------------
+
+local function read_lines(path)
+    local f = io.open(path, "r")
+    if not f then return nil end
+    local lines = {}
+    for l in f:lines() do lines[#lines + 1] = l end
+    f:close()
+    return lines
+end
+
+-- The comment lines right above line n of a source file (-- lines, or a --[[ ]] block).
+local function comment_above(lines, n)
+    local out, i = {}, n - 1
+    while i >= 1 and lines[i]:match("^%s*%-%-") and not lines[i]:match("^%s*%-%-%[%[") do
+        table.insert(out, 1, (lines[i]:gsub("^%s*%-%-%s?", "")))
+        i = i - 1
+    end
+    if #out == 0 and i >= 1 and lines[i]:match("%]%]%s*$") then
+        -- a --[[ ... ]] block ending right above
+        local j = i
+        while j >= 1 and not lines[j]:match("%-%-%[%[") do j = j - 1 end
+        for k = j, i do out[#out + 1] = (lines[k]:gsub("^%s*%-%-%[%[%s?", ""):gsub("%]%]%s*$", "")) end
+    end
+    return out
+end
+
+--[[ help(x): a function's documentation (the comment above its definition in its source
+file, and where that is), a module's (the header comment of its file: help(lt.llama)), or,
+for a setting's name, the recipe's declaration of it (after `luatrain -i recipe.lua`). ]]
+function M.help_text(x, env)
+    if type(x) == "function" then
+        local info = debug.getinfo(x, "S")
+        if info.what == "C" then return "a built-in (C) function" end
+        local path = info.source:match("^@(.*)$")
+        local lines = path and read_lines(path)
+        if not lines then return ("a function defined at %s:%d"):format(info.short_src, info.linedefined) end
+        local doc = comment_above(lines, info.linedefined)
+        doc[#doc + 1] = lines[info.linedefined]:gsub("^%s+", "")
+        return table.concat(doc, "\n") .. ("\n  (%s:%d)"):format(path, info.linedefined)
+    end
+    if type(x) == "table" then
+        -- a module: find its file among package.loaded's
+        for name, mod in pairs(package.loaded) do
+            if mod == x and type(name) == "string" then
+                local path = package.searchpath and package.searchpath(name, package.path)
+                local lines = path and read_lines(path)
+                if lines and lines[1] and lines[1]:match("^%-%-%[%[") then
+                    local out = {}
+                    for i = 1, #lines do
+                        local l = lines[i]:gsub("^%-%-%[%[", "")
+                        if l:match("^%]%]") then break end
+                        out[#out + 1] = l
+                    end
+                    return table.concat(out, "\n") .. ("\n  (%s)"):format(path)
+                end
+                return ("module %s (%s)"):format(name, path or "?")
+            end
+        end
+        local keys = {}
+        for k in pairs(x) do if type(k) == "string" then keys[#keys + 1] = k end end
+        table.sort(keys)
+        return ("a table with %d fields: %s"):format(#keys, table.concat(keys, ", "))
+    end
+    if type(x) == "string" then
+        local cfg = env and rawget(env, "config")
+        local ok, d = pcall(function() return cfg and require("luatrain.config").describe(cfg, x) end)
+        if ok and d then return d end
+        return ("no setting %q in the recipe's config (help works on functions, modules and settings)"):format(x)
+    end
+    return ("a %s: %s"):format(type(x), M.repr(x))
+end
+
 -- ---- a session -----------------------------------------------------------------------
 
 local Session = {}
@@ -275,6 +355,9 @@ function M.session(opts)
         exit_code = nil,  -- set by exit()
     }, Session)
     if rawget(s.env, "exit") == nil then rawset(s.env, "exit", M.exit) end
+    if rawget(s.env, "help") == nil then
+        rawset(s.env, "help", function(x) s.out(M.help_text(x, s.env) .. "\n") end)
+    end
     return s
 end
 
@@ -371,6 +454,8 @@ function Session:execute(fn, is_expression)
     else
         -- A statement's values are those of an explicit "return ..." typed at the prompt.
         local values = is_expression and r[2] or { n = r.n - 1, unpack(r, 2, r.n) }
+        -- _ is the last result shown
+        if values.n > 0 then rawset(self.env, "_", values[1]) end
         if values.n > 0 then
             local shown = {}
             for i = 1, values.n do shown[i] = M.repr(values[i]) end
@@ -440,6 +525,22 @@ function M.run(opts)
         else
             s.err("luatrain: the library did not load; lt is not defined:\n" .. tostring(lt) .. "\n")
         end
+    end
+    -- after `luatrain -i recipe.lua`: what the recipe left in lt.last_run (its model,
+    -- tokenizer, config, results) as globals
+    local ltm = rawget(s.env, "lt")
+    local run = type(ltm) == "table" and rawget(ltm, "last_run") or nil
+    if type(run) == "table" then
+        local names = {}
+        for k, v in pairs(run) do
+            if type(k) == "string" and rawget(s.env, k) == nil then
+                rawset(s.env, k, v)
+                names[#names + 1] = k
+            end
+        end
+        table.sort(names)
+        if #names > 0 then s.out(("the recipe's %s are defined (help(\"setting\") for a setting)\n"):format(
+            table.concat(names, ", "))) end
     end
 
     local read

@@ -1,6 +1,6 @@
 -- test_repl.lua - the REPL: sessions driven in process (printing, multi-line input,
--- errors, exit), completion (M.complete), value printing, and the host's REPL driven
--- through a pipe.
+-- errors, exit, _, help), completion (M.complete, lazily loaded modules included), value
+-- printing, and the host's REPL driven through a pipe (-e with lt, -i after a recipe).
 package.path = "tests/lua/?.lua;" .. package.path
 local T = require "harness"
 local repl = require "luatrain.repl"
@@ -194,6 +194,33 @@ T.test("complete runs no code", function()
     T.ok(not called, "an __index function is not called")
 end)
 
+T.test("complete: lt's modules loaded on first use, and inside them", function()
+    local env = { lt = lt }
+    T.eq(repl.complete("lt.ll", env), { "lt.llama" })
+    local got = repl.complete("lt.lora.set_ad", env)
+    T.eq(got, { "lt.lora.set_adapter" })
+end)
+
+T.test("_ is the last result; help() shows a function's, a module's and a setting's doc", function()
+    local r = session()
+    r.feed("6 * 7")
+    r.take()
+    r.feed("_ + 1")
+    T.eq(r.take(), "43\n")
+    r.feed("help(lt.lora.set_adapter)")
+    local out = r.take()
+    T.ok(out:find("Make adapter `name` the active one", 1, true) and out:find("peft.lua:%d+"), out)
+    r.feed("help(lt.gguf)")
+    out = r.take()
+    T.ok(out:find("gguf.lua - GGUF files", 1, true) ~= nil, out)
+    r.feed("help('lr')")
+    T.ok(r.take():find("no setting \"lr\"", 1, true) ~= nil, "no recipe config: says so")
+    -- with a recipe's config in the session
+    r.env.config = lt.config({ lr = { 3e-4, "peak learning rate" } }, { args = { "lr=0.01" }, name = "x.lua" })
+    r.feed("help('learning_rate')")
+    T.eq(r.take(), "lr (number, default 0.0003, now 0.01): peak learning rate\n")
+end)
+
 T.test("the readline adapter cuts candidates to libedit's word", function()
     local c = repl.readline_completer({ lt = { zeros = 1 } })
     T.eq(c("lt.ze", "x = lt.ze"), { "lt.zeros" })
@@ -245,6 +272,22 @@ T.test("pipe: -i keeps the recipe's globals", function()
     T.eq(lines[#lines - 2], "7")
     T.eq(lines[#lines - 1], "8")
     T.eq(lines[#lines], "4")
+end)
+
+T.test("pipe: -e finds lt; -i after the QLoRA recipe has its model, config and results", function()
+    local rc, out = run({ "-e", "print(lt.version)" }, "")
+    T.eq(rc, 0)
+    T.ok(out:find(lt.version, 1, true) ~= nil, out)
+    local dir = os.tmpname()
+    os.remove(dir)
+    rc, out = run({ "-i", "recipes/qlora_llama.lua", "steps=2", "eval_samples=2", "tensorboard=false",
+        "output_dir=" .. dir }, "print(config.steps, result.steps, type(model), type(tokenizer))\nhelp('max_steps')\n")
+    T.eq(rc, 0, out)
+    T.ok(out:find("the recipe's config, eval_data, model, questions, result, tokenizer, train_data are defined", 1, true)
+        ~= nil, out)
+    T.ok(out:find("2\t2\ttable\ttable", 1, true) ~= nil, out)
+    T.ok(out:find("steps (int, default 150, now 2):", 1, true) ~= nil, out)
+    os.execute("rm -rf " .. dir)
 end)
 
 T.done()
