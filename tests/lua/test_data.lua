@@ -92,6 +92,14 @@ T.test("records: every shape, auto detection, gzip, field remaps", function()
     local c = rs:next()
     T.eq({ c.kind, c.messages[1].role, c.messages[2].role, c.messages[3].role }, { "chat", "system", "user", "assistant" })
     rs:close()
+    -- found without fields too: format "auto" knows ShareGPT's names, and format = "sharegpt"
+    for _, o in ipairs({ {}, { format = "sharegpt" } }) do
+        local ra = lt.data.records.open(sharegpt, o)
+        local ca = ra:next()
+        T.eq({ ca.kind, ca.messages[3].role, ca.messages[3].content }, { "chat", "assistant", "Yo" })
+        T.eq(ra.format, o.format or "sharegpt")
+        ra:close()
+    end
     local pc = tmpfile('{"prompt": "Q: 1+1=", "completion": "2"}\n{"text": "plain"}\n')
     local rp = lt.data.records.open(pc, { format = "prompt_completion", skip_bad_lines = true })
     T.eq(rp:next().completion, "2")

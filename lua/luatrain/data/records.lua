@@ -9,8 +9,9 @@ data/records.lua - JSONL datasets as a stream of training records.
 Files are read line by line through the C line reader (plain or gzip), so memory holds
 one line, not the file. Each line is a JSON object in one of the shapes people use:
   alpaca             {"instruction", "input" (optional), "output"}
-  messages           {"messages": [{"role", "content"}, ...]}  (ShareGPT's
-                     {"conversations": [{"from", "value"}]} with fields remapped)
+  messages           {"messages": [{"role", "content"}, ...]}
+  sharegpt           {"conversations": [{"from", "value"}, ...]} (ShareGPT; the messages
+                     shape under those names, found by format = "auto" too)
   text               {"text"}
   prompt_completion  {"prompt", "completion"}
 format = "auto" picks the shape from the first record's keys. `fields` renames keys, e.g.
@@ -33,7 +34,10 @@ local C, check = core.C, core.check
 
 local M = {}
 
-M.formats = { "alpaca", "messages", "text", "prompt_completion" }
+M.formats = { "alpaca", "messages", "sharegpt", "text", "prompt_completion" }
+
+-- ShareGPT's keys for the messages shape
+local SHAREGPT = { messages = "conversations", role = "from", content = "value" }
 
 local ROLE_ALIASES = { human = "user", user = "user", gpt = "assistant", assistant = "assistant",
     bot = "assistant", model = "assistant", system = "system" }
@@ -42,6 +46,7 @@ local function field(fields, name) return fields[name] or name end
 
 local function detect(obj, fields)
     if obj[field(fields, "messages")] ~= nil then return "messages" end
+    if next(fields) == nil and obj.conversations ~= nil then return "sharegpt" end
     if obj[field(fields, "instruction")] ~= nil then return "alpaca" end
     if obj[field(fields, "prompt")] ~= nil then return "prompt_completion" end
     if obj[field(fields, "text")] ~= nil then return "text" end
@@ -71,6 +76,12 @@ end
 -- One decoded JSON object -> a record.
 function M.convert(obj, format, fields, where)
     fields = fields or {}
+    if format == "sharegpt" then
+        -- ShareGPT: the messages shape under its own names (fields given still win)
+        local f = {}
+        for k, v in pairs(SHAREGPT) do f[k] = fields[k] or v end
+        fields, format = f, "messages"
+    end
     if type(obj) ~= "table" or json.is_array(obj) then
         error(("%s: expected a JSON object"):format(where), 0)
     end
