@@ -78,13 +78,28 @@ end
 
 local function clock() return require("luatrain.fs").now() end
 
+-- The terminal's width in columns (stderr's; COLUMNS, else 80 when it cannot be asked).
+local ffi = require "ffi"
+pcall(ffi.cdef, [[
+typedef struct lt_winsize { unsigned short ws_row, ws_col, ws_xpixel, ws_ypixel; } lt_winsize;
+int ioctl(int fd, unsigned long request, ...);
+]])
+local winsize = ffi.new("lt_winsize")
+local function columns()
+    local ok, r = pcall(ffi.C.ioctl, 2, 0x5413, winsize) -- TIOCGWINSZ
+    if ok and r == 0 and winsize.ws_col > 0 then return winsize.ws_col end
+    return tonumber(os.getenv("COLUMNS") or "") or 80
+end
+M.columns = columns
+
 local function hms(s)
     s = math.max(0, math.floor(s + 0.5))
     if s >= 3600 then return ("%d:%02d:%02d"):format(s / 3600, s % 3600 / 60, s % 60) end
     return ("%d:%02d"):format(s / 60, s % 60)
 end
 
--- A progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise.
+-- A progress bar on stderr: redrawn in place on a terminal, fitted to its width; a plain
+-- line per 10% otherwise.
 -- bar:update(fraction, "extra text"); bar:finish("summary").
 function M.progress(label)
     return setmetatable({ label = label, start = clock(), last = -1, tty = isatty(), last_draw = 0 }, Progress)
@@ -95,10 +110,15 @@ function Progress:update(fraction, extra)
     local now = clock()
     local elapsed = now - self.start
     local eta = fraction > 0 and elapsed * (1 - fraction) / fraction or 0
-    local text = ("%s [%s%s] %5.1f%% %s ETA %s"):format(self.label,
-        string.rep("#", math.floor(fraction * 30)), string.rep(".", 30 - math.floor(fraction * 30)),
-        100 * fraction, extra or "", hms(eta))
+    -- on a terminal the line fits its width: the bar shrinks (down to 10), then the text is cut
+    local width = self.tty and columns() - 1 or math.huge
+    local tail = ("%5.1f%% %s ETA %s"):format(100 * fraction, extra or "", hms(eta))
+    local bar = 30
+    if self.tty then bar = math.max(10, math.min(30, width - #self.label - #tail - 4)) end
+    local filled = math.floor(fraction * bar)
+    local text = ("%s [%s%s] %s"):format(self.label, string.rep("#", filled), string.rep(".", bar - filled), tail)
     if self.tty then
+        if #text > width then text = text:sub(1, width) end
         if now - self.last_draw >= 0.1 or fraction >= 1 then
             io.stderr:write("\r", text, "\27[K")
             self.last_draw = now

@@ -19,6 +19,13 @@ def main():
     pid, fd = pty.fork()
     if pid == 0:
         os.execvp(cmd[0], cmd)
+    # PTY_COLUMNS: the terminal's width (rows 24), as a resized window would give
+    cols = int(os.environ.get("PTY_COLUMNS", "0"))
+    if cols > 0:
+        import fcntl
+        import struct
+        import termios
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
     out = b""
 
     def read_until(pred):

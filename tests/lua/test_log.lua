@@ -44,4 +44,38 @@ T.test("a recipe whose log cannot be written stops with an error naming it", fun
     lt.fs.remove_tree(out)
 end)
 
+T.test("the progress bar fits the terminal's width, and is plain lines through a pipe", function()
+    local script = os.tmpname() .. ".lua"
+    T.write_file(script, [[
+io.write("go> ") io.flush() io.read()
+local bar = require("luatrain.log").progress("training")
+for i = 1, 20 do bar:update(i / 20, ("step %d loss %.4f lr 3.00e-04 tok/s 12345 peak 41.57 MiB eval 0.5"):format(i, 1 / i)) end
+bar:finish("done")
+]])
+    local _, has_python = T.run("command -v python3 > /dev/null")
+    if has_python == 0 then
+        for _, cols in ipairs({ 40, 100 }) do
+            local out, code = T.run(("echo | PTY_COLUMNS=%d python3 tests/lua/pty_drive.py 30 'go> ' -- %s %s"):format(
+                cols, T.shell_quote(T.luatrain()), script))
+            T.eq(code, 0, out)
+            local n = 0
+            for seg in out:gmatch("\r([^\r\n]*)") do
+                seg = seg:gsub("\27%[K", "")
+                if seg:find("training [", 1, true) then
+                    n = n + 1
+                    T.ok(#seg <= cols - 1, ("%d columns: a %d-character line: %q"):format(cols, #seg, seg))
+                end
+            end
+            T.ok(n > 0, "redrawn in place:\n" .. out)
+        end
+    end
+    -- through a pipe: a plain line per 10%, nothing redrawn
+    local out = T.run(("echo | %s %s 2>&1"):format(T.shell_quote(T.luatrain()), script))
+    T.ok(not out:find("\r", 1, true), "no carriage returns in a pipe")
+    local lines = 0
+    for _ in out:gmatch("training %[") do lines = lines + 1 end
+    T.eq(lines, 11, "the first line, then one per 10%:\n" .. out)
+    os.remove(script)
+end)
+
 T.done()
