@@ -75,7 +75,7 @@ local cfg = lt.config {
         .. "a GPU, f32 on the CPU",
         choices = { "auto", "f32", "bf16", "fp16" } },
     log_every = { 10, "print a line every this many steps", type = "int", min = 1 },
-    out = { "runs/train_tiny", "output folder (log.jsonl, model/)" },
+    output_dir = { "runs/train_tiny", "output folder (log.jsonl, checkpoints, model/; out= too)" },
     save = { true, "save the trained model" },
     gradient_checkpointing = { false, "gradient checkpointing: re-run each layer's forward in backward to hold one layer's activations" },
     offload_activations = { false, "with gradient checkpointing: keep each layer's input in host memory, not on the "
@@ -115,7 +115,7 @@ if cfg.dataset ~= "" then
     local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len,
         cache_dir = cfg.cache_dir ~= "" and cfg.cache_dir or nil }
     -- several ranks: rank 0 tokenizes into a cache the others then map
-    if pg.world > 1 and not data_opts.cache_dir then data_opts.cache_dir = cfg.out .. "/.token_cache" end
+    if pg.world > 1 and not data_opts.cache_dir then data_opts.cache_dir = cfg.output_dir .. "/.token_cache" end
     if main then ds = lt.data.load(cfg.dataset, tok, data_opts) end
     pg:barrier()
     ds = ds or lt.data.load(cfg.dataset, tok, data_opts)
@@ -185,7 +185,7 @@ else
 end
 
 -- the folder records the run (run_config.json: settings, versions, commit, machine)
-if main and cfg.out ~= "" then lt.runinfo.write(cfg.out, cfg, { recipe = arg and arg[0], command = arg and { unpack(arg) } }) end
+if main and cfg.output_dir ~= "" then lt.runinfo.write(cfg.output_dir, cfg, { recipe = arg and arg[0], command = arg and { unpack(arg) } }) end
 
 -- ---- training: the trainer's stages (lua/luatrain/trainer.lua) with this optimizer ------
 local wall = lt.fs.now
@@ -194,8 +194,8 @@ local trainer = lt.trainer.new{
     model = model, train = batches, optimizer = opt, steps = cfg.steps, schedule = cfg.schedule,
     warmup = cfg.warmup, min_lr_factor = cfg.min_lr_factor, grad_clip = cfg.grad_clip,
     detect_nonfinite = cfg.detect_nonfinite, grad_accum = cfg.grad_accum, zero = cfg.zero, loss_scale = loss_scale,
-    log = cfg.out ~= "" and (cfg.out .. "/log.jsonl") or nil,
-    checkpoint_dir = cfg.out ~= "" and cfg.out or nil, save_every = cfg.save_every, keep_last = cfg.keep_last,
+    log = cfg.output_dir ~= "" and (cfg.output_dir .. "/log.jsonl") or nil,
+    checkpoint_dir = cfg.output_dir ~= "" and cfg.output_dir or nil, save_every = cfg.save_every, keep_last = cfg.keep_last,
     resume = cfg.resume ~= "" and cfg.resume or nil,
     on_step = function(rec, total)
         if rec.step == trainer_first or rec.step % cfg.log_every == 0 or rec.step == total then
@@ -216,9 +216,9 @@ if result.steps >= result.first_step then
         result.last_loss, wall() - t_start, result.tokens_per_s, lt.memory.format_bytes(result.peak_bytes)))
 end
 
-if cfg.save and cfg.out ~= "" and main then
-    lt.llama.save_pretrained(model, cfg.out .. "/model")
-    say("saved " .. cfg.out .. "/model")
+if cfg.save and cfg.output_dir ~= "" and main then
+    lt.llama.save_pretrained(model, cfg.output_dir .. "/model")
+    say("saved " .. cfg.output_dir .. "/model")
 end
 -- for `luatrain -i recipes/train_tiny.lua`: the REPL's globals
 lt.last_run = { model = model, config = cfg, result = result, optimizer = opt }
