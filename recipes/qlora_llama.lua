@@ -73,6 +73,10 @@ local cfg = lt.config {
     eval_samples = { 0, "questions for the accuracy check (0: all of the held-out set)", type = "int", min = 0 },
     max_new_tokens = { 16, "tokens generated per answer", type = "int", min = 1 },
     output_dir = { "runs/qlora", "where the adapter (and log.jsonl) go", nonempty = true },
+    save_every = { 0, "save a checkpoint (checkpoint-N in output_dir) every N steps (0: at the end and on Ctrl-C)",
+        type = "int", min = 0 },
+    keep_last = { 2, "checkpoints kept (the oldest go)", type = "int", min = 1 },
+    resume = { "", "go on from a checkpoint: auto (the newest in output_dir) or its folder" },
     tensorboard = { true, "TensorBoard event files in output_dir/tensorboard: loss, lr, grad norm, tokens/s, memory, "
         .. "evaluation and accuracy, sample answers and these settings" },
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
@@ -346,6 +350,13 @@ local result = lt.trainer.finetune{
     -- trainer, no data parallelism; the adapters' gradients come out the same on every rank)
     group = vocab_split and lt.dist.local_group() or nil,
     log = (main or not vocab_split) and cfg.output_dir .. "/log.jsonl" or nil,
+    -- checkpoints in output_dir (every save_every steps, at the end and on Ctrl-C),
+    -- resume=auto|folder; with a split vocabulary every rank runs a trainer of its own on the
+    -- same adapters, and rank 0 alone saves (Ctrl-C then stops the job as it would anyway)
+    checkpoint_dir = cfg.output_dir, keep_last = cfg.keep_last,
+    save_every = (main or not vocab_split) and cfg.save_every or 0, save_final = main or not vocab_split,
+    save_on_interrupt = not vocab_split,
+    resume = cfg.resume ~= "" and cfg.resume or nil,
     tensorboard = tb,
     eval_shared = not together,
     on_step = function(rec, total)

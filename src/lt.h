@@ -57,6 +57,14 @@ const char *lt_version(void);
 /* Seconds on a monotonic clock (for timing steps; not wall-clock time of day). */
 double lt_now(void);
 
+/* Ctrl-C as a request, for a run that stops at a step boundary to save a checkpoint:
+   lt_interrupt_catch(1) installs a SIGINT handler that only counts the signals (from the
+   second on, it puts SIGINT's previous action back, so a third Ctrl-C acts as before);
+   lt_interrupt_catch(0) restores the previous action. lt_interrupt_pending() is the count
+   since catching began. Returns LT_OK or LT_ERR_IO when sigaction fails. */
+int lt_interrupt_catch(int on);
+int lt_interrupt_pending(void);
+
 /* Threads used by CPU kernels (OpenMP; BLAS runs single-threaded inside them). n = 0: one
    per CPU in this process's affinity mask (lt_available_cpus); else 1..lt_max_threads(),
    4 per online CPU. Anything else fails with LT_ERR_RANGE and changes nothing. */

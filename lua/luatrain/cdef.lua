@@ -23,6 +23,9 @@ const char *lt_version(void);
 
 double lt_now(void);
 
+int lt_interrupt_catch(int on);
+int lt_interrupt_pending(void);
+
 int lt_set_num_threads(int n);
 int lt_get_num_threads(void);
 

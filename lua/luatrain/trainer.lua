@@ -58,6 +58,7 @@ local optim = require "luatrain.optim"
 local memory = require "luatrain.memory"
 local fs = require "luatrain.fs"
 local log_mod = require "luatrain.log"
+local core = require "luatrain.core"
 
 local M = {}
 
@@ -627,6 +628,11 @@ function Trainer:run()
     memory.reset_peak(self.device)
     model:train()
     local t_start, tokens, last = fs.now(), 0, self.first_step - 1
+    -- Ctrl-C with a checkpoint folder (one process): the step under way finishes, a
+    -- checkpoint of it is saved, and the run stops with an error saying where to resume
+    local catch = opts.checkpoint_dir and opts.save_on_interrupt ~= false and self.pg.world == 1
+    if catch then core.check(core.C.lt_interrupt_catch(1)) end
+    local interrupted
     local ok, err = pcall(function()
         for step = self.first_step, self.steps do
             local st = self:step(step)
@@ -636,11 +642,27 @@ function Trainer:run()
             result.loss_curve[step] = st.loss
             result.step_times[step] = st.dt
             if st.skipped or st.overflow then result.skipped_steps = result.skipped_steps + 1 end
+            if catch and core.C.lt_interrupt_pending() > 0 then
+                if (opts.save_every or 0) <= 0 or step % opts.save_every ~= 0 then self:save_checkpoint(step) end
+                interrupted = step
+                break
+            end
         end
     end)
+    if catch then core.C.lt_interrupt_catch(0) end
+    -- save_final: the last step's checkpoint too (what the run produced survives a failure
+    -- of whatever the caller does after, such as its final save)
+    if ok and not interrupted and opts.save_final and opts.checkpoint_dir and last >= self.first_step
+        and not ((opts.save_every or 0) > 0 and last % opts.save_every == 0) then
+        ok, err = pcall(self.save_checkpoint, self, last)
+    end
     if self.log then self.log:close() end
     if self.tb_owned then self.tb:close() end
     if not ok then error(err, 0) end
+    if interrupted then
+        error(("interrupted (Ctrl-C) after step %d of %d: checkpoint-%d saved in %s; resume=auto goes on from it"):format(
+            interrupted, self.steps, interrupted, opts.checkpoint_dir), 0)
+    end
     result.steps = last
     result.train_time = fs.now() - t_start
     result.tokens = tokens

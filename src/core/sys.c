@@ -1,8 +1,10 @@
-/* sys.c - the few operating-system services the Lua side needs: a monotonic clock and
- * directory creation. */
+/* sys.c - the few operating-system services the Lua side needs: a monotonic clock, Ctrl-C
+ * as a request a run answers at a step boundary, and directory creation. */
 #include <errno.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -14,6 +16,40 @@ double lt_now(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+/* ---- Ctrl-C as a request ---------------------------------------------------------------- */
+
+static volatile sig_atomic_t interrupts;
+static struct sigaction interrupt_old;
+static int interrupt_caught;
+
+static void on_interrupt(int sig) {
+    (void)sig;
+    interrupts = interrupts + 1;
+    /* a second Ctrl-C: the next one does what it did before (kills a stuck save) */
+    if (interrupts >= 2) sigaction(SIGINT, &interrupt_old, NULL);
+}
+
+int lt_interrupt_catch(int on) {
+    if (on && !interrupt_caught) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sigemptyset(&sa.sa_mask);
+        sa.sa_handler = on_interrupt;
+        sa.sa_flags = SA_RESTART;
+        if (sigaction(SIGINT, &sa, &interrupt_old) != 0)
+            return lt_fail(LT_ERR_IO, "lt_interrupt_catch: sigaction: %s", strerror(errno));
+        interrupts = 0;
+        interrupt_caught = 1;
+    } else if (!on && interrupt_caught) {
+        interrupt_caught = 0;
+        if (sigaction(SIGINT, &interrupt_old, NULL) != 0)
+            return lt_fail(LT_ERR_IO, "lt_interrupt_catch: sigaction: %s", strerror(errno));
+    }
+    return LT_OK;
+}
+
+int lt_interrupt_pending(void) { return (int)interrupts; }
 
 static int make_one(const char *path) {
     if (mkdir(path, 0755) == 0) return LT_OK;

@@ -131,6 +131,34 @@ T.test("qlora_llama.lua: bad arguments name the problem and write nothing", func
     os.execute("rm -rf " .. T.shell_quote(dir))
 end)
 
+T.test("qlora_llama.lua: Ctrl-C saves a checkpoint of the step under way; resume=auto goes on from it", function()
+    local Child = require "child"
+    local ffi = require "ffi"
+    local dir = B.tmpdir()
+    local c = Child.spawn({ T.luatrain(), "recipes/qlora_llama.lua", "output_dir=" .. dir, "steps=2000",
+        "eval_samples=2", "tensorboard=false" })
+    -- training has started: the progress bar's first plain line (stderr is a pipe)
+    T.ok(c:expect("^training %[", 120), "training started:\n" .. c.output)
+    ffi.C.kill(c.pid, 2) -- SIGINT, as Ctrl-C sends
+    local how, code = c:wait(120)
+    T.eq({ how, code }, { "exited", 1 }, c.output)
+    local step = tonumber(c.output:match("interrupted %(Ctrl%-C%) after step (%d+) of 2000: checkpoint%-%d+ saved"))
+    T.ok(step and step >= 1, "the message names the step and the checkpoint:\n" .. c.output)
+    T.ok(lt.fs.is_dir(("%s/checkpoint-%d"):format(dir, step)), "checkpoint-" .. tostring(step))
+    T.ok(not lt.fs.exists(dir .. "/adapter_config.json"), "no adapter written: the run did not finish")
+    -- resume=auto: the next steps, from the checkpoint
+    local rc, out, err = recipe({ "recipes/qlora_llama.lua", "output_dir=" .. dir, "steps=" .. (step + 2),
+        "resume=auto", "eval_samples=2", "tensorboard=false" })
+    T.eq(rc, 0, out .. err)
+    local steps = {}
+    for line in io.lines(dir .. "/log.jsonl") do
+        local r = lt.json.decode(line)
+        if r.step and r.loss then steps[#steps + 1] = r.step end
+    end
+    T.eq({ steps[#steps - 1], steps[#steps] }, { step + 1, step + 2 }, "the resumed run logs the steps after it")
+    os.execute("rm -rf " .. T.shell_quote(dir))
+end)
+
 T.test("lora_rank_sweep.lua: JSONL, CSV, charts and a page Chromium renders", function()
     local dir = B.tmpdir()
     local ranks = { 2, 4, 8 }
