@@ -591,7 +591,12 @@ int main(int argc, char **argv) {
      * library as lt, as the REPL does (when it loads). */
     int status = 0;
     if (opt.has_code) {
-        static const char pre[] = "local ok, m = pcall(require, 'luatrain') if ok then lt = m end";
+        /* A failed load leaves no half-loaded module marks behind (require's sentinels),
+         * so the code's own require reports why rather than "loop or previous error". */
+        static const char pre[] =
+            "local ok, m = pcall(require, 'luatrain') if ok then lt = m else "
+            "for k, v in pairs(package.loaded) do local t = type(v) "
+            "if t == 'userdata' or t == 'number' then package.loaded[k] = nil end end end";
         if (luaL_loadbuffer(L, pre, sizeof pre - 1, "=(lt)") == 0) lua_pcall(L, 0, 0, 0);
         else lua_pop(L, 1);
     }
