@@ -22,7 +22,8 @@ same at every rank; set alpha_ratio=0 to keep alpha fixed instead.
 ]]
 local lt = require "luatrain"
 
-local ASSETS = "recipes/assets/tiny_facts"
+-- the built-in example beside this file, wherever the run starts
+local ASSETS = lt.recipes.path(lt.recipes.here() .. "/assets/tiny_facts")
 
 local cfg = lt.config {
     model = { ASSETS .. "/model", "Hugging Face Llama folder" },

@@ -26,7 +26,8 @@ and writes the adapter and the log.
 ]]
 local lt = require "luatrain"
 
-local ASSETS = "recipes/assets/tiny_facts"
+-- the built-in example beside this file, wherever the run starts
+local ASSETS = lt.recipes.path(lt.recipes.here() .. "/assets/tiny_facts")
 
 local cfg = lt.config {
     model = { ASSETS .. "/model", "Hugging Face Llama folder (config.json, safetensors, tokenizer.json)", nonempty = true },

@@ -426,6 +426,7 @@ static void usage(FILE *to) {
             "                adapter, checked against the trained model (export --help)\n"
             "  chat [key=value ...]\n"
             "                talk to a model and its adapters in the terminal (chat --help)\n"
+            "  --recipes     list the bundled recipes (run one by its name: luatrain qlora_llama)\n"
             "  -e CODE       run CODE (before the recipe; may be repeated)\n"
             "  -i            enter the REPL after running the recipe or code\n"
             "  -v            print the version\n"
@@ -443,6 +444,7 @@ static int bundled_command(const char *word) {
 }
 
 struct options {
+    int list_recipes; /* --recipes */
     int interactive;
     int script;   /* argv index of the recipe, 0 when there is none */
     int has_code; /* at least one -e */
@@ -480,6 +482,9 @@ static int parse_options(int argc, char **argv, struct options *o, int *exit_sta
             usage(stdout);
             *exit_status = 0;
             return -1;
+        } else if (strcmp(a, "--recipes") == 0) {
+            o->list_recipes = 1;
+            return 0;
         } else {
             fprintf(stderr, "luatrain: unknown option '%s'\n", a);
             usage(stderr);
@@ -587,6 +592,15 @@ int main(int argc, char **argv) {
 
     set_arg_table(L, argc, argv, opt.script);
 
+    if (opt.list_recipes) {
+        static const char list[] =
+            "local r = require('luatrain.recipes') for _, e in ipairs(r.list()) do "
+            "io.write(('%-18s %s\\n    %s\\n'):format(e.name, e.summary, e.path)) end";
+        int st = luaL_loadbuffer(L, list, sizeof list - 1, "=(--recipes)");
+        code = report(L, run_loaded(L, st, 0, 0));
+        lua_close(L);
+        return code;
+    }
     /* -e chunks run first, in order, as in the standalone interpreter; they find the
      * library as lt, as the REPL does (when it loads). */
     int status = 0;
@@ -616,6 +630,11 @@ int main(int argc, char **argv) {
         if (path && bundled_command(path) && access(path, F_OK) != 0) {
             snprintf(command, sizeof command, "%s/luatrain/cmd/%s.lua", luadir, path);
             path = command;
+        } else if (path && !strchr(path, '/') && access(path, F_OK) != 0) {
+            /* a bundled recipe by its name (qlora_llama or qlora_llama.lua), from anywhere */
+            const char *ext = strlen(path) > 4 && strcmp(path + strlen(path) - 4, ".lua") == 0 ? "" : ".lua";
+            snprintf(command, sizeof command, "%s/../recipes/%s%s", luadir, path, ext);
+            if (access(command, F_OK) == 0) path = command;
         }
         int loaded = luaL_loadfile(L, path);
         int nargs = 0;

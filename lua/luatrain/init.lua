@@ -83,6 +83,7 @@ local lazy = {
     qat = "luatrain.qat",
     tensorboard = "luatrain.tensorboard",
     runinfo = "luatrain.runinfo",
+    recipes = "luatrain.recipes",
     json = "luatrain.json",
     config = "luatrain.config",
     log = "luatrain.log",

@@ -188,9 +188,30 @@ T.test("an install tree finds share/luatrain/lua", function()
     T.ok(ok == 0 or ok == true, "cmake --install failed")
     local rc, out, err = run({ "-e", "print(require('luatrain').version, package.path:match('^[^;]*'))" },
         nil, prefix .. "/bin/luatrain")
-    os.execute("rm -rf " .. shell_quote(prefix))
     T.eq(rc, 0, err)
     T.ok(has(out, lt.version .. "\t" .. prefix .. "/share/luatrain/lua/?.lua"), out)
+    -- the installed recipes: listed, run by name from anywhere, their assets found beside them
+    local rc2, list = run({ "--recipes" }, nil, prefix .. "/bin/luatrain")
+    T.eq(rc2, 0, list)
+    T.ok(has(list, prefix .. "/share/luatrain/recipes/qlora_llama.lua"), list)
+    local text, code = T.run(("cd / && %s qlora_llama --help"):format(shell_quote(prefix .. "/bin/luatrain")))
+    T.eq(code, 0, text)
+    T.ok(has(text, prefix .. "/share/luatrain/recipes/assets/tiny_facts/model"), text)
+    os.execute("rm -rf " .. shell_quote(prefix))
+end)
+
+T.test("--recipes lists the bundled recipes; one runs by its name from any directory", function()
+    local rc, out = run({ "--recipes" })
+    T.eq(rc, 0, out)
+    for _, name in ipairs({ "qlora_llama", "train_tiny", "lora_rank_sweep" }) do T.ok(has(out, name), out) end
+    T.ok(has(out, "fine-tune a Llama with QLoRA"), "each with its summary:\n" .. out)
+    -- from /tmp: the recipe by name, its built-in example found beside it
+    local text, code = T.run(("cd /tmp && %s qlora_llama steps=1 eval_samples=1 tensorboard=false output_dir=%s"):format(
+        shell_quote(T.luatrain()), shell_quote(os.tmpname() .. ".d")))
+    T.eq(code, 0, text)
+    T.ok(has(text, "/recipes/assets/tiny_facts/model on cpu"), text)
+    local _, usage = run({ "--help" })
+    T.ok(has(usage, "--recipes"), usage)
 end)
 
 T.done()

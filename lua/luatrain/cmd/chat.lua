@@ -13,7 +13,8 @@ On a terminal the line has editing and history (libedit); piped input is read li
 local lt = require "luatrain"
 local templates = require "luatrain.data.templates"
 
-local ASSETS = "recipes/assets/tiny_facts"
+-- the recipes' built-in example (lt.recipes: beside lua/, or share/luatrain/recipes)
+local ASSETS = lt.recipes.dir() .. "/assets/tiny_facts"
 local cfg = lt.config {
     model = { ASSETS .. "/model", "the base model's Hugging Face folder", nonempty = true },
     adapter = { "", "adapters: a PEFT folder, or name=folder,name=folder (the first is active)" },

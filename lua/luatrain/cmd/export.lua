@@ -9,7 +9,8 @@ looks complete, when the export does not behave like the trained model.
 local lt = require "luatrain"
 local export = require "luatrain.export"
 
-local ASSETS = "recipes/assets/tiny_facts"
+-- the recipes' built-in example (lt.recipes: beside lua/, or share/luatrain/recipes)
+local ASSETS = lt.recipes.dir() .. "/assets/tiny_facts"
 local cfg = lt.config {
     model = { ASSETS .. "/model", "the base model's Hugging Face folder (config.json, safetensors, tokenizer.json)",
         nonempty = true },
