@@ -78,6 +78,8 @@ local cfg = lt.config {
         type = "int", min = 0 },
     keep_last = { 2, "checkpoints kept (the oldest go)", type = "int", min = 1 },
     resume = { "", "go on from a checkpoint: auto (the newest in output_dir) or its folder" },
+    preview = { 0, "print N training samples as rendered, trained tokens between « and », and stop", type = "int",
+        min = 0 },
     tensorboard = { true, "TensorBoard event files in output_dir/tensorboard: loss, lr, grad norm, tokens/s, memory, "
         .. "evaluation and accuracy, sample answers and these settings" },
     seed = { 1234, "seed for adapters, dropout, shuffling", type = "int" },
@@ -160,6 +162,20 @@ if cfg.auto_fit then
         .. "(planned peak %s of a %s budget)"):format(cfg.batch_size, cfg.grad_accum, tostring(cfg.gradient_checkpointing),
         cfg.optim, tostring(cfg.offload_activations), lt.memory.format_bytes(plan.peak.train),
         lt.memory.format_bytes(limit)))
+end
+
+-- preview=N (or --preview N): N training samples as the template renders them, the
+-- trained tokens between « and », then stop, before any weight is loaded
+if cfg.preview > 0 then
+    local ptok = lt.tokenizer.load(cfg.model)
+    local pds = lt.data.build(cfg.dataset, ptok, { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len })
+    print(("preview: %d of %d samples of %s, template %s, trained on %s (trained tokens between « and »)"):format(
+        math.min(cfg.preview, pds.n), pds.n, cfg.dataset, cfg.template, cfg.train_on))
+    for i = 1, math.min(cfg.preview, pds.n) do
+        local text, n = pds:render(i, ptok)
+        print(("\n--- sample %d (%d tokens)\n%s"):format(i, n, text))
+    end
+    return
 end
 
 -- the job's processes (one without mpirun): rank 0 prints and writes

@@ -131,6 +131,19 @@ T.test("qlora_llama.lua: bad arguments name the problem and write nothing", func
     os.execute("rm -rf " .. T.shell_quote(dir))
 end)
 
+T.test("qlora_llama.lua --preview N: rendered samples, trained tokens marked, nothing loaded or written", function()
+    local dir = B.tmpdir()
+    os.execute("rmdir " .. T.shell_quote(dir))
+    local rc, out, err = recipe({ "recipes/qlora_llama.lua", "--preview", "2", "output_dir=" .. dir })
+    T.eq(rc, 0, out .. err)
+    T.ok(out:find("preview: 2 of 80 samples", 1, true) ~= nil, out)
+    -- the first training sample: the prompt in the template, the answer trained
+    T.ok(out:find("What is Guzuzu's favorite color?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n«green<|eot_id|>»",
+        1, true) ~= nil, out)
+    T.ok(not out:find("weights: base", 1, true), "no model loaded")
+    T.ok(not lt.fs.exists(dir), "nothing written")
+end)
+
 T.test("qlora_llama.lua: Ctrl-C saves a checkpoint of the step under way; resume=auto goes on from it", function()
     local Child = require "child"
     local ffi = require "ffi"

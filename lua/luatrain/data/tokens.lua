@@ -6,6 +6,7 @@ flat files, streamed to disk while a JSONL file is tokenized and then memory-map
     local ds = tokens.load("train.jsonl", tok, { cache_dir = "cache/", ... })  -- build or reuse
     ds.n, ds.total                       -- samples, tokens
     local ids, train, len = ds:sample(i) -- int32_t*, uint8_t* and length of sample i (1-based)
+    print(ds:render(i, tok))             -- sample i as text, trained tokens between « and »
     ds:close()                           -- unmap now (else when ds is collected)
 
 Layout (in a cache folder and in the mapping, little-endian):
@@ -82,6 +83,28 @@ function Dataset:sample_table(i)
         b[j + 1] = tr[j] ~= 0
     end
     return a, b
+end
+
+-- Sample i as text, as the template rendered it: the trained tokens between « and », the
+-- rest as they are (special tokens shown). tok: the tokenizer that built the dataset.
+function Dataset:render(i, tok)
+    local ids, train = self:sample_table(i)
+    local out, run, flag = {}, {}, nil
+    local function flush()
+        if #run == 0 then return end
+        local text = tok:decode(run, { skip_special_tokens = false })
+        out[#out + 1] = flag and ("«" .. text .. "»") or text
+        run = {}
+    end
+    for j, id in ipairs(ids) do
+        if train[j] ~= flag then
+            flush()
+            flag = train[j]
+        end
+        run[#run + 1] = id
+    end
+    flush()
+    return table.concat(out), #ids
 end
 
 function Dataset:max_len()
