@@ -36,6 +36,8 @@ local cfg = lt.config {
     eval_split = { 0.1, "fraction of the dataset held out when eval_dataset is empty", above = 0, below = 1 },
     template = { "llama3", "chat template", choices = { "none", "llama2", "llama3", "chatml" } },
     train_on = { "completion", "which tokens are trained", choices = { "completion", "all" } },
+    long_samples = { "truncate", "a sample longer than seq_len: cut it, drop it, or stop with an error naming it",
+        choices = { "truncate", "drop", "error" } },
     quant = { "nf4", "base weight format", choices = { "nf4", "fp4", "int8", "none" } },
     double_quant = { true, "quantize the 4-bit scales too (bitsandbytes' double quantization)" },
     blocksize = { 64, "elements per 4-bit scale", type = "int", min = 16 },
@@ -168,7 +170,8 @@ end
 -- trained tokens between « and », then stop, before any weight is loaded
 if cfg.preview > 0 then
     local ptok = lt.tokenizer.load(cfg.model)
-    local pds = lt.data.build(cfg.dataset, ptok, { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len })
+    local pds = lt.data.build(cfg.dataset, ptok, { template = cfg.template, train_on = cfg.train_on,
+        max_len = cfg.seq_len, long_samples = cfg.long_samples })
     print(("preview: %d of %d samples of %s, template %s, trained on %s (trained tokens between « and »)"):format(
         math.min(cfg.preview, pds.n), pds.n, cfg.dataset, cfg.template, cfg.train_on))
     for i = 1, math.min(cfg.preview, pds.n) do
@@ -277,7 +280,8 @@ if main then
 end
 
 -- ---- data ----------------------------------------------------------------------------------
-local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len }
+local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len,
+    long_samples = cfg.long_samples }
 local train_path, eval_path = cfg.dataset, cfg.eval_dataset
 if eval_path == "" then
     -- hold out every k-th record, deterministically
@@ -312,6 +316,11 @@ local train_ds = build(train_path)
 local eval_ds = build(eval_path)
 say(("  data: %d training samples (%d tokens), %d held out; template %s, trained on %s"):format(
     train_ds.n, train_ds.total, eval_ds.n, cfg.template, cfg.train_on))
+-- what long_samples did to samples longer than seq_len
+local long_t = (train_ds.meta.truncated or 0) + (eval_ds.meta.truncated or 0)
+local long_d = (train_ds.meta.too_long or 0) + (eval_ds.meta.too_long or 0)
+say(("  long samples (over seq_len=%d): %d truncated, %d dropped (long_samples=%s)"):format(cfg.seq_len, long_t,
+    long_d, cfg.long_samples))
 
 -- ---- evaluation -------------------------------------------------------------------------------
 local questions = lt.trainer.questions(eval_path, cfg.template, cfg.eval_samples)

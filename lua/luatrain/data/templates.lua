@@ -213,8 +213,10 @@ function M.encode_pieces(tok, pieces)
     return ids, train
 end
 
--- An encoder: record -> ids, train flags, or nil and a reason when the record is dropped.
--- opts: template, train_on ("completion" | "all"), max_len (tokens; longer ones are cut).
+-- An encoder: record -> ids, train flags, or nil and a reason when the record is dropped;
+-- and its counts { truncated, too_long } (samples cut to max_len, samples dropped for it).
+-- opts: template, train_on ("completion" | "all"), max_len (tokens), long_samples: what a
+-- sample longer than max_len becomes: "truncate" (cut, the default), "drop", or "error".
 function M.encoder(tok, opts)
     opts = opts or {}
     local template = M.resolve(opts.template, tok)
@@ -223,12 +225,25 @@ function M.encoder(tok, opts)
         error(("train_on must be \"completion\" or \"all\", got %q"):format(tostring(train_on)), 0)
     end
     local max_len = opts.max_len
+    local long = opts.long_samples or "truncate"
+    if long ~= "truncate" and long ~= "drop" and long ~= "error" then
+        error(("long_samples must be \"truncate\", \"drop\" or \"error\", got %q"):format(tostring(long)), 0)
+    end
+    local counts = { truncated = 0, too_long = 0 }
     return function(rec)
         local ids, train = M.encode_pieces(tok, template(rec, tok))
         if train_on == "all" then
             for i = 1, #train do train[i] = true end
         end
         if max_len and #ids > max_len then
+            if long == "error" then
+                error(("a sample of %d tokens, longer than max_len=%d (long_samples=truncate or drop to go on)"):format(
+                    #ids, max_len), 0)
+            elseif long == "drop" then
+                counts.too_long = counts.too_long + 1
+                return nil, "longer than max_len"
+            end
+            counts.truncated = counts.truncated + 1
             for i = #ids, max_len + 1, -1 do
                 ids[i] = nil
                 train[i] = nil
@@ -239,7 +254,7 @@ function M.encoder(tok, opts)
         for i = 2, #train do any = any or train[i] end
         if not any then return nil, "no trained tokens (after truncation)" end
         return ids, train
-    end
+    end, counts
 end
 
 -- ---- prompts for generation ---------------------------------------------------------------

@@ -238,6 +238,7 @@ local function settings_of(tok, opts)
         train_on = opts.train_on or "completion",
         max_len = opts.max_len or json.null,
         format = opts.format or "auto",
+        long_samples = opts.long_samples or "truncate",
         fields = opts.fields or {},
         tokenizer = tok.source or json.null,
     }
@@ -248,8 +249,10 @@ end
 local function tokenize_into(writer, path, tok, opts)
     local reader
     local dropped, last_report = 0, 0
+    local counts
     local ok, err = pcall(function()
-        local encode = templates.encoder(tok, opts)
+        local encode
+        encode, counts = templates.encoder(tok, opts)
         reader = records.open(path, opts)
         for rec, lineno in reader:iter() do
             local fine, ids, train = pcall(encode, rec)
@@ -277,7 +280,7 @@ local function tokenize_into(writer, path, tok, opts)
     end
     return { samples = writer.n, tokens = writer.total, records = reader.records,
         bad_lines = reader.bad_lines, bad_examples = reader.bad_examples, dropped = dropped,
-        format = reader.format }
+        truncated = counts.truncated, too_long = counts.too_long, format = reader.format }
 end
 
 -- Tokenize every record of a JSONL file into unnamed temporary files, mapped. opts: format,
