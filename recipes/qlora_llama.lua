@@ -283,37 +283,30 @@ end
 local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len,
     long_samples = cfg.long_samples }
 local train_path, eval_path = cfg.dataset, cfg.eval_dataset
+-- no eval_dataset: every k-th record of the dataset is held out, read in place (errors name
+-- the dataset's own lines)
+local train_split, eval_split
 if eval_path == "" then
-    -- hold out every k-th record, deterministically
     local every = math.max(2, math.floor(1 / math.max(cfg.eval_split, 1e-6) + 0.5))
-    local tmp = cfg.output_dir .. "/.split"
-    lt.fs.make_dirs(tmp)
-    local tr, ev = {}, {}
-    local n = 0
-    for line in io.lines(cfg.dataset) do
-        if line:find("%S") then
-            n = n + 1
-            if n % every == 0 then ev[#ev + 1] = line else tr[#tr + 1] = line end
-        end
-    end
-    train_path, eval_path = tmp .. "/train.jsonl", tmp .. "/eval.jsonl"
-    if main then
-        lt.fs.write_atomic(train_path, table.concat(tr, "\n") .. "\n")
-        lt.fs.write_atomic(eval_path, table.concat(ev, "\n") .. "\n")
-    end
-    pg:barrier()
+    eval_path = train_path
+    train_split, eval_split = { every = every, part = "train" }, { every = every, part = "eval" }
 end
 -- several ranks: rank 0 tokenizes into a cache the others then map
 if pg.world > 1 then data_opts.cache_dir = cfg.output_dir .. "/.token_cache" end
-local function build(path)
-    if pg.world == 1 then return lt.data.build(path, tok, data_opts) end
+local function build(path, split)
+    local o = {}
+    for k, v in pairs(data_opts) do o[k] = v end
+    o.split = split
+    -- a cache per part when both come from one file
+    if o.cache_dir and split then o.cache_dir = o.cache_dir .. "/" .. split.part end
+    if pg.world == 1 then return lt.data.build(path, tok, o) end
     local ds
-    if main then ds = lt.data.load(path, tok, data_opts) end
+    if main then ds = lt.data.load(path, tok, o) end
     pg:barrier()
-    return ds or lt.data.load(path, tok, data_opts)
+    return ds or lt.data.load(path, tok, o)
 end
-local train_ds = build(train_path)
-local eval_ds = build(eval_path)
+local train_ds = build(train_path, train_split)
+local eval_ds = build(eval_path, eval_split)
 say(("  data: %d training samples (%d tokens), %d held out; template %s, trained on %s"):format(
     train_ds.n, train_ds.total, eval_ds.n, cfg.template, cfg.train_on))
 -- what long_samples did to samples longer than seq_len
@@ -323,7 +316,7 @@ say(("  long samples (over seq_len=%d): %d truncated, %d dropped (long_samples=%
     long_d, cfg.long_samples))
 
 -- ---- evaluation -------------------------------------------------------------------------------
-local questions = lt.trainer.questions(eval_path, cfg.template, cfg.eval_samples)
+local questions = lt.trainer.questions(eval_path, cfg.template, cfg.eval_samples, { split = eval_split })
 local gen_opts = { max_new_tokens = cfg.max_new_tokens, stop_ids = { lt.data.templates.end_of_turn(cfg.template, tok) } }
 local eval_opts = { batch_size = cfg.batch_size, seq_len = cfg.seq_len, pad_id = tok.pad_id or tok.eos_id or 0,
     group = not together and pg or nil }

@@ -99,9 +99,9 @@ end
 
 -- The question / answer pairs of a JSONL file: every record whose last message is the
 -- assistant's (prompt/completion and alpaca records count as one-turn chats).
-function M.questions(path, template, limit)
+function M.questions(path, template, limit, opts)
     local out = {}
-    local r = records.open(path)
+    local r = records.open(path, opts) -- opts.split: one part of a file (records.open)
     for rec in r:iter() do
         local msgs
         if rec.kind == "chat" then

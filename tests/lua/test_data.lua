@@ -108,6 +108,30 @@ T.test("records: every shape, auto detection, gzip, field remaps", function()
     rp:close()
 end)
 
+T.test("records: split reads one part of a file in place, every k-th record held out, errors on its own lines", function()
+    local lines = {}
+    for i = 1, 7 do lines[i] = ('{"text": "r%d"}'):format(i) end
+    lines[8] = ""
+    lines[9] = '{"text": 9}' -- a bad record, the 8th non-blank line: held out with every = 4
+    local p = tmpfile(table.concat(lines, "\n") .. "\n")
+    local function texts(part)
+        local r = lt.data.records.open(p, { split = { every = 4, part = part } })
+        local out = {}
+        local ok, err = pcall(function()
+            for rec, lineno in r:iter() do out[#out + 1] = rec.text .. "@" .. lineno end
+        end)
+        r:close()
+        return out, not ok and tostring(err) or nil
+    end
+    local tr, terr = texts("train")
+    T.eq(tr, { "r1@1", "r2@2", "r3@3", "r5@5", "r6@6", "r7@7" })
+    T.eq(terr, nil, "the bad record is in the other part")
+    local ev, eerr = texts("eval")
+    T.eq(ev, { "r4@4" })
+    T.ok(eerr and eerr:find(p .. ":9:", 1, true) ~= nil, "named by the file's own line: " .. tostring(eerr))
+    T.raises(function() lt.data.records.open(p, { split = { every = 1, part = "train" } }) end, "split must be")
+end)
+
 T.test("records: a bad line names file:line and the problem; skip_bad_lines counts it", function()
     local p = tmpfile('{"text": "ok"}\n{"text": 3}\n{"text": "fine"}\n{"text": "unterminated\n[1, 2]\n{"text": "x", "text": "y"}\n')
     local err = T.raises(function()

@@ -18,6 +18,8 @@ local B = require "browser"
 
 local ASSETS = "recipes/assets/tiny_facts"
 
+local BAD -- a dataset with a bad line (made by the bad-arguments test)
+
 local function recipe(args)
     local rc, out, err = T.host(args)
     return rc, out, err
@@ -89,6 +91,11 @@ end)
 
 T.test("qlora_llama.lua: bad arguments name the problem and write nothing", function()
     local dir = B.tmpdir()
+    -- tiny_facts' training data with line 7 broken
+    BAD = dir .. ".bad.jsonl"
+    local lines = {}
+    for l in io.lines(ASSETS .. "/train.jsonl") do lines[#lines + 1] = #lines == 6 and '{"messages": 3}' or l end
+    T.write_file(BAD, table.concat(lines, "\n") .. "\n")
     os.execute("rmdir " .. T.shell_quote(dir))
     local cases = {
         { { "dataset=/nonexistent/chat.jsonl" }, "/nonexistent/chat.jsonl" },
@@ -109,6 +116,8 @@ T.test("qlora_llama.lua: bad arguments name the problem and write nothing", func
         { { "device=cuda:7" }, "device=cuda:7: no CUDA device here" },
         { { "lora_r=0" }, "r must be at least 1, got 0" }, -- another tool's name, checked as r
         { { "seq_len=48", "long_samples=error" }, "train.jsonl:1: a sample of 61 tokens, longer than max_len=48" },
+        -- a bad record of a dataset whose held-out part is carved out of it: its own file and line
+        { { "dataset=" .. BAD, "eval_dataset=" }, BAD .. ":7: field \"messages\" must be an array" },
     }
     for _, c in ipairs(cases) do
         local args = { "recipes/qlora_llama.lua", "output_dir=" .. dir }

@@ -22,6 +22,10 @@ Every record becomes one of:
   { kind = "text", text = "..." }
   { kind = "pair", prompt = "...", completion = "..." }   (alpaca, prompt/completion)
   { kind = "chat", messages = { { role = "user", content = "..." }, ... } }
+opts.split = { every = k, part = "train" | "eval" } reads one part of a file whose every k-th
+non-blank line is held out, the other lines passed over unread; errors still name the
+file's own lines.
+
 A bad line (not JSON, wrong types, missing fields) is an error naming file:line and the
 problem; with skip_bad_lines it is counted in r.bad_lines (and its first messages kept in
 r.bad_examples) and the stream moves on.
@@ -135,8 +139,14 @@ function M.open(path, opts)
     end
     local h = ffi.new("lt_lines*[1]")
     check(C.lt_lines_open(h, path))
+    local split = opts.split
+    if split ~= nil and (type(split) ~= "table" or type(split.every) ~= "number" or split.every < 2
+        or (split.part ~= "train" and split.part ~= "eval")) then
+        error("records.open: split must be { every = k >= 2, part = \"train\" | \"eval\" }", 2)
+    end
     local self = setmetatable({
-        path = path, format = format, fields = opts.fields or {}, skip = opts.skip_bad_lines,
+        path = path, format = format, fields = opts.fields or {}, skip = opts.skip_bad_lines, split = split,
+        seen = 0,
         handle = ffi.gc(h[0], C.lt_lines_close),
         line = ffi.new("const char*[1]"), len = ffi.new("int64_t[1]"), no = ffi.new("int64_t[1]"),
         has = ffi.new("int32_t[1]"),
@@ -153,7 +163,14 @@ function Reader:next()
         self.lines = self.lines + 1
         local lineno = tonumber(self.no[0])
         local text = ffi.string(self.line[0], self.len[0])
-        if text:find("%S") then
+        local mine = true
+        if self.split and text:find("%S") then
+            -- every k-th non-blank line is held out (eval), the others train: the part not
+            -- wanted is passed over unread, and line numbers stay the file's own
+            self.seen = self.seen + 1
+            mine = (self.seen % self.split.every == 0) == (self.split.part == "eval")
+        end
+        if mine and text:find("%S") then
             local where = ("%s:%d"):format(self.path, lineno)
             local ok, rec = pcall(function()
                 local obj = json.decode(text, where)

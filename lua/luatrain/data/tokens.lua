@@ -239,6 +239,7 @@ local function settings_of(tok, opts)
         max_len = opts.max_len or json.null,
         format = opts.format or "auto",
         long_samples = opts.long_samples or "truncate",
+        split = opts.split or json.null,
         fields = opts.fields or {},
         tokenizer = tok.source or json.null,
     }
