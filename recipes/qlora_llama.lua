@@ -31,7 +31,8 @@ local ASSETS = lt.recipes.path(lt.recipes.here() .. "/assets/tiny_facts")
 
 local cfg = lt.config {
     model = { ASSETS .. "/model", "Hugging Face Llama folder (config.json, safetensors, tokenizer.json)", nonempty = true },
-    dataset = { ASSETS .. "/train.jsonl", "training data (JSONL: alpaca, messages, text or prompt/completion)", nonempty = true },
+    dataset = { ASSETS .. "/train.jsonl", "training data (JSONL: alpaca, messages, sharegpt, text or prompt/completion); "
+        .. "several files mixed by weight: a.jsonl:0.7,b.jsonl:0.3", nonempty = true },
     eval_dataset = { ASSETS .. "/eval.jsonl", "held-out data (empty: carve eval_split out of the dataset)" },
     eval_split = { 0.1, "fraction of the dataset held out when eval_dataset is empty", above = 0, below = 1 },
     template = { "llama3", "chat template", choices = { "none", "llama2", "llama3", "chatml" } },
@@ -125,7 +126,16 @@ local function readable(path)
 end
 need(readable(cfg.model .. "/config.json"), ("model=%s: no config.json there (a Hugging Face Llama folder)"):format(
     cfg.model))
-need(readable(cfg.dataset), ("dataset=%s: no such file"):format(cfg.dataset))
+-- dataset=a.jsonl:0.7,b.jsonl:0.3 (weights optional: equal)
+local sources = {}
+for item in cfg.dataset:gmatch("[^,]+") do
+    local path, w = item:match("^(.*):([%d.eE+-]+)$")
+    if not path then path, w = item, "1" end
+    need(tonumber(w) and tonumber(w) > 0, ("dataset: %q: the weight after ':' must be a positive number"):format(item))
+    need(readable(path), ("dataset=%s: no such file"):format(path))
+    sources[#sources + 1] = { path = path, weight = tonumber(w) }
+end
+need(#sources == 1 or cfg.eval_dataset ~= "", "several datasets: give eval_dataset= (a held-out file)")
 need(cfg.eval_dataset == "" or readable(cfg.eval_dataset), ("eval_dataset=%s: no such file"):format(cfg.eval_dataset))
 if cfg.device ~= "cpu" then
     local ok, n = pcall(lt.cuda.device_count)
@@ -170,7 +180,7 @@ end
 -- trained tokens between « and », then stop, before any weight is loaded
 if cfg.preview > 0 then
     local ptok = lt.tokenizer.load(cfg.model)
-    local pds = lt.data.build(cfg.dataset, ptok, { template = cfg.template, train_on = cfg.train_on,
+    local pds = lt.data.build(cfg.dataset:match("^[^,]+"):gsub(":[%d.eE+-]+$", ""), ptok, { template = cfg.template, train_on = cfg.train_on,
         max_len = cfg.seq_len, long_samples = cfg.long_samples })
     print(("preview: %d of %d samples of %s, template %s, trained on %s (trained tokens between « and »)"):format(
         math.min(cfg.preview, pds.n), pds.n, cfg.dataset, cfg.template, cfg.train_on))
@@ -282,7 +292,7 @@ end
 -- ---- data ----------------------------------------------------------------------------------
 local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len,
     long_samples = cfg.long_samples }
-local train_path, eval_path = cfg.dataset, cfg.eval_dataset
+local train_path, eval_path = sources[1].path, cfg.eval_dataset
 -- no eval_dataset: every k-th record of the dataset is held out, read in place (errors name
 -- the dataset's own lines)
 local train_split, eval_split
@@ -305,10 +315,27 @@ local function build(path, split)
     pg:barrier()
     return ds or lt.data.load(path, tok, o)
 end
-local train_ds = build(train_path, train_split)
+local train_ds
+if #sources == 1 then
+    train_ds = build(train_path, train_split)
+else
+    local parts = {}
+    for i, src in ipairs(sources) do parts[i] = { ds = build(src.path), weight = src.weight, name = src.path } end
+    train_ds = lt.data.mix(parts, cfg.seed)
+    train_ds.meta.truncated, train_ds.meta.too_long = 0, 0
+    for _, p in ipairs(parts) do
+        train_ds.meta.truncated = train_ds.meta.truncated + (p.ds.meta.truncated or 0)
+        train_ds.meta.too_long = train_ds.meta.too_long + (p.ds.meta.too_long or 0)
+    end
+end
 local eval_ds = build(eval_path, eval_split)
 say(("  data: %d training samples (%d tokens), %d held out; template %s, trained on %s"):format(
     train_ds.n, train_ds.total, eval_ds.n, cfg.template, cfg.train_on))
+if train_ds.meta.parts then
+    for _, p in ipairs(train_ds.meta.parts) do
+        say(("    %s: %d of %d samples (%.0f%% of the mixture)"):format(p.name, p.samples, p.of, 100 * p.share))
+    end
+end
 -- what long_samples did to samples longer than seq_len
 local long_t = (train_ds.meta.truncated or 0) + (eval_ds.meta.truncated or 0)
 local long_d = (train_ds.meta.too_long or 0) + (eval_ds.meta.too_long or 0)

@@ -132,6 +132,38 @@ T.test("records: split reads one part of a file in place, every k-th record held
     T.raises(function() lt.data.records.open(p, { split = { every = 1, part = "train" } }) end, "split must be")
 end)
 
+T.test("mix: shares by weight, a part's samples reshuffled and taken round again, the loader reads it", function()
+    local function ds(first, n)
+        local smp = {}
+        for i = 1, n do smp[i] = { ids = { first + i, first + i, first + i } } end
+        return lt.data.tokens.from_samples(smp)
+    end
+    local a, b = ds(100, 8), ds(200, 2)
+    local m = lt.data.mix({ { ds = a, weight = 0.7, name = "a" }, { ds = b, weight = 0.3, name = "b" } }, 5)
+    T.eq(m.n, 10, "as many samples as the parts together")
+    T.eq({ m.meta.parts[1].samples, m.meta.parts[2].samples }, { 7, 3 })
+    local from_b, seen_a = {}, {}
+    for i = 1, m.n do
+        local ids = m:sample_table(i)
+        if ids[1] > 200 then from_b[#from_b + 1] = ids[1] else seen_a[ids[1]] = (seen_a[ids[1]] or 0) + 1 end
+    end
+    T.eq(#from_b, 3, "b's share")
+    -- b has 2 samples for 3 places: one of them twice, both at least once
+    table.sort(from_b)
+    T.ok(from_b[1] == 201 and from_b[3] == 202, "b taken round again")
+    local distinct = 0
+    for _, c in pairs(seen_a) do distinct = distinct + 1 T.eq(c, 1, "a's samples at most once") end
+    T.eq(distinct, 7)
+    -- the same seed, the same mixture
+    local m2 = lt.data.mix({ { ds = a, weight = 0.7 }, { ds = b, weight = 0.3 } }, 5)
+    for i = 1, m.n do T.eq(m2:sample_table(i), m:sample_table(i)) end
+    T.eq(m.total, 30)
+    -- the loader takes it as a dataset (sample indices as int64)
+    local l = lt.data.loader(m, { batch_size = 2, seq_len = 8, shuffle = true, seed = 1 })
+    T.ok(l:next() ~= nil, "a batch")
+    T.raises(function() lt.data.mix({ { ds = a, weight = 0 } }) end, "weight must be a positive number")
+end)
+
 T.test("records: a bad line names file:line and the problem; skip_bad_lines counts it", function()
     local p = tmpfile('{"text": "ok"}\n{"text": 3}\n{"text": "fine"}\n{"text": "unterminated\n[1, 2]\n{"text": "x", "text": "y"}\n')
     local err = T.raises(function()

@@ -29,6 +29,7 @@ M.templates = require "luatrain.data.templates"
 M.tokens = require "luatrain.data.tokens"
 M.load = M.tokens.load
 M.build = M.tokens.build
+M.mix = M.tokens.mix
 M.loader = require("luatrain.data.loader").new
 
 function M.byte_stream(text)

@@ -116,6 +116,79 @@ function Dataset:max_len()
     return m
 end
 
+-- ---- several datasets mixed -----------------------------------------------------------------
+
+local Mix = setmetatable({}, { __index = Dataset })
+Mix.__index = Mix
+
+--[[ Datasets mixed by weight: parts = { { ds = dataset, weight = w, name = ... }, ... }. The
+mixture has as many samples as the parts together; part i gives round(w_i / sum(w) * that)
+of them, its own in an order shuffled from `seed` and taken round again when it has fewer
+than its share (the loader shuffles the mixture again, by its own seed). Nothing is copied:
+sample i is a part's sample. meta.parts lists each part's samples and share. ]]
+function M.mix(parts, seed)
+    if type(parts) ~= "table" or #parts == 0 then error("tokens.mix: parts must be a non-empty list", 2) end
+    local N, W = 0, 0
+    for i, p in ipairs(parts) do
+        if type(p.weight) ~= "number" or not (p.weight > 0) then
+            error(("tokens.mix: part %d (%s): weight must be a positive number"):format(i, tostring(p.name)), 2)
+        end
+        N, W = N + p.ds.n, W + p.weight
+    end
+    -- shares rounded, the remainder to the largest weight, so they add up to N
+    local counts, given, biggest = {}, 0, 1
+    for i, p in ipairs(parts) do
+        counts[i] = math.floor(p.weight / W * N + 0.5)
+        given = given + counts[i]
+        if p.weight > parts[biggest].weight then biggest = i end
+    end
+    counts[biggest] = counts[biggest] + N - given
+    local state = (seed or 0) % 2147483647 + 1
+    local function rand(n) -- Park-Miller, deterministic everywhere
+        state = state * 16807 % 2147483647
+        return state % n + 1
+    end
+    local where_ds, where_i = {}, {}
+    local meta = { parts = {}, samples = N }
+    local total = 0
+    for i, p in ipairs(parts) do
+        local order = {}
+        for k = 1, p.ds.n do order[k] = k end
+        for k = p.ds.n, 2, -1 do
+            local j = rand(k)
+            order[k], order[j] = order[j], order[k]
+        end
+        for k = 1, counts[i] do
+            where_ds[#where_ds + 1] = p.ds
+            local idx = order[(k - 1) % p.ds.n + 1]
+            where_i[#where_i + 1] = idx
+            total = total + p.ds:sample_len(idx)
+        end
+        meta.parts[i] = { name = p.name, samples = counts[i], of = p.ds.n, share = counts[i] / math.max(N, 1) }
+    end
+    return setmetatable({ n = #where_ds, total = total, where_ds = where_ds, where_i = where_i, parts = parts,
+        meta = meta }, Mix)
+end
+
+-- (i may be an int64 cdata, as the loader's sample order holds them)
+function Mix:sample(i)
+    i = tonumber(i)
+    return self.where_ds[i]:sample(self.where_i[i])
+end
+function Mix:sample_len(i)
+    i = tonumber(i)
+    return self.where_ds[i]:sample_len(self.where_i[i])
+end
+function Mix:max_len()
+    local m = 0
+    for _, p in ipairs(self.parts) do m = math.max(m, p.ds:max_len()) end
+    return m
+end
+function Mix:close()
+    for _, p in ipairs(self.parts) do p.ds:close() end
+    self.n, self.total = 0, 0
+end
+
 -- Release the mappings now (an unnamed dataset's files go with them); the dataset is then
 -- empty and sample() is an error.
 function Dataset:close()
