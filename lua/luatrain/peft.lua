@@ -58,12 +58,25 @@ local function targeted(target, name)
     error("lora: target must be \"all-linear\", a list of module names or a Lua pattern", 3)
 end
 
+-- PEFT's per-module keys (rank_pattern, alpha_pattern, exclude_modules): a key names a module
+-- by its full name or a dotted tail of it ("q_proj", "layers.0.self_attn.q_proj"), as PEFT's
+-- match of (.*\.)?key$ does for literal keys. The value of the longest matching key, or nil.
+local function pattern_value(map, name)
+    local best, len
+    for key, v in pairs(map or {}) do
+        if (name == key or name:sub(-#key - 1) == "." .. key) and (not len or #key > len) then best, len = v, #key end
+    end
+    return best
+end
+
 local function python_regex_escape(s)
     return (s:gsub("[%.%^%$%*%+%?%(%)%[%]%{%}%|\\]", "\\%0"))
 end
 
 -- Replace the targeted linear layers with LoRALinear. Returns the list of full names.
--- opts: r, alpha, dropout, rslora, dora, init, target ("all-linear"), layers_to_transform.
+-- opts: r, alpha, dropout, rslora, dora, init, target ("all-linear"), layers_to_transform,
+-- rank_pattern and alpha_pattern ({ [name] = r or alpha }: a module's own, by its full name or
+-- a dotted tail, as PEFT's keys), exclude ({ names }: modules left out whatever target says).
 function M.apply(model, opts)
     opts = opts or {}
     local target = opts.target or "all-linear"
@@ -85,6 +98,17 @@ function M.apply(model, opts)
         error(("lora: the target %s matches no linear layer"):format(
             type(target) == "table" and ("{" .. table.concat(target, ", ") .. "}") or ("%q"):format(target)), 2)
     end
+    -- exclude_modules: names (or dotted tails) kept out whatever target says
+    if opts.exclude then
+        local ex = {}
+        for _, e in ipairs(opts.exclude) do ex[e] = true end
+        local kept = {}
+        for _, c in ipairs(chosen) do
+            if not pattern_value(ex, c.full) then kept[#kept + 1] = c end
+        end
+        chosen = kept
+        if #chosen == 0 then error("lora: exclude_modules leaves no layer to adapt", 2) end
+    end
     -- every adapter is checked before any is made: a wrong rank fails without allocating
     local r = opts.r or 8
     if type(r) ~= "number" or r < 1 or r ~= math.floor(r) then
@@ -93,9 +117,13 @@ function M.apply(model, opts)
     for _, c in ipairs(chosen) do
         local m = c.module
         local smallest = math.min(m.in_features, m.out_features)
-        if r > smallest then
+        local rm = pattern_value(opts.rank_pattern, c.full) or r
+        if type(rm) ~= "number" or rm < 1 or rm ~= math.floor(rm) then
+            error(("lora: rank_pattern gives %s r=%s; a positive integer is wanted"):format(c.full, tostring(rm)), 2)
+        end
+        if rm > smallest then
             error(("lora: r=%d is larger than %s's smaller dimension (in %d, out %d): a rank above it adds parameters, not expressiveness"):format(
-                r, c.full, m.in_features, m.out_features), 2)
+                rm, c.full, m.in_features, m.out_features), 2)
         end
     end
     local alpha = opts.alpha or 16
@@ -109,7 +137,15 @@ function M.apply(model, opts)
     model:requires_grad(false)
     local names, short = {}, {}
     for _, c in ipairs(chosen) do
-        local lora = nnlora.LoRALinear(c.module, opts)
+        -- rank_pattern / alpha_pattern: this module's own r and alpha (PEFT's per-module keys)
+        local o = opts
+        local rm, am = pattern_value(opts.rank_pattern, c.full), pattern_value(opts.alpha_pattern, c.full)
+        if rm or am then
+            o = {}
+            for k, v in pairs(opts) do o[k] = v end
+            o.r, o.alpha = rm or opts.r, am or opts.alpha
+        end
+        local lora = nnlora.LoRALinear(c.module, o)
         -- adapters start where the layer they wrap is, in its precision
         local dev = c.module:device()
         if dev ~= "cpu" then lora:to(dev) end
@@ -139,7 +175,8 @@ function M.apply(model, opts)
         r = opts.r or 8, lora_alpha = opts.alpha or 16, lora_dropout = opts.dropout or 0,
         use_rslora = opts.rslora and true or false, use_dora = opts.dora and true or false,
         target_modules = target_modules, layers_to_transform = opts.layers_to_transform,
-        init = opts.init,
+        init = opts.init, rank_pattern = opts.rank_pattern, alpha_pattern = opts.alpha_pattern,
+        exclude_modules = opts.exclude,
     }
     return names
 end
@@ -166,7 +203,9 @@ local function peft_config(model, opts)
         init_lora_weights = c.init == "gaussian" and "gaussian" or true,
         base_model_name_or_path = opts.base_model_name_or_path or model.source or json.null,
         layers_to_transform = lt_list, layers_pattern = json.null, modules_to_save = json.null,
-        rank_pattern = {}, alpha_pattern = {}, revision = json.null, megatron_config = json.null,
+        rank_pattern = c.rank_pattern or {}, alpha_pattern = c.alpha_pattern or {},
+        exclude_modules = c.exclude_modules and json.array(c.exclude_modules) or json.null,
+        revision = json.null, megatron_config = json.null,
         megatron_core = "megatron.core", loftq_config = {}, layer_replication = json.null,
     }
 end
@@ -234,10 +273,39 @@ function M.read_config(dir)
     if c.bias and c.bias ~= "none" then
         error(("%s: bias %q is not supported (only \"none\")"):format(path, tostring(c.bias)), 0)
     end
+    -- per-module ranks and alphas: keys naming modules (literal names or dotted tails)
+    local patterns = {}
     for _, key in ipairs({ "rank_pattern", "alpha_pattern" }) do
-        if type(c[key]) == "table" and next(c[key]) ~= nil then
-            error(("%s: %s (per-module ranks) is not supported"):format(path, key), 0)
+        local v = c[key]
+        if v ~= nil and v ~= json.null then
+            if type(v) ~= "table" or (json.is_array(v) and next(v) ~= nil) then
+                error(("%s: %s must be an object of module name -> number"):format(path, key), 0)
+            end
+            for k, n in pairs(v) do
+                if type(n) ~= "number" or not (n > 0) then
+                    error(("%s: %s[%q] must be a positive number, got %s"):format(path, key, k, json.encode(n)), 0)
+                end
+                if k:find("[%^%$%*%+%?%(%)%[%]%{%}%|\\]") then
+                    error(("%s: %s key %q is a regular expression luatrain cannot read; name the module"):format(
+                        path, key, k), 0)
+                end
+            end
+            if next(v) ~= nil then patterns[key] = v end
         end
+    end
+    local exclude
+    if c.exclude_modules ~= nil and c.exclude_modules ~= json.null then
+        local v = c.exclude_modules
+        if type(v) == "string" then v = { v } end
+        if type(v) ~= "table" then error(path .. ": exclude_modules must be a list of module names", 0) end
+        exclude = {}
+        for i, e in ipairs(v) do
+            if type(e) ~= "string" or e:find("[%^%$%*%+%?%(%)%[%]%{%}%|\\]") then
+                error(("%s: exclude_modules[%d] must be a module name, got %s"):format(path, i, json.encode(e)), 0)
+            end
+            exclude[i] = e
+        end
+        if #exclude == 0 then exclude = nil end
     end
     if c.modules_to_save ~= nil and c.modules_to_save ~= json.null then
         error(path .. ": modules_to_save (fully trained extra modules) is not supported", 0)
@@ -249,7 +317,7 @@ function M.read_config(dir)
         if type(v) == "table" then return next(v) ~= nil end
         return true
     end
-    for _, key in ipairs({ "lora_bias", "exclude_modules", "target_parameters", "trainable_token_indices",
+    for _, key in ipairs({ "lora_bias", "target_parameters", "trainable_token_indices",
         "layer_replication", "use_qalora", "alora_invocation_tokens" }) do
         if set(c[key]) then
             error(("%s: %s = %s is not supported"):format(path, key, json.encode(c[key])), 0)
@@ -290,7 +358,8 @@ function M.read_config(dir)
         r = num("r", 8, posint, "a positive integer"), alpha = num("lora_alpha", 8, positive, "a positive number"),
         dropout = num("lora_dropout", 0, prob, "in [0, 1)"),
         rslora = c.use_rslora == true, dora = c.use_dora == true, target = target,
-        layers_to_transform = layers_list, raw = c,
+        layers_to_transform = layers_list, rank_pattern = patterns.rank_pattern, alpha_pattern = patterns.alpha_pattern,
+        exclude = exclude, raw = c,
     }
 end
 
@@ -332,7 +401,8 @@ function M.load(model, dir, opts)
         for n in pairs(set) do target[#target + 1] = n end
     end
     M.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout, rslora = cfg.rslora,
-        dora = cfg.dora, target = target, layers_to_transform = cfg.layers_to_transform })
+        dora = cfg.dora, target = target, layers_to_transform = cfg.layers_to_transform,
+        rank_pattern = cfg.rank_pattern, alpha_pattern = cfg.alpha_pattern, exclude = cfg.exclude })
     local file = dir .. "/adapter_model.safetensors"
     local tensors = safetensors.load(file)
     local own = M.adapter_state(model)
@@ -431,7 +501,8 @@ function M.add_adapter(model, name, dir)
     local used = {}
     for _, e in ipairs(M.layers(model)) do
         local full, m = e[1], e[2]
-        local s = m:add_slot(name, { r = cfg.r, alpha = cfg.alpha, rslora = cfg.rslora, empty = not want[full] })
+        local s = m:add_slot(name, { r = pattern_value(cfg.rank_pattern, full) or cfg.r,
+            alpha = pattern_value(cfg.alpha_pattern, full) or cfg.alpha, rslora = cfg.rslora, empty = not want[full] })
         if not s.empty then
             for _, part in ipairs({ "A", "B" }) do
                 local key = PREFIX .. full .. ".lora_" .. part .. ".weight"
