@@ -47,6 +47,8 @@ local cfg = lt.config {
     accuracy = { true, "score exact-match answers on the held-out questions" },
     eval_samples = { 0, "questions scored (0: all)", type = "int", min = 0 },
     output_dir = { "runs/rank_sweep", "where the results, charts and report go", nonempty = true },
+    resume = { "", "auto: ranks a previous run of this sweep finished (output_dir/rank-R.json) are taken as they "
+        .. "are, the others run", choices = { "", "auto" } },
     seed = { 1234, "seed (the same for every rank)", type = "int" },
     threads = { 0, "CPU threads (0: one per CPU this process may run on)", type = "int" },
     device = { "cpu", "where training runs: cpu, cuda or cuda:N" },
@@ -96,14 +98,15 @@ end
 print(("lora_rank_sweep: %s, ranks %s, %d steps each, %d training samples, %d held-out questions"):format(
     cfg.model, table.concat(ranks, ", "), cfg.steps, train_ds.n, #questions))
 
-local results = {}
-for _, r in ipairs(ranks) do
+-- one rank's fine-tune, measured
+local function train_rank(r)
     lt.manual_seed(cfg.seed)
     local model = lt.llama.from_pretrained(cfg.model, { quant = quant, dtype = quant and "bf16" or "f32" })
     if cfg.offload_activations and not cfg.gradient_checkpointing then
-    error(lt.config.usage_error("offload_activations=true needs gradient_checkpointing=true (it offloads the checkpointed inputs)"), 0)
-end
-if cfg.gradient_checkpointing then model:gradient_checkpointing(true, { offload = cfg.offload_activations }) end
+        error(lt.config.usage_error(
+            "offload_activations=true needs gradient_checkpointing=true (it offloads the checkpointed inputs)"), 0)
+    end
+    if cfg.gradient_checkpointing then model:gradient_checkpointing(true, { offload = cfg.offload_activations }) end
     local alpha = cfg.alpha_ratio > 0 and cfg.alpha_ratio * r or cfg.alpha
     lt.lora.apply(model, { r = r, alpha = alpha, dropout = cfg.dropout, target = cfg.target })
     model:to(cfg.device)
@@ -120,10 +123,26 @@ if cfg.gradient_checkpointing then model:gradient_checkpointing(true, { offload 
     -- final training loss: the mean over the last tenth of the steps (one batch is noisy)
     local tail, sum = math.max(1, math.floor(#res.loss_curve / 10)), 0
     for i = #res.loss_curve - tail + 1, #res.loss_curve do sum = sum + res.loss_curve[i] end
-    results[#results + 1] = { rank = r, alpha = alpha, trainable = res.trainable, final_loss = sum / tail,
+    local result = { rank = r, alpha = alpha, trainable = res.trainable, final_loss = sum / tail,
         eval_loss = res.eval_loss, accuracy = acc, step_time_ms = 1000 * res.step_time,
         tokens_per_s = res.tokens_per_s, peak_bytes = res.peak_bytes, loss_curve = res.loss_curve }
     release(model, res)
+    return result
+end
+
+local results = {}
+-- resume=auto: a rank's result, written when it finished, stands for its run
+local function done_path(r) return ("%s/rank-%d.json"):format(cfg.output_dir, r) end
+for _, r in ipairs(ranks) do
+    local prev = cfg.resume == "auto" and io.open(done_path(r), "r")
+    if prev then
+        results[#results + 1] = lt.json.decode(prev:read("*a"), done_path(r))
+        prev:close()
+        print(("rank %d: finished before (%s), taken as it is"):format(r, done_path(r)))
+    else
+        results[#results + 1] = train_rank(r)
+        lt.fs.write_atomic(done_path(r), lt.json.encode(results[#results]) .. "\n")
+    end
 end
 
 -- ---- files --------------------------------------------------------------------------------

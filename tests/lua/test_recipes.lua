@@ -217,6 +217,18 @@ T.test("lora_rank_sweep.lua: JSONL, CSV, charts and a page Chromium renders", fu
         T.ok(svg:find("^<svg") or svg:find("^<%?xml"), f .. ".svg is an SVG document")
     end
     T.ok(out:find("rank%s+alpha%s+trainable"), "the table is printed")
+    -- resume=auto with one more rank: the three finished ranks are taken as they are
+    local rc2, out2, err2 = recipe({ "recipes/lora_rank_sweep.lua", "output_dir=" .. dir, "steps=4",
+        "ranks=" .. table.concat(ranks, ",") .. ",1", "eval_samples=4", "resume=auto" })
+    T.eq(rc2, 0, out2 .. err2)
+    for _, r in ipairs(ranks) do
+        T.ok(out2:find(("rank %d: finished before"):format(r), 1, true) ~= nil, "rank " .. r .. " taken:\n" .. out2)
+    end
+    T.ok(not out2:find("rank 1: finished before", 1, true), "rank 1 ran")
+    local again = {}
+    for line in io.lines(dir .. "/results.jsonl") do again[#again + 1] = lt.json.decode(line) end
+    T.eq(#again, 4)
+    T.eq(again[2].peak_bytes, records[2].peak_bytes, "rank 4's result as measured the first time")
 
     local page = T.slurp(dir .. "/report.html")
     if not B.which("chromium") then
