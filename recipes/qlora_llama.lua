@@ -48,6 +48,9 @@ local cfg = lt.config {
     target = { "all-linear", "adapted layers: all-linear, a comma list (q_proj,v_proj) or a Lua pattern" },
     rslora = { false, "scale by alpha / sqrt(r) (rsLoRA)" },
     dora = { false, "DoRA: learn a magnitude per output as well" },
+    init = { "kaiming", "how adapters start: B = 0 beside a kaiming or gaussian A, or from the weight's own "
+        .. "directions (olora: its QR, pissa: its top singular triplets; these rewrite the base, so quant=none)",
+        choices = { "kaiming", "gaussian", "olora", "pissa" } },
     batch_size = { 8, "sequences per micro-batch (packed into one row)", type = "int", min = 1 },
     seq_len = { 128, "tokens per sequence slot", type = "int", min = 2 },
     gradient_checkpointing = { true, "gradient checkpointing: keep one decoder layer's activations, re-run its forward in backward" },
@@ -113,6 +116,9 @@ need(cfg.offload ~= "nvme" or cfg.optim == "adamw", "offload=nvme moves AdamW's 
 need(cfg.offload ~= "cpu" or cfg.optim == "adamw" or cfg.optim == "adamw_8bit",
     "offload=cpu updates the optimizer on the host: use optim=adamw or adamw_8bit (the paged ones live there already)")
 need(cfg.offload ~= "nvme" or cfg.offload_dir ~= "", "offload=nvme needs offload_dir= (a folder on a fast disk)")
+need(not (cfg.init == "olora" or cfg.init == "pissa") or (cfg.quant == "none" and not cfg.shard_base and not cfg.dora),
+    ("init=%s moves the weight's leading directions into the adapter and rewrites the base: it needs quant=none, "
+    .. "and neither shard_base nor dora"):format(cfg.init))
 need(not (cfg.vocab_parallel and cfg.zero > 0), "vocab_parallel=true makes the ranks one model: zero=0 with it")
 need(cfg.zero == 0 or cfg.optim == "adamw" or cfg.optim == "paged_adamw", ("zero=%d with optim=%s is not supported "
     .. "yet (ZeRO shards 32-bit AdamW state, resident or paged; use zero=0, optim=adamw or optim=paged_adamw)"):format(
@@ -247,7 +253,7 @@ elseif target:match("^[%w_]+$") and target ~= "all-linear" then
     target = { target }
 end
 local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout,
-    target = target, rslora = cfg.rslora, dora = cfg.dora })
+    target = target, rslora = cfg.rslora, dora = cfg.dora, init = cfg.init })
 model:to(cfg.device)
 lt.amp.apply(model, policy)
 -- vocab_parallel: each rank keeps its rows of the vocabulary matrices

@@ -581,7 +581,9 @@ function M.export_lora(model, path, opts)
         local hf, m = e[1], e[2]
         if m.dora then error(("gguf.export_lora: %s is a DoRA adapter, which llama.cpp cannot apply"):format(hf), 2) end
         if m.merged then error(("gguf.export_lora: %s is merged into its weight; unmerge it first"):format(hf), 2) end
-        local a = m.scaling * m.r
+        -- OLoRA/PiSSA layers go out as adapters of the original base (rank 2r, see plain_pair)
+        local A, B, r = m:plain_pair()
+        local a = m.scaling * r
         if alpha and math.abs(alpha - a) > 1e-6 * math.abs(a) then
             error(("gguf.export_lora: %s scales by %g but others by %g: llama.cpp takes one alpha per file"):format(
                 hf, m.scaling, alpha / m.r), 2)
@@ -590,13 +592,12 @@ function M.export_lora(model, path, opts)
         local name = M.gguf_name(hf .. ".weight")
         if not name then error(("gguf.export_lora: no llama.cpp name for %s"):format(hf), 2) end
         local heads = heads_of(hf, c)
-        local A, B = m.lora_A.weight, m.lora_B.weight
-        tensors[#tensors + 1] = { name = name .. ".lora_a", dims = { m.in_features, m.r }, type = q, data = function()
+        tensors[#tensors + 1] = { name = name .. ".lora_a", dims = { m.in_features, r }, type = q, data = function()
             local x = tensor.empty(A:shape())
             x:copy_(A)
             return x
         end }
-        tensors[#tensors + 1] = { name = name .. ".lora_b", dims = { m.r, m.out_features }, type = q, data = function()
+        tensors[#tensors + 1] = { name = name .. ".lora_b", dims = { r, m.out_features }, type = q, data = function()
             local x = tensor.empty(B:shape())
             x:copy_(B)
             if heads then

@@ -192,8 +192,27 @@ function M.adapter_state(model)
     return out
 end
 
+-- An OLoRA/PiSSA adapter is saved as a plain one of twice the rank, alpha raised to keep
+-- each layer's scale (alpha / r, or alpha / sqrt(r) with rsLoRA).
+local function principal_config(c)
+    local k = c.use_rslora and math.sqrt(2) or 2
+    local function scaled(map, f)
+        if not map then return nil end
+        local o = {}
+        for key, v in pairs(map) do o[key] = f(v) end
+        return o
+    end
+    local o = {}
+    for key, v in pairs(c) do o[key] = v end
+    o.r, o.lora_alpha, o.init = 2 * c.r, k * c.lora_alpha, nil
+    o.rank_pattern = scaled(c.rank_pattern, function(v) return 2 * v end)
+    o.alpha_pattern = scaled(c.alpha_pattern, function(v) return k * v end)
+    return o
+end
+
 local function peft_config(model, opts)
     local c = model.lora_config
+    if c.init == "olora" or c.init == "pissa" then c = principal_config(c) end
     local lt_list = c.layers_to_transform and json.array(c.layers_to_transform) or json.null
     return {
         peft_type = "LORA", task_type = "CAUSAL_LM", r = c.r, lora_alpha = c.lora_alpha,
@@ -229,9 +248,19 @@ function M.save(model, dir, opts)
     local point = ("adapter %d "):format(saves)
     local tmp = fs.make_temp_dir(dir)
     local ok, err = pcall(function()
-        local tensors = {}
+        local tensors, owned = {}, {}
         for name, t in pairs(M.adapter_state(model)) do tensors[PREFIX .. name] = t end
+        -- OLoRA/PiSSA layers are written as adapters of the original base (see plain_pair)
+        for _, e in ipairs(M.layers(model)) do
+            local m = e[2]
+            if m.init_A then
+                local A, B = m:plain_pair()
+                tensors[PREFIX .. e[1] .. ".lora_A.weight"], tensors[PREFIX .. e[1] .. ".lora_B.weight"] = A, B
+                owned[#owned + 1], owned[#owned + 2] = A, B
+            end
+        end
         safetensors.save(tmp .. "/adapter_model.safetensors", tensors, { format = "pt" })
+        for _, t in ipairs(owned) do t:free() end
         fs.test_point(point .. "weights")
         fs.write_atomic(tmp .. "/adapter_config.json", json.encode(peft_config(model, opts), { indent = 2 }) .. "\n")
         fs.test_point(point .. "config")

@@ -306,6 +306,75 @@ T.test("export_merged writes a bf16 Hugging Face model equal to base + adapter",
     os.execute("rm -rf " .. dir)
 end)
 
+T.test("OLoRA and PiSSA start from the weight's own directions and save as adapters of the original base", function()
+    local nnlora, layers = require "luatrain.nn.lora", require "luatrain.nn.layers"
+    -- a weight whose singular values and vectors are known: S_i at (p_i, q_i), signs mixed;
+    -- the gap after the third (7 to 5) lets 16 rounds of subspace iteration converge
+    local S = { 3, 9, 1, 7, 5, 8, 2, 4 }
+    local P, Q = { 2, 5, 7, 1, 9, 12, 16, 3 }, { 4, 20, 1, 13, 8, 24, 17, 10 }
+    local base = layers.Linear(24, 16, { weight = lt.zeros(16, 24) })
+    for i, s in ipairs(S) do base.weight[P[i]][Q[i]] = (i % 2 == 0) and -s or s end
+    local W0 = base.weight:clone()
+    local l = nnlora.LoRALinear(base, { r = 3, alpha = 6, init = "pissa" })
+    -- s B A is the top three (9, 8, 7); the base keeps the rest
+    local top = lt.zeros(16, 24)
+    for i, s in ipairs(S) do if s >= 7 then top[P[i]][Q[i]] = W0[P[i]][Q[i]] end end
+    local sba = lt.zeros(16, 24)
+    lt.ops.matmul(l.lora_B.weight, l.lora_A.weight, { out = sba, alpha = l.scaling })
+    local d = T.diff(sba, top)
+    T.ok(d < 1e-4, ("PiSSA's s B A is the best rank-3 part (max |diff| %.3g)"):format(d))
+    T.ok(T.diff(l:merged_weight(), W0) < 1e-5, "base + s B A is the weight it started from")
+    -- OLoRA on a random weight: B's columns orthonormal, nothing changed at the start
+    local rb = layers.Linear(24, 16)
+    rb.weight:normal_(0, 1)
+    local R0 = rb.weight:clone()
+    local o = nnlora.LoRALinear(rb, { r = 4, alpha = 8, init = "olora" })
+    local btb = lt.ops.matmul(o.lora_B.weight:t():contiguous(), o.lora_B.weight)
+    local eye = lt.zeros(4, 4)
+    for i = 1, 4 do eye[i][i] = 1 end
+    T.ok(T.diff(btb, eye) < 1e-5, "OLoRA's B has orthonormal columns")
+    T.ok(T.diff(o:merged_weight(), R0) < 1e-5, "OLoRA: base + s B A is the weight it started from")
+    T.raises(function() nnlora.LoRALinear(layers.Linear(8, 8), { r = 2, init = "pissa", dora = true }) end,
+        "init=pissa and DoRA do not combine", true)
+    -- in a model: same logits at the start; after training the saved adapter is a plain one
+    -- (rank 2r) that gives the trained logits on the original base
+    for _, kind in ipairs({ "olora", "pissa" }) do
+        local dir = tmpdir()
+        lt.manual_seed(12)
+        local m = lt.llama.new(CFG)
+        m:eval()
+        local ids = lt.randint(0, 50, 1, 6)
+        local before = m:forward(ids):clone()
+        lt.lora.apply(m, { r = 4, alpha = 8, init = kind })
+        rel_close(m:forward(ids), before, 1e-5, kind .. ": logits at the start")
+        for _, r in ipairs(m:parameters()) do
+            if r.name:find("lora_[AB]") then
+                local n = lt.empty(r.param:shape())
+                n:normal_(0, 0.02)
+                r.param:add_(n)
+                n:free()
+            end
+        end
+        local want = m:forward(ids):clone()
+        lt.lora.save(m, dir)
+        local cfg = lt.json.read_file(dir .. "/adapter_config.json")
+        T.eq({ cfg.r, cfg.lora_alpha, cfg.init_lora_weights }, { 8, 16, true })
+        lt.manual_seed(12)
+        local fresh = lt.llama.new(CFG)
+        lt.lora.load(fresh, dir)
+        fresh:eval()
+        rel_close(fresh:forward(ids), want, 1e-5, kind .. ": saved adapter on the original base")
+        -- building it again splits the weights the same way (a resume rebuilds the model)
+        lt.manual_seed(12)
+        local again = lt.llama.new(CFG)
+        lt.lora.apply(again, { r = 4, alpha = 8, init = kind })
+        local w1 = m.model.layers:get(1).self_attn.q_proj.weight
+        local w2 = again.model.layers:get(1).self_attn.q_proj.weight
+        T.ok(w1:equal(w2), kind .. ": the same residual base when built again")
+        os.execute("rm -rf " .. dir)
+    end
+end)
+
 T.test("a rank too large for a layer is refused before any adapter is made", function()
     local m = lt.llama.new(CFG)
     lt.memory.collect()

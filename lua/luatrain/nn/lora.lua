@@ -16,6 +16,7 @@ rows of A (a product with r rows).
 Names follow PEFT: a wrapped q_proj has parameters q_proj.weight (the frozen base),
 q_proj.lora_A.weight, q_proj.lora_B.weight (and q_proj.lora_magnitude_vector with DoRA).
 ]]
+local ffi = require "ffi"
 local core = require "luatrain.core"
 local tensor = require "luatrain.tensor"
 local F = require "luatrain.ops.nn"
@@ -64,8 +65,15 @@ function LoRALinear:init(base, opts)
     self:add_module("lora_B", Linear(r, self.out_features, { weight = tensor.zeros(self.out_features, r) }))
     if opts.init == "gaussian" then
         self.lora_A.weight:normal_(0, 1 / r)
+    elseif opts.init == "olora" or opts.init == "pissa" then
+        if opts.dora then
+            error(("LoRA: init=%s and DoRA do not combine (DoRA's magnitude is of the base the adapter "
+                .. "rewrites)"):format(opts.init), 3)
+        end
+        self:_principal_init(opts.init, opts.pissa_niter or 16)
     elseif opts.init ~= nil and opts.init ~= "kaiming" then
-        error(("LoRA: init must be \"kaiming\" or \"gaussian\", got %q"):format(tostring(opts.init)), 3)
+        error(("LoRA: init must be \"kaiming\", \"gaussian\", \"olora\" or \"pissa\", got %q"):format(
+            tostring(opts.init)), 3)
     end
     self.dora = opts.dora and true or false
     if self.dora then
@@ -79,6 +87,187 @@ function LoRALinear:init(base, opts)
         self._dora_base_sq = sq
         self:register_parameter("lora_magnitude_vector", sq:sqrt():view(self.out_features))
     end
+end
+
+-- ---- OLoRA and PiSSA: adapters that start from the weight's own directions ------------------
+
+-- Rows of m (k, n) made orthonormal in place, in order (modified Gram-Schmidt over rows,
+-- each step a matrix product against the rows before it); a row that vanishes stays zero.
+local function orthonormal_rows(m)
+    local k = m:size(1)
+    for i = 1, k do
+        local row = m:narrow(1, i, 1)
+        if i > 1 then
+            local prev = m:narrow(1, 1, i - 1)
+            for _ = 1, 2 do -- twice: orthogonal to working precision
+                local h = F.matmul(row, prev, { trans_b = true })          -- (1, i - 1)
+                F.matmul(h, prev, { out = row, alpha = -1, beta = 1 })     -- row -= h prev
+                h:free()
+            end
+            prev:free()
+        end
+        local nn = F.matmul(row, row, { trans_b = true })                   -- (1, 1)
+        local n = math.sqrt(nn[1][1])
+        nn:free()
+        if n > 0 then row:mul_(1 / n) end
+        row:free()
+    end
+    return m
+end
+
+-- SVD of a small square matrix m (r x r Lua table) by one-sided Jacobi rotations on its
+-- columns: m = U diag(S) V^T with S descending. Returns U, S, V as tables (U[i][j] = column j).
+local function small_svd(m, r)
+    local a, v = {}, {}
+    for i = 1, r do
+        a[i], v[i] = {}, {}
+        for j = 1, r do a[i][j], v[i][j] = m[i][j], i == j and 1 or 0 end
+    end
+    for _ = 1, 60 do
+        local rotated = false
+        for p = 1, r - 1 do
+            for q = p + 1, r do
+                local al, be, ga = 0, 0, 0
+                for i = 1, r do
+                    local x, y = a[i][p], a[i][q]
+                    al, be, ga = al + x * x, be + y * y, ga + x * y
+                end
+                if math.abs(ga) > 1e-15 * math.sqrt(al * be) and ga ~= 0 then
+                    rotated = true
+                    local zeta = (be - al) / (2 * ga)
+                    local t = (zeta >= 0 and 1 or -1) / (math.abs(zeta) + math.sqrt(1 + zeta * zeta))
+                    local c = 1 / math.sqrt(1 + t * t)
+                    local sn = c * t
+                    for i = 1, r do
+                        local x, y = a[i][p], a[i][q]
+                        a[i][p], a[i][q] = c * x - sn * y, sn * x + c * y
+                        x, y = v[i][p], v[i][q]
+                        v[i][p], v[i][q] = c * x - sn * y, sn * x + c * y
+                    end
+                end
+            end
+        end
+        if not rotated then break end
+    end
+    local order, norms = {}, {}
+    for j = 1, r do
+        local n = 0
+        for i = 1, r do n = n + a[i][j] * a[i][j] end
+        norms[j], order[j] = math.sqrt(n), j
+    end
+    table.sort(order, function(x, y) return norms[x] > norms[y] end)
+    local U, S, V = {}, {}, {}
+    for i = 1, r do U[i], V[i] = {}, {} end
+    for k, j in ipairs(order) do
+        S[k] = norms[j]
+        for i = 1, r do
+            U[i][k] = norms[j] > 0 and a[i][j] / norms[j] or 0
+            V[i][k] = v[i][j]
+        end
+    end
+    return U, S, V
+end
+
+--[[ OLoRA (init = "olora"): W = Q R, B = Q's first r columns (orthonormal), A = their rows
+of R (A = B^T W). PiSSA (init = "pissa"): W's top r singular triplets, found by subspace
+iteration (niter rounds) and a Rayleigh-Ritz step: B = U sqrt(S / s), A = sqrt(S / s) V^T.
+Either way the base becomes W - s B A, so the model computes what it did before training; lt.lora.save turns the
+trained pair back into an adapter for the original W (see the peft module). Needs an
+unquantized base: the base changes. ]]
+function LoRALinear:_principal_init(kind, niter)
+    if self.qweight then
+        error(("LoRA: init=%s rewrites the base weight, which a quantized base cannot take; load the base "
+            .. "unquantized"):format(kind), 4)
+    end
+    local r, s = self.r, self.scaling
+    local W = self:_base_f32() -- (out, in), worked on in host memory once
+    if W.device ~= "cpu" then
+        local h = W:cpu()
+        W:free()
+        W = h
+    end
+    local A, B
+    if kind == "olora" then
+        -- B^T: W's first r columns as rows, made orthonormal (Q's first columns, transposed)
+        local bt = W:narrow(2, 1, r):t():contiguous()                      -- (r, out)
+        orthonormal_rows(bt)
+        A = F.matmul(bt, W)                                                -- (r, in) = B^T W
+        B = bt:t():contiguous()                                            -- (out, r)
+        bt:free()
+    else
+        -- subspace iteration: V (r, in) rows span W's top right singular vectors. The start
+        -- comes from its own fixed seed, so building the model again (a resume) gives the
+        -- same split of W, and the default stream is left as it was.
+        local V = tensor.empty({ r, self.in_features })
+        local g = ffi.new("lt_rng")
+        C.lt_rng_seed(g, 0x915A + r)
+        V:normal_(0, 1, g)
+        orthonormal_rows(V)
+        local U
+        for _ = 1, niter do
+            if U then U:free() end
+            U = F.matmul(V, W, { trans_b = true })                         -- (r, out) = V W^T
+            orthonormal_rows(U)
+            local V2 = F.matmul(U, W)                                      -- (r, in) = U W
+            V:free()
+            V = orthonormal_rows(V2)
+        end
+        -- Rayleigh-Ritz: U W V^T (r, r) = Us diag(S) Vs^T, so the rows Us^T U and Vs^T V are
+        -- W's singular vectors within the subspaces (the iteration alone only finds the
+        -- subspaces quickly; single vectors come at the rate S_(i+1) / S_i)
+        local UW = F.matmul(U, W)
+        local Mt = F.matmul(UW, V, { trans_b = true })                     -- (r, r)
+        UW:free()
+        local m = {}
+        for i = 1, r do
+            m[i] = {}
+            for j = 1, r do m[i][j] = Mt[i][j] end
+        end
+        Mt:free()
+        local us, sv, vs = small_svd(m, r)                                 -- sorted, S >= 0
+        local ut, vt = {}, {}
+        for j = 1, r do
+            local k = math.sqrt(sv[j] / s)
+            ut[j], vt[j] = {}, {}
+            for i = 1, r do ut[j][i], vt[j][i] = us[i][j] * k, vs[i][j] * k end
+        end
+        local UT, VT = tensor.tensor(ut), tensor.tensor(vt)                -- (r, r) each
+        A = F.matmul(VT, V)                                                -- (r, in) = sqrt(S/s) V^T
+        local Bt = F.matmul(UT, U)                                         -- (r, out)
+        B = Bt:t():contiguous()                                            -- (out, r) = U sqrt(S/s)
+        for _, t in ipairs({ UT, VT, Bt, U, V }) do t:free() end
+    end
+    self.lora_A.weight:copy_(A)
+    self.lora_B.weight:copy_(B)
+    -- the base without what the adapter now holds: W - s B A
+    F.matmul(B, A, { out = W, alpha = -s, beta = 1 })
+    self.weight:copy_(W)
+    W:free()
+    -- the starting pair, for turning the trained one into an adapter of the original base
+    self.init_A, self.init_B = A, B
+    self.init_kind = kind
+end
+
+-- The adapter as one for the layer's original base, and its rank: (A (r', in), B (out, r'),
+-- r'). For OLoRA and PiSSA the trained pair (A, B) sits on W - s B0 A0, so the adapter of W is
+-- the pair stacked with the starting one, A' = [A; A0] (2r, in) and B' = [B, -B0] (out, 2r):
+-- s B' A' = s B A - s B0 A0 (fresh f32 host tensors). Otherwise the layer's own weights.
+function LoRALinear:plain_pair()
+    local A, B = self.lora_A.weight, self.lora_B.weight
+    if not self.init_A then return A, B, self.r end
+    local r = self.r
+    local A2 = tensor.empty({ 2 * r, self.in_features })
+    local B2 = tensor.empty({ self.out_features, 2 * r })
+    local function put(dst, src, neg)
+        dst:copy_(src)
+        if neg then dst:mul_(-1) end
+        dst:free()
+    end
+    put(A2:narrow(1, 1, r), A)
+    put(A2:narrow(1, r + 1, r), self.init_A)
+    put(B2:narrow(2, 1, r), B)
+    put(B2:narrow(2, r + 1, r), self.init_B, true)
+    return A2, B2, 2 * r
 end
 
 -- ---- several adapters on one layer -----------------------------------------------------------
