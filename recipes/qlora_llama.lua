@@ -451,6 +451,8 @@ if main then
         accuracy = acc_after, accuracy_before = acc_before, train_time = result.train_time,
         time = lt.fs.wall_time() })
     log:close()
+    -- the run on one page: loss, lr, grad norm, memory and throughput over steps
+    lt.report.write_run_report(cfg.output_dir)
 end
 pg:barrier()
 
@@ -465,6 +467,7 @@ say(("  exact-match         %.1f%% -> %.1f%% (%d -> %d of %d)"):format(100 * acc
 say(("  training            %d steps in %.1f s, %.0f tokens/s, peak memory %s"):format(result.steps,
     result.train_time, result.tokens_per_s, mb(result.peak_bytes)))
 say(("  adapter             %s (PEFT: adapter_config.json, adapter_model.safetensors)"):format(cfg.output_dir))
+say(("  report              %s/report.html, log.jsonl, tensorboard/"):format(cfg.output_dir))
 say(("  total time          %.1f s"):format(wall() - t_start))
 if pg.world > 1 then say(("  ranks               %d (zero=%d)"):format(pg.world, cfg.zero)) end
 lt.dist.shutdown()

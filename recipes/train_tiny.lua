@@ -216,6 +216,10 @@ if result.steps >= result.first_step then
         result.last_loss, wall() - t_start, result.tokens_per_s, lt.memory.format_bytes(result.peak_bytes)))
 end
 
+if cfg.output_dir ~= "" and main and result.steps >= result.first_step then
+    lt.report.write_run_report(cfg.output_dir)
+    say(("report: %s/report.html"):format(cfg.output_dir))
+end
 if cfg.save and cfg.output_dir ~= "" and main then
     lt.llama.save_pretrained(model, cfg.output_dir .. "/model")
     say("saved " .. cfg.output_dir .. "/model")

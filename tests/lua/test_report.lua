@@ -554,6 +554,50 @@ local function sweep_page()
         notes = { "Step time is the median over steps 10-3000.", "Peak memory is the caching allocator's peak." } }
 end
 
+T.test("a run's report.html: its log's steps over time, a resumed step's later record, the end and the settings", function()
+    local dir = tmpdir()
+    local recs = {}
+    for step = 1, 4 do
+        recs[#recs + 1] = { step = step, loss = 5 - step, lr = 1e-3 * step, grad_norm = 2, current_bytes = 2 ^ 20,
+            peak_bytes = 3 * 2 ^ 20, tokens_per_s = 1000, eval_loss = step == 2 and 4.5 or nil }
+    end
+    -- resumed from step 2: steps 3 and 4 logged again, the later ones winning
+    recs[#recs + 1] = { step = 3, loss = 1.25, lr = 3e-3, grad_norm = 2, current_bytes = 2 ^ 20,
+        peak_bytes = 5 * 2 ^ 20, tokens_per_s = 900 }
+    recs[#recs + 1] = { step = 4, loss = 0.75, lr = 4e-3, grad_norm = 2, current_bytes = 2 ^ 20,
+        peak_bytes = 5 * 2 ^ 20, tokens_per_s = 900, loss_scale = 1024 }
+    recs[#recs + 1] = { event = "end", steps = 4, eval_loss = 0.5, eval_loss_before = 6, accuracy = 0.75,
+        accuracy_before = 0, train_time = 2.5 }
+    report.write_jsonl(dir .. "/log.jsonl", recs)
+    report.write_text(dir .. "/run_config.json", json.encode({ recipe = "recipes/qlora_llama.lua", luatrain = "9.9",
+        started = "2026-12-07T00:00:00Z", settings = { model = "my/model", r = 8 },
+        machine = { cpu = "Test CPU", threads = 2 } }))
+    local path = report.write_run_report(dir)
+    T.eq(path, dir .. "/report.html")
+    local f = assert(io.open(path, "rb"))
+    local html = f:read("*a")
+    f:close()
+    for _, id in ipairs({ "loss", "lr", "grad-norm", "memory", "throughput", "loss-scale" }) do
+        T.ok(html:find(('data-chart="%s"'):format(id), 1, true), "chart " .. id)
+    end
+    T.ok(html:find('data-series="held-out"', 1, true), "the held-out loss is a series of the loss chart")
+    T.ok(html:find("0.7500", 1, true), "final training loss is the later record of step 4")
+    T.ok(html:find("5.00 MiB", 1, true), "peak memory over the run")
+    T.ok(html:find("75.0%", 1, true) and html:find("0.5000", 1, true), "the end record's numbers")
+    T.ok(html:find("Test CPU", 1, true) and html:find("r=8", 1, true) and html:find("luatrain 9.9", 1, true),
+        "machine, settings and version")
+    -- the loss line: four points (steps 1-4), not six
+    local loss_svg = html:match('data%-chart="loss".-</svg>')
+    local pts = loss_svg:match('data%-series="training"[^>]-points="([^"]*)"')
+        or loss_svg:match('points="([^"]*)"[^>]-data%-series="training"')
+    T.ok(pts, "the training series is drawn")
+    local n = 0
+    for _ in pts:gmatch("[%d.]+,[%d.]+") do n = n + 1 end
+    T.eq(n, 4, "one point per step")
+    T.raises(function() report.write_run_report(dir .. "/nothing") end, "cannot read", true)
+    os.execute("rm -rf " .. dir)
+end)
+
 T.test("the page is well-formed and self-contained", function()
     local page = sweep_page()
     T.eq(xml_check(page), "html")

@@ -301,12 +301,12 @@ T.test("train_tiny: checkpoint-<step> folders, keep_last, resume=auto", function
         T.luatrain(), small, out))
     T.eq(code, 0, text)
     T.ok(not text:find("resumed"), "nothing to resume yet:\n" .. text)
-    T.eq(names(out), { "checkpoint-4", "checkpoint-6", "log.jsonl", "run_config.json" })
+    T.eq(names(out), { "checkpoint-4", "checkpoint-6", "log.jsonl", "report.html", "run_config.json" })
     text, code = T.run(("%s recipes/train_tiny.lua %s steps=8 save_every=2 keep_last=2 resume=auto out=%s"):format(
         T.luatrain(), small, out))
     T.eq(code, 0, text)
     T.ok(text:find("resumed from " .. out .. "/checkpoint-6 at step 6", 1, true), text)
-    T.eq(names(out), { "checkpoint-6", "checkpoint-8", "log.jsonl", "run_config.json" })
+    T.eq(names(out), { "checkpoint-6", "checkpoint-8", "log.jsonl", "report.html", "run_config.json" })
     lt.fs.remove_tree(out)
 end)
 

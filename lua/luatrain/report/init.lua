@@ -40,6 +40,8 @@ Page and files
     report.write_text(path, text), report.write_csv(path, columns, rows),
     report.write_jsonl(path, records), report.print_table(columns, rows [, file]),
     report.format_table(columns, rows) -> text
+    report.write_run_report(dir) -> dir/report.html: one run's loss, lr, grad norm, memory
+        and throughput over steps from dir/log.jsonl (and dir/run_config.json), see report/run.lua
 Columns are names or { key =, title =, format =, best = "min"|"max" } (best marks the winning
 cell in the HTML table); a row is a sequence in column order or a table keyed by column key.
 CSV and JSONL hold the raw values; formats apply only to what a person reads (the HTML and
@@ -83,4 +85,5 @@ return {
     write_text = files.write_text,
     write_csv = files.write_csv,
     write_jsonl = files.write_jsonl,
+    write_run_report = require("luatrain.report.run").write,
 }
