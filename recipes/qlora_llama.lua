@@ -48,6 +48,8 @@ local cfg = lt.config {
     target = { "all-linear", "adapted layers: all-linear, a comma list (q_proj,v_proj) or a Lua pattern" },
     rslora = { false, "scale by alpha / sqrt(r) (rsLoRA)" },
     dora = { false, "DoRA: learn a magnitude per output as well" },
+    modules_to_save = { "", "modules trained whole beside the adapters and saved with them, a comma list "
+        .. "(lm_head,embed_tokens: for a new chat format or new tokens)" },
     init = { "kaiming", "how adapters start: B = 0 beside a kaiming or gaussian A, or from the weight's own "
         .. "directions (olora: its QR, pissa: its top singular triplets; these rewrite the base, so quant=none)",
         choices = { "kaiming", "gaussian", "olora", "pissa" } },
@@ -252,8 +254,13 @@ if target ~= "all-linear" and target:find(",") then
 elseif target:match("^[%w_]+$") and target ~= "all-linear" then
     target = { target }
 end
+local whole = nil
+for name in cfg.modules_to_save:gmatch("[^,%s]+") do
+    whole = whole or {}
+    whole[#whole + 1] = name
+end
 local adapted = lt.lora.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout,
-    target = target, rslora = cfg.rslora, dora = cfg.dora, init = cfg.init })
+    target = target, rslora = cfg.rslora, dora = cfg.dora, init = cfg.init, modules_to_save = whole })
 model:to(cfg.device)
 lt.amp.apply(model, policy)
 -- vocab_parallel: each rank keeps its rows of the vocabulary matrices

@@ -576,6 +576,10 @@ function M.export_lora(model, path, opts)
     local peft = require "luatrain.peft"
     local layers = peft.layers(model)
     if #layers == 0 then error("gguf.export_lora: the model has no LoRA adapters", 2) end
+    if model._whole_modules and #model._whole_modules > 0 then
+        error(("gguf.export_lora: %s are trained whole (modules_to_save), which a llama.cpp adapter cannot carry; "
+            .. "export a merged model instead"):format(table.concat(model._whole_modules, ", ")), 2)
+    end
     local tensors, alpha = {}, nil
     for _, e in ipairs(layers) do
         local hf, m = e[1], e[2]

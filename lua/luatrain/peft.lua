@@ -76,7 +76,9 @@ end
 -- Replace the targeted linear layers with LoRALinear. Returns the list of full names.
 -- opts: r, alpha, dropout, rslora, dora, init, target ("all-linear"), layers_to_transform,
 -- rank_pattern and alpha_pattern ({ [name] = r or alpha }: a module's own, by its full name or
--- a dotted tail, as PEFT's keys), exclude ({ names }: modules left out whatever target says).
+-- a dotted tail, as PEFT's keys), exclude ({ names }: modules left out whatever target says),
+-- modules_to_save ({ names }: modules trained whole and saved with the adapter, e.g. lm_head
+-- and embed_tokens for new tokens; with tied embeddings both names reach the one tensor).
 function M.apply(model, opts)
     opts = opts or {}
     local target = opts.target or "all-linear"
@@ -134,7 +136,35 @@ function M.apply(model, opts)
     if type(dropout) ~= "number" or not (dropout >= 0 and dropout < 1) then
         error(("lora: dropout must be in [0, 1), got %s"):format(tostring(dropout)), 2)
     end
+    -- modules_to_save: modules trained whole beside the adapters (PEFT's key: a name or a
+    -- dotted tail, e.g. lm_head, embed_tokens), resolved and checked before anything changes
+    local whole = {}
+    if opts.modules_to_save then
+        local picked = {}
+        for _, c in ipairs(chosen) do picked[c.full] = true end
+        for _, want in ipairs(opts.modules_to_save) do
+            local found = false
+            for _, e in ipairs(model:named_modules()) do
+                if e.name == want or e.name:sub(-(#want + 1)) == "." .. want then
+                    found = true
+                    if picked[e.name] then
+                        error(("lora: modules_to_save names %s, which LoRA adapts too; a module is adapted or "
+                            .. "trained whole, not both (leave it out of target or exclude it)"):format(e.name), 2)
+                    end
+                    if #e.module:named_parameters() == 0 then
+                        error(("lora: modules_to_save names %s, which has no trainable weights (a quantized layer: "
+                            .. "load it unquantized)"):format(e.name), 2)
+                    end
+                    whole[#whole + 1] = e
+                end
+            end
+            if not found then
+                error(("lora: modules_to_save names %q, which is no module of the model"):format(tostring(want)), 2)
+            end
+        end
+    end
     model:requires_grad(false)
+    for _, e in ipairs(whole) do e.module:requires_grad(true) end
     local names, short = {}, {}
     for _, c in ipairs(chosen) do
         -- rank_pattern / alpha_pattern: this module's own r and alpha (PEFT's per-module keys)
@@ -176,17 +206,26 @@ function M.apply(model, opts)
         use_rslora = opts.rslora and true or false, use_dora = opts.dora and true or false,
         target_modules = target_modules, layers_to_transform = opts.layers_to_transform,
         init = opts.init, rank_pattern = opts.rank_pattern, alpha_pattern = opts.alpha_pattern,
-        exclude_modules = opts.exclude,
+        exclude_modules = opts.exclude, modules_to_save = opts.modules_to_save,
     }
+    model._whole_modules = {}
+    for i, e in ipairs(whole) do model._whole_modules[i] = e.name end
     return names
 end
 
 -- The adapter parameters: name -> tensor, PEFT's names without the base_model prefix.
+-- With modules_to_save, those modules' own parameters too (lm_head.weight: PEFT's file names
+-- them without its wrapper).
 function M.adapter_state(model)
     local out = {}
+    local whole = model._whole_modules or {}
     for _, r in ipairs(model:named_parameters()) do
         if r.name:find("%.lora_[AB]%.weight$") or r.name:find("%.lora_magnitude_vector$") then
             out[r.name] = r.param
+        else
+            for _, w in ipairs(whole) do
+                if r.name:sub(1, #w + 1) == w .. "." then out[r.name] = r.param end
+            end
         end
     end
     return out
@@ -221,7 +260,8 @@ local function peft_config(model, opts)
         bias = "none", fan_in_fan_out = false, inference_mode = true,
         init_lora_weights = c.init == "gaussian" and "gaussian" or true,
         base_model_name_or_path = opts.base_model_name_or_path or model.source or json.null,
-        layers_to_transform = lt_list, layers_pattern = json.null, modules_to_save = json.null,
+        layers_to_transform = lt_list, layers_pattern = json.null,
+        modules_to_save = c.modules_to_save and json.array(c.modules_to_save) or json.null,
         rank_pattern = c.rank_pattern or {}, alpha_pattern = c.alpha_pattern or {},
         exclude_modules = c.exclude_modules and json.array(c.exclude_modules) or json.null,
         revision = json.null, megatron_config = json.null,
@@ -336,8 +376,19 @@ function M.read_config(dir)
         end
         if #exclude == 0 then exclude = nil end
     end
+    local whole
     if c.modules_to_save ~= nil and c.modules_to_save ~= json.null then
-        error(path .. ": modules_to_save (fully trained extra modules) is not supported", 0)
+        local v = c.modules_to_save
+        if type(v) == "string" then v = { v } end
+        if type(v) ~= "table" then error(path .. ": modules_to_save must be a list of module names", 0) end
+        whole = {}
+        for i, e in ipairs(v) do
+            if type(e) ~= "string" or e == "" then
+                error(("%s: modules_to_save[%d] must be a module name, got %s"):format(path, i, json.encode(e)), 0)
+            end
+            whole[i] = e
+        end
+        if #whole == 0 then whole = nil end
     end
     -- newer PEFT settings that change what the adapter computes: refused when set, since
     -- ignoring one would give other logits than PEFT's with no word said
@@ -387,7 +438,7 @@ function M.read_config(dir)
         r = num("r", 8, posint, "a positive integer"), alpha = num("lora_alpha", 8, positive, "a positive number"),
         dropout = num("lora_dropout", 0, prob, "in [0, 1)"),
         rslora = c.use_rslora == true, dora = c.use_dora == true, target = target,
-        layers_to_transform = layers_list, rank_pattern = patterns.rank_pattern, alpha_pattern = patterns.alpha_pattern,
+        layers_to_transform = layers_list, modules_to_save = whole, rank_pattern = patterns.rank_pattern, alpha_pattern = patterns.alpha_pattern,
         exclude = exclude, raw = c,
     }
 end
@@ -431,7 +482,8 @@ function M.load(model, dir, opts)
     end
     M.apply(model, { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout, rslora = cfg.rslora,
         dora = cfg.dora, target = target, layers_to_transform = cfg.layers_to_transform,
-        rank_pattern = cfg.rank_pattern, alpha_pattern = cfg.alpha_pattern, exclude = cfg.exclude })
+        rank_pattern = cfg.rank_pattern, alpha_pattern = cfg.alpha_pattern, exclude = cfg.exclude,
+        modules_to_save = cfg.modules_to_save })
     local file = dir .. "/adapter_model.safetensors"
     local tensors = safetensors.load(file)
     local own = M.adapter_state(model)
@@ -498,6 +550,10 @@ function M.add_adapter(model, name, dir)
     dir = dir:gsub("/+$", "")
     local cfg = M.read_config(dir)
     if cfg.dora then error(("%s: DoRA adapters cannot share a model with others"):format(dir), 0) end
+    if cfg.modules_to_save then
+        error(("%s: an adapter with modules_to_save (%s) replaces those modules whole, so it cannot share a model "
+            .. "with others; load it alone"):format(dir, table.concat(cfg.modules_to_save, ", ")), 0)
+    end
     local lay = M.layers(model)
     if #lay == 0 then error("lora.add_adapter: the model has no adapter yet; lt.lora.load the first one", 2) end
     local active = lay[1][2].active or "default"

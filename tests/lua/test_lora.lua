@@ -375,6 +375,42 @@ T.test("OLoRA and PiSSA start from the weight's own directions and save as adapt
     end
 end)
 
+T.test("modules_to_save: lm_head and embed_tokens trained whole, saved in PEFT's layout, loaded back", function()
+    lt.manual_seed(21)
+    local m = lt.llama.new(CFG)
+    local before = m:num_parameters(true)
+    T.raises(function() lt.lora.apply(lt.llama.new(CFG), { r = 2, modules_to_save = { "nope" } }) end,
+        "modules_to_save names \"nope\", which is no module of the model", true)
+    T.raises(function() lt.lora.apply(lt.llama.new(CFG), { r = 2, modules_to_save = { "q_proj" } }) end,
+        "which LoRA adapts too", true)
+    lt.lora.apply(m, { r = 2, alpha = 4, modules_to_save = { "lm_head", "embed_tokens" } })
+    local V, H = CFG.vocab_size, CFG.hidden_size
+    local lora_only = 0
+    for _, e in ipairs(lt.lora.layers(m)) do lora_only = lora_only + e[2].lora_A.weight:numel() + e[2].lora_B.weight:numel() end
+    T.eq(m:num_parameters(true), lora_only + 2 * V * H, "the adapters and the two whole modules train")
+    T.ok(before > m:num_parameters(true), "the rest is frozen")
+    for _, r in ipairs(m:parameters()) do
+        if not r.name:find("lora_A") then r.param:normal_(0, 0.05) end
+    end
+    m:eval()
+    local ids = lt.randint(0, V, 1, 6)
+    local want = m:forward(ids):clone()
+    local dir = tmpdir()
+    lt.lora.save(m, dir)
+    T.eq(lt.json.read_file(dir .. "/adapter_config.json").modules_to_save, { "lm_head", "embed_tokens" })
+    local tensors = lt.safetensors.load(dir .. "/adapter_model.safetensors")
+    T.eq(tensors["base_model.model.lm_head.weight"]:shape(), { V, H })
+    T.eq(tensors["base_model.model.model.embed_tokens.weight"]:shape(), { V, H })
+    lt.manual_seed(21)
+    local fresh = lt.llama.new(CFG)
+    fresh:eval()
+    T.ok(not fresh:forward(ids):equal(want), "the base alone differs")
+    lt.lora.load(fresh, dir)
+    T.ok(fresh:forward(ids):equal(want), "the adapter with its whole modules gives the trained logits")
+    T.raises(function() lt.lora.load(fresh, dir, { name = "second" }) end, "cannot share a model", true)
+    os.execute("rm -rf " .. dir)
+end)
+
 T.test("a rank too large for a layer is refused before any adapter is made", function()
     local m = lt.llama.new(CFG)
     lt.memory.collect()
