@@ -385,12 +385,19 @@ function M.hf_config(model, dtype)
     for _, key in ipairs({ "bos_token_id", "eos_token_id", "pad_token_id" }) do
         if out[key] == nil and type(c[key]) == "number" then out[key] = c[key] end
     end
-    out.architectures = json.array({ "LlamaForCausalLM" })
-    out.model_type = "llama"
+    -- a Mistral stays a Mistral (its sliding window kept); anything else is written as Llama
+    if c.raw and c.raw.model_type == "mistral" then
+        out.architectures = json.array({ "MistralForCausalLM" })
+        out.model_type = "mistral"
+        out.sliding_window = c.sliding_window or json.null
+    else
+        out.architectures = json.array({ "LlamaForCausalLM" })
+        out.model_type = "llama"
+        out.attention_bias = false
+        out.mlp_bias = false
+    end
     out.hidden_act = "silu"
     out.torch_dtype = ({ f32 = "float32", bf16 = "bfloat16", f16 = "float16" })[dtype or "f32"]
-    out.attention_bias = false
-    out.mlp_bias = false
     out.tie_word_embeddings = c.tie_word_embeddings
     return out
 end

@@ -45,7 +45,7 @@ local function hyper(meta, key)
     return v
 end
 
-for _, fixture in ipairs({ "llama_tiny_gqa", "llama_tiny_mha" }) do
+for _, fixture in ipairs({ "llama_tiny_gqa", "llama_tiny_mha", "mistral_tiny" }) do
     local folder = FIX .. fixture
     local golden, meta = lt.safetensors.load(folder .. "/golden.safetensors")
     local ids, targets = golden.input_ids, golden.targets
@@ -240,6 +240,27 @@ T.test("config and weight errors name the file and the field", function()
     sd["model.norm.weight"] = lt.zeros(9)
     lt.safetensors.save(dir .. "/model.safetensors", sd)
     T.raises(function() lt.llama.from_pretrained(dir) end, "model.norm.weight has shape (9) but config.json implies (8)", true)
+    os.execute("rm -rf " .. dir)
+end)
+
+T.test("mistral_tiny: a sequence past the sliding window is refused by name; LoRA trains; saved as a Mistral", function()
+    local model = lt.llama.from_pretrained(FIX .. "mistral_tiny")
+    T.eq(model.config.sliding_window, 32)
+    T.raises(function() model:forward(lt.randint(0, 89, 1, 33)) end, "exceed config.json's sliding_window (32)", true)
+    lt.lora.apply(model, { r = 2, alpha = 4 })
+    for _, r in ipairs(model:parameters()) do r.param:normal_(0, 0.05) end
+    model:eval()
+    local ids = lt.randint(0, 89, 1, 12)
+    local want = model:forward(ids):clone()
+    local dir = os.tmpname()
+    os.remove(dir)
+    lt.lora.export_merged(model, dir, { dtype = "f32" })
+    local cfg = lt.json.read_file(dir .. "/config.json")
+    T.eq({ cfg.model_type, cfg.architectures[1], cfg.sliding_window }, { "mistral", "MistralForCausalLM", 32 })
+    local back = lt.llama.from_pretrained(dir)
+    back:eval()
+    local _, rel = T.diff(back:forward(ids), want)
+    T.ok(rel < 1e-5, ("the merged Mistral reloads with the trained logits (rel %.2g)"):format(rel))
     os.execute("rm -rf " .. dir)
 end)
 

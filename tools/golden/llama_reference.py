@@ -160,8 +160,37 @@ CONFIG_B = {
     "vocab_size": 97,
 }
 
+# Mistral's Hugging Face config: the Llama math with GQA, rope_theta 1e6, no biases, and a
+# sliding window (keys more than sliding_window - 1 positions back are masked). luatrain
+# refuses sequences longer than the window, so the window (32) is above T = 20 here; the
+# reference implements it anyway (checked in check_model against a per-position loop).
+CONFIG_C = {
+    "architectures": ["MistralForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 48,
+    "initializer_range": 0.02,
+    "intermediate_size": 96,
+    "max_position_embeddings": 64,
+    "model_type": "mistral",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "transformers_version": "4.46.0",
+    "use_cache": True,
+    "vocab_size": 89,
+}
+
 SEED_A = 20240601
 SEED_B = 20240602
+SEED_C = 20240603
 
 # ----------------------------------------------------------------------------------
 # safetensors: writer and reader (plain Python)
@@ -312,6 +341,7 @@ class Cfg:
         self.theta = d["rope_theta"]
         self.rope_scaling = d.get("rope_scaling")
         self.tied = d.get("tie_word_embeddings", True)
+        self.window = d.get("sliding_window")  # Mistral; None: full causal attention
         assert self.H % self.KV == 0 and self.D % 2 == 0
 
 
@@ -422,6 +452,8 @@ def attention(cfg, p, prefix, h, cos_half, sin_half):
         v = v[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(D)
     future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    if cfg.window is not None:  # query i sees keys j with i - window < j <= i
+        future = future | torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-cfg.window)
     scores = scores.masked_fill(future, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     o = (probs @ v).transpose(1, 2).reshape(B, T, H * D)
@@ -592,7 +624,8 @@ def check_model(cfg, params, ids, tgt, name):
     y2 = torch.cat((z.real, z.imag), dim=-1)
     assert torch.allclose(y, y2, atol=1e-12)
 
-    # 3. GQA: repeat_kv mapping == per-head loop with kv head h // rep
+    # 3. GQA: repeat_kv mapping == per-head loop with kv head h // rep (and the sliding
+    # window, when there is one, as a slice of the keys)
     p = params
     B = ids.shape[0]
     hin = torch.randn(B, T, cfg.C, dtype=torch.float64)
@@ -609,8 +642,9 @@ def check_model(cfg, params, ids, tgt, name):
         v = hin @ Wv[hh // rep].t()
         o = torch.zeros(B, T, cfg.D, dtype=torch.float64)
         for t in range(T):
-            sc = (q[:, t:t + 1] @ k[:, :t + 1].transpose(1, 2)) / math.sqrt(cfg.D)
-            o[:, t] = (torch.softmax(sc, -1) @ v[:, :t + 1])[:, 0]
+            s0 = 0 if cfg.window is None else max(0, t - cfg.window + 1)  # the window's first key
+            sc = (q[:, t:t + 1] @ k[:, s0:t + 1].transpose(1, 2)) / math.sqrt(cfg.D)
+            o[:, t] = (torch.softmax(sc, -1) @ v[:, s0:t + 1])[:, 0]
         outs.append(o)
     ref2 = torch.cat(outs, dim=-1) @ p[pre + "o_proj.weight"].t()
     assert torch.allclose(ref, ref2, atol=1e-10), (ref - ref2).abs().max()
@@ -824,11 +858,13 @@ Made by an independent float64 PyTorch reference of Hugging Face's Llama
 | --- | --- |
 | `llama_tiny_gqa/` | V=131, C=64, I=176, 2 layers, 8 heads, 2 KV heads, head_dim 8 (derived, not in config.json), rope_theta 5e5 with `llama3` rope scaling (factor 8, low 1, high 4, original 16), tied embeddings, eps 1e-5 |
 | `llama_tiny_mha/` | V=97, C=48, I=100, 2 layers, 4 heads = 4 KV heads, explicit head_dim 16 (q_proj (64,48), o_proj (48,64)), rope_theta 1e4, no rope scaling, untied lm_head, eps 1e-6 |
+| `mistral_tiny/` | Mistral: V=89, C=48, I=96, 2 layers, 4 heads, 2 KV heads, rope_theta 1e6, untied, eps 1e-5, `sliding_window` 32 (above T=20: luatrain refuses longer sequences) |
 | `llama_tiny_mha_sharded_bf16/` | `llama_tiny_mha`'s weights rounded to BF16 (nearest even), in 2 shards + `model.safetensors.index.json`; no golden outputs |
 
 Each model folder has `config.json` (Hugging Face format) and `model.safetensors`
 (F32, Hugging Face names). The first two also have `golden.safetensors` (F32 unless
-noted; B=2, T=20; computed in float64 from exactly the stored F32 weights):
+noted; B=2, T=20; computed in float64 from exactly the stored F32 weights), as does
+`mistral_tiny/`:
 
 - `input_ids` (B,T) I64, `targets` (B,T) I64: target of each position, already
   aligned (no shift in the loss); -100 = ignored (row 0 t<5, row 1 t>=17)
@@ -852,12 +888,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tests/fixtures")
     ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--only", help="write this one model folder (e.g. mistral_tiny), leaving the others")
     a = ap.parse_args()
+    if a.only:
+        torch.set_num_threads(1)
+        table = {"llama_tiny_gqa": (CONFIG_A, SEED_A), "llama_tiny_mha": (CONFIG_B, SEED_B),
+                 "mistral_tiny": (CONFIG_C, SEED_C)}
+        written = []
+        generate(table[a.only][0], table[a.only][1], a.only, a.out, not a.skip_checks, written)
+        verify_written(written, a.out)
+        return 0
     torch.set_num_threads(1)  # bitwise reproducible reductions
     os.makedirs(a.out, exist_ok=True)
     written = []
     generate(CONFIG_A, SEED_A, "llama_tiny_gqa", a.out, not a.skip_checks, written)
     cfg_b, params_b = generate(CONFIG_B, SEED_B, "llama_tiny_mha", a.out, not a.skip_checks, written)
+    generate(CONFIG_C, SEED_C, "mistral_tiny", a.out, not a.skip_checks, written)
     generate_sharded_bf16(cfg_b, params_b, "llama_tiny_mha_sharded_bf16", a.out, written)
     with open(os.path.join(a.out, "README.md"), "w") as f:
         f.write(README)
