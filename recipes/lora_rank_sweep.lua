@@ -76,7 +76,7 @@ local questions = cfg.accuracy and lt.trainer.questions(cfg.eval_dataset, cfg.te
 local gen_opts = { max_new_tokens = 16, stop_ids = { lt.data.templates.end_of_turn(cfg.template, tok) } }
 local pad_id = tok.pad_id or tok.eos_id or 0
 lt.fs.make_dirs(cfg.output_dir)
-lt.runinfo.write(cfg.output_dir, cfg, { recipe = arg and arg[0], command = arg and { unpack(arg) } })
+local run_info = lt.runinfo.write(cfg.output_dir, cfg, { recipe = arg and arg[0], command = arg and { unpack(arg) } })
 
 -- Give back everything a finished run holds, so the next rank's peak is its own.
 local function release(model, result)
@@ -228,7 +228,8 @@ report.write_text(out .. "/report.html", report.html_page{
     notes = { ("alpha = %s"):format(cfg.alpha_ratio > 0 and (cfg.alpha_ratio .. " * r") or tostring(cfg.alpha)),
         "step time is the median over the run; peak memory is the allocator's high-water mark during training",
         "final loss is the mean training loss over the last tenth of the steps",
-        "the same seed, batches and schedule at every rank" },
+        "the same seed, batches and schedule at every rank",
+        lt.report.run_notes(run_info) },
 })
 print()
 report.print_table(table_cols, table_rows)

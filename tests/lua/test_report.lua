@@ -584,7 +584,8 @@ T.test("a run's report.html: its log's steps over time, a resumed step's later r
     T.ok(html:find("0.7500", 1, true), "final training loss is the later record of step 4")
     T.ok(html:find("5.00 MiB", 1, true), "peak memory over the run")
     T.ok(html:find("75.0%", 1, true) and html:find("0.5000", 1, true), "the end record's numbers")
-    T.ok(html:find("Test CPU", 1, true) and html:find("r=8", 1, true) and html:find("luatrain 9.9", 1, true),
+    T.ok(html:find("Test CPU", 1, true) and html:find("r=8", 1, true) and html:find("luatrain 9.9", 1, true)
+        and html:find("2026-12-07T00:00:00Z", 1, true),
         "machine, settings and version")
     -- the loss line: four points (steps 1-4), not six
     local loss_svg = html:match('data%-chart="loss".-</svg>')
@@ -596,6 +597,13 @@ T.test("a run's report.html: its log's steps over time, a resumed step's later r
     T.eq(n, 4, "one point per step")
     T.raises(function() report.write_run_report(dir .. "/nothing") end, "cannot read", true)
     os.execute("rm -rf " .. dir)
+end)
+
+T.test("a log axis says so in its label", function()
+    local s = report.scatter_chart{ title = "t", x_label = "LoRA rank", y_label = "loss", log_x = true,
+        points = { { 8, 1 }, { 128, 2 }, { 256, 3 } } }
+    T.ok(s:find("LoRA rank (log scale)", 1, true), "the log x axis is marked")
+    T.ok(s:find(">loss</text>", 1, true), "the linear y axis is not")
 end)
 
 T.test("the page is well-formed and self-contained", function()

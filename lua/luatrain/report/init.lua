@@ -86,4 +86,5 @@ return {
     write_csv = files.write_csv,
     write_jsonl = files.write_jsonl,
     write_run_report = require("luatrain.report.run").write,
+    run_notes = require("luatrain.report.run").notes,
 }

@@ -61,6 +61,21 @@ local function setting_text(v)
     return tostring(v)
 end
 
+-- One line from run_config.json's table (lt.runinfo.describe): when, which luatrain, on
+-- what machine (CPU, threads, GPU), with which settings.
+function M.notes(info)
+    local s, m = info.settings or {}, info.machine or {}
+    local keys = {}
+    for k in pairs(s) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. setting_text(s[k]) end
+    local gpu = info.gpu and (", GPU " .. tostring(info.gpu.name)) or ", no GPU"
+    return ("started %s, luatrain %s (%s); machine: %s, %s threads%s; settings: %s"):format(
+        tostring(info.started or "?"), tostring(info.luatrain or "?"), tostring(info.commit or "?"),
+        tostring(m.cpu or "?"), tostring(m.threads or "?"), gpu, table.concat(parts, " "))
+end
+
 function M.write(dir, opts)
     opts = opts or {}
     dir = dir:gsub("(.)/+$", "%1")
@@ -121,18 +136,9 @@ function M.write(dir, opts)
     if peak > 0 then row("peak memory", ("%.2f MiB"):format(peak / 2 ^ 20)) end
     local subtitle, notes = opts.subtitle, {}
     if info then
-        local s, m = info.settings or {}, info.machine or {}
-        subtitle = subtitle or ("%s; %s; luatrain %s%s; started %s"):format(tostring(info.recipe or "a run"),
-            tostring(s.model or ""), tostring(info.luatrain or "?"),
-            info.commit and (" (" .. tostring(info.commit) .. ")") or "", tostring(info.started or "?"))
-        notes[#notes + 1] = ("machine: %s, %s threads%s"):format(tostring(m.cpu or "?"), tostring(m.threads or "?"),
-            m.gpu and (", " .. setting_text(m.gpu)) or "")
-        local keys = {}
-        for k in pairs(s) do keys[#keys + 1] = k end
-        table.sort(keys)
-        local parts = {}
-        for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. setting_text(s[k]) end
-        notes[#notes + 1] = "settings: " .. table.concat(parts, " ")
+        local s = info.settings or {}
+        subtitle = subtitle or ("%s; %s"):format(tostring(info.recipe or "a run"), tostring(s.model or ""))
+        notes[1] = M.notes(info)
     end
     notes[#notes + 1] = "every number comes from log.jsonl in this folder; a resumed step shows its later record"
     local path = dir .. "/report.html"

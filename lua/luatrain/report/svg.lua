@@ -133,13 +133,13 @@ local function draw_axes(parts, xa, ya, box, opts, x_categorical)
     if opts.x_label then
         parts[#parts + 1] = fmt('<text class="lt-axis-label" x="%s" y="%s" text-anchor="middle" ' ..
             'font-size="%d" fill="#1f2328">%s</text>', num((box.x0 + box.x1) / 2), num(box.y1 + (box.label_offset or 38)),
-            LABEL_SIZE, esc(opts.x_label))
+            LABEL_SIZE, esc(opts.x_label .. (xa and xa.log and " (log scale)" or "")))
     end
     if opts.y_label then
         local cx, cy = 16, (box.y0 + box.y1) / 2
         parts[#parts + 1] = fmt('<text class="lt-axis-label" transform="translate(%s %s) rotate(-90)" ' ..
             'text-anchor="middle" font-size="%d" fill="#1f2328">%s</text>', num(cx + 4), num(cy),
-            LABEL_SIZE, esc(opts.y_label))
+            LABEL_SIZE, esc(opts.y_label .. (ya and ya.log and " (log scale)" or "")))
     end
 end
 
