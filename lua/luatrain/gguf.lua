@@ -491,8 +491,18 @@ end
 
 -- Write `model` (a luatrain Llama, adapters merged on the fly) as a GGUF file at `path`, the
 -- tokenizer from `folder`. opts: quant ("f16" by default), name (general.name).
+-- llama.cpp's "llama" architecture has no per-head q/k norm: a Qwen3 would load and compute
+-- something else, so it is refused until the qwen3 architecture is written.
+local function llama_arch_only(model, who)
+    if model.config and model.config.qk_norm then
+        error(("%s: a Qwen3 model (q_norm/k_norm) needs llama.cpp's qwen3 architecture, which luatrain does not "
+            .. "write yet; export a merged Hugging Face folder instead"):format(who), 3)
+    end
+end
+
 function M.export_llama(model, folder, path, opts)
     opts = opts or {}
+    llama_arch_only(model, "gguf.export_llama")
     local q = opts.quant or "f16"
     if not M.TYPES[q] then
         error(("gguf.export_llama: quant must be one of f32, f16, bf16, q8_0, q4_0, q4_k, q6_k, got %s"):format(
@@ -570,6 +580,7 @@ the rank, so the alpha written is luatrain's scaling times r (rsLoRA's alpha / s
 included). opts.quant: "f32" (default) or "f16". DoRA adapters have no llama.cpp form. ]]
 function M.export_lora(model, path, opts)
     opts = opts or {}
+    llama_arch_only(model, "gguf.export_lora")
     local q = opts.quant or "f32"
     if q ~= "f32" and q ~= "f16" then error(("gguf.export_lora: quant must be f32 or f16, got %s"):format(q), 2) end
     local c = model.config

@@ -69,9 +69,12 @@ function M.read_config(path)
             cfg[key] = v
         end
     end
-    if raw.model_type and raw.model_type ~= "llama" and raw.model_type ~= "mistral" then
-        error(("%s: model_type %q is not a Llama-family model"):format(path, tostring(raw.model_type)), 0)
+    -- Mistral is Llama with a sliding window; Qwen3 adds an RMSNorm over each head of q and k
+    if raw.model_type and raw.model_type ~= "llama" and raw.model_type ~= "mistral" and raw.model_type ~= "qwen3" then
+        error(("%s: model_type %q is not a Llama-family model (llama, mistral, qwen3)"):format(path,
+            tostring(raw.model_type)), 0)
     end
+    if raw.model_type == "qwen3" then cfg.qk_norm = true end
     -- what the architecture does not have must be refused, not silently dropped
     if raw.hidden_act ~= nil and raw.hidden_act ~= "silu" then
         error(("%s: hidden_act %s is not supported (silu)"):format(path, json.encode(raw.hidden_act)), 0)
@@ -119,6 +122,7 @@ function M.read_config(path)
     -- sliding-window attention (Mistral) is not implemented: the window is kept, and a
     -- sequence longer than it is refused at forward time (below it nothing changes)
     local sw = raw.sliding_window
+    if raw.use_sliding_window == false then sw = nil end -- Qwen's switch: the field is then unused
     if sw ~= nil and sw ~= json.null then
         if type(sw) ~= "number" or sw < 1 or sw ~= math.floor(sw) then
             error(("%s: sliding_window must be a positive integer or null, got %s"):format(path, json.encode(sw)), 0)
@@ -390,6 +394,10 @@ function M.hf_config(model, dtype)
         out.architectures = json.array({ "MistralForCausalLM" })
         out.model_type = "mistral"
         out.sliding_window = c.sliding_window or json.null
+    elseif c.qk_norm then
+        out.architectures = json.array({ "Qwen3ForCausalLM" })
+        out.model_type = "qwen3"
+        out.attention_bias = false
     else
         out.architectures = json.array({ "LlamaForCausalLM" })
         out.model_type = "llama"

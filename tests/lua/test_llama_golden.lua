@@ -45,7 +45,7 @@ local function hyper(meta, key)
     return v
 end
 
-for _, fixture in ipairs({ "llama_tiny_gqa", "llama_tiny_mha", "mistral_tiny" }) do
+for _, fixture in ipairs({ "llama_tiny_gqa", "llama_tiny_mha", "mistral_tiny", "qwen3_tiny" }) do
     local folder = FIX .. fixture
     local golden, meta = lt.safetensors.load(folder .. "/golden.safetensors")
     local ids, targets = golden.input_ids, golden.targets
@@ -261,6 +261,47 @@ T.test("mistral_tiny: a sequence past the sliding window is refused by name; LoR
     back:eval()
     local _, rel = T.diff(back:forward(ids), want)
     T.ok(rel < 1e-5, ("the merged Mistral reloads with the trained logits (rel %.2g)"):format(rel))
+    os.execute("rm -rf " .. dir)
+end)
+
+T.test("qwen3_tiny: LoRA trains; a merged export stays Qwen3; GGUF is refused by name; checkpointing agrees", function()
+    local model = lt.llama.from_pretrained(FIX .. "qwen3_tiny")
+    lt.lora.apply(model, { r = 2, alpha = 4 })
+    for _, r in ipairs(model:parameters()) do r.param:normal_(0, 0.05) end
+    model:eval()
+    local ids = lt.randint(0, 101, 1, 12)
+    local want = model:forward(ids):clone()
+    local dir = os.tmpname()
+    os.remove(dir)
+    lt.lora.export_merged(model, dir, { dtype = "f32" })
+    local cfg = lt.json.read_file(dir .. "/config.json")
+    T.eq({ cfg.model_type, cfg.architectures[1] }, { "qwen3", "Qwen3ForCausalLM" })
+    local back = lt.llama.from_pretrained(dir)
+    back:eval()
+    local _, rel = T.diff(back:forward(ids), want)
+    T.ok(rel < 1e-5, ("the merged Qwen3 reloads with the trained logits (rel %.2g)"):format(rel))
+    T.raises(function() lt.gguf.export_lora(model, dir .. "/a.gguf") end, "needs llama.cpp's qwen3 architecture", true)
+    -- gradient checkpointing re-runs the normed attention: the same gradients as without
+    local golden = lt.safetensors.load(FIX .. "qwen3_tiny/golden.safetensors")
+    local gids, gy = golden.input_ids, golden.targets
+    local function grads(ckpt)
+        local m = lt.llama.from_pretrained(FIX .. "qwen3_tiny")
+        if ckpt then m:gradient_checkpointing(true) end
+        m:zero_grad()
+        local logits = m:forward(gids)
+        local Bn, Tn, V = logits:size(1), logits:size(2), logits:size(3)
+        local flat, y = logits:view(Bn * Tn, V), gy:view(Bn * Tn)
+        local _, lse = lt.ops.cross_entropy(flat, y)
+        m:backward(gids, lt.ops.cross_entropy_backward(flat, y, lse, 1):view(Bn, Tn, V))
+        local out = {}
+        for _, r in ipairs(m:parameters()) do out[r.name] = r.grad:clone() end
+        return out
+    end
+    local plain, ck = grads(false), grads(true)
+    for name, g in pairs(plain) do
+        T.ok(ck[name]:equal(g), "checkpointed gradient of " .. name)
+    end
+    T.ok(plain["model.layers.0.self_attn.q_norm.weight"] ~= nil, "q_norm trains in full fine-tuning")
     os.execute("rm -rf " .. dir)
 end)
 

@@ -191,6 +191,38 @@ CONFIG_C = {
 SEED_A = 20240601
 SEED_B = 20240602
 SEED_C = 20240603
+SEED_D = 20240604
+
+# Qwen3: per-head RMSNorm of q and k (q_norm, k_norm), explicit head_dim, no biases, tied
+# embeddings; its sliding_window is off (use_sliding_window false)
+CONFIG_D = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "head_dim": 16,
+    "hidden_act": "silu",
+    "hidden_size": 32,
+    "initializer_range": 0.02,
+    "intermediate_size": 80,
+    "max_position_embeddings": 64,
+    "max_window_layers": 2,
+    "model_type": "qwen3",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "tie_word_embeddings": True,
+    "torch_dtype": "float32",
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 101,
+}
 
 # ----------------------------------------------------------------------------------
 # safetensors: writer and reader (plain Python)
@@ -341,7 +373,10 @@ class Cfg:
         self.theta = d["rope_theta"]
         self.rope_scaling = d.get("rope_scaling")
         self.tied = d.get("tie_word_embeddings", True)
-        self.window = d.get("sliding_window")  # Mistral; None: full causal attention
+        # Mistral's sliding window; Qwen configs carry one that use_sliding_window turns off
+        self.window = d.get("sliding_window") if d.get("use_sliding_window", True) else None
+        # Qwen3: RMSNorm over each head's D values of q and k (weights (D)), before RoPE
+        self.qk_norm = d.get("model_type") == "qwen3"
         assert self.H % self.KV == 0 and self.D % 2 == 0
 
 
@@ -355,6 +390,10 @@ def param_shapes(cfg):
             (p + "self_attn.k_proj.weight", (cfg.KV * cfg.D, cfg.C)),
             (p + "self_attn.v_proj.weight", (cfg.KV * cfg.D, cfg.C)),
             (p + "self_attn.o_proj.weight", (cfg.C, cfg.H * cfg.D)),
+        ]
+        if cfg.qk_norm:
+            shapes += [(p + "self_attn.q_norm.weight", (cfg.D,)), (p + "self_attn.k_norm.weight", (cfg.D,))]
+        shapes += [
             (p + "mlp.gate_proj.weight", (cfg.I, cfg.C)),
             (p + "mlp.up_proj.weight", (cfg.I, cfg.C)),
             (p + "mlp.down_proj.weight", (cfg.C, cfg.I)),
@@ -443,6 +482,9 @@ def attention(cfg, p, prefix, h, cos_half, sin_half):
     H, KV, D = cfg.H, cfg.KV, cfg.D
     q = (h @ p[prefix + "q_proj.weight"].t()).view(B, T, H, D).transpose(1, 2)
     k = (h @ p[prefix + "k_proj.weight"].t()).view(B, T, KV, D).transpose(1, 2)
+    if cfg.qk_norm:
+        q = rms_norm(q, p[prefix + "q_norm.weight"], cfg.eps)
+        k = rms_norm(k, p[prefix + "k_norm.weight"], cfg.eps)
     v = (h @ p[prefix + "v_proj.weight"].t()).view(B, T, KV, D).transpose(1, 2)
     q = apply_rope(q, cos_half, sin_half)
     k = apply_rope(k, cos_half, sin_half)
@@ -637,8 +679,12 @@ def check_model(cfg, params, ids, tgt, name):
     Wv = p[pre + "v_proj.weight"].view(cfg.KV, cfg.D, cfg.C)
     outs = []
     for hh in range(cfg.H):
-        q = apply_rope((hin @ Wq[hh].t())[:, None], ch, sh)[:, 0]
-        k = apply_rope((hin @ Wk[hh // rep].t())[:, None], ch, sh)[:, 0]
+        qh, kh = hin @ Wq[hh].t(), hin @ Wk[hh // rep].t()
+        if cfg.qk_norm:  # per head, per position: x / rms(x) * w
+            qh = qh / torch.sqrt((qh * qh).mean(-1, keepdim=True) + cfg.eps) * p[pre + "q_norm.weight"]
+            kh = kh / torch.sqrt((kh * kh).mean(-1, keepdim=True) + cfg.eps) * p[pre + "k_norm.weight"]
+        q = apply_rope(qh[:, None], ch, sh)[:, 0]
+        k = apply_rope(kh[:, None], ch, sh)[:, 0]
         v = hin @ Wv[hh // rep].t()
         o = torch.zeros(B, T, cfg.D, dtype=torch.float64)
         for t in range(T):
@@ -859,12 +905,13 @@ Made by an independent float64 PyTorch reference of Hugging Face's Llama
 | `llama_tiny_gqa/` | V=131, C=64, I=176, 2 layers, 8 heads, 2 KV heads, head_dim 8 (derived, not in config.json), rope_theta 5e5 with `llama3` rope scaling (factor 8, low 1, high 4, original 16), tied embeddings, eps 1e-5 |
 | `llama_tiny_mha/` | V=97, C=48, I=100, 2 layers, 4 heads = 4 KV heads, explicit head_dim 16 (q_proj (64,48), o_proj (48,64)), rope_theta 1e4, no rope scaling, untied lm_head, eps 1e-6 |
 | `mistral_tiny/` | Mistral: V=89, C=48, I=96, 2 layers, 4 heads, 2 KV heads, rope_theta 1e6, untied, eps 1e-5, `sliding_window` 32 (above T=20: luatrain refuses longer sequences) |
+| `qwen3_tiny/` | Qwen3: V=101, C=32, I=80, 2 layers, 4 heads, 2 KV heads, explicit head_dim 16 (q_proj (64,32)), per-head `q_norm`/`k_norm` RMSNorm before RoPE, rope_theta 1e6, tied, eps 1e-6 |
 | `llama_tiny_mha_sharded_bf16/` | `llama_tiny_mha`'s weights rounded to BF16 (nearest even), in 2 shards + `model.safetensors.index.json`; no golden outputs |
 
 Each model folder has `config.json` (Hugging Face format) and `model.safetensors`
 (F32, Hugging Face names). The first two also have `golden.safetensors` (F32 unless
 noted; B=2, T=20; computed in float64 from exactly the stored F32 weights), as does
-`mistral_tiny/`:
+`mistral_tiny/` and `qwen3_tiny/`:
 
 - `input_ids` (B,T) I64, `targets` (B,T) I64: target of each position, already
   aligned (no shift in the loss); -100 = ignored (row 0 t<5, row 1 t>=17)
@@ -893,7 +940,7 @@ def main():
     if a.only:
         torch.set_num_threads(1)
         table = {"llama_tiny_gqa": (CONFIG_A, SEED_A), "llama_tiny_mha": (CONFIG_B, SEED_B),
-                 "mistral_tiny": (CONFIG_C, SEED_C)}
+                 "mistral_tiny": (CONFIG_C, SEED_C), "qwen3_tiny": (CONFIG_D, SEED_D)}
         written = []
         generate(table[a.only][0], table[a.only][1], a.only, a.out, not a.skip_checks, written)
         verify_written(written, a.out)
@@ -904,6 +951,7 @@ def main():
     generate(CONFIG_A, SEED_A, "llama_tiny_gqa", a.out, not a.skip_checks, written)
     cfg_b, params_b = generate(CONFIG_B, SEED_B, "llama_tiny_mha", a.out, not a.skip_checks, written)
     generate(CONFIG_C, SEED_C, "mistral_tiny", a.out, not a.skip_checks, written)
+    generate(CONFIG_D, SEED_D, "qwen3_tiny", a.out, not a.skip_checks, written)
     generate_sharded_bf16(cfg_b, params_b, "llama_tiny_mha_sharded_bf16", a.out, written)
     with open(os.path.join(a.out, "README.md"), "w") as f:
         f.write(README)

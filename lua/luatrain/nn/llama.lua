@@ -86,6 +86,11 @@ function Attention:init(cfg, ctx, opts)
     self:add_module("k_proj", linear(Cdim, Hkv * D, opts))
     self:add_module("v_proj", linear(Cdim, Hkv * D, opts))
     self:add_module("o_proj", linear(H * D, Cdim, opts))
+    if cfg.qk_norm then
+        -- Qwen3: each head's q and k (D values) RMS-normalised before RoPE, weights (D)
+        self:add_module("q_norm", RMSNorm(D, cfg.rms_norm_eps, opts))
+        self:add_module("k_norm", RMSNorm(D, cfg.rms_norm_eps, opts))
+    end
 end
 
 function Attention:extra_repr()
@@ -99,6 +104,13 @@ function Attention:forward(x)
     local q = self:view_of("q", self.q_proj:forward(x), { B, T, H, D })
     local k = self:view_of("k", self.k_proj:forward(x), { B, T, Hkv, D })
     local v = self:view_of("v", self.v_proj:forward(x), { B, T, Hkv, D })
+    if self.q_norm then
+        -- the norms' outputs (B, T, heads, D) are rotated in place: their backward reads
+        -- their inputs (the views q and k) and rstd, not their outputs
+        q = self.q_norm:forward(q)
+        k = self.k_norm:forward(k)
+    end
+    self._q_rot, self._k_rot = q, k -- what the attention reads, for its backward
     F.rope(q, ctx.cos, ctx.sin, ctx.positions, q)
     F.rope(k, ctx.cos, ctx.sin, ctx.positions, k)
     local kv = ctx.kv
@@ -135,11 +147,15 @@ function Attention:backward(x, dy)
     local dk = self:buffer("d_k", { B, T, Hkv, D })
     local dv = self:buffer("d_v", { B, T, Hkv, D })
     local v = self._views
-    F.attention_backward(dattn, v.q, v.k, v.v, self._buffers.attn, self._buffers.lse,
+    F.attention_backward(dattn, self._q_rot, self._k_rot, v.v, self._buffers.attn, self._buffers.lse,
         { dq = dq, dk = dk, dv = dv, scale = self.scale, causal = self.causal,
             cu_seqlens = ctx.cu_seqlens })
     F.rope_backward(dq, ctx.cos, ctx.sin, ctx.positions, dq)
     F.rope_backward(dk, ctx.cos, ctx.sin, ctx.positions, dk)
+    if self.q_norm then
+        dq = self.q_norm:backward(v.q, dq)
+        dk = self.k_norm:backward(v.k, dk)
+    end
     local dxq = self.q_proj:backward(x, self:view_of("d_q_flat", dq, { B, T, H * D }))
     local dxk = self.k_proj:backward(x, self:view_of("d_k_flat", dk, { B, T, Hkv * D }))
     local dxv = self.v_proj:backward(x, self:view_of("d_v_flat", dv, { B, T, Hkv * D }))
