@@ -494,6 +494,10 @@ end
 -- llama.cpp's "llama" architecture has no per-head q/k norm: a Qwen3 would load and compute
 -- something else, so it is refused until the qwen3 architecture is written.
 local function llama_arch_only(model, who)
+    if model.config and model.config.qkv_bias then
+        error(("%s: a Qwen2 model (q/k/v biases) needs llama.cpp's qwen2 architecture, which luatrain does not "
+            .. "write yet; export a merged Hugging Face folder instead"):format(who), 3)
+    end
     if model.config and model.config.qk_norm then
         error(("%s: a Qwen3 model (q_norm/k_norm) needs llama.cpp's qwen3 architecture, which luatrain does not "
             .. "write yet; export a merged Hugging Face folder instead"):format(who), 3)

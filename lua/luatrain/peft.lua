@@ -693,6 +693,11 @@ function M.export_merged(model, dir, opts)
             if t ~= w then w:free() end
             scratch[#scratch + 1] = t
             entries[#entries + 1] = { prefix .. "weight", t }
+            if m.bias then -- Qwen2's q, k, v
+                local b = m.bias:to(dtype)
+                if b ~= m.bias then scratch[#scratch + 1] = b end
+                entries[#entries + 1] = { prefix .. "bias", b }
+            end
             return
         end
         for _, n in ipairs(m._param_names) do

@@ -70,11 +70,14 @@ function M.read_config(path)
         end
     end
     -- Mistral is Llama with a sliding window; Qwen3 adds an RMSNorm over each head of q and k
-    if raw.model_type and raw.model_type ~= "llama" and raw.model_type ~= "mistral" and raw.model_type ~= "qwen3" then
-        error(("%s: model_type %q is not a Llama-family model (llama, mistral, qwen3)"):format(path,
+    -- Qwen2 (and 2.5) adds biases to q, k and v
+    local family = { llama = true, mistral = true, qwen2 = true, qwen3 = true }
+    if raw.model_type and not family[raw.model_type] then
+        error(("%s: model_type %q is not a Llama-family model (llama, mistral, qwen2, qwen3)"):format(path,
             tostring(raw.model_type)), 0)
     end
     if raw.model_type == "qwen3" then cfg.qk_norm = true end
+    if raw.model_type == "qwen2" then cfg.qkv_bias = true end
     -- what the architecture does not have must be refused, not silently dropped
     if raw.hidden_act ~= nil and raw.hidden_act ~= "silu" then
         error(("%s: hidden_act %s is not supported (silu)"):format(path, json.encode(raw.hidden_act)), 0)
@@ -398,6 +401,9 @@ function M.hf_config(model, dtype)
         out.architectures = json.array({ "Qwen3ForCausalLM" })
         out.model_type = "qwen3"
         out.attention_bias = false
+    elseif c.qkv_bias then
+        out.architectures = json.array({ "Qwen2ForCausalLM" })
+        out.model_type = "qwen2"
     else
         out.architectures = json.array({ "LlamaForCausalLM" })
         out.model_type = "llama"

@@ -250,7 +250,8 @@ function M.ptq_report(model, ds, opts)
                 local q = quant.quantize(saved[i], kind == "nf4" and { type = "nf4", blocksize = 64, double_quant = false }
                     or { type = "int8" })
                 swapped[i] = q
-                r.parent:add_module(r.key, nnlora.QuantLinear(q, r.module.in_features, r.module.out_features))
+                r.parent:add_module(r.key, nnlora.QuantLinear(q, r.module.in_features, r.module.out_features,
+                    { bias = r.module.bias }))
             elseif kind == "bf16" then
                 local b = saved[i]:to("bf16")
                 w:copy_(b)

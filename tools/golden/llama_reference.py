@@ -192,6 +192,36 @@ SEED_A = 20240601
 SEED_B = 20240602
 SEED_C = 20240603
 SEED_D = 20240604
+SEED_E = 20240605
+
+# Qwen2 / Qwen2.5: the Llama math with q, k and v biases, GQA, rope_theta 1e6, untied;
+# its sliding window is off (use_sliding_window false)
+CONFIG_E = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 48,
+    "initializer_range": 0.02,
+    "intermediate_size": 112,
+    "max_position_embeddings": 64,
+    "max_window_layers": 2,
+    "model_type": "qwen2",
+    "num_attention_heads": 6,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "transformers_version": "4.46.0",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 83,
+}
 
 # Qwen3: per-head RMSNorm of q and k (q_norm, k_norm), explicit head_dim, no biases, tied
 # embeddings; its sliding_window is off (use_sliding_window false)
@@ -377,6 +407,8 @@ class Cfg:
         self.window = d.get("sliding_window") if d.get("use_sliding_window", True) else None
         # Qwen3: RMSNorm over each head's D values of q and k (weights (D)), before RoPE
         self.qk_norm = d.get("model_type") == "qwen3"
+        # Qwen2 / Qwen2.5: biases on q, k and v (not o)
+        self.qkv_bias = d.get("model_type") == "qwen2"
         assert self.H % self.KV == 0 and self.D % 2 == 0
 
 
@@ -393,6 +425,9 @@ def param_shapes(cfg):
         ]
         if cfg.qk_norm:
             shapes += [(p + "self_attn.q_norm.weight", (cfg.D,)), (p + "self_attn.k_norm.weight", (cfg.D,))]
+        if cfg.qkv_bias:
+            shapes += [(p + "self_attn.q_proj.bias", (cfg.H * cfg.D,)), (p + "self_attn.k_proj.bias", (cfg.KV * cfg.D,)),
+                       (p + "self_attn.v_proj.bias", (cfg.KV * cfg.D,))]
         shapes += [
             (p + "mlp.gate_proj.weight", (cfg.I, cfg.C)),
             (p + "mlp.up_proj.weight", (cfg.I, cfg.C)),
@@ -411,7 +446,9 @@ def init_params(cfg, seed):
     g = torch.Generator().manual_seed(seed)
     params = {}
     for name, shape in param_shapes(cfg):
-        if len(shape) == 1:
+        if name.endswith(".bias"):
+            w = INIT_STD * torch.randn(shape, generator=g, dtype=torch.float64)
+        elif len(shape) == 1:
             w = 1.0 + NORM_INIT_STD * torch.randn(shape, generator=g, dtype=torch.float64)
         else:
             w = INIT_STD * torch.randn(shape, generator=g, dtype=torch.float64)
@@ -480,12 +517,15 @@ def apply_rope(x, cos_half, sin_half):
 def attention(cfg, p, prefix, h, cos_half, sin_half):
     B, T, _ = h.shape
     H, KV, D = cfg.H, cfg.KV, cfg.D
-    q = (h @ p[prefix + "q_proj.weight"].t()).view(B, T, H, D).transpose(1, 2)
-    k = (h @ p[prefix + "k_proj.weight"].t()).view(B, T, KV, D).transpose(1, 2)
+    def proj(name):
+        y = h @ p[prefix + name + ".weight"].t()
+        return y + p[prefix + name + ".bias"] if cfg.qkv_bias else y
+    q = proj("q_proj").view(B, T, H, D).transpose(1, 2)
+    k = proj("k_proj").view(B, T, KV, D).transpose(1, 2)
     if cfg.qk_norm:
         q = rms_norm(q, p[prefix + "q_norm.weight"], cfg.eps)
         k = rms_norm(k, p[prefix + "k_norm.weight"], cfg.eps)
-    v = (h @ p[prefix + "v_proj.weight"].t()).view(B, T, KV, D).transpose(1, 2)
+    v = proj("v_proj").view(B, T, KV, D).transpose(1, 2)
     q = apply_rope(q, cos_half, sin_half)
     k = apply_rope(k, cos_half, sin_half)
     rep = H // KV
@@ -679,13 +719,17 @@ def check_model(cfg, params, ids, tgt, name):
     Wv = p[pre + "v_proj.weight"].view(cfg.KV, cfg.D, cfg.C)
     outs = []
     for hh in range(cfg.H):
-        qh, kh = hin @ Wq[hh].t(), hin @ Wk[hh // rep].t()
+        qh, kh, vh = hin @ Wq[hh].t(), hin @ Wk[hh // rep].t(), hin @ Wv[hh // rep].t()
+        if cfg.qkv_bias:  # head hh's slice of each bias
+            qh = qh + p[pre + "q_proj.bias"].view(cfg.H, cfg.D)[hh]
+            kh = kh + p[pre + "k_proj.bias"].view(cfg.KV, cfg.D)[hh // rep]
+            vh = vh + p[pre + "v_proj.bias"].view(cfg.KV, cfg.D)[hh // rep]
         if cfg.qk_norm:  # per head, per position: x / rms(x) * w
             qh = qh / torch.sqrt((qh * qh).mean(-1, keepdim=True) + cfg.eps) * p[pre + "q_norm.weight"]
             kh = kh / torch.sqrt((kh * kh).mean(-1, keepdim=True) + cfg.eps) * p[pre + "k_norm.weight"]
         q = apply_rope(qh[:, None], ch, sh)[:, 0]
         k = apply_rope(kh[:, None], ch, sh)[:, 0]
-        v = hin @ Wv[hh // rep].t()
+        v = vh
         o = torch.zeros(B, T, cfg.D, dtype=torch.float64)
         for t in range(T):
             s0 = 0 if cfg.window is None else max(0, t - cfg.window + 1)  # the window's first key
@@ -906,12 +950,13 @@ Made by an independent float64 PyTorch reference of Hugging Face's Llama
 | `llama_tiny_mha/` | V=97, C=48, I=100, 2 layers, 4 heads = 4 KV heads, explicit head_dim 16 (q_proj (64,48), o_proj (48,64)), rope_theta 1e4, no rope scaling, untied lm_head, eps 1e-6 |
 | `mistral_tiny/` | Mistral: V=89, C=48, I=96, 2 layers, 4 heads, 2 KV heads, rope_theta 1e6, untied, eps 1e-5, `sliding_window` 32 (above T=20: luatrain refuses longer sequences) |
 | `qwen3_tiny/` | Qwen3: V=101, C=32, I=80, 2 layers, 4 heads, 2 KV heads, explicit head_dim 16 (q_proj (64,32)), per-head `q_norm`/`k_norm` RMSNorm before RoPE, rope_theta 1e6, tied, eps 1e-6 |
+| `qwen2_tiny/` | Qwen2: V=83, C=48, I=112, 2 layers, 6 heads, 2 KV heads, head_dim 8, q/k/v biases (o_proj none), rope_theta 1e6, untied, eps 1e-6 |
 | `llama_tiny_mha_sharded_bf16/` | `llama_tiny_mha`'s weights rounded to BF16 (nearest even), in 2 shards + `model.safetensors.index.json`; no golden outputs |
 
 Each model folder has `config.json` (Hugging Face format) and `model.safetensors`
 (F32, Hugging Face names). The first two also have `golden.safetensors` (F32 unless
 noted; B=2, T=20; computed in float64 from exactly the stored F32 weights), as does
-`mistral_tiny/` and `qwen3_tiny/`:
+`mistral_tiny/`, `qwen3_tiny/` and `qwen2_tiny/`:
 
 - `input_ids` (B,T) I64, `targets` (B,T) I64: target of each position, already
   aligned (no shift in the loss); -100 = ignored (row 0 t<5, row 1 t>=17)
@@ -940,7 +985,8 @@ def main():
     if a.only:
         torch.set_num_threads(1)
         table = {"llama_tiny_gqa": (CONFIG_A, SEED_A), "llama_tiny_mha": (CONFIG_B, SEED_B),
-                 "mistral_tiny": (CONFIG_C, SEED_C), "qwen3_tiny": (CONFIG_D, SEED_D)}
+                 "mistral_tiny": (CONFIG_C, SEED_C), "qwen3_tiny": (CONFIG_D, SEED_D),
+                 "qwen2_tiny": (CONFIG_E, SEED_E)}
         written = []
         generate(table[a.only][0], table[a.only][1], a.only, a.out, not a.skip_checks, written)
         verify_written(written, a.out)
@@ -952,6 +998,7 @@ def main():
     cfg_b, params_b = generate(CONFIG_B, SEED_B, "llama_tiny_mha", a.out, not a.skip_checks, written)
     generate(CONFIG_C, SEED_C, "mistral_tiny", a.out, not a.skip_checks, written)
     generate(CONFIG_D, SEED_D, "qwen3_tiny", a.out, not a.skip_checks, written)
+    generate(CONFIG_E, SEED_E, "qwen2_tiny", a.out, not a.skip_checks, written)
     generate_sharded_bf16(cfg_b, params_b, "llama_tiny_mha_sharded_bf16", a.out, written)
     with open(os.path.join(a.out, "README.md"), "w") as f:
         f.write(README)

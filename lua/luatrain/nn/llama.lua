@@ -30,9 +30,14 @@ end
 
 -- A decoder linear layer: a Linear, or (opts.quant) a QuantLinear whose weight the loader
 -- quantizes, so the f32 weight never exists.
-local function linear(in_f, out_f, opts)
+local function linear(in_f, out_f, opts, bias)
     if opts and opts.quant then
-        return require("luatrain.nn.lora").QuantLinear(nil, in_f, out_f)
+        return require("luatrain.nn.lora").QuantLinear(nil, in_f, out_f, { bias = bias })
+    end
+    if bias then
+        local o = { bias = true }
+        for k, v in pairs(opts or {}) do o[k] = v end
+        opts = o
     end
     return Linear(in_f, out_f, opts)
 end
@@ -82,9 +87,11 @@ function Attention:init(cfg, ctx, opts)
     self.H, self.Hkv, self.D, self.ctx = H, Hkv, D, ctx
     self.scale = 1 / math.sqrt(D)
     self.causal = true
-    self:add_module("q_proj", linear(Cdim, H * D, opts))
-    self:add_module("k_proj", linear(Cdim, Hkv * D, opts))
-    self:add_module("v_proj", linear(Cdim, Hkv * D, opts))
+    -- Qwen2: q, k and v carry biases (o does not)
+    local b = cfg.qkv_bias or nil
+    self:add_module("q_proj", linear(Cdim, H * D, opts, b))
+    self:add_module("k_proj", linear(Cdim, Hkv * D, opts, b))
+    self:add_module("v_proj", linear(Cdim, Hkv * D, opts, b))
     self:add_module("o_proj", linear(H * D, Cdim, opts))
     if cfg.qk_norm then
         -- Qwen3: each head's q and k (D values) RMS-normalised before RoPE, weights (D)

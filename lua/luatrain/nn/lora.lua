@@ -61,6 +61,11 @@ function LoRALinear:init(base, opts)
         self:register_parameter("weight", base.weight, { trainable = false })
         self.base_dtype = base.weight.dtype
     end
+    -- a biased base (Qwen2's q, k, v) keeps its bias, frozen, added after the base product
+    if base.bias then
+        if opts.dora then error("LoRA: DoRA over a layer with a bias is not supported", 3) end
+        self:register_parameter("bias", base.bias, { trainable = false })
+    end
     self:add_module("lora_A", Linear(self.in_features, r))
     self:add_module("lora_B", Linear(r, self.out_features, { weight = tensor.zeros(self.out_features, r) }))
     if opts.init == "gaussian" then
@@ -445,6 +450,7 @@ end
 function LoRALinear:forward(x)
     local out = self:buffer("output", out_shape(x, self.out_features))
     self:_base_forward(x, out, 0)
+    if self.bias then tensor.methods.add_(out, self.bias) end
     if self.row_slots then
         if self.training then error("LoRA: row adapters are for inference (model:eval())", 2) end
         if not self.merged then self:_rows_forward(x, out) end
@@ -575,13 +581,18 @@ M.QuantLinear = QuantLinear
 
 -- qweight: a quantized (out, in) weight from lt.quant; or nil with in/out given, for a
 -- layer whose weight the loader quantizes later (set_qweight).
-function QuantLinear:init(qweight, in_features, out_features)
+-- opts.bias: true for a frozen (out) bias the loader fills, or the bias tensor itself.
+function QuantLinear:init(qweight, in_features, out_features, opts)
     if qweight then
         local shape = qweight.shape
         self.out_features, self.in_features = shape[1], shape[2]
         self.qweight = qweight
     else
         self.in_features, self.out_features = in_features, out_features
+    end
+    local b = opts and opts.bias
+    if b then
+        self:register_parameter("bias", b == true and tensor.zeros({ self.out_features }) or b, { trainable = false })
     end
 end
 
@@ -609,6 +620,7 @@ end
 function QuantLinear:forward(x)
     local out = self:buffer("output", out_shape(x, self.out_features))
     quant().linear_forward(x, self.qweight, { out = out })
+    if self.bias then tensor.methods.add_(out, self.bias) end -- (..., out) += bias (out)
     self.output = out
     return out
 end
