@@ -24,6 +24,7 @@ T.test("the public table: every name report has, and no more", function()
         line_chart = "function", scatter_chart = "function", bar_chart = "function",
         format_table = "function", print_table = "function", html_page = "function",
         write_text = "function", write_csv = "function", write_jsonl = "function",
+        write_run_report = "function", run_notes = "function",
     }
     for name, kind in pairs(expected) do T.eq(type(report[name]), kind, "report." .. name) end
     for name in pairs(report) do T.ok(expected[name] ~= nil, "unexpected report." .. name) end
