@@ -35,7 +35,8 @@ local cfg = lt.config {
         .. "several files mixed by weight: a.jsonl:0.7,b.jsonl:0.3", nonempty = true },
     eval_dataset = { ASSETS .. "/eval.jsonl", "held-out data (empty: carve eval_split out of the dataset)" },
     eval_split = { 0.1, "fraction of the dataset held out when eval_dataset is empty", above = 0, below = 1 },
-    template = { "llama3", "chat template", choices = { "none", "llama2", "llama3", "chatml" } },
+    template = { "llama3", "chat template (auto: the model's own, tokenizer_config.json's chat_template)",
+        choices = { "auto", "none", "llama2", "llama3", "chatml" } },
     train_on = { "completion", "which tokens are trained", choices = { "completion", "all" } },
     long_samples = { "truncate", "a sample longer than seq_len: cut it, drop it, or stop with an error naming it",
         choices = { "truncate", "drop", "error" } },
@@ -188,7 +189,8 @@ end
 -- trained tokens between « and », then stop, before any weight is loaded
 if cfg.preview > 0 then
     local ptok = lt.tokenizer.load(cfg.model)
-    local pds = lt.data.build(cfg.dataset:match("^[^,]+"):gsub(":[%d.eE+-]+$", ""), ptok, { template = cfg.template, train_on = cfg.train_on,
+    local ptemplate = cfg.template == "auto" and lt.data.templates.from_model(cfg.model, ptok) or cfg.template
+    local pds = lt.data.build(cfg.dataset:match("^[^,]+"):gsub(":[%d.eE+-]+$", ""), ptok, { template = ptemplate, train_on = cfg.train_on,
         max_len = cfg.seq_len, long_samples = cfg.long_samples })
     print(("preview: %d of %d samples of %s, template %s, trained on %s (trained tokens between « and »)"):format(
         math.min(cfg.preview, pds.n), pds.n, cfg.dataset, cfg.template, cfg.train_on))
@@ -303,7 +305,9 @@ if main then
 end
 
 -- ---- data ----------------------------------------------------------------------------------
-local data_opts = { template = cfg.template, train_on = cfg.train_on, max_len = cfg.seq_len,
+-- template=auto: the model folder's own Jinja chat template
+local template = cfg.template == "auto" and lt.data.templates.from_model(cfg.model, tok) or cfg.template
+local data_opts = { template = template, train_on = cfg.train_on, max_len = cfg.seq_len,
     long_samples = cfg.long_samples }
 local train_path, eval_path = sources[1].path, cfg.eval_dataset
 -- no eval_dataset: every k-th record of the dataset is held out, read in place (errors name
@@ -356,8 +360,8 @@ say(("  long samples (over seq_len=%d): %d truncated, %d dropped (long_samples=%
     long_d, cfg.long_samples))
 
 -- ---- evaluation -------------------------------------------------------------------------------
-local questions = lt.trainer.questions(eval_path, cfg.template, cfg.eval_samples, { split = eval_split })
-local gen_opts = { max_new_tokens = cfg.max_new_tokens, stop_ids = { lt.data.templates.end_of_turn(cfg.template, tok) } }
+local questions = lt.trainer.questions(eval_path, template, cfg.eval_samples, { split = eval_split })
+local gen_opts = { max_new_tokens = cfg.max_new_tokens, stop_ids = { lt.data.templates.end_of_turn(template, tok) } }
 local eval_opts = { batch_size = cfg.batch_size, seq_len = cfg.seq_len, pad_id = tok.pad_id or tok.eos_id or 0,
     group = not together and pg or nil }
 local function show(when, q)

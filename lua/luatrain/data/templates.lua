@@ -133,6 +133,100 @@ function M.templates.chatml(rec, tok)
     return p
 end
 
+-- ---- a model's own Jinja chat template (template = "auto") ------------------------------
+
+local JINJA = setmetatable({}, { __mode = "k" }) -- template function -> { tpl, vars, eot }
+
+local function jinja_messages(msgs)
+    local json = require "luatrain.json"
+    local out = json.array({})
+    for i, m in ipairs(msgs) do out[i] = { role = m.role, content = m.content } end
+    return out
+end
+
+--[[ A template function from Jinja source (tokenizer_config.json's chat_template), rendered
+as transformers renders it. Labels: for each assistant message i, the text the template
+renders for messages 1..i-1 with the generation prompt must begin the whole conversation's
+text; what follows it, up to where messages 1..i's rendering stops agreeing with the whole,
+is trained (the reply and the template's end-of-turn marker). A template that lays out a
+prefix differently from the whole (so no mask can be read off) is refused by name. ]]
+function M.from_jinja(src, tok, where)
+    local jinja = require "luatrain.jinja"
+    local tpl = jinja.compile(src, where or "chat_template")
+    local function text_of(id) return id and tok:id_to_token(id) or "" end
+    local vars = { bos_token = text_of(tok.bos_id), eos_token = text_of(tok.eos_id) }
+    local function render(msgs, gen)
+        local ctx = { messages = jinja_messages(msgs), add_generation_prompt = gen }
+        for k, v in pairs(vars) do ctx[k] = v end
+        return tpl:render(ctx)
+    end
+    local function template(rec)
+        if rec.kind == "text" then return text_record(rec, tok) end
+        local msgs = as_chat(rec).messages
+        local whole = render(msgs, false)
+        local pieces, at = {}, 0
+        for i, m in ipairs(msgs) do
+            if m.role == "assistant" then
+                local before = { unpack(msgs, 1, i - 1) }
+                local prompt = render(before, true)
+                if whole:sub(1, #prompt) ~= prompt or #prompt < at then
+                    error(("%s: the template lays out the prompt of message %d differently from the whole "
+                        .. "conversation, so the trained tokens cannot be told apart"):format(where or "chat_template", i), 0)
+                end
+                local through = render({ unpack(msgs, 1, i) }, false)
+                local stop = #prompt
+                while stop < #through and stop < #whole and through:byte(stop + 1) == whole:byte(stop + 1) do
+                    stop = stop + 1
+                end
+                if #prompt > at then pieces[#pieces + 1] = { text = whole:sub(at + 1, #prompt), train = false } end
+                if stop > #prompt then pieces[#pieces + 1] = { text = whole:sub(#prompt + 1, stop), train = true } end
+                at = stop
+            end
+        end
+        if at < #whole then pieces[#pieces + 1] = { text = whole:sub(at + 1), train = false } end
+        return pieces
+    end
+    -- the end-of-turn marker: the first of the common ones the template writes, else EOS
+    local eot = tok.eos_id
+    for _, marker in ipairs({ "<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>" }) do
+        if src:find(marker, 1, true) and tok:token_to_id(marker) then
+            eot = tok:token_to_id(marker)
+            break
+        end
+    end
+    -- what a dataset cache records of the template: its source, hashed (FNV-1a, 32 bits)
+    local h = 2166136261
+    for i = 1, #src do h = bit.tobit(bit.bxor(h, src:byte(i)) * 16777619) end
+    JINJA[template] = { render = render, eot = eot, key = ("jinja %08x"):format(bit.band(h, 0xffffffff)) }
+    return template
+end
+
+-- How a dataset cache names a template: its name, "jinja <hash of the source>", or "lua function".
+function M.key_of(template)
+    if JINJA[template] then return JINJA[template].key end
+    if type(template) == "function" then return "lua function" end
+    return template or "none"
+end
+
+-- The model folder's chat template (tokenizer_config.json's chat_template: a string, or a
+-- list of {name, template} whose "default" is taken).
+function M.from_model(dir, tok)
+    local json = require "luatrain.json"
+    local path = dir .. "/tokenizer_config.json"
+    local ok, cfg = pcall(json.read_file, path)
+    if not ok then error(("template=auto: cannot read %s (%s)"):format(path, tostring(cfg)), 0) end
+    local ct = cfg.chat_template
+    if type(ct) == "table" then
+        local pick = nil
+        for _, e in ipairs(ct) do if type(e) == "table" and e.name == "default" then pick = e.template end end
+        ct = pick
+    end
+    if type(ct) ~= "string" then
+        error(("template=auto: %s has no chat_template; name a template (llama3, llama2, chatml, none)"):format(path), 0)
+    end
+    return M.from_jinja(ct, tok, path .. ": chat_template")
+end
+
 -- Template markers a tokenizer must know as single tokens for the template to make sense.
 local MARKERS = {
     llama3 = { "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>" },
@@ -262,6 +356,7 @@ end
 -- The text that asks the model for the next assistant turn of `messages` (a chat whose
 -- last message is the user's), as the template lays out a conversation.
 function M.generation_prompt(template, messages)
+    if JINJA[template] then return JINJA[template].render(messages, true) end
     if template == "llama3" then
         local parts = { "<|begin_of_text|>" }
         for _, m in ipairs(messages) do
@@ -301,6 +396,7 @@ end
 
 -- The end-of-turn token a template's replies finish with (generation stops there).
 function M.end_of_turn(template, tok)
+    if JINJA[template] then return JINJA[template].eot end
     local name = ({ llama3 = "<|eot_id|>", chatml = "<|im_end|>", llama2 = "</s>" })[template]
     return name and tok:token_to_id(name) or tok.eos_id
 end

@@ -307,7 +307,7 @@ end
 local function settings_of(tok, opts)
     return {
         version = M.VERSION,
-        template = type(opts.template) == "function" and "lua function" or (opts.template or "none"),
+        template = templates.key_of(opts.template),
         train_on = opts.train_on or "completion",
         max_len = opts.max_len or json.null,
         format = opts.format or "auto",
