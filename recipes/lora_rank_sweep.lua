@@ -189,7 +189,7 @@ local charts = {
     { id = "final-loss", file = "final_loss.svg", svg = against_rank("final-loss", "final_loss",
         "Final training loss", "loss") },
     { id = "eval-loss", file = "eval_loss.svg", svg = against_rank("eval-loss", "eval_loss", "Held-out loss", "loss") },
-    { id = "tokens-per-s", file = "tokens_per_s.svg", svg = against_rank("tokens-per-s", "tokens_per_s", "Throughput",
+    { id = "tokens-per-s", file = "tokens_per_s.svg", svg = against_rank("tokens-per-s", "tokens_per_s", "Throughput (tokens/s)",
         "tokens / s") },
 }
 if #questions > 0 then
@@ -205,13 +205,13 @@ end
 local table_cols = {
     { key = "rank", title = "rank" }, { key = "alpha", title = "alpha" },
     { key = "trainable", title = "trainable", format = "number" },
-    { key = "final_loss", title = "final loss", format = "%.4f", best = "min" },
-    { key = "eval_loss", title = "eval loss", format = "%.4f", best = "min" },
-    { key = "accuracy", title = "accuracy", format = function(v) return v and ("%.1f%%"):format(100 * v) or "-" end,
+    { key = "final_loss", title = "final training loss", format = "%.4f", best = "min" },
+    { key = "eval_loss", title = "held-out loss", format = "%.4f", best = "min" },
+    { key = "accuracy", title = "held-out exact-match accuracy", format = function(v) return v and ("%.1f%%"):format(100 * v) or "-" end,
         best = "max" },
-    { key = "step_time", title = "step", format = "seconds", best = "min" },
+    { key = "step_time", title = "step time (median)", format = "seconds", best = "min" },
     { key = "tokens_per_s", title = "tokens/s", format = "%.0f", best = "max" },
-    { key = "peak_bytes", title = "peak memory", format = "bytes", best = "min" },
+    { key = "peak_bytes", title = "peak memory while training", format = "bytes", best = "min" },
 }
 local table_rows = {}
 for i, res in ipairs(results) do
