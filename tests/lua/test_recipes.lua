@@ -217,6 +217,17 @@ T.test("lora_rank_sweep.lua: JSONL, CSV, charts and a page Chromium renders", fu
         T.ok(svg:find("^<svg") or svg:find("^<%?xml"), f .. ".svg is an SVG document")
     end
     T.ok(out:find("rank%s+alpha%s+trainable"), "the table is printed")
+    -- the page's charts and its table call each measure the same, the log axis says so, and
+    -- the notes say when, with which luatrain, on what machine
+    local sweep_page = T.slurp(dir .. "/report.html"):lower()
+    for _, label in ipairs({ "final training loss", "held-out loss", "step time (median)", "peak memory while training",
+        "held-out exact-match accuracy", "tokens/s" }) do
+        T.ok(sweep_page:find("<th[^>]*>" .. label:gsub("%p", "%%%0")) ~= nil, "table column " .. label)
+        T.ok(sweep_page:find(label, 1, true) < sweep_page:find("<table", 1, true), "a chart titled " .. label .. " above the table")
+    end
+    T.ok(sweep_page:find("lora rank (log scale)", 1, true), "the rank axis is marked as a log axis")
+    T.ok(sweep_page:find("started %d%d%d%d%-") and sweep_page:find("luatrain ", 1, true) and sweep_page:find(" threads", 1, true),
+        "when, which version, what machine")
     -- resume=auto with one more rank: the three finished ranks are taken as they are
     local rc2, out2, err2 = recipe({ "recipes/lora_rank_sweep.lua", "output_dir=" .. dir, "steps=4",
         "ranks=" .. table.concat(ranks, ",") .. ",1", "eval_samples=4", "resume=auto" })
