@@ -491,6 +491,14 @@ end
 
 -- Write `model` (a luatrain Llama, adapters merged on the fly) as a GGUF file at `path`, the
 -- tokenizer from `folder`. opts: quant ("f16" by default), name (general.name).
+-- x in llama.cpp's RoPE row order when heads is given (x itself is freed), else x.
+local function permuted(x, heads)
+    if not heads then return x end
+    local p = permute_heads(x, heads)
+    x:free()
+    return p
+end
+
 -- llama.cpp's "llama" architecture has no per-head q/k norm: a Qwen3 would load and compute
 -- something else, so it is refused until the qwen3 architecture is written.
 local function llama_arch_only(model, who)
@@ -548,13 +556,7 @@ function M.export_llama(model, folder, path, opts)
         local ty = #dims == 1 and "f32" or M.weight_type(q, dims[1])
         local heads = heads_of(hf, c)
         tensors[#tensors + 1] = { name = name, dims = dims, type = ty, data = function()
-            local x = make()
-            if heads then
-                local p = permute_heads(x, heads)
-                x:free()
-                x = p
-            end
-            return x
+            return permuted(make(), heads)
         end }
     end
     if type(rs) == "table" and rs.type == "llama3" then
@@ -619,12 +621,7 @@ function M.export_lora(model, path, opts)
         tensors[#tensors + 1] = { name = name .. ".lora_b", dims = { r, m.out_features }, type = q, data = function()
             local x = tensor.empty(B:shape())
             x:copy_(B)
-            if heads then
-                local p = permute_heads(x, heads)
-                x:free()
-                x = p
-            end
-            return x
+            return permuted(x, heads)
         end }
     end
     local meta = {

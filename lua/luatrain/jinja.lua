@@ -586,6 +586,9 @@ function Env:getattr(obj, key, line)
     return UNDEF
 end
 
+local function title_case(s) return (s:gsub("(%a)([%w]*)", function(a, b) return a:upper() .. b:lower() end)) end
+local function capitalized(s) return s:sub(1, 1):upper() .. s:sub(2):lower() end
+
 local function strip_chars(chars)
     if not chars or chars == NONE then return "%s" end
     return "[" .. chars:gsub("[%]%^%-%%]", "%%%0") .. "]"
@@ -600,8 +603,8 @@ function Env:method(obj, key)
             rstrip = function(c) return (s:gsub(strip_chars(c) .. "+$", "")) end,
             upper = function() return s:upper() end,
             lower = function() return s:lower() end,
-            title = function() return (s:gsub("(%a)([%w]*)", function(a, b) return a:upper() .. b:lower() end)) end,
-            capitalize = function() return s:sub(1, 1):upper() .. s:sub(2):lower() end,
+            title = function() return title_case(s) end,
+            capitalize = function() return capitalized(s) end,
             startswith = function(p) return s:sub(1, #p) == p end,
             endswith = function(p) return p == "" or s:sub(-#p) == p end,
             replace = function(a, b) return (s:gsub(a:gsub("%p", "%%%0"), (b:gsub("%%", "%%%%")))) end,
@@ -875,12 +878,26 @@ local function attr_of(env, x, name)
     return v
 end
 
+-- select/reject (attr nil: the item itself) and selectattr/rejectattr: the items whose value
+-- passes test a[2] (with argument a[3]), or is truthy without a test; keep = false inverts.
+local function pick(env, v, a, attr, keep)
+    local out = json.array({})
+    for _, x in ipairs(list_of(v)) do
+        local val = x
+        if attr then val = attr_of(env, x, attr) end
+        local ok
+        if a[2] == nil then ok = truthy(val) else ok = TESTS[a[2]](val, a[3]) end
+        if ok == keep then out[#out + 1] = x end
+    end
+    return out
+end
+
 FILTERS = {
     trim = function(_, v) return (to_text(v):gsub("^%s+", ""):gsub("%s+$", "")) end,
     upper = function(_, v) return to_text(v):upper() end,
     lower = function(_, v) return to_text(v):lower() end,
-    capitalize = function(_, v) local s = to_text(v); return s:sub(1, 1):upper() .. s:sub(2):lower() end,
-    title = function(_, v) return (to_text(v):gsub("(%a)([%w]*)", function(a, b) return a:upper() .. b:lower() end)) end,
+    capitalize = function(_, v) return capitalized(to_text(v)) end,
+    title = function(_, v) return title_case(to_text(v)) end,
     length = function(_, v) return length(v) end,
     count = function(_, v) return length(v) end,
     first = function(_, v) local l = list_of(v); return l[1] == nil and UNDEF or l[1] end,
@@ -907,40 +924,10 @@ FILTERS = {
     end,
     items = function(env, v) return env:method(v, "items").__builtin() end,
     replace = function(_, v, a) return (to_text(v):gsub(a[1]:gsub("%p", "%%%0"), (a[2]:gsub("%%", "%%%%")))) end,
-    selectattr = function(env, v, a)
-        local out = json.array({})
-        for _, x in ipairs(list_of(v)) do
-            local val = attr_of(env, x, a[1])
-            local ok
-            if a[2] == nil then ok = truthy(val) else ok = TESTS[a[2]](val, a[3]) end
-            if ok then out[#out + 1] = x end
-        end
-        return out
-    end,
-    rejectattr = function(env, v, a)
-        local out = json.array({})
-        for _, x in ipairs(list_of(v)) do
-            local val = attr_of(env, x, a[1])
-            local ok
-            if a[2] == nil then ok = truthy(val) else ok = TESTS[a[2]](val, a[3]) end
-            if not ok then out[#out + 1] = x end
-        end
-        return out
-    end,
-    select = function(_, v, a)
-        local out = json.array({})
-        for _, x in ipairs(list_of(v)) do
-            if (a[1] == nil and truthy(x)) or (a[1] ~= nil and TESTS[a[1]](x, a[2])) then out[#out + 1] = x end
-        end
-        return out
-    end,
-    reject = function(_, v, a)
-        local out = json.array({})
-        for _, x in ipairs(list_of(v)) do
-            if not ((a[1] == nil and truthy(x)) or (a[1] ~= nil and TESTS[a[1]](x, a[2]))) then out[#out + 1] = x end
-        end
-        return out
-    end,
+    selectattr = function(env, v, a) return pick(env, v, a, a[1], true) end,
+    rejectattr = function(env, v, a) return pick(env, v, a, a[1], false) end,
+    select = function(env, v, a) return pick(env, v, { a[1], a[1], a[2] }, nil, true) end,
+    reject = function(env, v, a) return pick(env, v, { a[1], a[1], a[2] }, nil, false) end,
     map = function(env, v, a)
         local name = a.kw and a.kw.attribute
         local out = json.array({})
